@@ -41,9 +41,9 @@ FORMAT = 1
 """The wire format version this implementation reads and writes."""
 
 
-
 def _no_extra() -> Mapping[str, Value]:
     return MappingProxyType({})
+
 
 MAX_URLS = 8
 MAX_URL_LEN = 2048
