@@ -68,6 +68,8 @@ def _check_types(value: Value, depth: int) -> None:
     if isinstance(value, dict):
         previous: bytes | None = None
         for key, item in value.items():
+            if not isinstance(key, str):
+                raise MalformedError("map keys must be strings")
             raw = key.encode()
             if previous is not None and raw <= previous:
                 raise MalformedError("map keys are not in canonical (sorted, unique) order")
