@@ -4,7 +4,8 @@ Rules (docs/protocol.md, "Canonical encoding"):
 
 * maps have string keys, sorted by their UTF-8 bytes, no duplicates;
 * strings are msgpack ``str`` (UTF-8), byte strings are ``bin``;
-* integers use the shortest msgpack form; no floats, no ``nil``, no ext types;
+* integers use the shortest msgpack form; ``nil`` only for an absent optional field;
+  no floats, no ext types;
 * nesting is at most ``MAX_DEPTH`` deep.
 
 ``decode`` accepts only bytes that ``encode`` would have produced, so every message has
@@ -32,7 +33,7 @@ Value = Any  # str | bytes | int | bool | list[Value] | dict[str, Value]
 def _canonicalize(value: Value, depth: int) -> Value:
     if depth > MAX_DEPTH:
         raise MalformedError(f"nesting deeper than {MAX_DEPTH}")
-    if isinstance(value, bool | str | bytes):
+    if value is None or isinstance(value, bool | str | bytes):
         return value
     if isinstance(value, int):
         if not INT_MIN <= value <= INT_MAX:
@@ -55,7 +56,7 @@ def encode(value: Mapping[str, Value]) -> bytes:
     """Encode a map canonically.
 
     Raises:
-        MalformedError: the value holds something without a canonical form (floats, None).
+        MalformedError: the value holds something without a canonical form (floats).
     """
     packed: bytes = msgpack.packb(_canonicalize(value, 0), use_bin_type=True)
     return packed
@@ -78,7 +79,7 @@ def _check_types(value: Value, depth: int) -> None:
     elif isinstance(value, list):
         for item in value:
             _check_types(item, depth + 1)
-    elif value is None or isinstance(value, float):
+    elif isinstance(value, float):
         raise MalformedError(f"{type(value).__name__} values are not allowed")
 
 

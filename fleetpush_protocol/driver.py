@@ -20,8 +20,9 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetpush_protocol import canonical
-from fleetpush_protocol.envelope import decode_envelope
+import msgspec
+
+from fleetpush_protocol.envelope import decode_envelope, encode_body
 from fleetpush_protocol.errors import (
     ContentError,
     DuplicateMessageError,
@@ -188,7 +189,7 @@ class DeviceTrust:
         """A canonical-msgpack-encodable snapshot (no private data: public keys only)."""
         ring = self.trusted.keyring
         return {
-            "keyring": canonical.encode(ring.to_body()) if ring.version else b"",
+            "keyring": encode_body(ring) if ring.version else b"",
             "keyring_digest": self.trusted.digest,
             "seen": {s: {"seq": v.seq, "digest": v.digest} for s, v in self.seen.items()},
             "trusted_time": self.trusted_time,
@@ -206,10 +207,8 @@ class DeviceTrust:
         """
         trusted = anchor
         if state.get("keyring"):
-            body = canonical.decode(state["keyring"], max_bytes=policy.max_message_bytes)
-            trusted = TrustedKeyring(
-                keyring=Keyring.from_body(body), digest=state["keyring_digest"]
-            )
+            ring = msgspec.msgpack.decode(state["keyring"], type=Keyring)
+            trusted = TrustedKeyring(keyring=ring, digest=state["keyring_digest"])
         return cls(
             trusted=trusted,
             policy=policy,

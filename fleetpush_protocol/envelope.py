@@ -7,21 +7,29 @@ The body is itself canonical msgpack; signatures cover its bytes as sent, so a v
 never re-encodes anything before checking a signature. Device-sent messages (reports,
 presence, inventory) use the same envelope with an empty signature list: the broker's
 per-device credentials and ACLs authenticate them.
+
+Decoding takes a fast path: msgspec decodes and validates in one pass, and re-encoding the
+typed value must give back the exact bytes received. Only when it does not (non-canonical
+input, or fields this version does not know) does the slower generic check run, to either
+name the canonical-form violation or accept the unknown fields.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Annotated, Any, TypeVar
+
+import msgspec
 
 from fleetpush_protocol import canonical
 from fleetpush_protocol.errors import (
     MalformedError,
+    OversizedError,
     UnknownTypeError,
     UnsupportedFormatError,
 )
-from fleetpush_protocol.fields import Fields
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.messages import FORMAT, Message, message_class
 
@@ -32,82 +40,126 @@ __all__ = [
     "Signature",
     "decode_envelope",
     "decode_message",
+    "encode_body",
     "encode_message",
     "parse",
     "sign_message",
 ]
 
 SIGNING_CONTEXT = b"fleetpush/v1 signed body\x00"
-MAX_MESSAGE_BYTES = 65536  # bytes; the broker's message_size_limit matches
+MAX_MESSAGE_BYTES = 65536  # bytes; the broker's max_packet_size leaves room for this
 MAX_SIGNATURES = 16
 
-
-@dataclass(frozen=True, slots=True)
-class Signature:
-    key: bytes  # the signer's 32-byte Ed25519 public key
-    sig: bytes  # 64 bytes
+T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+class Signature(msgspec.Struct, frozen=True, kw_only=True):
+    key: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]  # Ed25519 public key
+    sig: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+
+
+class _Wire(msgspec.Struct, frozen=True, kw_only=True):
+    body: bytes
+    signatures: Annotated[tuple[Signature, ...], msgspec.Meta(max_length=MAX_SIGNATURES)]
+
+
+class _Header(msgspec.Struct, frozen=True):
+    format: int
+    type: str
+
+
+_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
+_WIRE = msgspec.msgpack.Decoder(_Wire)
+_HEADER = msgspec.msgpack.Decoder(_Header)
+_DECODERS: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
+
+
+def _decoder(cls: type[T]) -> msgspec.msgpack.Decoder[T]:
+    dec = _DECODERS.get(cls)
+    if dec is None:
+        dec = _DECODERS[cls] = msgspec.msgpack.Decoder(cls)
+    return dec
+
+
+def _typed(data: bytes, cls: type[T], what: str, max_bytes: int) -> T:
+    """Decode ``data`` as ``cls``; require canonical form. Raises MalformedError."""
+    try:
+        value = _decoder(cls).decode(data)
+    except (msgspec.MsgspecError, ValueError) as e:  # invalid UTF-8 is a ValueError
+        # Prefer naming a canonical-form violation, which is the more basic failure.
+        canonical.decode(data, max_bytes=max_bytes)
+        raise MalformedError(f"{what}: {e}") from None
+    if _ENCODER.encode(value) != data:
+        # Either not canonical (raises here) or carrying fields we do not know (fine).
+        canonical.decode(data, max_bytes=max_bytes)
+    return value
+
+
+@dataclass(frozen=True)
 class Envelope:
-    """A decoded envelope: the body's exact bytes, its decoded map and the signatures."""
+    """A decoded envelope: the body's exact bytes, its type tag and the signatures."""
 
     body: bytes
-    fields: dict[str, Any]
     signatures: tuple[Signature, ...]
+    type: str
 
-    @property
-    def type(self) -> str:
-        value = self.fields.get("type")
-        return value if isinstance(value, str) else ""
+    @cached_property
+    def fields(self) -> dict[str, Any]:
+        """The body as a generic map, unknown fields included (slow; for display)."""
+        return canonical.decode(self.body, max_bytes=len(self.body))
 
 
 def decode_envelope(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
-    """Step 1 and 2 of verification: decode, then check format version and type tag.
+    """Steps 1 and 2 of verification: decode, then check format version and type tag.
 
     Raises:
         OversizedError, MalformedError: step 1.
         UnsupportedFormatError, UnknownTypeError: step 2.
     """
-    outer = canonical.decode(data, max_bytes=max_bytes)
-    f = Fields(outer, "envelope")
-    body = f.blob("body", max_len=max_bytes)
-    sigs = []
-    for i, item in enumerate(f.items("signatures", max_len=MAX_SIGNATURES)):
-        s = Fields(item, f"envelope.signatures[{i}]")
-        sigs.append(Signature(key=s.blob("key", length=32), sig=s.blob("sig", length=64)))
-    inner = canonical.decode(body, max_bytes=max_bytes)
-    fmt = inner.get("format")
-    if not isinstance(fmt, int) or isinstance(fmt, bool):
-        raise MalformedError("body.format: missing or not an integer")
-    if fmt != FORMAT:
-        raise UnsupportedFormatError(f"format {fmt} is not supported (this reader knows {FORMAT})")
-    type_tag = inner.get("type")
-    if not isinstance(type_tag, str):
-        raise MalformedError("body.type: missing or not a string")
-    if message_class(type_tag) is None:
-        raise UnknownTypeError(f"unknown message type {type_tag[:64]!r}")
-    return Envelope(body=body, fields=inner, signatures=tuple(sigs))
+    if len(data) > max_bytes:
+        raise OversizedError(f"message is {len(data)} bytes, limit is {max_bytes}")
+    wire = _typed(data, _Wire, "envelope", max_bytes)
+    header = _typed_header(wire.body, max_bytes)
+    if header.format != FORMAT:
+        raise UnsupportedFormatError(
+            f"format {header.format} is not supported (this reader knows {FORMAT})"
+        )
+    if message_class(header.type) is None:
+        raise UnknownTypeError(f"unknown message type {header.type[:64]!r}")
+    return Envelope(body=wire.body, signatures=wire.signatures, type=header.type)
 
 
-def parse(envelope: Envelope) -> Message:
-    """Build the typed message from an envelope whose format and type were checked.
+def _typed_header(body: bytes, max_bytes: int) -> _Header:
+    try:
+        return _HEADER.decode(body)
+    except (msgspec.MsgspecError, ValueError) as e:  # invalid UTF-8 is a ValueError
+        canonical.decode(body, max_bytes=max_bytes)
+        raise MalformedError(f"body: {e}") from None
+
+
+def parse(envelope: Envelope, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Step 3: build the typed message from an envelope whose format and type were checked.
 
     Raises:
-        MalformedError: a field is missing, mistyped or out of bounds.
+        MalformedError: a field is missing, mistyped, out of bounds, or not canonical.
     """
     cls = message_class(envelope.type)
     if cls is None:  # decode_envelope already refused it; kept for direct callers
         raise UnknownTypeError(f"unknown message type {envelope.type!r}")
-    return cls.from_body(envelope.fields)
+    return _typed(envelope.body, cls, cls.TYPE, max_bytes)
+
+
+def encode_body(message: Message) -> bytes:
+    """The canonical body bytes of ``message``."""
+    return _ENCODER.encode(message)
 
 
 def sign_message(message: Message, keys: Sequence[KeyPair]) -> bytes:
     """Encode ``message`` and sign its body with each of ``keys``."""
-    body = canonical.encode(message.to_body())
+    body = encode_body(message)
     signed = SIGNING_CONTEXT + body
-    sigs = [{"key": k.public_key, "sig": k.sign(signed)} for k in keys]
-    return canonical.encode({"body": body, "signatures": sigs})
+    sigs = tuple(Signature(key=k.public_key, sig=k.sign(signed)) for k in keys)
+    return _ENCODER.encode(_Wire(body=body, signatures=sigs))
 
 
 def encode_message(message: Message) -> bytes:
@@ -117,4 +169,4 @@ def encode_message(message: Message) -> bytes:
 
 def decode_message(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Decode and parse without any signature check (device-sent messages only)."""
-    return parse(decode_envelope(data, max_bytes=max_bytes))
+    return parse(decode_envelope(data, max_bytes=max_bytes), max_bytes=max_bytes)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import replace
 from typing import Any
 
 import msgpack
+from msgspec.structs import replace
 
 from fleetpush_protocol import canonical
 from fleetpush_protocol.envelope import SIGNING_CONTEXT, decode_envelope, sign_message

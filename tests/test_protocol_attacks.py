@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import pytest
+from msgspec.structs import replace
 
 from fleetpush_protocol import canonical, errors
 from fleetpush_protocol.envelope import SIGNING_CONTEXT, decode_envelope, sign_message
@@ -115,7 +116,16 @@ ROWS: dict[str, Row] = {
     "future format": Row(lambda: tamper_body(GOOD, format=2), errors.UnsupportedFormatError),
     "report on a notice topic": Row(
         lambda: sign_message(
-            Report("dev-1", "n", "r", ReportState.SUCCEEDED, "2", 1, BASE_TIME), [S1]
+            Report(
+                device_id="dev-1",
+                notice_id="n",
+                rollout_id="r",
+                state=ReportState.SUCCEEDED,
+                current_version="2",
+                counter=1,
+                reported_at=BASE_TIME,
+            ),
+            [S1],
         ),
         errors.UnexpectedTypeError,
     ),
@@ -161,7 +171,7 @@ ROWS: dict[str, Row] = {
         errors.BadSignatureError,
     ),
     "mix-and-match: new target under old signature": Row(
-        lambda: tamper_body(GOOD, target=Target(groups=("g1",)).to_map()),
+        lambda: tamper_body(GOOD, target=Target(groups=("g1",)).to_body()),
         errors.BadSignatureError,
     ),
     "swapped payload hash under old signature": Row(
