@@ -1,0 +1,215 @@
+"""``fleetpush broker ...`` and the device identity commands.
+
+``broker`` is a click group (``fleetpush broker run``, ``fleetpush broker identities``);
+``provision_command``, ``revoke_command`` and ``set_groups_command`` are meant to be mounted
+under ``fleetpush devices``. A parent command can pass hooks through ``ctx.obj`` (a dict):
+``on_provision`` (called with a ``DeviceRecord``) and ``on_revoke`` (called with the device
+id), e.g. to record the device in the orchestrator's database.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fleetpush_protocol.topics import DEFAULT_PREFIX, Topics
+from orchestrator.broker.mosquitto import MosquittoBroker, MosquittoNotFoundError
+from orchestrator.provisioning import (
+    DEFAULT_STATE_DIR,
+    Provisioner,
+    broker_for_data_dir,
+    read_root_keys,
+)
+
+__all__ = ["broker", "provision_command", "revoke_command", "set_groups_command"]
+
+_data_option = click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="FLEETPUSH_DATA",
+    required=True,
+    help="The orchestrator's data directory; broker state lives in DATA/broker.",
+)
+
+
+def _hook(ctx: click.Context, name: str) -> Callable[..., None] | None:
+    obj = ctx.find_root().obj
+    hook = obj.get(name) if isinstance(obj, dict) else None
+    return hook if callable(hook) else None
+
+
+@click.group("broker")
+def broker() -> None:
+    """Run the Mosquitto broker and inspect broker identities."""
+
+
+@broker.command("run")
+@_data_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
+@click.option("--port", type=int, default=0, help="Password listener port (0: a free one).")
+@click.option("--tls-port", type=int, default=0, help="Certificate listener port (0: free).")
+@click.option("--no-tls", is_flag=True, help="Only the username/password listener.")
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Topic prefix.")
+def run_command(  # noqa: PLR0917 - click passes options as parameters
+    data_dir: Path, host: str, port: int, tls_port: int, no_tls: bool, prefix: str
+) -> None:
+    """Start Mosquitto from broker_config/ with the identities in DATA/broker.
+
+    Prints where it listens and how the orchestrator logs in, then runs until Ctrl-C or
+    SIGTERM. Provisioning in another shell (same --data) reloads it through its pid file.
+    """
+    b = MosquittoBroker(
+        data_dir / "broker",
+        topics=Topics(prefix),
+        host=host,
+        port=port or None,
+        tls=not no_tls,
+        tls_port=tls_port or None,
+    )
+    try:
+        b.start()
+    except MosquittoNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        info = b.connection_info()
+        click.echo(json.dumps(info, indent=1))
+        click.echo(f"# log: {b.log_path}  (Ctrl-C stops the broker)", err=True)
+        while not stop.wait(0.5):
+            if not b.running:
+                raise click.ClickException(f"mosquitto exited; see {b.log_path}")
+    finally:
+        b.stop()
+
+
+@broker.command("identities")
+@_data_option
+def identities_command(data_dir: Path) -> None:
+    """List broker identities (no secrets) as JSON lines."""
+    b = broker_for_data_dir(data_dir)
+    for ident in sorted(b.registry.identities.values(), key=lambda i: i.username):
+        d: dict[str, Any] = ident.to_json()
+        d["password"] = d.pop("password_hash") is not None
+        click.echo(json.dumps(d))
+
+
+def _root_keys(
+    data_dir: Path, keys: tuple[str, ...], keys_dir: Path | None
+) -> tuple[list[str], int]:
+    if keys:
+        return list(keys), 0
+    try:
+        return read_root_keys(keys_dir or data_dir / "keys")
+    except ValueError as e:
+        raise click.UsageError(f"{e}; or give --root-key") from None
+
+
+@click.command("provision")
+@click.argument("device_id")
+@click.option("--model", required=True, help="Hardware model, e.g. rpi4.")
+@click.option("--groups", default="", help="Comma-separated groups, e.g. canary,eu.")
+@click.option("--cert", "auth", flag_value="cert", default=True, help="Client certificate.")
+@click.option("--password", "auth", flag_value="password", help="Password instead.")
+@_data_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Bundle folder (default DATA/broker/provisioned/DEVICE_ID).",
+)
+@click.option("--root-key", "root_key", multiple=True, help="Root public key (hex); repeat.")
+@click.option("--root-threshold", type=int, default=0, help="Default: 1, or keys/root.json.")
+@click.option(
+    "--keys",
+    "keys_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keys folder with root.json (default DATA/keys), when no --root-key.",
+)
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
+@click.option("--config-dir", help="Where the bundle will live on the device (absolute paths).")
+@click.option("--broker-url", help="URL for password devices (default: the broker's).")
+@click.option("--tls-url", help="URL for certificate devices (default: the broker's).")
+@click.option("--replace", is_flag=True, help="Re-provision: revoke the old credentials.")
+@click.pass_context
+def provision_command(  # noqa: PLR0917 - click passes options as parameters
+    ctx: click.Context,
+    device_id: str,
+    model: str,
+    groups: str,
+    auth: str,
+    data_dir: Path,
+    out: Path | None,
+    root_key: tuple[str, ...],
+    root_threshold: int,
+    keys_dir: Path | None,
+    state_dir: str,
+    config_dir: str | None,
+    broker_url: str | None,
+    tls_url: str | None,
+    replace: bool,
+) -> None:
+    """Create DEVICE_ID's broker credentials and its ready-to-use device config bundle."""
+    keys, threshold = _root_keys(data_dir, root_key, keys_dir)
+    p = Provisioner(
+        broker_for_data_dir(data_dir),
+        root_keys=keys,
+        root_threshold=root_threshold or threshold or 1,
+        broker_url=broker_url,
+        tls_url=tls_url,
+        on_provision=_hook(ctx, "on_provision"),
+    )
+    try:
+        record = p.provision(
+            device_id,
+            model=model,
+            groups=[g.strip() for g in groups.split(",") if g.strip()],
+            auth="cert" if auth == "cert" else "password",
+            bundle_dir=out,
+            state_dir=state_dir,
+            config_dir=config_dir,
+            replace=replace,
+        )
+    except (ValueError, FileExistsError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"provisioned {record.device_id} ({record.auth}) -> {record.config_path}")
+    click.echo(f"copy {record.bundle_dir}/ to the device; it holds its secret credentials")
+
+
+@click.command("revoke")
+@click.argument("device_id")
+@_data_option
+@click.pass_context
+def revoke_command(ctx: click.Context, device_id: str, data_dir: Path) -> None:
+    """Take DEVICE_ID's broker access away and drop its connection."""
+    p = Provisioner(
+        broker_for_data_dir(data_dir),
+        root_keys=[],
+        on_revoke=_hook(ctx, "on_revoke"),
+    )
+    try:
+        known = p.revoke(device_id)
+    except TimeoutError as e:
+        raise click.ClickException(f"access removed, but {e}") from None
+    click.echo(f"revoked {device_id}" if known else f"{device_id} was not provisioned")
+
+
+@click.command("set-groups")
+@click.argument("device_id")
+@click.argument("groups")
+@_data_option
+def set_groups_command(device_id: str, groups: str, data_dir: Path) -> None:
+    """Set DEVICE_ID's groups (comma-separated) in the broker ACL and reload it."""
+    b = broker_for_data_dir(data_dir)
+    try:
+        b.set_groups(device_id, tuple(g.strip() for g in groups.split(",") if g.strip()))
+    except KeyError:
+        raise click.ClickException(f"{device_id} is not provisioned") from None
+    click.echo(f"{device_id}: groups {groups}")
