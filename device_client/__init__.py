@@ -1,0 +1,8 @@
+"""fleetpush's device agent: ``fleetpush-device --config device.toml``.
+
+``DeviceAgent`` runs one device; many can share one event loop for simulations.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,459 @@
+"""The device configuration: one TOML file, parsed into frozen, bounded dataclasses.
+
+Every limit has a unit (in its name or its comment) and a range; a bad file raises
+``ConfigError`` naming the file, the table and the field, e.g.
+``device.toml: [download] max_payload_bytes: must be 1..281474976710656``.
+Relative paths are relative to the folder holding the configuration file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fleetpush_protocol.fields import NAME_RE
+from fleetpush_protocol.keys import load_public_key
+from fleetpush_protocol.topics import Topics
+
+__all__ = [
+    "BrokerConfig",
+    "ConfigError",
+    "DeviceConfig",
+    "DeviceSection",
+    "DownloadConfig",
+    "HealthConfig",
+    "InstallConfig",
+    "PolicyConfig",
+    "TrustConfig",
+    "Window",
+    "load_config",
+    "parse_config",
+]
+
+MAX_PAYLOAD = 1 << 48  # bytes; the protocol's own bound on payload.size
+HANDLERS = ("directory", "command")
+_WINDOW_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or has an invalid field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A daily maintenance window in device-local time, in minutes after midnight.
+
+    ``start > end`` means the window spans midnight (``22:00-02:00``).
+    """
+
+    start: int  # minutes after local midnight, 0..1439
+    end: int  # minutes after local midnight, 1..1440
+
+    def contains(self, minute: int) -> bool:
+        if self.start <= self.end:
+            return self.start <= minute < self.end
+        return minute >= self.start or minute < self.end
+
+    def __str__(self) -> str:
+        return (
+            f"{self.start // 60:02d}:{self.start % 60:02d}-{self.end // 60:02d}:{self.end % 60:02d}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSection:
+    id: str
+    model: str
+    groups: tuple[str, ...]
+    state_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None = field(repr=False)
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+    keepalive_s: int  # seconds, 5..3600
+    session_expiry_s: int  # seconds, 0..2**32-1
+    topic_prefix: str
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class TrustConfig:
+    root_keys: tuple[bytes, ...]  # 32-byte Ed25519 public keys
+    root_threshold: int
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadConfig:
+    max_payload_bytes: int = 1 << 30  # bytes
+    bandwidth_bytes_per_s: int = 0  # bytes per second; 0 = unlimited
+    connect_timeout_s: float = 10.0  # seconds
+    read_timeout_s: float = 30.0  # seconds without a byte before the server is "slow"
+    max_attempts: int = 5  # per URL, for transport errors
+    progress_interval_s: float = 5.0  # seconds between progress reports, at least
+    chunk_bytes: int = 65536  # bytes read per iteration
+
+
+@dataclass(frozen=True, slots=True)
+class InstallConfig:
+    handler: str
+    slots_dir: Path | None
+    pre_install: tuple[str, ...] = ()
+    install: tuple[str, ...] = ()
+    post_install: tuple[str, ...] = ()
+    rollback: tuple[str, ...] = ()
+    reboot: tuple[str, ...] = ()
+    step_timeout_s: float = 3600.0  # seconds per handler step
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    command: tuple[str, ...] = ()  # empty = no health check
+    timeout_s: float = 30.0  # seconds
+    max_interrupted: int = 3  # health checks killed mid-way before rolling back
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    hold_until: int | None = None  # Unix seconds
+    maintenance_windows: tuple[Window, ...] = ()
+    download_ahead: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """The whole configuration of one device agent."""
+
+    device: DeviceSection
+    broker: BrokerConfig
+    trust: TrustConfig
+    download: DownloadConfig
+    install: InstallConfig
+    health: HealthConfig
+    policy: PolicyConfig
+    source: str = "device.toml"  # the file name, for messages
+
+
+class _Table:
+    """Typed reads from one TOML table; every error names the file, table and key."""
+
+    def __init__(self, data: Mapping[str, Any], name: str, source: str, base: Path) -> None:
+        self.data = data
+        self.name = name
+        self.source = source
+        self.base = base
+        self.used: set[str] = set()
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: [{self.name}] {key}: {problem}")
+
+    def _get(self, key: str, default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise self.fail(key, "missing")
+            return default
+        return self.data[key]
+
+    def string(self, key: str, default: Any = None, *, max_len: int = 4096) -> Any:
+        value = self._get(key, default)
+        if value is default and key not in self.data:
+            return value
+        if not isinstance(value, str) or not value or len(value) > max_len:
+            raise self.fail(key, f"must be a non-empty string of at most {max_len} characters")
+        return value
+
+    def name_(self, key: str, default: Any = None) -> Any:
+        value = self.string(key, default, max_len=128)
+        if value is not None and value is not _REQUIRED and not NAME_RE.fullmatch(value):
+            raise self.fail(key, f"{value!r} must match {NAME_RE.pattern}")
+        return value
+
+    def integer(self, key: str, default: Any, low: int, high: int) -> int:
+        value = self._get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise self.fail(key, f"must be {low}..{high}")
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, f"must be a number {low:g}..{high:g}")
+        if not low <= value <= high:
+            raise self.fail(key, f"must be {low:g}..{high:g}")
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, "must be true or false")
+        return value
+
+    def strings(self, key: str, *, max_len: int = 64) -> tuple[str, ...]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or len(value) > max_len:
+            raise self.fail(key, f"must be a list of at most {max_len} strings")
+        for item in value:
+            if not isinstance(item, str) or not item:
+                raise self.fail(key, "every entry must be a non-empty string")
+        return tuple(value)
+
+    def argv(self, key: str) -> tuple[str, ...]:
+        return self.strings(key, max_len=256)
+
+    def path(self, key: str, default: Any = None) -> Any:
+        value = self.string(key, default)
+        if not isinstance(value, str):
+            return value
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base / p
+
+    def check_unknown(self) -> None:
+        for key in self.data:
+            if key not in self.used:
+                raise self.fail(key, "unknown setting")
+
+
+_REQUIRED: Any = object()
+
+
+def _parse_time(table: _Table, key: str) -> int | None:
+    value = table._get(key, None)
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise table.fail(key, "must be an RFC 3339 time like 2026-12-01T00:00:00Z") from None
+    else:
+        raise table.fail(key, "must be an RFC 3339 time like 2026-12-01T00:00:00Z")
+    if moment.tzinfo is None:
+        raise table.fail(key, "needs a time zone (for example a trailing Z for UTC)")
+    return int(moment.astimezone(UTC).timestamp())
+
+
+def _parse_window(table: _Table, key: str, text: str) -> Window:
+    m = _WINDOW_RE.fullmatch(text.strip())
+    if not m:
+        raise table.fail(key, f"{text!r} must look like HH:MM-HH:MM (device-local time)")
+    start = int(m[1]) * 60 + int(m[2])
+    end = int(m[3]) * 60 + int(m[4])
+    if end > 1440 or start == end:
+        raise table.fail(key, f"{text!r} is empty or ends after 24:00")
+    return Window(start=start, end=end)
+
+
+def _section(
+    raw: Mapping[str, Any], name: str, source: str, base: Path, *, required: bool
+) -> _Table:
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise ConfigError(f"{source}: [{name}]: missing table")
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: [{name}]: must be a table")
+    return _Table(value, name, source, base)
+
+
+def _broker(t: _Table) -> BrokerConfig:
+    url = t.string("url", _REQUIRED)
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise t.fail("url", f"{url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise t.fail("url", f"{url!r} has an invalid port") from None
+    password = t.string("password", None, max_len=1024)
+    password_file = t.path("password_file", None)
+    if password is not None and password_file is not None:
+        raise t.fail("password_file", "give either password or password_file, not both")
+    if password_file is not None:
+        try:
+            password = password_file.read_text().strip()
+        except OSError as e:
+            raise t.fail("password_file", f"cannot read {password_file}: {e.strerror}") from None
+        if not password:
+            raise t.fail("password_file", f"{password_file} is empty")
+    cert_file = t.path("cert_file", None)
+    key_file = t.path("key_file", None)
+    if (cert_file is None) != (key_file is None):
+        raise t.fail("key_file", "cert_file and key_file go together")
+    username = t.string("username", None, max_len=128)
+    tls = parts.scheme == "mqtts"
+    if (cert_file is not None or t.data.get("ca_file") is not None) and not tls:
+        raise t.fail("url", "TLS files are set but the URL is mqtt://; use mqtts://")
+    if username is None and cert_file is None:
+        raise t.fail("username", "missing (needed unless a TLS client certificate is used)")
+    prefix = t.string("topic_prefix", "fleetpush", max_len=128)
+    try:
+        Topics(prefix)
+    except ValueError as e:
+        raise t.fail("topic_prefix", str(e)) from None
+    return BrokerConfig(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=username,
+        password=password,
+        ca_file=t.path("ca_file", None),
+        cert_file=cert_file,
+        key_file=key_file,
+        keepalive_s=t.integer("keepalive_s", 60, 5, 3600),
+        session_expiry_s=t.integer("session_expiry_s", 604800, 0, 2**32 - 1),
+        topic_prefix=prefix,
+    )
+
+
+def _trust(t: _Table) -> TrustConfig:
+    keys_text = t.strings("root_keys", max_len=32)
+    if not keys_text:
+        raise t.fail("root_keys", "needs at least one root public key (64 hex digits)")
+    keys = []
+    for i, text in enumerate(keys_text):
+        try:
+            keys.append(load_public_key(text))
+        except ValueError:
+            raise t.fail(f"root_keys[{i}]", "not an Ed25519 public key (64 hex digits)") from None
+    if len(set(keys)) != len(keys):
+        raise t.fail("root_keys", "duplicate keys")
+    threshold = t.integer("root_threshold", 1, 1, len(keys))
+    return TrustConfig(root_keys=tuple(keys), root_threshold=threshold)
+
+
+def _install(t: _Table, state_dir: Path) -> InstallConfig:
+    handler = t.string("handler", "directory")
+    if handler not in HANDLERS:
+        raise t.fail("handler", f"must be one of {', '.join(HANDLERS)}")
+    install = t.argv("install")
+    if handler == "command" and not install:
+        raise t.fail("install", "the command handler needs an install command (argv list)")
+    slots_dir = t.path("slots_dir", None)
+    if handler == "directory" and slots_dir is None:
+        slots_dir = state_dir / "slots"
+    return InstallConfig(
+        handler=handler,
+        slots_dir=slots_dir,
+        pre_install=t.argv("pre_install"),
+        install=install,
+        post_install=t.argv("post_install"),
+        rollback=t.argv("rollback"),
+        reboot=t.argv("reboot"),
+        step_timeout_s=t.number("step_timeout_s", 3600.0, 1, 86400),
+    )
+
+
+def parse_config(
+    raw: Mapping[str, Any], *, source: str = "device.toml", base: Path
+) -> DeviceConfig:
+    """Build a ``DeviceConfig`` from a parsed TOML document.
+
+    Args:
+        raw: the TOML document as a mapping.
+        source: the file name used in error messages.
+        base: the folder relative paths are resolved against.
+
+    Raises:
+        ConfigError: a field is missing, of the wrong type or out of range.
+    """
+    known = {"device", "broker", "trust", "download", "install", "health", "policy"}
+    for name in raw:
+        if name not in known:
+            raise ConfigError(f"{source}: [{name}]: unknown table")
+    tables: list[_Table] = []
+
+    def section(name: str, *, required: bool = False) -> _Table:
+        t = _section(raw, name, source, base, required=required)
+        tables.append(t)
+        return t
+
+    d = section("device", required=True)
+    device = DeviceSection(
+        id=d.name_("id", _REQUIRED),
+        model=d.name_("model", _REQUIRED),
+        groups=d.strings("groups", max_len=64),
+        state_dir=d.path("state_dir", _REQUIRED),
+    )
+    for i, g in enumerate(device.groups):
+        if not NAME_RE.fullmatch(g):
+            raise d.fail(f"groups[{i}]", f"{g!r} must match {NAME_RE.pattern}")
+    if len(set(device.groups)) != len(device.groups):
+        raise d.fail("groups", "duplicate groups")
+    broker = _broker(section("broker", required=True))
+    trust = _trust(section("trust", required=True))
+    t = section("download")
+    download = DownloadConfig(
+        max_payload_bytes=t.integer("max_payload_bytes", 1 << 30, 1, MAX_PAYLOAD),
+        bandwidth_bytes_per_s=t.integer("bandwidth_bytes_per_s", 0, 0, 1 << 40),
+        connect_timeout_s=t.number("connect_timeout_s", 10.0, 0.1, 600),
+        read_timeout_s=t.number("read_timeout_s", 30.0, 0.1, 3600),
+        max_attempts=t.integer("max_attempts", 5, 1, 100),
+        progress_interval_s=t.number("progress_interval_s", 5.0, 0.1, 3600),
+        chunk_bytes=t.integer("chunk_bytes", 65536, 1024, 16 << 20),
+    )
+    install = _install(section("install"), device.state_dir)
+    h = section("health")
+    health = HealthConfig(
+        command=h.argv("command"),
+        timeout_s=h.number("timeout_s", 30.0, 0.1, 86400),
+        max_interrupted=h.integer("max_interrupted", 3, 1, 100),
+    )
+    p = section("policy")
+    windows_text = p.strings("maintenance_windows", max_len=24)
+    policy = PolicyConfig(
+        hold_until=_parse_time(p, "hold_until"),
+        maintenance_windows=tuple(
+            _parse_window(p, f"maintenance_windows[{i}]", w) for i, w in enumerate(windows_text)
+        ),
+        download_ahead=p.boolean("download_ahead", True),
+    )
+    for table in tables:
+        table.check_unknown()
+    return DeviceConfig(
+        device=device,
+        broker=broker,
+        trust=trust,
+        download=download,
+        install=install,
+        health=health,
+        policy=policy,
+        source=source,
+    )
+
+
+def load_config(path: Path) -> DeviceConfig:
+    """Read and validate a device configuration file.
+
+    Raises:
+        ConfigError: the file cannot be read, is not TOML, or a field is invalid.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path.name}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path.name}: not UTF-8 text") from None
+    return parse_config(raw, source=path.name, base=path.resolve().parent)

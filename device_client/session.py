@@ -1,0 +1,188 @@
+"""The MQTT 5 session: connect, subscribe, publish presence and the outbox, reconnect.
+
+The session is persistent (clean start off, a session expiry), so QoS 1 notices published
+while the device is away are queued by the broker; every subscription is QoS 1 and is
+renewed on every connect, which also makes the broker resend retained notices and keyrings
+(the trust driver ignores the duplicates). The last will is a retained offline presence.
+Reconnection never gives up: jittered exponential backoff, capped.
+
+aiomqtt is used only in this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from device_client.config import BrokerConfig
+from device_client.outbox import Outbox
+
+__all__ = ["Backoff", "MqttSession", "Publication"]
+
+logger = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+class Backoff:
+    """Full-jitter exponential backoff: uniform(0, min(cap, base * 2**attempt)) seconds."""
+
+    def __init__(self, base_s: float = 0.5, cap_s: float = 60.0) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.attempt, 30))
+        self.attempt += 1
+        return random.uniform(ceiling / 4, ceiling)  # noqa: S311 - jitter, not crypto
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class MqttSession:
+    """One device's connection to the broker, kept up for as long as ``run`` runs.
+
+    Args:
+        broker: connection settings.
+        client_id: the MQTT client id (the device id).
+        subscriptions: topic filters to subscribe to with QoS 1 on every connect.
+        will: the retained message the broker publishes if the device vanishes.
+        on_connect: returns what to publish (retained presence, inventory) on each connect.
+        on_message: called for each received message, one at a time, in order.
+        on_acked: called after the broker acknowledged an outbox entry (to persist that).
+        outbox: the reports to publish, in order.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        *,
+        client_id: str,
+        subscriptions: list[str],
+        will: Publication,
+        on_connect: Callable[[], list[Publication]],
+        on_message: MessageHandler,
+        on_acked: Callable[[int], None],
+        outbox: Outbox,
+    ) -> None:
+        self._broker = broker
+        self._client_id = client_id
+        self._subscriptions = subscriptions
+        self._will = will
+        self._on_connect = on_connect
+        self._on_message = on_message
+        self._on_acked = on_acked
+        self._outbox = outbox
+        self._client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.connections = 0  # successful connects so far, for tests and metrics
+        self.backoff = Backoff()
+
+    def _make_client(self) -> aiomqtt.Client:
+        b = self._broker
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = b.session_expiry_s
+        tls_context = None
+        if b.tls:
+            tls_context = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
+            if b.cert_file and b.key_file:
+                tls_context.load_cert_chain(str(b.cert_file), str(b.key_file))
+        return aiomqtt.Client(
+            b.host,
+            b.port,
+            username=b.username,
+            password=b.password,
+            identifier=self._client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            keepalive=b.keepalive_s,
+            properties=props,
+            will=aiomqtt.Will(
+                self._will.topic, self._will.payload, qos=1, retain=self._will.retain
+            ),
+            tls_context=tls_context,
+            timeout=max(10.0, b.keepalive_s / 2),
+        )
+
+    async def run(self) -> None:
+        """Connect and serve forever; returns only when cancelled."""
+        while True:
+            try:
+                await self._connect_once()
+            except aiomqtt.MqttError as e:
+                logger.info("%s: broker connection lost or refused: %s", self._client_id, e)
+            except (OSError, ssl.SSLError) as e:
+                logger.info("%s: broker unreachable: %s", self._client_id, e)
+            finally:
+                self.connected.clear()
+                self._client = None
+            await asyncio.sleep(self.backoff.next_delay())
+
+    async def _connect_once(self) -> None:
+        client = self._make_client()
+        async with client:
+            self._client = client
+            self.connections += 1
+            self.backoff.reset()
+            logger.debug("%s: connected to %s:%d", self._client_id, *self._addr())
+            await client.subscribe([(t, 1) for t in self._subscriptions])
+            for pub in self._on_connect():
+                await client.publish(pub.topic, pub.payload, qos=1, retain=pub.retain)
+            self.connected.set()
+            sender = asyncio.create_task(self._send_outbox(client))
+            try:
+                async for message in client.messages:
+                    payload = message.payload
+                    if isinstance(payload, bytes | bytearray):
+                        await self._on_message(message.topic.value, bytes(payload))
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await sender
+
+    def _addr(self) -> tuple[str, int]:
+        return self._broker.host, self._broker.port
+
+    async def _send_outbox(self, client: aiomqtt.Client) -> None:
+        # One report at a time, each waiting for its PUBACK: strict order, nothing lost.
+        while True:
+            entry = await self._outbox.wait_ready()
+            try:
+                await client.publish(entry.topic, entry.payload, qos=1)
+            except aiomqtt.MqttError as e:
+                logger.info("%s: report %d not acknowledged: %s", self._client_id, entry.counter, e)
+                # Let the connection loop notice the broken connection and reconnect.
+                with contextlib.suppress(Exception):
+                    client._client.disconnect()  # paho's own: aiomqtt has no API for it
+                return
+            self._outbox.acknowledge(entry.counter)
+            self._on_acked(entry.counter)
+
+    async def publish(self, pub: Publication) -> bool:
+        """Publish now if connected (QoS 1); False when offline. Not for reports."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return False
+        try:
+            await client.publish(pub.topic, pub.payload, qos=1, retain=pub.retain)
+        except aiomqtt.MqttError:
+            return False
+        return True
