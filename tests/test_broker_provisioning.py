@@ -152,8 +152,20 @@ def test_cli_provision_set_groups_and_revoke_against_a_running_broker(
     runner = CliRunner()
     res = runner.invoke(
         provision_command,
-        ["dev-p", "--model", "rpi4", "--groups", "canary", "--password", "--data", str(data)]
-        + ["--root-key", ROOT, "--out", str(tmp_path / "bundle")],
+        [
+            "dev-p",
+            "--model",
+            "rpi4",
+            "--groups",
+            "canary",
+            "--password",
+            "--data",
+            str(data),
+            "--root-key",
+            ROOT,
+            "--out",
+            str(tmp_path / "bundle"),
+        ],
         obj={"on_provision": seen.append},
     )
     assert res.exit_code == 0, res.output
