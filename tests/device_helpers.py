@@ -366,7 +366,7 @@ class ReportCollector:
         return max(rs, key=lambda r: r.counter) if rs else None
 
     async def wait_state(
-        self, state: str, notice_id: str | None = None, timeout: float = 30
+        self, state: str, notice_id: str | None = None, within: float = 30
     ) -> Report:
         def found() -> Report | None:
             for r in sorted(self.reports, key=lambda r: r.counter):
