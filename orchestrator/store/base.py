@@ -1,0 +1,146 @@
+"""The storage interface the service uses, and the thread that runs it.
+
+``Store`` is small on purpose: one class per backend (SQLite now, PostgreSQL later). Its
+methods are blocking; ``Database`` runs every call on one dedicated thread, so there is a
+single writer, and async code awaits the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from fleetpush_protocol.messages import Inventory, Presence, Report
+from orchestrator.policy import PhaseCounts, RolloutSpec
+from orchestrator.store.records import (
+    AuditEntry,
+    DeviceFilter,
+    DeviceRecord,
+    IngestResult,
+    NoticeRecord,
+    ReleaseRecord,
+    RolloutRecord,
+    TargetRecord,
+    TokenRecord,
+)
+
+__all__ = ["ConflictError", "Database", "NotFoundError", "Store", "StoreError"]
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """A request the stored state does not allow."""
+
+
+class NotFoundError(StoreError):
+    """No such device, release, rollout or token."""
+
+
+class ConflictError(StoreError):
+    """The request conflicts with stored state (duplicate, in use)."""
+
+
+class Store(Protocol):
+    """Everything the orchestrator persists. All methods block; call them via ``Database``."""
+
+    def migrate(self) -> int: ...
+    def close(self) -> None: ...
+    def counters(self) -> dict[str, int]: ...
+
+    # devices
+    def list_devices(self, f: DeviceFilter) -> list[DeviceRecord]: ...
+    def get_device(self, device_id: str) -> DeviceRecord: ...
+    def ensure_devices(self, device_ids: Iterable[str], now: float) -> None: ...
+    def set_device_labels(
+        self, device_id: str, groups: Sequence[str] | None, tags: dict[str, str] | None
+    ) -> DeviceRecord: ...
+    def device_history(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]: ...
+    def online_count(self) -> int: ...
+    def ingest(
+        self, batch: Sequence[Report | Presence | Inventory], now: float
+    ) -> IngestResult: ...
+
+    # releases
+    def add_release(self, rec: ReleaseRecord) -> ReleaseRecord: ...
+    def get_release(self, release_id: int) -> ReleaseRecord: ...
+    def find_release(self, name: str, version: str) -> ReleaseRecord: ...
+    def list_releases(self) -> list[ReleaseRecord]: ...
+    def delete_release(self, release_id: int, now: float) -> ReleaseRecord: ...
+    def sha256_in_use(self, sha256: str) -> bool: ...
+
+    # rollouts
+    def create_rollout(
+        self,
+        *,
+        release_id: int,
+        target: dict[str, Any],
+        spec: RolloutSpec,
+        assignments: Sequence[tuple[str, int, int]],
+        now: float,
+        actor: str,
+    ) -> RolloutRecord: ...
+    def get_rollout(self, rollout_id: int) -> RolloutRecord: ...
+    def list_rollouts(self, states: Sequence[str] = ()) -> list[RolloutRecord]: ...
+    def update_rollout(self, rollout_id: int, now: float, **fields: Any) -> RolloutRecord: ...
+    def phase_counts(self, rollout_id: int) -> dict[int, PhaseCounts]: ...
+    def state_counts(self, rollout_id: int) -> dict[str, int]: ...
+    def rollout_state_counts(self) -> dict[str, int]: ...
+    def list_targets(
+        self, rollout_id: int, state: str | None = None, limit: int = 1000
+    ) -> list[TargetRecord]: ...
+    def pending_targets(
+        self, rollout_id: int, max_phase: int, limit: int
+    ) -> list[tuple[str, bool]]: ...
+    def time_out_targets(self, rollout_id: int, cutoff: float, now: float) -> int: ...
+    def retry_failed(self, rollout_id: int, now: float) -> int: ...
+    def cancel_targets(self, rollout_id: int, now: float, reason: str) -> list[str]: ...
+
+    # notices
+    def reserve_seqs(self, scopes: Sequence[str], floor: int) -> dict[str, int]: ...
+    def save_notices(self, notices: Sequence[NoticeRecord], delivered: dict[str, bool]) -> None: ...
+    def mark_published(self, notice_ids: Sequence[str]) -> None: ...
+    def unpublished_notices(self, limit: int = 10_000) -> list[NoticeRecord]: ...
+
+    # audit and tokens
+    def add_audit(
+        self, *, at: float, actor: str, action: str, subject: str, detail: dict[str, Any]
+    ) -> None: ...
+    def list_audit(self, limit: int = 100, after_id: int = 0) -> list[AuditEntry]: ...
+    def add_token(self, name: str, role: str, sha256: str, now: float) -> None: ...
+    def find_token(self, sha256: str) -> TokenRecord | None: ...
+    def list_tokens(self) -> list[TokenRecord]: ...
+    def revoke_token(self, name: str) -> None: ...
+
+
+class Database:
+    """Runs a ``Store`` on one dedicated thread: the single writer.
+
+    Args:
+        factory: builds the store; called on the database thread (SQLite connections
+            belong to the thread that made them).
+    """
+
+    def __init__(self, factory: Callable[[], Store]) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="fleetpush-db"
+        )
+        self._store: Store = self._pool.submit(factory).result()
+
+    def submit(self, fn: Callable[[Store], T]) -> concurrent.futures.Future[T]:
+        """Queue ``fn(store)`` on the database thread (from any thread)."""
+        return self._pool.submit(fn, self._store)
+
+    def call(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)`` on the database thread and wait (from a non-async thread)."""
+        return self.submit(fn).result()
+
+    async def run(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)`` on the database thread and await the result."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def close(self) -> None:
+        self._pool.submit(self._store.close).result()
+        self._pool.shutdown(wait=True)

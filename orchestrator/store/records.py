@@ -1,0 +1,224 @@
+"""Plain records the storage layer returns; ``to_json`` gives the API's shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.policy import RolloutSpec
+
+__all__ = [
+    "AuditEntry",
+    "DeviceFilter",
+    "DeviceRecord",
+    "IngestResult",
+    "NoticeRecord",
+    "ReleaseRecord",
+    "RolloutRecord",
+    "TargetRecord",
+    "TokenRecord",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    device_id: str
+    model: str
+    reported_groups: tuple[str, ...]
+    operator_groups: tuple[str, ...]
+    tags: dict[str, str]
+    online: bool
+    last_seen: float
+    first_seen: float
+    current_version: str
+    installed: tuple[dict[str, str], ...]
+    client_version: str
+    free_bytes: int | None
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(sorted({*self.reported_groups, *self.operator_groups}))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "model": self.model,
+            "groups": list(self.groups),
+            "reported_groups": list(self.reported_groups),
+            "operator_groups": list(self.operator_groups),
+            "tags": dict(self.tags),
+            "online": self.online,
+            "last_seen": self.last_seen,
+            "first_seen": self.first_seen,
+            "current_version": self.current_version,
+            "installed": list(self.installed),
+            "client_version": self.client_version,
+            "free_bytes": self.free_bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFilter:
+    """Every given field must match; ``tag`` is ``key=value`` or ``key``."""
+
+    group: str | None = None
+    model: str | None = None
+    online: bool | None = None
+    version: str | None = None
+    tag: str | None = None
+    ids: tuple[str, ...] = ()
+    limit: int = 1000
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRecord:
+    id: int
+    name: str
+    version: str
+    sha256: str  # hex
+    size: int  # bytes
+    models: tuple[str, ...]
+    handler: str
+    handler_args: dict[str, str]
+    metadata: dict[str, str]
+    created_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "size": self.size,
+            "models": list(self.models),
+            "handler": self.handler,
+            "handler_args": dict(self.handler_args),
+            "metadata": dict(self.metadata),
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    id: int
+    release_id: int
+    target: dict[str, Any]
+    spec: RolloutSpec
+    state: str  # scheduled, running, paused, completed, canceled, aborted
+    phase: int
+    phase_started_at: float | None
+    gate_met_at: float | None
+    reason: str
+    failure_base: int
+    attempt_base: int
+    created_at: float
+    updated_at: float
+    created_by: str
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("scheduled", "running", "paused")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "release_id": self.release_id,
+            "target": self.target,
+            "spec": self.spec.to_json(),
+            "state": self.state,
+            "phase": self.phase,
+            "phase_started_at": self.phase_started_at,
+            "gate_met_at": self.gate_met_at,
+            "reason": self.reason,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "created_by": self.created_by,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRecord:
+    rollout_id: int
+    device_id: str
+    position: int
+    phase: int
+    state: str
+    delivered: bool
+    notice_id: str | None
+    notified_at: float | None
+    updated_at: float
+    reason: str
+    attempts: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "phase": self.phase,
+            "state": self.state,
+            "delivered": self.delivered,
+            "notice_id": self.notice_id,
+            "notified_at": self.notified_at,
+            "updated_at": self.updated_at,
+            "reason": self.reason,
+            "attempts": self.attempts,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeRecord:
+    notice_id: str
+    device_id: str
+    rollout_id: int
+    kind: str  # "notice" or "cancel"
+    scope: str
+    seq: int
+    topic: str
+    issued_at: float
+    expires_at: float
+    envelope: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: float
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "subject": self.subject,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    name: str
+    role: str
+    created_at: float
+    revoked: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "created_at": self.created_at,
+            "revoked": self.revoked,
+        }
+
+
+@dataclass(slots=True)
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0  # stored, but about a notice that is not this device's
+    presence: int = 0
+    inventory: int = 0

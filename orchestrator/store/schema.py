@@ -1,0 +1,119 @@
+"""Versioned schema migrations, applied in order at start; the version lives in the DB."""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS"]
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the initial schema
+    """
+    CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY,
+        model TEXT NOT NULL DEFAULT '',
+        reported_groups TEXT NOT NULL DEFAULT '[]',
+        groups_ TEXT NOT NULL DEFAULT '[]',
+        tags TEXT NOT NULL DEFAULT '{}',
+        online INTEGER NOT NULL DEFAULT 0,
+        presence_at REAL NOT NULL DEFAULT 0,
+        last_seen REAL NOT NULL DEFAULT 0,
+        first_seen REAL NOT NULL DEFAULT 0,
+        current_version TEXT NOT NULL DEFAULT '',
+        installed TEXT NOT NULL DEFAULT '[]',
+        client_version TEXT NOT NULL DEFAULT '',
+        free_bytes INTEGER
+    );
+    CREATE TABLE releases (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        models TEXT NOT NULL,
+        handler TEXT NOT NULL,
+        handler_args TEXT NOT NULL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        deleted_at REAL
+    );
+    CREATE UNIQUE INDEX releases_name_version ON releases (name, version)
+        WHERE deleted_at IS NULL;
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        release_id INTEGER NOT NULL REFERENCES releases (id),
+        target TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        phase INTEGER NOT NULL DEFAULT 0,
+        phase_started_at REAL,
+        gate_met_at REAL,
+        reason TEXT NOT NULL DEFAULT '',
+        failure_base INTEGER NOT NULL DEFAULT 0,
+        attempt_base INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        created_by TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE rollout_targets (
+        rollout_id INTEGER NOT NULL REFERENCES rollouts (id),
+        device_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        phase INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        delivered INTEGER NOT NULL DEFAULT 0,
+        notice_id TEXT,
+        notified_at REAL,
+        updated_at REAL NOT NULL DEFAULT 0,
+        last_counter INTEGER NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (rollout_id, device_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX rollout_targets_state ON rollout_targets (rollout_id, state, position);
+    CREATE INDEX rollout_targets_device ON rollout_targets (device_id, state);
+    CREATE TABLE notices (
+        notice_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        rollout_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        issued_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        envelope BLOB NOT NULL,
+        published INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX notices_unpublished ON notices (published) WHERE published = 0;
+    CREATE TABLE scope_seq (scope TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE reports (
+        device_id TEXT NOT NULL,
+        counter INTEGER NOT NULL,
+        notice_id TEXT NOT NULL,
+        rollout_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        current_version TEXT NOT NULL,
+        reported_at INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        error_code TEXT,
+        error_message TEXT,
+        accepted INTEGER NOT NULL,
+        PRIMARY KEY (device_id, counter)
+    ) WITHOUT ROWID;
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        sha256 TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    """,
+)
