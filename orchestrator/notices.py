@@ -1,0 +1,135 @@
+"""Building and signing per-device update and cancel notices."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+
+from fleetpush_protocol.envelope import sign_message
+from fleetpush_protocol.messages import CancelNotice, Payload, Release, Target, UpdateNotice
+from fleetpush_protocol.topics import Topics, device_scope
+from orchestrator.config import HttpConfig
+from orchestrator.keystore import SigningSet
+from orchestrator.payloads import UrlSigner
+from orchestrator.store import NoticeRecord, ReleaseRecord
+
+__all__ = ["NoticeFactory", "new_notice_id"]
+
+
+def new_notice_id() -> str:
+    return "n-" + secrets.token_hex(10)
+
+
+class NoticeFactory:
+    """Signs notices with the current signing set.
+
+    Args:
+        topics: topic layout (notice and reply topics).
+        http: where payload URLs point (signed orchestrator URLs, or an external base).
+        urls: signs orchestrator payload URLs.
+        notice_ttl_s: how long a notice stays valid, capped by the signing key's window.
+    """
+
+    def __init__(
+        self, topics: Topics, http: HttpConfig, urls: UrlSigner, notice_ttl_s: float
+    ) -> None:
+        self.topics = topics
+        self.http = http
+        self.urls = urls
+        self.notice_ttl_s = notice_ttl_s
+
+    def expiry(self, signing: SigningSet, now: int) -> int:
+        """``now + ttl``, but never past the signing keys' ``not_after``."""
+        return max(now, min(now + int(self.notice_ttl_s), signing.not_after))
+
+    def payload_urls(self, release: ReleaseRecord, expires_at: int, now: int) -> tuple[str, ...]:
+        if self.http.payload_base_url:
+            return (f"{self.http.payload_base_url}/{release.sha256}",)
+        url_expiry = min(expires_at, now + int(self.http.url_ttl_s))
+        return (self.urls.sign(self.http.base_url, release.sha256, url_expiry),)
+
+    def updates(
+        self,
+        signing: SigningSet,
+        release: ReleaseRecord,
+        *,
+        rollout_id: int,
+        device_ids: Sequence[str],
+        seqs: Mapping[str, int],
+        now: int,
+    ) -> list[NoticeRecord]:
+        """One signed ``UpdateNotice`` per device, on its own scope and retained topic."""
+        expires = self.expiry(signing, now)
+        payload = Payload(
+            urls=self.payload_urls(release, expires, now),
+            size=release.size,
+            sha256=bytes.fromhex(release.sha256),
+        )
+        rel = Release(name=release.name, version=release.version)
+        out = []
+        for device_id in device_ids:
+            scope = device_scope(device_id)
+            notice = UpdateNotice(
+                notice_id=new_notice_id(),
+                rollout_id=str(rollout_id),
+                release=rel,
+                payload=payload,
+                handler=release.handler,
+                handler_args=dict(release.handler_args),
+                target=Target(devices=(device_id,), models=release.models),
+                issued_at=now,
+                expires_at=expires,
+                scope=scope,
+                seq=seqs[scope],
+                reply_topic=self.topics.report(device_id),
+            )
+            out.append(self._record(notice, device_id, rollout_id, "notice", signing))
+        return out
+
+    def cancels(
+        self,
+        signing: SigningSet,
+        *,
+        rollout_id: int,
+        device_ids: Sequence[str],
+        seqs: Mapping[str, int],
+        now: int,
+    ) -> list[NoticeRecord]:
+        """One signed ``CancelNotice`` per device; it replaces the retained update notice."""
+        expires = self.expiry(signing, now)
+        out = []
+        for device_id in device_ids:
+            scope = device_scope(device_id)
+            notice = CancelNotice(
+                notice_id=new_notice_id(),
+                rollout_id=str(rollout_id),
+                target=Target(devices=(device_id,)),
+                issued_at=now,
+                expires_at=expires,
+                scope=scope,
+                seq=seqs[scope],
+                reply_topic=self.topics.report(device_id),
+            )
+            out.append(self._record(notice, device_id, rollout_id, "cancel", signing))
+        return out
+
+    def _record(
+        self,
+        notice: UpdateNotice | CancelNotice,
+        device_id: str,
+        rollout_id: int,
+        kind: str,
+        signing: SigningSet,
+    ) -> NoticeRecord:
+        return NoticeRecord(
+            notice_id=notice.notice_id,
+            device_id=device_id,
+            rollout_id=rollout_id,
+            kind=kind,
+            scope=notice.scope,
+            seq=notice.seq,
+            topic=self.topics.device_notice(device_id),
+            issued_at=notice.issued_at,
+            expires_at=notice.expires_at,
+            envelope=sign_message(notice, signing.keys),
+        )

@@ -1,0 +1,140 @@
+"""Content-addressed payload files and the short-lived signed URLs devices fetch them by."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+from fleetpush_protocol.atomic import atomic_write, fsync_dir
+
+__all__ = ["PayloadStore", "TooLargeError", "UrlSigner"]
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class TooLargeError(ValueError):
+    """The upload went past the configured limit."""
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise TooLargeError(f"payload larger than {max_bytes} bytes")
+
+
+class PayloadStore:
+    """Payload files named by their SHA-256 under ``folder/ab/abcdef...``.
+
+    Args:
+        folder: where payloads live.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, sha256_hex: str) -> Path:
+        """The file for a digest (which may not exist).
+
+        Raises:
+            ValueError: not a lowercase hex SHA-256.
+        """
+        if not _SHA_RE.match(sha256_hex):
+            raise ValueError("not a SHA-256 hex digest")
+        return self.folder / sha256_hex[:2] / sha256_hex
+
+    def exists(self, sha256_hex: str) -> bool:
+        try:
+            return self.path(sha256_hex).is_file()
+        except ValueError:
+            return False
+
+    async def store_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[str, int]:
+        """Write a stream to a temp file while hashing it, then move it into place.
+
+        Returns:
+            ``(sha256_hex, size)``.
+
+        Raises:
+            TooLargeError: more than ``max_bytes`` arrived; nothing is kept.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".upload.", suffix=".tmp")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    _check_size(size, max_bytes)
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            sha = digest.hexdigest()
+            final = self.path(sha)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+            fsync_dir(final.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return sha, size
+
+    def store_bytes(self, data: bytes) -> tuple[str, int]:
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.path(sha)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data)
+        return sha, len(data)
+
+    def delete(self, sha256_hex: str) -> None:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            self.path(sha256_hex).unlink()
+
+
+class UrlSigner:
+    """HMAC-SHA256 over ``sha256|expiry``: a URL is good until its expiry and no longer.
+
+    Args:
+        secret: at least 32 random bytes kept by the orchestrator only.
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 32:
+            raise ValueError("URL signing secret must be at least 32 bytes")
+        self._secret = secret
+
+    @classmethod
+    def from_file(cls, path: Path) -> UrlSigner:
+        """Load the secret, creating it (mode 0600) on first use."""
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, secrets.token_bytes(32).hex().encode(), mode=0o600)
+        return cls(bytes.fromhex(path.read_text().strip()))
+
+    def _mac(self, sha256_hex: str, expires: int) -> str:
+        msg = f"{sha256_hex}|{expires}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()[:32]
+
+    def sign(self, base_url: str, sha256_hex: str, expires: int) -> str:
+        """``{base_url}/payloads/{sha}?exp=..&sig=..``."""
+        query = urlencode({"exp": expires, "sig": self._mac(sha256_hex, expires)})
+        return f"{base_url}/payloads/{sha256_hex}?{query}"
+
+    def check(self, sha256_hex: str, exp: str, sig: str, now: float) -> str | None:
+        """None when the URL is valid at ``now``, else the reason it is not."""
+        if not exp.isdigit() or len(exp) > 12:
+            return "missing or invalid exp"
+        if int(exp) < now:
+            return "link expired"
+        if not hmac.compare_digest(self._mac(sha256_hex, int(exp)), sig):
+            return "bad signature"
+        return None
