@@ -1,0 +1,23 @@
+"""The aiohttp application: routes, authentication and error middleware."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from orchestrator.api import admin, devices, releases, rollouts
+from orchestrator.api.context import CTX, ApiContext
+from orchestrator.api.middleware import auth_middleware, error_middleware
+
+__all__ = ["build_app"]
+
+
+def build_app(context: ApiContext) -> web.Application:
+    """The HTTP API (docs/openapi.yaml) over ``context``."""
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=context.config.http.max_upload_bytes,
+    )
+    app[CTX] = context
+    for module in (admin, devices, releases, rollouts):
+        app.add_routes(module.routes)
+    return app

@@ -1,0 +1,44 @@
+"""What the HTTP handlers share: the running service's parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator.auth import TokenAuth
+from orchestrator.clock import Clock
+from orchestrator.config import OrchestratorConfig
+from orchestrator.engine import RolloutEngine
+from orchestrator.keystore import KeyStore
+from orchestrator.payloads import PayloadStore, UrlSigner
+from orchestrator.store import Database
+
+__all__ = ["CTX", "ApiContext", "ApiError"]
+
+
+class ApiError(Exception):
+    """A client error: answered as ``{"error": reason}`` with ``status``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class ApiContext:
+    config: OrchestratorConfig
+    db: Database
+    clock: Clock
+    payloads: PayloadStore
+    urls: UrlSigner
+    keys: KeyStore
+    auth: TokenAuth
+    engine: RolloutEngine
+    extra_metrics: dict[str, Any] = field(default_factory=dict)
+    reload_keys: Any = None  # async callable: reload keys and publish keyrings
+
+
+CTX = web.AppKey("fleetpush", ApiContext)

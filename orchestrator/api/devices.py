@@ -1,0 +1,87 @@
+"""``/v1/devices``: the registry, filters, operator groups and tags."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from fleetpush_protocol.messages import NAME_PATTERN
+from orchestrator.api.common import audit, ctx, int_param, json_body, ok, requires
+from orchestrator.api.context import ApiError
+from orchestrator.store import DeviceFilter
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+_BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _filter(q: dict[str, str]) -> DeviceFilter:
+    online = None
+    if "online" in q:
+        if q["online"].lower() not in _BOOL:
+            raise ApiError(400, "online: expected true or false")
+        online = _BOOL[q["online"].lower()]
+    unknown = set(q) - {"group", "model", "online", "version", "tag", "limit", "offset"}
+    if unknown:
+        raise ApiError(400, f"unknown filter {sorted(unknown)[0]!r}")
+    return DeviceFilter(
+        group=q.get("group"),
+        model=q.get("model"),
+        online=online,
+        version=q.get("version"),
+        tag=q.get("tag"),
+        limit=min(int_param(q.get("limit", "1000"), "limit"), 100_000),
+        offset=int_param(q.get("offset", "0"), "offset"),
+    )
+
+
+@routes.get("/v1/devices")
+@requires("viewer")
+async def list_devices(request: web.Request) -> web.Response:
+    f = _filter(dict(request.query))
+    devices = await ctx(request).db.run(lambda s: s.list_devices(f))
+    return ok({"devices": [d.to_json() for d in devices]})
+
+
+@routes.get("/v1/devices/{device_id}")
+@requires("viewer")
+async def show_device(request: web.Request) -> web.Response:
+    device_id = request.match_info["device_id"]
+    c = ctx(request)
+    device = await c.db.run(lambda s: s.get_device(device_id))
+    history = await c.db.run(lambda s: s.device_history(device_id))
+    return ok({**device.to_json(), "reports": history})
+
+
+def _names(value: object, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ApiError(400, f"{what}: expected a list of names")
+    for v in value:
+        if not re.match(NAME_PATTERN, v):
+            raise ApiError(400, f"{what}: {v!r} is not a valid name ([A-Za-z0-9_.:-], 1-128)")
+    return list(value)
+
+
+@routes.patch("/v1/devices/{device_id}")
+@requires("operator")
+async def label_device(request: web.Request) -> web.Response:
+    """Set operator groups (``groups``) and/or tags (``tags``: string map)."""
+    device_id = request.match_info["device_id"]
+    body = await json_body(request)
+    unknown = set(body) - {"groups", "tags"}
+    if unknown:
+        raise ApiError(400, f"unknown field {sorted(unknown)[0]!r}")
+    groups = _names(body["groups"], "groups") if "groups" in body else None
+    tags = body.get("tags")
+    if tags is not None and (
+        not isinstance(tags, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
+        or len(tags) > 64
+    ):
+        raise ApiError(400, "tags: expected an object of at most 64 string values")
+    device = await ctx(request).db.run(lambda s: s.set_device_labels(device_id, groups, tags))
+    await audit(request, "device.label", f"device/{device_id}", groups=groups, tags=tags)
+    return ok(device.to_json())

@@ -1,0 +1,109 @@
+"""``/v1/releases``: upload (raw body, metadata in the query), list, show, delete."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from fleetpush_protocol.messages import NAME_PATTERN
+from orchestrator.api.common import audit, ctx, int_param, ok, requires
+from orchestrator.api.context import ApiError
+from orchestrator.payloads import TooLargeError
+from orchestrator.store import ReleaseRecord
+
+__all__ = ["HANDLERS", "routes"]
+
+routes = web.RouteTableDef()
+
+HANDLERS = ("directory", "command")
+
+
+def _name(value: str, what: str) -> str:
+    if not re.match(NAME_PATTERN, value):
+        raise ApiError(400, f"{what}: {value!r} is not a valid name ([A-Za-z0-9_.:-], 1-128)")
+    return value
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key or len(key) > 64 or len(value) > 4096:
+            raise ApiError(400, f"{what}: expected key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+@routes.post("/v1/releases")
+@requires("operator")
+async def upload(request: web.Request) -> web.Response:
+    """Query: ``name``, ``version``, ``model`` (repeatable), ``handler``, ``arg`` (k=v,
+    repeatable), ``meta`` (k=v, repeatable). Body: the payload bytes."""
+    q = request.query
+    unknown = set(q) - {"name", "version", "model", "handler", "arg", "meta"}
+    if unknown:
+        raise ApiError(400, f"unknown parameter {sorted(unknown)[0]!r}")
+    name = _name(q.get("name", ""), "name")
+    version = q.get("version", "")
+    if not 1 <= len(version) <= 128:
+        raise ApiError(400, "version: 1..128 characters")
+    models = tuple(_name(m, "model") for m in q.getall("model", []))
+    handler = q.get("handler", "directory")
+    if handler not in HANDLERS:
+        raise ApiError(400, f"handler: one of {', '.join(HANDLERS)}")
+    args = _pairs(q.getall("arg", []), "arg")
+    meta = _pairs(q.getall("meta", []), "meta")
+    c = ctx(request)
+    try:
+        sha, size = await c.payloads.store_stream(
+            request.content.iter_chunked(1 << 20), c.config.http.max_upload_bytes
+        )
+    except TooLargeError as e:
+        raise ApiError(413, str(e)) from None
+    rec = ReleaseRecord(
+        id=0, name=name, version=version, sha256=sha, size=size, models=models,
+        handler=handler, handler_args=args, metadata=meta, created_at=c.clock.now(),
+    )  # fmt: skip
+    stored = await c.db.run(lambda s: s.add_release(rec))
+    await audit(request, "release.upload", f"release/{stored.id}", name=name, version=version,
+                sha256=sha, size=size)  # fmt: skip
+    return ok(stored.to_json(), status=201)
+
+
+@routes.get("/v1/releases")
+@requires("viewer")
+async def list_releases(request: web.Request) -> web.Response:
+    releases = await ctx(request).db.run(lambda s: s.list_releases())
+    return ok({"releases": [r.to_json() for r in releases]})
+
+
+async def find_release(request: web.Request, ref: str) -> ReleaseRecord:
+    """A release by id or ``name@version``."""
+    c = ctx(request)
+    if "@" in ref:
+        name, _, version = ref.partition("@")
+        return await c.db.run(lambda s: s.find_release(name, version))
+    release_id = int_param(ref, "release")
+    return await c.db.run(lambda s: s.get_release(release_id))
+
+
+@routes.get("/v1/releases/{ref}")
+@requires("viewer")
+async def show_release(request: web.Request) -> web.Response:
+    rec = await find_release(request, request.match_info["ref"])
+    return ok(rec.to_json())
+
+
+@routes.delete("/v1/releases/{ref}")
+@requires("operator")
+async def delete_release(request: web.Request) -> web.Response:
+    c = ctx(request)
+    rec = await find_release(request, request.match_info["ref"])
+    now = c.clock.now()
+    await c.db.run(lambda s: s.delete_release(rec.id, now))
+    if not await c.db.run(lambda s: s.sha256_in_use(rec.sha256)):
+        c.payloads.delete(rec.sha256)
+    await audit(request, "release.delete", f"release/{rec.id}", name=rec.name,
+                version=rec.version)  # fmt: skip
+    return ok({"deleted": rec.id})

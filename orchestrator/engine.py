@@ -1,0 +1,314 @@
+"""The rollout engine: one pass per tick over every active rollout.
+
+Each pass, per rollout: start it when its time comes; time out silent devices; pause or
+abort on the failure threshold; advance a phase once its success gate held for the soak
+time; then, inside a maintenance window, notify the next devices of the open phases at
+the rollout's rate. Everything it decides is written to the database before it acts, so
+a restarted orchestrator continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from fleetpush_protocol.topics import device_scope
+from orchestrator.clock import Clock
+from orchestrator.keystore import SigningSet
+from orchestrator.notices import NoticeFactory
+from orchestrator.policy import (
+    PhaseCounts,
+    RateLimiter,
+    failure_tripped,
+    gate_met,
+    in_windows,
+    rate_per_minute,
+)
+from orchestrator.store import Database, NoticeRecord, RolloutRecord
+
+__all__ = ["Publisher", "RolloutEngine"]
+
+logger = logging.getLogger(__name__)
+
+MAX_NOTICES_PER_PASS = 5000  # devices notified per rollout per pass, at most
+REPUBLISH_EVERY_S = 30.0  # seconds between retries of unacknowledged notices
+
+
+class Publisher(Protocol):
+    async def publish_many(
+        self,
+        items: Sequence[tuple[str, bytes, bool]],
+        timeout: float = 30.0,  # noqa: ASYNC109
+    ) -> None: ...
+
+
+def _totals(counts: dict[int, PhaseCounts]) -> PhaseCounts:
+    total = PhaseCounts()
+    for c in counts.values():
+        for name in ("total", "pending", "waiting", "in_flight", "succeeded", "failed",
+                     "canceled"):  # fmt: skip
+            setattr(total, name, getattr(total, name) + getattr(c, name))
+    return total
+
+
+class RolloutEngine:
+    """Drives rollouts from the database.
+
+    Args:
+        db: the database.
+        notices: builds and signs notices.
+        publisher: the MQTT link.
+        signing: returns the signing set valid at a time (raises if there is none).
+        clock: the injected clock.
+        tick_s: seconds between passes.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        notices: NoticeFactory,
+        publisher: Publisher,
+        signing: Callable[[float], SigningSet],
+        clock: Clock,
+        tick_s: float = 1.0,
+    ) -> None:
+        self.db = db
+        self.notices = notices
+        self.publisher = publisher
+        self.signing = signing
+        self.clock = clock
+        self.tick_s = tick_s
+        self._limiters: dict[int, RateLimiter] = {}
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._last_republish = -1e18
+        self.passes = 0
+
+    # --- loop ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Run the next pass now (thread-safe only via ``loop.call_soon_threadsafe``)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Pass after pass until cancelled; a failing pass is logged, never fatal."""
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("rollout engine pass failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick_s)
+
+    async def tick(self) -> None:
+        """One pass over every active rollout."""
+        async with self._lock:
+            now = self.clock.now()
+            if now - self._last_republish >= REPUBLISH_EVERY_S:
+                self._last_republish = now
+                await self.republish(now)
+            rollouts = await self.db.run(
+                lambda s: s.list_rollouts(("scheduled", "running", "paused"))
+            )
+            for r in rollouts:
+                await self._step(r, now)
+            self.passes += 1
+
+    # --- one rollout ---------------------------------------------------------------------
+
+    async def _update(self, r: RolloutRecord, now: float, **fields: object) -> RolloutRecord:
+        return await self.db.run(lambda s: s.update_rollout(r.id, now, **fields))
+
+    async def _audit(self, r: RolloutRecord, now: float, action: str, reason: str) -> None:
+        await self.db.run(
+            lambda s: s.add_audit(
+                at=now, actor="engine", action=action, subject=f"rollout/{r.id}",
+                detail={"reason": reason},
+            )
+        )  # fmt: skip
+
+    async def _step(self, r: RolloutRecord, now: float) -> None:
+        spec = r.spec
+        if r.state == "scheduled":
+            if spec.start_at is not None and now < spec.start_at:
+                return
+            r = await self._update(r, now, state="running", phase_started_at=now)
+            await self._audit(r, now, "rollout.start", "scheduled start reached")
+        timed_out = await self.db.run(
+            lambda s: s.time_out_targets(r.id, now - spec.device_timeout_s, now)
+        )
+        if timed_out:
+            logger.info("rollout %d: %d device(s) timed out", r.id, timed_out)
+        counts = await self.db.run(lambda s: s.phase_counts(r.id))
+        total = _totals(counts)
+        failures = total.failed - r.failure_base
+        attempts = total.failed + total.succeeded - r.attempt_base
+        if r.state == "running" and failure_tripped(failures, attempts, spec):
+            reason = (
+                f"failure threshold: {failures} of {attempts} finished devices failed "
+                f"(> {spec.failure_pct:g}%)"
+            )
+            if spec.on_failure == "abort":
+                await self.cancel(r, now, state="aborted", reason=reason)
+            else:
+                await self._update(r, now, state="paused", reason=reason)
+            await self._audit(r, now, f"rollout.{spec.on_failure}", reason)
+            logger.warning("rollout %d: %s", r.id, reason)
+            return
+        if r.state != "running":
+            return
+        r = await self._gate(r, counts, total, now)
+        if r.state != "running":
+            return
+        if in_windows(spec.windows, now):
+            await self._notify(r, now, total.succeeded)
+
+    async def _gate(
+        self, r: RolloutRecord, counts: dict[int, PhaseCounts], total: PhaseCounts, now: float
+    ) -> RolloutRecord:
+        spec = r.spec
+        phase_counts = PhaseCounts()
+        for p, c in counts.items():
+            if p <= r.phase:  # a phase is judged with the ones before it (cumulative %)
+                for name in ("total", "pending", "waiting", "in_flight", "succeeded",
+                             "failed", "canceled"):  # fmt: skip
+                    setattr(phase_counts, name, getattr(phase_counts, name) + getattr(c, name))
+        last = r.phase + 1 >= len(spec.phases)
+        if not gate_met(phase_counts, spec.success_pct):
+            if r.gate_met_at is not None:
+                r = await self._update(r, now, gate_met_at=None)
+            if phase_counts.done and phase_counts.total:
+                reason = (
+                    f"phase {r.phase + 1} finished below its success gate "
+                    f"({phase_counts.succeeded}/{phase_counts.reachable} < "
+                    f"{spec.success_pct:g}%)"
+                )
+                r = await self._update(r, now, state="paused", reason=reason)
+                await self._audit(r, now, "rollout.pause", reason)
+            return r
+        if r.gate_met_at is None:
+            r = await self._update(r, now, gate_met_at=now)
+        assert r.gate_met_at is not None  # noqa: S101 - set just above
+        if now - r.gate_met_at < spec.soak_s:
+            return r
+        if not last:
+            r = await self._update(
+                r, now, phase=r.phase + 1, phase_started_at=now, gate_met_at=None, reason=""
+            )
+            logger.info("rollout %d: phase %d opened", r.id, r.phase + 1)
+            await self._audit(r, now, "rollout.advance", f"phase {r.phase + 1} opened")
+        elif total.done:
+            r = await self._update(r, now, state="completed", reason="")
+            await self._audit(r, now, "rollout.complete", "every device finished")
+        return r
+
+    async def _notify(self, r: RolloutRecord, now: float, succeeded: int) -> None:
+        candidates = await self.db.run(
+            lambda s: s.pending_targets(r.id, r.phase, MAX_NOTICES_PER_PASS)
+        )
+        if not candidates:
+            return
+        limiter = self._limiters.setdefault(r.id, RateLimiter(burst_s=max(1.0, 2 * self.tick_s)))
+        online = [d for d, up in candidates if up]
+        offline = [d for d, up in candidates if not up]
+        granted = limiter.take(rate_per_minute(r.spec, succeeded), now, len(online))
+        # Offline devices cost no budget: their retained notice waits for them.
+        chosen = online[:granted] + offline
+        if not chosen:
+            return
+        await self.send_updates(r, chosen, set(online[:granted]), now)
+
+    # --- notices -------------------------------------------------------------------------
+
+    async def send_updates(
+        self, r: RolloutRecord, device_ids: Sequence[str], online: set[str], now: float
+    ) -> int:
+        """Reserve sequences, sign, store, then publish update notices."""
+        release = await self.db.run(lambda s: s.get_release(r.release_id))
+        signing = self.signing(now)
+        scopes = [device_scope(d) for d in device_ids]
+        seqs = await self.db.run(lambda s: s.reserve_seqs(scopes, int(now * 1000)))
+        records = await asyncio.to_thread(
+            lambda: self.notices.updates(
+                signing, release, rollout_id=r.id, device_ids=device_ids, seqs=seqs, now=int(now)
+            )
+        )
+        delivered = {d: d in online for d in device_ids}
+        await self.db.run(lambda s: s.save_notices(records, delivered))
+        await self._publish(records)
+        logger.info("rollout %d: notified %d device(s)", r.id, len(records))
+        return len(records)
+
+    async def _publish(self, records: Sequence[NoticeRecord]) -> None:
+        try:
+            await self.publisher.publish_many([(n.topic, n.envelope, True) for n in records])
+        except (TimeoutError, ConnectionError) as e:
+            logger.warning("%d notice(s) not acknowledged yet (%s); will retry", len(records), e)
+            return
+        ids = [n.notice_id for n in records]
+        await self.db.run(lambda s: s.mark_published(ids))
+
+    async def republish(self, now: float) -> None:
+        """Publish notices stored but never acknowledged (e.g. killed before the PUBACK)."""
+        records = await self.db.run(lambda s: s.unpublished_notices())
+        if records:
+            logger.info("publishing %d stored notice(s) again", len(records))
+            await self._publish(records)
+
+    async def cancel(self, r: RolloutRecord, now: float, *, state: str, reason: str) -> int:
+        """Cancel the rollout: pending devices are dropped, notified ones get a cancel."""
+        devices = await self.db.run(lambda s: s.cancel_targets(r.id, now, reason))
+        await self._update(r, now, state=state, reason=reason)
+        if not devices:
+            return 0
+        signing = self.signing(now)
+        scopes = [device_scope(d) for d in devices]
+        seqs = await self.db.run(lambda s: s.reserve_seqs(scopes, int(now * 1000)))
+        records = self.notices.cancels(
+            signing, rollout_id=r.id, device_ids=devices, seqs=seqs, now=int(now)
+        )
+        await self.db.run(lambda s: s.save_notices(records, {}))
+        await self._publish(records)
+        return len(records)
+
+    # --- operator actions ----------------------------------------------------------------
+
+    async def pause(self, r: RolloutRecord, reason: str) -> RolloutRecord:
+        async with self._lock:
+            return await self._update(r, self.clock.now(), state="paused", reason=reason)
+
+    async def resume(self, r: RolloutRecord) -> RolloutRecord:
+        """Resume; failures so far no longer count against the threshold."""
+        async with self._lock:
+            now = self.clock.now()
+            total = _totals(await self.db.run(lambda s: s.phase_counts(r.id)))
+            r = await self._update(
+                r, now, state="running", reason="", gate_met_at=None,
+                failure_base=total.failed, attempt_base=total.failed + total.succeeded,
+            )  # fmt: skip
+        self.wake()
+        return r
+
+    async def retry_failed(self, r: RolloutRecord) -> int:
+        """Failed, rolled back, rejected and timed-out devices get a new notice."""
+        async with self._lock:
+            now = self.clock.now()
+            n = await self.db.run(lambda s: s.retry_failed(r.id, now))
+            total = _totals(await self.db.run(lambda s: s.phase_counts(r.id)))
+            await self._update(
+                r, now, state="running", reason="", gate_met_at=None,
+                failure_base=total.failed, attempt_base=total.failed + total.succeeded,
+            )  # fmt: skip
+        self.wake()
+        return n
+
+    async def cancel_by_operator(self, r: RolloutRecord, reason: str) -> int:
+        async with self._lock:
+            return await self.cancel(r, self.clock.now(), state="canceled", reason=reason)

@@ -1,0 +1,169 @@
+"""``fleetpush serve``: the database, MQTT link, ingestion, rollout engine and HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from orchestrator.api import ApiContext, build_app
+from orchestrator.auth import TokenAuth, load_tokens_file
+from orchestrator.clock import Clock, SystemClock
+from orchestrator.config import OrchestratorConfig
+from orchestrator.engine import RolloutEngine
+from orchestrator.ingest import Ingestor
+from orchestrator.keystore import KeyStore, SigningSet
+from orchestrator.mqtt_link import MqttLink
+from orchestrator.notices import NoticeFactory
+from orchestrator.payloads import PayloadStore, UrlSigner
+from orchestrator.store import Database, IngestResult, SQLiteStore, Store
+
+__all__ = ["Orchestrator", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+class Orchestrator:
+    """The running service; ``start`` and ``stop`` it, or use ``serve``.
+
+    Args:
+        config: the parsed configuration.
+        clock: injected time (tests move it by hand).
+    """
+
+    def __init__(self, config: OrchestratorConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.keys = KeyStore(config.keys_dir)
+        self._signing: SigningSet | None = None
+        self._runner: web.AppRunner | None = None
+        self._engine_task: asyncio.Task[None] | None = None
+        self.db: Database | None = None
+        self.link: MqttLink | None = None
+        self.ingestor: Ingestor | None = None
+        self.engine: RolloutEngine | None = None
+        self.port = config.http.port
+
+    def signing(self, now: float) -> SigningSet:
+        """The signing set valid at ``now``, reloaded from disk when it ran out."""
+        s = self._signing
+        if s is None or now > s.not_after - 60:
+            s = self._signing = self.keys.signing_set(now)
+        return s
+
+    async def start(self) -> None:
+        """Open the database, check keys, connect to MQTT, start ingestion, engine and API.
+
+        Raises:
+            KeyStoreError: no usable keys (run ``fleetpush keys init``).
+            ConnectionError: the broker is unreachable or refused the login.
+            OSError: the HTTP port is taken.
+        """
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+
+        def open_store() -> Store:
+            store = SQLiteStore(cfg.db_path)
+            store.migrate()
+            return store
+
+        self.db = db = Database(open_store)
+        self.signing(self.clock.now())  # fail early without keys
+        urls = UrlSigner.from_file(cfg.data_dir / "url-signing.key")
+        topics = cfg.mqtt.topics
+        factory = NoticeFactory(topics, cfg.http, urls, cfg.rollouts.notice_ttl_s)
+        self.link = link = MqttLink(
+            cfg.mqtt, [topics.reports_filter, topics.presence_filter, topics.inventory_filter]
+        )
+        self.engine = engine = RolloutEngine(
+            db,
+            notices=factory,
+            publisher=link,
+            signing=self.signing,
+            clock=self.clock,
+            tick_s=cfg.rollouts.tick_s,
+        )
+
+        def on_batch(result: IngestResult) -> None:
+            if result.accepted:
+                loop.call_soon_threadsafe(engine.wake)
+
+        self.ingestor = ingestor = Ingestor(
+            db, topics=topics, clock=self.clock, config=cfg.ingest, ack=link.ack, on_batch=on_batch
+        )
+        link.on_message = ingestor.on_message
+        ingestor.start()
+        await asyncio.to_thread(link.start)
+        await self.publish_keyrings()
+        file_tokens = load_tokens_file(cfg.auth.tokens_file) if cfg.auth.tokens_file else {}
+        context = ApiContext(
+            config=cfg,
+            db=db,
+            clock=self.clock,
+            payloads=PayloadStore(cfg.payload_dir),
+            urls=urls,
+            keys=self.keys,
+            auth=TokenAuth(db, file_tokens),
+            engine=engine,
+            extra_metrics={
+                "mqtt_connected": link.connected.is_set,
+                "ingest_queue": ingestor.pending,
+            },
+            reload_keys=self.reload_keys,
+        )
+        self._runner = web.AppRunner(build_app(context), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port)
+        await site.start()
+        if self._runner.addresses:
+            self.port = int(self._runner.addresses[0][1])
+        self._engine_task = asyncio.create_task(engine.run(), name="fleetpush-engine")
+        logger.info("fleetpush orchestrator listening on %s:%d", cfg.http.host, self.port)
+
+    async def publish_keyrings(self) -> int:
+        """Publish every keyring version, retained, so devices can walk the whole chain."""
+        assert self.link is not None  # noqa: S101 - called after start
+        topics = self.config.mqtt.topics
+        blobs = self.keys.keyring_blobs()
+        await self.link.publish_many([(topics.keyring(v), b, True) for v, b in blobs])
+        return len(blobs)
+
+    async def reload_keys(self) -> int:
+        """Re-read the keys folder (after a rotation) and publish the keyrings."""
+        self._signing = None
+        self.signing(self.clock.now())
+        return await self.publish_keyrings()
+
+    async def stop(self) -> None:
+        """Stop the API and engine, write queued reports, disconnect, close the database."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._engine_task is not None:
+            self._engine_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._engine_task
+        if self.ingestor is not None:
+            await asyncio.to_thread(self.ingestor.stop)
+        if self.link is not None:
+            await asyncio.to_thread(self.link.stop)
+        if self.db is not None:
+            self.db.close()
+
+
+async def serve(config: OrchestratorConfig) -> None:
+    """Run until SIGINT or SIGTERM."""
+    orch = Orchestrator(config)
+    await orch.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        logger.info("stopping")
+        await orch.stop()
