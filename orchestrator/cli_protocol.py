@@ -30,9 +30,7 @@ def protocol() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A test-vectors JSON file (docs/protocol/test-vectors.json).",
 )
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print JSON: [{name, expected, actual}]."
-)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: [{name, expected, actual}].")
 def verify_vectors(vectors_file: Path, as_json: bool) -> None:
     """Run every vector through this implementation; exit 1 on any mismatch."""
     try:
@@ -74,9 +72,7 @@ def _signature_report(body: bytes, sigs: list[Any], keys: list[bytes]) -> list[d
 
 @protocol.command("inspect")
 @click.argument("message_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--key", "keys", multiple=True, help="Trusted public key (hex); repeatable."
-)
+@click.option("--key", "keys", multiple=True, help="Trusted public key (hex); repeatable.")
 @click.option("--hex", "is_hex", is_flag=True, help="The file holds hex text, not raw bytes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect(message_file: Path, keys: tuple[str, ...], is_hex: bool, as_json: bool) -> None:
