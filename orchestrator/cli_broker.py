@@ -91,6 +91,23 @@ def run_command(  # noqa: PLR0917 - click passes options as parameters
         b.stop()
 
 
+@broker.command("server-cert")
+@_data_option
+@click.option("--name", "names", multiple=True, required=True, help="DNS name or IP; repeat.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for server.pem and server.key (e.g. /etc/fleetpush/tls).",
+)
+def server_cert_command(data_dir: Path, names: tuple[str, ...], out: Path) -> None:
+    """Issue the broker's TLS certificate from the fleet CA (for a real install)."""
+    ca = broker_for_data_dir(data_dir).ca
+    out.mkdir(parents=True, exist_ok=True)
+    ca.issue_server(names).write(out / "server.pem", out / "server.key")
+    click.echo(f"wrote {out / 'server.pem'} and {out / 'server.key'}; CA: {ca.cert_path}")
+
+
 @broker.command("identities")
 @_data_option
 def identities_command(data_dir: Path) -> None:
@@ -137,6 +154,11 @@ def _root_keys(
 @click.option("--config-dir", help="Where the bundle will live on the device (absolute paths).")
 @click.option("--broker-url", help="URL for password devices (default: the broker's).")
 @click.option("--tls-url", help="URL for certificate devices (default: the broker's).")
+@click.option(
+    "--server-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="CA of the broker's certificate, if not the fleet CA.",
+)
 @click.option("--replace", is_flag=True, help="Re-provision: revoke the old credentials.")
 @click.pass_context
 def provision_command(  # noqa: PLR0917 - click passes options as parameters
@@ -154,6 +176,7 @@ def provision_command(  # noqa: PLR0917 - click passes options as parameters
     config_dir: str | None,
     broker_url: str | None,
     tls_url: str | None,
+    server_ca: Path | None,
     replace: bool,
 ) -> None:
     """Create DEVICE_ID's broker credentials and its ready-to-use device config bundle."""
@@ -165,6 +188,7 @@ def provision_command(  # noqa: PLR0917 - click passes options as parameters
         broker_url=broker_url,
         tls_url=tls_url,
         on_provision=_hook(ctx, "on_provision"),
+        server_ca_file=server_ca,
     )
     try:
         record = p.provision(

@@ -187,6 +187,8 @@ class Provisioner:
         on_provision: called with the ``DeviceRecord`` after a device is provisioned (the
             orchestrator records the device in its database here).
         on_revoke: called with the device id after a device is revoked.
+        server_ca_file: the CA devices use to verify the broker (default: the fleet CA,
+            which signs the broker certificate unless the operator brings their own).
     """
 
     def __init__(
@@ -199,8 +201,10 @@ class Provisioner:
         tls_url: str | None = None,
         on_provision: ProvisionHook | None = None,
         on_revoke: RevokeHook | None = None,
+        server_ca_file: Path | None = None,
     ) -> None:
         self.broker = broker
+        self.server_ca_file = Path(server_ca_file) if server_ca_file else broker.ca_file
         self.root_keys = [load_public_key(k).hex() for k in root_keys]
         self.root_threshold = root_threshold
         self.broker_url = broker_url or broker.url
@@ -267,7 +271,7 @@ class Provisioner:
             password = self.broker.add_device(device_id, groups)
             creds |= {"username": device_id, "password": password}
         if url.startswith("mqtts://"):
-            shutil.copyfile(self.broker.ca_file, bundle / "ca.pem")
+            shutil.copyfile(self.server_ca_file, bundle / "ca.pem")
             creds["ca_file"] = where("ca.pem")
         self.broker.set_model(device_id, model)
         self.broker.reload()

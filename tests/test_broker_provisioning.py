@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 from orchestrator.broker.testing import Probe, tls_context
 from orchestrator.cli_broker import provision_command, revoke_command, set_groups_command
-from orchestrator.provisioning import DeviceRecord, Provisioner
+from orchestrator.provisioning import DeviceRecord, Provisioner, broker_for_data_dir
 
 pytestmark = pytest.mark.integration
 
@@ -227,3 +228,37 @@ def test_broker_run_prints_connection_info_and_stops_on_sigterm(tmp_path: Path) 
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_revoke_works_when_the_broker_is_reloaded_by_someone_else(
+    tls_broker: MosquittoBroker, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In deploy/ the orchestrator cannot signal Mosquitto (another user); a systemd path
+    # unit reloads it when passwd/acl/crl change. Stand-in: a thread watching the files.
+    pw = tls_broker.add_device("dev-e")
+    tls_broker.reload()
+    dev = Probe(tls_broker.host, tls_broker.port, username="dev-e", password=pw)
+    manager = broker_for_data_dir(tls_broker.workdir.parent)
+    monkeypatch.setattr(manager, "_broker_pid", lambda: None)
+    stop = threading.Event()
+
+    def path_unit() -> None:
+        files = [tls_broker.passwd_path, tls_broker.acl_path]
+        seen = [f.stat().st_mtime_ns for f in files]
+        while not stop.wait(0.05):
+            now = [f.stat().st_mtime_ns for f in files]
+            if now != seen:
+                seen = now
+                assert tls_broker._proc is not None
+                tls_broker._proc.send_signal(signal.SIGHUP)
+
+    watcher = threading.Thread(target=path_unit, daemon=True)
+    watcher.start()
+    try:
+        assert dev.connect() == OK
+        assert manager.revoke("dev-e")
+        assert dev.disconnected.wait(5)
+    finally:
+        stop.set()
+        watcher.join(5)
+        dev.close()

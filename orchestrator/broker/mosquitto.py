@@ -310,7 +310,10 @@ class MosquittoBroker:
             self._transient[device_id] = hash_password(one_time)
             self._write_files(reg)
         try:
-            if self.reload():
+            # A broker this process cannot signal (a systemd service reloaded by a path unit,
+            # deploy/) may still be running: try the takeover whenever the listener answers;
+            # it retries until the reload that knows the one-time password has happened.
+            if self.reload() or _listening(self.host, self.port):
                 self._take_over_session(device_id, one_time, timeout)
         finally:
             self._transient.pop(device_id, None)
@@ -329,8 +332,10 @@ class MosquittoBroker:
             if name not in reg.identities
         ]
         # The one-time takeover identity has a password but no ACL lines: it can do nothing.
-        _write(self.passwd_path, render_passwd([*users, *transient]), 0o600)
-        _write(self.acl_path, render_acl(users, self.topics), 0o600)
+        # 0640: in a real install Mosquitto runs as its own user and reads these through
+        # the group (deploy/README.md); they hold hashes and topic names, not secrets.
+        _write(self.passwd_path, render_passwd([*users, *transient]), 0o640)
+        _write(self.acl_path, render_acl(users, self.topics), 0o640)
         if self.tls or (self.workdir / "ca" / "ca.key").exists():
             self.ca.write_crl(reg.revoked_serials)
 
