@@ -221,8 +221,9 @@ class Fetcher:
         throttle = _Throttle(self.config.bandwidth_bytes_per_s)
         try:
             with part.open("r+b" if offset else "wb") as f:
-                f.seek(offset)
-                f.truncate()
+                if offset:
+                    f.seek(offset)
+                    f.truncate()  # drop any bytes past what the running hash covers
                 while offset < size:
                     # Never ask for more than the signed size: an endless stream stops here.
                     data = await resp.content.read(min(chunk, size - offset))

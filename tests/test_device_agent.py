@@ -260,3 +260,283 @@ def _group_notice(signer: Signer, url: str, topics: Topics) -> tuple[Any, bytes]
         reply_topic=f"{topics.prefix}/device/{{device_id}}/report",
     )
     return notice, sign_message(notice, [signer.signing])
+
+
+# --- downloads -----------------------------------------------------------------------------
+
+
+def assert_counters_contiguous(reports: ReportCollector) -> None:
+    counters = sorted(r.counter for r in reports.reports)
+    assert counters == list(range(1, len(counters) + 1)), counters
+
+
+async def test_broker_restart_during_download(
+    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
+    start_device: StartDevice,
+) -> None:  # fmt: skip
+    payload = make_tar({"big.bin": bytes(range(256)) * 4096})  # ~1 MiB
+    async with ReportCollector(broker, topics) as reports:
+        await publish_keyring(broker, topics, signer)
+        device = await start_device()
+        url = server.add("big.tar", payload, rate=len(payload) // 2)  # about 2 s
+        notice, data = signer.notice("dev-001", payload, [url], topics=topics)
+        await publish(broker, topics.device_notice("dev-001"), data)
+        await reports.wait_state("downloading", notice.notice_id)
+        connections = device.agent.session.connections
+        await asyncio.to_thread(broker.restart)
+        await reports.wait_state("succeeded", notice.notice_id, within=60)
+        assert device.agent.session.connections > connections
+        assert reports.states(notice.notice_id) == [
+            "notified", "downloading", "downloaded", "installing", "installed", "succeeded",
+        ]  # fmt: skip
+        # Every report made while the broker was away arrived, in order, none twice.
+        await wait_for(lambda: len(device.agent.state.outbox) == 0, 10, "outbox drained")
+        assert_counters_contiguous(reports)
+        progress = [r for r in reports.reports if r.progress is not None]
+        assert progress, "a 2 s download sends progress reports"
+        assert all(p.progress.total == len(payload) for p in progress if p.progress)
+
+
+async def test_http_cut_halfway_resumes_with_range(
+    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
+    start_device: StartDevice,
+) -> None:  # fmt: skip
+    payload = make_tar({"big.bin": bytes(range(256)) * 2048})  # ~512 KiB
+    async with ReportCollector(broker, topics) as reports:
+        await publish_keyring(broker, topics, signer)
+        device = await start_device()
+        url = server.add("cut.tar", payload, cut_after=len(payload) // 2)
+        notice, data = signer.notice("dev-001", payload, [url], topics=topics)
+        await publish(broker, topics.device_notice("dev-001"), data)
+        await reports.wait_state("succeeded", notice.notice_id)
+        chunk = device.agent.config.download.chunk_bytes
+        assert server.bytes_sent["cut.tar"] <= len(payload) + chunk
+        assert [r for _, r in server.ranges][0] is None
+        resumed = [r for _, r in server.ranges][1]
+        assert resumed is not None
+        assert int(resumed.removeprefix("bytes=").rstrip("-")) > 0
+        assert device.agent.fetcher.bytes_received <= len(payload) + chunk
+
+
+async def test_endless_data_stops_at_signed_size(
+    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
+    start_device: StartDevice,
+) -> None:  # fmt: skip
+    async with ReportCollector(broker, topics) as reports:
+        await publish_keyring(broker, topics, signer)
+        device = await start_device()
+        url = server.add("endless.tar", RELEASE, endless=True)
+        notice, data = signer.notice("dev-001", RELEASE, [url], topics=topics)
+        await publish(broker, topics.device_notice("dev-001"), data)
+        await reports.wait_state("succeeded", notice.notice_id)
+        assert device.agent.fetcher.bytes_received == len(RELEASE)
+
+
+async def test_next_url_after_a_dead_one(
+    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
+    start_device: StartDevice,
+) -> None:  # fmt: skip
+    async with ReportCollector(broker, topics) as reports:
+        await publish_keyring(broker, topics, signer)
+        await start_device()
+        good = server.add("good.tar", RELEASE)
+        notice, data = signer.notice(
+            "dev-001", RELEASE, [server.url("missing.tar"), good], topics=topics
+        )
+        await publish(broker, topics.device_notice("dev-001"), data)
+        await reports.wait_state("succeeded", notice.notice_id)
+        assert [n for n, _ in server.ranges] == ["missing.tar", "good.tar"]
+
+
+async def test_disk_full_fails_and_keeps_the_old_release(
+    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
+    start_device: StartDevice,
+) -> None:  # fmt: skip
+    async with ReportCollector(broker, topics) as reports:
+        await publish_keyring(broker, topics, signer)
+        device = await start_device()
+        url = server.add("v2.tar", RELEASE)
+        first, data = signer.notice("dev-001", RELEASE, [url], topics=topics)
+        await publish(broker, topics.device_notice("dev-001"), data)
+        await reports.wait_state("succeeded", first.notice_id)
+        # The next download lands on a "disk" that is full: /dev/full fails every write.
+        second_id = "n-dev-001-2"
+        (device.agent.downloads / f"{second_id}.part").symlink_to("/dev/full")
+        second, data = signer.notice("dev-001", RELEASE, [url], version="3.0.0", topics=topics)
+        assert second.notice_id == second_id
+        await publish(broker, topics.device_notice("dev-001"), data)
+        failed = await reports.wait_state("failed", second_id)
+        assert failed.error is not None
+        assert failed.error.code == "disk_full"
+        assert failed.current_version == "2.0.0"
+        assert device.current() == f"slot-{first.notice_id}"
+        assert not (device.agent.downloads / f"{second_id}.part").exists()
+
+
+# --- health, cancel, policy, command handler -----------------------------------------------
+
+
+async def test_failing_health_check_rolls_back(
+    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
+    start_device: StartDevice,
+) -> None:  # fmt: skip
+    health = {"command": ["/bin/sh", "-c", 'test "$FLEETPUSH_VERSION" != 3.0.0'], "timeout_s": 10}
+    async with ReportCollector(broker, topics) as reports:
+        await publish_keyring(broker, topics, signer)
+        device = await start_device(sections={"health": health})
+        url = server.add("v2.tar", RELEASE)
+        good, data = signer.notice("dev-001", RELEASE, [url], topics=topics)
+        await publish(broker, topics.device_notice("dev-001"), data)
+        await reports.wait_state("succeeded", good.notice_id)
+        v3 = make_tar({"VERSION": b"3.0.0\n"})
+        bad, data = signer.notice(
+            "dev-001", v3, [server.add("v3.tar", v3)], version="3.0.0", topics=topics
+        )
+        await publish(broker, topics.device_notice("dev-001"), data)
+        rolled = await reports.wait_state("rolled_back", bad.notice_id)
+        assert rolled.error is not None
+        assert rolled.error.code == "health_check_failed"
+        assert rolled.current_version == "2.0.0"
+        assert device.current() == f"slot-{good.notice_id}"
+        assert not (device.slots / f"slot-{bad.notice_id}").exists()
+        assert reports.states(bad.notice_id)[-2:] == ["installed", "rolled_back"]
+
+
+async def test_health_check_timeout_rolls_back(
+    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
+    start_device: StartDevice,
+) -> None:  # fmt: skip
+    health = {"command": ["/bin/sleep", "30"], "timeout_s": 0.5}
+    async with ReportCollector(broker, topics) as reports:
+        await publish_keyring(broker, topics, signer)
+        device = await start_device(sections={"health": health})
+        notice, data = signer.notice(
+            "dev-001", RELEASE, [server.add("v2.tar", RELEASE)], topics=topics
+        )
+        await publish(broker, topics.device_notice("dev-001"), data)
+        rolled = await reports.wait_state("rolled_back", notice.notice_id)
+        assert rolled.error is not None
+        assert rolled.error.code == "health_check_timeout"
+        assert device.current() is None  # there was nothing before: nothing now
+
+
+async def test_cancel_stops_a_download(
+    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
+    start_device: StartDevice,
+) -> None:  # fmt: skip
+    payload = make_tar({"big.bin": bytes(range(256)) * 8192})  # ~2 MiB
+    async with ReportCollector(broker, topics) as reports:
+        await publish_keyring(broker, topics, signer)
+        device = await start_device()
+        url = server.add("slow.tar", payload, rate=len(payload) // 20)  # about 20 s
+        notice, data = signer.notice("dev-001", payload, [url], topics=topics)
+        await publish(broker, topics.device_notice("dev-001"), data)
+        await reports.wait_state("downloading", notice.notice_id)
+        await publish(broker, topics.device_notice("dev-001"), signer.cancel("dev-001"))
+        await reports.wait_state("canceled", notice.notice_id)
+        assert reports.states(notice.notice_id)[-1] == "canceled"
+        assert device.current() is None
+        await wait_for(lambda: not any(device.agent.downloads.iterdir()), 5, "partial removed")
+
+
+async def test_hold_defers_install_until_released(
+    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
+    start_device: StartDevice,
+) -> None:  # fmt: skip
+    import time
+
+    clock = FakeClock(time.time())
+    hold = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.now + 3600))
+    async with ReportCollector(broker, topics) as reports:
+        await publish_keyring(broker, topics, signer)
+        device = await start_device(
+            sections={"policy": {"hold_until": hold, "download_ahead": True}}, clock=clock
+        )
+        notice, data = signer.notice(
+            "dev-001", RELEASE, [server.add("a.tar", RELEASE)], topics=topics
+        )
+        await publish(broker, topics.device_notice("dev-001"), data)
+        await reports.wait_state("deferred", notice.notice_id)
+        # Downloaded ahead of time, not installed.
+        assert reports.states(notice.notice_id) == [
+            "notified",
+            "downloading",
+            "downloaded",
+            "deferred",
+        ]
+        assert device.current() is None
+        clock.now += 3601
+        device.agent.wake()
+        await reports.wait_state("succeeded", notice.notice_id)
+        assert device.current() == f"slot-{notice.notice_id}"
+
+
+async def test_maintenance_window_defers_download_and_install(
+    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
+    start_device: StartDevice,
+) -> None:  # fmt: skip
+    import time
+    from datetime import datetime, timedelta
+
+    clock = FakeClock(time.time())
+    local = datetime.fromtimestamp(clock.now)
+    start = local + timedelta(hours=2)
+    end = start + timedelta(hours=1)
+    window = f"{start:%H:%M}-{end:%H:%M}"
+    async with ReportCollector(broker, topics) as reports:
+        await publish_keyring(broker, topics, signer)
+        device = await start_device(
+            sections={"policy": {"maintenance_windows": [window], "download_ahead": False}},
+            clock=clock,
+        )
+        notice, data = signer.notice(
+            "dev-001", RELEASE, [server.add("a.tar", RELEASE)], topics=topics
+        )
+        await publish(broker, topics.device_notice("dev-001"), data)
+        await reports.wait_state("deferred", notice.notice_id)
+        assert server.ranges == []  # no download-ahead: nothing fetched yet
+        clock.now += 2 * 3600 + 60  # into the window
+        device.agent.wake()
+        await reports.wait_state("succeeded", notice.notice_id)
+        assert reports.states(notice.notice_id) == [
+            "notified", "deferred", "downloading", "downloaded", "installing", "installed",
+            "succeeded",
+        ]  # fmt: skip
+
+
+async def test_command_handler_reboot_then_health_confirms(
+    tmp_path: Path, broker: MosquittoBroker, topics: Topics, signer: Signer,
+    server: PayloadServer, start_device: StartDevice,
+) -> None:  # fmt: skip
+    applied = tmp_path / "applied"
+    install = {
+        "handler": "command",
+        "pre_install": ["/bin/true"],
+        # exit 3: "installed, reboot to take effect"
+        "install": ["/bin/sh", "-c", f'cp "$0" {applied} && exit 3', "{payload}"],
+        "post_install": [],
+    }
+    async with ReportCollector(broker, topics) as reports:
+        await publish_keyring(broker, topics, signer)
+        device = await start_device(sections={"install": install})
+        payload = b"firmware image\n" * 100
+        notice, data = signer.notice(
+            "dev-001", payload, [server.add("fw.bin", payload)], handler="command", topics=topics
+        )
+        await publish(broker, topics.device_notice("dev-001"), data)
+        await reports.wait_state("installed", notice.notice_id)
+        assert applied.read_bytes() == payload
+        await wait_for(lambda: device.agent.state.job is not None
+                       and device.agent.state.job.reboot_pending, 5, "reboot recorded")  # fmt: skip
+        assert "succeeded" not in reports.states(notice.notice_id)
+        # "Reboot": stop the agent and start it again on the same state.
+        device.agent.stop()
+        await asyncio.wait_for(device.task, 15)
+        again = DeviceAgent(load_config(device.config_path))
+        task = asyncio.create_task(again.run())
+        try:
+            done = await reports.wait_state("succeeded", notice.notice_id)
+            assert done.current_version == "2.0.0"
+        finally:
+            again.stop()
+            await asyncio.wait_for(task, 15)
