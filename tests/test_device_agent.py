@@ -311,8 +311,9 @@ async def test_http_cut_halfway_resumes_with_range(
         await reports.wait_state("succeeded", notice.notice_id)
         chunk = device.agent.config.download.chunk_bytes
         assert server.bytes_sent["cut.tar"] <= len(payload) + chunk
-        assert [r for _, r in server.ranges][0] is None
-        resumed = [r for _, r in server.ranges][1]
+        ranges = [r for _, r in server.ranges]
+        assert ranges[0] is None
+        resumed = ranges[1]
         assert resumed is not None
         assert int(resumed.removeprefix("bytes=").rstrip("-")) > 0
         assert device.agent.fetcher.bytes_received <= len(payload) + chunk
@@ -505,10 +506,10 @@ async def test_maintenance_window_defers_download_and_install(
 
 
 async def test_command_handler_reboot_then_health_confirms(
-    tmp_path: Path, broker: MosquittoBroker, topics: Topics, signer: Signer,
-    server: PayloadServer, start_device: StartDevice,
+    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
+    start_device: StartDevice,
 ) -> None:  # fmt: skip
-    applied = tmp_path / "applied"
+    applied = broker.workdir.parent / "applied"
     install = {
         "handler": "command",
         "pre_install": ["/bin/true"],
