@@ -108,6 +108,19 @@ def server_cert_command(data_dir: Path, names: tuple[str, ...], out: Path) -> No
     click.echo(f"wrote {out / 'server.pem'} and {out / 'server.key'}; CA: {ca.cert_path}")
 
 
+@broker.command("refresh")
+@_data_option
+def refresh_command(data_dir: Path) -> None:
+    """Create the fleet CA and orchestrator identity if missing; rewrite passwd, acl, CRL.
+
+    Also re-signs the CRL, whose expiry would otherwise lock every certificate out.
+    """
+    b = broker_for_data_dir(data_dir)
+    b.write_auth_files()
+    b.reload()
+    click.echo(f"wrote {b.passwd_path}, {b.acl_path} and {b.ca.crl_path}")
+
+
 @broker.command("identities")
 @_data_option
 def identities_command(data_dir: Path) -> None:
