@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 
 import click
 
+from orchestrator.cli_broker import broker, provision_command, revoke_command, set_groups_command
+from orchestrator.cli_keys import config_option, keys, load, tokens
+from orchestrator.cli_ops import audit, devices, release, rollout
 from orchestrator.cli_protocol import protocol
+from orchestrator.keystore import KeyStoreError
+from orchestrator.service import serve
 
 __all__ = ["main"]
 
@@ -19,4 +26,25 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+@main.command("serve")
+@config_option
+def serve_command(config_path: Path) -> None:
+    """Run the orchestrator: MQTT link, ingestion, rollout engine and HTTP API."""
+    cfg = load(config_path)
+    try:
+        asyncio.run(serve(cfg))
+    except (KeyStoreError, ConnectionError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+
+
 main.add_command(protocol)
+main.add_command(broker)
+main.add_command(keys)
+main.add_command(tokens)
+main.add_command(release)
+main.add_command(devices)
+main.add_command(rollout)
+main.add_command(audit)
+devices.add_command(provision_command)
+devices.add_command(revoke_command)
+devices.add_command(set_groups_command)

@@ -15,7 +15,7 @@ from orchestrator.auth import Principal, role_allows
 __all__ = ["Handler", "audit", "ctx", "json_body", "ok", "principal", "requires"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PRINCIPAL = "fleetpush.principal"
+PRINCIPAL = web.RequestKey("fleetpush.principal", Principal)
 
 
 def ctx(request: web.Request) -> ApiContext:
@@ -23,8 +23,8 @@ def ctx(request: web.Request) -> ApiContext:
 
 
 def principal(request: web.Request) -> Principal:
-    found = request.get(PRINCIPAL)
-    if not isinstance(found, Principal):
+    found: Principal | None = request.get(PRINCIPAL)
+    if found is None:
         raise ApiError(401, "missing or invalid bearer token")
     return found
 

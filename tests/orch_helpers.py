@@ -1,0 +1,156 @@
+"""Test support for the orchestrator: a configured service, API calls, real device agents.
+
+The orchestrator runs in-process (or as a real ``fleetpush serve`` subprocess), against
+the test's own Mosquitto; devices are real ``device_client.DeviceAgent`` instances with
+their own state folders. Waits are bounded polls of a condition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from device_helpers import make_tar, write_config
+
+from device_client.agent import DeviceAgent
+from device_client.config import load_config as load_device_config
+from fleetpush_protocol.topics import Topics
+from orchestrator.auth import hash_token
+from orchestrator.broker import MosquittoBroker
+from orchestrator.broker.mosquitto import free_port
+from orchestrator.keystore import KeyStore
+from orchestrator.store import SQLiteStore
+
+TOKENS = {"admin": "fp_test_admin", "operator": "fp_test_operator", "viewer": "fp_test_viewer"}
+PAYLOAD = make_tar({"app/VERSION": b"2.0\n", "app/run.sh": b"#!/bin/sh\necho hi\n"})
+
+
+def write_orchestrator(
+    root: Path, broker: MosquittoBroker, topics: Topics, *, tick: str = "200ms"
+) -> tuple[Path, int]:
+    """Write orchestrator.toml, keys (keyring v1) and role tokens; return (config, port)."""
+    port = free_port()
+    data = root / "orch"
+    (root / "mqtt.password").write_text(broker.orchestrator_password)
+    config = root / "orchestrator.toml"
+    config.write_text(
+        f'data_dir = "{data}"\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\nurl_ttl = "1h"\n'
+        f'[mqtt]\nurl = "{broker.url}"\nusername = "{broker.ORCHESTRATOR_USER}"\n'
+        f'password_file = "mqtt.password"\ntopic_prefix = "{topics.prefix}"\n'
+        f'[ingest]\nbatch_rows = 500\nbatch_interval = "20ms"\n'
+        f'[rollouts]\ntick = "{tick}"\nnotice_ttl = "1d"\n'
+    )
+    KeyStore(data / "keys").init(
+        root / "offline-root", roots=1, threshold=1, validity_s=30 * 86400, now=int(time.time())
+    )
+    store = SQLiteStore(data / "fleetpush.db")
+    store.migrate()
+    for role, token in TOKENS.items():
+        store.add_token(role, role, hash_token(token), time.time())
+    store.close()
+    return config, port
+
+
+def root_hex(config_dir: Path) -> str:
+    return KeyStore(config_dir / "orch" / "keys").anchor().keyring.root_keys[0].hex()
+
+
+class Api:
+    """JSON calls to the orchestrator's API with one role's token."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, token: str | None) -> None:
+        self.session = session
+        self.base = base
+        self.token = token
+
+    async def call(
+        self, method: str, path: str, *, json: Any = None, data: bytes | None = None,
+        params: Any = None, expect: int | None = 200,
+    ) -> Any:  # fmt: skip
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        async with self.session.request(
+            method, self.base + path, json=json, data=data, params=params, headers=headers
+        ) as resp:
+            body = await resp.json(content_type=None)
+            if expect is not None:
+                assert resp.status == expect, (resp.status, body)
+            return body
+
+    async def upload(self, name: str, version: str, payload: bytes = PAYLOAD) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(
+            "POST", "/v1/releases", data=payload, expect=201,
+            params=[("name", name), ("version", version), ("handler", "directory")],
+        )  # fmt: skip
+        return result
+
+    async def rollout(self, release: int, **body: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(
+            "POST", "/v1/rollouts", json={"release": release, **body}, expect=201
+        )
+        return result
+
+    async def status(self, rollout_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("GET", f"/v1/rollouts/{rollout_id}")
+        return result
+
+
+class Fleet:
+    """Real device agents against the test broker, started and stopped at will."""
+
+    def __init__(self, root: Path, broker: MosquittoBroker, topics: Topics, root_key: str):
+        self.root = root
+        self.broker = broker
+        self.topics = topics
+        self.root_key = root_key
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.agents: dict[str, DeviceAgent] = {}
+        self.configs: dict[str, Path] = {}
+
+    def provision(
+        self, device_id: str, *, groups: tuple[str, ...] = (), healthy: bool = True
+    ) -> None:
+        password = self.broker.add_device(device_id, groups)
+        sections: dict[str, dict[str, Any]] = {}
+        if not healthy:
+            sections["health"] = {"command": ["/bin/false"], "timeout_s": 5}
+        self.configs[device_id] = write_config(
+            self.root / f"{device_id}.toml", broker=self.broker, topics=self.topics,
+            device_id=device_id, password=password, root_hex=self.root_key, groups=groups,
+            sections=sections,
+        )  # fmt: skip
+
+    def start(self, device_id: str) -> None:
+        agent = DeviceAgent(load_device_config(self.configs[device_id]), durable=False)
+        self.agents[device_id] = agent
+        self.tasks[device_id] = asyncio.create_task(agent.run(), name=device_id)
+
+    async def stop(self, device_id: str) -> None:
+        agent = self.agents.pop(device_id)
+        agent.stop()
+        task = self.tasks.pop(device_id)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 15)
+
+    async def stop_all(self) -> None:
+        for device_id in list(self.agents):
+            await self.stop(device_id)
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[Any]], *, within: float = 30.0, what: str = "condition"
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")

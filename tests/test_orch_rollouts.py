@@ -1,0 +1,181 @@
+"""Rollouts end to end: real Mosquitto, the real HTTP API and SQLite, real device agents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from orch_helpers import TOKENS, Api, Fleet, root_hex, wait_until, write_orchestrator
+
+from fleetpush_protocol.topics import Topics
+from orchestrator.broker import MosquittoBroker
+from orchestrator.config import load_config
+from orchestrator.service import Orchestrator
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@dataclass
+class Setup:
+    orch: Orchestrator
+    api: Api
+    fleet: Fleet
+    broker: MosquittoBroker
+    session: aiohttp.ClientSession
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Setup]:
+    config_path, port = write_orchestrator(tmp_path, broker, topics)
+    orch = Orchestrator(load_config(config_path))
+    await orch.start()
+    fleet = Fleet(tmp_path / "devices", broker, topics, root_hex(tmp_path))
+    (tmp_path / "devices").mkdir()
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, f"http://127.0.0.1:{port}", TOKENS["operator"])
+        try:
+            yield Setup(orch, api, fleet, broker, session)
+        finally:
+            await fleet.stop_all()
+            await orch.stop()
+
+
+async def _online(s: Setup, ids: list[str]) -> None:
+    async def check() -> bool:
+        devices = (await s.api.call("GET", "/v1/devices", params={"online": "true"}))["devices"]
+        return {d["device_id"] for d in devices} >= set(ids)
+
+    await wait_until(check, what=f"devices {ids} online")
+
+
+async def _state(s: Setup, rollout_id: int, *states: str, within: float = 60) -> dict:
+    async def check() -> dict | None:
+        st = await s.api.status(rollout_id)
+        return st if st["state"] in states else None
+
+    result: dict = await wait_until(check, within=within, what=f"rollout in {states}")
+    return result
+
+
+async def test_three_phase_rollout_advances_on_its_gates(setup: Setup) -> None:
+    s = setup
+    ids = [f"dev-{i}" for i in range(6)]
+    for d in ids:
+        s.fleet.provision(d, groups=("canary",))
+    s.broker.reload()
+    for d in ids:
+        s.fleet.start(d)
+    await _online(s, ids)
+    rel = await s.api.upload("app", "2.0")
+    r = await s.api.rollout(
+        rel["id"], target={"groups": ["canary"]}, phases=[20, 50, 100], success_pct=100,
+        soak_s=0.5, failure_pct=50, min_attempts=3,
+    )  # fmt: skip
+    assert [p["devices"] for p in r["phases"]] == [2, 1, 3]
+    done = await _state(s, r["id"], "completed", "paused")
+    assert done["state"] == "completed", done
+    assert done["states"] == {"succeeded": 6}
+    actions = [e["action"] for e in (await Api(s.session, s.api.base, TOKENS["admin"]).call(
+        "GET", "/v1/audit"))["entries"]]  # fmt: skip
+    assert actions.count("rollout.advance") == 2
+    assert "rollout.complete" in actions
+    devices = (await s.api.call("GET", "/v1/devices"))["devices"]
+    assert {d["current_version"] for d in devices} == {"2.0"}
+
+
+async def test_rollout_pauses_on_its_failure_threshold(setup: Setup) -> None:
+    s = setup
+    ids = [f"bad-{i}" for i in range(4)]
+    for d in ids:
+        s.fleet.provision(d, healthy=False)
+    s.broker.reload()
+    for d in ids:
+        s.fleet.start(d)
+    await _online(s, ids)
+    rel = await s.api.upload("app", "3.0")
+    r = await s.api.rollout(
+        rel["id"], target={"devices": ids}, phases=[50, 100], failure_pct=10, min_attempts=2
+    )
+    paused = await _state(s, r["id"], "paused", "completed")
+    assert paused["state"] == "paused"
+    assert "failure threshold" in paused["reason"]
+    assert paused["phase"] == 0
+    # the second phase was never notified
+    assert paused["phases"][1]["pending"] == 2
+    # resume: failures so far stop counting; the engine goes on to phase two, which fails too
+    resumed = await s.api.call("POST", f"/v1/rollouts/{r['id']}/resume")
+    assert resumed["state"] == "running"
+
+
+async def test_offline_devices_catch_up_on_reconnect(setup: Setup) -> None:
+    s = setup
+    ids = [f"off-{i}" for i in range(4)]
+    for d in ids:
+        s.fleet.provision(d)
+    s.broker.reload()
+    for d in ids:
+        s.fleet.start(d)
+    await _online(s, ids)
+    for d in ids[2:]:
+        await s.fleet.stop(d)
+
+    async def two_offline() -> bool:
+        devices = (await s.api.call("GET", "/v1/devices", params={"online": "false"}))["devices"]
+        return len(devices) == 2
+
+    await wait_until(two_offline, what="two devices offline")
+    rel = await s.api.upload("app", "4.0")
+    r = await s.api.rollout(rel["id"], target={"devices": ids}, phases=[100])
+
+    async def online_done() -> dict | None:
+        st = await s.api.status(r["id"])
+        return st if st["states"].get("succeeded") == 2 else None
+
+    st = await wait_until(online_done, what="online devices succeeded")
+    assert st["phases"][0]["waiting_offline"] == 2
+    assert st["state"] == "running"
+    for d in ids[2:]:
+        s.fleet.start(d)
+    done = await _state(s, r["id"], "completed")
+    assert done["states"] == {"succeeded": 4}
+
+
+async def test_cancel_sends_cancel_notices(setup: Setup) -> None:
+    s = setup
+    ids = ["c-1", "c-2"]
+    for d in ids:
+        s.fleet.provision(d)
+    s.broker.reload()
+    s.fleet.start("c-1")
+    await _online(s, ["c-1"])
+    # c-2 registers, then goes offline: its notice waits retained on the broker
+    s.fleet.start("c-2")
+    await _online(s, ["c-2"])
+    await s.fleet.stop("c-2")
+    rel = await s.api.upload("app", "5.0")
+    r = await s.api.rollout(rel["id"], target={"devices": ids}, phases=[100])
+
+    async def c1_done() -> bool:
+        return (await s.api.status(r["id"]))["states"].get("succeeded") == 1
+
+    await wait_until(c1_done, what="c-1 succeeded")
+    canceled = await s.api.call("POST", f"/v1/rollouts/{r['id']}/cancel",
+                                json={"reason": "test"})  # fmt: skip
+    assert canceled["state"] == "canceled"
+    assert canceled["cancels_sent"] == 1
+    assert canceled["states"] == {"succeeded": 1, "canceled": 1}
+    # c-2 comes back: it finds the cancel (the retained notice was replaced) and stays put
+    s.fleet.start("c-2")
+
+    async def c2_back() -> dict | None:
+        d = await s.api.call("GET", "/v1/devices/c-2")
+        return d if d["online"] and d["reports"] else None
+
+    c2 = await wait_until(c2_back, what="c-2 reconnected and reported")
+    assert c2["current_version"] != "5.0"
+    # a cancelled rollout cannot be cancelled twice
+    again = await s.api.call("POST", f"/v1/rollouts/{r['id']}/cancel", expect=409)
+    assert "already canceled" in again["error"]
