@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from device_helpers import make_tar, write_config
 
 from device_client.agent import DeviceAgent
@@ -23,7 +25,9 @@ from fleetpush_protocol.topics import Topics
 from orchestrator.auth import hash_token
 from orchestrator.broker import MosquittoBroker
 from orchestrator.broker.mosquitto import free_port
+from orchestrator.config import load_config
 from orchestrator.keystore import KeyStore
+from orchestrator.service import Orchestrator
 from orchestrator.store import SQLiteStore
 
 TOKENS = {"admin": "fp_test_admin", "operator": "fp_test_operator", "viewer": "fp_test_viewer"}
@@ -154,3 +158,28 @@ async def wait_until(
             return last
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Setup:
+    orch: Orchestrator
+    api: Api
+    fleet: Fleet
+    broker: MosquittoBroker
+    session: aiohttp.ClientSession
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Setup]:
+    config_path, port = write_orchestrator(tmp_path, broker, topics)
+    orch = Orchestrator(load_config(config_path))
+    await orch.start()
+    fleet = Fleet(tmp_path / "devices", broker, topics, root_hex(tmp_path))
+    (tmp_path / "devices").mkdir()
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, f"http://127.0.0.1:{port}", TOKENS["operator"])
+        try:
+            yield Setup(orch, api, fleet, broker, session)
+        finally:
+            await fleet.stop_all()
+            await orch.stop()

@@ -2,45 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-
-import aiohttp
 import pytest
-from orch_helpers import TOKENS, Api, Fleet, root_hex, wait_until, write_orchestrator
+from orch_helpers import TOKENS, Api, Setup, setup, wait_until
 
-from fleetpush_protocol.topics import Topics
-from orchestrator.broker import MosquittoBroker
-from orchestrator.config import load_config
-from orchestrator.service import Orchestrator
+__all__ = ["setup"]
+
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-@dataclass
-class Setup:
-    orch: Orchestrator
-    api: Api
-    fleet: Fleet
-    broker: MosquittoBroker
-    session: aiohttp.ClientSession
-
-
-@pytest.fixture
-async def setup(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Setup]:
-    config_path, port = write_orchestrator(tmp_path, broker, topics)
-    orch = Orchestrator(load_config(config_path))
-    await orch.start()
-    fleet = Fleet(tmp_path / "devices", broker, topics, root_hex(tmp_path))
-    (tmp_path / "devices").mkdir()
-    async with aiohttp.ClientSession() as session:
-        api = Api(session, f"http://127.0.0.1:{port}", TOKENS["operator"])
-        try:
-            yield Setup(orch, api, fleet, broker, session)
-        finally:
-            await fleet.stop_all()
-            await orch.stop()
 
 
 async def _online(s: Setup, ids: list[str]) -> None:
