@@ -1,0 +1,103 @@
+"""A fleet of minimal raw-socket MQTT 3.1.1 subscribers: the ceiling for fan-out.
+
+Each subscriber is one TCP connection speaking only CONNECT, SUBSCRIBE, PUBLISH (QoS 0/1
+in), PUBACK and DISCONNECT, with no library in between: the fastest a Python process on
+this machine can learn of a message. Benchmarks compare the real device client to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from dataclasses import dataclass, field
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _str(s: str) -> bytes:
+    raw = s.encode()
+    return struct.pack("!H", len(raw)) + raw
+
+
+def connect_packet(client_id: str, username: str, password: str) -> bytes:
+    flags = 0x02 | 0x80 | 0x40  # clean session, username, password
+    body = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", 0)
+    body += _str(client_id) + _str(username) + _str(password)
+    return b"\x10" + _varint(len(body)) + body
+
+
+def subscribe_packet(topics: list[str], qos: int = 1, packet_id: int = 1) -> bytes:
+    body = struct.pack("!H", packet_id) + b"".join(_str(t) + bytes([qos]) for t in topics)
+    return b"\x82" + _varint(len(body)) + body
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    header = (await reader.readexactly(1))[0]
+    length, mult = 0, 1
+    while True:
+        b = (await reader.readexactly(1))[0]
+        length += (b & 0x7F) * mult
+        if not b & 0x80:
+            break
+        mult *= 128
+    return header, await reader.readexactly(length)
+
+
+@dataclass
+class RawSubscriber:
+    client_id: str
+    username: str
+    password: str
+    topics: list[str]
+    received: list[float] = field(default_factory=list)
+    _writer: asyncio.StreamWriter | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def connect(self, host: str, port: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(connect_packet(self.client_id, self.username, self.password))
+        header, body = await _read_packet(reader)
+        if header >> 4 != 2 or body[1] != 0:
+            raise ConnectionError(f"{self.client_id}: CONNACK refused ({body!r})")
+        writer.write(subscribe_packet(self.topics))
+        header, body = await _read_packet(reader)
+        if header >> 4 != 9 or any(code >= 0x80 for code in body[2:]):
+            raise ConnectionError(f"{self.client_id}: SUBACK refused")
+        self._writer = writer
+        self._task = asyncio.create_task(self._loop(reader, writer))
+
+    async def _loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                header, body = await _read_packet(reader)
+                if header >> 4 != 3:
+                    continue
+                self.received.append(time.perf_counter())
+                qos = (header >> 1) & 3
+                if qos:
+                    topic_len = struct.unpack("!H", body[:2])[0]
+                    packet_id = body[2 + topic_len : 4 + topic_len]
+                    writer.write(b"\x40\x02" + packet_id)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.write(b"\xe0\x00")
+            self._writer.close()
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def connect_all(subs: list[RawSubscriber], host: str, port: int, batch: int = 200) -> None:
+    """Connect in batches, so the broker's accept queue is never flooded."""
+    for i in range(0, len(subs), batch):
+        await asyncio.gather(*(s.connect(host, port) for s in subs[i : i + batch]))
