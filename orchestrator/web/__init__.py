@@ -1,0 +1,1 @@
+"""The web dashboard's static files (``static/``), served by ``orchestrator.api.dashboard``."""

@@ -1,0 +1,277 @@
+"""The dashboard end to end in headless Chromium (Debian's package) driven by Playwright.
+
+A real orchestrator, Mosquitto and device agents (tests/dashboard_fleet.py); the browser
+signs in with a token, watches a rollout progress over server-sent events without a
+reload, pauses and resumes it, reads a failed device's error, and a viewer on a phone-sized
+screen finds no button to pause with (and the API refuses it). Screenshots go to the test's
+tmp_path, and also to $DASHBOARD_SCREENSHOT_DIR when that is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dashboard_fleet import TOKENS, Fleet
+
+from fleetpush_protocol.topics import Topics
+from orchestrator.broker import MosquittoBroker
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+playwright_api = pytest.importorskip(
+    "playwright.async_api", reason="playwright is not installed (pip install -e '.[dev]')"
+)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (scripts/install installs Debian's chromium)")
+    async with playwright_api.async_playwright() as p:
+        try:
+            b = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        except playwright_api.Error as e:
+            pytest.skip(f"chromium cannot start here: {str(e).splitlines()[0]}")
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Fleet]:
+    f = Fleet(tmp_path, broker, topics)
+    await f.start()
+    try:
+        yield f
+    finally:
+        await f.stop()
+
+
+class Shots:
+    """Numbered screenshots in tmp_path (and $DASHBOARD_SCREENSHOT_DIR)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.folder.mkdir(exist_ok=True)
+        self.taken: list[Path] = []
+
+    async def take(self, page: Any, name: str, *, full_page: bool = False) -> Path:
+        path = self.folder / f"{len(self.taken) + 1:02d}-{name}.png"
+        await page.screenshot(path=str(path), full_page=full_page)
+        self.taken.append(path)
+        extra = os.environ.get("DASHBOARD_SCREENSHOT_DIR")
+        if extra:
+            Path(extra).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, Path(extra) / path.name)
+        return path
+
+
+async def sign_in(browser: Any, fleet: Fleet, role: str, viewport: dict[str, int]) -> Any:
+    context = await browser.new_context(viewport=viewport)
+    page = await context.new_page()
+    page.set_default_timeout(15_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(fleet.url + "/ui/")
+    await page.fill("#token", TOKENS[role])
+    await page.click("#signin-form button[type=submit]")
+    await page.wait_for_selector(f"#who:has-text('({role})')")
+    await page.wait_for_selector("#live.live")  # the event stream said hello
+    page.js_errors = errors
+    # A marker that a reload or a navigation to another document would wipe out.
+    await page.evaluate("window.__sameDocument = 'yes'")
+    return page
+
+
+async def same_document(page: Any) -> bool:
+    return bool(await page.evaluate("window.__sameDocument === 'yes'"))
+
+
+async def no_horizontal_scroll(page: Any) -> bool:
+    return bool(
+        await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    )
+
+
+async def text(page: Any, selector: str) -> str:
+    return str(await page.locator(selector).inner_text())
+
+
+async def start_fleet(fleet: Fleet, n: int, failing: set[int]) -> dict[str, Any]:
+    for i in range(n):
+        await fleet.add_device(f"dev-{i:02d}", healthy=i not in failing)
+    await fleet.wait_registered(n)
+    return await fleet.upload_release("2.0.0")
+
+
+async def test_operator_watches_pauses_resumes_and_reads_a_failure(
+    browser: Any, fleet: Fleet, tmp_path: Path
+) -> None:
+    shots = Shots(tmp_path / "screenshots")
+    release = await start_fleet(fleet, 6, failing={3})
+    page = await sign_in(browser, fleet, "operator", LAPTOP)
+    await page.click("#nav a[data-view=rollouts]")
+    await page.wait_for_selector("text=No rollouts yet")
+
+    # The rollout appears and progresses on the open page, carried by the event stream.
+    created = await fleet.api("operator", "POST", "/v1/rollouts", json={
+        "release": release["id"], "target": {"groups": ["lab"]}, "phases": [50, 100],
+        "success_pct": 50, "failure_pct": 50, "soak_s": 3,
+    })  # fmt: skip
+    rid = created["id"]
+    card = f"[data-rollout-id='{rid}']"
+    phase1_devices = created["phases"][0]["devices"]
+    await page.wait_for_selector(card)
+    phase1 = f"{card} tr[data-phase='1']"
+    await page.wait_for_function(
+        """([sel, n]) => {
+            const row = document.querySelector(sel);
+            if (!row) return false;
+            const get = (k) => Number(row.querySelector(`[data-phase-count=${k}]`).textContent);
+            return get('succeeded') + get('failed') === n;
+        }""",
+        arg=[phase1, phase1_devices],
+    )
+    succeeded_after_phase1 = int(await text(page, f"{card} [data-count=succeeded]"))
+    assert succeeded_after_phase1 < 5, "phase 2 must not have started during the soak"
+    await shots.take(page, "rollout-phase1-soaking")
+
+    # Pause during the soak: the page and the API agree, and phase 2 stays untouched.
+    await page.click(f"{card} [data-action=pause]")
+    await page.wait_for_selector(f"{card}[data-state=paused]")
+    assert (await fleet.api("viewer", "GET", f"/v1/rollouts/{rid}"))["state"] == "paused"
+    assert await page.locator(f"{card} [data-action=resume]").is_visible()
+    assert await page.locator(f"{card} [data-action=pause]").count() == 0
+    await asyncio.sleep(3.5)  # longer than the soak: a running rollout would open phase 2
+    paused = await fleet.api("viewer", "GET", f"/v1/rollouts/{rid}")
+    assert paused["state"] == "paused"
+    assert paused["phases"][1]["pending"] == paused["phases"][1]["devices"]
+    await shots.take(page, "rollout-paused")
+
+    # Resume: the page follows the rollout to completion, still without a reload.
+    await page.click(f"{card} [data-action=resume]")
+    await page.wait_for_selector(f"{card}[data-state=completed]", timeout=30_000)
+    await page.wait_for_function(
+        "sel => document.querySelector(sel)?.textContent === '5'",
+        arg=f"{card} [data-count=succeeded]",
+    )
+    assert await text(page, f"{card} [data-count=failed]") == "1"
+    assert await same_document(page), "the page was reloaded"
+    assert int(await text(page, f"{card} [data-count=succeeded]")) > succeeded_after_phase1
+    final = await fleet.api("viewer", "GET", f"/v1/rollouts/{rid}")
+    assert final["state"] == "completed"
+    assert final["states"] == {"succeeded": 5, "rolled_back": 1}
+
+    # The failure and its reason are on the card; the device page shows its error.
+    failure = page.locator(f"{card} [data-failed-device='dev-03']")
+    assert "health_check_failed" in await failure.inner_text()
+    await shots.take(page, "rollout-completed")
+    await failure.locator("a").click()
+    await page.wait_for_selector(".card.alert[data-last-error=health_check_failed]")
+    alert = await text(page, ".card.alert")
+    assert "health_check_failed: health check exit 1" in alert
+    history = await text(page, "table.history")
+    assert "rolled_back" in history
+    assert "installing" in history
+    await shots.take(page, "device-error")
+
+    # The devices table: search and filters.
+    await page.click("#nav a[data-view=devices]")
+    await page.wait_for_selector("table.devices tr[data-device-id='dev-05']")
+    assert await page.locator("table.devices tbody tr").count() == 6
+    await page.fill("[data-filter=q]", "dev-0")
+    await page.select_option("[data-filter=version]", "2.0.0")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('table.devices tbody tr').length === 5"
+    )
+    assert await page.locator("table.devices tr[data-device-id='dev-03']").count() == 0
+    await page.fill("[data-filter=q]", "dev-03")
+    await page.select_option("[data-filter=version]", "")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('table.devices tbody tr').length === 1"
+    )
+    await shots.take(page, "devices-search")
+
+    # Releases and the overview with its chart of versions in the field.
+    await page.click("#nav a[data-view=releases]")
+    await page.wait_for_selector("text=app")
+    await page.click("#nav a[data-view=overview]")
+    await page.wait_for_selector("[data-stat=online]:has-text('6')")
+    assert await page.locator("svg.chart g[data-label='2.0.0']").count() == 1
+    assert "5" in await page.locator("svg.chart g[data-label='2.0.0']").text_content()
+    assert await no_horizontal_scroll(page)
+    await shots.take(page, "overview")
+    assert await same_document(page)
+    assert page.js_errors == []
+
+
+async def test_viewer_on_a_phone_can_look_but_not_pause(
+    browser: Any, fleet: Fleet, tmp_path: Path
+) -> None:
+    shots = Shots(tmp_path / "screenshots")
+    release = await start_fleet(fleet, 3, failing=set())
+    created = await fleet.api("operator", "POST", "/v1/rollouts", json={
+        "release": release["id"], "target": {"all": True}, "phases": [34, 100], "soak_s": 600,
+    })  # fmt: skip
+    rid = created["id"]
+    card = f"[data-rollout-id='{rid}']"
+    page = await sign_in(browser, fleet, "viewer", PHONE)
+    await page.click("#nav a[data-view=rollouts]")
+    await page.wait_for_selector(f"{card}[data-state=running]")
+    await page.wait_for_function(
+        "([sel, n]) => document.querySelector(sel)?.textContent === String(n)",
+        arg=[f"{card} [data-count=succeeded]", created["phases"][0]["devices"]],
+    )
+    assert await page.locator(f"{card} button").count() == 0
+    assert await page.locator(f"{card} .readonly").is_visible()
+    assert await no_horizontal_scroll(page)
+    await shots.take(page, "phone-viewer-rollout", full_page=True)
+
+    # The API refuses a viewer whatever the page shows: with the page's own token, too.
+    status = await page.evaluate(
+        """async (id) => (await fetch(`/v1/rollouts/${id}/pause`, {method: 'POST',
+            headers: {Authorization: `Bearer ${sessionStorage.getItem('fleetpush.token')}`}}))
+            .status""",
+        rid,
+    )
+    assert status == 403
+    for action in ("pause", "resume", "cancel", "retry"):
+        code, body = await fleet.call("viewer", "POST", f"/v1/rollouts/{rid}/{action}")
+        assert code == 403, (action, body)
+        assert "operator role" in body["error"]
+    assert (await fleet.api("viewer", "GET", f"/v1/rollouts/{rid}"))["state"] == "running"
+
+    # An operator pauses; the viewer's page follows, still with no button.
+    await fleet.api("operator", "POST", f"/v1/rollouts/{rid}/pause")
+    await page.wait_for_selector(f"{card}[data-state=paused]")
+    assert await page.locator(f"{card} button").count() == 0
+
+    # The phone layout: every view fits the screen's width.
+    for view in ("overview", "devices", "releases"):
+        await page.click(f"#nav a[data-view={view}]")
+        await page.wait_for_selector("#view section")
+        await asyncio.sleep(0.1)
+        assert await no_horizontal_scroll(page), f"{view} scrolls sideways on a phone"
+    await page.click("#nav a[data-view=overview]")
+    await page.wait_for_selector("[data-stat=online]:has-text('3')")
+    await shots.take(page, "phone-viewer-overview", full_page=True)
+    await page.click("#signout")
+    await page.wait_for_selector("#signin-form")
+    assert await page.evaluate("sessionStorage.getItem('fleetpush.token')") is None
+    assert await same_document(page)
+    assert page.js_errors == []
