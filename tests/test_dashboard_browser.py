@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+HAVE_CHROMIUM = CHROMIUM.exists()
 
 playwright_api = pytest.importorskip(
     "playwright.async_api", reason="playwright is not installed (pip install -e '.[dev]')"
@@ -39,7 +41,7 @@ playwright_api = pytest.importorskip(
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    if not CHROMIUM.exists():
+    if not HAVE_CHROMIUM:
         pytest.skip(f"{CHROMIUM} is missing (scripts/install installs Debian's chromium)")
     async with playwright_api.async_playwright() as p:
         try:
@@ -65,19 +67,22 @@ async def fleet(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> Asyn
 class Shots:
     """Numbered screenshots in tmp_path (and $DASHBOARD_SCREENSHOT_DIR)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, prefix: str) -> None:
         self.folder = folder
+        self.prefix = prefix
         self.folder.mkdir(exist_ok=True)
         self.taken: list[Path] = []
+        extra = os.environ.get("DASHBOARD_SCREENSHOT_DIR")
+        self.extra = Path(extra) if extra else None
+        if self.extra is not None:
+            self.extra.mkdir(parents=True, exist_ok=True)
 
     async def take(self, page: Any, name: str, *, full_page: bool = False) -> Path:
-        path = self.folder / f"{len(self.taken) + 1:02d}-{name}.png"
+        path = self.folder / f"{self.prefix}-{len(self.taken) + 1:02d}-{name}.png"
         await page.screenshot(path=str(path), full_page=full_page)
         self.taken.append(path)
-        extra = os.environ.get("DASHBOARD_SCREENSHOT_DIR")
-        if extra:
-            Path(extra).mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, Path(extra) / path.name)
+        if self.extra is not None:
+            await asyncio.to_thread(shutil.copy, path, self.extra / path.name)
         return path
 
 
@@ -122,7 +127,7 @@ async def start_fleet(fleet: Fleet, n: int, failing: set[int]) -> dict[str, Any]
 async def test_operator_watches_pauses_resumes_and_reads_a_failure(
     browser: Any, fleet: Fleet, tmp_path: Path
 ) -> None:
-    shots = Shots(tmp_path / "screenshots")
+    shots = Shots(tmp_path / "screenshots", "operator")
     release = await start_fleet(fleet, 6, failing={3})
     page = await sign_in(browser, fleet, "operator", LAPTOP)
     await page.click("#nav a[data-view=rollouts]")
@@ -157,11 +162,22 @@ async def test_operator_watches_pauses_resumes_and_reads_a_failure(
     assert (await fleet.api("viewer", "GET", f"/v1/rollouts/{rid}"))["state"] == "paused"
     assert await page.locator(f"{card} [data-action=resume]").is_visible()
     assert await page.locator(f"{card} [data-action=pause]").count() == 0
-    await asyncio.sleep(3.5)  # longer than the soak: a running rollout would open phase 2
+    paused_at = time.monotonic()
+    await shots.take(page, "rollout-paused")
+    await page.click("#nav a[data-view=overview]")
+    await page.wait_for_selector("[data-stat=active]:has-text('1')")
+    await page.wait_for_selector("a.mini:has-text('paused')")
+    # The chart of versions in the field follows the rollout live, too.
+    await page.wait_for_selector("svg.chart g[data-label='2.0.0']")
+    await shots.take(page, "overview-paused")
+    await page.click("#nav a[data-view=rollouts]")
+    await page.wait_for_selector(f"{card}[data-state=paused]")
+    # Longer than the soak: a running rollout would have opened phase 2 by now.
+    await asyncio.sleep(max(0.0, 3.5 - (time.monotonic() - paused_at)))
     paused = await fleet.api("viewer", "GET", f"/v1/rollouts/{rid}")
     assert paused["state"] == "paused"
     assert paused["phases"][1]["pending"] == paused["phases"][1]["devices"]
-    await shots.take(page, "rollout-paused")
+    assert await text(page, f"{card} tr[data-phase='2'] [data-phase-count=succeeded]") == "0"
 
     # Resume: the page follows the rollout to completion, still without a reload.
     await page.click(f"{card} [data-action=resume]")
@@ -223,7 +239,7 @@ async def test_operator_watches_pauses_resumes_and_reads_a_failure(
 async def test_viewer_on_a_phone_can_look_but_not_pause(
     browser: Any, fleet: Fleet, tmp_path: Path
 ) -> None:
-    shots = Shots(tmp_path / "screenshots")
+    shots = Shots(tmp_path / "screenshots", "phone-viewer")
     release = await start_fleet(fleet, 3, failing=set())
     created = await fleet.api("operator", "POST", "/v1/rollouts", json={
         "release": release["id"], "target": {"all": True}, "phases": [34, 100], "soak_s": 600,
@@ -240,7 +256,7 @@ async def test_viewer_on_a_phone_can_look_but_not_pause(
     assert await page.locator(f"{card} button").count() == 0
     assert await page.locator(f"{card} .readonly").is_visible()
     assert await no_horizontal_scroll(page)
-    await shots.take(page, "phone-viewer-rollout", full_page=True)
+    await shots.take(page, "rollout", full_page=True)
 
     # The API refuses a viewer whatever the page shows: with the page's own token, too.
     status = await page.evaluate(
@@ -269,7 +285,7 @@ async def test_viewer_on_a_phone_can_look_but_not_pause(
         assert await no_horizontal_scroll(page), f"{view} scrolls sideways on a phone"
     await page.click("#nav a[data-view=overview]")
     await page.wait_for_selector("[data-stat=online]:has-text('3')")
-    await shots.take(page, "phone-viewer-overview", full_page=True)
+    await shots.take(page, "overview", full_page=True)
     await page.click("#signout")
     await page.wait_for_selector("#signin-form")
     assert await page.evaluate("sessionStorage.getItem('fleetpush.token')") is None

@@ -289,13 +289,13 @@ class EventHub:
         if first:
             snap.summary = text
             return
+        if changed:
+            truncated = len(changed) > MAX_DEVICES_PER_EVENT
+            payload = {"changed": [] if truncated else changed, "truncated": truncated}
+            self._publish("devices", payload)
         if text != snap.summary:
             snap.summary = text
             self._publish("summary", summary_)
-        if changed:
-            truncated = len(changed) > MAX_DEVICES_PER_EVENT
-            self._publish("devices", {"changed": changed[:MAX_DEVICES_PER_EVENT] if not truncated
-                                      else [], "truncated": truncated})  # fmt: skip
 
 
 HUB = web.AppKey("fleetpush.dashboard.hub", EventHub)

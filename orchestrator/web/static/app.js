@@ -286,7 +286,7 @@ function releasesView() {
           h("td", { text: running.get(r.version) || 0 }),
           h("td", { class: "wide", title: when(r.created_at), text: ago(r.created_at) }),
           h("td", { class: "wide mono", title: r.sha256, text: r.sha256.slice(0, 12) })))) :
-        h("p", { class: "muted", text: "No release uploaded yet (fleetpush release upload)." }));
+        h("p", { class: "muted", text: "No release uploaded yet." }));
   }
   update();
   return { el, update };
@@ -365,7 +365,7 @@ function rolloutsView(onlyId) {
     if (kind === "devices" || kind === "summary") return;
     const rows = shown();
     list.replaceChildren(...(rows.length ? rows.map(rolloutCard)
-      : [h("p", { class: "muted", text: "No rollouts yet (fleetpush rollout create)." })]));
+      : [h("p", { class: "muted", text: "No rollouts yet." })]));
   }
   update("all");
   return { el, update };
