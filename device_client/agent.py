@@ -66,6 +66,7 @@ __all__ = ["Clock", "DeviceAgent"]
 logger = logging.getLogger(__name__)
 
 MAX_WAIT_S = 60.0  # seconds between policy re-checks while deferred (clocks can jump)
+ACK_FLUSH_S = 1.0  # seconds: acknowledged reports are dropped from disk at most this late
 
 
 class Clock(Protocol):
@@ -108,6 +109,8 @@ class DeviceAgent:
         self._wake: asyncio.Event | None = None
         self._job_task: asyncio.Task[None] | None = None
         self._last_progress = 0.0
+        self._ack_flush: asyncio.TimerHandle | None = None
+        self._verified: str = ""  # notice id whose payload this process verified
         self.session: MqttSession | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -133,6 +136,8 @@ class DeviceAgent:
             await self._stop.wait()
         finally:
             await self._cancel_job_task()
+            if self._ack_flush is not None:
+                self._save()
             if self.session.connected.is_set():
                 offline = Publication(
                     self.topics.presence(self.device_id), self._presence(False), True
@@ -164,6 +169,9 @@ class DeviceAgent:
                 f.unlink(missing_ok=True)
 
     def _save(self) -> None:
+        if self._ack_flush is not None:
+            self._ack_flush.cancel()
+            self._ack_flush = None
         self.state.trust = self.trust.to_state()
         self.store.save(self.state)
 
@@ -204,7 +212,11 @@ class DeviceAgent:
         ]
 
     def _on_acked(self, counter: int) -> None:
-        self._save()
+        # Persisting the removal can wait: if a crash comes first the report is sent again,
+        # with the same counter, which the orchestrator ignores. Coalescing saves one fsync
+        # per report.
+        if self._ack_flush is None:
+            self._ack_flush = asyncio.get_running_loop().call_later(ACK_FLUSH_S, self._save)
 
     # --- incoming messages -----------------------------------------------------------------
 
@@ -384,6 +396,7 @@ class DeviceAgent:
     def _transition(self, job: Job, state: JobState, *, detail: str = "", **changes: object) -> Job:
         """Persist ``job`` in ``state`` together with its report, then return it."""
         job = job.advance(state, **changes)
+        logger.debug("%s: %s -> %s", self.device_id, job.notice_id, state.value)
         self.state.job = job
         if (rs := state.report_state) is not None:
             self._report_job(job, rs, detail=detail)
@@ -515,6 +528,8 @@ class DeviceAgent:
                 return False
         except FileNotFoundError:
             return False
+        if self._verified == job.notice_id:
+            return True  # verified while downloading, by this very process
         digest = await asyncio.to_thread(hash_file, dest)
         return digest == notice.payload.sha256
 
@@ -543,6 +558,7 @@ class DeviceAgent:
         except UpdateError as e:
             self._finish(job, JobState.FAILED, e.failure, str(e))
             return
+        self._verified = job.notice_id
         self._transition(job, JobState.DOWNLOADED)
 
     def _request(self, job: Job, notice: UpdateNotice) -> InstallRequest:

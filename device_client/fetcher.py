@@ -2,10 +2,12 @@
 
 For each URL in the notice, in order: up to ``max_attempts`` attempts, each resuming with
 ``Range`` from the partial file kept on disk (so a crash or a cut connection costs at most
-the bytes in flight). Reading stops at the signed size, whatever the server sends or
-claims (endless-data attack); a declared length that contradicts the signed size is a
-``size_mismatch``. The SHA-256 is computed while streaming (``PayloadCheck``) and checked
-before the file is renamed to its final name, so nothing unverified reaches an installer.
+the bytes in flight; the file is not fsynced, since after a restart it is hashed again
+before use and a torn partial file is downloaded again). Reading stops at the signed
+size, whatever the server sends or claims (endless-data attack); a declared length that
+contradicts the signed size is a ``size_mismatch``. The SHA-256 is computed while
+streaming (``PayloadCheck``) and checked before the file is renamed to its final name, so
+nothing unverified reaches an installer.
 
 Transport errors (connect/read timeouts, cut connections, 5xx) are retried with jittered
 backoff; content errors (hash or size mismatch) discard the partial file and move on to
@@ -24,14 +26,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from device_client.config import DownloadConfig
 from device_client.errors import DownloadError, SlowRetrievalError, UpdateError
 from fleetpush_protocol.errors import ContentError, PayloadSizeMismatchError
 from fleetpush_protocol.messages import FailureCode, Payload
 from fleetpush_protocol.payload import PayloadCheck
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["Fetcher", "ProgressCallback", "hash_file"]
 
@@ -106,6 +110,7 @@ class Fetcher:
         self.user_agent = user_agent
         self.bytes_received = 0  # body bytes read from servers, all attempts (for tests)
         self.requests = 0
+        self._resumed_from_disk = False
 
     async def fetch(
         self, payload: Payload, part: Path, dest: Path, progress: ProgressCallback
@@ -117,23 +122,35 @@ class Fetcher:
             DownloadError: every URL failed with transport errors.
             UpdateError: disk full (``disk_full``).
         """
+        # Imported on first use: aiohttp is a third of an idle agent's memory otherwise.
+        import aiohttp  # noqa: PLC0415
+
         cfg = self.config
+        self._resumed_from_disk = _size(part) > 0
         content_error: ContentError | None = None
         transport_error: DownloadError | None = None
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s
         )
         headers = {"User-Agent": self.user_agent, "Accept-Encoding": "identity"}
+        # read_bufsize: what aiohttp buffers ahead of us is lost if the connection is cut
+        # (it raises before handing it over), so keep it to one chunk.
         async with aiohttp.ClientSession(
-            timeout=timeout, headers=headers, auto_decompress=False
+            timeout=timeout, headers=headers, auto_decompress=False, read_bufsize=cfg.chunk_bytes
         ) as session:
             for url in payload.urls:
                 for attempt in range(cfg.max_attempts):
                     try:
                         await self._attempt(session, url, payload, part, progress)
                     except ContentError as e:
-                        logger.warning("payload from %s rejected: %s", _safe(url), e)
                         _discard(part)
+                        if self._resumed_from_disk:
+                            # The partial file came from an earlier run and is not fsynced:
+                            # after a power cut its tail may be garbage. Start over once.
+                            self._resumed_from_disk = False
+                            logger.info("resumed payload did not verify; downloading again")
+                            continue
+                        logger.warning("payload from %s rejected: %s", _safe(url), e)
                         content_error = e
                         break
                     except DownloadError as e:
@@ -170,6 +187,8 @@ class Fetcher:
         if offset == size and check is not None:
             check.finish()
             return
+        import aiohttp  # noqa: PLC0415 - already loaded by fetch()
+
         req_headers = {"Range": f"bytes={offset}-"} if offset else {}
         self.requests += 1
         try:
@@ -235,8 +254,11 @@ class Fetcher:
                     offset += len(data)
                     await progress(offset, size)
                     await throttle.account(len(data))
-                f.flush()
-                os.fsync(f.fileno())
+                    # On a fast link every read is ready at once and this loop would never
+                    # yield: let reports, keepalives and other agents in this loop run.
+                    await asyncio.sleep(0)
+                # No fsync: the file is verified again before it is installed after a
+                # restart, and a torn file is simply downloaded again.
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 _discard(part)  # free the space: the old release must keep working

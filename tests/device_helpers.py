@@ -237,7 +237,9 @@ class PayloadServer:
                 self.bytes_sent[name] = self.bytes_sent.get(name, 0) + len(block)
                 served.cut_after = None
                 assert request.transport is not None
-                request.transport.abort()
+                # Close (FIN after the buffered bytes), not abort: every byte "sent" reaches
+                # the client, so the byte count measures what the client had to fetch.
+                request.transport.close()
                 return resp
             try:
                 await resp.write(block)
