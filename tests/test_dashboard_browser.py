@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from dashboard_fleet import TOKENS, Fleet
+from device_helpers import wait_async
 
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
@@ -197,6 +198,34 @@ async def test_operator_watches_pauses_resumes_and_reads_a_failure(
     failure = page.locator(f"{card} [data-failed-device='dev-03']")
     assert "health_check_failed" in await failure.inner_text()
     await shots.take(page, "rollout-completed")
+
+    # Retry the failed device: it gets a new notice, fails its health check again, and
+    # the rollout completes again; the device's history grows by a second attempt.
+    await page.click(f"{card} [data-action=retry]")
+    await page.wait_for_selector("#flash:has-text('retry done')")
+
+    async def retried() -> bool:
+        history = await fleet.api("viewer", "GET", "/v1/devices/dev-03")
+        return [r["state"] for r in history["reports"]].count("rolled_back") == 2
+
+    await wait_async(retried, 30, "a second rolled_back report from dev-03")
+    await page.wait_for_function(
+        "sel => document.querySelector(sel)?.dataset.state === 'completed' && "
+        "document.querySelector(sel + ' [data-count=failed]')?.textContent === '1'",
+        arg=card,
+    )
+
+    # Cancel a scheduled rollout (the page asks first).
+    later = await fleet.api("operator", "POST", "/v1/rollouts", json={
+        "release": release["id"], "target": {"devices": ["dev-03"]},
+        "start_at": time.time() + 3600,
+    })  # fmt: skip
+    later_card = f"[data-rollout-id='{later['id']}']"
+    await page.wait_for_selector(f"{later_card}[data-state=scheduled]")
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.click(f"{later_card} [data-action=cancel]")
+    await page.wait_for_selector(f"{later_card}[data-state=canceled]")
+    assert (await fleet.api("viewer", "GET", f"/v1/rollouts/{later['id']}"))["state"] == "canceled"
     await failure.locator("a").click()
     await page.wait_for_selector(".card.alert[data-last-error=health_check_failed]")
     alert = await text(page, ".card.alert")
