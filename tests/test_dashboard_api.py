@@ -15,6 +15,7 @@ import pytest
 from dashboard_fleet import TOKENS, Fleet
 
 from fleetpush_protocol.topics import Topics
+from orchestrator.api import dashboard
 from orchestrator.broker import MosquittoBroker
 
 pytestmark = pytest.mark.integration
@@ -169,3 +170,20 @@ async def test_an_open_stream_does_not_hold_up_shutdown(fleet: Fleet) -> None:
     rest = await asyncio.wait_for(resp.content.read(), 5)
     assert b"event:" not in rest
     resp.release()
+
+
+async def test_a_revoked_token_stops_its_stream(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dashboard, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(dashboard, "RECHECK_S", 0.0)
+    made = await fleet.api("admin", "POST", "/v1/tokens", json={"name": "tv", "role": "viewer"})
+    assert fleet.http is not None
+    headers = {"Authorization": f"Bearer {made['token']}"}
+    async with fleet.http.get(fleet.url + "/v1/events", headers=headers) as resp:
+        await read_events(resp, "hello")
+        await fleet.api("admin", "DELETE", "/v1/tokens/tv")
+        rest = await asyncio.wait_for(resp.content.read(), 5)  # the server ends the stream
+        assert b"event:" not in rest
+    async with fleet.http.get(fleet.url + "/v1/events", headers=headers) as resp:
+        assert resp.status == 401

@@ -299,7 +299,8 @@ class EventHub:
 
 
 HUB = web.AppKey("fleetpush.dashboard.hub", EventHub)
-HEARTBEAT_S = 15.0
+HEARTBEAT_S = 15.0  # seconds of silence before a comment line keeps the stream open
+RECHECK_S = 15.0  # seconds between two checks that the stream's token is still valid
 
 
 @routes.get("/v1/events")
@@ -312,6 +313,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         "X-Accel-Buffering": "no",
     })  # fmt: skip
     await resp.prepare(request)
+    token = request.headers["Authorization"].partition(" ")[2].strip()  # checked by auth
+    checked = time.monotonic()
     q = hub.subscribe()
     try:
         await resp.write(b"retry: 2000\n\n")
@@ -322,6 +325,10 @@ async def events(request: web.Request) -> web.StreamResponse:
                 frame = b": ping\n\n"
             if frame is None:
                 break
+            if time.monotonic() - checked > RECHECK_S:  # a revoked token stops the stream
+                if await ctx(request).auth.check(token) is None:
+                    break
+                checked = time.monotonic()
             await resp.write(frame)
     except ConnectionResetError:
         return resp
