@@ -12,6 +12,7 @@ from orchestrator.cli_broker import broker, provision_command, revoke_command, s
 from orchestrator.cli_keys import config_option, keys, load, tokens
 from orchestrator.cli_ops import audit, devices, release, rollout
 from orchestrator.cli_protocol import protocol
+from orchestrator.cli_sim import demo, simulate
 from orchestrator.keystore import KeyStoreError
 from orchestrator.service import serve
 
@@ -45,6 +46,8 @@ main.add_command(release)
 main.add_command(devices)
 main.add_command(rollout)
 main.add_command(audit)
+main.add_command(demo)
+main.add_command(simulate)
 devices.add_command(provision_command)
 devices.add_command(revoke_command)
 devices.add_command(set_groups_command)

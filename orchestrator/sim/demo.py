@@ -1,0 +1,162 @@
+"""``fleetpush demo``: a whole installation in one process, watching a three-phase rollout.
+
+Mosquitto (a child process), the orchestrator (SQLite in a temporary folder, the HTTP API on
+a free port) and N devices running the real device agent start; a small release is uploaded
+and rolled out in three gated phases while progress bars show each phase; then everything
+stops and the folder is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+
+from orchestrator.sim.api import AsyncApi
+from orchestrator.sim.fleet import (
+    Observer,
+    SimDevice,
+    SimFleet,
+    assign_behaviours,
+    provision_passwords,
+)
+from orchestrator.sim.limits import raise_open_files
+from orchestrator.sim.release import sample_release
+from orchestrator.sim.stack import LocalStack
+from orchestrator.sim.timing import RolloutClock, phase_summary, terminal_times
+
+__all__ = ["DemoOptions", "run_demo"]
+
+logger = logging.getLogger(__name__)
+
+END_STATES = ("completed", "canceled", "aborted")
+StatusHook = Callable[[dict[str, Any], int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    devices: int = 50
+    phases: tuple[float, ...] = (10.0, 50.0, 100.0)
+    success_pct: float = 100.0
+    soak_s: float = 1.0
+    fail_share: float = 0.0
+    payload_bytes: int = 0  # random filler added to the release (benchmarks)
+    health_check: bool = True  # each device runs /bin/true as its health check
+    timeout_s: float = 300.0  # give up on the rollout after this long
+    poll_s: float = 0.1  # seconds between status polls
+
+
+def _rollout_body(o: DemoOptions) -> dict[str, Any]:
+    return {
+        "target": {"all": True},
+        "phases": list(o.phases),
+        "success_pct": o.success_pct,
+        "soak_s": o.soak_s,
+        "failure_pct": 50.0,
+        "min_attempts": 5,
+        "on_failure": "pause",
+        "device_timeout_s": max(120.0, o.timeout_s),
+    }
+
+
+async def _watch(
+    api: AsyncApi, rollout_id: int, clock: RolloutClock, o: DemoOptions, *,
+    observer: Observer, on_status: StatusHook | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Poll the rollout until it ends (or pauses with nothing left in flight)."""
+    deadline = time.monotonic() + o.timeout_s
+    while True:
+        status = await api.status(rollout_id)
+        clock.seen(status)
+        if on_status is not None:
+            on_status(status, len(observer.notified(str(rollout_id))))
+        if status["state"] in END_STATES:
+            return status
+        idle = all(p["in_flight"] == 0 for p in status["phases"])
+        if status["state"] == "paused" and idle:
+            return status
+        if time.monotonic() > deadline:
+            logger.warning("rollout %d still %s after %.0fs", rollout_id, status["state"],
+                           o.timeout_s)  # fmt: skip
+            return status
+        await asyncio.sleep(o.poll_s)
+
+
+async def _run(stack: LocalStack, o: DemoOptions, on_status: StatusHook | None) -> dict[str, Any]:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    orch = await stack.start_orchestrator()
+    assert stack.broker is not None  # noqa: S101 - started by LocalStack
+    ids = [f"demo-{i:05d}" for i in range(1, o.devices + 1)]
+    passwords = provision_passwords(stack.broker, ids, groups=("demo",))
+    behaviours = assign_behaviours(ids, fail_share=o.fail_share, seed=1)
+    observer = Observer()
+    fleet = SimFleet(
+        stack.devices_dir, broker_url=stack.broker.url, topic_prefix=stack.topics.prefix,
+        root_keys=[stack.root_key], groups=("demo",), observer=observer,
+    )  # fmt: skip
+    fleet.add(
+        SimDevice(d, passwords[d], replace(behaviours[d], health_check=o.health_check)) for d in ids
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = AsyncApi(session, stack.api_url, stack.token)
+            t = time.perf_counter()
+            await fleet.start()
+            await api.wait_online(o.devices, within=60 + o.devices * 0.02)
+            online_s = time.perf_counter() - t
+            payload = sample_release("2.0.0", filler_bytes=o.payload_bytes)
+            release = await api.upload("demo-app", "2.0.0", payload)
+            clock = RolloutClock()
+            created = await api.create_rollout(release["id"], **_rollout_body(o))
+            rid = int(created["id"])
+            status = await _watch(api, rid, clock, o, observer=observer, on_status=on_status)
+            targets = await api.targets(rid)
+            counters = await orch.db.run(lambda s: s.counters()) if orch.db else {}
+            notified = observer.notified(str(rid))
+            last_notified = max(notified.values()) if len(notified) == o.devices else None
+            done = terminal_times(observer, str(rid))
+            last_done = max(done.values()) if len(done) == o.devices else None
+            return {
+                "devices": o.devices,
+                "rollout_state": status["state"],
+                "final_states": dict(sorted(status["states"].items())),
+                "device_final_states": dict(sorted(observer.final_states(str(rid)).items())),
+                "time_to_notify_s": clock.since_start(last_notified),
+                "time_to_complete_s": clock.since_start(clock.finished),
+                "time_to_all_finished_s": clock.since_start(last_done),
+                "devices_notified": len(notified),
+                "time_to_online_s": round(online_s, 3),
+                "phases": phase_summary(clock, observer, str(rid), status, targets),
+                "payload_bytes": len(payload),
+                "reports_ingested": counters.get("reports_ingested", 0),
+                "notices_published": counters.get("notices_published", 0),
+                "soak_s": o.soak_s,
+                "error_codes": dict(observer.errors),
+            }
+    finally:
+        await fleet.stop()
+        await stack.stop_orchestrator()
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+def run_demo(o: DemoOptions, on_status: StatusHook | None = None) -> dict[str, Any]:
+    """Run the demo; return its summary. Leaves nothing running, also on Ctrl-C.
+
+    Raises:
+        MosquittoNotFoundError: Mosquitto is not installed.
+        KeyboardInterrupt, asyncio.CancelledError: interrupted (SIGINT, SIGTERM).
+    """
+    raise_open_files()
+    with LocalStack() as stack:
+        return asyncio.run(_run(stack, o, on_status))

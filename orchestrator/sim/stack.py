@@ -1,0 +1,138 @@
+"""A whole fleetpush installation in one temporary folder: Mosquitto, keys, the orchestrator.
+
+Mosquitto is a child process (started from ``broker_config/`` on free ports); the
+orchestrator runs in this process with SQLite and its HTTP API on a free port. ``close()``
+(or leaving the ``with`` block) stops the broker and removes the folder, also after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from fleetpush_protocol.topics import Topics
+from orchestrator.auth import hash_token, new_token
+from orchestrator.broker import MosquittoBroker, find_mosquitto, free_port
+from orchestrator.config import OrchestratorConfig, load_config
+from orchestrator.keystore import KeyStore
+from orchestrator.service import Orchestrator
+from orchestrator.store import SQLiteStore
+
+__all__ = ["LocalStack"]
+
+
+class LocalStack:
+    """Broker and orchestrator files in a temporary folder.
+
+    Use as a context manager: entering creates the folder, keys and an operator token and
+    starts Mosquitto; ``start_orchestrator()`` (async) starts the service; leaving stops the
+    broker and removes the folder. Stop the orchestrator (``await stack.stop_orchestrator()``)
+    before leaving.
+
+    Raises:
+        MosquittoNotFoundError: on entry, when Mosquitto is not installed.
+    """
+
+    def __init__(self, *, tick: str = "100ms", batch_interval: str = "20ms") -> None:
+        self.tick = tick
+        self.batch_interval = batch_interval
+        self.root = Path()
+        self.topics = Topics()
+        self.broker: MosquittoBroker | None = None
+        self.orchestrator: Orchestrator | None = None
+        self.config: OrchestratorConfig | None = None
+        self.token = new_token()
+        self.root_key = ""
+        self.port = 0
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    # --- files and broker ----------------------------------------------------------------
+
+    def __enter__(self) -> LocalStack:
+        find_mosquitto()  # fail before creating anything
+        self._tmp = tempfile.TemporaryDirectory(prefix="fleetpush-demo-")
+        self.root = Path(self._tmp.name)
+        try:
+            self.broker = MosquittoBroker(self.root / "broker", topics=self.topics)
+            self._write_orchestrator(self.broker)
+            self.broker.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop Mosquitto and remove the folder (idempotent)."""
+        broker, self.broker = self.broker, None
+        try:
+            if broker is not None:
+                broker.stop()
+        finally:
+            tmp, self._tmp = self._tmp, None
+            if tmp is not None:
+                shutil.rmtree(tmp.name, ignore_errors=True)
+                tmp.cleanup()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "orch"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "orchestrator.toml"
+
+    @property
+    def devices_dir(self) -> Path:
+        return self.root / "devices"
+
+    def _write_orchestrator(self, broker: MosquittoBroker) -> None:
+        self.port = free_port()
+        data = self.data_dir
+        (self.root / "mqtt.password").write_text(broker.orchestrator_password)
+        self.config_path.write_text(
+            f'data_dir = "{data}"\n'
+            f'[http]\nlisten = "127.0.0.1:{self.port}"\nurl_ttl = "1h"\n'
+            f'[mqtt]\nurl = "{broker.url}"\nusername = "{broker.ORCHESTRATOR_USER}"\n'
+            f'password_file = "mqtt.password"\ntopic_prefix = "{self.topics.prefix}"\n'
+            f'[ingest]\nbatch_rows = 500\nbatch_interval = "{self.batch_interval}"\n'
+            f'[rollouts]\ntick = "{self.tick}"\nnotice_ttl = "1d"\n'
+        )
+        keys = KeyStore(data / "keys")
+        keys.init(
+            self.root / "offline-root", roots=1, threshold=1, validity_s=7 * 86400,
+            now=int(time.time()),
+        )  # fmt: skip
+        self.root_key = keys.anchor().keyring.root_keys[0].hex()
+        store = SQLiteStore(data / "fleetpush.db")
+        store.migrate()
+        store.add_token("demo", "operator", hash_token(self.token), time.time())
+        store.close()
+
+    # --- orchestrator --------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start_orchestrator(self) -> Orchestrator:
+        self.config = load_config(self.config_path)
+        orch = Orchestrator(self.config)
+        await orch.start()
+        self.orchestrator = orch
+        return orch
+
+    async def stop_orchestrator(self) -> None:
+        orch, self.orchestrator = self.orchestrator, None
+        if orch is not None:
+            await orch.stop()
