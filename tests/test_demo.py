@@ -1,0 +1,109 @@
+"""``fleetpush demo``: the real console script, a real broker, orchestrator and 20 agents."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def fleetpush() -> list[str]:
+    """The installed console script, or the same entry point through this interpreter."""
+    script = Path(sys.executable).parent / "fleetpush"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from orchestrator.cli import main; main()"]
+
+
+def mosquittos_under(folder: Path) -> list[int]:
+    """Pids of mosquitto processes whose command line mentions ``folder``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            cmdline
+            and cmdline[0].endswith(b"mosquitto")
+            and str(folder).encode() in b" ".join(cmdline)
+        ):
+            found.append(int(proc.name))
+    return found
+
+
+def demo_env(tmp_path: Path) -> dict[str, str]:
+    # The demo's temporary folder goes under tmp_path, so the test can see what is left.
+    return {**os.environ, "TMPDIR": str(tmp_path), "PATH": f"/usr/sbin:{os.environ['PATH']}"}
+
+
+def test_demo_rolls_out_to_every_device_and_leaves_nothing_running(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*fleetpush(), "demo", "--devices", "20", "--json"],
+        env=demo_env(tmp_path), capture_output=True, timeout=100, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    summary = json.loads(result.stdout)  # stdout holds only the JSON object
+    assert summary["devices"] == 20
+    assert summary["rollout_state"] == "completed"
+    assert summary["final_states"] == {"succeeded": 20}
+    assert summary["device_final_states"] == {"succeeded": 20}
+    assert summary["devices_notified"] == 20
+    assert 0 < summary["time_to_notify_s"] <= summary["time_to_complete_s"] < 60
+    phases = summary["phases"]
+    assert [p["devices"] for p in phases] == [2, 8, 10]
+    assert [p["succeeded"] for p in phases] == [2, 8, 10]
+    assert all(p["notify_s"] is not None and p["notify_s"] >= 0 for p in phases)
+    assert summary["reports_ingested"] >= 20 * 5  # notified ... succeeded, per device
+    assert mosquittos_under(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [*fleetpush(), "demo", "--devices", "30", "--soak", "30", "--json"],
+        env=demo_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not mosquittos_under(tmp_path):  # wait until the stack is up
+            assert time.monotonic() < deadline, "the demo never started Mosquitto"
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(3)  # the devices are starting or the rollout is soaking
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert b"Traceback" not in err
+    assert mosquittos_under(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_without_mosquitto_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real finder, on a machine where neither PATH nor the usual sbin folders hold it.
+    monkeypatch.setattr(shutil, "which", lambda *_a, **_k: None)
+    monkeypatch.setattr(os, "access", lambda *_a, **_k: False)
+    result = CliRunner().invoke(main, ["demo", "--devices", "3"])
+    assert result.exit_code == 2
+    assert "mosquitto is not installed" in result.output
+    assert "apt-get install mosquitto" in result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
