@@ -304,57 +304,84 @@ class SQLiteStore:
         was not sent to that device is stored with ``accepted = 0`` and changes nothing.
         """
         result = IngestResult()
-        seen: dict[str, tuple[float, str | None]] = {}
-        db = self.db
+        reports: list[Report] = []
         with self._tx():
             for msg in batch:
                 if isinstance(msg, Report):
-                    self._ingest_report(msg, now, result)
-                    seen[msg.device_id] = (now, msg.current_version)
+                    reports.append(msg)
                 elif isinstance(msg, Presence):
                     self._ingest_presence(msg, now)
                     result.presence += 1
                 else:
                     self._ingest_inventory(msg, now)
                     result.inventory += 1
-            if seen:
-                db.executemany(
-                    "INSERT INTO devices (device_id, first_seen, last_seen, current_version) "
-                    "VALUES (?, ?, ?, coalesce(?, '')) ON CONFLICT (device_id) DO UPDATE SET "
-                    "last_seen = excluded.last_seen, "
-                    "current_version = coalesce(?, current_version)",
-                    [(d, t, t, v, v) for d, (t, v) in seen.items()],
-                )
+            if reports:
+                self._ingest_reports(reports, now, result)
             self._bump("reports_ingested", result.accepted)
             self._bump("reports_duplicate", result.duplicates)
             self._bump("reports_rejected", result.rejected)
         return result
 
-    def _ingest_report(self, r: Report, now: float, result: IngestResult) -> None:
-        owner = self._owner(r.notice_id)
-        accepted = owner is not None and owner[0] == r.device_id and str(owner[1]) == r.rollout_id
-        error = r.error
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
+    def _existing(self, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of ``keys`` are stored already: one set-based lookup per batch."""
+        db = self.db
+        db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS stage (device_id TEXT NOT NULL, "
+            "counter INTEGER NOT NULL)"
+        )
+        db.execute("DELETE FROM temp.stage")
+        db.executemany("INSERT INTO temp.stage VALUES (?, ?)", keys)
+        return set(
+            db.execute(
+                "SELECT s.device_id, s.counter FROM temp.stage s WHERE EXISTS (SELECT 1 FROM "
+                "reports r WHERE r.device_id = s.device_id AND r.counter = s.counter)"
+            ).fetchall()
+        )
+
+    def _ingest_reports(self, reports: list[Report], now: float, result: IngestResult) -> None:
+        keys = [(r.device_id, r.counter) for r in reports]
+        skip = self._existing(keys)
+        rows, updates = [], []
+        seen: dict[str, tuple[float, str]] = {}
+        for r in reports:
+            key = (r.device_id, r.counter)
+            if key in skip:
+                result.duplicates += 1
+                continue
+            skip.add(key)
+            owner = self._owner(r.notice_id)
+            accepted = (
+                owner is not None and owner[0] == r.device_id and str(owner[1]) == r.rollout_id
+            )
+            error = r.error
+            rows.append((
                 r.device_id, r.counter, r.notice_id, r.rollout_id, r.state.value,
                 r.current_version, r.reported_at, now, error.code if error else None,
                 error.message if error else None, int(accepted),
-            ),
-        )  # fmt: skip
-        if cur.rowcount == 0:
-            result.duplicates += 1
-            return
-        if not accepted or owner is None:
-            result.rejected += 1
-            return
-        result.accepted += 1
-        reason = f"{error.code}: {error.message}"[:500] if error else ""
-        self.db.execute(
+            ))  # fmt: skip
+            seen[r.device_id] = (now, r.current_version)
+            if not accepted or owner is None:
+                result.rejected += 1
+                continue
+            result.accepted += 1
+            reason = f"{error.code}: {error.message}"[:500] if error else ""
+            updates.append(
+                (r.state.value, now, r.counter, reason, owner[1], r.device_id, r.notice_id,
+                 r.counter)
+            )  # fmt: skip
+        db = self.db
+        db.executemany("INSERT INTO reports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        db.executemany(
             "UPDATE rollout_targets SET state = ?, updated_at = ?, last_counter = ?, "
             "delivered = 1, reason = ? WHERE rollout_id = ? AND device_id = ? "
             "AND notice_id = ? AND last_counter < ?",
-            (r.state.value, now, r.counter, reason, owner[1], r.device_id, r.notice_id, r.counter),
+            updates,
+        )
+        db.executemany(
+            "INSERT INTO devices (device_id, first_seen, last_seen, current_version) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+            "last_seen = excluded.last_seen, current_version = excluded.current_version",
+            [(d, t, t, v) for d, (t, v) in seen.items()],
         )
 
     def _ingest_presence(self, p: Presence, now: float) -> None:

@@ -1,0 +1,182 @@
+"""Report ingestion into SQLite, nothing lost, against a bare MQTT client in the same run.
+
+Both receivers are paho clients (MQTT 5, receive maximum 65535) subscribed at QoS 1 to the
+reports filter of one Mosquitto. A raw-socket publisher sends the same N pre-encoded
+reports (from 1,000 devices, each about a notice really sent to it) to each in turn.
+
+* baseline: a bare paho client that only counts messages (auto PUBACK);
+* orchestrator: ``MqttLink`` + ``Ingestor`` + SQLite: decode, validate, deduplicate,
+  write in batches, PUBACK after commit. Done when every report is committed; then the
+  rows are counted in the database.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from benchmarks._mqtt_raw import RawPublisher, publish_packets
+from fleetpush_protocol.envelope import encode_message
+from fleetpush_protocol.messages import Report, ReportState
+from fleetpush_protocol.topics import Topics
+from orchestrator.broker import MosquittoBroker
+from orchestrator.clock import SystemClock
+from orchestrator.config import IngestConfig, MqttConfig
+from orchestrator.ingest import Ingestor
+from orchestrator.mqtt_link import MqttLink
+from orchestrator.policy import RolloutSpec
+from orchestrator.store import Database, NoticeRecord, ReleaseRecord, SQLiteStore, Store
+
+DEVICES = 1000
+CHUNK = 5000  # reports per send
+
+
+def _reports(topics: Topics, n: int, rollout_id: int) -> list[tuple[str, bytes]]:
+    states = [ReportState.NOTIFIED, ReportState.DOWNLOADING, ReportState.DOWNLOADED,
+              ReportState.INSTALLING, ReportState.INSTALLED, ReportState.SUCCEEDED]  # fmt: skip
+    now = int(time.time())
+    out = []
+    for i in range(n):
+        dev, counter = i % DEVICES, i // DEVICES + 1
+        device_id = f"dev-{dev:05d}"
+        report = Report(device_id=device_id, notice_id=f"n-{dev:05d}", rollout_id=str(rollout_id),
+                        state=states[min(counter - 1, len(states) - 1)], current_version="1.0",
+                        counter=counter, reported_at=now)  # fmt: skip
+        out.append((topics.report(device_id), encode_message(report)))
+    return out
+
+
+WINDOW = 30_000  # reports the publisher may run ahead of the receiver (broker queue bound)
+
+
+def _feed(pub: RawPublisher, chunks: list[bytes], chunk_n: int, progress: Any) -> None:
+    """Send chunk after chunk, never more than WINDOW ahead of what was received."""
+    for i, chunk in enumerate(chunks):
+        while i * chunk_n - progress() > WINDOW:
+            time.sleep(0.001)
+        pub.send(chunk)
+
+
+def _bare(  # noqa: PLR0917 - one run of one receiver
+    broker: MosquittoBroker, user: str, topics: Topics, packets: list[bytes], n: int,
+          pub: RawPublisher) -> float:  # fmt: skip
+    got = [0]
+    done = threading.Event()
+    subscribed = threading.Event()
+
+    def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        got[0] += 1
+        if got[0] == n:
+            done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user,
+                    protocol=MQTTProtocolVersion.MQTTv5)  # fmt: skip
+    c.username_pw_set(user, broker.password(user))
+    c.on_message = on_message
+    c.on_subscribe = lambda *a: subscribed.set()
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.ReceiveMaximum = 65535
+    c.connect(broker.host, broker.port, properties=props)
+    c.loop_start()
+    c.subscribe(topics.reports_filter, qos=1)
+    subscribed.wait(10)
+    t0 = time.perf_counter()
+    _feed(pub, packets, CHUNK, lambda: got[0])
+    if not done.wait(600):
+        raise RuntimeError(f"bare client got {got[0]} of {n}")
+    elapsed = time.perf_counter() - t0
+    c.disconnect()
+    c.loop_stop()
+    return elapsed
+
+
+def _orchestrator(  # noqa: PLR0917 - one run of one receiver
+    broker: MosquittoBroker, user: str, topics: Topics, packets: list[bytes],
+                  n: int,
+                  pub: RawPublisher, db: Database) -> tuple[float, int, int]:  # fmt: skip
+    cfg = MqttConfig(host=broker.host, port=broker.port, username=user,
+                     password=broker.password(user), topic_prefix=topics.prefix)  # fmt: skip
+    link = MqttLink(cfg, [topics.reports_filter])
+    ingestor = Ingestor(db, topics=topics, clock=SystemClock(),
+                        config=IngestConfig(batch_rows=500, batch_interval_s=0.1),
+                        ack=link.ack)  # fmt: skip
+    link.on_message = ingestor.on_message
+    ingestor.start()
+    link.start()
+    time.sleep(0.3)  # SUBACK
+    t0 = time.perf_counter()
+    _feed(pub, packets, CHUNK, lambda: ingestor.stats.received)
+    deadline = time.monotonic() + 600
+    while ingestor.stats.committed < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - t0
+    batches = ingestor.stats.batches
+    link.stop()
+    ingestor.stop()
+
+    def count(s: Store) -> int:
+        assert isinstance(s, SQLiteStore)
+        return int(s.db.execute("SELECT COUNT(*) FROM reports WHERE accepted = 1").fetchone()[0])
+
+    return elapsed, db.call(count), batches
+
+
+def run(quick: bool) -> dict[str, Any]:
+    n = 20_000 if quick else 100_000
+    with tempfile.TemporaryDirectory() as tmp:
+        topics = Topics("bench")
+        broker = MosquittoBroker(Path(tmp) / "broker", topics=topics)
+        for user in ("bench-pub", "bench-bare", "bench-orch"):
+            broker.add_orchestrator(user)
+        broker.start()
+        try:
+            db = Database(lambda: _prepared_store(Path(tmp) / "db.sqlite", topics))
+            items = _reports(topics, n, rollout_id=1)
+            packets = [publish_packets(items[i : i + CHUNK]) for i in range(0, n, CHUNK)]
+            pub = RawPublisher(broker.host, broker.port, "bench-pub", broker.password("bench-pub"))
+            bare_s = _bare(broker, "bench-bare", topics, packets, n, pub)
+            orch_s, stored, batches = _orchestrator(broker, "bench-orch", topics, packets, n,
+                                                    pub, db)  # fmt: skip
+            pub.close()
+            db.close()
+        finally:
+            broker.stop()
+    bare_rate, orch_rate = n / bare_s, n / orch_s
+    return {
+        "reports": n,
+        "bare_client_reports_per_s": round(bare_rate),
+        "orchestrator_reports_per_s": round(orch_rate),
+        "ratio": round(orch_rate / bare_rate, 3),
+        "stored": stored,
+        "lost": n - stored,
+        "batches": batches,
+        "goal": ">= 0.6 of the bare client and >= 20,000 reports/s, nothing lost",
+    }
+
+
+def _prepared_store(path: Path, topics: Topics) -> Store:
+    """A store with one rollout whose notices went to every simulated device."""
+    store = SQLiteStore(path)
+    store.migrate()
+    now = time.time()
+    ids = [f"dev-{i:05d}" for i in range(DEVICES)]
+    store.ensure_devices(ids, now)
+    rel = store.add_release(ReleaseRecord(0, "app", "1.0", "ab" * 32, 1, (), "directory", {},
+                                          {}, now))  # fmt: skip
+    r = store.create_rollout(release_id=rel.id, target={"all": True}, spec=RolloutSpec(),
+                             assignments=[(d, i, 0) for i, d in enumerate(ids)], now=now,
+                             actor="bench")  # fmt: skip
+    store.save_notices(
+        [NoticeRecord(f"n-{i:05d}", d, r.id, "notice", f"device/{d}", 1, topics.device_notice(d),
+                      now, now + 3600, b"") for i, d in enumerate(ids)],
+        dict.fromkeys(ids, True),
+    )  # fmt: skip
+    return store
