@@ -55,8 +55,13 @@ async def _run(tmp: Path, n: int) -> dict[str, Any]:
         t3 = time.perf_counter()
 
         def link(user: str) -> MqttLink:
-            cfg = MqttConfig(host=broker.host, port=broker.port, username=user,
-                             password=broker.password(user), topic_prefix=topics.prefix)  # fmt: skip
+            cfg = MqttConfig(
+                host=broker.host,
+                port=broker.port,
+                username=user,
+                password=broker.password(user),
+                topic_prefix=topics.prefix,
+            )
             lk = MqttLink(cfg)
             lk.start()
             return lk
