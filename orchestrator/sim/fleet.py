@@ -54,6 +54,7 @@ class Behaviour:
     offline_after_s: float | None = None  # goes offline this long after start ...
     offline_for_s: float = 0.0  # ... for this long, then comes back
     health_check: bool = True  # run /bin/true (or /bin/false) as the health check
+    hold_updates: bool = False  # verify and report notices, but defer them (no download)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,8 @@ def device_config(
         "install": {"handler": "directory"},
         "health": health,
     }  # fmt: skip
+    if b.hold_updates:
+        raw["policy"] = {"hold_until": "2999-01-01T00:00:00Z", "download_ahead": False}
     return parse_config(raw, source=f"{device.device_id}.toml", base=state_dir)
 
 

@@ -1,0 +1,137 @@
+"""Fan-out: time for one signed notice to reach and be verified by N connected devices.
+
+Against the ceiling measured in the same run, on the same broker: a fleet of minimal
+raw-socket MQTT subscribers (``benchmarks/_rawmqtt.py``) that only receive. Two shapes:
+
+- group: one notice on a group (channel) topic every device subscribes to, one publish;
+- per-device: one notice per device on its own topic, N publishes.
+
+The notices are published at QoS 1 through the orchestrator's own MQTT link
+(``orchestrator.mqtt_link.MqttLink``), not retained. "Verified" means a real
+``DeviceAgent`` checked the signatures, keyring, expiry, sequence and target, and queued
+its ``notified`` report (the devices hold updates by policy, so nothing is downloaded).
+Agents run in worker processes of 2,500 each (one process holding 10,000 aiomqtt
+clients is CPU-bound on this 2-core machine; see docs/performance-fleet.md).
+
+Goal (issue 6): 10,000 devices notified and verified within 2x the raw-subscriber time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._fleet import BenchSigner, WorkerFleet
+from benchmarks._rawmqtt import RawSubscriber, connect_all
+from fleetpush_protocol.topics import Topics
+from orchestrator.broker import MosquittoBroker
+from orchestrator.config import MqttConfig
+from orchestrator.mqtt_link import MqttLink
+from orchestrator.sim.fleet import provision_passwords
+from orchestrator.sim.limits import raise_open_files
+
+GROUP = "bench"
+
+
+async def _wait_raw(subs: list[RawSubscriber], count: int, timeout_s: float) -> float | None:
+    deadline = time.monotonic() + timeout_s
+    while any(len(s.received) < count for s in subs):
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(0.002)
+    return max(s.received[count - 1] for s in subs)
+
+
+def _s(t: float | None, t0: float) -> float | None:
+    return None if t is None else round(t - t0, 3)
+
+
+async def _one(n: int, root: Path) -> dict[str, Any]:
+    topics = Topics()
+    broker = MosquittoBroker(root / "broker", topics=topics)
+    ids = [f"dev-{i:05d}" for i in range(n)]
+    passwords = provision_passwords(broker, ids, (GROUP,))
+    broker.start()
+    signer = BenchSigner()
+    link = MqttLink(
+        MqttConfig(host=broker.host, port=broker.port, username=broker.ORCHESTRATOR_USER,
+                   password=broker.orchestrator_password, topic_prefix=topics.prefix), [],
+    )  # fmt: skip
+    out: dict[str, Any] = {"devices": n}
+    fleet: WorkerFleet | None = None
+    try:
+        await asyncio.to_thread(link.start)
+        await link.publish_many([(topics.keyring(1), signer.keyring(), True)])
+        group_topic = topics.group_notice(GROUP)
+
+        # --- the ceiling: raw subscribers --------------------------------------------
+        subs = [RawSubscriber(d, d, passwords[d], [group_topic, topics.device_notice(d)])
+                for d in ids]  # fmt: skip
+        t = time.perf_counter()
+        await connect_all(subs, broker.host, broker.port)
+        out["raw_connect_s"] = round(time.perf_counter() - t, 2)
+        env = signer.notice("g-raw", group=GROUP, topics=topics)
+        t0 = time.perf_counter()
+        await link.publish_many([(group_topic, env, False)])
+        out["raw_group_s"] = _s(await _wait_raw(subs, 1, 60), t0)
+        envs = [(topics.device_notice(d), signer.notice("d-raw", device=d, topics=topics), False)
+                for d in ids]  # fmt: skip
+        t0 = time.perf_counter()
+        await link.publish_many(envs, timeout=120)
+        out["raw_per_device_s"] = _s(await _wait_raw(subs, 2, 120), t0)
+        for s in subs:
+            await s.close()
+        await asyncio.sleep(1)
+
+        # --- the device agents -------------------------------------------------------
+        fleet = WorkerFleet(
+            {"broker_url": broker.url, "prefix": topics.prefix, "root_key": signer.root_hex,
+             "groups": [GROUP], "state_root": str(root / "devices"), "hold_updates": True},
+            [(d, passwords[d]) for d in ids], root / "workers.log",
+        )  # fmt: skip
+        out["agents"] = await fleet.start()
+        await asyncio.sleep(1)  # let the connect storm settle
+        env = signer.notice("g-1", group=GROUP, seq=2, topics=topics)
+        await fleet.watch("g-1")
+        await asyncio.sleep(0.2)
+        t0 = time.perf_counter()
+        await link.publish_many([(group_topic, env, False)])
+        got = await fleet.collect()
+        out["agent_group_s"] = _s(got["last"], t0)
+        out["agent_group_verified"] = got["count"]
+        envs = [(topics.device_notice(d), signer.notice("d-1", device=d, seq=1, topics=topics),
+                 False) for d in ids]  # fmt: skip
+        await fleet.watch("d-1")
+        await asyncio.sleep(0.2)
+        t0 = time.perf_counter()
+        await link.publish_many(envs, timeout=120)
+        got = await fleet.collect()
+        out["agent_per_device_s"] = _s(got["last"], t0)
+        out["agent_per_device_verified"] = got["count"]
+    finally:
+        if fleet is not None:
+            await fleet.stop()
+        await asyncio.to_thread(link.stop)
+        broker.stop()
+    for shape in ("group", "per_device"):
+        raw, agent = out.get(f"raw_{shape}_s"), out.get(f"agent_{shape}_s")
+        if raw and agent:
+            out[f"{shape}_ratio"] = round(agent / raw, 2)
+    return out
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    raise_open_files()
+    sizes = [1000] if quick else [1000, 10_000]
+    results: dict[str, Any] = {"goal": "10,000 devices verified within 2x the raw time"}
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="fleetpush-fanout-") as tmp:
+            results[str(n)] = asyncio.run(_one(n, Path(tmp)))
+    with contextlib.suppress(KeyError, TypeError):
+        big = results["10000"]
+        results["goal_met"] = big["group_ratio"] <= 2 and big["per_device_ratio"] <= 2
+    return results
