@@ -105,6 +105,7 @@ class DownloadConfig:
     bandwidth_bytes_per_s: int = 0  # bytes per second; 0 = unlimited
     connect_timeout_s: float = 10.0  # seconds
     read_timeout_s: float = 30.0  # seconds without a byte before the server is "slow"
+    min_bytes_per_s: int = 256  # average below this over read_timeout_s = slow server
     max_attempts: int = 5  # per URL, for transport errors
     progress_interval_s: float = 5.0  # seconds between progress reports, at least
     chunk_bytes: int = 65536  # bytes read per iteration
@@ -407,6 +408,7 @@ def parse_config(
         bandwidth_bytes_per_s=t.integer("bandwidth_bytes_per_s", 0, 0, 1 << 40),
         connect_timeout_s=t.number("connect_timeout_s", 10.0, 0.1, 600),
         read_timeout_s=t.number("read_timeout_s", 30.0, 0.1, 3600),
+        min_bytes_per_s=t.integer("min_bytes_per_s", 256, 0, 1 << 30),
         max_attempts=t.integer("max_attempts", 5, 1, 100),
         progress_interval_s=t.number("progress_interval_s", 5.0, 0.1, 3600),
         chunk_bytes=t.integer("chunk_bytes", 65536, 1024, 16 << 20),

@@ -5,7 +5,7 @@ FleetpushError                       (fleetpush_protocol.errors)
 │   └── PayloadError                 hash_mismatch / size_mismatch of a download
 ├── TransportError                   retried with jittered backoff
 │   └── DownloadError                one HTTP attempt failed (status, timeout, cut)
-│       └── SlowRetrievalError       no byte within read_timeout_s
+│       └── SlowRetrievalError       no byte within read_timeout_s, or below min_bytes_per_s
 └── UpdateError                      the device could not apply the update: carries
                                      the ``FailureCode`` reported (disk_full, ...)
 """

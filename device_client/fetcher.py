@@ -97,6 +97,31 @@ class _Throttle:
             await asyncio.sleep(ahead)
 
 
+class _MinRate:
+    """Slow-retrieval guard: a server that trickles bytes (each one just inside the read
+    timeout) would hold a download forever. Over every window of ``window`` seconds the
+    average must reach ``rate`` bytes/s, else ``SlowRetrievalError`` (a transport error)."""
+
+    def __init__(self, rate: float, window: float) -> None:
+        self.rate = rate
+        self.window = window
+        self.start = time.monotonic()
+        self.got = 0
+
+    def account(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        self.got += n
+        elapsed = time.monotonic() - self.start
+        if elapsed >= self.window:
+            if self.got < self.rate * elapsed:
+                raise SlowRetrievalError(
+                    f"server sent {self.got} bytes in {elapsed:.1f}s, "
+                    f"below the minimum of {self.rate:g} bytes/s"
+                )
+            self.start, self.got = time.monotonic(), 0
+
+
 class Fetcher:
     """Downloads payloads: one ``fetch`` per payload.
 
@@ -238,6 +263,10 @@ class Fetcher:
         size = check.size
         chunk = self.config.chunk_bytes
         throttle = _Throttle(self.config.bandwidth_bytes_per_s)
+        min_rate: float = self.config.min_bytes_per_s
+        if self.config.bandwidth_bytes_per_s:  # never trip over our own throttle
+            min_rate = min(min_rate, self.config.bandwidth_bytes_per_s / 2)
+        guard = _MinRate(min_rate, self.config.read_timeout_s)
         try:
             with part.open("r+b" if offset else "wb") as f:
                 if offset:
@@ -253,6 +282,7 @@ class Fetcher:
                     f.write(data)
                     offset += len(data)
                     await progress(offset, size)
+                    guard.account(len(data))
                     await throttle.account(len(data))
                     # On a fast link every read is ready at once and this loop would never
                     # yield: let reports, keepalives and other agents in this loop run.
