@@ -61,6 +61,8 @@ async def upload(request: web.Request) -> web.Response:
         )
     except TooLargeError as e:
         raise ApiError(413, str(e)) from None
+    if size == 0:
+        raise ApiError(400, "request body is empty: the payload is missing")
     rec = ReleaseRecord(
         id=0, name=name, version=version, sha256=sha, size=size, models=models,
         handler=handler, handler_args=args, metadata=meta, created_at=c.clock.now(),
