@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -58,6 +59,9 @@ class RawSubscriber:
     password: str
     topics: list[str]
     received: list[float] = field(default_factory=list)
+    # Called with (topic, payload) for each PUBLISH; ``received`` then records the time the
+    # callback returned True (e.g. after the device verified the notice).
+    on_publish: Callable[[str, bytes], bool] | None = None
     _writer: asyncio.StreamWriter | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -80,12 +84,15 @@ class RawSubscriber:
                 header, body = await _read_packet(reader)
                 if header >> 4 != 3:
                     continue
-                self.received.append(time.perf_counter())
                 qos = (header >> 1) & 3
+                topic_len = struct.unpack("!H", body[:2])[0]
+                start = 2 + topic_len + (2 if qos else 0)
+                if self.on_publish is None or self.on_publish(
+                    body[2 : 2 + topic_len].decode(), body[start:]
+                ):
+                    self.received.append(time.perf_counter())
                 if qos:
-                    topic_len = struct.unpack("!H", body[:2])[0]
-                    packet_id = body[2 + topic_len : 4 + topic_len]
-                    writer.write(b"\x40\x02" + packet_id)
+                    writer.write(b"\x40\x02" + body[2 + topic_len : 4 + topic_len])
         except (asyncio.IncompleteReadError, ConnectionError):
             return
 
