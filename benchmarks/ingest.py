@@ -1,10 +1,12 @@
 """Report ingestion into SQLite, nothing lost, against a bare MQTT client in the same run.
 
-Both receivers are paho clients (MQTT 5, receive maximum 65535) subscribed at QoS 1 to the
+Every receiver is an MQTT 5 client (receive maximum 65535) subscribed at QoS 1 to the
 reports filter of one Mosquitto. A raw-socket publisher sends the same N pre-encoded
 reports (from 1,000 devices, each about a notice really sent to it) to each in turn.
 
-* baseline: a bare paho client that only counts messages (auto PUBACK);
+* baseline: the faster of two bare clients that only count messages and PUBACK at once:
+  paho (the orchestrator's library, loop thread) and gmqtt (asyncio; the fastest Python
+  client in performance.md section 3). The ratio is taken against the faster one;
 * orchestrator: ``MqttLink`` + ``Ingestor`` + SQLite: decode, validate, deduplicate,
   write in batches, PUBACK after commit. Done when every report is committed; then the
   rows are counted in the database.
@@ -12,12 +14,14 @@ reports (from 1,000 devices, each about a notice really sent to it) to each in t
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import gmqtt  # type: ignore[import-untyped]
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -98,6 +102,43 @@ def _bare(  # noqa: PLR0917 - one run of one receiver
     return elapsed
 
 
+def _bare_gmqtt(  # noqa: PLR0917 - one run of one receiver
+    broker: MosquittoBroker, user: str, topics: Topics, packets: list[bytes], n: int,
+          pub: RawPublisher) -> float:  # fmt: skip
+    got = [0]
+    done = threading.Event()
+    ready = threading.Event()
+
+    def on_message(client: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
+        got[0] += 1
+        if got[0] == n:
+            done.set()
+        return 0
+
+    async def main() -> None:
+        c = gmqtt.Client(user, receive_maximum=65535)  # optimistic (immediate) PUBACK
+        c.on_message = on_message
+        c.set_auth_credentials(user, broker.password(user))
+        await c.connect(broker.host, broker.port)
+        c.subscribe(topics.reports_filter, qos=1)
+        await asyncio.sleep(0.3)  # SUBACK
+        ready.set()
+        await asyncio.to_thread(done.wait, 600)
+        await c.disconnect()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("gmqtt client did not connect")
+    t0 = time.perf_counter()
+    _feed(pub, packets, CHUNK, lambda: got[0])
+    if not done.wait(600):
+        raise RuntimeError(f"bare gmqtt client got {got[0]} of {n}")
+    elapsed = time.perf_counter() - t0
+    thread.join(10)
+    return elapsed
+
+
 def _orchestrator(  # noqa: PLR0917 - one run of one receiver
     broker: MosquittoBroker, user: str, topics: Topics, packets: list[bytes],
                   n: int,
@@ -134,7 +175,7 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         topics = Topics("bench")
         broker = MosquittoBroker(Path(tmp) / "broker", topics=topics)
-        for user in ("bench-pub", "bench-bare", "bench-orch"):
+        for user in ("bench-pub", "bench-bare", "bench-gmqtt", "bench-orch"):
             broker.add_orchestrator(user)
         broker.start()
         try:
@@ -143,18 +184,23 @@ def run(quick: bool) -> dict[str, Any]:
             packets = [publish_packets(items[i : i + CHUNK]) for i in range(0, n, CHUNK)]
             pub = RawPublisher(broker.host, broker.port, "bench-pub", broker.password("bench-pub"))
             bare_s = _bare(broker, "bench-bare", topics, packets, n, pub)
+            gmqtt_s = _bare_gmqtt(broker, "bench-gmqtt", topics, packets, n, pub)
             orch_s, stored, batches = _orchestrator(broker, "bench-orch", topics, packets, n,
                                                     pub, db)  # fmt: skip
             pub.close()
             db.close()
         finally:
             broker.stop()
-    bare_rate, orch_rate = n / bare_s, n / orch_s
+    paho_rate, gmqtt_rate, orch_rate = n / bare_s, n / gmqtt_s, n / orch_s
+    bare_rate = max(paho_rate, gmqtt_rate)
     return {
         "reports": n,
+        "bare_paho_reports_per_s": round(paho_rate),
+        "bare_gmqtt_reports_per_s": round(gmqtt_rate),
         "bare_client_reports_per_s": round(bare_rate),
         "orchestrator_reports_per_s": round(orch_rate),
         "ratio": round(orch_rate / bare_rate, 3),
+        "ratio_to_bare_paho": round(orch_rate / paho_rate, 3),
         "stored": stored,
         "lost": n - stored,
         "batches": batches,
