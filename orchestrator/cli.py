@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 
 import click
@@ -36,6 +37,8 @@ def serve_command(config_path: Path) -> None:
         asyncio.run(serve(cfg))
     except (KeyStoreError, ConnectionError, OSError) as e:
         raise click.ClickException(str(e)) from None
+    except sqlite3.DatabaseError as e:  # a corrupt or unreadable database file
+        raise click.ClickException(f"database {cfg.db_path}: {e}") from None
 
 
 main.add_command(protocol)
