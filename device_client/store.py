@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = 1
 MAX_STATE_BYTES = 16 << 20  # bytes; a state file larger than this is corrupt
+CORRUPT_COUNTER_BASE = 1 << 41  # report counters restart above this after a corrupt state
 MAX_REJECTED = 32  # digests of rejected messages remembered, so retained ones report once
 
 
@@ -147,7 +149,10 @@ class StateStore:
             logger.error(  # noqa: TRY400 - a traceback would say nothing more
                 "state file %s is corrupt (%s); moved to %s", self.path, e, aside
             )
-            return AgentState()
+            # The report counters already used are unknown. The orchestrator deduplicates on
+            # (device, counter), so restarting at 1 would make it drop every new report as
+            # a copy of an old one: start above any counter this device can have used.
+            return AgentState(outbox=Outbox(counter=CORRUPT_COUNTER_BASE + int(time.time() * 1000)))
 
     def save(self, state: AgentState) -> None:
         """Write the whole state atomically, then let the outbox publish what it holds.
