@@ -1,18 +1,23 @@
-"""A minimal raw-socket MQTT 3.1.1 publisher: the load generator, kept out of the way."""
+"""Minimal raw-socket MQTT 3.1.1 clients for the benchmarks, with no library in between.
+
+``RawPublisher`` blasts pre-built QoS 1 PUBLISH packets: the ingestion load generator.
+``RawSubscriber`` speaks only CONNECT, SUBSCRIBE, PUBLISH (QoS 0/1 in), PUBACK and
+DISCONNECT: the fastest a Python process on this machine can learn of a message, the
+ceiling the fan-out benchmark compares the real device client to.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import struct
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 
-def _s(text: str) -> bytes:
-    data = text.encode()
-    return len(data).to_bytes(2, "big") + data
-
-
-def _varlen(n: int) -> bytes:
+def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
         byte, n = n % 128, n // 128
@@ -21,12 +26,29 @@ def _varlen(n: int) -> bytes:
             return bytes(out)
 
 
+def _str(s: str) -> bytes:
+    raw = s.encode()
+    return struct.pack("!H", len(raw)) + raw
+
+
+def connect_packet(client_id: str, username: str, password: str, keepalive: int = 0) -> bytes:
+    flags = 0x02 | 0x80 | 0x40  # clean session, username, password
+    body = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
+    body += _str(client_id) + _str(username) + _str(password)
+    return b"\x10" + _varint(len(body)) + body
+
+
+def subscribe_packet(topics: list[str], qos: int = 1, packet_id: int = 1) -> bytes:
+    body = struct.pack("!H", packet_id) + b"".join(_str(t) + bytes([qos]) for t in topics)
+    return b"\x82" + _varint(len(body)) + body
+
+
 def publish_packets(items: Sequence[tuple[str, bytes]]) -> bytes:
     """QoS 1 PUBLISH packets for ``(topic, payload)`` items, packet ids cycling."""
     out = bytearray()
     for i, (topic, payload) in enumerate(items):
-        body = _s(topic) + ((i % 65535) + 1).to_bytes(2, "big") + payload
-        out += b"\x32" + _varlen(len(body)) + body
+        body = _str(topic) + ((i % 65535) + 1).to_bytes(2, "big") + payload
+        out += b"\x32" + _varint(len(body)) + body
     return bytes(out)
 
 
@@ -35,9 +57,7 @@ class RawPublisher:
 
     def __init__(self, host: str, port: int, user: str, password: str) -> None:
         self.sock = socket.create_connection((host, port))
-        vh = b"\x00\x04MQTT\x04\xc2" + (120).to_bytes(2, "big")
-        payload = _s(user) + _s(user) + _s(password)
-        self.sock.sendall(b"\x10" + _varlen(len(vh) + len(payload)) + vh + payload)
+        self.sock.sendall(connect_packet(user, user, password, keepalive=120))
         connack = self.sock.recv(4)
         if len(connack) < 4 or connack[3] != 0:
             raise ConnectionError(f"CONNACK refused: {connack!r}")
@@ -63,3 +83,73 @@ class RawPublisher:
             self.sock.sendall(b"\xe0\x00")
         finally:
             self.sock.close()
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    header = (await reader.readexactly(1))[0]
+    length, mult = 0, 1
+    while True:
+        b = (await reader.readexactly(1))[0]
+        length += (b & 0x7F) * mult
+        if not b & 0x80:
+            break
+        mult *= 128
+    return header, await reader.readexactly(length)
+
+
+@dataclass
+class RawSubscriber:
+    client_id: str
+    username: str
+    password: str
+    topics: list[str]
+    received: list[float] = field(default_factory=list)
+    # Called with (topic, payload) for each PUBLISH; ``received`` then records the time the
+    # callback returned True (e.g. after the device verified the notice).
+    on_publish: Callable[[str, bytes], bool] | None = None
+    _writer: asyncio.StreamWriter | None = None
+    _task: asyncio.Task[None] | None = None
+
+    async def connect(self, host: str, port: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(connect_packet(self.client_id, self.username, self.password))
+        header, body = await _read_packet(reader)
+        if header >> 4 != 2 or body[1] != 0:
+            raise ConnectionError(f"{self.client_id}: CONNACK refused ({body!r})")
+        writer.write(subscribe_packet(self.topics))
+        header, body = await _read_packet(reader)
+        if header >> 4 != 9 or any(code >= 0x80 for code in body[2:]):
+            raise ConnectionError(f"{self.client_id}: SUBACK refused")
+        self._writer = writer
+        self._task = asyncio.create_task(self._loop(reader, writer))
+
+    async def _loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                header, body = await _read_packet(reader)
+                if header >> 4 != 3:
+                    continue
+                qos = (header >> 1) & 3
+                topic_len = struct.unpack("!H", body[:2])[0]
+                start = 2 + topic_len + (2 if qos else 0)
+                if self.on_publish is None or self.on_publish(
+                    body[2 : 2 + topic_len].decode(), body[start:]
+                ):
+                    self.received.append(time.perf_counter())
+                if qos:
+                    writer.write(b"\x40\x02" + body[2 + topic_len : 4 + topic_len])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.write(b"\xe0\x00")
+            self._writer.close()
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def connect_all(subs: list[RawSubscriber], host: str, port: int, batch: int = 200) -> None:
+    """Connect in batches, so the broker's accept queue is never flooded."""
+    for i in range(0, len(subs), batch):
+        await asyncio.gather(*(s.connect(host, port) for s in subs[i : i + batch]))

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks._rawmqtt import RawSubscriber, connect_all
+from benchmarks._mqtt_raw import RawSubscriber, connect_all
 from fleetpush_protocol.driver import Accepted, DeviceTrust
 from fleetpush_protocol.verify import DeviceIdentity, TrustedKeyring
 from orchestrator.sim.limits import raise_open_files

@@ -1,7 +1,7 @@
 """Fan-out: time for one signed notice to reach and be verified by N connected devices.
 
 Against the ceiling measured in the same run, on the same broker: a fleet of minimal
-raw-socket MQTT subscribers (``benchmarks/_rawmqtt.py``) that only receive. Two shapes:
+raw-socket MQTT subscribers (``benchmarks/_mqtt_raw.py``) that only receive. Two shapes:
 
 - group: one notice on a group (channel) topic every device subscribes to, one publish;
 - per-device: one notice per device on its own topic, N publishes.
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._fleet import REPO, BenchSigner, WorkerFleet
-from benchmarks._rawmqtt import RawSubscriber, connect_all
+from benchmarks._mqtt_raw import RawSubscriber, connect_all
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import MqttConfig
