@@ -29,13 +29,13 @@ from cryptography.x509.oid import NameOID
 
 from benchmarks.device_support import (
     CountingProxy,
-    Signer,
     Watcher,
     publish,
     spawn_agent,
     stop_agent,
     write_config,
 )
+from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.device_support import (
-    Signer,
     Watcher,
     file_server,
     publish,
@@ -31,6 +30,7 @@ from benchmarks.device_support import (
     stop_agent,
     write_config,
 )
+from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 
@@ -99,9 +99,15 @@ async def _run(quick: bool) -> dict[str, Any]:
                         (www / name).write_bytes(payload)
                         url = f"http://127.0.0.1:{port}/{name}"
                         bare = await asyncio.to_thread(_curl, url, tmp / "curl.out")
-                        nid, data = signer.notice(
-                            "bench-dev", payload, url, f"1.{i}", topics.prefix
+                        notice, data = signer.notice(
+                            "bench-dev",
+                            payload,
+                            [url],
+                            version=f"1.{i}",
+                            rollout_id=f"r-{i}",
+                            topics=topics,
                         )
+                        nid = notice.notice_id
                         start = time.perf_counter()
                         await publish(broker, topics.device_notice("bench-dev"), data)
                         done = await watcher.wait_state(nid, "succeeded")

@@ -1,11 +1,11 @@
-"""Shared harness of the device benchmarks: a broker, a signer, a byte-counting TCP proxy,
-a payload server and an agent started as its own process. Not a benchmark itself."""
+"""Shared harness of the device benchmarks: a byte-counting TCP proxy, a payload server, a
+report watcher and an agent started as its own process (the signer is
+``fleetpush_protocol.testing.Signer``). Not a benchmark itself."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import subprocess
 import sys
@@ -17,69 +17,12 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 
-from fleetpush_protocol.envelope import decode_message, sign_message
-from fleetpush_protocol.keys import KeyPair
-from fleetpush_protocol.messages import (
-    Keyring,
-    Payload,
-    Release,
-    Report,
-    SigningKeyInfo,
-    Target,
-    UpdateNotice,
-)
+from fleetpush_protocol.envelope import decode_message
+from fleetpush_protocol.messages import Report
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 
 REPO = Path(__file__).resolve().parents[1]
-DAY = 86_400
-
-
-class Signer:
-    def __init__(self) -> None:
-        self.root = KeyPair.generate()
-        self.signing = KeyPair.generate()
-        self.seq = 0
-
-    def keyring(self) -> bytes:
-        now = int(time.time())
-        ring = Keyring(
-            version=1,
-            root_keys=(self.root.public_key,),
-            root_threshold=1,
-            signing_keys=(
-                SigningKeyInfo(
-                    public_key=self.signing.public_key, not_before=now - DAY, not_after=now + DAY
-                ),
-            ),
-            signing_threshold=1,
-            revoked=(),
-            issued_at=now - 60,
-        )
-        return sign_message(ring, [self.root])
-
-    def notice(
-        self, device_id: str, payload: bytes, url: str, version: str, prefix: str
-    ) -> tuple[str, bytes]:
-        self.seq += 1
-        now = int(time.time())
-        notice = UpdateNotice(
-            notice_id=f"bench-{self.seq}",
-            rollout_id=f"r-{self.seq}",
-            release=Release(name="app", version=version),
-            payload=Payload(
-                urls=(url,), size=len(payload), sha256=hashlib.sha256(payload).digest()
-            ),
-            handler="directory",
-            handler_args={},
-            target=Target(devices=(device_id,)),
-            issued_at=now,
-            expires_at=now + DAY,
-            scope=f"device/{device_id}",
-            seq=self.seq,
-            reply_topic=f"{prefix}/device/{{device_id}}/report",
-        )
-        return notice.notice_id, sign_message(notice, [self.signing])
 
 
 class CountingProxy:

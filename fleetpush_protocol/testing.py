@@ -1,16 +1,21 @@
-"""Deterministic keys and message builders for tests, test vectors and integrators.
+"""Keys and message builders for tests, test vectors, benchmarks and integrators.
 
-Never use these keys outside tests: their seeds are public.
+``fixed_key`` and the ``make_*`` builders are deterministic (never use those keys outside
+tests: their seeds are public). ``Signer`` is a live test operator: fresh keys, messages
+signed for "now" by its clock, a notice sequence per scope.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from msgspec.structs import replace
 
+from fleetpush_protocol.envelope import sign_message
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.messages import (
     CancelNotice,
@@ -21,8 +26,17 @@ from fleetpush_protocol.messages import (
     Target,
     UpdateNotice,
 )
+from fleetpush_protocol.topics import Topics
 
-__all__ = ["BASE_TIME", "DAY", "make_cancel", "make_keyring", "make_notice", "fixed_key"]
+__all__ = [
+    "BASE_TIME",
+    "DAY",
+    "Signer",
+    "fixed_key",
+    "make_cancel",
+    "make_keyring",
+    "make_notice",
+]
 
 BASE_TIME = 1_800_000_000  # 2027-01-15T08:00:00Z, a fixed "now" for vectors
 DAY = 86_400
@@ -100,3 +114,103 @@ def make_cancel(device_id: str = "dev-1", *, seq: int = 2, **changes: Any) -> Ca
         reply_topic=f"fleetpush/device/{device_id}/report",
     )
     return replace(cancel, **changes)
+
+
+@dataclass
+class Signer:
+    """A test operator: a root key, a signing key, keyring v1, and a notice sequence per scope.
+
+    Messages are issued at ``clock()`` (wall time by default) and valid for a day, so a real
+    device agent accepts them.
+    """
+
+    root: KeyPair = field(default_factory=KeyPair.generate)
+    signing: KeyPair = field(default_factory=KeyPair.generate)
+    seqs: dict[str, int] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+
+    @property
+    def root_hex(self) -> str:
+        return self.root.public_key.hex()
+
+    def keyring(self, version: int = 1, *, signers: Iterable[KeyPair] | None = None) -> bytes:
+        now = int(self.clock())
+        keys = list(signers) if signers is not None else [self.signing]
+        ring = Keyring(
+            version=version,
+            root_keys=(self.root.public_key,),
+            root_threshold=1,
+            signing_keys=tuple(
+                SigningKeyInfo(
+                    public_key=k.public_key, not_before=now - DAY, not_after=now + 365 * DAY
+                )
+                for k in keys
+            ),
+            signing_threshold=1,
+            revoked=(),
+            issued_at=now - 60,
+        )
+        return sign_message(ring, [self.root])
+
+    def next_seq(self, scope: str) -> int:
+        self.seqs[scope] = self.seqs.get(scope, 0) + 1
+        return self.seqs[scope]
+
+    def notice(
+        self,
+        device_id: str,
+        payload: bytes,
+        urls: Sequence[str],
+        *,
+        version: str = "2.0.0",
+        notice_id: str | None = None,
+        rollout_id: str = "r-1",
+        handler: str = "directory",
+        scope: str | None = None,
+        targets: tuple[str, ...] | None = None,
+        seq: int | None = None,
+        key: KeyPair | None = None,
+        size: int | None = None,
+        topics: Topics | None = None,
+    ) -> tuple[UpdateNotice, bytes]:
+        """A notice of ``payload`` for ``device_id`` (or ``targets``), signed."""
+        scope = scope or f"device/{device_id}"
+        seq = seq if seq is not None else self.next_seq(scope)
+        now = int(self.clock())
+        prefix = topics.prefix if topics else "fleetpush"
+        notice = UpdateNotice(
+            notice_id=notice_id or f"n-{device_id}-{seq}",
+            rollout_id=rollout_id,
+            release=Release(name="app", version=version),
+            payload=Payload(
+                urls=tuple(urls),
+                size=len(payload) if size is None else size,
+                sha256=hashlib.sha256(payload).digest(),
+            ),
+            handler=handler,
+            handler_args={},
+            target=Target(devices=targets if targets is not None else (device_id,)),
+            issued_at=now,
+            expires_at=now + DAY,
+            scope=scope,
+            seq=seq,
+            reply_topic=f"{prefix}/device/{{device_id}}/report",
+        )
+        return notice, sign_message(notice, [key or self.signing])
+
+    def cancel(self, device_id: str, rollout_id: str = "r-1") -> bytes:
+        """A signed cancel of ``rollout_id`` for ``device_id``."""
+        scope = f"device/{device_id}"
+        seq = self.next_seq(scope)
+        now = int(self.clock())
+        cancel = CancelNotice(
+            notice_id=f"c-{device_id}-{seq}",
+            rollout_id=rollout_id,
+            target=Target(devices=(device_id,)),
+            issued_at=now,
+            expires_at=now + DAY,
+            scope=scope,
+            seq=seq,
+            reply_topic="unused",
+        )
+        return sign_message(cancel, [self.signing])

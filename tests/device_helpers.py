@@ -9,152 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import io
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 from aiohttp import web
 
-from fleetpush_protocol.envelope import decode_message, sign_message
-from fleetpush_protocol.keys import KeyPair
-from fleetpush_protocol.messages import (
-    CancelNotice,
-    Keyring,
-    Payload,
-    Release,
-    Report,
-    SigningKeyInfo,
-    Target,
-    UpdateNotice,
-)
+from fleetpush_protocol.envelope import decode_message
+from fleetpush_protocol.messages import Report
+from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
+from orchestrator.sim.release import make_tar
 
 REPO = Path(__file__).resolve().parents[1]
-DAY = 86_400
-
-
-# --- payloads ------------------------------------------------------------------------------
-
-
-def make_tar(files: dict[str, bytes], *, extra: Iterable[tarfile.TarInfo] = ()) -> bytes:
-    """A tar archive holding ``files`` (name -> content) plus raw ``extra`` members."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(content))
-        for info in extra:
-            tar.addfile(info)
-    return buf.getvalue()
-
-
-# --- signing -------------------------------------------------------------------------------
-
-
-@dataclass
-class Signer:
-    """An operator: a root key, a signing key, keyring v1, and a notice sequence per scope."""
-
-    root: KeyPair = field(default_factory=KeyPair.generate)
-    signing: KeyPair = field(default_factory=KeyPair.generate)
-    seqs: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def root_hex(self) -> str:
-        return self.root.public_key.hex()
-
-    def keyring(self, version: int = 1, *, signers: Iterable[KeyPair] | None = None) -> bytes:
-        now = int(time.time())
-        keys = list(signers) if signers is not None else [self.signing]
-        ring = Keyring(
-            version=version,
-            root_keys=(self.root.public_key,),
-            root_threshold=1,
-            signing_keys=tuple(
-                SigningKeyInfo(
-                    public_key=k.public_key, not_before=now - DAY, not_after=now + 365 * DAY
-                )
-                for k in keys
-            ),
-            signing_threshold=1,
-            revoked=(),
-            issued_at=now - 60,
-        )
-        return sign_message(ring, [self.root])
-
-    def next_seq(self, scope: str) -> int:
-        self.seqs[scope] = self.seqs.get(scope, 0) + 1
-        return self.seqs[scope]
-
-    def notice(
-        self,
-        device_id: str,
-        payload: bytes,
-        urls: list[str],
-        *,
-        version: str = "2.0.0",
-        notice_id: str | None = None,
-        rollout_id: str = "r-1",
-        handler: str = "directory",
-        scope: str | None = None,
-        targets: tuple[str, ...] | None = None,
-        seq: int | None = None,
-        key: KeyPair | None = None,
-        size: int | None = None,
-        topics: Topics | None = None,
-    ) -> tuple[UpdateNotice, bytes]:
-        scope = scope or f"device/{device_id}"
-        seq = seq if seq is not None else self.next_seq(scope)
-        now = int(time.time())
-        prefix = topics.prefix if topics else "fleetpush"
-        notice = UpdateNotice(
-            notice_id=notice_id or f"n-{device_id}-{seq}",
-            rollout_id=rollout_id,
-            release=Release(name="app", version=version),
-            payload=Payload(
-                urls=tuple(urls),
-                size=len(payload) if size is None else size,
-                sha256=hashlib.sha256(payload).digest(),
-            ),
-            handler=handler,
-            handler_args={},
-            target=Target(devices=targets if targets is not None else (device_id,)),
-            issued_at=now,
-            expires_at=now + DAY,
-            scope=scope,
-            seq=seq,
-            reply_topic=f"{prefix}/device/{{device_id}}/report",
-        )
-        return notice, sign_message(notice, [key or self.signing])
-
-    def cancel(self, device_id: str, rollout_id: str = "r-1") -> bytes:
-        scope = f"device/{device_id}"
-        seq = self.next_seq(scope)
-        now = int(time.time())
-        cancel = CancelNotice(
-            notice_id=f"c-{device_id}-{seq}",
-            rollout_id=rollout_id,
-            target=Target(devices=(device_id,)),
-            issued_at=now,
-            expires_at=now + DAY,
-            scope=scope,
-            seq=seq,
-            reply_topic="unused",
-        )
-        return sign_message(cancel, [self.signing])
 
 
 # --- the payload server --------------------------------------------------------------------

@@ -6,12 +6,14 @@ import io
 import os
 import tarfile
 import time
+from collections.abc import Iterable
 
 __all__ = ["make_tar", "sample_release"]
 
 
-def make_tar(files: dict[str, bytes]) -> bytes:
-    """A tar archive holding ``files`` (name -> content), regular files with mode 0644."""
+def make_tar(files: dict[str, bytes], *, extra: Iterable[tarfile.TarInfo] = ()) -> bytes:
+    """A tar archive holding ``files`` (name -> content), regular files with mode 0644, then
+    the raw members ``extra`` (tests use them for links, devices and hostile paths)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name, content in files.items():
@@ -20,6 +22,8 @@ def make_tar(files: dict[str, bytes]) -> bytes:
             info.mode = 0o644
             info.mtime = int(time.time())
             tar.addfile(info, io.BytesIO(content))
+        for member in extra:
+            tar.addfile(member)
     return buf.getvalue()
 
 
