@@ -49,7 +49,7 @@ async def _main(stack: LocalStack, n: int, health_check: bool) -> dict[str, Any]
             out["payload_bytes"] = len(payload)
             release = await api.upload("bench-app", "2.0.0", payload)
             t0 = time.perf_counter()
-            r = await api.create_rollout(
+            r = await api.rollout(
                 release["id"], target={"all": True}, phases=[100], success_pct=100,
                 soak_s=0, failure_pct=10, device_timeout_s=300,
             )  # fmt: skip

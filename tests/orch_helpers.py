@@ -28,6 +28,7 @@ from orchestrator.broker.mosquitto import free_port
 from orchestrator.config import load_config
 from orchestrator.keystore import KeyStore
 from orchestrator.service import Orchestrator
+from orchestrator.sim.api import AsyncApi
 from orchestrator.store import SQLiteStore
 
 TOKENS = {"admin": "fp_test_admin", "operator": "fp_test_operator", "viewer": "fp_test_viewer"}
@@ -65,43 +66,11 @@ def root_hex(config_dir: Path) -> str:
     return KeyStore(config_dir / "orch" / "keys").anchor().keyring.root_keys[0].hex()
 
 
-class Api:
-    """JSON calls to the orchestrator's API with one role's token."""
-
-    def __init__(self, session: aiohttp.ClientSession, base: str, token: str | None) -> None:
-        self.session = session
-        self.base = base
-        self.token = token
-
-    async def call(
-        self, method: str, path: str, *, json: Any = None, data: bytes | None = None,
-        params: Any = None, expect: int | None = 200,
-    ) -> Any:  # fmt: skip
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        async with self.session.request(
-            method, self.base + path, json=json, data=data, params=params, headers=headers
-        ) as resp:
-            body = await resp.json(content_type=None)
-            if expect is not None:
-                assert resp.status == expect, (resp.status, body)
-            return body
+class Api(AsyncApi):
+    """The product's API client; uploads default to the test payload."""
 
     async def upload(self, name: str, version: str, payload: bytes = PAYLOAD) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call(
-            "POST", "/v1/releases", data=payload, expect=201,
-            params=[("name", name), ("version", version), ("handler", "directory")],
-        )  # fmt: skip
-        return result
-
-    async def rollout(self, release: int, **body: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call(
-            "POST", "/v1/rollouts", json={"release": release, **body}, expect=201
-        )
-        return result
-
-    async def status(self, rollout_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call("GET", f"/v1/rollouts/{rollout_id}")
-        return result
+        return await super().upload(name, version, payload)
 
 
 class Fleet:
