@@ -22,14 +22,12 @@ from device_helpers import make_tar, write_config
 from device_client.agent import DeviceAgent
 from device_client.config import load_config as load_device_config
 from fleetpush_protocol.topics import Topics
-from orchestrator.auth import hash_token
 from orchestrator.broker import MosquittoBroker
-from orchestrator.broker.mosquitto import free_port
 from orchestrator.config import load_config
 from orchestrator.keystore import KeyStore
 from orchestrator.service import Orchestrator
 from orchestrator.sim.api import AsyncApi
-from orchestrator.store import SQLiteStore
+from orchestrator.sim.stack import write_orchestrator_files
 
 TOKENS = {"admin": "fp_test_admin", "operator": "fp_test_operator", "viewer": "fp_test_viewer"}
 PAYLOAD = make_tar({"app/VERSION": b"2.0\n", "app/run.sh": b"#!/bin/sh\necho hi\n"})
@@ -39,27 +37,11 @@ def write_orchestrator(
     root: Path, broker: MosquittoBroker, topics: Topics, *, tick: str = "200ms"
 ) -> tuple[Path, int]:
     """Write orchestrator.toml, keys (keyring v1) and role tokens; return (config, port)."""
-    port = free_port()
-    data = root / "orch"
-    (root / "mqtt.password").write_text(broker.orchestrator_password)
-    config = root / "orchestrator.toml"
-    config.write_text(
-        f'data_dir = "{data}"\n'
-        f'[http]\nlisten = "127.0.0.1:{port}"\nurl_ttl = "1h"\n'
-        f'[mqtt]\nurl = "{broker.url}"\nusername = "{broker.ORCHESTRATOR_USER}"\n'
-        f'password_file = "mqtt.password"\ntopic_prefix = "{topics.prefix}"\n'
-        f'[ingest]\nbatch_rows = 500\nbatch_interval = "20ms"\n'
-        f'[rollouts]\ntick = "{tick}"\nnotice_ttl = "1d"\n'
-    )
-    KeyStore(data / "keys").init(
-        root / "offline-root", roots=1, threshold=1, validity_s=30 * 86400, now=int(time.time())
-    )
-    store = SQLiteStore(data / "fleetpush.db")
-    store.migrate()
-    for role, token in TOKENS.items():
-        store.add_token(role, role, hash_token(token), time.time())
-    store.close()
-    return config, port
+    port, _ = write_orchestrator_files(
+        root, broker, topics, tokens={role: (role, token) for role, token in TOKENS.items()},
+        tick=tick, key_validity_s=30 * 86400,
+    )  # fmt: skip
+    return root / "orchestrator.toml", port
 
 
 def root_hex(config_dir: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -21,7 +22,47 @@ from orchestrator.keystore import KeyStore
 from orchestrator.service import Orchestrator
 from orchestrator.store import SQLiteStore
 
-__all__ = ["LocalStack"]
+__all__ = ["LocalStack", "write_orchestrator_files"]
+
+
+def write_orchestrator_files(
+    root: Path,
+    broker: MosquittoBroker,
+    topics: Topics,
+    *,
+    tokens: Mapping[str, tuple[str, str]],
+    tick: str = "100ms",
+    batch_interval: str = "20ms",
+    key_validity_s: int = 7 * 86400,
+) -> tuple[int, str]:
+    """Write ``root/orchestrator.toml`` (HTTP on a free port), its MQTT password file, fresh
+    keys (keyring v1, the offline root in ``root/offline-root``) and a migrated database
+    holding ``tokens`` (name -> (role, token)); return the HTTP port and the root key (hex).
+    """
+    port = free_port()
+    data = root / "orch"
+    (root / "mqtt.password").write_text(broker.orchestrator_password)
+    (root / "orchestrator.toml").write_text(
+        f'data_dir = "{data}"\n'
+        f'[http]\nlisten = "127.0.0.1:{port}"\nurl_ttl = "1h"\n'
+        f'[mqtt]\nurl = "{broker.url}"\nusername = "{broker.ORCHESTRATOR_USER}"\n'
+        f'password_file = "mqtt.password"\ntopic_prefix = "{topics.prefix}"\n'
+        f'[ingest]\nbatch_rows = 500\nbatch_interval = "{batch_interval}"\n'
+        f'[rollouts]\ntick = "{tick}"\nnotice_ttl = "1d"\n'
+    )
+    keys = KeyStore(data / "keys")
+    keys.init(
+        root / "offline-root", roots=1, threshold=1, validity_s=key_validity_s,
+        now=int(time.time()),
+    )  # fmt: skip
+    store = SQLiteStore(data / "fleetpush.db")
+    try:
+        store.migrate()
+        for name, (role, token) in tokens.items():
+            store.add_token(name, role, hash_token(token), time.time())
+    finally:
+        store.close()
+    return port, keys.anchor().keyring.root_keys[0].hex()
 
 
 class LocalStack:
@@ -97,27 +138,10 @@ class LocalStack:
         return self.root / "devices"
 
     def _write_orchestrator(self, broker: MosquittoBroker) -> None:
-        self.port = free_port()
-        data = self.data_dir
-        (self.root / "mqtt.password").write_text(broker.orchestrator_password)
-        self.config_path.write_text(
-            f'data_dir = "{data}"\n'
-            f'[http]\nlisten = "127.0.0.1:{self.port}"\nurl_ttl = "1h"\n'
-            f'[mqtt]\nurl = "{broker.url}"\nusername = "{broker.ORCHESTRATOR_USER}"\n'
-            f'password_file = "mqtt.password"\ntopic_prefix = "{self.topics.prefix}"\n'
-            f'[ingest]\nbatch_rows = 500\nbatch_interval = "{self.batch_interval}"\n'
-            f'[rollouts]\ntick = "{self.tick}"\nnotice_ttl = "1d"\n'
-        )
-        keys = KeyStore(data / "keys")
-        keys.init(
-            self.root / "offline-root", roots=1, threshold=1, validity_s=7 * 86400,
-            now=int(time.time()),
+        self.port, self.root_key = write_orchestrator_files(
+            self.root, broker, self.topics, tokens={"demo": ("operator", self.token)},
+            tick=self.tick, batch_interval=self.batch_interval,
         )  # fmt: skip
-        self.root_key = keys.anchor().keyring.root_keys[0].hex()
-        store = SQLiteStore(data / "fleetpush.db")
-        store.migrate()
-        store.add_token("demo", "operator", hash_token(self.token), time.time())
-        store.close()
 
     # --- orchestrator --------------------------------------------------------------------
 
