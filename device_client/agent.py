@@ -61,7 +61,7 @@ from fleetpush_protocol.messages import (
 )
 from fleetpush_protocol.verify import DeviceIdentity, TrustedKeyring, VerifyPolicy
 
-__all__ = ["Clock", "DeviceAgent"]
+__all__ = ["Clock", "DeviceAgent", "ReportHook"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,12 @@ class Clock(Protocol):
         ...
 
 
+class ReportHook(Protocol):
+    def __call__(self, rollout_id: str, state: ReportState, error: ErrorInfo | None) -> None:
+        """Told of each state report (not progress) as it is queued for the broker."""
+        ...
+
+
 class DeviceAgent:
     """One device: verifies notices, runs updates, reports every step.
 
@@ -82,12 +88,20 @@ class DeviceAgent:
         config: the validated configuration.
         clock: Unix time in seconds; injected so tests can move time.
         durable: fsync state writes (False only for simulations of many devices).
+        on_report: called with each state report as it is queued; the simulator times
+            devices with it, straight from the agent rather than through broker and database.
     """
 
     def __init__(
-        self, config: DeviceConfig, *, clock: Clock = time.time, durable: bool = True
+        self,
+        config: DeviceConfig,
+        *,
+        clock: Clock = time.time,
+        durable: bool = True,
+        on_report: ReportHook | None = None,
     ) -> None:
         self.config = config
+        self._on_report = on_report
         self.clock = clock
         self.device_id = config.device.id
         self.topics = config.broker.topics
@@ -376,6 +390,8 @@ class DeviceAgent:
             return encode_message(report)
 
         self.state.outbox.append(topic, build, progress=progress is not None)
+        if self._on_report is not None and progress is None:
+            self._on_report(rollout_id, state, error)
 
     def _report_job(
         self,

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_client.agent import DeviceAgent
+from device_client.agent import DeviceAgent, ReportHook
 from device_client.config import DeviceConfig, parse_config
-from fleetpush_protocol.messages import ErrorInfo, Progress, ReportState
+from fleetpush_protocol.messages import ErrorInfo, ReportState
 from orchestrator.broker import MosquittoBroker
 from orchestrator.broker.credentials import DEVICE_ROLE, hash_password
 from orchestrator.broker.registry import Identity
@@ -32,7 +32,6 @@ __all__ = [
     "TERMINAL_REPORTS",
     "Behaviour",
     "Observer",
-    "ObservedAgent",
     "SimDevice",
     "SimFleet",
     "assign_behaviours",
@@ -153,30 +152,13 @@ class Observer:
     def rollouts(self) -> list[str]:
         return sorted({rid for rid, _ in self.first})
 
+    def hook(self, device_id: str) -> ReportHook:
+        """The ``on_report`` hook of ``device_id``'s agent."""
 
-class ObservedAgent(DeviceAgent):
-    """A ``DeviceAgent`` that tells an ``Observer`` about each report as it is queued."""
+        def on_report(rollout_id: str, state: ReportState, error: ErrorInfo | None) -> None:
+            self.saw(device_id, rollout_id, state.value, error.code if error else "")
 
-    def __init__(self, config: DeviceConfig, observer: Observer, *, durable: bool = False) -> None:
-        super().__init__(config, durable=durable)
-        self.observer = observer
-
-    def _report(
-        self,
-        notice_id: str,
-        rollout_id: str,
-        topic: str,
-        state: ReportState,
-        *,
-        error: ErrorInfo | None = None,
-        progress: Progress | None = None,
-        detail: str = "",
-    ) -> None:
-        super()._report(
-            notice_id, rollout_id, topic, state, error=error, progress=progress, detail=detail
-        )
-        if progress is None:
-            self.observer.saw(self.device_id, rollout_id, state.value, error.code if error else "")
+        return on_report
 
 
 class SimFleet:
@@ -229,7 +211,9 @@ class SimFleet:
 
     def start_device(self, device_id: str) -> None:
         device = self.devices[device_id]
-        agent = ObservedAgent(self._config(device), self.observer)
+        agent = DeviceAgent(
+            self._config(device), durable=False, on_report=self.observer.hook(device_id)
+        )
         self.agents[device_id] = agent
         self._tasks[device_id] = asyncio.create_task(agent.run(), name=f"sim-{device_id}")
 
