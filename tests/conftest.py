@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from device_helpers import PayloadServer
 
+from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 
@@ -28,3 +30,20 @@ def broker(tmp_path: Path, topics: Topics) -> Iterator[MosquittoBroker]:
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[PayloadServer]:
+    """A payload server on a free port, for this test only."""
+    s = PayloadServer()
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+@pytest.fixture
+def signer() -> Signer:
+    """A fresh operator: root and signing keys, keyring v1."""
+    return Signer()

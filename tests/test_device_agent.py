@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,28 +24,15 @@ from device_helpers import (
 
 from device_client.agent import DeviceAgent
 from device_client.config import load_config
+from fleetpush_protocol.envelope import sign_message
 from fleetpush_protocol.keys import KeyPair
+from fleetpush_protocol.messages import Payload, Release, Target, UpdateNotice
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 
 pytestmark = pytest.mark.integration
 
 RELEASE = make_tar({"bin/app": b"#!/bin/sh\necho v2\n", "VERSION": b"2.0.0\n"})
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[PayloadServer]:
-    s = PayloadServer()
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
-
-
-@pytest.fixture
-def signer() -> Signer:
-    return Signer()
 
 
 class FakeClock:
@@ -114,136 +102,138 @@ async def start_device(
             await asyncio.wait_for(d.task, 15)
 
 
-async def publish_keyring(broker: MosquittoBroker, topics: Topics, signer: Signer) -> None:
-    await publish(broker, topics.keyring(1), signer.keyring(1))
+@dataclass
+class Rig:
+    """One test's broker, operator, payload server, report collector and device starter."""
+
+    broker: MosquittoBroker
+    topics: Topics
+    signer: Signer
+    server: PayloadServer
+    reports: ReportCollector
+    start_device: StartDevice
+
+    async def trust(self) -> None:
+        """Publish the operator's keyring v1 (retained)."""
+        await publish(self.broker, self.topics.keyring(1), self.signer.keyring(1))
+
+    async def publish(self, data: bytes, device_id: str = "dev-001") -> None:
+        await publish(self.broker, self.topics.device_notice(device_id), data)
+
+    async def send(self, payload: bytes, urls: list[str], **kw: Any) -> UpdateNotice:
+        """Sign a notice of ``payload`` for dev-001 and publish it."""
+        notice, data = self.signer.notice("dev-001", payload, urls, topics=self.topics, **kw)
+        await self.publish(data)
+        return notice
 
 
-async def test_happy_path_directory_install(
+@pytest.fixture
+async def untrusted_rig(
     broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
     start_device: StartDevice,
-) -> None:  # fmt: skip
+) -> AsyncIterator[Rig]:  # fmt: skip
+    """A rig whose report collector is subscribed; no keyring published yet."""
     async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device()
-        url = server.add("app-2.tar", RELEASE)
-        notice, data = signer.notice("dev-001", RELEASE, [url], topics=topics)
-        await publish(broker, topics.device_notice("dev-001"), data)
-        done = await reports.wait_state("succeeded", notice.notice_id)
-        assert done.current_version == "2.0.0"
-        assert reports.states(notice.notice_id) == [
-            "notified", "downloading", "downloaded", "installing", "installed", "succeeded",
-        ]  # fmt: skip
-        counters = [r.counter for r in sorted(reports.reports, key=lambda r: r.counter)]
-        assert counters == sorted(set(counters))
-        assert device.current() == f"slot-{notice.notice_id}"
-        assert (device.slots / "current" / "bin" / "app").read_bytes().startswith(b"#!/bin/sh")
-        await wait_for(lambda: ("dev-001", True) in reports.presence, 10, "online presence")
-        await wait_for(
-            lambda: any(getattr(i, "installed", ()) for i in reports.inventory), 10, "inventory"
-        )
-        # A retained copy redelivered after a reconnect is a duplicate: nothing happens.
-        before = len(reports.reports)
-        await publish(broker, topics.device_notice("dev-001"), data)
-        await asyncio.sleep(0.3)
-        assert len(reports.reports) == before
+        yield Rig(broker, topics, signer, server, reports, start_device)
 
 
-async def test_tampered_payload_fails_with_hash_mismatch(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device()
-        tampered = bytearray(RELEASE)
-        tampered[100] ^= 0xFF
-        url = server.add("app.tar", bytes(tampered))
-        notice, data = signer.notice("dev-001", RELEASE, [url], topics=topics)
-        await publish(broker, topics.device_notice("dev-001"), data)
-        failed = await reports.wait_state("failed", notice.notice_id)
-        assert failed.error is not None
-        assert failed.error.code == "hash_mismatch"
-        assert device.current() is None
-        assert "installing" not in reports.states(notice.notice_id)
-        assert not any(device.agent.downloads.iterdir())
+@pytest.fixture
+async def rig(untrusted_rig: Rig) -> Rig:
+    """A rig whose keyring v1 is published: devices started on it trust the signer."""
+    await untrusted_rig.trust()
+    return untrusted_rig
 
 
-async def test_notice_signed_by_unknown_key_is_rejected(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device()
-        url = server.add("app.tar", RELEASE)
-        _, data = signer.notice("dev-001", RELEASE, [url], key=KeyPair.generate(), topics=topics)
-        await publish(broker, topics.device_notice("dev-001"), data)
-        rejected = await reports.wait_state("rejected")
-        assert rejected.error is not None
-        assert rejected.error.code == "unknown_key"
-        assert server.ranges == []
-        assert device.current() is None
+async def test_happy_path_directory_install(rig: Rig) -> None:
+    device = await rig.start_device()
+    url = rig.server.add("app-2.tar", RELEASE)
+    notice, data = rig.signer.notice("dev-001", RELEASE, [url], topics=rig.topics)
+    await rig.publish(data)
+    done = await rig.reports.wait_state("succeeded", notice.notice_id)
+    assert done.current_version == "2.0.0"
+    assert rig.reports.states(notice.notice_id) == [
+        "notified", "downloading", "downloaded", "installing", "installed", "succeeded",
+    ]  # fmt: skip
+    counters = [r.counter for r in sorted(rig.reports.reports, key=lambda r: r.counter)]
+    assert counters == sorted(set(counters))
+    assert device.current() == f"slot-{notice.notice_id}"
+    assert (device.slots / "current" / "bin" / "app").read_bytes().startswith(b"#!/bin/sh")
+    await wait_for(lambda: ("dev-001", True) in rig.reports.presence, 10, "online presence")
+    await wait_for(
+        lambda: any(getattr(i, "installed", ()) for i in rig.reports.inventory), 10, "inventory"
+    )
+    # A retained copy redelivered after a reconnect is a duplicate: nothing happens.
+    before = len(rig.reports.reports)
+    await rig.publish(data)
+    await asyncio.sleep(0.3)
+    assert len(rig.reports.reports) == before
 
 
-async def test_replayed_old_notice_is_rejected(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device()
-        url = server.add("app.tar", RELEASE)
-        old, old_data = signer.notice("dev-001", RELEASE, [url], version="1.0.0", topics=topics)
-        new, new_data = signer.notice("dev-001", RELEASE, [url], version="2.0.0", topics=topics)
-        await publish(broker, topics.device_notice("dev-001"), new_data)
-        await reports.wait_state("succeeded", new.notice_id)
-        await publish(broker, topics.device_notice("dev-001"), old_data)
-        rejected = await reports.wait_state("rejected", old.notice_id)
-        assert rejected.error is not None
-        assert rejected.error.code == "rollback"
-        assert device.current() == f"slot-{new.notice_id}"
-        assert device.agent.state.current_version == "2.0.0"
+async def test_tampered_payload_fails_with_hash_mismatch(rig: Rig) -> None:
+    device = await rig.start_device()
+    tampered = bytearray(RELEASE)
+    tampered[100] ^= 0xFF
+    url = rig.server.add("app.tar", bytes(tampered))
+    notice = await rig.send(RELEASE, [url])
+    failed = await rig.reports.wait_state("failed", notice.notice_id)
+    assert failed.error is not None
+    assert failed.error.code == "hash_mismatch"
+    assert device.current() is None
+    assert "installing" not in rig.reports.states(notice.notice_id)
+    assert not any(device.agent.downloads.iterdir())
 
 
-async def test_notice_for_another_device_is_rejected(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device()
-        url = server.add("app.tar", RELEASE)
-        notice, data = signer.notice("dev-001", RELEASE, [url], targets=("dev-999",), topics=topics)
-        await publish(broker, topics.device_notice("dev-001"), data)
-        rejected = await reports.wait_state("rejected", notice.notice_id)
-        assert rejected.error is not None
-        assert rejected.error.code == "not_addressed"
-        assert server.ranges == []
-        assert device.current() is None
+async def test_notice_signed_by_unknown_key_is_rejected(rig: Rig) -> None:
+    device = await rig.start_device()
+    url = rig.server.add("app.tar", RELEASE)
+    await rig.send(RELEASE, [url], key=KeyPair.generate())
+    rejected = await rig.reports.wait_state("rejected")
+    assert rejected.error is not None
+    assert rejected.error.code == "unknown_key"
+    assert rig.server.ranges == []
+    assert device.current() is None
 
 
-async def test_group_notice_and_keyring_after_notice(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
+async def test_replayed_old_notice_is_rejected(rig: Rig) -> None:
+    device = await rig.start_device()
+    url = rig.server.add("app.tar", RELEASE)
+    old, old_data = rig.signer.notice("dev-001", RELEASE, [url], version="1.0.0", topics=rig.topics)
+    new, new_data = rig.signer.notice("dev-001", RELEASE, [url], version="2.0.0", topics=rig.topics)
+    await rig.publish(new_data)
+    await rig.reports.wait_state("succeeded", new.notice_id)
+    await rig.publish(old_data)
+    rejected = await rig.reports.wait_state("rejected", old.notice_id)
+    assert rejected.error is not None
+    assert rejected.error.code == "rollback"
+    assert device.current() == f"slot-{new.notice_id}"
+    assert device.agent.state.current_version == "2.0.0"
+
+
+async def test_notice_for_another_device_is_rejected(rig: Rig) -> None:
+    device = await rig.start_device()
+    url = rig.server.add("app.tar", RELEASE)
+    notice = await rig.send(RELEASE, [url], targets=("dev-999",))
+    rejected = await rig.reports.wait_state("rejected", notice.notice_id)
+    assert rejected.error is not None
+    assert rejected.error.code == "not_addressed"
+    assert rig.server.ranges == []
+    assert device.current() is None
+
+
+async def test_group_notice_and_keyring_after_notice(untrusted_rig: Rig) -> None:
     """A group notice that arrives before its keyring is parked, then applied."""
-    async with ReportCollector(broker, topics) as reports:
-        device = await start_device(groups=("canary",))
-        url = server.add("app.tar", RELEASE)
-        notice, data = _group_notice(signer, url, topics)
-        await publish(broker, topics.group_notice("canary"), data)
-        await reports.wait_state("rejected")  # unknown key: parked, reported
-        await publish_keyring(broker, topics, signer)
-        await reports.wait_state("succeeded", notice.notice_id)
-        assert device.current() == f"slot-{notice.notice_id}"
+    rig = untrusted_rig
+    device = await rig.start_device(groups=("canary",))
+    url = rig.server.add("app.tar", RELEASE)
+    notice, data = _group_notice(rig.signer, url, rig.topics)
+    await publish(rig.broker, rig.topics.group_notice("canary"), data)
+    await rig.reports.wait_state("rejected")  # unknown key: parked, reported
+    await rig.trust()
+    await rig.reports.wait_state("succeeded", notice.notice_id)
+    assert device.current() == f"slot-{notice.notice_id}"
 
 
-def _group_notice(signer: Signer, url: str, topics: Topics) -> tuple[Any, bytes]:
-    import time
-
-    from fleetpush_protocol.envelope import sign_message
-    from fleetpush_protocol.messages import Payload, Release, Target, UpdateNotice
-
+def _group_notice(signer: Signer, url: str, topics: Topics) -> tuple[UpdateNotice, bytes]:
     now = int(time.time())
     notice = UpdateNotice(
         notice_id="n-canary-1",
@@ -270,215 +260,146 @@ def assert_counters_contiguous(reports: ReportCollector) -> None:
     assert counters == list(range(1, len(counters) + 1)), counters
 
 
-async def test_broker_restart_during_download(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
+async def test_broker_restart_during_download(rig: Rig) -> None:
     payload = make_tar({"big.bin": bytes(range(256)) * 4096})  # ~1 MiB
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device()
-        url = server.add("big.tar", payload, rate=len(payload) // 2)  # about 2 s
-        notice, data = signer.notice("dev-001", payload, [url], topics=topics)
-        await publish(broker, topics.device_notice("dev-001"), data)
-        await reports.wait_state("downloading", notice.notice_id)
-        connections = device.agent.session.connections
-        await asyncio.to_thread(broker.restart)
-        await reports.wait_state("succeeded", notice.notice_id, within=60)
-        assert device.agent.session.connections > connections
-        assert reports.states(notice.notice_id) == [
-            "notified", "downloading", "downloaded", "installing", "installed", "succeeded",
-        ]  # fmt: skip
-        # Every report made while the broker was away arrived, in order, none twice.
-        await wait_for(lambda: len(device.agent.state.outbox) == 0, 10, "outbox drained")
-        assert_counters_contiguous(reports)
-        progress = [r for r in reports.reports if r.progress is not None]
-        assert progress, "a 2 s download sends progress reports"
-        assert all(p.progress.total == len(payload) for p in progress if p.progress)
+    device = await rig.start_device()
+    url = rig.server.add("big.tar", payload, rate=len(payload) // 2)  # about 2 s
+    notice = await rig.send(payload, [url])
+    await rig.reports.wait_state("downloading", notice.notice_id)
+    connections = device.agent.session.connections
+    await asyncio.to_thread(rig.broker.restart)
+    await rig.reports.wait_state("succeeded", notice.notice_id, within=60)
+    assert device.agent.session.connections > connections
+    assert rig.reports.states(notice.notice_id) == [
+        "notified", "downloading", "downloaded", "installing", "installed", "succeeded",
+    ]  # fmt: skip
+    # Every report made while the broker was away arrived, in order, none twice.
+    await wait_for(lambda: len(device.agent.state.outbox) == 0, 10, "outbox drained")
+    assert_counters_contiguous(rig.reports)
+    progress = [r for r in rig.reports.reports if r.progress is not None]
+    assert progress, "a 2 s download sends progress reports"
+    assert all(p.progress.total == len(payload) for p in progress if p.progress)
 
 
-async def test_http_cut_halfway_resumes_with_range(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
+async def test_http_cut_halfway_resumes_with_range(rig: Rig) -> None:
     payload = make_tar({"big.bin": bytes(range(256)) * 2048})  # ~512 KiB
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device()
-        # A link slower than loopback (as every real one is), so the client is not
-        # buffering megabytes ahead when the server cuts the connection.
-        url = server.add("cut.tar", payload, cut_after=len(payload) // 2, rate=4 << 20)
-        notice, data = signer.notice("dev-001", payload, [url], topics=topics)
-        await publish(broker, topics.device_notice("dev-001"), data)
-        await reports.wait_state("succeeded", notice.notice_id)
-        chunk = device.agent.config.download.chunk_bytes
-        assert server.bytes_sent["cut.tar"] <= len(payload) + chunk
-        ranges = [r for _, r in server.ranges]
-        assert ranges[0] is None
-        resumed = ranges[1]
-        assert resumed is not None
-        assert int(resumed.removeprefix("bytes=").rstrip("-")) > 0
-        assert device.agent.fetcher.bytes_received <= len(payload) + chunk
+    device = await rig.start_device()
+    # A link slower than loopback (as every real one is), so the client is not
+    # buffering megabytes ahead when the server cuts the connection.
+    url = rig.server.add("cut.tar", payload, cut_after=len(payload) // 2, rate=4 << 20)
+    notice = await rig.send(payload, [url])
+    await rig.reports.wait_state("succeeded", notice.notice_id)
+    chunk = device.agent.config.download.chunk_bytes
+    assert rig.server.bytes_sent["cut.tar"] <= len(payload) + chunk
+    ranges = [r for _, r in rig.server.ranges]
+    assert ranges[0] is None
+    resumed = ranges[1]
+    assert resumed is not None
+    assert int(resumed.removeprefix("bytes=").rstrip("-")) > 0
+    assert device.agent.fetcher.bytes_received <= len(payload) + chunk
 
 
-async def test_endless_data_stops_at_signed_size(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device()
-        url = server.add("endless.tar", RELEASE, endless=True)
-        notice, data = signer.notice("dev-001", RELEASE, [url], topics=topics)
-        await publish(broker, topics.device_notice("dev-001"), data)
-        await reports.wait_state("succeeded", notice.notice_id)
-        assert device.agent.fetcher.bytes_received == len(RELEASE)
+async def test_endless_data_stops_at_signed_size(rig: Rig) -> None:
+    device = await rig.start_device()
+    url = rig.server.add("endless.tar", RELEASE, endless=True)
+    notice = await rig.send(RELEASE, [url])
+    await rig.reports.wait_state("succeeded", notice.notice_id)
+    assert device.agent.fetcher.bytes_received == len(RELEASE)
 
 
-async def test_next_url_after_a_dead_one(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        await start_device()
-        good = server.add("good.tar", RELEASE)
-        notice, data = signer.notice(
-            "dev-001", RELEASE, [server.url("missing.tar"), good], topics=topics
-        )
-        await publish(broker, topics.device_notice("dev-001"), data)
-        await reports.wait_state("succeeded", notice.notice_id)
-        assert [n for n, _ in server.ranges] == ["missing.tar", "good.tar"]
+async def test_next_url_after_a_dead_one(rig: Rig) -> None:
+    await rig.start_device()
+    good = rig.server.add("good.tar", RELEASE)
+    notice = await rig.send(RELEASE, [rig.server.url("missing.tar"), good])
+    await rig.reports.wait_state("succeeded", notice.notice_id)
+    assert [n for n, _ in rig.server.ranges] == ["missing.tar", "good.tar"]
 
 
-async def test_disk_full_fails_and_keeps_the_old_release(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device()
-        url = server.add("v2.tar", RELEASE)
-        first, data = signer.notice("dev-001", RELEASE, [url], topics=topics)
-        await publish(broker, topics.device_notice("dev-001"), data)
-        await reports.wait_state("succeeded", first.notice_id)
-        # The next download lands on a "disk" that is full: /dev/full fails every write.
-        second_id = "n-dev-001-2"
-        (device.agent.downloads / f"{second_id}.part").symlink_to("/dev/full")
-        second, data = signer.notice("dev-001", RELEASE, [url], version="3.0.0", topics=topics)
-        assert second.notice_id == second_id
-        await publish(broker, topics.device_notice("dev-001"), data)
-        failed = await reports.wait_state("failed", second_id)
-        assert failed.error is not None
-        assert failed.error.code == "disk_full"
-        assert failed.current_version == "2.0.0"
-        assert device.current() == f"slot-{first.notice_id}"
-        assert not (device.agent.downloads / f"{second_id}.part").exists()
+async def test_disk_full_fails_and_keeps_the_old_release(rig: Rig) -> None:
+    device = await rig.start_device()
+    url = rig.server.add("v2.tar", RELEASE)
+    first = await rig.send(RELEASE, [url])
+    await rig.reports.wait_state("succeeded", first.notice_id)
+    # The next download lands on a "disk" that is full: /dev/full fails every write.
+    second_id = "n-dev-001-2"
+    (device.agent.downloads / f"{second_id}.part").symlink_to("/dev/full")
+    second, data = rig.signer.notice("dev-001", RELEASE, [url], version="3.0.0", topics=rig.topics)
+    assert second.notice_id == second_id
+    await rig.publish(data)
+    failed = await rig.reports.wait_state("failed", second_id)
+    assert failed.error is not None
+    assert failed.error.code == "disk_full"
+    assert failed.current_version == "2.0.0"
+    assert device.current() == f"slot-{first.notice_id}"
+    assert not (device.agent.downloads / f"{second_id}.part").exists()
 
 
 # --- health, cancel, policy, command handler -----------------------------------------------
 
 
-async def test_failing_health_check_rolls_back(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
+async def test_failing_health_check_rolls_back(rig: Rig) -> None:
     health = {"command": ["/bin/sh", "-c", 'test "$FLEETPUSH_VERSION" != 3.0.0'], "timeout_s": 10}
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device(sections={"health": health})
-        url = server.add("v2.tar", RELEASE)
-        good, data = signer.notice("dev-001", RELEASE, [url], topics=topics)
-        await publish(broker, topics.device_notice("dev-001"), data)
-        await reports.wait_state("succeeded", good.notice_id)
-        v3 = make_tar({"VERSION": b"3.0.0\n"})
-        bad, data = signer.notice(
-            "dev-001", v3, [server.add("v3.tar", v3)], version="3.0.0", topics=topics
-        )
-        await publish(broker, topics.device_notice("dev-001"), data)
-        rolled = await reports.wait_state("rolled_back", bad.notice_id)
-        assert rolled.error is not None
-        assert rolled.error.code == "health_check_failed"
-        assert rolled.current_version == "2.0.0"
-        assert device.current() == f"slot-{good.notice_id}"
-        assert not (device.slots / f"slot-{bad.notice_id}").exists()
-        assert reports.states(bad.notice_id)[-2:] == ["installed", "rolled_back"]
+    device = await rig.start_device(sections={"health": health})
+    url = rig.server.add("v2.tar", RELEASE)
+    good = await rig.send(RELEASE, [url])
+    await rig.reports.wait_state("succeeded", good.notice_id)
+    v3 = make_tar({"VERSION": b"3.0.0\n"})
+    bad = await rig.send(v3, [rig.server.add("v3.tar", v3)], version="3.0.0")
+    rolled = await rig.reports.wait_state("rolled_back", bad.notice_id)
+    assert rolled.error is not None
+    assert rolled.error.code == "health_check_failed"
+    assert rolled.current_version == "2.0.0"
+    assert device.current() == f"slot-{good.notice_id}"
+    assert not (device.slots / f"slot-{bad.notice_id}").exists()
+    assert rig.reports.states(bad.notice_id)[-2:] == ["installed", "rolled_back"]
 
 
-async def test_health_check_timeout_rolls_back(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
+async def test_health_check_timeout_rolls_back(rig: Rig) -> None:
     health = {"command": ["/bin/sleep", "30"], "timeout_s": 0.5}
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device(sections={"health": health})
-        notice, data = signer.notice(
-            "dev-001", RELEASE, [server.add("v2.tar", RELEASE)], topics=topics
-        )
-        await publish(broker, topics.device_notice("dev-001"), data)
-        rolled = await reports.wait_state("rolled_back", notice.notice_id)
-        assert rolled.error is not None
-        assert rolled.error.code == "health_check_timeout"
-        assert device.current() is None  # there was nothing before: nothing now
+    device = await rig.start_device(sections={"health": health})
+    notice = await rig.send(RELEASE, [rig.server.add("v2.tar", RELEASE)])
+    rolled = await rig.reports.wait_state("rolled_back", notice.notice_id)
+    assert rolled.error is not None
+    assert rolled.error.code == "health_check_timeout"
+    assert device.current() is None  # there was nothing before: nothing now
 
 
-async def test_cancel_stops_a_download(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
+async def test_cancel_stops_a_download(rig: Rig) -> None:
     payload = make_tar({"big.bin": bytes(range(256)) * 8192})  # ~2 MiB
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device()
-        url = server.add("slow.tar", payload, rate=len(payload) // 20)  # about 20 s
-        notice, data = signer.notice("dev-001", payload, [url], topics=topics)
-        await publish(broker, topics.device_notice("dev-001"), data)
-        await reports.wait_state("downloading", notice.notice_id)
-        await publish(broker, topics.device_notice("dev-001"), signer.cancel("dev-001"))
-        await reports.wait_state("canceled", notice.notice_id)
-        assert reports.states(notice.notice_id)[-1] == "canceled"
-        assert device.current() is None
-        await wait_for(lambda: not any(device.agent.downloads.iterdir()), 5, "partial removed")
+    device = await rig.start_device()
+    url = rig.server.add("slow.tar", payload, rate=len(payload) // 20)  # about 20 s
+    notice = await rig.send(payload, [url])
+    await rig.reports.wait_state("downloading", notice.notice_id)
+    await rig.publish(rig.signer.cancel("dev-001"))
+    await rig.reports.wait_state("canceled", notice.notice_id)
+    assert rig.reports.states(notice.notice_id)[-1] == "canceled"
+    assert device.current() is None
+    await wait_for(lambda: not any(device.agent.downloads.iterdir()), 5, "partial removed")
 
 
-async def test_hold_defers_install_until_released(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
-    import time
-
+async def test_hold_defers_install_until_released(rig: Rig) -> None:
     clock = FakeClock(time.time())
     hold = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.now + 3600))
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device(
-            sections={"policy": {"hold_until": hold, "download_ahead": True}}, clock=clock
-        )
-        notice, data = signer.notice(
-            "dev-001", RELEASE, [server.add("a.tar", RELEASE)], topics=topics
-        )
-        await publish(broker, topics.device_notice("dev-001"), data)
-        await reports.wait_state("deferred", notice.notice_id)
-        # Downloaded ahead of time, not installed.
-        assert reports.states(notice.notice_id) == [
-            "notified",
-            "downloading",
-            "downloaded",
-            "deferred",
-        ]
-        assert device.current() is None
-        clock.now += 3601
-        device.agent.wake()
-        await reports.wait_state("succeeded", notice.notice_id)
-        assert device.current() == f"slot-{notice.notice_id}"
+    device = await rig.start_device(
+        sections={"policy": {"hold_until": hold, "download_ahead": True}}, clock=clock
+    )
+    notice = await rig.send(RELEASE, [rig.server.add("a.tar", RELEASE)])
+    await rig.reports.wait_state("deferred", notice.notice_id)
+    # Downloaded ahead of time, not installed.
+    assert rig.reports.states(notice.notice_id) == [
+        "notified",
+        "downloading",
+        "downloaded",
+        "deferred",
+    ]
+    assert device.current() is None
+    clock.now += 3601
+    device.agent.wake()
+    await rig.reports.wait_state("succeeded", notice.notice_id)
+    assert device.current() == f"slot-{notice.notice_id}"
 
 
-async def test_maintenance_window_defers_download_and_install(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
-    import time
+async def test_maintenance_window_defers_download_and_install(rig: Rig) -> None:
     from datetime import datetime, timedelta
 
     clock = FakeClock(time.time())
@@ -486,32 +407,24 @@ async def test_maintenance_window_defers_download_and_install(
     start = local + timedelta(hours=2)
     end = start + timedelta(hours=1)
     window = f"{start:%H:%M}-{end:%H:%M}"
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device(
-            sections={"policy": {"maintenance_windows": [window], "download_ahead": False}},
-            clock=clock,
-        )
-        notice, data = signer.notice(
-            "dev-001", RELEASE, [server.add("a.tar", RELEASE)], topics=topics
-        )
-        await publish(broker, topics.device_notice("dev-001"), data)
-        await reports.wait_state("deferred", notice.notice_id)
-        assert server.ranges == []  # no download-ahead: nothing fetched yet
-        clock.now += 2 * 3600 + 60  # into the window
-        device.agent.wake()
-        await reports.wait_state("succeeded", notice.notice_id)
-        assert reports.states(notice.notice_id) == [
-            "notified", "deferred", "downloading", "downloaded", "installing", "installed",
-            "succeeded",
-        ]  # fmt: skip
+    device = await rig.start_device(
+        sections={"policy": {"maintenance_windows": [window], "download_ahead": False}},
+        clock=clock,
+    )
+    notice = await rig.send(RELEASE, [rig.server.add("a.tar", RELEASE)])
+    await rig.reports.wait_state("deferred", notice.notice_id)
+    assert rig.server.ranges == []  # no download-ahead: nothing fetched yet
+    clock.now += 2 * 3600 + 60  # into the window
+    device.agent.wake()
+    await rig.reports.wait_state("succeeded", notice.notice_id)
+    assert rig.reports.states(notice.notice_id) == [
+        "notified", "deferred", "downloading", "downloaded", "installing", "installed",
+        "succeeded",
+    ]  # fmt: skip
 
 
-async def test_command_handler_reboot_then_health_confirms(
-    broker: MosquittoBroker, topics: Topics, signer: Signer, server: PayloadServer,
-    start_device: StartDevice,
-) -> None:  # fmt: skip
-    applied = broker.workdir.parent / "applied"
+async def test_command_handler_reboot_then_health_confirms(rig: Rig) -> None:
+    applied = rig.broker.workdir.parent / "applied"
     install = {
         "handler": "command",
         "pre_install": ["/bin/true"],
@@ -519,27 +432,22 @@ async def test_command_handler_reboot_then_health_confirms(
         "install": ["/bin/sh", "-c", f'cp "$0" {applied} && exit 3', "{payload}"],
         "post_install": [],
     }
-    async with ReportCollector(broker, topics) as reports:
-        await publish_keyring(broker, topics, signer)
-        device = await start_device(sections={"install": install})
-        payload = b"firmware image\n" * 100
-        notice, data = signer.notice(
-            "dev-001", payload, [server.add("fw.bin", payload)], handler="command", topics=topics
-        )
-        await publish(broker, topics.device_notice("dev-001"), data)
-        await reports.wait_state("installed", notice.notice_id)
-        assert applied.read_bytes() == payload
-        await wait_for(lambda: device.agent.state.job is not None
-                       and device.agent.state.job.reboot_pending, 5, "reboot recorded")  # fmt: skip
-        assert "succeeded" not in reports.states(notice.notice_id)
-        # "Reboot": stop the agent and start it again on the same state.
-        device.agent.stop()
-        await asyncio.wait_for(device.task, 15)
-        again = DeviceAgent(load_config(device.config_path))
-        task = asyncio.create_task(again.run())
-        try:
-            done = await reports.wait_state("succeeded", notice.notice_id)
-            assert done.current_version == "2.0.0"
-        finally:
-            again.stop()
-            await asyncio.wait_for(task, 15)
+    device = await rig.start_device(sections={"install": install})
+    payload = b"firmware image\n" * 100
+    notice = await rig.send(payload, [rig.server.add("fw.bin", payload)], handler="command")
+    await rig.reports.wait_state("installed", notice.notice_id)
+    assert applied.read_bytes() == payload
+    await wait_for(lambda: device.agent.state.job is not None
+                   and device.agent.state.job.reboot_pending, 5, "reboot recorded")  # fmt: skip
+    assert "succeeded" not in rig.reports.states(notice.notice_id)
+    # "Reboot": stop the agent and start it again on the same state.
+    device.agent.stop()
+    await asyncio.wait_for(device.task, 15)
+    again = DeviceAgent(load_config(device.config_path))
+    task = asyncio.create_task(again.run())
+    try:
+        done = await rig.reports.wait_state("succeeded", notice.notice_id)
+        assert done.current_version == "2.0.0"
+    finally:
+        again.stop()
+        await asyncio.wait_for(task, 15)

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +36,6 @@ pytestmark = pytest.mark.integration
 
 V2 = make_tar({"VERSION": b"2.0.0\n", "bin/app": b"v2" * 1000})
 V3 = make_tar({"VERSION": b"3.0.0\n", "bin/app": b"v3" * 1000})
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[PayloadServer]:
-    s = PayloadServer()
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 @pytest.fixture
