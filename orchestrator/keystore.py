@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fleetpush_protocol.atomic import atomic_write
 from fleetpush_protocol.envelope import decode_envelope, parse, sign_message
+from fleetpush_protocol.errors import ContentError
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.messages import Keyring, SigningKeyInfo
 from fleetpush_protocol.verify import TrustedKeyring, VerifyPolicy, verify_keyring_chain
@@ -104,7 +105,7 @@ class KeyStore:
                 trusted=self.anchor(),
                 policy=VerifyPolicy(max_rotations=1024),
             )
-        except Exception as e:
+        except ContentError as e:
             raise KeyStoreError(f"{self._rings}: the keyring chain does not verify: {e}") from None
         return trusted.keyring
 
