@@ -8,10 +8,8 @@ leave a job persisted without its report, or a report without its job.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ from device_client.states import Job
 from fleetpush_protocol.atomic import atomic_write
 from fleetpush_protocol.messages import Release
 
-__all__ = ["SCHEMA", "AgentState", "StateStore", "write_file"]
+__all__ = ["SCHEMA", "AgentState", "StateStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,22 +30,6 @@ SCHEMA = 1
 MAX_STATE_BYTES = 16 << 20  # bytes; a state file larger than this is corrupt
 CORRUPT_COUNTER_BASE = 1 << 41  # report counters restart above this after a corrupt state
 MAX_REJECTED = 32  # digests of rejected messages remembered, so retained ones report once
-
-
-def write_file(path: Path, data: bytes, *, durable: bool) -> None:
-    """Replace ``path`` atomically; fsync only when ``durable`` (simulations skip it)."""
-    if durable:
-        atomic_write(path, data)
-        return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -160,5 +142,5 @@ class StateStore:
         Raises:
             OSError: e.g. ENOSPC; the previous state file is untouched.
         """
-        write_file(self.path, state.to_bytes(), durable=self.durable)
+        atomic_write(self.path, state.to_bytes(), durable=self.durable)
         state.outbox.mark_persisted()
