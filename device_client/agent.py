@@ -105,7 +105,7 @@ class DeviceAgent:
         self.clock = clock
         self.device_id = config.device.id
         self.topics = config.broker.topics
-        self.store = StateStore(config.device.state_dir, durable=durable)
+        self.store = StateStore(config.device.state_dir, durable=durable, clock=clock)
         self.downloads = config.device.state_dir / "downloads"
         self.handler: Handler = make_handler(config.install)
         self.fetcher = Fetcher(config.download, user_agent=f"fleetpush-device/{__version__}")

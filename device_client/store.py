@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,14 +104,18 @@ class StateStore:
     Args:
         state_dir: the device's state folder; created if missing (mode 0700).
         durable: fsync each write (True on real devices).
+        clock: Unix time in seconds (the agent's clock).
     """
 
     FILE = "state.msgpack"
 
-    def __init__(self, state_dir: Path, *, durable: bool = True) -> None:
+    def __init__(
+        self, state_dir: Path, *, durable: bool = True, clock: Callable[[], float] = time.time
+    ) -> None:
         self.dir = Path(state_dir)
         self.path = self.dir / self.FILE
         self.durable = durable
+        self.clock = clock
 
     def load(self) -> AgentState:
         """Read the state; a missing file is a fresh device.
@@ -134,7 +139,8 @@ class StateStore:
             # The report counters already used are unknown. The orchestrator deduplicates on
             # (device, counter), so restarting at 1 would make it drop every new report as
             # a copy of an old one: start above any counter this device can have used.
-            return AgentState(outbox=Outbox(counter=CORRUPT_COUNTER_BASE + int(time.time() * 1000)))
+            counter = CORRUPT_COUNTER_BASE + int(self.clock() * 1000)
+            return AgentState(outbox=Outbox(counter=counter))
 
     def save(self, state: AgentState) -> None:
         """Write the whole state atomically, then let the outbox publish what it holds.
