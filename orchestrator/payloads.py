@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -76,12 +77,12 @@ class PayloadStore:
                     digest.update(chunk)
                     f.write(chunk)
                 f.flush()
-                os.fsync(f.fileno())
+                # fsync of a large payload can take seconds: not on the event loop, which
+                # also serves the API and the MQTT link.
+                await asyncio.to_thread(os.fsync, f.fileno())
             sha = digest.hexdigest()
             final = self.path(sha)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
+            await asyncio.to_thread(_move_into_place, Path(tmp), final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -98,6 +99,12 @@ class PayloadStore:
     def delete(self, sha256_hex: str) -> None:
         with contextlib.suppress(FileNotFoundError, ValueError):
             self.path(sha256_hex).unlink()
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
 
 
 class UrlSigner:
