@@ -70,8 +70,8 @@ class PayloadServer:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        assert isinstance(server, asyncio.Server)
+        self.port = server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -212,7 +212,7 @@ class ReportCollector:
                     )
                     self._subscribed.set()
                     async for message in client.messages:
-                        self._take(message.topic.value, bytes(message.payload))  # type: ignore[arg-type]
+                        self._take(message.topic.value, bytes(message.payload))
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.2)
 
