@@ -161,6 +161,11 @@ class DeviceAgent:
             session_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await session_task
+            # PUBACKs for the offline presence or the outbox arrive until the session ends;
+            # their flush timer must not outlive run(): fired later it would write this
+            # agent's stale state over the file a restarted agent is using.
+            if self._ack_flush is not None:
+                self._save()
 
     def stop(self) -> None:
         """Ask ``run`` to return (safe from a signal handler)."""
