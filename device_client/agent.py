@@ -150,6 +150,7 @@ class DeviceAgent:
             await self._stop.wait()
         finally:
             await self._cancel_job_task()
+            await self._cancel_job_task()  # a notice handled while stopping may have kicked one
             if self._ack_flush is not None:
                 self._save()
             if self.session.connected.is_set():
@@ -448,6 +449,8 @@ class DeviceAgent:
         )
 
     def _kick(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            return  # stopping: the persisted job resumes at the next start
         if self._job_task is None or self._job_task.done():
             self._job_task = asyncio.create_task(self._run_jobs(), name=f"{self.device_id}.job")
 
