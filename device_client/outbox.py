@@ -5,6 +5,12 @@ only once the state file holding them is on disk (``mark_persisted``), so a repo
 sent that a crash could make the device forget. The publisher sends them strictly in
 counter order with QoS 1 and drops each only after its PUBACK; a report sent but not yet
 acknowledged when the connection drops is sent again, byte for byte, after reconnecting.
+
+The last acknowledged report is kept too (``last``) and sent again on every connect when
+nothing newer is waiting: a PUBACK only means the *broker* has the report, and a broker
+killed before it saved its state loses what it had not yet delivered. The repeat carries
+the same counter, so an orchestrator that already has it ignores it, and one that lost it
+learns the device's latest state.
 """
 
 from __future__ import annotations
@@ -33,8 +39,11 @@ class Entry:
 class Outbox:
     """Ordered, persisted reports waiting for their PUBACK."""
 
-    def __init__(self, entries: list[Entry] | None = None, counter: int = 0) -> None:
+    def __init__(
+        self, entries: list[Entry] | None = None, counter: int = 0, last: Entry | None = None
+    ) -> None:
         self._entries: list[Entry] = sorted(entries or [], key=lambda e: e.counter)
+        self.last = last  # the newest acknowledged report
         self.counter = max([counter, *(e.counter for e in self._entries)])
         self._persisted = self.counter  # everything loaded from disk is persisted
         self._ready: asyncio.Event | None = None
@@ -70,10 +79,17 @@ class Outbox:
 
     def acknowledge(self, counter: int) -> None:
         """Drop the entry the broker acknowledged (the caller persists the removal)."""
-        if self._entries and self._entries[0].counter == counter:
-            self._entries.pop(0)
-        else:
-            self._entries = [e for e in self._entries if e.counter != counter]
+        acked = next((e for e in self._entries if e.counter == counter), None)
+        if acked is None:
+            return
+        self._entries.remove(acked)
+        if self.last is None or acked.counter > self.last.counter:
+            self.last = acked
+
+    def repeat_on_connect(self) -> Entry | None:
+        """The report to send again after connecting: the last acknowledged one, unless a
+        newer report is waiting anyway (it carries the newer state)."""
+        return None if self._entries else self.last
 
     async def wait_ready(self) -> Entry:
         """Wait until an entry can be published."""
@@ -85,9 +101,22 @@ class Outbox:
         return entry
 
     def to_list(self) -> list[dict[str, Any]]:
-        return [{"c": e.counter, "t": e.topic, "p": e.payload} for e in self._entries]
+        return [_to_item(e) for e in self._entries]
+
+    def last_item(self) -> dict[str, Any] | None:
+        return None if self.last is None else _to_item(self.last)
 
     @classmethod
-    def from_list(cls, items: list[dict[str, Any]], counter: int) -> Outbox:
-        entries = [Entry(int(i["c"]), str(i["t"]), bytes(i["p"])) for i in items]
-        return cls(entries, counter)
+    def from_list(
+        cls, items: list[dict[str, Any]], counter: int, last: dict[str, Any] | None = None
+    ) -> Outbox:
+        entries = [_from_item(i) for i in items]
+        return cls(entries, counter, None if last is None else _from_item(last))
+
+
+def _to_item(e: Entry) -> dict[str, Any]:
+    return {"c": e.counter, "t": e.topic, "p": e.payload}
+
+
+def _from_item(i: dict[str, Any]) -> Entry:
+    return Entry(int(i["c"]), str(i["t"]), bytes(i["p"]))

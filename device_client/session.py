@@ -146,6 +146,8 @@ class MqttSession:
             await client.subscribe([(t, 1) for t in self._subscriptions])
             for pub in self._on_connect():
                 await client.publish(pub.topic, pub.payload, qos=1, retain=pub.retain)
+            if (repeat := self._outbox.repeat_on_connect()) is not None:
+                await client.publish(repeat.topic, repeat.payload, qos=1)
             self.connected.set()
             sender = asyncio.create_task(self._send_outbox(client))
             try:

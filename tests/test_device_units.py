@@ -357,3 +357,22 @@ def test_backoff_grows_jittered_and_capped() -> None:
     assert max(delays[5:]) > 1
     b.reset()
     assert b.next_delay() <= 1
+
+
+def test_outbox_repeats_the_last_acknowledged_report_on_connect() -> None:
+    """A PUBACK only means the broker has it; a broker crash can lose it before delivery."""
+    from device_client.outbox import Outbox
+
+    box = Outbox()
+    assert box.repeat_on_connect() is None
+    box.append("t", lambda c: b"r%d" % c)
+    box.append("t", lambda c: b"r%d" % c)
+    box.mark_persisted()
+    box.acknowledge(1)
+    assert box.repeat_on_connect() is None  # report 2 is still waiting and is newer
+    box.acknowledge(2)
+    entry = box.repeat_on_connect()
+    assert entry is not None
+    assert (entry.counter, entry.payload) == (2, b"r2")
+    restored = Outbox.from_list(box.to_list(), box.counter, box.last_item())
+    assert restored.repeat_on_connect() == entry
