@@ -4,12 +4,12 @@ Every receiver is an MQTT 5 client (receive maximum 65535) subscribed at QoS 1 t
 reports filter of one Mosquitto. A raw-socket publisher sends the same N pre-encoded
 reports (from 1,000 devices, each about a notice really sent to it) to each in turn.
 
-* baseline: the faster of two bare clients that only count messages and PUBACK at once:
-  paho (the orchestrator's library, loop thread) and gmqtt (asyncio; the fastest Python
-  client in performance.md section 3). The ratio is taken against the faster one;
-* orchestrator: ``MqttLink`` + ``Ingestor`` + SQLite: decode, validate, deduplicate,
-  write in batches, PUBACK after commit. Done when every report is committed; then the
-  rows are counted in the database.
+* baseline: a bare gmqtt client (the orchestrator's library; asyncio on its own thread, the
+  fastest Python client in performance.md section 3) that only counts messages and PUBACKs
+  each at once;
+* orchestrator: ``MqttLink`` (gmqtt) + ``Ingestor`` + SQLite: decode, validate,
+  deduplicate, write in batches, PUBACK after commit. Done when every report is
+  committed; then the rows are counted in the database.
 """
 
 from __future__ import annotations
@@ -22,10 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import gmqtt  # type: ignore[import-untyped]
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from benchmarks._mqtt_raw import RawPublisher, publish_packets
 from fleetpush_protocol.envelope import encode_message
@@ -67,39 +63,6 @@ def _feed(pub: RawPublisher, chunks: list[bytes], chunk_n: int, progress: Any) -
         while i * chunk_n - progress() > WINDOW:
             time.sleep(0.001)
         pub.send(chunk)
-
-
-def _bare(  # noqa: PLR0917 - one run of one receiver
-    broker: MosquittoBroker, user: str, topics: Topics, packets: list[bytes], n: int,
-          pub: RawPublisher) -> float:  # fmt: skip
-    got = [0]
-    done = threading.Event()
-    subscribed = threading.Event()
-
-    def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
-        got[0] += 1
-        if got[0] == n:
-            done.set()
-
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user,
-                    protocol=MQTTProtocolVersion.MQTTv5)  # fmt: skip
-    c.username_pw_set(user, broker.password(user))
-    c.on_message = on_message
-    c.on_subscribe = lambda *a: subscribed.set()
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.ReceiveMaximum = 65535
-    c.connect(broker.host, broker.port, properties=props)
-    c.loop_start()
-    c.subscribe(topics.reports_filter, qos=1)
-    subscribed.wait(10)
-    t0 = time.perf_counter()
-    _feed(pub, packets, CHUNK, lambda: got[0])
-    if not done.wait(600):
-        raise RuntimeError(f"bare client got {got[0]} of {n}")
-    elapsed = time.perf_counter() - t0
-    c.disconnect()
-    c.loop_stop()
-    return elapsed
 
 
 def _bare_gmqtt(  # noqa: PLR0917 - one run of one receiver
@@ -175,7 +138,7 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         topics = Topics("bench")
         broker = MosquittoBroker(Path(tmp) / "broker", topics=topics)
-        for user in ("bench-pub", "bench-bare", "bench-gmqtt", "bench-orch"):
+        for user in ("bench-pub", "bench-gmqtt", "bench-orch"):
             broker.add_orchestrator(user)
         broker.start()
         try:
@@ -183,7 +146,6 @@ def run(quick: bool) -> dict[str, Any]:
             items = _reports(topics, n, rollout_id=1)
             packets = [publish_packets(items[i : i + CHUNK]) for i in range(0, n, CHUNK)]
             pub = RawPublisher(broker.host, broker.port, "bench-pub", broker.password("bench-pub"))
-            bare_s = _bare(broker, "bench-bare", topics, packets, n, pub)
             gmqtt_s = _bare_gmqtt(broker, "bench-gmqtt", topics, packets, n, pub)
             orch_s, stored, batches = _orchestrator(broker, "bench-orch", topics, packets, n,
                                                     pub, db)  # fmt: skip
@@ -191,16 +153,12 @@ def run(quick: bool) -> dict[str, Any]:
             db.close()
         finally:
             broker.stop()
-    paho_rate, gmqtt_rate, orch_rate = n / bare_s, n / gmqtt_s, n / orch_s
-    bare_rate = max(paho_rate, gmqtt_rate)
+    bare_rate, orch_rate = n / gmqtt_s, n / orch_s
     return {
         "reports": n,
-        "bare_paho_reports_per_s": round(paho_rate),
-        "bare_gmqtt_reports_per_s": round(gmqtt_rate),
         "bare_client_reports_per_s": round(bare_rate),
         "orchestrator_reports_per_s": round(orch_rate),
         "ratio": round(orch_rate / bare_rate, 3),
-        "ratio_to_bare_paho": round(orch_rate / paho_rate, 3),
         "stored": stored,
         "lost": n - stored,
         "batches": batches,

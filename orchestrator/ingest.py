@@ -1,6 +1,6 @@
-"""Report, presence and inventory ingestion: validate on paho's thread, write in batches.
+"""Report, presence and inventory ingestion: validate on the MQTT thread, write in batches.
 
-paho's thread decodes each message and checks that the device speaks only about itself
+The MQTT link's thread decodes each message and checks that the device speaks only about itself
 (the device id in the topic, which the broker's ACL ties to the login, must equal the one
 in the message). Accepted messages queue up; one writer thread takes a batch (up to
 ``batch_rows``, or whatever arrived within ``batch_interval``), commits it in one SQLite
@@ -16,14 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import paho.mqtt.client as mqtt
-
 from fleetpush_protocol.envelope import decode_message
 from fleetpush_protocol.errors import ContentError
 from fleetpush_protocol.messages import Inventory, Presence, Report
 from fleetpush_protocol.topics import Topics
 from orchestrator.clock import Clock
 from orchestrator.config import IngestConfig
+from orchestrator.mqtt_link import Message
 from orchestrator.store import Database, IngestResult, Store
 
 __all__ = ["IngestStats", "Ingestor"]
@@ -81,12 +80,12 @@ class Ingestor:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    # --- paho's thread -------------------------------------------------------------------
+    # --- the MQTT link's thread ----------------------------------------------------------
 
-    def on_message(self, msg: mqtt.MQTTMessage) -> None:
+    def on_message(self, msg: Message) -> None:
         """Validate one message and queue it (or acknowledge and drop it)."""
         self.stats.received += 1
-        item = self._validate(msg.topic, bytes(msg.payload))
+        item = self._validate(msg.topic, msg.payload)
         if item is None:
             self.ack(msg.mid, msg.qos)
             return
