@@ -110,7 +110,7 @@ def _orchestrator(  # noqa: PLR0917 - one run of one receiver
                      password=broker.password(user), topic_prefix=topics.prefix)  # fmt: skip
     link = MqttLink(cfg, [topics.reports_filter])
     ingestor = Ingestor(db, topics=topics, clock=SystemClock(),
-                        config=IngestConfig(batch_rows=500, batch_interval_s=0.1),
+                        config=IngestConfig(),
                         ack=link.ack)  # fmt: skip
     link.on_message = ingestor.on_message
     ingestor.start()

@@ -23,7 +23,7 @@ Example::
     tokens_file = "/etc/fleetpush/tokens.toml"
 
     [ingest]
-    batch_rows = 500
+    batch_rows = 2000
     batch_interval = "100ms"
 
     [rollouts]
@@ -89,7 +89,7 @@ class MqttConfig:
 
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
-    batch_rows: int = 500  # rows per SQLite transaction at most
+    batch_rows: int = 2000  # rows per SQLite transaction at most
     batch_interval_s: float = 0.1  # seconds a report may wait for its batch
 
 
@@ -255,7 +255,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     keys_dir = (base / k.text("dir", str(data_dir / "keys"))).resolve()
     i = top.sub("ingest")
     ingest = IngestConfig(
-        batch_rows=i.integer("batch_rows", 500, 1, 100_000),
+        batch_rows=i.integer("batch_rows", 2000, 1, 100_000),
         batch_interval_s=i.duration("batch_interval", 0.1, 0.001, 10.0),
     )
     r = top.sub("rollouts")

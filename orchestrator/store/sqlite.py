@@ -153,6 +153,11 @@ class SQLiteStore:
         self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.execute("PRAGMA busy_timeout=30000")
+        # Ingestion commits a batch every ~100 ms: a larger page cache and fewer, larger
+        # checkpoints (16 MiB of WAL instead of 4 MiB) keep COMMIT off the hot path.
+        self.db.execute("PRAGMA cache_size=-65536")
+        self.db.execute("PRAGMA temp_store=MEMORY")
+        self.db.execute("PRAGMA wal_autocheckpoint=4096")
         self._notice_owner: dict[str, tuple[str, int]] = {}
 
     # --- lifecycle -----------------------------------------------------------------------
