@@ -11,7 +11,7 @@ The notices are published at QoS 1 through the orchestrator's own MQTT link
 ``DeviceAgent`` checked the signatures, keyring, expiry, sequence and target, and queued
 its ``notified`` report (the devices hold updates by policy, so nothing is downloaded).
 Agents run in worker processes of 2,500 each (one process holding 10,000 aiomqtt
-clients is CPU-bound on this 2-core machine; see docs/performance-fleet.md).
+clients is CPU-bound on this 2-core machine; see docs/performance.md).
 
 Goal (issue 6): 10,000 devices notified and verified within 2x the raw-subscriber time.
 """

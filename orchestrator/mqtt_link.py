@@ -1,7 +1,7 @@
 """The orchestrator's one MQTT connection (gmqtt on its own event-loop thread).
 
 gmqtt rather than paho because ingestion is the hot path: paho's own per-message work held
-86% of its thread and capped ingestion near 10,000 reports/s (docs/performance-orchestrator.md).
+86% of its thread and capped ingestion near 10,000 reports/s (docs/performance.md).
 The link runs gmqtt on a private asyncio loop in a thread of its own, so a flood of reports
 does not starve the HTTP API and engine on the service's loop.
 

@@ -2,7 +2,7 @@
 ``fleetpush serve``, a rollout and four operators polling the API. Correctness only (no
 timing assertions): the rollout completes with every device succeeded, every report is
 stored exactly once, and no API call failed. The figures for 5,000 devices are in
-docs/performance-load.md."""
+docs/performance.md."""
 
 from __future__ import annotations
 
