@@ -33,6 +33,17 @@ def broker(tmp_path: Path, topics: Topics) -> Iterator[MosquittoBroker]:
 
 
 @pytest.fixture
+def tls_broker(tmp_path: Path, topics: Topics) -> Iterator[MosquittoBroker]:
+    """A Mosquitto with the client-certificate TLS listener too, for this test only."""
+    b = MosquittoBroker(tmp_path / "broker", topics=topics, tls=True)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
 async def server() -> AsyncIterator[PayloadServer]:
     """A payload server on a free port, for this test only."""
     s = PayloadServer()

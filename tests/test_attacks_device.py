@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,16 +313,6 @@ ATTACKS: dict[str, Attack] = {
     ),
     "duplicate QoS 1 delivery": Attack(duplicate_qos1, None, None),
 }
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[PayloadServer]:
-    s = PayloadServer()
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))

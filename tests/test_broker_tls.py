@@ -18,16 +18,6 @@ OK = "Success"
 
 
 @pytest.fixture
-def tls_broker(tmp_path: Path, topics: Topics) -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(tmp_path / "broker", topics=topics, tls=True)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-@pytest.fixture
 def probes() -> Iterator[list[Probe]]:
     opened: list[Probe] = []
     yield opened

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,16 +30,6 @@ from orchestrator.broker import MosquittoBroker
 pytestmark = pytest.mark.integration
 
 RELEASE = make_tar({"bin/app": b"#!/bin/sh\necho tls\n"})
-
-
-@pytest.fixture
-def tls_broker(tmp_path: Path, topics: Topics) -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(tmp_path / "broker", topics=topics, tls=True)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 async def test_agent_installs_over_client_certificate_tls(
