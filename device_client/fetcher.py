@@ -22,7 +22,6 @@ import errno
 import hashlib
 import logging
 import os
-import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from device_client.config import DownloadConfig
 from device_client.errors import DownloadError, SlowRetrievalError, UpdateError
+from fleetpush_protocol.backoff import Backoff
 from fleetpush_protocol.errors import ContentError, PayloadSizeMismatchError
 from fleetpush_protocol.messages import FailureCode, Payload
 from fleetpush_protocol.payload import PayloadCheck
@@ -164,6 +164,7 @@ class Fetcher:
             timeout=timeout, headers=headers, auto_decompress=False, read_bufsize=cfg.chunk_bytes
         ) as session:
             for url in payload.urls:
+                retry = Backoff(RETRY_BASE_S, RETRY_CAP_S)
                 for attempt in range(cfg.max_attempts):
                     try:
                         await self._attempt(session, url, payload, part, progress)
@@ -185,8 +186,7 @@ class Fetcher:
                         )
                         if not e.retry_same_url or attempt + 1 == cfg.max_attempts:
                             break
-                        ceiling = min(RETRY_CAP_S, RETRY_BASE_S * 2**attempt)
-                        await asyncio.sleep(random.uniform(ceiling / 2, ceiling))  # noqa: S311
+                        await asyncio.sleep(retry.next_delay())
                     else:
                         os.replace(part, dest)
                         return

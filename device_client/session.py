@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ from paho.mqtt.properties import Properties
 
 from device_client.config import BrokerConfig
 from device_client.outbox import Outbox
+from fleetpush_protocol.backoff import Backoff
 
-__all__ = ["Backoff", "MqttSession", "Publication"]
+__all__ = ["MqttSession", "Publication"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,23 +38,6 @@ class Publication:
     topic: str
     payload: bytes
     retain: bool = False
-
-
-class Backoff:
-    """Full-jitter exponential backoff: uniform(0, min(cap, base * 2**attempt)) seconds."""
-
-    def __init__(self, base_s: float = 0.5, cap_s: float = 60.0) -> None:
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2 ** min(self.attempt, 30))
-        self.attempt += 1
-        return random.uniform(ceiling / 4, ceiling)  # noqa: S311 - jitter, not crypto
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class MqttSession:
@@ -94,7 +77,7 @@ class MqttSession:
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.connections = 0  # successful connects so far, for tests and metrics
-        self.backoff = Backoff()
+        self.backoff = Backoff(base_s=0.5, cap_s=60.0, floor=0.25)
 
     def _make_client(self) -> aiomqtt.Client:
         b = self._broker

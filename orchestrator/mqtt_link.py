@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import struct
 import threading
 from collections import deque
@@ -37,6 +36,7 @@ import gmqtt  # type: ignore[import-untyped]
 from gmqtt.mqtt.constants import MQTTv50  # type: ignore[import-untyped]
 from gmqtt.storage import PersistentStorage  # type: ignore[import-untyped]
 
+from fleetpush_protocol.backoff import Backoff
 from orchestrator.config import MqttConfig
 
 __all__ = ["Message", "MqttLink", "PublishTimeoutError"]
@@ -324,7 +324,7 @@ class MqttLink:
         """Connect, wait for the loss, back off (jittered, doubling), connect again."""
         client = self._client
         assert client is not None  # noqa: S101 - set by _begin
-        failures = 0
+        backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         while not self._stopping:
             lost = self._lost_event = asyncio.Event()
             try:
@@ -345,23 +345,16 @@ class MqttLink:
                         self._start_failed.set()
                     logger.warning("cannot connect to MQTT broker: %s", e or type(e).__name__)
                     await client.close_connection()
-                    failures += 1
-                    await asyncio.sleep(self._backoff(failures))
+                    await asyncio.sleep(backoff.next_delay())
                     continue
             if self.connected.is_set():
-                failures = 0
+                backoff.reset()
             await lost.wait()
             self.connected.clear()
             await client.close_connection()
             if self._stopping:
                 return
-            failures += 1
-            await asyncio.sleep(self._backoff(failures))
-
-    @staticmethod
-    def _backoff(failures: int) -> float:
-        ceiling = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(failures - 1, 10))
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not secrecy
+            await asyncio.sleep(backoff.next_delay())
 
     # --- gmqtt callbacks (the link's thread) ---------------------------------------------
 

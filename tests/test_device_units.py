@@ -22,9 +22,9 @@ from device_client.handlers.directory import (
 )
 from device_client.outbox import MAX_PROGRESS_BACKLOG, Outbox
 from device_client.policy import install_blocked
-from device_client.session import Backoff
 from device_client.states import CANCELABLE, Job, JobState, TransitionError, check_transition
 from device_client.store import AgentState, StateStore
+from fleetpush_protocol.backoff import Backoff
 from fleetpush_protocol.messages import Release
 
 ROOT = "ab" * 32
