@@ -115,9 +115,7 @@ class DeviceTrust:
         except TargetingError as e:
             msg = e.message
             if isinstance(msg, UpdateNotice | CancelNotice):
-                self._record(
-                    msg.scope, msg.seq, hashlib.sha256(decode_envelope(data).body).digest()
-                )
+                self._record(msg.scope, msg.seq, e.digest)
                 self.trusted_time = max(self.trusted_time, msg.issued_at)
                 return Rejected(e, msg.notice_id, msg.rollout_id, authentic=True)
             return Rejected(e, *_claimed_ids(data), authentic=False)

@@ -199,15 +199,17 @@ class SequenceConflictError(FreshnessError):
 class TargetingError(ContentError):
     """An authentic, fresh message that is not for this device.
 
-    ``message`` carries the verified message so that a driver can record its sequence
-    (and so treat later redeliveries as duplicates) before reporting the rejection.
+    ``message`` carries the verified message and ``digest`` the SHA-256 of its body, so
+    that a driver can record its sequence (and so treat later redeliveries as duplicates)
+    before reporting the rejection.
     """
 
     code = "targeting_error"
 
-    def __init__(self, text: str, message: Any = None) -> None:
+    def __init__(self, text: str, message: Any = None, digest: bytes = b"") -> None:
         super().__init__(text)
         self.message = message
+        self.digest = digest
 
 
 class NotAddressedError(TargetingError):

@@ -51,6 +51,7 @@ from fleetpush_protocol.errors import (
     RotationNotSignedByOldRootError,
     SequenceConflictError,
     SignatureMissingError,
+    TargetingError,
     TooManyRotationsError,
     UnexpectedTypeError,
     UnknownKeyError,
@@ -237,25 +238,29 @@ def verify_notice(
                 f"sequence {msg.seq} in {msg.scope} reused for other content"
             )
     target = msg.target
+
+    def refuse(cls: type[TargetingError], text: str) -> TargetingError:
+        return cls(text, msg, digest)
+
     if msg.scope not in device.scopes or not (
         device.device_id in target.devices or device.groups.intersection(target.groups)
     ):
-        raise NotAddressedError(f"not addressed to {device.device_id} or its groups", msg)
+        raise refuse(NotAddressedError, f"not addressed to {device.device_id} or its groups")
     if isinstance(msg, UpdateNotice):
         if target.models and device.model not in target.models:
-            raise WrongModelError(
-                f"for models {list(target.models)}, device is {device.model}", msg
+            raise refuse(
+                WrongModelError, f"for models {list(target.models)}, device is {device.model}"
             )
         if target.current_versions and device.current_version not in target.current_versions:
-            raise VersionMismatchError(
+            raise refuse(
+                VersionMismatchError,
                 f"for current versions {list(target.current_versions)}, device runs "
                 f"{device.current_version!r}",
-                msg,
             )
         if msg.payload.size > policy.max_payload_bytes:
-            raise PayloadTooLargeError(
+            raise refuse(
+                PayloadTooLargeError,
                 f"payload is {msg.payload.size} bytes, device limit is {policy.max_payload_bytes}",
-                msg,
             )
     return Verified(message=msg, digest=digest)
 
