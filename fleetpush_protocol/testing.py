@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from msgspec.structs import replace
 
-from fleetpush_protocol.envelope import sign_message
+from fleetpush_protocol import canonical
+from fleetpush_protocol.envelope import SIGNING_CONTEXT, sign_message
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.messages import (
     CancelNotice,
@@ -33,9 +34,12 @@ __all__ = [
     "DAY",
     "Signer",
     "fixed_key",
+    "flip_signature_bit",
     "make_cancel",
     "make_keyring",
     "make_notice",
+    "raw_envelope",
+    "tamper_body",
 ]
 
 BASE_TIME = 1_800_000_000  # 2027-01-15T08:00:00Z, a fixed "now" for vectors
@@ -214,3 +218,34 @@ class Signer:
             reply_topic="unused",
         )
         return sign_message(cancel, [self.signing])
+
+
+# --- crafting invalid messages (attack tests and test vectors) ---------------------------
+
+_ANY_SIZE = 1 << 24
+
+
+def raw_envelope(body: Mapping[str, Any], signers: Sequence[KeyPair]) -> bytes:
+    """Sign an arbitrary body map (unknown fields, wrong types...) with each of ``signers``;
+    the same key twice gives the same signature twice."""
+    encoded = canonical.encode(body)
+    sigs = [{"key": k.public_key, "sig": k.sign(SIGNING_CONTEXT + encoded)} for k in signers]
+    return canonical.encode({"body": encoded, "signatures": sigs})
+
+
+def tamper_body(data: bytes, **changes: Any) -> bytes:
+    """Change body fields but keep the original signatures (a man-in-the-middle edit)."""
+    outer = canonical.decode(data, max_bytes=_ANY_SIZE)
+    body = canonical.decode(outer["body"], max_bytes=_ANY_SIZE)
+    body.update(changes)
+    outer["body"] = canonical.encode(body)
+    return canonical.encode(outer)
+
+
+def flip_signature_bit(data: bytes, *, byte: int = 0) -> bytes:
+    """Flip the lowest bit of one byte of the first signature."""
+    outer = canonical.decode(data, max_bytes=_ANY_SIZE)
+    sig = bytearray(outer["signatures"][0]["sig"])
+    sig[byte] ^= 0x01
+    outer["signatures"][0]["sig"] = bytes(sig)
+    return canonical.encode(outer)

@@ -24,9 +24,12 @@ from fleetpush_protocol.testing import (
     BASE_TIME,
     DAY,
     fixed_key,
+    flip_signature_bit,
     make_cancel,
     make_keyring,
     make_notice,
+    raw_envelope,
+    tamper_body,
 )
 from fleetpush_protocol.vectors import jsonable, run_case
 from fleetpush_protocol.verify import TrustedKeyring, VerifyPolicy, verify_keyring_chain
@@ -40,12 +43,6 @@ DEVICE = {"device_id": "dev-1", "model": "m1", "groups": ["g1"], "current_versio
 KEYRING1 = sign_message(make_keyring(1, [R1], [S1, S2]), [R1])
 KEYRING1_T2 = sign_message(make_keyring(1, [R1], [S1, S2], signing_threshold=2), [R1])
 KEYRING2_REVOKE_S2 = sign_message(make_keyring(2, [R1], [S1], revoked=[S2]), [R1])
-
-
-def raw_envelope(body: dict[str, Any], signers: list[KeyPair]) -> bytes:
-    encoded = canonical.encode(body)
-    sigs = [{"key": k.public_key, "sig": k.sign(SIGNING_CONTEXT + encoded)} for k in signers]
-    return canonical.encode({"body": encoded, "signatures": sigs})
 
 
 def digest_of(message: bytes) -> str:
@@ -217,7 +214,7 @@ def build() -> list[dict[str, Any]]:
         case(
             "duplicate-signature",
             "The same key's signature twice, to fake a threshold of 2.",
-            _sigs_twice(n, S1),
+            raw_envelope(n.to_body(), [S1, S1]),
             "duplicate_signature",
             keyrings=[KEYRING1_T2],
         ),
@@ -252,12 +249,15 @@ def build() -> list[dict[str, Any]]:
             now=BASE_TIME + 366 * DAY,
         ),
         case(
-            "bad-signature", "A signature with one bit flipped.", _flip_sig(good), "bad_signature"
+            "bad-signature",
+            "A signature with one bit flipped.",
+            flip_signature_bit(good, byte=10),
+            "bad_signature",
         ),
         case(
             "bad-signature-mix-and-match",
             "A valid signature over another device's notice, attached to this body.",
-            _swap_body(signed(make_notice("dev-2")), n),
+            tamper_body(signed(make_notice("dev-2")), **n.to_body()),
             "bad_signature",
         ),
         case(
@@ -504,27 +504,6 @@ def _unsorted(n: Any) -> bytes:
     encoded: bytes = msgpack.packb(reordered, use_bin_type=True)
     sig = S1.sign(SIGNING_CONTEXT + encoded)
     return canonical.encode({"body": encoded, "signatures": [{"key": S1.public_key, "sig": sig}]})
-
-
-def _sigs_twice(n: Any, key: KeyPair) -> bytes:
-    encoded = canonical.encode(n.to_body())
-    sig = key.sign(SIGNING_CONTEXT + encoded)
-    entry = {"key": key.public_key, "sig": sig}
-    return canonical.encode({"body": encoded, "signatures": [entry, entry]})
-
-
-def _flip_sig(message: bytes) -> bytes:
-    outer = canonical.decode(message, max_bytes=1 << 20)
-    sig = bytearray(outer["signatures"][0]["sig"])
-    sig[10] ^= 0x01
-    outer["signatures"][0]["sig"] = bytes(sig)
-    return canonical.encode(outer)
-
-
-def _swap_body(message: bytes, other: Any) -> bytes:
-    outer = canonical.decode(message, max_bytes=1 << 20)
-    outer["body"] = canonical.encode(other.to_body())
-    return canonical.encode(outer)
 
 
 def main() -> None:

@@ -13,17 +13,20 @@ from dataclasses import dataclass, field
 import pytest
 from msgspec.structs import replace
 
-from fleetpush_protocol import canonical, errors
-from fleetpush_protocol.envelope import SIGNING_CONTEXT, decode_envelope, sign_message
+from fleetpush_protocol import errors
+from fleetpush_protocol.envelope import decode_envelope, sign_message
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.messages import Report, ReportState, Target, UpdateNotice
 from fleetpush_protocol.testing import (
     BASE_TIME,
     DAY,
     fixed_key,
+    flip_signature_bit,
     make_cancel,
     make_keyring,
     make_notice,
+    raw_envelope,
+    tamper_body,
 )
 from fleetpush_protocol.verify import (
     DeviceIdentity,
@@ -59,21 +62,6 @@ def body_digest(data: bytes) -> bytes:
 
 def signed(notice: UpdateNotice | None = None, *keys: KeyPair) -> bytes:
     return sign_message(notice or make_notice(), keys or (S1,))
-
-
-def tamper_body(data: bytes, **changes: object) -> bytes:
-    """Change signed fields but keep the original signatures (a MITM edit)."""
-    outer = canonical.decode(data, max_bytes=1 << 20)
-    body = canonical.decode(outer["body"], max_bytes=1 << 20)
-    body.update(changes)
-    outer["body"] = canonical.encode(body)
-    return canonical.encode(outer)
-
-
-def same_sig_twice(notice: UpdateNotice, key: KeyPair) -> bytes:
-    body = canonical.encode(notice.to_body())
-    entry = {"key": key.public_key, "sig": key.sign(SIGNING_CONTEXT + body)}
-    return canonical.encode({"body": body, "signatures": [entry, entry]})
 
 
 GOOD = signed()
@@ -141,7 +129,9 @@ ROWS: dict[str, Row] = {
         lambda: signed(make_notice(), S1, EVIL), errors.UnknownKeyError
     ),
     "same key counted twice": Row(
-        lambda: same_sig_twice(make_notice(), S1), errors.DuplicateSignatureError, ring=(RING1_T2,)
+        lambda: raw_envelope(make_notice().to_body(), [S1, S1]),
+        errors.DuplicateSignatureError,
+        ring=(RING1_T2,),
     ),
     "below threshold": Row(lambda: GOOD, errors.BelowThresholdError, ring=(RING1_T2,)),
     "revoked signing key": Row(
@@ -163,11 +153,7 @@ ROWS: dict[str, Row] = {
         now=BASE_TIME + 3 * DAY,
     ),
     "bit flip in signature": Row(
-        lambda: GOOD.replace(
-            decode_envelope(GOOD).signatures[0].sig,
-            bytes([decode_envelope(GOOD).signatures[0].sig[0] ^ 1])
-            + decode_envelope(GOOD).signatures[0].sig[1:],
-        ),
+        lambda: flip_signature_bit(GOOD),
         errors.BadSignatureError,
     ),
     "mix-and-match: new target under old signature": Row(
