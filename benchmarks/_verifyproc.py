@@ -23,7 +23,7 @@ from typing import Any
 from benchmarks._mqtt_raw import RawSubscriber, connect_all
 from fleetpush_protocol.driver import Accepted, DeviceTrust
 from fleetpush_protocol.verify import DeviceIdentity, TrustedKeyring
-from orchestrator.sim.limits import raise_open_files
+from orchestrator.sim.limits import freeze_heap, raise_open_files
 
 
 def verifier(device_id: str, group: str, keyring: bytes, root: bytes) -> Any:
@@ -55,6 +55,7 @@ async def _main() -> None:
         for d, pw in c["devices"]
     ]
     await connect_all(subs, c["host"], c["port"])
+    freeze_heap()
     _say({"ready": len(subs)})
     while line := await reader.readline():
         cmd = json.loads(line)

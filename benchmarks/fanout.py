@@ -35,7 +35,7 @@ from orchestrator.broker import MosquittoBroker
 from orchestrator.config import MqttConfig
 from orchestrator.mqtt_link import MqttLink
 from orchestrator.sim.fleet import provision_passwords
-from orchestrator.sim.limits import raise_open_files
+from orchestrator.sim.limits import freeze_heap, raise_open_files
 
 GROUP = "bench"
 
@@ -133,6 +133,7 @@ async def _one(n: int, root: Path) -> dict[str, Any]:
         t = time.perf_counter()
         await connect_all(subs, broker.host, broker.port)
         out["raw_connect_s"] = round(time.perf_counter() - t, 2)
+        freeze_heap()
         env = signer.notice("g-raw", group=GROUP, topics=topics)
         t0 = time.perf_counter()
         await link.publish_many([(group_topic, env, False)])

@@ -82,9 +82,8 @@ class SimDevice:
 
     def send(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         assert self.sub is not None
-        assert self.sub._writer is not None
         self._ids = self._ids % 65535 + 1
-        self.sub._writer.write(_publish(topic, payload, self._ids, retain=retain))
+        self.sub.send(_publish(topic, payload, self._ids, retain=retain))
 
     def hello(self) -> None:
         now = int(time.time())

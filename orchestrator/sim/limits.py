@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import resource
 
-__all__ = ["raise_open_files"]
+__all__ = ["freeze_heap", "raise_open_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,3 +27,14 @@ def raise_open_files() -> int:
         except (ValueError, OSError) as e:
             logger.debug("could not raise RLIMIT_NOFILE to %d: %s", hard, e)
     return soft
+
+
+def freeze_heap() -> None:
+    """Move every object alive now out of the garbage collector's reach.
+
+    Call once a fleet is up: tens of thousands of long-lived clients, agents and buffers
+    would otherwise be traversed again by every full collection, a pause of tens of
+    milliseconds that lands in the middle of whatever is being measured or served.
+    """
+    gc.collect()
+    gc.freeze()
