@@ -10,7 +10,8 @@ transition, and on start the persisted job resumes where it was:
 ===============  ===========================================================
 persisted state  on restart
 ===============  ===========================================================
-notified         decide again (policy), then download
+notified         decide again (policy), then download; only an older agent leaves
+                 this: the notice and the first decision are now one write
 deferred         wait for the policy again
 downloading      resume the download with Range from the partial file
 downloaded       install (after the policy allows it)
@@ -313,8 +314,7 @@ class DeviceAgent:
             self.state.queued = data
             self._save()
             return
-        self._start_job(msg, data)
-        self._save()
+        self._decide(self._start_job(msg, data), msg)
         self._kick()
 
     def _start_job(self, msg: UpdateNotice, data: bytes) -> Job:
@@ -470,8 +470,7 @@ class DeviceAgent:
                 data, self.state.queued = self.state.queued, b""
                 msg = decode_message(data)
                 assert isinstance(msg, UpdateNotice)  # noqa: S101
-                self._start_job(msg, data)
-                self._save()
+                self._decide(self._start_job(msg, data), msg)
                 continue
             try:
                 await self._step(job)
@@ -485,18 +484,8 @@ class DeviceAgent:
         s = job.state
         notice = decode_message(job.notice)
         assert isinstance(notice, UpdateNotice)  # noqa: S101 - only verified notices are stored
-        if s is JobState.NOTIFIED:
-            if notice.handler != self.handler.name:
-                self._finish(
-                    job, JobState.FAILED, FailureCode.PAYLOAD_INVALID,
-                    f"notice wants handler {notice.handler!r}, device has {self.handler.name!r}",
-                )  # fmt: skip
-                return
-            blocked = install_blocked(self.config.policy, self.clock())
-            if blocked is not None and not self.config.policy.download_ahead:
-                self._transition(job, JobState.DEFERRED, detail=blocked.reason)
-            else:
-                self._transition(job, JobState.DOWNLOADING)
+        if s is JobState.NOTIFIED:  # persisted by an agent older than _decide
+            self._decide(job, notice)
         elif s is JobState.DEFERRED:
             await self._wait_for_policy(job)
             job = self.state.job or job
@@ -527,6 +516,24 @@ class DeviceAgent:
                 )  # fmt: skip
             else:
                 await self._health(job, notice)
+
+    def _decide(self, job: Job, notice: UpdateNotice) -> None:
+        """Take a just-notified job to its first real state, and persist it.
+
+        Decided at once, with no await in between, so the ``notified`` report and the next
+        state reach the disk in one write: one flash write per notice rather than two.
+        """
+        if notice.handler != self.handler.name:
+            self._finish(
+                job, JobState.FAILED, FailureCode.PAYLOAD_INVALID,
+                f"notice wants handler {notice.handler!r}, device has {self.handler.name!r}",
+            )  # fmt: skip
+            return
+        blocked = install_blocked(self.config.policy, self.clock())
+        if blocked is not None and not self.config.policy.download_ahead:
+            self._transition(job, JobState.DEFERRED, detail=blocked.reason)
+        else:
+            self._transition(job, JobState.DOWNLOADING)
 
     async def _wait_for_policy(self, job: Job) -> None:
         reason = ""

@@ -403,6 +403,31 @@ async def test_hold_defers_install_until_released(rig: Rig) -> None:
     assert device.current() == f"slot-{notice.notice_id}"
 
 
+async def test_an_accepted_notice_is_one_state_write(rig: Rig) -> None:
+    # The notified report and the first decision (here: deferred) are persisted together,
+    # so a device writes its flash once per notice, and never leaves a bare "notified".
+    device = await rig.start_device(
+        sections={"policy": {"hold_until": "2999-01-01T00:00:00Z", "download_ahead": False}}
+    )
+    store, written = device.agent.store, []
+    real_save = store.save
+
+    def save(state: Any) -> None:
+        written.append((state.job.state.value if state.job else None, len(state.outbox)))
+        real_save(state)
+
+    store.save = save  # type: ignore[method-assign]
+    notice = await rig.send(RELEASE, [rig.server.add("a.tar", RELEASE)])
+    await rig.reports.wait_state("deferred", notice.notice_id)
+    assert written, "the notice was persisted"
+    assert written[0] == ("deferred", 2)  # the notified and deferred reports, one write
+    assert all(job_state != "notified" for job_state, _ in written)
+    persisted = store.load().job
+    assert persisted is not None
+    assert persisted.state.value == "deferred"
+    assert rig.reports.states(notice.notice_id) == ["notified", "deferred"]
+
+
 async def test_maintenance_window_defers_download_and_install(rig: Rig) -> None:
     from datetime import datetime, timedelta
 
