@@ -127,7 +127,8 @@ class WorkerFleet:
         """After ``watch``: how many agents verified the notice, and the last one's time."""
         answers = [await self._recv(p, timeout_s) for p in self.procs]
         lasts = [a["last"] for a in answers if a["last"] is not None]
-        return {"count": sum(a["count"] for a in answers), "last": max(lasts, default=None)}
+        return {"count": sum(a["count"] for a in answers), "last": max(lasts, default=None),
+                "cpu_s": sum(a["cpu_s"] for a in answers)}  # fmt: skip
 
     async def stop(self) -> None:
         for p in self.procs:

@@ -5,7 +5,8 @@ Spoken to over stdin/stdout, one JSON object per line:
     in : {"config": {...}}                 start the agents (first line)
     out: {"ready": n, "rss_kb": k}         every agent connected and trusts keyring >= 1
     in : {"watch": rollout_id, "timeout": s}
-    out: {"watched": rollout_id, "count": n, "first": t, "last": t}   perf_counter times
+    out: {"watched": rollout_id, "count": n, "first": t, "last": t, "cpu_s": c}
+         perf_counter times, and the CPU seconds this process used while watching
     in : {"stop": true}
     out: {"stopped": n}
 
@@ -24,8 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._verifyproc import cpu_seconds
 from orchestrator.sim.fleet import Behaviour, Observer, SimDevice, SimFleet
-from orchestrator.sim.limits import raise_open_files
+from orchestrator.sim.limits import freeze_heap, raise_open_files
 
 
 def _say(obj: dict[str, Any]) -> None:
@@ -67,12 +69,14 @@ async def _main() -> None:
     deadline = time.monotonic() + c.get("ready_timeout", 120)
     while _ready(fleet) < len(fleet.devices) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
+    freeze_heap()
     _say({"ready": _ready(fleet), "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
     try:
         while True:
             cmd = await read()
             if "watch" in cmd:
                 rid = str(cmd["watch"])
+                cpu = cpu_seconds()
                 end = time.monotonic() + float(cmd.get("timeout", 60))
                 while len(fleet.observer.notified(rid)) < len(fleet.devices):
                     if time.monotonic() > end:
@@ -80,7 +84,7 @@ async def _main() -> None:
                     await asyncio.sleep(0.005)
                 times = fleet.observer.notified(rid).values()
                 _say({"watched": rid, "count": len(times), "first": min(times, default=None),
-                      "last": max(times, default=None)})  # fmt: skip
+                      "last": max(times, default=None), "cpu_s": cpu_seconds() - cpu})  # fmt: skip
             elif cmd.get("stop"):
                 break
     except EOFError:

@@ -7,8 +7,11 @@ between. One line of JSON per message on stdin/stdout:
 
     in : {"config": {...}}                      connect every client (first line)
     out: {"ready": n}
+    in : {"mark": true}                         start counting this process's CPU time
+    out: {"marked": true}
     in : {"wait": k, "timeout": s}              until every client verified k notices
-    out: {"count": n, "last": t}                perf_counter of the last k-th verification
+    out: {"count": n, "last": t, "cpu_s": c}    perf_counter of the last k-th verification;
+                                                CPU seconds used since the mark
     in : {"stop": true}
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import sys
 import time
 from typing import Any
@@ -38,6 +42,12 @@ def verifier(device_id: str, group: str, keyring: bytes, root: bytes) -> Any:
     return on_publish
 
 
+def cpu_seconds() -> float:
+    """User plus system CPU time this process has used so far."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _say(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -57,15 +67,21 @@ async def _main() -> None:
     await connect_all(subs, c["host"], c["port"])
     freeze_heap()
     _say({"ready": len(subs)})
+    mark = cpu_seconds()
     while line := await reader.readline():
         cmd = json.loads(line)
         if cmd.get("stop"):
             break
+        if cmd.get("mark"):
+            mark = cpu_seconds()
+            _say({"marked": True})
+            continue
         k, deadline = cmd["wait"], time.monotonic() + cmd["timeout"]
         while any(len(s.received) < k for s in subs) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling keeps the receive path free of extra bookkeeping
             await asyncio.sleep(0.002)
         done = [s.received[k - 1] for s in subs if len(s.received) >= k]
-        _say({"count": len(done), "last": max(done, default=None)})
+        _say({"count": len(done), "last": max(done, default=None),
+              "cpu_s": cpu_seconds() - mark})  # fmt: skip
     for s in subs:
         await s.close()
 

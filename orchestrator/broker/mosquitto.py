@@ -428,6 +428,11 @@ class MosquittoBroker:
         self.stop()
         raise RuntimeError(f"mosquitto did not listen on {self.host}:{ports} in {timeout}s")
 
+    @property
+    def pid(self) -> int | None:
+        """The running broker's process id, or None."""
+        return self._broker_pid()
+
     def _broker_pid(self) -> int | None:
         if self._proc is not None:
             return self._proc.pid if self.running else None

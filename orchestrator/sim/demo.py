@@ -27,7 +27,7 @@ from orchestrator.sim.fleet import (
     assign_behaviours,
     provision_passwords,
 )
-from orchestrator.sim.limits import raise_open_files
+from orchestrator.sim.limits import freeze_heap, raise_open_files
 from orchestrator.sim.release import sample_release
 from orchestrator.sim.stack import LocalStack
 from orchestrator.sim.timing import RolloutClock, phase_summary, terminal_times
@@ -114,6 +114,7 @@ async def _run(stack: LocalStack, o: DemoOptions, on_status: StatusHook | None) 
             await fleet.start()
             await api.wait_online(o.devices, within=60 + o.devices * 0.02)
             online_s = time.perf_counter() - t
+            freeze_heap()
             payload = sample_release("2.0.0", filler_bytes=o.payload_bytes)
             release = await api.upload("demo-app", "2.0.0", payload)
             clock = RolloutClock()
