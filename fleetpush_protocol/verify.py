@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from fleetpush_protocol.envelope import (
@@ -102,10 +102,12 @@ class DeviceIdentity:
     model: str
     groups: frozenset[str]
     current_version: str
+    # The scopes this device accepts notices in; computed once, checked on every notice.
+    scopes: frozenset[str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def scopes(self) -> frozenset[str]:
-        return frozenset({device_scope(self.device_id), *(group_scope(g) for g in self.groups)})
+    def __post_init__(self) -> None:
+        scopes = {device_scope(self.device_id), *(group_scope(g) for g in self.groups)}
+        object.__setattr__(self, "scopes", frozenset(scopes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,12 +162,10 @@ def _check_notice_signatures(
     sigs = env.signatures
     if not sigs:
         raise SignatureMissingError("the message carries no signature")
-    keys = [s.key for s in sigs]
-    if len(set(keys)) != len(keys):
+    if len(sigs) > 1 and len({s.key for s in sigs}) != len(sigs):
         raise DuplicateSignatureError("the same key signed twice; each key counts once")
-    revoked = set(ring.revoked)
     for s in sigs:
-        if s.key in revoked:
+        if s.key in ring.revoked:
             raise KeyRevokedError(f"signed by revoked key {s.key.hex()[:16]}")
     infos = []
     for s in sigs:
