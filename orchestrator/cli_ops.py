@@ -240,6 +240,10 @@ def _start_at(text: str | None) -> float | None:
 @click.option("--device-timeout", default="1h", show_default=True)
 @click.option("--start-at", help="ISO time (UTC), Unix seconds, or +DURATION.")
 @click.option("--window", "windows", multiple=True, help="'[mon,tue ]HH:MM-HH:MM' UTC; repeat.")
+@click.option(
+    "--continuous", is_flag=True,
+    help="Devices that match the target later join too; never completes on its own.",
+)  # fmt: skip
 @api_command
 def rollout_create(
     *,
@@ -247,7 +251,8 @@ def rollout_create(
                    phases: str, success: str, soak: str, failure_threshold: str,
                    min_attempts: int, on_failure: str, rate: float, rate_mode: str,
                    rate_factor: float, rate_every: int, rate_max: float, device_timeout: str,
-                   start_at: str | None, windows: tuple[str, ...]) -> None:  # fmt: skip
+                   start_at: str | None, windows: tuple[str, ...],
+                   continuous: bool) -> None:  # fmt: skip
     """Roll RELEASE (id or name@version) out to --target in --phases."""
     try:
         body = {
@@ -261,6 +266,7 @@ def rollout_create(
             "rate_every": rate_every, "rate_max_per_min": rate_max,
             "device_timeout_s": parse_duration(device_timeout, "--device-timeout"),
             "start_at": _start_at(start_at), "windows": list(windows),
+            "continuous": continuous,
         }  # fmt: skip
     except ValueError as e:
         raise click.BadParameter(str(e)) from None

@@ -1,9 +1,10 @@
 """The rollout engine: one pass per tick over every active rollout.
 
-Each pass, per rollout: start it when its time comes; time out silent devices; pause or
-abort on the failure threshold; advance a phase once its success gate held for the soak
-time; then, inside a maintenance window, notify the next devices of the open phases at
-the rollout's rate. Everything it decides is written to the database before it acts, so
+Each pass, per rollout: start it when its time comes; for a continuous rollout, take in
+devices that have come to match its target; time out silent devices; pause or abort on
+the failure threshold; advance a phase once its success gate held for the soak time;
+then, inside a maintenance window, notify the next devices of the open phases at the
+rollout's rate. Everything it decides is written to the database before it acts, so
 a restarted orchestrator continues where it stopped.
 """
 
@@ -27,7 +28,8 @@ from orchestrator.policy import (
     in_windows,
     rate_per_minute,
 )
-from orchestrator.store import Database, NoticeRecord, RolloutRecord
+from orchestrator.rollouts import TargetSpec, resolve_targets
+from orchestrator.store import Database, DeviceFilter, NoticeRecord, RolloutRecord
 
 __all__ = ["Publisher", "RolloutEngine"]
 
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 MAX_NOTICES_PER_PASS = 5000  # devices notified per rollout per pass, at most
 REPUBLISH_EVERY_S = 30.0  # seconds between retries of unacknowledged notices
+FOLLOW_EVERY_S = 5.0  # seconds between two looks for new devices, per continuous rollout
 
 
 class Publisher(Protocol):
@@ -83,6 +86,7 @@ class RolloutEngine:
         self.clock = clock
         self.tick_s = tick_s
         self._limiters: dict[int, RateLimiter] = {}
+        self._followed: dict[int, float] = {}  # rollout id -> when it last looked
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_republish = -1e18
@@ -141,6 +145,9 @@ class RolloutEngine:
                 return
             r = await self._update(r, now, state="running", phase_started_at=now)
             await self._audit(r, now, "rollout.start", "scheduled start reached")
+        if spec.continuous and now - self._followed.get(r.id, float("-inf")) >= FOLLOW_EVERY_S:
+            self._followed[r.id] = now
+            await self._follow(r, now)
         timed_out = await self.db.run(
             lambda s: s.time_out_targets(r.id, now - spec.device_timeout_s, now)
         )
@@ -204,10 +211,29 @@ class RolloutEngine:
             )
             logger.info("rollout %d: phase %d opened", r.id, r.phase + 1)
             await self._audit(r, now, "rollout.advance", f"phase {r.phase + 1} opened")
-        elif total.done:
+        elif total.done and not spec.continuous:
             r = await self._update(r, now, state="completed", reason="")
             await self._audit(r, now, "rollout.complete", "every device finished")
         return r
+
+    async def _follow(self, r: RolloutRecord, now: float) -> None:
+        """Add the devices that match a continuous rollout's target now but are not in it
+        (registered since, or moved into a targeted group), to its last phase. Devices
+        already running the release are left out."""
+        release = await self.db.run(lambda s: s.get_release(r.release_id))
+        devices = await self.db.run(lambda s: s.list_devices(DeviceFilter(limit=10**9)))
+        have = await self.db.run(lambda s: s.target_device_ids(r.id))
+        running = {d.device_id for d in devices if d.current_version == release.version}
+        joined = [
+            d for d in resolve_targets(TargetSpec.from_json(r.target), devices, release)
+            if d not in have and d not in running
+        ]  # fmt: skip
+        if not joined:
+            return
+        last_phase = len(r.spec.phases) - 1
+        added = await self.db.run(lambda s: s.add_targets(r.id, joined, last_phase, now))
+        logger.info("rollout %d: %d device(s) joined its target", r.id, added)
+        await self._audit(r, now, "rollout.follow", f"{added} device(s) joined the target")
 
     async def _notify(self, r: RolloutRecord, now: float, succeeded: int) -> None:
         candidates = await self.db.run(

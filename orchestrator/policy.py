@@ -123,6 +123,9 @@ class RolloutSpec:
     device_timeout_s: float = 3600.0  # silent for this long after delivery -> timed_out
     start_at: float | None = None  # Unix seconds; None = now
     windows: tuple[Window, ...] = ()
+    # Devices that come to match the target later (registered, or moved into a targeted
+    # group) join the last phase; the rollout then never completes on its own.
+    continuous: bool = False
 
     def __post_init__(self) -> None:
         if not self.phases or self.phases[-1] != 100.0:
@@ -148,6 +151,8 @@ class RolloutSpec:
             raise ValueError("device_timeout: must be 1s..365d")
         if not 0.0 <= self.soak_s <= 365 * 86400.0:
             raise ValueError("soak: must be 0..365d")
+        if not isinstance(self.continuous, bool):
+            raise ValueError("continuous: expected true or false")  # noqa: TRY004
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

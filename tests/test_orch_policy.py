@@ -112,11 +112,15 @@ def test_spec_validation_names_fields() -> None:
         ({"min_attempts": "5"}, "min_attempts"),
         ({"device_timeout_s": 0}, "device_timeout"),
         ({"surprise": 1}, "surprise"),
+        ({"continuous": "yes"}, "continuous"),
     ]:
         with pytest.raises(ValueError, match=word):
             RolloutSpec.from_json(data)
-    spec = RolloutSpec.from_json({"phases": [1, 10, 100], "windows": ["02:00-04:00"]})
+    spec = RolloutSpec.from_json(
+        {"phases": [1, 10, 100], "windows": ["02:00-04:00"], "continuous": True}
+    )
     assert RolloutSpec.from_json(spec.to_json()) == spec
+    assert RolloutSpec.from_json({}).continuous is False  # rollouts stored before the field
 
 
 def test_units() -> None:

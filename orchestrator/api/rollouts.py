@@ -44,7 +44,7 @@ async def create(request: web.Request) -> web.Response:
     if unknown:
         raise ApiError(400, f"target.devices: unknown device {sorted(unknown)[0]!r}")
     chosen = resolve_targets(target, devices, release)
-    if not chosen:
+    if not chosen and not spec.continuous:
         raise ApiError(400, "target matches no registered device")
     now = c.clock.now()
     key = f"{release.id}:{now}"

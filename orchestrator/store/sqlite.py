@@ -611,6 +611,29 @@ class SQLiteStore:
             )
         ]
 
+    def target_device_ids(self, rollout_id: int) -> set[str]:
+        rows = self.db.execute(
+            "SELECT device_id FROM rollout_targets WHERE rollout_id = ?", (rollout_id,)
+        )
+        return {r[0] for r in rows}
+
+    def add_targets(
+        self, rollout_id: int, device_ids: Sequence[str], phase: int, now: float
+    ) -> int:
+        """Append devices to a rollout in ``phase``, after its last position; devices it
+        already targets are left as they are. Returns how many were added."""
+        with self._tx():
+            (last,) = self.db.execute(
+                "SELECT coalesce(max(position), -1) FROM rollout_targets WHERE rollout_id = ?",
+                (rollout_id,),
+            ).fetchone()
+            cur = self.db.executemany(
+                "INSERT OR IGNORE INTO rollout_targets (rollout_id, device_id, position, phase, "
+                "updated_at) VALUES (?, ?, ?, ?, ?)",
+                [(rollout_id, d, last + 1 + i, phase, now) for i, d in enumerate(device_ids)],
+            )
+        return cur.rowcount
+
     def time_out_targets(self, rollout_id: int, cutoff: float, now: float) -> int:
         """Delivered, unfinished targets silent since before ``cutoff`` become timed_out."""
         with self._tx():
