@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 MAX_NOTICES_PER_PASS = 5000  # devices notified per rollout per pass, at most
 REPUBLISH_EVERY_S = 30.0  # seconds between retries of unacknowledged notices
 FOLLOW_EVERY_S = 5.0  # seconds between two looks for new devices, per continuous rollout
+REFRESH_EVERY_S = 60.0  # seconds between two looks for notices about to go stale
+REFRESH_AT = 0.75  # share of a notice's usable life after which an offline device gets anew
 
 
 class Publisher(Protocol):
@@ -45,6 +47,8 @@ class Publisher(Protocol):
         self,
         items: Sequence[tuple[str, bytes, bool]],
         timeout: float = 30.0,  # noqa: ASYNC109
+        *,
+        expiry_s: int = 0,
     ) -> None: ...
 
 
@@ -87,6 +91,7 @@ class RolloutEngine:
         self.tick_s = tick_s
         self._limiters: dict[int, RateLimiter] = {}
         self._followed: dict[int, float] = {}  # rollout id -> when it last looked
+        self._refreshed: dict[int, float] = {}  # rollout id -> when it last looked
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_republish = -1e18
@@ -169,6 +174,9 @@ class RolloutEngine:
             await self._audit(r, now, f"rollout.{spec.on_failure}", reason)
             logger.warning("rollout %d: %s", r.id, reason)
             return
+        if now - self._refreshed.get(r.id, float("-inf")) >= REFRESH_EVERY_S:
+            self._refreshed[r.id] = now
+            await self._refresh(r, now)
         if r.state != "running":
             return
         r = await self._gate(r, counts, total, now)
@@ -253,40 +261,69 @@ class RolloutEngine:
 
     # --- notices -------------------------------------------------------------------------
 
-    async def send_updates(
-        self, r: RolloutRecord, device_ids: Sequence[str], online: set[str], now: float
-    ) -> int:
-        """Reserve sequences, sign, store, then publish update notices."""
+    async def _sign_updates(
+        self, r: RolloutRecord, device_ids: Sequence[str], now: float
+    ) -> list[NoticeRecord]:
+        """Reserve sequences, then sign one update notice per device."""
         release = await self.db.run(lambda s: s.get_release(r.release_id))
         signing = self.signing(now)
         scopes = [device_scope(d) for d in device_ids]
         seqs = await self.db.run(lambda s: s.reserve_seqs(scopes, int(now * 1000)))
-        records = await asyncio.to_thread(
+        return await asyncio.to_thread(
             lambda: self.notices.updates(
                 signing, release, rollout_id=r.id, device_ids=device_ids, seqs=seqs, now=int(now)
             )
         )
+
+    async def send_updates(
+        self, r: RolloutRecord, device_ids: Sequence[str], online: set[str], now: float
+    ) -> int:
+        """Reserve sequences, sign, store, then publish update notices."""
+        records = await self._sign_updates(r, device_ids, now)
         delivered = {d: d in online for d in device_ids}
         await self.db.run(lambda s: s.save_notices(records, delivered))
-        await self._publish(records)
+        await self._publish(records, now)
         logger.info("rollout %d: notified %d device(s)", r.id, len(records))
         return len(records)
 
-    async def _publish(self, records: Sequence[NoticeRecord]) -> None:
-        try:
-            await self.publisher.publish_many([(n.topic, n.envelope, True) for n in records])
-        except (TimeoutError, ConnectionError) as e:
-            logger.warning("%d notice(s) not acknowledged yet (%s); will retry", len(records), e)
+    async def _refresh(self, r: RolloutRecord, now: float) -> None:
+        """Give devices still offline a new notice before theirs, or its payload URL, stops
+        being usable; the broker drops the old copy when it expires."""
+        issued_before = now - REFRESH_AT * self.notices.lifetime_s
+        stale = await self.db.run(
+            lambda s: s.stale_offline_targets(r.id, issued_before, MAX_NOTICES_PER_PASS)
+        )
+        if not stale:
             return
-        ids = [n.notice_id for n in records]
-        await self.db.run(lambda s: s.mark_published(ids))
+        records = await self._sign_updates(r, stale, now)
+        replaced = await self.db.run(lambda s: s.replace_notices(records))
+        # A device that came online meanwhile keeps the notice it is working on.
+        await self._publish([n for n in records if n.device_id in replaced], now)
+        logger.info("rollout %d: renewed the notice of %d offline device(s)", r.id, len(replaced))
+
+    async def _publish(self, records: Sequence[NoticeRecord], now: float) -> None:
+        by_expiry: dict[int, list[NoticeRecord]] = {}
+        for n in records:
+            left = max(1, int(self.notices.usable_until(n) - now))
+            by_expiry.setdefault(left, []).append(n)
+        published: list[str] = []
+        try:
+            for expiry_s, group in sorted(by_expiry.items()):
+                items = [(n.topic, n.envelope, True) for n in group]
+                await self.publisher.publish_many(items, expiry_s=expiry_s)
+                published += [n.notice_id for n in group]
+        except (TimeoutError, ConnectionError) as e:
+            left = len(records) - len(published)
+            logger.warning("%d notice(s) not acknowledged yet (%s); will retry", left, e)
+        if published:
+            await self.db.run(lambda s: s.mark_published(published))
 
     async def republish(self, now: float) -> None:
         """Publish notices stored but never acknowledged (e.g. killed before the PUBACK)."""
         records = await self.db.run(lambda s: s.unpublished_notices())
         if records:
             logger.info("publishing %d stored notice(s) again", len(records))
-            await self._publish(records)
+            await self._publish(records, now)
 
     async def cancel(self, r: RolloutRecord, now: float, *, state: str, reason: str) -> int:
         """Cancel the rollout: pending devices are dropped, notified ones get a cancel."""
@@ -301,7 +338,7 @@ class RolloutEngine:
             signing, rollout_id=r.id, device_ids=devices, seqs=seqs, now=int(now)
         )
         await self.db.run(lambda s: s.save_notices(records, {}))
-        await self._publish(records)
+        await self._publish(records, now)
         return len(records)
 
     # --- operator actions ----------------------------------------------------------------

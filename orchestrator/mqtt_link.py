@@ -89,7 +89,8 @@ class _Batch:
             self.future.set_result(None)
 
 
-_Entry = tuple[str, bytes, bool, _Batch]  # topic, payload, retain, its batch
+# topic, payload, retain, its batch, MQTT 5 message expiry in seconds (0: none)
+_Entry = tuple[str, bytes, bool, _Batch, int]
 
 
 class _Storage(PersistentStorage):  # type: ignore[misc]
@@ -436,10 +437,14 @@ class MqttLink:
         self,
         items: Sequence[tuple[str, bytes, bool]],
         timeout: float = 30.0,  # noqa: ASYNC109
+        *,
+        expiry_s: int = 0,
     ) -> None:
         """Publish ``(topic, payload, retain)`` items at QoS 1; wait until all are PUBACKed.
 
-        While disconnected the messages wait and are sent after reconnecting.
+        While disconnected the messages wait and are sent after reconnecting. With
+        ``expiry_s``, the broker drops its copies (queued for offline clients, or retained)
+        that many seconds after receiving them.
 
         Raises:
             PublishTimeoutError: some were not acknowledged within ``timeout`` seconds.
@@ -450,16 +455,17 @@ class MqttLink:
         loop = self._loop
         if loop is None or loop.is_closed() or self._stopping:
             raise ConnectionError("MQTT link is not running")
-        fut = asyncio.run_coroutine_threadsafe(self._publish(items, timeout), loop)
+        fut = asyncio.run_coroutine_threadsafe(self._publish(items, timeout, expiry_s), loop)
         await asyncio.wrap_future(fut)
 
     async def _publish(
         self,
         items: Sequence[tuple[str, bytes, bool]],
         timeout: float,  # noqa: ASYNC109
+        expiry_s: int,
     ) -> None:
         batch = _Batch(asyncio.get_running_loop(), len(items))
-        self._outbox.extend((t, p, r, batch) for t, p, r in items)
+        self._outbox.extend((t, p, r, batch, expiry_s) for t, p, r in items)
         self._batches.add(batch)
         self._pump()
         try:
@@ -483,7 +489,11 @@ class MqttLink:
             entry = outbox.popleft()
             self._sending = entry
             try:
-                client.publish(entry[0], entry[1], qos=1, retain=entry[2])
+                if entry[4]:
+                    client.publish(entry[0], entry[1], qos=1, retain=entry[2],
+                                   message_expiry_interval=entry[4])  # fmt: skip
+                else:
+                    client.publish(entry[0], entry[1], qos=1, retain=entry[2])
             except Exception:
                 logger.exception("publish to %s failed", entry[0])
                 outbox.appendleft(entry)

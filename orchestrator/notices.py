@@ -38,6 +38,20 @@ class NoticeFactory:
         self.urls = urls
         self.notice_ttl_s = notice_ttl_s
 
+    @property
+    def lifetime_s(self) -> float:
+        """How long a fresh notice stays usable: until it expires or, sooner, its signed
+        payload URL does (external payload URLs do not expire)."""
+        if self.http.payload_base_url:
+            return self.notice_ttl_s
+        return min(self.notice_ttl_s, self.http.url_ttl_s)
+
+    def usable_until(self, notice: NoticeRecord) -> float:
+        """When ``notice`` (or its payload URL) stops being usable, in Unix seconds."""
+        if notice.kind != "notice" or self.http.payload_base_url:
+            return notice.expires_at
+        return min(notice.expires_at, notice.issued_at + self.http.url_ttl_s)
+
     def expiry(self, signing: SigningSet, now: int) -> int:
         """``now + ttl``, but never past the signing keys' ``not_after``."""
         return max(now, min(now + int(self.notice_ttl_s), signing.not_after))

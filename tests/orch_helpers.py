@@ -23,6 +23,7 @@ from device_client.agent import DeviceAgent
 from device_client.config import load_config as load_device_config
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
+from orchestrator.clock import Clock
 from orchestrator.config import load_config
 from orchestrator.keystore import KeyStore
 from orchestrator.service import Orchestrator
@@ -120,13 +121,16 @@ class Setup:
     session: aiohttp.ClientSession
 
 
-@pytest.fixture
-async def setup(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Setup]:
-    config_path, port = write_orchestrator(tmp_path, broker, topics)
-    orch = Orchestrator(load_config(config_path))
+@contextlib.asynccontextmanager
+async def running(
+    root: Path, broker: MosquittoBroker, topics: Topics, clock: Clock | None = None
+) -> AsyncIterator[Setup]:
+    """An orchestrator (on ``clock``, the real one by default), its API and a fleet."""
+    config_path, port = write_orchestrator(root, broker, topics)
+    orch = Orchestrator(load_config(config_path), clock=clock)
     await orch.start()
-    fleet = Fleet(tmp_path / "devices", broker, topics, root_hex(tmp_path))
-    (tmp_path / "devices").mkdir()
+    fleet = Fleet(root / "devices", broker, topics, root_hex(root))
+    (root / "devices").mkdir()
     async with aiohttp.ClientSession() as session:
         api = Api(session, f"http://127.0.0.1:{port}", TOKENS["operator"])
         try:
@@ -134,3 +138,9 @@ async def setup(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> Asyn
         finally:
             await fleet.stop_all()
             await orch.stop()
+
+
+@pytest.fixture
+async def setup(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Setup]:
+    async with running(tmp_path, broker, topics) as s:
+        yield s

@@ -717,6 +717,41 @@ class SQLiteStore:
         for n in notices:
             self._notice_owner[n.notice_id] = (n.device_id, n.rollout_id)
 
+    def stale_offline_targets(self, rollout_id: int, issued_before: float, limit: int) -> list[str]:
+        """Devices whose update notice, issued before ``issued_before``, still waits for
+        them to come online (sent, never delivered), in rollout order."""
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT device_id FROM rollout_targets WHERE rollout_id = ? AND state = ? "
+                "AND delivered = 0 AND notified_at < ? ORDER BY position LIMIT ?",
+                (rollout_id, SENT, issued_before, limit),
+            )
+        ]
+
+    def replace_notices(self, notices: Sequence[NoticeRecord]) -> set[str]:
+        """Make each update notice the one its target waits on, if that target still waits
+        offline; store only those. Returns the devices whose notice was replaced."""
+        replaced = set()
+        with self._tx():
+            for n in notices:
+                cur = self.db.execute(
+                    "UPDATE rollout_targets SET notice_id = ?, notified_at = ?, updated_at = ? "
+                    "WHERE rollout_id = ? AND device_id = ? AND state = ? AND delivered = 0",
+                    (n.notice_id, n.issued_at, n.issued_at, n.rollout_id, n.device_id, SENT),
+                )
+                if cur.rowcount:
+                    self.db.execute(
+                        f"INSERT INTO notices ({_NOTICE_COLS}) VALUES ({_marks(10)})",
+                        (n.notice_id, n.device_id, n.rollout_id, n.kind, n.scope, n.seq,
+                         n.topic, n.issued_at, n.expires_at, n.envelope),
+                    )  # fmt: skip
+                    replaced.add(n.device_id)
+        for n in notices:
+            if n.device_id in replaced:
+                self._notice_owner[n.notice_id] = (n.device_id, n.rollout_id)
+        return replaced
+
     def mark_published(self, notice_ids: Sequence[str]) -> None:
         with self._tx():
             self.db.executemany(
