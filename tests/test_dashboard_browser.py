@@ -272,6 +272,7 @@ async def test_viewer_on_a_phone_can_look_but_not_pause(
     release = await start_fleet(fleet, 3, failing=set())
     created = await fleet.api("operator", "POST", "/v1/rollouts", json={
         "release": release["id"], "target": {"all": True}, "phases": [34, 100], "soak_s": 600,
+        "continuous": True,
     })  # fmt: skip
     rid = created["id"]
     card = f"[data-rollout-id='{rid}']"
@@ -284,6 +285,7 @@ async def test_viewer_on_a_phone_can_look_but_not_pause(
     )
     assert await page.locator(f"{card} button").count() == 0
     assert await page.locator(f"{card} .readonly").is_visible()
+    assert await page.locator(f"{card} header .badge.continuous").is_visible()
     assert await no_horizontal_scroll(page)
     await shots.take(page, "rollout", full_page=True)
 

@@ -326,7 +326,7 @@ function rolloutCard(r) {
   return h("article", { class: "card rollout", "data-rollout-id": r.id, "data-state": r.state },
     h("header", {},
       h("h2", {}, h("a", { href: `#/rollouts/${r.id}`, text: `#${r.id}` }), ` ${r.release.name}@${r.release.version}`),
-      badge(r.state)),
+      badge(r.state), r.spec && r.spec.continuous ? badge("continuous") : null),
     r.reason ? h("p", { class: "reason", text: r.reason }) : null,
     progressBar(c),
     h("p", { class: "counts" }, count("succeeded", "succeeded"), count("failed", "failed"),
