@@ -314,8 +314,18 @@ class DeviceAgent:
             self.state.queued = data
             self._save()
             return
-        self._decide(self._start_job(msg, data), msg)
+        await self._begin(msg, data)
         self._kick()
+
+    async def _begin(self, msg: UpdateNotice, data: bytes) -> None:
+        """Start the job of a verified notice and take it to its first real state."""
+        job = self._start_job(msg, data)
+        try:
+            self._decide(job, msg)
+        except Exception as e:  # the job loop's last resort, for this step too
+            logger.exception("%s: internal error starting %s", self.device_id, msg.notice_id)
+            await self._fail(self.state.job or job, FailureCode.INTERNAL_ERROR,
+                             f"{type(e).__name__}: {e}")  # fmt: skip
 
     def _start_job(self, msg: UpdateNotice, data: bytes) -> Job:
         job = Job(
@@ -470,7 +480,7 @@ class DeviceAgent:
                 data, self.state.queued = self.state.queued, b""
                 msg = decode_message(data)
                 assert isinstance(msg, UpdateNotice)  # noqa: S101
-                self._decide(self._start_job(msg, data), msg)
+                await self._begin(msg, data)
                 continue
             try:
                 await self._step(job)
