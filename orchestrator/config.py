@@ -29,6 +29,7 @@ Example::
     [rollouts]
     tick = "1s"
     notice_ttl = "7d"
+    follow_every = "30s"                 # continuous rollouts look for new devices
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class IngestConfig:
 class RolloutConfig:
     tick_s: float = 1.0  # seconds between two engine passes
     notice_ttl_s: float = 7 * 86400.0  # seconds a notice stays valid (capped by the key)
+    follow_every_s: float = 30.0  # seconds between two target checks of a continuous rollout
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +264,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     rollouts = RolloutConfig(
         tick_s=r.duration("tick", 1.0, 0.05, 60.0),
         notice_ttl_s=r.duration("notice_ttl", 7 * 86400.0, 60.0, 365 * 86400.0),
+        follow_every_s=r.duration("follow_every", 30.0, 0.1, 3600.0),
     )
     a = top.sub("auth")
     tokens_file = a.text("tokens_file", "")

@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 MAX_NOTICES_PER_PASS = 5000  # devices notified per rollout per pass, at most
 REPUBLISH_EVERY_S = 30.0  # seconds between retries of unacknowledged notices
-FOLLOW_EVERY_S = 5.0  # seconds between two looks for new devices, per continuous rollout
 REFRESH_EVERY_S = 60.0  # seconds between two looks for notices about to go stale
 REFRESH_AT = 0.75  # share of a notice's usable life after which an offline device gets anew
 
@@ -71,6 +70,8 @@ class RolloutEngine:
         signing: returns the signing set valid at a time (raises if there is none).
         clock: the injected clock.
         tick_s: seconds between passes.
+        follow_every_s: seconds between two target checks of a continuous rollout (each
+            reads the device registry).
     """
 
     def __init__(
@@ -82,15 +83,17 @@ class RolloutEngine:
         signing: Callable[[float], SigningSet],
         clock: Clock,
         tick_s: float = 1.0,
+        follow_every_s: float = 30.0,
     ) -> None:
         self.db = db
+        self.follow_every_s = follow_every_s
         self.notices = notices
         self.publisher = publisher
         self.signing = signing
         self.clock = clock
         self.tick_s = tick_s
         self._limiters: dict[int, RateLimiter] = {}
-        self._followed: dict[int, float] = {}  # rollout id -> when it last looked
+        self._last_follow = -1e18
         self._refreshed: dict[int, float] = {}  # rollout id -> when it last looked
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -126,6 +129,14 @@ class RolloutEngine:
             rollouts = await self.db.run(
                 lambda s: s.list_rollouts(("scheduled", "running", "paused"))
             )
+            if now - self._last_follow >= self.follow_every_s:
+                self._last_follow = now
+                # All together, newest first: a device that matches several continuous
+                # rollouts joins the newest only (each leaves out devices another active
+                # rollout targets).
+                for r in sorted(rollouts, key=lambda r: r.id, reverse=True):
+                    if r.spec.continuous and r.state != "scheduled":
+                        await self._follow(r, now)
             for r in rollouts:
                 await self._step(r, now)
             self.passes += 1
@@ -150,9 +161,6 @@ class RolloutEngine:
                 return
             r = await self._update(r, now, state="running", phase_started_at=now)
             await self._audit(r, now, "rollout.start", "scheduled start reached")
-        if spec.continuous and now - self._followed.get(r.id, float("-inf")) >= FOLLOW_EVERY_S:
-            self._followed[r.id] = now
-            await self._follow(r, now)
         timed_out = await self.db.run(
             lambda s: s.time_out_targets(r.id, now - spec.device_timeout_s, now)
         )
@@ -227,10 +235,10 @@ class RolloutEngine:
     async def _follow(self, r: RolloutRecord, now: float) -> None:
         """Add the devices that match a continuous rollout's target now but are not in it
         (registered since, or moved into a targeted group), to its last phase. Devices
-        already running the release are left out."""
+        already running the release, or targeted by any active rollout, are left out."""
         release = await self.db.run(lambda s: s.get_release(r.release_id))
         devices = await self.db.run(lambda s: s.list_devices(DeviceFilter(limit=10**9)))
-        have = await self.db.run(lambda s: s.target_device_ids(r.id))
+        have = await self.db.run(lambda s: s.active_target_ids())
         running = {d.device_id for d in devices if d.current_version == release.version}
         joined = [
             d for d in resolve_targets(TargetSpec.from_json(r.target), devices, release)
@@ -287,15 +295,24 @@ class RolloutEngine:
         return len(records)
 
     async def _refresh(self, r: RolloutRecord, now: float) -> None:
-        """Give devices still offline a new notice before theirs, or its payload URL, stops
-        being usable; the broker drops the old copy when it expires."""
-        issued_before = now - REFRESH_AT * self.notices.lifetime_s
-        stale = await self.db.run(
-            lambda s: s.stale_offline_targets(r.id, issued_before, MAX_NOTICES_PER_PASS)
-        )
-        if not stale:
+        """Give devices still offline a new notice once theirs is 3/4 through its usable
+        time (until it, or its payload URL, expires); the broker drops the old copy when
+        it expires. Not when the new one would not live longer (the signing key's end)."""
+        waiting = await self.db.run(lambda s: s.waiting_notices(r.id))
+        if not waiting:
             return
-        records = await self._sign_updates(r, stale, now)
+        fresh_until = self.notices.update_usable_until(
+            now, self.notices.expiry(self.signing(now), int(now))
+        )
+        usable = self.notices.update_usable_until
+        due = [
+            d for d, issued, expires in waiting
+            if now >= issued + REFRESH_AT * (usable(issued, expires) - issued)
+            and fresh_until > usable(issued, expires) + REFRESH_EVERY_S
+        ][:MAX_NOTICES_PER_PASS]  # fmt: skip
+        if not due:
+            return
+        records = await self._sign_updates(r, due, now)
         replaced = await self.db.run(lambda s: s.replace_notices(records))
         # A device that came online meanwhile keeps the notice it is working on.
         await self._publish([n for n in records if n.device_id in replaced], now)

@@ -38,19 +38,18 @@ class NoticeFactory:
         self.urls = urls
         self.notice_ttl_s = notice_ttl_s
 
-    @property
-    def lifetime_s(self) -> float:
-        """How long a fresh notice stays usable: until it expires or, sooner, its signed
-        payload URL does (external payload URLs do not expire)."""
-        if self.http.payload_base_url:
-            return self.notice_ttl_s
-        return min(self.notice_ttl_s, self.http.url_ttl_s)
-
     def usable_until(self, notice: NoticeRecord) -> float:
         """When ``notice`` (or its payload URL) stops being usable, in Unix seconds."""
-        if notice.kind != "notice" or self.http.payload_base_url:
+        if notice.kind != "notice":
             return notice.expires_at
-        return min(notice.expires_at, notice.issued_at + self.http.url_ttl_s)
+        return self.update_usable_until(notice.issued_at, notice.expires_at)
+
+    def update_usable_until(self, issued_at: float, expires_at: float) -> float:
+        """When an update notice issued and expiring then, or its payload URL, stops being
+        usable (the URL is signed with the same cap, see ``payload_urls``)."""
+        if self.http.payload_base_url:
+            return expires_at
+        return min(expires_at, issued_at + self.http.url_ttl_s)
 
     def expiry(self, signing: SigningSet, now: int) -> int:
         """``now + ttl``, but never past the signing keys' ``not_after``."""

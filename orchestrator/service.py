@@ -86,6 +86,7 @@ class Orchestrator:
             signing=self.signing,
             clock=self.clock,
             tick_s=cfg.rollouts.tick_s,
+            follow_every_s=cfg.rollouts.follow_every_s,
         )
 
         def on_batch(result: IngestResult) -> None:

@@ -215,3 +215,34 @@ def test_store_ingest_dedupes_and_checks_notice_owner(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "db.sqlite")
     assert store.reserve_seqs(["device/a"], 1000)["device/a"] == first + 1
     store.close()
+
+
+def test_store_never_republishes_a_superseded_notice(tmp_path: Path) -> None:
+    # Notices on a device's topic replace each other (retained): one never acknowledged
+    # must not be sent again over a newer one, whether renewed or canceled.
+    from orchestrator.store import ReleaseRecord
+
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    store.migrate()
+    store.ensure_devices(["a", "b"], T0)
+    rel = store.add_release(ReleaseRecord(0, "app", "1", "ab" * 32, 1, (), "directory", {}, {},
+                                          T0))  # fmt: skip
+    r = store.create_rollout(release_id=rel.id, target={}, spec=RolloutSpec(),
+                             assignments=[("a", 0, 0), ("b", 1, 0)], now=T0, actor="t")  # fmt: skip
+
+    def notice(nid: str, device: str, seq: int, kind: str = "notice") -> NoticeRecord:
+        return NoticeRecord(nid, device, r.id, kind, f"device/{device}", seq,
+                            f"t/{device}", T0 + seq, T0 + 600, b"x")  # fmt: skip
+
+    store.save_notices([notice("a1", "a", 1), notice("b1", "b", 1)], {})  # both offline
+    assert {n.notice_id for n in store.unpublished_notices()} == {"a1", "b1"}
+    assert [d for d, _, _ in store.waiting_notices(r.id)] == ["a", "b"]
+    # a is renewed while offline; b came online meanwhile and keeps its notice
+    store.ingest([Presence(device_id="b", online=True, at=int(T0) + 5)], T0 + 5)
+    assert store.replace_notices([notice("a2", "a", 2), notice("b2", "b", 2)]) == {"a"}
+    assert {n.notice_id for n in store.unpublished_notices()} == {"a2", "b1"}
+    assert [d for d, _, _ in store.waiting_notices(r.id)] == ["a"]
+    # a cancel supersedes a2 in turn
+    store.save_notices([notice("a3", "a", 3, kind="cancel")], {})
+    assert {n.notice_id for n in store.unpublished_notices()} == {"a3", "b1"}
+    store.close()

@@ -198,9 +198,26 @@ async def test_continuous_rollout_takes_in_devices_that_join_later(setup: Setup)
     assert not any(e["action"] == "rollout.complete" for e in audit)
     other = await s.api.call("GET", "/v1/devices/elsewhere")
     assert other["current_version"] != "6.0"
+    # A newer continuous rollout on the same group: it updates the members now, and a
+    # device that joins later goes to it alone.
+    rel2 = await s.api.upload("app", "6.1")
+    r2 = await s.api.rollout(rel2["id"], target={"groups": ["lobby"]}, continuous=True)
+    assert r2["devices"] == 3
+
+    async def on_61(n: int) -> bool:
+        return (await s.api.status(r2["id"]))["states"].get("succeeded") == n
+
+    await wait_until(lambda: on_61(3), within=60, what="the group on 6.1")
+    s.fleet.provision("late-2", groups=("lobby",))
+    s.broker.reload()
+    s.fleet.start("late-2")
+    await wait_until(lambda: on_61(4), within=60, what="the second late device on 6.1")
+    first = (await s.api.call("GET", f"/v1/rollouts/{r['id']}/targets"))["targets"]
+    assert "late-2" not in {t["device_id"] for t in first}
     # Ended only by the operator.
-    canceled = await s.api.call("POST", f"/v1/rollouts/{r['id']}/cancel", json={"reason": "done"})
-    assert canceled["state"] == "canceled"
+    for rid in (r["id"], r2["id"]):
+        canceled = await s.api.call("POST", f"/v1/rollouts/{rid}/cancel", json={"reason": "done"})
+        assert canceled["state"] == "canceled"
 
 
 async def test_cli_creates_a_continuous_rollout(setup: Setup) -> None:

@@ -48,7 +48,7 @@ def write_orchestrator_files(
         f'[mqtt]\nurl = "{broker.url}"\nusername = "{broker.ORCHESTRATOR_USER}"\n'
         f'password_file = "mqtt.password"\ntopic_prefix = "{topics.prefix}"\n'
         f'[ingest]\nbatch_rows = 500\nbatch_interval = "{batch_interval}"\n'
-        f'[rollouts]\ntick = "{tick}"\nnotice_ttl = "1d"\n'
+        f'[rollouts]\ntick = "{tick}"\nnotice_ttl = "1d"\nfollow_every = "1s"\n'
     )
     keys = KeyStore(data / "keys")
     keys.init(

@@ -611,9 +611,11 @@ class SQLiteStore:
             )
         ]
 
-    def target_device_ids(self, rollout_id: int) -> set[str]:
+    def active_target_ids(self) -> set[str]:
+        """Devices targeted by any scheduled, running or paused rollout."""
         rows = self.db.execute(
-            "SELECT device_id FROM rollout_targets WHERE rollout_id = ?", (rollout_id,)
+            "SELECT DISTINCT t.device_id FROM rollout_targets t JOIN rollouts r "
+            "ON r.id = t.rollout_id WHERE r.state IN ('scheduled', 'running', 'paused')"
         )
         return {r[0] for r in rows}
 
@@ -692,9 +694,19 @@ class SQLiteStore:
                 out[scope] = int(row[0])
         return out
 
+    def _supersede(self, notices: Sequence[NoticeRecord]) -> None:
+        # A newer notice on a device's topic replaces the retained one: an older notice not
+        # yet acknowledged must never be published again over it. Run before inserting, so
+        # the partial index holds only notices from earlier calls (normally none).
+        self.db.executemany(
+            "UPDATE notices SET published = 1 WHERE published = 0 AND topic = ? AND seq < ?",
+            [(n.topic, n.seq) for n in notices],
+        )
+
     def save_notices(self, notices: Sequence[NoticeRecord], delivered: dict[str, bool]) -> None:
         """Store signed notices; their targets become ``sent`` (or canceled for cancels)."""
         with self._tx():
+            self._supersede(notices)
             self.db.executemany(
                 f"INSERT INTO notices ({_NOTICE_COLS}) VALUES ({_marks(10)})",
                 [
@@ -717,15 +729,16 @@ class SQLiteStore:
         for n in notices:
             self._notice_owner[n.notice_id] = (n.device_id, n.rollout_id)
 
-    def stale_offline_targets(self, rollout_id: int, issued_before: float, limit: int) -> list[str]:
-        """Devices whose update notice, issued before ``issued_before``, still waits for
-        them to come online (sent, never delivered), in rollout order."""
+    def waiting_notices(self, rollout_id: int) -> list[tuple[str, float, float]]:
+        """``(device_id, issued_at, expires_at)`` of each update notice that still waits
+        for its device to come online (sent, never delivered), in rollout order."""
         return [
-            r[0]
+            (r[0], float(r[1]), float(r[2]))
             for r in self.db.execute(
-                "SELECT device_id FROM rollout_targets WHERE rollout_id = ? AND state = ? "
-                "AND delivered = 0 AND notified_at < ? ORDER BY position LIMIT ?",
-                (rollout_id, SENT, issued_before, limit),
+                "SELECT t.device_id, n.issued_at, n.expires_at FROM rollout_targets t "
+                "JOIN notices n ON n.notice_id = t.notice_id WHERE t.rollout_id = ? "
+                "AND t.state = ? AND t.delivered = 0 ORDER BY t.position",
+                (rollout_id, SENT),
             )
         ]
 
@@ -737,10 +750,13 @@ class SQLiteStore:
             for n in notices:
                 cur = self.db.execute(
                     "UPDATE rollout_targets SET notice_id = ?, notified_at = ?, updated_at = ? "
-                    "WHERE rollout_id = ? AND device_id = ? AND state = ? AND delivered = 0",
+                    "WHERE rollout_id = ? AND device_id = ? AND state = ? AND delivered = 0 "
+                    "AND NOT EXISTS (SELECT 1 FROM devices d WHERE "
+                    "d.device_id = rollout_targets.device_id AND d.online = 1)",
                     (n.notice_id, n.issued_at, n.issued_at, n.rollout_id, n.device_id, SENT),
                 )
                 if cur.rowcount:
+                    self._supersede([n])
                     self.db.execute(
                         f"INSERT INTO notices ({_NOTICE_COLS}) VALUES ({_marks(10)})",
                         (n.notice_id, n.device_id, n.rollout_id, n.kind, n.scope, n.seq,
