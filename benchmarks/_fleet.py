@@ -4,71 +4,39 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetpush_protocol.envelope import sign_message
-from fleetpush_protocol.keys import KeyPair
-from fleetpush_protocol.messages import (
-    Keyring,
-    Payload,
-    Release,
-    SigningKeyInfo,
-    Target,
-    UpdateNotice,
-)
+from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics, device_scope, group_scope
 
 REPO = Path(__file__).resolve().parents[1]
-DAY = 86_400
 PER_WORKER = 2500  # device agents per worker process
 
 
 @dataclass
-class BenchSigner:
-    """An operator's keys: root, signing key, keyring v1, and notices to groups or devices."""
+class BenchSigner(Signer):
+    """The test operator, sending the held notices of the fleet benchmarks."""
 
-    root: KeyPair = field(default_factory=KeyPair.generate)
-    signing: KeyPair = field(default_factory=KeyPair.generate)
-
-    @property
-    def root_hex(self) -> str:
-        return self.root.public_key.hex()
-
-    def keyring(self) -> bytes:
-        now = int(time.time())
-        ring = Keyring(
-            version=1, root_keys=(self.root.public_key,), root_threshold=1,
-            signing_keys=(SigningKeyInfo(public_key=self.signing.public_key,
-                                         not_before=now - DAY, not_after=now + DAY),),
-            signing_threshold=1, revoked=(), issued_at=now - 60,
-        )  # fmt: skip
-        return sign_message(ring, [self.root])
-
-    def notice(
+    def held_notice(
         self, rollout_id: str, *, group: str | None = None, device: str | None = None,
         seq: int = 1, topics: Topics,
     ) -> bytes:  # fmt: skip
-        now = int(time.time())
-        payload = b"never downloaded: the devices hold updates"
-        scope = group_scope(group) if group else device_scope(str(device))
-        notice = UpdateNotice(
-            notice_id=f"{rollout_id}-{device or group}", rollout_id=rollout_id,
-            release=Release(name="app", version="9.9.9"),
-            payload=Payload(urls=("http://127.0.0.1:9/p",), size=len(payload),
-                            sha256=hashlib.sha256(payload).digest()),
-            handler="directory", handler_args={},
-            target=Target(groups=(group,)) if group else Target(devices=(str(device),)),
-            issued_at=now, expires_at=now + DAY, scope=scope, seq=seq,
-            reply_topic=topics.prefix + "/device/{device_id}/report",
+        """A notice to ``group`` or to ``device``; the devices hold it (nothing downloads)."""
+        name = group or str(device)
+        _, data = self.notice(
+            name, b"never downloaded: the devices hold updates", ["http://127.0.0.1:9/p"],
+            version="9.9.9", notice_id=f"{rollout_id}-{name}", rollout_id=rollout_id,
+            scope=group_scope(name) if group else device_scope(name),
+            targets=() if group else (name,), groups=(name,) if group else (), seq=seq,
+            topics=topics,
         )  # fmt: skip
-        return sign_message(notice, [self.signing])
+        return data
 
 
 class WorkerFleet:

@@ -116,6 +116,22 @@ def _s(t: float | None, t0: float) -> float | None:
     return None if t is None else round(t - t0, 3)
 
 
+def _notices(
+    signer: BenchSigner, rollout_id: str, topics: Topics, ids: list[str] | None = None
+) -> list[tuple[str, bytes, bool]]:
+    """What to publish: one group notice, or with ``ids`` one notice per device."""
+    if ids is None:
+        return [
+            (
+                topics.group_notice(GROUP),
+                signer.held_notice(rollout_id, group=GROUP, topics=topics),
+                False,
+            )
+        ]
+    return [(topics.device_notice(d), signer.held_notice(rollout_id, device=d, topics=topics),
+             False) for d in ids]  # fmt: skip
+
+
 def _us(cpu_s: float, n: int) -> float:
     return round(cpu_s / n * 1e6, 1)
 
@@ -137,7 +153,7 @@ class BrokerCpu:
 def verify_floor_us(signer: BenchSigner, topics: Topics, n: int = 2000) -> float:
     """CPU microseconds of one device's full notice check (``DeviceTrust.on_notice`` on a
     fresh device), best of three rounds in this process: what each device must spend."""
-    keyring, env = signer.keyring(), signer.notice("floor", group=GROUP, topics=topics)
+    keyring, env = signer.keyring(), signer.held_notice("floor", group=GROUP, topics=topics)
     best = float("inf")
     for _ in range(3):
         checks = [verifier(f"f-{i}", GROUP, keyring, signer.root.public_key) for i in range(n)]
@@ -166,23 +182,7 @@ async def _agents(
         await asyncio.sleep(1)  # let the connect storm settle
         # A fresh fleet each time, so sequence 1 is new to every device.
         for shape, rid in (("group", f"{label}-g"), ("per_device", f"{label}-d")):
-            if shape == "group":
-                envs = [
-                    (
-                        topics.group_notice(GROUP),
-                        signer.notice(rid, group=GROUP, seq=1, topics=topics),
-                        False,
-                    )
-                ]
-            else:
-                envs = [
-                    (
-                        topics.device_notice(d),
-                        signer.notice(rid, device=d, seq=1, topics=topics),
-                        False,
-                    )
-                    for d in ids
-                ]
+            envs = _notices(signer, rid, topics, None if shape == "group" else ids)
             await fleet.watch(rid)
             await asyncio.sleep(0.2)
             b0, t0 = cpu.now(), time.perf_counter()
@@ -222,13 +222,12 @@ async def _one(n: int, root: Path, shm: Path | None) -> dict[str, Any]:
         await connect_all(subs, broker.host, broker.port)
         out["raw_connect_s"] = round(time.perf_counter() - t, 2)
         freeze_heap()
-        env = signer.notice("g-raw", group=GROUP, topics=topics)
+        envs = _notices(signer, "g-raw", topics)
         b0, t0 = cpu.now(), time.perf_counter()
-        await link.publish_many([(group_topic, env, False)])
+        await link.publish_many(envs)
         out["raw_group_s"] = _s(await _wait_raw(subs, 1, 60), t0)
         out["raw_group_broker_cpu_s"] = round(cpu.now() - b0, 3)
-        envs = [(topics.device_notice(d), signer.notice("d-raw", device=d, topics=topics), False)
-                for d in ids]  # fmt: skip
+        envs = _notices(signer, "d-raw", topics, ids)
         b0, t0 = cpu.now(), time.perf_counter()
         await link.publish_many(envs, timeout=120)
         out["raw_per_device_s"] = _s(await _wait_raw(subs, 2, 120), t0)
@@ -241,16 +240,15 @@ async def _one(n: int, root: Path, shm: Path | None) -> dict[str, Any]:
         # spread over one process per core (the broker shares those cores) ---------------
         vfleet = VerifyingFleet(broker, topics, signer, ids, passwords)
         await vfleet.start()
-        env = signer.notice("g-v", group=GROUP, topics=topics)
+        envs = _notices(signer, "g-v", topics)
         await vfleet.mark()
         b0, t0 = cpu.now(), time.perf_counter()
-        await link.publish_many([(group_topic, env, False)])
+        await link.publish_many(envs)
         done, used = await vfleet.wait(1, 60)
         out["verifying_group_s"] = _s(done, t0)
         out["verifying_group_cpu_us_per_device"] = _us(used, n)
         out["verifying_group_broker_cpu_s"] = round(cpu.now() - b0, 3)
-        envs = [(topics.device_notice(d), signer.notice("d-v", device=d, topics=topics), False)
-                for d in ids]  # fmt: skip
+        envs = _notices(signer, "d-v", topics, ids)
         await vfleet.mark()
         b0, t0 = cpu.now(), time.perf_counter()
         await link.publish_many(envs, timeout=120)

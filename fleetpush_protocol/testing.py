@@ -172,12 +172,13 @@ class Signer:
         handler: str = "directory",
         scope: str | None = None,
         targets: tuple[str, ...] | None = None,
+        groups: tuple[str, ...] = (),
         seq: int | None = None,
         key: KeyPair | None = None,
         size: int | None = None,
         topics: Topics | None = None,
     ) -> tuple[UpdateNotice, bytes]:
-        """A notice of ``payload`` for ``device_id`` (or ``targets``), signed."""
+        """A notice of ``payload`` for ``device_id`` (or ``targets`` and ``groups``), signed."""
         scope = scope or f"device/{device_id}"
         seq = seq if seq is not None else self.next_seq(scope)
         now = int(self.clock())
@@ -193,7 +194,7 @@ class Signer:
             ),
             handler=handler,
             handler_args={},
-            target=Target(devices=targets if targets is not None else (device_id,)),
+            target=Target(devices=targets if targets is not None else (device_id,), groups=groups),
             issued_at=now,
             expires_at=now + DAY,
             scope=scope,

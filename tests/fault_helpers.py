@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 import aiomqtt
 from aiohttp import web
-from device_helpers import Signer, wait_for, write_config
+from device_helpers import Signer, make_tar, wait_for, write_config
 
 from device_client.agent import DeviceAgent
 from device_client.config import load_config as load_device_config
@@ -233,14 +233,7 @@ def release_tar(version: str, filler: int = 0, *, seed: int = 0) -> bytes:
     files = {"VERSION": f"{version}\n".encode(), "bin/app": f"#!/bin/sh\necho {version}\n".encode()}
     if filler:
         files["data.bin"] = random.Random(f"{version}-{seed}").randbytes(filler)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(content))
-    return buf.getvalue()
+    return make_tar(files)
 
 
 def tar_files(payload: bytes) -> dict[str, bytes]:
