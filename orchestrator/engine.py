@@ -21,6 +21,7 @@ from orchestrator.clock import Clock
 from orchestrator.keystore import SigningSet
 from orchestrator.notices import NoticeFactory
 from orchestrator.policy import (
+    ACTIVE_ROLLOUT_STATES,
     PhaseCounts,
     RateLimiter,
     failure_tripped,
@@ -29,7 +30,13 @@ from orchestrator.policy import (
     rate_per_minute,
 )
 from orchestrator.rollouts import TargetSpec, resolve_targets
-from orchestrator.store import Database, DeviceFilter, NoticeRecord, RolloutRecord
+from orchestrator.store import (
+    Database,
+    DeviceFilter,
+    DeviceRecord,
+    NoticeRecord,
+    RolloutRecord,
+)
 
 __all__ = ["Publisher", "RolloutEngine"]
 
@@ -98,7 +105,6 @@ class RolloutEngine:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_republish = -1e18
-        self.passes = 0
 
     # --- loop ----------------------------------------------------------------------------
 
@@ -126,20 +132,20 @@ class RolloutEngine:
             if now - self._last_republish >= REPUBLISH_EVERY_S:
                 self._last_republish = now
                 await self.republish(now)
-            rollouts = await self.db.run(
-                lambda s: s.list_rollouts(("scheduled", "running", "paused"))
-            )
+            rollouts = await self.db.run(lambda s: s.list_rollouts(ACTIVE_ROLLOUT_STATES))
             if now - self._last_follow >= self.follow_every_s:
                 self._last_follow = now
                 # All together, newest first: a device that matches several continuous
                 # rollouts joins the newest only (each leaves out devices another active
                 # rollout targets).
-                for r in sorted(rollouts, key=lambda r: r.id, reverse=True):
-                    if r.spec.continuous and r.state != "scheduled":
-                        await self._follow(r, now)
+                following = [r for r in rollouts if r.spec.continuous and r.state != "scheduled"]
+                if following:
+                    devices = await self.db.run(lambda s: s.list_devices(DeviceFilter(limit=10**9)))
+                    have = await self.db.run(lambda s: s.active_target_ids())
+                    for r in sorted(following, key=lambda r: r.id, reverse=True):
+                        await self._follow(r, now, devices, have)
             for r in rollouts:
                 await self._step(r, now)
-            self.passes += 1
 
     # --- one rollout ---------------------------------------------------------------------
 
@@ -197,12 +203,8 @@ class RolloutEngine:
         self, r: RolloutRecord, counts: dict[int, PhaseCounts], total: PhaseCounts, now: float
     ) -> RolloutRecord:
         spec = r.spec
-        phase_counts = PhaseCounts()
-        for p, c in counts.items():
-            if p <= r.phase:  # a phase is judged with the ones before it (cumulative %)
-                for name in ("total", "pending", "waiting", "in_flight", "succeeded",
-                             "failed", "canceled"):  # fmt: skip
-                    setattr(phase_counts, name, getattr(phase_counts, name) + getattr(c, name))
+        # A phase is judged with the ones before it (cumulative %).
+        phase_counts = _totals({p: c for p, c in counts.items() if p <= r.phase})
         last = r.phase + 1 >= len(spec.phases)
         if not gate_met(phase_counts, spec.success_pct):
             if r.gate_met_at is not None:
@@ -232,13 +234,14 @@ class RolloutEngine:
             await self._audit(r, now, "rollout.complete", "every device finished")
         return r
 
-    async def _follow(self, r: RolloutRecord, now: float) -> None:
+    async def _follow(
+        self, r: RolloutRecord, now: float, devices: Sequence[DeviceRecord], have: set[str]
+    ) -> None:
         """Add the devices that match a continuous rollout's target now but are not in it
         (registered since, or moved into a targeted group), to its last phase. Devices
-        already running the release, or targeted by any active rollout, are left out."""
+        already running the release, or in ``have`` (targeted by an active rollout), are
+        left out; those added join ``have``."""
         release = await self.db.run(lambda s: s.get_release(r.release_id))
-        devices = await self.db.run(lambda s: s.list_devices(DeviceFilter(limit=10**9)))
-        have = await self.db.run(lambda s: s.active_target_ids())
         running = {d.device_id for d in devices if d.current_version == release.version}
         joined = [
             d for d in resolve_targets(TargetSpec.from_json(r.target), devices, release)
@@ -248,6 +251,7 @@ class RolloutEngine:
             return
         last_phase = len(r.spec.phases) - 1
         added = await self.db.run(lambda s: s.add_targets(r.id, joined, last_phase, now))
+        have.update(joined)
         logger.info("rollout %d: %d device(s) joined its target", r.id, added)
         await self._audit(r, now, "rollout.follow", f"{added} device(s) joined the target")
 
@@ -269,19 +273,29 @@ class RolloutEngine:
 
     # --- notices -------------------------------------------------------------------------
 
-    async def _sign_updates(
-        self, r: RolloutRecord, device_ids: Sequence[str], now: float
+    async def _sign(
+        self,
+        device_ids: Sequence[str],
+        now: float,
+        build: Callable[[SigningSet, dict[str, int]], list[NoticeRecord]],
     ) -> list[NoticeRecord]:
-        """Reserve sequences, then sign one update notice per device."""
-        release = await self.db.run(lambda s: s.get_release(r.release_id))
+        """Reserve a sequence per device scope, then sign off the event loop."""
         signing = self.signing(now)
         scopes = [device_scope(d) for d in device_ids]
         seqs = await self.db.run(lambda s: s.reserve_seqs(scopes, int(now * 1000)))
-        return await asyncio.to_thread(
-            lambda: self.notices.updates(
+        return await asyncio.to_thread(build, signing, seqs)
+
+    async def _sign_updates(
+        self, r: RolloutRecord, device_ids: Sequence[str], now: float
+    ) -> list[NoticeRecord]:
+        """One signed update notice per device."""
+        release = await self.db.run(lambda s: s.get_release(r.release_id))
+        return await self._sign(
+            device_ids, now,
+            lambda signing, seqs: self.notices.updates(
                 signing, release, rollout_id=r.id, device_ids=device_ids, seqs=seqs, now=int(now)
-            )
-        )
+            ),
+        )  # fmt: skip
 
     async def send_updates(
         self, r: RolloutRecord, device_ids: Sequence[str], online: set[str], now: float
@@ -348,12 +362,12 @@ class RolloutEngine:
         await self._update(r, now, state=state, reason=reason)
         if not devices:
             return 0
-        signing = self.signing(now)
-        scopes = [device_scope(d) for d in devices]
-        seqs = await self.db.run(lambda s: s.reserve_seqs(scopes, int(now * 1000)))
-        records = self.notices.cancels(
-            signing, rollout_id=r.id, device_ids=devices, seqs=seqs, now=int(now)
-        )
+        records = await self._sign(
+            devices, now,
+            lambda signing, seqs: self.notices.cancels(
+                signing, rollout_id=r.id, device_ids=devices, seqs=seqs, now=int(now)
+            ),
+        )  # fmt: skip
         await self.db.run(lambda s: s.save_notices(records, {}))
         await self._publish(records, now)
         return len(records)
@@ -364,15 +378,18 @@ class RolloutEngine:
         async with self._lock:
             return await self._update(r, self.clock.now(), state="paused", reason=reason)
 
+    async def _rebase(self, r: RolloutRecord, now: float) -> RolloutRecord:
+        """Running again; failures so far no longer count against the threshold."""
+        total = _totals(await self.db.run(lambda s: s.phase_counts(r.id)))
+        return await self._update(
+            r, now, state="running", reason="", gate_met_at=None,
+            failure_base=total.failed, attempt_base=total.failed + total.succeeded,
+        )  # fmt: skip
+
     async def resume(self, r: RolloutRecord) -> RolloutRecord:
         """Resume; failures so far no longer count against the threshold."""
         async with self._lock:
-            now = self.clock.now()
-            total = _totals(await self.db.run(lambda s: s.phase_counts(r.id)))
-            r = await self._update(
-                r, now, state="running", reason="", gate_met_at=None,
-                failure_base=total.failed, attempt_base=total.failed + total.succeeded,
-            )  # fmt: skip
+            r = await self._rebase(r, self.clock.now())
         self.wake()
         return r
 
@@ -381,11 +398,7 @@ class RolloutEngine:
         async with self._lock:
             now = self.clock.now()
             n = await self.db.run(lambda s: s.retry_failed(r.id, now))
-            total = _totals(await self.db.run(lambda s: s.phase_counts(r.id)))
-            await self._update(
-                r, now, state="running", reason="", gate_met_at=None,
-                failure_base=total.failed, attempt_base=total.failed + total.succeeded,
-            )  # fmt: skip
+            await self._rebase(r, now)
         self.wake()
         return n
 
