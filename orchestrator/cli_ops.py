@@ -15,6 +15,7 @@ from rich.text import Text
 
 from orchestrator.cli_common import api_command, emit, fmt_time, table
 from orchestrator.client import ApiClient
+from orchestrator.policy import FAILURE_STATES
 from orchestrator.units import parse_duration, parse_percent, parse_phases
 
 __all__ = ["audit", "devices", "release", "rollout"]
@@ -288,7 +289,7 @@ def rollout_list(api: ApiClient, as_json: bool, states: tuple[str, ...]) -> None
         [[r["id"], f"{r['release']['name']} {r['release']['version']}", r["state"],
           f"{r['phase'] + 1}/{len(r['phases'])}", r["devices"],
           r["states"].get("succeeded", 0),
-          sum(r["states"].get(s, 0) for s in ("failed", "rolled_back", "rejected", "timed_out")),
+          sum(r["states"].get(s, 0) for s in FAILURE_STATES),
           r["reason"]] for r in d["rollouts"]]))  # fmt: skip
 
 

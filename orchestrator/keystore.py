@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetpush_protocol.atomic import atomic_write
-from fleetpush_protocol.envelope import decode_envelope, parse, sign_message
+from fleetpush_protocol.envelope import sign_message
 from fleetpush_protocol.errors import ContentError
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.messages import Keyring, SigningKeyInfo
@@ -43,7 +43,6 @@ class SigningSet:
 
     keys: tuple[KeyPair, ...]
     not_after: int  # Unix seconds: no notice may expire later than this
-    keyring_version: int
 
 
 class KeyStore:
@@ -130,7 +129,6 @@ class KeyStore:
         return SigningSet(
             keys=tuple(k for k, _ in chosen),
             not_after=min(i.not_after for _, i in chosen),
-            keyring_version=ring.version,
         )
 
     # --- writing -------------------------------------------------------------------------
@@ -257,11 +255,3 @@ def describe(ring: Keyring) -> dict[str, object]:
         "revoked": [k.hex() for k in ring.revoked],
         "issued_at": ring.issued_at,
     }
-
-
-def decode_keyring(blob: bytes) -> Keyring:
-    """Parse a stored keyring blob (already verified by ``KeyStore.current``)."""
-    msg = parse(decode_envelope(blob))
-    if not isinstance(msg, Keyring):
-        raise KeyStoreError("not a keyring")
-    return msg

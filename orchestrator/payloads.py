@@ -89,13 +89,6 @@ class PayloadStore:
             raise
         return sha, size
 
-    def store_bytes(self, data: bytes) -> tuple[str, int]:
-        sha = hashlib.sha256(data).hexdigest()
-        path = self.path(sha)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, data)
-        return sha, len(data)
-
     def delete(self, sha256_hex: str) -> None:
         with contextlib.suppress(FileNotFoundError, ValueError):
             self.path(sha256_hex).unlink()

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = [
+    "ACTIVE_ROLLOUT_STATES",
     "FAILURE_STATES",
     "IN_FLIGHT_STATES",
     "TERMINAL_STATES",
@@ -28,6 +29,8 @@ __all__ = [
     "phase_bounds",
     "rate_per_minute",
 ]
+
+ACTIVE_ROLLOUT_STATES = ("scheduled", "running", "paused")  # a rollout not yet over
 
 PENDING = "pending"  # not notified yet
 SENT = "sent"  # notice published, no report yet

@@ -60,7 +60,6 @@ PAGE_HEADERS = {
 MAX_DEVICES_SCANNED = 100_000
 MAX_FAILURES_SHOWN = 50
 MAX_DEVICES_PER_EVENT = 100
-ACTIVE = ("scheduled", "running", "paused")
 
 
 # --- pages ---------------------------------------------------------------------------------

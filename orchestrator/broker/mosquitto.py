@@ -280,13 +280,6 @@ class MosquittoBroker:
                 raise KeyError(device_id)
             reg.put(replace(old, model=model))
 
-    def remove_user(self, username: str) -> None:
-        """Drop ``username`` from the password file and ACL (no CRL, no kick; see revoke)."""
-        with self.registry.locked() as reg:
-            reg.pop(username)
-            self._write_files(reg)
-        self._passwords.pop(username, None)
-
     def revoke(self, device_id: str, *, timeout: float = 10.0) -> bool:
         """Take all access away from ``device_id`` and drop it if it is connected.
 

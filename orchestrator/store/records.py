@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.policy import RolloutSpec
+from orchestrator.policy import ACTIVE_ROLLOUT_STATES, RolloutSpec
 
 __all__ = [
     "AuditEntry",
@@ -66,7 +66,6 @@ class DeviceFilter:
     online: bool | None = None
     version: str | None = None
     tag: str | None = None
-    ids: tuple[str, ...] = ()
     limit: int = 1000
     offset: int = 0
 
@@ -118,7 +117,7 @@ class RolloutRecord:
 
     @property
     def active(self) -> bool:
-        return self.state in ("scheduled", "running", "paused")
+        return self.state in ACTIVE_ROLLOUT_STATES
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -14,6 +14,7 @@ from typing import Any
 
 from fleetpush_protocol.messages import Inventory, Presence, Report
 from orchestrator.policy import (
+    ACTIVE_ROLLOUT_STATES,
     FAILURE_STATES,
     IN_FLIGHT_STATES,
     PENDING,
@@ -221,9 +222,6 @@ class SQLiteStore:
         if f.version is not None:
             where.append("current_version = ?")
             args.append(f.version)
-        if f.ids:
-            where.append(f"device_id IN ({_marks(len(f.ids))})")
-            args.extend(f.ids)
         sql = f"SELECT {_DEVICE_COLS} FROM devices"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -477,8 +475,8 @@ class SQLiteStore:
                 r[0]
                 for r in self.db.execute(
                     "SELECT id FROM rollouts WHERE release_id = ? "
-                    "AND state IN ('scheduled', 'running', 'paused')",
-                    (release_id,),
+                    f"AND state IN ({_marks(len(ACTIVE_ROLLOUT_STATES))})",
+                    (release_id, *ACTIVE_ROLLOUT_STATES),
                 )
             ]
             if users:
@@ -615,7 +613,8 @@ class SQLiteStore:
         """Devices targeted by any scheduled, running or paused rollout."""
         rows = self.db.execute(
             "SELECT DISTINCT t.device_id FROM rollout_targets t JOIN rollouts r "
-            "ON r.id = t.rollout_id WHERE r.state IN ('scheduled', 'running', 'paused')"
+            f"ON r.id = t.rollout_id WHERE r.state IN ({_marks(len(ACTIVE_ROLLOUT_STATES))})",
+            ACTIVE_ROLLOUT_STATES,
         )
         return {r[0] for r in rows}
 
@@ -694,27 +693,29 @@ class SQLiteStore:
                 out[scope] = int(row[0])
         return out
 
-    def _supersede(self, notices: Sequence[NoticeRecord]) -> None:
+    def _insert_notices(self, notices: Sequence[NoticeRecord]) -> None:
         # A newer notice on a device's topic replaces the retained one: an older notice not
-        # yet acknowledged must never be published again over it. Run before inserting, so
-        # the partial index holds only notices from earlier calls (normally none).
+        # yet acknowledged must never be published again over it. Superseded before the
+        # insert, so the partial index holds only notices of earlier calls (normally none).
         self.db.executemany(
             "UPDATE notices SET published = 1 WHERE published = 0 AND topic = ? AND seq < ?",
             [(n.topic, n.seq) for n in notices],
         )
+        self.db.executemany(
+            f"INSERT INTO notices ({_NOTICE_COLS}) VALUES ({_marks(10)})",
+            [
+                (n.notice_id, n.device_id, n.rollout_id, n.kind, n.scope, n.seq, n.topic,
+                 n.issued_at, n.expires_at, n.envelope)
+                for n in notices
+            ],
+        )  # fmt: skip
+        for n in notices:
+            self._notice_owner[n.notice_id] = (n.device_id, n.rollout_id)
 
     def save_notices(self, notices: Sequence[NoticeRecord], delivered: dict[str, bool]) -> None:
         """Store signed notices; their targets become ``sent`` (or canceled for cancels)."""
         with self._tx():
-            self._supersede(notices)
-            self.db.executemany(
-                f"INSERT INTO notices ({_NOTICE_COLS}) VALUES ({_marks(10)})",
-                [
-                    (n.notice_id, n.device_id, n.rollout_id, n.kind, n.scope, n.seq, n.topic,
-                     n.issued_at, n.expires_at, n.envelope)
-                    for n in notices
-                ],
-            )  # fmt: skip
+            self._insert_notices(notices)
             self.db.executemany(
                 "UPDATE rollout_targets SET state = ?, notice_id = ?, notified_at = ?, "
                 "updated_at = ?, delivered = ?, last_counter = 0 "
@@ -726,8 +727,6 @@ class SQLiteStore:
                     if n.kind == "notice"
                 ],
             )  # fmt: skip
-        for n in notices:
-            self._notice_owner[n.notice_id] = (n.device_id, n.rollout_id)
 
     def waiting_notices(self, rollout_id: int) -> list[tuple[str, float, float]]:
         """``(device_id, issued_at, expires_at)`` of each update notice that still waits
@@ -745,28 +744,19 @@ class SQLiteStore:
     def replace_notices(self, notices: Sequence[NoticeRecord]) -> set[str]:
         """Make each update notice the one its target waits on, if that target still waits
         offline; store only those. Returns the devices whose notice was replaced."""
-        replaced = set()
         with self._tx():
-            for n in notices:
-                cur = self.db.execute(
+            replaced = [
+                n for n in notices
+                if self.db.execute(
                     "UPDATE rollout_targets SET notice_id = ?, notified_at = ?, updated_at = ? "
                     "WHERE rollout_id = ? AND device_id = ? AND state = ? AND delivered = 0 "
                     "AND NOT EXISTS (SELECT 1 FROM devices d WHERE "
                     "d.device_id = rollout_targets.device_id AND d.online = 1)",
                     (n.notice_id, n.issued_at, n.issued_at, n.rollout_id, n.device_id, SENT),
-                )
-                if cur.rowcount:
-                    self._supersede([n])
-                    self.db.execute(
-                        f"INSERT INTO notices ({_NOTICE_COLS}) VALUES ({_marks(10)})",
-                        (n.notice_id, n.device_id, n.rollout_id, n.kind, n.scope, n.seq,
-                         n.topic, n.issued_at, n.expires_at, n.envelope),
-                    )  # fmt: skip
-                    replaced.add(n.device_id)
-        for n in notices:
-            if n.device_id in replaced:
-                self._notice_owner[n.notice_id] = (n.device_id, n.rollout_id)
-        return replaced
+                ).rowcount
+            ]  # fmt: skip
+            self._insert_notices(replaced)
+        return {n.device_id for n in replaced}
 
     def mark_published(self, notice_ids: Sequence[str]) -> None:
         with self._tx():
