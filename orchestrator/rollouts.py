@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.policy import PhaseCounts, RolloutSpec, phase_bounds
-from orchestrator.store import DeviceRecord, ReleaseRecord, RolloutRecord
+from orchestrator.store import DeviceRecord, ReleaseRecord, RolloutRecord, Store
 
-__all__ = ["TargetSpec", "resolve_targets", "status_view"]
+__all__ = ["TargetSpec", "resolve_targets", "rollout_status", "status_view"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +108,8 @@ def spec_from_request(body: dict[str, Any]) -> RolloutSpec:
     """The rollout settings in a create request (everything but release and target)."""
     settings = {k: v for k, v in body.items() if k not in ("release", "target")}
     return RolloutSpec.from_json(settings)
+
+
+def rollout_status(s: Store, r: RolloutRecord) -> dict[str, Any]:
+    """``status_view`` of ``r``, read from the store in one go (call it on the DB thread)."""
+    return status_view(r, s.get_release(r.release_id), s.phase_counts(r.id), s.state_counts(r.id))

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -31,8 +32,8 @@ from orchestrator.api.common import ctx, int_param, ok, principal, requires
 from orchestrator.api.context import CTX, ApiContext
 from orchestrator.auth import role_allows
 from orchestrator.policy import FAILURE_STATES
-from orchestrator.rollouts import status_view
-from orchestrator.store import DeviceFilter, RolloutRecord, Store
+from orchestrator.rollouts import rollout_status
+from orchestrator.store import DeviceFilter, DeviceRecord, RolloutRecord, Store
 
 __all__ = ["EventHub", "install", "routes"]
 
@@ -90,7 +91,7 @@ async def static_file(request: web.Request) -> web.Response:
 
 def rollout_view(s: Store, r: RolloutRecord) -> dict[str, Any]:
     """The API's status view plus the devices that failed, with their reasons."""
-    view = status_view(r, s.get_release(r.release_id), s.phase_counts(r.id), s.state_counts(r.id))
+    view = rollout_status(s, r)
     failures: list[dict[str, Any]] = []
     if any(view["states"].get(state) for state in FAILURE_STATES):
         for state in sorted(FAILURE_STATES):
@@ -100,9 +101,11 @@ def rollout_view(s: Store, r: RolloutRecord) -> dict[str, Any]:
     return view
 
 
-def fleet_summary(s: Store) -> dict[str, Any]:
-    """Devices online and offline, and which versions and models run where."""
-    devices = s.list_devices(DeviceFilter(limit=MAX_DEVICES_SCANNED))
+def fleet_summary(s: Store, devices: Sequence[DeviceRecord] | None = None) -> dict[str, Any]:
+    """Devices online and offline, and which versions and models run where (``devices``:
+    the registry as already read by the caller)."""
+    if devices is None:
+        devices = s.list_devices(DeviceFilter(limit=MAX_DEVICES_SCANNED))
     online = sum(d.online for d in devices)
     versions = Counter(d.current_version or "unknown" for d in devices)
     online_versions = Counter(d.current_version or "unknown" for d in devices if d.online)
@@ -276,12 +279,13 @@ class EventHub:
     async def _scan_devices(self, snap: _Snapshot, first: bool) -> None:
         def scan(s: Store) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             changed = []
-            for d in s.list_devices(DeviceFilter(limit=MAX_DEVICES_SCANNED)):
+            devices = s.list_devices(DeviceFilter(limit=MAX_DEVICES_SCANNED))
+            for d in devices:
                 key = (d.online, d.current_version, d.last_seen)
                 if snap.devices.get(d.device_id) != key:
                     snap.devices[d.device_id] = key
                     changed.append(d.to_json())
-            return fleet_summary(s), changed
+            return fleet_summary(s, devices), changed
 
         summary_, changed = await self.context.db.run(scan)
         text = json.dumps(summary_, sort_keys=True)

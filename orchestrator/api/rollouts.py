@@ -8,7 +8,7 @@ from orchestrator.api.common import audit, ctx, int_param, json_body, ok, princi
 from orchestrator.api.context import ApiError
 from orchestrator.api.releases import find_release
 from orchestrator.policy import assign_phases
-from orchestrator.rollouts import TargetSpec, resolve_targets, spec_from_request, status_view
+from orchestrator.rollouts import TargetSpec, resolve_targets, rollout_status, spec_from_request
 from orchestrator.store import DeviceFilter, RolloutRecord
 
 __all__ = ["routes"]
@@ -22,11 +22,7 @@ async def _rollout(request: web.Request) -> RolloutRecord:
 
 
 async def _view(request: web.Request, r: RolloutRecord) -> dict[str, object]:
-    c = ctx(request)
-    release = await c.db.run(lambda s: s.get_release(r.release_id))
-    counts = await c.db.run(lambda s: s.phase_counts(r.id))
-    states = await c.db.run(lambda s: s.state_counts(r.id))
-    return status_view(r, release, counts, states)
+    return await ctx(request).db.run(lambda s: rollout_status(s, r))
 
 
 @routes.post("/v1/rollouts")

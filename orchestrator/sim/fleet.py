@@ -82,8 +82,7 @@ def provision_passwords(
                     model=old.model if old else None,
                 )
             )  # fmt: skip
-    broker.write_auth_files()
-    broker.reload()
+    broker.reload()  # writes the password file and ACL from the registry, then signals
     return passwords
 
 
