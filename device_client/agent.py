@@ -125,6 +125,7 @@ class DeviceAgent:
         self._job_task: asyncio.Task[None] | None = None
         self._last_progress = 0.0
         self._ack_flush: asyncio.TimerHandle | None = None
+        self._identity: DeviceIdentity | None = None
         self._verified: str = ""  # notice id whose payload this process verified
         self.session: MqttSession | None = None
 
@@ -200,8 +201,13 @@ class DeviceAgent:
 
     @property
     def identity(self) -> DeviceIdentity:
-        c = self.config.device
-        return DeviceIdentity(c.id, c.model, frozenset(c.groups), self.state.current_version)
+        """Who the device is for targeting; rebuilt only when its version changes."""
+        ident = self._identity
+        if ident is None or ident.current_version != self.state.current_version:
+            c = self.config.device
+            ident = DeviceIdentity(c.id, c.model, frozenset(c.groups), self.state.current_version)
+            self._identity = ident
+        return ident
 
     def _presence(self, online: bool) -> bytes:
         return encode_message(
@@ -290,14 +296,16 @@ class DeviceAgent:
     def _rejected(self, outcome: Rejected, data: bytes) -> None:
         err = outcome.error
         logger.warning("%s: notice rejected (%s): %s", self.device_id, err.code, err)
-        if self.state.remember_rejected(hashlib.sha256(data).digest()):
+        reported = self.state.remember_rejected(hashlib.sha256(data).digest())
+        if reported:
             nid = outcome.notice_id if NAME_RE.fullmatch(outcome.notice_id) else "unknown"
             rid = outcome.rollout_id if NAME_RE.fullmatch(outcome.rollout_id) else "unknown"
             self._report(
                 nid, rid, self.topics.report(self.device_id), ReportState.REJECTED,
                 error=ErrorInfo(code=err.code, message=str(err)[:1024]),
             )  # fmt: skip
-        self._save()  # also persists sequences recorded for authentic, untargeted notices
+        if reported or outcome.authentic:  # authentic: sequences recorded for untargeted ones
+            self._save()
 
     async def _accept_update(self, msg: UpdateNotice, data: bytes) -> None:
         job = self.state.job
@@ -439,10 +447,6 @@ class DeviceAgent:
         code = str(code)
         job = job.advance(state, error_code=code, error_message=message[:1024])
         error = ErrorInfo(code=code, message=message[:1024]) if code else None
-        if state is JobState.SUCCEEDED:
-            notice = decode_message(job.notice)
-            assert isinstance(notice, UpdateNotice)  # noqa: S101
-            self.state.installed = notice.release
         self._report_job(job, ReportState(state.value), error=error,
                          detail="" if code else message)  # fmt: skip
         self.state.job = None
@@ -671,6 +675,7 @@ class DeviceAgent:
             await self.handler.commit(request)
         except OSError as e:  # cleanup only: the release is installed and healthy
             logger.warning("%s: cleanup after install failed: %s", self.device_id, e)
+        self.state.installed = notice.release  # persisted by _finish's write
         self._finish(job, JobState.SUCCEEDED, "", "")
         if self.session is not None:
             inv = Publication(self.topics.inventory(self.device_id), self._inventory(), True)

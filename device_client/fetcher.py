@@ -134,7 +134,6 @@ class Fetcher:
         self.config = config
         self.user_agent = user_agent
         self.bytes_received = 0  # body bytes read from servers, all attempts (for tests)
-        self.requests = 0
         self._resumed_from_disk = False
 
     async def fetch(
@@ -215,7 +214,6 @@ class Fetcher:
         import aiohttp  # noqa: PLC0415 - already loaded by fetch()
 
         req_headers = {"Range": f"bytes={offset}-"} if offset else {}
-        self.requests += 1
         try:
             async with session.get(url, headers=req_headers) as resp:
                 start = self._check_response(resp, offset, size)

@@ -22,7 +22,6 @@ from typing import Any, Self
 from fleetpush_protocol.messages import ReportState
 
 __all__ = [
-    "ACTIVE",
     "CANCELABLE",
     "Job",
     "JobState",
@@ -45,10 +44,6 @@ class JobState(StrEnum):
     CANCELED = "canceled"
 
     @property
-    def terminal(self) -> bool:
-        return self in _TERMINAL
-
-    @property
     def report_state(self) -> ReportState | None:
         """The state reported on entry, or None for local-only states."""
         if self is JobState.HEALTH_CHECK:
@@ -56,15 +51,10 @@ class JobState(StrEnum):
         return ReportState(self.value)
 
 
-_TERMINAL = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.ROLLED_BACK, JobState.CANCELED}
-)
-
 # States whose job may still be canceled: nothing on the device has changed yet.
 CANCELABLE = frozenset(
     {JobState.NOTIFIED, JobState.DEFERRED, JobState.DOWNLOADING, JobState.DOWNLOADED}
 )
-ACTIVE = frozenset(JobState) - _TERMINAL
 
 _S = JobState
 _ALLOWED: dict[JobState, frozenset[JobState]] = {

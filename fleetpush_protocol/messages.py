@@ -184,9 +184,7 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
     expires_at: Time
     format: int = FORMAT
     handler: Name
-    handler_args: Annotated[
-        dict[Annotated[str, msgspec.Meta(max_length=64)], Text], msgspec.Meta(max_length=64)
-    ]
+    handler_args: HandlerArgs
     issued_at: Time
     notice_id: Name
     payload: Payload

@@ -18,13 +18,11 @@ class PayloadCheck:
 
     __slots__ = ("_hash", "done", "sha256", "size")
 
-    def __init__(self, size: int, sha256: bytes, *, resume_from: bytes = b"") -> None:
+    def __init__(self, size: int, sha256: bytes) -> None:
         self.size = size
         self.sha256 = sha256
         self._hash = hashlib.sha256()
         self.done = 0
-        if resume_from:
-            self.update(resume_from)
 
     def update(self, chunk: bytes) -> None:
         """Account for ``chunk``.
@@ -50,10 +48,3 @@ class PayloadCheck:
             raise PayloadSizeMismatchError(f"payload is {self.done} bytes, signed size {self.size}")
         if self._hash.digest() != self.sha256:
             raise PayloadHashMismatchError("payload SHA-256 differs from the signed hash")
-
-    def copy_state(self) -> PayloadCheck:
-        """A copy, e.g. to check a partial file without disturbing the running hash."""
-        clone = PayloadCheck.__new__(PayloadCheck)
-        clone.size, clone.sha256, clone.done = self.size, self.sha256, self.done
-        clone._hash = self._hash.copy()
-        return clone

@@ -27,7 +27,7 @@ from fleetpush_protocol.messages import (
     Target,
     UpdateNotice,
 )
-from fleetpush_protocol.topics import Topics
+from fleetpush_protocol.topics import DEFAULT_PREFIX, Topics
 
 __all__ = [
     "BASE_TIME",
@@ -182,7 +182,7 @@ class Signer:
         scope = scope or f"device/{device_id}"
         seq = seq if seq is not None else self.next_seq(scope)
         now = int(self.clock())
-        prefix = topics.prefix if topics else "fleetpush"
+        prefix = topics.prefix if topics else DEFAULT_PREFIX
         notice = UpdateNotice(
             notice_id=notice_id or f"n-{device_id}-{seq}",
             rollout_id=rollout_id,

@@ -50,14 +50,11 @@ class CommandHandler:
     async def rollback(self, request: InstallRequest) -> None:
         if not self.config.rollback:
             raise UpdateError(FailureCode.ROLLBACK_FAILED, "no rollback command configured")
-        try:
-            await run_step(
-                self.config.rollback, request.values(), failure=FailureCode.ROLLBACK_FAILED,
-                step="rollback", changed=True,
-                options=StepOptions(timeout_s=self.config.step_timeout_s, env=request.env),
-            )  # fmt: skip
-        except UpdateError as e:
-            raise UpdateError(FailureCode.ROLLBACK_FAILED, str(e)) from e
+        await run_step(
+            self.config.rollback, request.values(), failure=FailureCode.ROLLBACK_FAILED,
+            step="rollback", changed=True,
+            options=StepOptions(timeout_s=self.config.step_timeout_s, env=request.env),
+        )  # fmt: skip
 
     async def commit(self, request: InstallRequest) -> None:
         return None
