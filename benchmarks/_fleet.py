@@ -87,16 +87,23 @@ class WorkerFleet:
             "max_worker_rss_mb": round(max(a["rss_kb"] for a in answers) / 1024, 1),
         }
 
-    async def watch(self, rollout_id: str, timeout_s: float = 120) -> None:
+    async def watch(
+        self, rollout_id: str, timeout_s: float = 120, until: str | None = None
+    ) -> None:
+        """Time each agent's first report of ``rollout_id`` and, with ``until``, its first
+        report of that state too (``collect`` waits for both)."""
         for p in self.procs:
-            await self._send(p, {"watch": rollout_id, "timeout": timeout_s})
+            await self._send(p, {"watch": rollout_id, "timeout": timeout_s, "until": until})
 
     async def collect(self, timeout_s: float = 150) -> dict[str, Any]:
         """After ``watch``: how many agents verified the notice, and the last one's time."""
         answers = [await self._recv(p, timeout_s) for p in self.procs]
         lasts = [a["last"] for a in answers if a["last"] is not None]
+        until = [a["until_last"] for a in answers if a.get("until_last") is not None]
         return {"count": sum(a["count"] for a in answers), "last": max(lasts, default=None),
-                "cpu_s": sum(a["cpu_s"] for a in answers)}  # fmt: skip
+                "cpu_s": sum(a["cpu_s"] for a in answers),
+                "until_count": sum(a.get("until_count", 0) for a in answers),
+                "until_last": max(until, default=None)}  # fmt: skip
 
     async def stop(self) -> None:
         for p in self.procs:

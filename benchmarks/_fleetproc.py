@@ -4,9 +4,12 @@ Spoken to over stdin/stdout, one JSON object per line:
 
     in : {"config": {...}}                 start the agents (first line)
     out: {"ready": n, "rss_kb": k}         every agent connected and trusts keyring >= 1
-    in : {"watch": rollout_id, "timeout": s}
-    out: {"watched": rollout_id, "count": n, "first": t, "last": t, "cpu_s": c}
-         perf_counter times, and the CPU seconds this process used while watching
+    in : {"watch": rollout_id, "timeout": s, "until": "succeeded"}
+    out: {"watched": rollout_id, "count": n, "first": t, "last": t, "cpu_s": c,
+          "until_count": n, "until_last": t}
+         perf_counter times of each agent's first report of the rollout, and the CPU seconds
+         this process used while watching; with ``until``, it waits until every agent has
+         also reported that state and gives the last one's time
     in : {"stop": true}
     out: {"stopped": n}
 
@@ -75,16 +78,21 @@ async def _main() -> None:
         while True:
             cmd = await read()
             if "watch" in cmd:
-                rid = str(cmd["watch"])
+                rid, until = str(cmd["watch"]), cmd.get("until")
                 cpu = cpu_seconds()
                 end = time.monotonic() + float(cmd.get("timeout", 60))
-                while len(fleet.observer.notified(rid)) < len(fleet.devices):
+                obs = fleet.observer
+                while len(obs.notified(rid)) < len(fleet.devices) or (
+                    until and len(obs.times(rid, until)) < len(fleet.devices)
+                ):
                     if time.monotonic() > end:
                         break
                     await asyncio.sleep(0.005)
-                times = fleet.observer.notified(rid).values()
+                times = obs.notified(rid).values()
+                done = obs.times(rid, until).values() if until else ()
                 _say({"watched": rid, "count": len(times), "first": min(times, default=None),
-                      "last": max(times, default=None), "cpu_s": cpu_seconds() - cpu})  # fmt: skip
+                      "last": max(times, default=None), "cpu_s": cpu_seconds() - cpu,
+                      "until_count": len(done), "until_last": max(done, default=None)})  # fmt: skip
             elif cmd.get("stop"):
                 break
     except EOFError:
