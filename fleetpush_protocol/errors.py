@@ -5,7 +5,8 @@
     │   ├── DecodeError            malformed / oversized / non-canonical bytes
     │   ├── FormatError            unknown message type or format version
     │   ├── SignatureError         missing, unknown key, revoked, invalid, below threshold
-    │   ├── KeyringError           rotation rules broken, too many rotations, gaps
+    │   ├── KeyringError           rotation rules broken, too many rotations, gaps,
+    │   │                          too many revoked keys to remember
     │   ├── FreshnessError         expired, rollback, duplicate, sequence conflict
     │   ├── TargetingError         not addressed to this device / model / version / size
     │   └── PayloadError           hash or size mismatch of a downloaded payload
@@ -48,6 +49,7 @@ __all__ = [
     "SignatureError",
     "SignatureMissingError",
     "TargetingError",
+    "TooManyRevocationsError",
     "TooManyRotationsError",
     "TransportError",
     "UnexpectedTypeError",
@@ -166,6 +168,12 @@ class KeyringGapError(KeyringError):
 
 class TooManyRotationsError(KeyringError):
     code = "too_many_rotations"
+
+
+class TooManyRevocationsError(KeyringError):
+    """Accepting the keyring would push the device's revoked-key memory past its limit."""
+
+    code = "too_many_revocations"
 
 
 # --- 4. freshness ------------------------------------------------------------------------
