@@ -9,7 +9,8 @@
     │   │                          too many revoked keys to remember
     │   ├── FreshnessError         expired, rollback, duplicate, sequence conflict
     │   ├── TargetingError         not addressed to this device / model / version / size
-    │   └── PayloadError           hash or size mismatch of a downloaded payload
+    │   ├── PayloadError           hash or size mismatch of a downloaded payload
+    │   └── WrongDeviceError       a device-sent message speaking for another device
     └── TransportError         broker or HTTP trouble: retried with jittered backoff
 
 Each concrete content error has a stable ``code`` string; codes are part of the wire
@@ -57,6 +58,7 @@ __all__ = [
     "UnknownTypeError",
     "UnsupportedFormatError",
     "VersionMismatchError",
+    "WrongDeviceError",
     "WrongModelError",
     "error_codes",
 ]
@@ -249,6 +251,15 @@ class PayloadHashMismatchError(PayloadError):
 
 class PayloadSizeMismatchError(PayloadError):
     code = "size_mismatch"
+
+
+# --- device-sent messages ----------------------------------------------------------------
+
+
+class WrongDeviceError(ContentError):
+    """A report, presence or inventory whose ``device_id`` is not its topic's device."""
+
+    code = "wrong_device"
 
 
 def _leaves(cls: type[ContentError]) -> list[type[ContentError]]:

@@ -82,7 +82,7 @@ class VerifyPolicy:
     """Device-side limits. Every bound has a unit and a sane range."""
 
     max_message_bytes: int = MAX_MESSAGE_BYTES  # bytes
-    max_payload_bytes: int = 4 * 2**30  # bytes
+    max_payload_bytes: int = 1 << 30  # bytes; the device's [download] default too
     clock_skew_s: int = 300  # seconds of grace on expiry and key windows
     max_rotations: int = 64  # keyring versions applied in one go
     max_revoked_keys: int = 4096  # keys remembered as revoked, forever; 32 bytes each
