@@ -376,10 +376,13 @@ class DeviceAgent:
         self._save()
 
     def _reply_topic(self, template: str) -> str:
-        topic = template.replace("{device_id}", self.device_id)
-        if not topic or topic.startswith("$") or any(c in topic for c in "+#\x00{}"):
-            return self.topics.report(self.device_id)
-        return topic
+        # The broker's ACL lets a device publish reports on its own report topic only, so
+        # anything else would be lost: report there whatever the notice says.
+        own = self.topics.report(self.device_id)
+        if template.replace("{device_id}", self.device_id) != own:
+            logger.warning("%s: reply_topic %r ignored; reporting on %s",
+                           self.device_id, template[:128], own)  # fmt: skip
+        return own
 
     # --- reports ---------------------------------------------------------------------------
 

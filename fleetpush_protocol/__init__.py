@@ -11,6 +11,7 @@ from fleetpush_protocol.envelope import (
     decode_message,
     encode_message,
     sign_message,
+    verify_device_message,
 )
 from fleetpush_protocol.errors import ContentError, FleetpushError, TransportError
 from fleetpush_protocol.keys import KeyPair
@@ -79,6 +80,7 @@ __all__ = [
     "decode_message",
     "encode_message",
     "sign_message",
+    "verify_device_message",
     "verify_keyring",
     "verify_keyring_chain",
     "verify_notice",

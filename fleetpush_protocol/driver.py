@@ -172,7 +172,7 @@ class DeviceTrust:
         return outcomes
 
     def _accept_keyring(self, verified: Verified[Keyring]) -> None:
-        self.trusted = TrustedKeyring(keyring=verified.message, digest=verified.digest)
+        self.trusted = self.trusted.then(verified)
         self.trusted_time = max(self.trusted_time, verified.message.issued_at)
 
     def take_parked(self) -> list[bytes]:
@@ -189,6 +189,8 @@ class DeviceTrust:
         return {
             "keyring": encode_body(ring) if ring.version else b"",
             "keyring_digest": self.trusted.digest,
+            # Every key ever seen revoked, not only the current keyring's list (issue 12).
+            "revoked_keys": sorted(self.trusted.revoked),
             "seen": {s: {"seq": v.seq, "digest": v.digest} for s, v in self.seen.items()},
             "trusted_time": self.trusted_time,
             "pending_keyrings": {str(v): d for v, d in self.pending_keyrings.items()},
@@ -201,12 +203,14 @@ class DeviceTrust:
         """Restore a snapshot written by ``to_state``.
 
         A saved keyring was verified before it was saved and may have rotated the root away
-        from the configured one; the configured ``anchor`` is only the chain's start.
+        from the configured one; the configured ``anchor`` is only the chain's start. A
+        snapshot from before ``revoked_keys`` existed starts from the saved keyring's list.
         """
         trusted = anchor
         if state.get("keyring"):
             ring = msgspec.msgpack.decode(state["keyring"], type=Keyring)
-            trusted = TrustedKeyring(keyring=ring, digest=state["keyring_digest"])
+            revoked = frozenset(bytes(k) for k in state.get("revoked_keys", ()))
+            trusted = TrustedKeyring(ring, bytes(state["keyring_digest"]), revoked)
         return cls(
             trusted=trusted,
             policy=policy,

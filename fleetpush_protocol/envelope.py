@@ -27,8 +27,10 @@ from fleetpush_protocol import canonical
 from fleetpush_protocol.errors import (
     MalformedError,
     OversizedError,
+    UnexpectedTypeError,
     UnknownTypeError,
     UnsupportedFormatError,
+    WrongDeviceError,
 )
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.messages import FORMAT, Message, message_class
@@ -44,6 +46,7 @@ __all__ = [
     "encode_message",
     "parse",
     "sign_message",
+    "verify_device_message",
 ]
 
 SIGNING_CONTEXT = b"fleetpush/v1 signed body\x00"
@@ -170,3 +173,33 @@ def encode_message(message: Message) -> bytes:
 def decode_message(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Decode and parse without any signature check (device-sent messages only)."""
     return parse(decode_envelope(data, max_bytes=max_bytes), max_bytes=max_bytes)
+
+
+DEVICE_MESSAGE_TYPES = ("report", "presence", "inventory")
+
+
+def verify_device_message(
+    data: bytes, *, kind: str, device_id: str, max_bytes: int = MAX_MESSAGE_BYTES
+) -> Message:
+    """A receiver's checks of what arrived on device ``device_id``'s ``kind`` topic.
+
+    ``kind`` is the topic's last level (``report``, ``presence`` or ``inventory``). The
+    signature list is not looked at: the broker authenticated the sender and its ACL bound
+    it to its own topics (docs/protocol.md, "Device-sent messages").
+
+    Raises:
+        OversizedError, MalformedError, UnsupportedFormatError, UnknownTypeError: as for
+            every message.
+        UnexpectedTypeError: a known type other than ``kind``.
+        WrongDeviceError: the body's ``device_id`` is not the topic's.
+    """
+    if kind not in DEVICE_MESSAGE_TYPES:
+        raise ValueError(f"{kind!r} is not a device-sent message type")
+    env = decode_envelope(data, max_bytes=max_bytes)
+    if env.type != kind:
+        raise UnexpectedTypeError(f"a {env.type[:64]} message on a {kind} topic")
+    msg = parse(env, max_bytes=max_bytes)
+    claimed = getattr(msg, "device_id", None)
+    if claimed != device_id:
+        raise WrongDeviceError(f"device {device_id} sent a {kind} for device {claimed}")
+    return msg

@@ -5,10 +5,12 @@
     │   ├── DecodeError            malformed / oversized / non-canonical bytes
     │   ├── FormatError            unknown message type or format version
     │   ├── SignatureError         missing, unknown key, revoked, invalid, below threshold
-    │   ├── KeyringError           rotation rules broken, too many rotations, gaps
+    │   ├── KeyringError           rotation rules broken, too many rotations, gaps,
+    │   │                          too many revoked keys to remember
     │   ├── FreshnessError         expired, rollback, duplicate, sequence conflict
     │   ├── TargetingError         not addressed to this device / model / version / size
-    │   └── PayloadError           hash or size mismatch of a downloaded payload
+    │   ├── PayloadError           hash or size mismatch of a downloaded payload
+    │   └── WrongDeviceError       a device-sent message speaking for another device
     └── TransportError         broker or HTTP trouble: retried with jittered backoff
 
 Each concrete content error has a stable ``code`` string; codes are part of the wire
@@ -48,6 +50,7 @@ __all__ = [
     "SignatureError",
     "SignatureMissingError",
     "TargetingError",
+    "TooManyRevocationsError",
     "TooManyRotationsError",
     "TransportError",
     "UnexpectedTypeError",
@@ -55,6 +58,7 @@ __all__ = [
     "UnknownTypeError",
     "UnsupportedFormatError",
     "VersionMismatchError",
+    "WrongDeviceError",
     "WrongModelError",
     "error_codes",
 ]
@@ -168,6 +172,12 @@ class TooManyRotationsError(KeyringError):
     code = "too_many_rotations"
 
 
+class TooManyRevocationsError(KeyringError):
+    """Accepting the keyring would push the device's revoked-key memory past its limit."""
+
+    code = "too_many_revocations"
+
+
 # --- 4. freshness ------------------------------------------------------------------------
 
 
@@ -241,6 +251,15 @@ class PayloadHashMismatchError(PayloadError):
 
 class PayloadSizeMismatchError(PayloadError):
     code = "size_mismatch"
+
+
+# --- device-sent messages ----------------------------------------------------------------
+
+
+class WrongDeviceError(ContentError):
+    """A report, presence or inventory whose ``device_id`` is not its topic's device."""
+
+    code = "wrong_device"
 
 
 def _leaves(cls: type[ContentError]) -> list[type[ContentError]]:

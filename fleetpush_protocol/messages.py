@@ -21,6 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 
 __all__ = [
+    "ERROR_STATES",
     "FORMAT",
     "CancelNotice",
     "ErrorInfo",
@@ -112,6 +113,10 @@ _TERMINAL = frozenset(
         ReportState.CANCELED,
     }
 )
+
+
+ERROR_STATES = frozenset({ReportState.FAILED, ReportState.ROLLED_BACK, ReportState.REJECTED})
+"""The report states that carry an ``error``; every other state carries nil."""
 
 
 class FailureCode(StrEnum):
@@ -242,7 +247,9 @@ class Keyring(Message, frozen=True, kw_only=True):
     signing_keys: Annotated[tuple[SigningKeyInfo, ...], msgspec.Meta(max_length=MAX_KEYS)]
     signing_threshold: Threshold
     type: Literal["keyring"] = "keyring"
-    version: Annotated[int, msgspec.Meta(ge=0, le=TIME_MAX)]
+    # Version 0 is the built-in anchor, never a message: a keyring body claiming it is
+    # malformed (step 3), before any version comparison.
+    version: Annotated[int, msgspec.Meta(ge=1, le=TIME_MAX)]
 
     def __post_init__(self) -> None:
         _unique(self.root_keys, "keyring.root_keys")
@@ -287,6 +294,13 @@ class Report(Message, frozen=True, kw_only=True):
     rollout_id: Name
     state: ReportState
     type: Literal["report"] = "report"
+
+    def __post_init__(self) -> None:
+        # One meaning per report: an error explains a failure, and only a failure.
+        if (self.error is not None) != (self.state in ERROR_STATES):
+            raise ValueError(
+                "error must be set exactly for the failed, rolled_back and rejected states"
+            )
 
 
 class Presence(Message, frozen=True, kw_only=True):

@@ -3,6 +3,9 @@
 A vector gives the trusted root keys, keyrings already trusted, the device's identity and
 stored state, the verification time and the message as hex, and the expected outcome:
 ``accept`` with the decoded body, or an error code. See docs/protocol.md, "Test vectors".
+
+A case this runner cannot even set up (a policy outside its bounds, bad hex) fails on its
+own with ``invalid_case``; the other cases still run.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fleetpush_protocol.envelope import decode_envelope
+from fleetpush_protocol.envelope import decode_envelope, verify_device_message
 from fleetpush_protocol.errors import ContentError
 from fleetpush_protocol.payload import PayloadCheck
 from fleetpush_protocol.verify import (
@@ -24,7 +27,18 @@ from fleetpush_protocol.verify import (
     verify_notice,
 )
 
-__all__ = ["VectorResult", "jsonable", "run_case", "run_vectors"]
+__all__ = [
+    "INVALID_CASE",
+    "KINDS",
+    "VectorResult",
+    "differences",
+    "jsonable",
+    "run_case",
+    "run_vectors",
+]
+
+KINDS = frozenset({"notice", "keyring", "keyring_chain", "payload", "device_message"})
+INVALID_CASE = "invalid_case"  # the ``actual`` of a case that could not be run at all
 
 
 def jsonable(value: Any) -> Any:
@@ -45,6 +59,32 @@ class VectorResult:
     actual: str
     ok: bool
     detail: str = ""
+    # For an accepted case whose decoded body differs: (path, expected, actual) per field.
+    differences: tuple[tuple[str, Any, Any], ...] = ()
+
+
+_ABSENT = "<absent>"
+
+
+def differences(expected: Any, actual: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """Where two decoded bodies differ, as (dotted path, expected, actual), in key order."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        out = []
+        for key in sorted(set(expected) | set(actual)):
+            sub = f"{path}.{key}" if path else key
+            if key not in actual:
+                out.append((sub, expected[key], _ABSENT))
+            elif key not in expected:
+                out.append((sub, _ABSENT, actual[key]))
+            else:
+                out.extend(differences(expected[key], actual[key], sub))
+        return out
+    if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        out = []
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+            out.extend(differences(e, a, f"{path}[{i}]"))
+        return out
+    return [] if expected == actual else [(path or "$", expected, actual)]
 
 
 def _trust(case: Mapping[str, Any], policy: VerifyPolicy) -> TrustedKeyring:
@@ -66,6 +106,17 @@ def _body_of(data: bytes, policy: VerifyPolicy) -> dict[str, Any]:
 def _evaluate(case: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:
     policy = _policy(case)
     kind = case["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    if kind == "device_message":
+        data = bytes.fromhex(case["message"])
+        verify_device_message(
+            data,
+            kind=case["topic"],
+            device_id=case["device"]["device_id"],
+            max_bytes=policy.max_message_bytes,
+        )
+        return "accept", _body_of(data, policy)
     trusted = _trust(case, policy)
     if kind == "keyring":
         data = bytes.fromhex(case["message"])
@@ -114,10 +165,17 @@ def run_case(case: Mapping[str, Any]) -> VectorResult:
         actual, decoded = _evaluate(case)
     except ContentError as e:
         return VectorResult(case["name"], expected, e.code, e.code == expected, str(e))
+    except (ValueError, TypeError, KeyError) as e:
+        # Only this case is unusable (an out-of-bounds policy, bad hex, a missing field).
+        what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        return VectorResult(case["name"], expected, INVALID_CASE, False, what)
     if expected != "accept":
         return VectorResult(case["name"], expected, actual, False, "accepted")
     if "decoded" in exp and decoded != exp["decoded"]:
-        return VectorResult(case["name"], expected, "accept", False, "decoded fields differ")
+        diff = tuple(differences(exp["decoded"], decoded))
+        return VectorResult(
+            case["name"], expected, "accept", False, "decoded fields differ", differences=diff
+        )
     return VectorResult(case["name"], expected, actual, True)
 
 

@@ -52,6 +52,7 @@ from fleetpush_protocol.errors import (
     SequenceConflictError,
     SignatureMissingError,
     TargetingError,
+    TooManyRevocationsError,
     TooManyRotationsError,
     UnexpectedTypeError,
     UnknownKeyError,
@@ -81,9 +82,10 @@ class VerifyPolicy:
     """Device-side limits. Every bound has a unit and a sane range."""
 
     max_message_bytes: int = MAX_MESSAGE_BYTES  # bytes
-    max_payload_bytes: int = 4 * 2**30  # bytes
+    max_payload_bytes: int = 1 << 30  # bytes; the device's [download] default too
     clock_skew_s: int = 300  # seconds of grace on expiry and key windows
     max_rotations: int = 64  # keyring versions applied in one go
+    max_revoked_keys: int = 4096  # keys remembered as revoked, forever; 32 bytes each
 
     def __post_init__(self) -> None:
         if not 1024 <= self.max_message_bytes <= 1 << 24:
@@ -94,6 +96,8 @@ class VerifyPolicy:
             raise ValueError("clock_skew_s must be 0..86400 seconds")
         if not 1 <= self.max_rotations <= 1024:
             raise ValueError("max_rotations must be 1..1024")
+        if not 1 <= self.max_revoked_keys <= 65536:
+            raise ValueError("max_revoked_keys must be 1..65536")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +124,23 @@ class SeenSequence:
 
 @dataclass(frozen=True, slots=True)
 class TrustedKeyring:
-    """The keyring a device trusts now; version 0 is the built-in root-only anchor."""
+    """The keyring a device trusts now; version 0 is the built-in root-only anchor.
+
+    ``revoked`` is every signing key any trusted keyring ever revoked, this one's included:
+    a later keyring that forgets a revocation (or lists the key again) cannot revive it.
+    """
 
     keyring: Keyring
     digest: bytes  # SHA-256 of the verified body; empty for the anchor
+    revoked: frozenset[bytes] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.revoked.issuperset(self.keyring.revoked):
+            object.__setattr__(self, "revoked", self.revoked.union(self.keyring.revoked))
+
+    def then(self, verified: Verified[Keyring]) -> TrustedKeyring:
+        """The trust after ``verified`` (the next version): its revocations are added."""
+        return TrustedKeyring(verified.message, verified.digest, self.revoked)
 
     @classmethod
     def anchor(cls, root_keys: Sequence[bytes], threshold: int = 1) -> TrustedKeyring:
@@ -157,15 +174,16 @@ def _decode(data: bytes, max_bytes: int, expected: tuple[str, ...]) -> tuple[Env
 
 
 def _check_notice_signatures(
-    env: Envelope, ring: Keyring, issued_at: int, now: int, skew: int
+    env: Envelope, trusted: TrustedKeyring, issued_at: int, now: int, skew: int
 ) -> None:
+    ring = trusted.keyring
     sigs = env.signatures
     if not sigs:
         raise SignatureMissingError("the message carries no signature")
     if len(sigs) > 1 and len({s.key for s in sigs}) != len(sigs):
         raise DuplicateSignatureError("the same key signed twice; each key counts once")
     for s in sigs:
-        if s.key in ring.revoked:
+        if s.key in trusted.revoked:
             raise KeyRevokedError(f"signed by revoked key {s.key.hex()[:16]}")
     infos = []
     for s in sigs:
@@ -223,7 +241,7 @@ def verify_notice(
         raise MalformedError("expires_at is before issued_at")
     effective_now = max(now, trusted_time)
     skew = policy.clock_skew_s
-    _check_notice_signatures(env, keyring.keyring, msg.issued_at, effective_now, skew)
+    _check_notice_signatures(env, keyring, msg.issued_at, effective_now, skew)
     if effective_now > msg.expires_at + skew:
         raise ExpiredError(f"expired at {msg.expires_at}, now {effective_now}")
     digest = hashlib.sha256(env.body).digest()
@@ -276,7 +294,8 @@ def verify_keyring(
 
     Order: decode, format and type, fields; version (rollback, duplicate, conflict, gap);
     signatures: none, the same key twice, a key that is neither an old nor a new root key,
-    an invalid signature; then the thresholds of both the trusted root and the new root.
+    an invalid signature; then the thresholds of both the trusted root and the new root;
+    last, the number of revoked keys the device would have to remember.
 
     Raises:
         ContentError: a subclass per failed step.
@@ -327,6 +346,14 @@ def verify_keyring(
                 f"root rotation signed by {new_count} of the new root keys, "
                 f"{ring.root_threshold} required"
             )
+    # Revocations are never forgotten, so their number is bounded by refusing the keyring
+    # that would exceed it: the device stays on the keyring it has, every revocation kept.
+    remembered = len(trusted.revoked.union(ring.revoked))
+    if remembered > policy.max_revoked_keys:
+        raise TooManyRevocationsError(
+            f"keyring v{ring.version} would make {remembered} revoked keys to remember, "
+            f"device limit {policy.max_revoked_keys}"
+        )
     return Verified(message=ring, digest=digest)
 
 
@@ -343,5 +370,5 @@ def verify_keyring_chain(
         raise TooManyRotationsError(f"{len(chain)} keyrings, at most {policy.max_rotations}")
     for data in chain:
         verified = verify_keyring(data, trusted=trusted, policy=policy)
-        trusted = TrustedKeyring(keyring=verified.message, digest=verified.digest)
+        trusted = trusted.then(verified)
     return trusted

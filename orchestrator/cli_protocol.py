@@ -12,7 +12,7 @@ import click
 from fleetpush_protocol.envelope import SIGNING_CONTEXT, decode_envelope, parse
 from fleetpush_protocol.errors import ContentError
 from fleetpush_protocol.keys import load_public_key, verify_signature
-from fleetpush_protocol.vectors import jsonable, run_vectors
+from fleetpush_protocol.vectors import VectorResult, jsonable, run_vectors
 
 __all__ = ["protocol"]
 
@@ -30,9 +30,18 @@ def protocol() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A test-vectors JSON file (docs/protocol/test-vectors.json).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: [{name, expected, actual}].")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON: [{name, expected, actual, ok, detail, differences}].",
+)
 def verify_vectors(vectors_file: Path, as_json: bool) -> None:
-    """Run every vector through this implementation; exit 1 on any mismatch."""
+    """Run every vector through this implementation; exit 1 on any mismatch.
+
+    A case that cannot be set up (a policy out of bounds, bad hex) fails on its own as
+    ``invalid_case``; a case accepted with other decoded fields lists each difference.
+    """
     try:
         document = json.loads(vectors_file.read_text())
         results = run_vectors(document)
@@ -40,21 +49,33 @@ def verify_vectors(vectors_file: Path, as_json: bool) -> None:
         raise click.ClickException(f"{vectors_file}: not a valid vectors file ({e})") from None
     failed = [r for r in results if not r.ok]
     if as_json:
-        click.echo(
-            json.dumps(
-                [{"name": r.name, "expected": r.expected, "actual": r.actual} for r in results],
-                indent=1,
-            )
-        )
+        click.echo(json.dumps([_row(r) for r in results], indent=1))
     else:
         width = max((len(r.name) for r in results), default=4)
         for r in results:
             mark = "ok  " if r.ok else "FAIL"
             line = f"{mark} {r.name:<{width}}  expected {r.expected:<22} actual {r.actual}"
             click.echo(line + (f"  ({r.detail})" if not r.ok and r.detail else ""))
+            for path, want, got in r.differences:
+                click.echo(f"     {path}: expected {json.dumps(want)}, actual {json.dumps(got)}")
         click.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     if failed:
         sys.exit(1)
+
+
+def _row(r: VectorResult) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "name": r.name,
+        "expected": r.expected,
+        "actual": r.actual,
+        "ok": r.ok,
+        "detail": "" if r.ok else r.detail,
+    }
+    if r.differences:
+        row["differences"] = [
+            {"path": p, "expected": want, "actual": got} for p, want, got in r.differences
+        ]
+    return row
 
 
 def _signature_report(body: bytes, sigs: list[Any], keys: list[bytes]) -> list[dict[str, str]]:

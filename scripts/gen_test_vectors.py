@@ -374,6 +374,9 @@ def build() -> list[dict[str, Any]]:
         ),
     ]
     cases += keyring_cases()
+    from vectors_integrators import integrator_cases  # noqa: PLC0415 - it imports this module
+
+    cases += integrator_cases()
     return cases
 
 

@@ -38,7 +38,7 @@ def test_vectors_cover_every_error_code_and_duplicates() -> None:
     codes = {c["expected"].get("code") for c in document["cases"]}
     assert _leaf_codes() <= codes
     kinds = {c["kind"] for c in document["cases"]}
-    assert {"notice", "keyring", "keyring_chain", "payload"} <= kinds
+    assert {"notice", "keyring", "keyring_chain", "payload", "device_message"} <= kinds
 
 
 def test_vectors_file_is_what_the_generator_writes() -> None:
@@ -56,8 +56,8 @@ def test_cli_verify_reports_each_case_and_fails_on_mismatch(tmp_path: Path) -> N
     ok = runner.invoke(main, ["protocol", "verify", "--vectors", str(VECTORS), "--json"])
     assert ok.exit_code == 0, ok.output
     rows = json.loads(ok.output)
-    assert all(set(r) == {"name", "expected", "actual"} for r in rows)
-    assert all(r["expected"] == r["actual"] for r in rows)
+    assert all(set(r) == {"name", "expected", "actual", "ok", "detail"} for r in rows)
+    assert all(r["expected"] == r["actual"] and r["ok"] for r in rows)
 
     document = json.loads(VECTORS.read_text())
     document["cases"][0]["expected"] = {"outcome": "error", "code": "expired"}
@@ -89,3 +89,43 @@ def test_cli_inspect_checks_signatures(tmp_path: Path) -> None:
     bad = CliRunner().invoke(main, ["protocol", "inspect", str(garbage)])
     assert bad.exit_code != 0
     assert "malformed" in bad.output
+
+
+def test_cli_verify_fails_only_the_case_with_an_out_of_bounds_policy(tmp_path: Path) -> None:
+    document = json.loads(VECTORS.read_text())
+    document["cases"][0]["policy"] = {"clock_skew_s": 10**9}
+    path = tmp_path / "vectors.json"
+    path.write_text(json.dumps(document))
+    result = CliRunner().invoke(main, ["protocol", "verify", "--vectors", str(path), "--json"])
+    assert result.exit_code == 1
+    rows = json.loads(result.output)
+    assert len(rows) == len(document["cases"])
+    bad = [r for r in rows if not r["ok"]]
+    assert [(r["name"], r["actual"]) for r in bad] == [("notice-accept", "invalid_case")]
+    assert "clock_skew_s" in bad[0]["detail"]
+
+
+def test_cli_verify_json_shows_which_decoded_fields_differ(tmp_path: Path) -> None:
+    document = json.loads(VECTORS.read_text())
+    case = next(c for c in document["cases"] if c["name"] == "notice-accept")
+    case["expected"]["decoded"]["seq"] = 2
+    del case["expected"]["decoded"]["handler"]
+    path = tmp_path / "vectors.json"
+    path.write_text(json.dumps(document))
+    result = CliRunner().invoke(main, ["protocol", "verify", "--vectors", str(path), "--json"])
+    assert result.exit_code == 1
+    [row] = [r for r in json.loads(result.output) if not r["ok"]]
+    assert (row["expected"], row["actual"]) == ("accept", "accept")
+    assert row["differences"] == [
+        {"path": "handler", "expected": "<absent>", "actual": "directory"},
+        {"path": "seq", "expected": 2, "actual": 1},
+    ]
+    text = CliRunner().invoke(main, ["protocol", "verify", "--vectors", str(path)])
+    assert "seq: expected 2, actual 1" in text.output
+
+
+def test_unknown_kind_fails_its_case_only() -> None:
+    document = json.loads(VECTORS.read_text())
+    document["cases"][0]["kind"] = "firmware"
+    results = run_vectors(document)
+    assert [(r.name, r.actual) for r in results if not r.ok] == [("notice-accept", "invalid_case")]
