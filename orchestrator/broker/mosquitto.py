@@ -31,7 +31,7 @@ import json
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -81,6 +81,7 @@ class MosquittoBroker:
         tls: also open the client-certificate listener (creates the fleet CA on first use
             and issues the broker a server certificate for ``host``, localhost, 127.0.0.1).
         tls_port: its port; a free one is picked when omitted.
+        clock: wall-clock seconds, for the expiry of transient entries (canaries).
     """
 
     ORCHESTRATOR_USER = "fleetpush-orchestrator"
@@ -94,7 +95,9 @@ class MosquittoBroker:
         host: str = "127.0.0.1",
         tls: bool = False,
         tls_port: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.clock = clock
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.topics = topics or Topics()
@@ -174,8 +177,8 @@ class MosquittoBroker:
             )
         self._passwords[username] = password
 
-    def _check_free(self, username: str) -> None:
-        if username == self.ORCHESTRATOR_USER or username.startswith(CANARY_PREFIX):
+    def _check_free(self, username: str, *, device: bool = True) -> None:
+        if (device and username == self.ORCHESTRATOR_USER) or username.startswith(CANARY_PREFIX):
             raise ValueError(f"{username!r} is reserved for the orchestrator")
 
     def add_device(
@@ -219,6 +222,7 @@ class MosquittoBroker:
 
     def add_orchestrator(self, username: str, password: str | None = None) -> str:
         """Add another identity with the orchestrator's rights; return its password."""
+        self._check_free(username, device=False)
         password = password or secrets.token_urlsafe(18)
         self._put(username, ORCHESTRATOR_ROLE, (), password)
         return password
@@ -257,7 +261,7 @@ class MosquittoBroker:
         return self._passwords[username]
 
     def _write_files(self, reg: IdentityRegistry) -> None:
-        files = render_auth_files(reg.users(), reg.transient_hashes(time.time()), self.topics)
+        files = render_auth_files(reg.users(), reg.transient_hashes(self.clock()), self.topics)
         # 0640: in a real install Mosquitto runs as its own user and reads these through
         # the group (deploy/README.md); they hold hashes and topic names, not secrets.
         _write(self.passwd_path, files.passwd, 0o640)
@@ -356,7 +360,7 @@ class MosquittoBroker:
         """
         name, password = canary_name(), secrets.token_urlsafe(18)
         with self.changing() as reg:
-            reg.transient[name] = Transient(hash_password(password), time.time() + CANARY_TTL_S)
+            reg.transient[name] = Transient(hash_password(password), self.clock() + CANARY_TTL_S)
         try:
             return signal_and_confirm(
                 self.process, self.host, self.port,

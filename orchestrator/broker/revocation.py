@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from typing import TYPE_CHECKING
 
 from orchestrator.broker.credentials import hash_password
@@ -47,7 +46,7 @@ def revoke_identity(broker: MosquittoBroker, username: str, timeout: float) -> b
         identity = reg.pop(username)
         if identity is not None:
             reg.revoked_serials.update(identity.cert_serials)
-        reg.transient[username] = Transient(hash_password(one_time), time.time() + timeout + 60)
+        reg.transient[username] = Transient(hash_password(one_time), broker.clock() + timeout + 60)
     try:
         running = signal_and_confirm(
             broker.process,
