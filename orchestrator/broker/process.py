@@ -124,6 +124,8 @@ class MosquittoProcess:
             return f"no pid file {self.pid_file}"
         except (OSError, ValueError) as e:
             return f"unreadable pid file {self.pid_file} ({e})"
+        if self._pid_from_file() == pid:
+            return f"pid {pid} is this directory's mosquitto, but this user may not signal it"
         return (
             f"pid {pid} from {self.pid_file} is not a mosquitto running {self.config} "
             "(stale pid file, or a broker started some other way)"
@@ -133,17 +135,23 @@ class MosquittoProcess:
         try:
             pid = int(self.pid_file.read_text().strip())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
         except (OSError, ValueError):
             return None
         if not cmdline or not cmdline[0].endswith(b"mosquitto"):
             return None
-        # A broker may have been started with a relative path from another folder: compare
-        # what its -c argument means from its own working directory.
         configs = [v for f, v in itertools.pairwise(cmdline) if f in (b"-c", b"--config-file")]
-        if any((cwd / os.fsdecode(v)).resolve() == self.config for v in configs):
-            return pid
-        return None
+        return pid if any(self._is_our_config(pid, os.fsdecode(v)) for v in configs) else None
+
+    def _is_our_config(self, pid: int, value: str) -> bool:
+        path = Path(value)
+        if not path.is_absolute():
+            # Started with a relative path from another folder: what it names from the
+            # broker's own working directory is what counts.
+            try:
+                path = Path(os.readlink(f"/proc/{pid}/cwd")) / path
+            except OSError:
+                return False
+        return path.resolve() == self.config
 
     def hangup(self) -> int | None:
         """Send SIGHUP (re-read passwords, ACL, CRL); return the pid, or None if none."""
@@ -152,7 +160,8 @@ class MosquittoProcess:
             return None
         try:
             os.kill(pid, signal.SIGHUP)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
+            # Gone, or another user's (deploy/: a path unit reloads it instead).
             return None
         return pid
 
