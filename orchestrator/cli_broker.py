@@ -264,9 +264,7 @@ def revoke_command(ctx: click.Context, device_id: str, data_dir: Path, timeout: 
     except ReloadError as e:
         raise click.ClickException(str(e)) from None
     click.echo(
-        f"revoked {device_id}; the broker dropped it"
-        if known
-        else f"{device_id} was not provisioned (or was already revoked)"
+        f"revoked {device_id}" if known else f"{device_id} was not provisioned (or already revoked)"
     )
 
 
