@@ -19,7 +19,12 @@ from typing import Any
 import click
 
 from fleetpush_protocol.topics import DEFAULT_PREFIX, Topics
-from orchestrator.broker.mosquitto import MosquittoBroker, MosquittoNotFoundError
+from orchestrator.broker import (
+    MosquittoBroker,
+    MosquittoNotFoundError,
+    ReloadError,
+    RevocationError,
+)
 from orchestrator.provisioning import (
     DEFAULT_STATE_DIR,
     Provisioner,
@@ -29,10 +34,15 @@ from orchestrator.provisioning import (
 
 __all__ = ["broker", "provision_command", "revoke_command", "set_groups_command"]
 
+# Every path is made absolute where it enters: the broker, `broker run` and provisioning
+# each resolve a relative path against their own working directory, and a broker found
+# through a path spelled differently was once never reloaded (docs/security.md).
+_folder = click.Path(file_okay=False, path_type=Path, resolve_path=True)
+
 _data_option = click.option(
     "--data",
     "data_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=_folder,
     envvar="FLEETPUSH_DATA",
     required=True,
     help="The orchestrator's data directory; broker state lives in DATA/broker.",
@@ -96,7 +106,7 @@ def run_command(  # noqa: PLR0917 - click passes options as parameters
 @click.option("--name", "names", multiple=True, required=True, help="DNS name or IP; repeat.")
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=_folder,
     required=True,
     help="Folder for server.pem and server.key (e.g. /etc/fleetpush/tls).",
 )
@@ -117,7 +127,10 @@ def refresh_command(data_dir: Path) -> None:
     """
     b = broker_for_data_dir(data_dir)
     b.write_auth_files()
-    b.reload()
+    try:
+        b.reload()
+    except ReloadError as e:
+        raise click.ClickException(f"files written, but {e}") from None
     click.echo(f"wrote {b.passwd_path}, {b.acl_path} and {b.ca.crl_path}")
 
 
@@ -152,7 +165,7 @@ def _root_keys(
 @_data_option
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=_folder,
     help="Bundle folder (default DATA/broker/provisioned/DEVICE_ID).",
 )
 @click.option("--root-key", "root_key", multiple=True, help="Root public key (hex); repeat.")
@@ -160,7 +173,7 @@ def _root_keys(
 @click.option(
     "--keys",
     "keys_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=_folder,
     help="Keys folder with root.json (default DATA/keys), when no --root-key.",
 )
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
@@ -169,7 +182,7 @@ def _root_keys(
 @click.option("--tls-url", help="URL for certificate devices (default: the broker's).")
 @click.option(
     "--server-ca",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    type=click.Path(dir_okay=False, exists=True, path_type=Path, resolve_path=True),
     help="CA of the broker's certificate, if not the fleet CA.",
 )
 @click.option("--replace", is_flag=True, help="Re-provision: revoke the old credentials.")
@@ -214,8 +227,13 @@ def provision_command(  # noqa: PLR0917 - click passes options as parameters
             config_dir=config_dir,
             replace=replace,
         )
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError, RevocationError) as e:
         raise click.ClickException(str(e)) from None
+    except ReloadError as e:
+        raise click.ClickException(
+            f"{device_id} is provisioned and its bundle written, but {e}; until then the "
+            "broker refuses its credentials"
+        ) from None
     click.echo(f"provisioned {record.device_id} ({record.auth}) -> {record.config_path}")
     click.echo(f"copy {record.bundle_dir}/ to the device; it holds its secret credentials")
 
@@ -223,19 +241,31 @@ def provision_command(  # noqa: PLR0917 - click passes options as parameters
 @click.command("revoke")
 @click.argument("device_id")
 @_data_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 600),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the broker to confirm it dropped the device.",
+)
 @click.pass_context
-def revoke_command(ctx: click.Context, device_id: str, data_dir: Path) -> None:
-    """Take DEVICE_ID's broker access away and drop its connection."""
+def revoke_command(ctx: click.Context, device_id: str, data_dir: Path, timeout: float) -> None:
+    """Take DEVICE_ID's broker access away and drop its connection.
+
+    Exits non-zero, saying so, when the broker did not confirm that it dropped the device.
+    """
     p = Provisioner(
         broker_for_data_dir(data_dir),
         root_keys=[],
         on_revoke=_hook(ctx, "on_revoke"),
     )
     try:
-        known = p.revoke(device_id)
-    except TimeoutError as e:
-        raise click.ClickException(f"access removed, but {e}") from None
-    click.echo(f"revoked {device_id}" if known else f"{device_id} was not provisioned")
+        known = p.revoke(device_id, timeout=timeout)
+    except ReloadError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(
+        f"revoked {device_id}" if known else f"{device_id} was not provisioned (or already revoked)"
+    )
 
 
 @click.command("set-groups")
@@ -249,4 +279,6 @@ def set_groups_command(device_id: str, groups: str, data_dir: Path) -> None:
         b.set_groups(device_id, tuple(g.strip() for g in groups.split(",") if g.strip()))
     except KeyError:
         raise click.ClickException(f"{device_id} is not provisioned") from None
+    except ReloadError as e:
+        raise click.ClickException(f"{device_id}'s groups are written, but {e}") from None
     click.echo(f"{device_id}: groups {groups}")

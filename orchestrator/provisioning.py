@@ -34,7 +34,7 @@ from fleetpush_protocol.atomic import atomic_write
 from fleetpush_protocol.fields import check_name
 from fleetpush_protocol.keys import load_public_key
 from fleetpush_protocol.topics import Topics
-from orchestrator.broker.mosquitto import MosquittoBroker
+from orchestrator.broker import MosquittoBroker, ReloadError
 
 __all__ = [
     "DEFAULT_SESSION_EXPIRY_S",
@@ -241,6 +241,9 @@ class Provisioner:
         Raises:
             FileExistsError: the device exists and ``replace`` is false.
             ValueError: invalid id, model or group, or no TLS listener for ``"cert"``.
+            ReloadError: a running broker did not confirm it loaded the new credentials;
+                the device is provisioned and its bundle written all the same (and
+                ``on_provision`` called), so a later reload is all that is missing.
         """
         check_name(device_id, "device id")
         check_name(model, "model")
@@ -274,7 +277,11 @@ class Provisioner:
             shutil.copyfile(self.server_ca_file, bundle / "ca.pem")
             creds["ca_file"] = where("ca.pem")
         self.broker.set_model(device_id, model)
-        self.broker.reload()
+        unconfirmed: ReloadError | None = None
+        try:
+            self.broker.reload()
+        except ReloadError as e:
+            unconfirmed = e
 
         text = render_device_config(
             device_id=device_id,
@@ -297,16 +304,20 @@ class Provisioner:
         logger.info("provisioned %s (%s) in %s", device_id, auth, bundle)
         if self.on_provision is not None:
             self.on_provision(record)
+        if unconfirmed is not None:
+            raise unconfirmed
         return record
 
-    def revoke(self, device_id: str) -> bool:
+    def revoke(self, device_id: str, *, timeout: float = 10.0) -> bool:
         """Take all broker access away from ``device_id`` and drop its connection.
 
         Removes it from the password file and ACL, adds its certificates to the CRL,
         reloads the broker and takes over (discards) its session. Returns whether the
-        device was known.
+        device was known. Raises ``RevocationError`` when a running broker did not confirm
+        that within ``timeout`` seconds (``on_revoke`` is not called then: the device may
+        still be connected).
         """
-        known = self.broker.revoke(device_id)
+        known = self.broker.revoke(device_id, timeout=timeout)
         if self.on_revoke is not None:
             self.on_revoke(device_id)
         return known

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.topics import Topics
-from orchestrator.broker import MosquittoBroker
+from orchestrator.broker import MosquittoBroker, ReloadError, find_mosquitto
+from orchestrator.broker.process import listening
 from orchestrator.broker.testing import Probe, tls_context
 from orchestrator.cli_broker import provision_command, revoke_command, set_groups_command
 from orchestrator.provisioning import DeviceRecord, Provisioner, broker_for_data_dir
@@ -239,7 +243,7 @@ def test_revoke_works_when_the_broker_is_reloaded_by_someone_else(
     tls_broker.reload()
     dev = Probe(tls_broker.host, tls_broker.port, username="dev-e", password=pw)
     manager = broker_for_data_dir(tls_broker.workdir.parent)
-    monkeypatch.setattr(manager, "_broker_pid", lambda: None)
+    monkeypatch.setattr(manager.process, "find_pid", lambda: None)
     stop = threading.Event()
 
     def path_unit() -> None:
@@ -249,8 +253,8 @@ def test_revoke_works_when_the_broker_is_reloaded_by_someone_else(
             now = [f.stat().st_mtime_ns for f in files]
             if now != seen:
                 seen = now
-                assert tls_broker._proc is not None
-                tls_broker._proc.send_signal(signal.SIGHUP)
+                assert tls_broker.pid is not None
+                os.kill(tls_broker.pid, signal.SIGHUP)
 
     watcher = threading.Thread(target=path_unit, daemon=True)
     watcher.start()
@@ -262,3 +266,157 @@ def test_revoke_works_when_the_broker_is_reloaded_by_someone_else(
         stop.set()
         watcher.join(5)
         dev.close()
+
+
+@contextlib.contextmanager
+def _broker_run(cwd: Path, *args: str) -> Iterator[dict[str, Any]]:
+    """``fleetpush broker run ARGS`` in its own process started in ``cwd``; its JSON info."""
+    root = Path(__file__).resolve().parents[1]
+    code = "from orchestrator.cli_broker import broker; broker()"
+    cwd.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # JSON ends with a lone "}"
+            lines.append(line)
+            if line.strip() == b"}":
+                break
+        yield json.loads(b"".join(lines))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+def _provision_args(device_id: str, data: str, out: str) -> list[str]:
+    return [device_id, "--model", "rpi4", "--password", "--data", data, "--root-key", ROOT,
+            "--out", out]  # fmt: skip
+
+
+def test_provision_with_a_relative_data_path_reaches_the_running_broker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Attack review (issue #12, hole 5): the broker runs from `--data data` in one folder,
+    # an operator provisions from another with `--data ../site/data`. The credentials were
+    # written but the broker was never reloaded, and nothing said so.
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    with _broker_run(site, "--data", "data", "--no-tls"):
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        res = CliRunner().invoke(
+            provision_command, _provision_args("dev-n", "../site/data", "bundle")
+        )
+        assert res.exit_code == 0, res.output
+        dev = _probe_from_config(elsewhere / "bundle" / "device.toml")
+        try:
+            assert dev.connack == OK
+        finally:
+            dev.close()
+
+
+def test_revoke_with_a_relative_data_path_drops_the_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Attack review (issue #12, hole 5): revoke from another folder with a relative --data
+    # exited 1 ("could not take over dev-r's session") and the revoked device kept
+    # publishing and reconnecting.
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    with _broker_run(site, "--data", "data", "--no-tls") as info:
+        monkeypatch.chdir(site)
+        runner = CliRunner()
+        res = runner.invoke(provision_command, _provision_args("dev-r", "data", "bundle"))
+        assert res.exit_code == 0, res.output
+        bundle = site / "bundle" / "device.toml"
+        secret = Path(info["orchestrator_password_file"]).read_text().strip()
+        orch = Probe(info["host"], info["port"], username=info["orchestrator_user"],
+                     password=secret)  # fmt: skip
+        dev = _probe_from_config(bundle)
+        again: Probe | None = None
+        try:
+            assert dev.connack == OK
+            assert orch.connect() == OK
+            elsewhere.mkdir()
+            monkeypatch.chdir(elsewhere)
+            res = runner.invoke(revoke_command, ["dev-r", "--data", "../site/data"])
+            assert res.exit_code == 0, res.output
+            assert dev.disconnected.wait(5)
+            again = _probe_from_config(bundle)
+            assert again.connack != OK
+            orch.barrier()  # the orchestrator's own connection was not touched
+        finally:
+            dev.close()
+            orch.close()
+            if again is not None:
+                again.close()
+
+
+def test_revoke_that_cannot_reach_the_broker_fails_loudly(
+    tls_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    # The broker runs, but the pid file names a process that is not this broker (stale after
+    # a crash, pid reused): no reload can be sent. The revoke must not pass for done.
+    data = tls_broker.workdir.parent
+    pw = tls_broker.add_device("dev-s")
+    tls_broker.reload()
+    dev = Probe(tls_broker.host, tls_broker.port, username="dev-s", password=pw)
+    try:
+        assert dev.connect() == OK
+        tls_broker.pid_path.write_text(f"{os.getpid()}\n")
+        res = CliRunner().invoke(revoke_command, ["dev-s", "--data", str(data), "--timeout", "1"])
+        assert res.exit_code != 0
+        assert "REVOKE INCOMPLETE" in res.output
+        assert "dev-s may still be connected" in res.output
+        assert str(tls_broker.pid_path) in res.output
+        dev.barrier()  # and indeed it still is: the message told the truth
+    finally:
+        dev.close()
+
+
+def test_a_reload_the_broker_did_not_confirm_is_an_error(tls_broker: MosquittoBroker) -> None:
+    # Before: with no broker it could signal, reload() returned as if nothing ran, and with
+    # one it waited for a log line and went on after the timeout either way.
+    manager = broker_for_data_dir(tls_broker.workdir.parent)
+    assert manager.reload()  # confirmed through the pid file
+    pw = manager.add_device("dev-u")
+    tls_broker.pid_path.write_text(f"{os.getpid()}\n")
+    with pytest.raises(ReloadError, match=r"is not a mosquitto running .*mosquitto\.conf"):
+        manager.reload(timeout=0.5)
+    probe = Probe(tls_broker.host, tls_broker.port, username="dev-u", password=pw)
+    try:
+        assert probe.connect() != OK  # indeed the broker never loaded dev-u
+    finally:
+        probe.close()
+
+
+def test_a_broker_started_with_a_relative_config_path_is_found_from_anywhere(
+    tmp_path: Path, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broker started (by an older fleetpush, or by hand) as `mosquitto -c broker/...conf`
+    # from its own folder is still this directory's broker for a manager elsewhere.
+    site = tmp_path / "site"
+    b = MosquittoBroker(site / "broker", topics=topics)
+    b.write_auth_files()
+    b.render_config()
+    proc = subprocess.Popen(
+        [find_mosquitto(), "-c", "broker/mosquitto.conf"], cwd=site,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not listening(b.host, b.port):  # readiness, like MosquittoBroker.start
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        monkeypatch.chdir(tmp_path)
+        manager = MosquittoBroker(Path("site/broker"), topics=topics, port=b.port)
+        assert manager.pid == proc.pid
+        assert manager.reload()  # confirmed by the broker: it accepted the new canary
+    finally:
+        proc.terminate()
+        proc.wait(10)

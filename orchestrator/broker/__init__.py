@@ -1,4 +1,9 @@
-"""Running Mosquitto from broker_config/ and managing the identities it accepts."""
+"""Running Mosquitto from broker_config/ and managing the identities it accepts.
+
+``mosquitto`` (``MosquittoBroker``) ties together ``render`` (the files, pure), ``process``
+(the mosquitto process), ``registry`` (who may connect), ``reload`` (a reload confirmed by
+the broker itself) and ``revocation``.
+"""
 
 from orchestrator.broker.credentials import (
     BrokerUser,
@@ -7,26 +12,29 @@ from orchestrator.broker.credentials import (
     render_acl,
     render_passwd,
 )
-from orchestrator.broker.mosquitto import (
-    MosquittoBroker,
-    MosquittoNotFoundError,
-    find_mosquitto,
-    free_port,
-    render_config,
-)
+from orchestrator.broker.mosquitto import MosquittoBroker
+from orchestrator.broker.process import MosquittoNotFoundError, find_mosquitto, free_port
 from orchestrator.broker.registry import Identity, IdentityRegistry
+from orchestrator.broker.reload import ReloadError
+from orchestrator.broker.render import CONFIG_DIR, AuthFiles, render_auth_files, render_config
+from orchestrator.broker.revocation import RevocationError
 
 __all__ = [
+    "CONFIG_DIR",
+    "AuthFiles",
     "BrokerUser",
     "Identity",
     "IdentityRegistry",
     "MosquittoBroker",
     "MosquittoNotFoundError",
+    "ReloadError",
+    "RevocationError",
     "device_grants",
     "find_mosquitto",
     "free_port",
     "hash_password",
     "render_acl",
+    "render_auth_files",
     "render_config",
     "render_passwd",
 ]

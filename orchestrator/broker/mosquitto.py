@@ -1,10 +1,10 @@
-"""Start Mosquitto from broker_config/ in a working directory, on free ports.
+"""``MosquittoBroker``: one broker working directory, its identities and its process.
 
 Used by the tests, the demo, ``fleetpush broker run`` and provisioning. The working directory
 holds everything the broker reads, generated from the identity registry::
 
     identities.json        the registry (orchestrator.broker.registry)
-    passwd, acl            generated from it
+    passwd, acl            generated from it (orchestrator.broker.render)
     ca/ca.pem ca/ca.key    the fleet CA (orchestrator.pki), ca/crl.pem its CRL
     server.pem server.key  the TLS listener's certificate, issued by the fleet CA at start
     certs/ID.pem ID.key    client certificates issued by add_device_cert
@@ -12,10 +12,15 @@ holds everything the broker reads, generated from the identity registry::
     mosquitto.conf         rendered from broker_config/mosquitto.conf
     mosquitto.pid, mosquitto.log, data/ (persistence), broker.json (where it listens)
 
-``reload()`` sends SIGHUP so password, ACL and CRL changes apply without dropping connected
-clients. Several processes may manage one working directory (a broker started by ``fleetpush
-broker run`` and a ``fleetpush devices provision`` next to it): registry changes are locked,
-and a process that did not start the broker signals the pid in ``mosquitto.pid``.
+This class ties the parts together: the pure rendering (``render``), the process
+(``process``), the confirmation of reloads by the broker itself (``reload``) and revocation
+(``revocation``). ``reload()`` sends SIGHUP so password, ACL and CRL changes apply without
+dropping connected clients, and returns only once the broker accepted a login that exists
+only in the new files. Several processes may manage one working directory (a broker started
+by ``fleetpush broker run`` and a ``fleetpush devices provision`` next to it): registry
+changes are locked, and a process that did not start the broker signals the pid in
+``mosquitto.pid``. The working directory is made absolute, so it means the same folder to
+every process whatever its working directory.
 """
 
 from __future__ import annotations
@@ -23,25 +28,14 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import logging
-import os
-import re
 import secrets
-import shutil
-import signal
 import socket
-import subprocess
-import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from fleetpush_protocol.atomic import atomic_write
 from fleetpush_protocol.topics import Topics
@@ -50,10 +44,17 @@ from orchestrator.broker.credentials import (
     ORCHESTRATOR_ROLE,
     BrokerUser,
     hash_password,
-    render_acl,
-    render_passwd,
 )
-from orchestrator.broker.registry import Identity, IdentityRegistry
+from orchestrator.broker.process import (
+    MosquittoNotFoundError,
+    MosquittoProcess,
+    find_mosquitto,
+    free_port,
+)
+from orchestrator.broker.registry import Identity, IdentityRegistry, Transient
+from orchestrator.broker.reload import CANARY_PREFIX, canary_name, signal_and_confirm
+from orchestrator.broker.render import CONFIG_DIR, render_auth_files, render_config
+from orchestrator.broker.revocation import revoke_identity
 from orchestrator.pki import FleetCA
 
 __all__ = [
@@ -65,55 +66,8 @@ __all__ = [
     "render_config",
 ]
 
-logger = logging.getLogger(__name__)
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "broker_config"
-INSTALL_HINT = "install it with: sudo apt-get install mosquitto (Debian/Ubuntu)"
-RELOAD_LOG_LINE = b"Reloading config."
-_TLS_BLOCK = re.compile(r"^@TLS_BEGIN@\n(.*?)^@TLS_END@\n", re.MULTILINE | re.DOTALL)
-
-
-class MosquittoNotFoundError(RuntimeError):
-    """No mosquitto binary on this machine."""
-
-
-def find_mosquitto() -> str:
-    """Path of the mosquitto binary, or raise ``MosquittoNotFoundError``."""
-    found = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)),
-        None,
-    )
-    if found is None:
-        raise MosquittoNotFoundError(f"mosquitto is not installed; {INSTALL_HINT}")
-    return found
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the usual small race applies)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def render_config(
-    template: str,
-    *,
-    directory: Path,
-    host: str,
-    port: int,
-    tls_port: int | None,
-    user: str,
-) -> str:
-    """Fill in broker_config/mosquitto.conf; drop the TLS listener when ``tls_port`` is None."""
-    text = _TLS_BLOCK.sub(lambda m: m.group(1) if tls_port is not None else "", template)
-    return (
-        text.replace("@DIR@", str(directory))
-        .replace("@PORT@", str(port))
-        .replace("@TLS_PORT@", str(tls_port))
-        .replace("@HOST@", host)
-        .replace("@USER@", user)
-    )
+# A canary outlives its reload only if its process died mid-step; the next write drops it.
+CANARY_TTL_S = 300.0
 
 
 class MosquittoBroker:
@@ -127,6 +81,7 @@ class MosquittoBroker:
         tls: also open the client-certificate listener (creates the fleet CA on first use
             and issues the broker a server certificate for ``host``, localhost, 127.0.0.1).
         tls_port: its port; a free one is picked when omitted.
+        clock: wall-clock seconds, for the expiry of transient entries (canaries).
     """
 
     ORCHESTRATOR_USER = "fleetpush-orchestrator"
@@ -140,8 +95,10 @@ class MosquittoBroker:
         host: str = "127.0.0.1",
         tls: bool = False,
         tls_port: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.workdir = Path(workdir)
+        self.clock = clock
+        self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.topics = topics or Topics()
         self.host = host
@@ -149,10 +106,10 @@ class MosquittoBroker:
         self.tls = tls
         self.tls_port: int | None = (tls_port or free_port(host)) if tls else None
         self.registry = IdentityRegistry(self.workdir / "identities.json")
+        self.process = MosquittoProcess(
+            self.workdir / "mosquitto.conf", self.pid_path, self.workdir / "stderr.log"
+        )
         self._passwords: dict[str, str] = {}
-        # Passwords that exist only while revoke() takes over a session (username -> hash).
-        self._transient: dict[str, str] = {}
-        self._proc: subprocess.Popen[bytes] | None = None
         self._ca: FleetCA | None = None
         self.orchestrator_password = self._orchestrator_secret()
 
@@ -188,6 +145,13 @@ class MosquittoBroker:
 
     # --- identities ----------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def changing(self) -> Iterator[IdentityRegistry]:
+        """Change the registry under its lock; ``passwd``, ``acl`` and the CRL follow."""
+        with self.registry.locked() as reg:
+            yield reg
+            self._write_files(reg)
+
     def _orchestrator_secret(self) -> str:
         """The orchestrator's password, kept in ``orchestrator.secret`` across restarts."""
         path = self.workdir / "orchestrator.secret"
@@ -199,7 +163,7 @@ class MosquittoBroker:
         return password
 
     def _put(self, username: str, role: str, groups: tuple[str, ...], password: str) -> None:
-        with self.registry.locked() as reg:
+        with self.changing() as reg:
             old = reg.get(username)
             reg.put(
                 Identity(
@@ -211,15 +175,17 @@ class MosquittoBroker:
                     model=old.model if old else None,
                 )
             )
-            self._write_files(reg)
         self._passwords[username] = password
+
+    def _check_free(self, username: str, *, device: bool = True) -> None:
+        if (device and username == self.ORCHESTRATOR_USER) or username.startswith(CANARY_PREFIX):
+            raise ValueError(f"{username!r} is reserved for the orchestrator")
 
     def add_device(
         self, device_id: str, groups: tuple[str, ...] = (), password: str | None = None
     ) -> str:
         """Allow ``device_id`` to connect with a password; return it. Call ``reload()`` after."""
-        if device_id == self.ORCHESTRATOR_USER:
-            raise ValueError(f"{device_id!r} is reserved for the orchestrator")
+        self._check_free(device_id)
         password = password or secrets.token_urlsafe(18)
         self._put(device_id, DEVICE_ROLE, tuple(groups), password)
         return password
@@ -233,15 +199,14 @@ class MosquittoBroker:
         returns their paths. The device keeps any password it already had. Call
         ``reload()`` after.
         """
-        if device_id == self.ORCHESTRATOR_USER:
-            raise ValueError(f"{device_id!r} is reserved for the orchestrator")
+        self._check_free(device_id)
         BrokerUser(device_id, DEVICE_ROLE, tuple(groups))  # validate before issuing
         issued = self.ca.issue_client(device_id)
         folder = Path(directory) if directory is not None else self.workdir / "certs"
         folder.mkdir(parents=True, exist_ok=True)
         cert_path, key_path = folder / f"{device_id}.pem", folder / f"{device_id}.key"
         issued.write(cert_path, key_path)
-        with self.registry.locked() as reg:
+        with self.changing() as reg:
             old = reg.get(device_id)
             reg.put(
                 Identity(
@@ -253,23 +218,22 @@ class MosquittoBroker:
                     model=old.model if old else None,
                 )
             )
-            self._write_files(reg)
         return cert_path, key_path
 
     def add_orchestrator(self, username: str, password: str | None = None) -> str:
         """Add another identity with the orchestrator's rights; return its password."""
+        self._check_free(username, device=False)
         password = password or secrets.token_urlsafe(18)
         self._put(username, ORCHESTRATOR_ROLE, (), password)
         return password
 
     def set_groups(self, device_id: str, groups: tuple[str, ...]) -> None:
         """Change a device's groups: regenerates the ACL and reloads the broker."""
-        with self.registry.locked() as reg:
+        with self.changing() as reg:
             old = reg.get(device_id)
             if old is None:
                 raise KeyError(device_id)
             reg.put(replace(old, groups=tuple(groups)))
-            self._write_files(reg)
         self.reload()
 
     def set_model(self, device_id: str, model: str | None) -> None:
@@ -284,58 +248,31 @@ class MosquittoBroker:
         """Take all access away from ``device_id`` and drop it if it is connected.
 
         Removes it from the password file and ACL, adds its certificate serials to the CRL,
-        reloads the broker, and then takes over its session: Mosquitto 2.0 keeps already
-        connected clients on reload, so a revoked device would otherwise stay connected (its
-        ACL is gone, so it could no longer publish or receive, but its session and queue
-        would live on). The takeover connects with the device's own client id (= username),
-        using a one-time password that exists only for this step, with clean start and
-        session expiry 0: Mosquitto closes the old connection and discards its session.
-
-        Returns whether the identity existed. Raises ``TimeoutError`` when the broker is
-        running but the takeover did not succeed within ``timeout`` seconds.
+        reloads the broker and takes over its session (``orchestrator.broker.revocation``).
+        Returns whether the identity existed. Raises ``RevocationError`` when a broker is
+        running but did not confirm the takeover within ``timeout`` seconds: the device may
+        then still be connected.
         """
-        with self.registry.locked() as reg:
-            identity = reg.pop(device_id)
-            if identity is not None:
-                reg.revoked_serials.update(identity.cert_serials)
-            self._passwords.pop(device_id, None)
-            one_time = secrets.token_urlsafe(24)
-            self._transient[device_id] = hash_password(one_time)
-            self._write_files(reg)
-        try:
-            # A broker this process cannot signal (a systemd service reloaded by a path unit,
-            # deploy/) may still be running: try the takeover whenever the listener answers;
-            # it retries until the reload that knows the one-time password has happened.
-            if self.reload() or _listening(self.host, self.port):
-                self._take_over_session(device_id, one_time, timeout)
-        finally:
-            self._transient.pop(device_id, None)
-            self.reload()
-        return identity is not None
+        self._passwords.pop(device_id, None)
+        return revoke_identity(self, device_id, timeout)
 
     def password(self, username: str) -> str:
         """The password of an identity added by this object (not stored elsewhere)."""
         return self._passwords[username]
 
     def _write_files(self, reg: IdentityRegistry) -> None:
-        users = reg.users()
-        transient = [
-            BrokerUser(name, DEVICE_ROLE, (), h)
-            for name, h in self._transient.items()
-            if name not in reg.identities
-        ]
-        # The one-time takeover identity has a password but no ACL lines: it can do nothing.
+        files = render_auth_files(reg.users(), reg.transient_hashes(self.clock()), self.topics)
         # 0640: in a real install Mosquitto runs as its own user and reads these through
         # the group (deploy/README.md); they hold hashes and topic names, not secrets.
-        _write(self.passwd_path, render_passwd([*users, *transient]), 0o640)
-        _write(self.acl_path, render_acl(users, self.topics), 0o640)
+        _write(self.passwd_path, files.passwd, 0o640)
+        _write(self.acl_path, files.acl, 0o640)
         if self.tls or (self.workdir / "ca" / "ca.key").exists():
             self.ca.write_crl(reg.revoked_serials)
 
     def write_auth_files(self) -> None:
         """Regenerate ``passwd``, ``acl`` and the CRL from the registry."""
-        with self.registry.locked() as reg:
-            self._write_files(reg)
+        with self.changing():
+            pass
 
     # --- process -------------------------------------------------------------------------
 
@@ -351,7 +288,8 @@ class MosquittoBroker:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        """The broker this object started is alive."""
+        return self.process.running
 
     def connection_info(self) -> dict[str, Any]:
         """Where the broker listens and how to log in as the orchestrator (no secrets)."""
@@ -394,106 +332,53 @@ class MosquittoBroker:
 
     def start(self, timeout: float = 10.0) -> None:
         """Start Mosquitto and wait until every listener accepts connections."""
-        binary = find_mosquitto()
+        find_mosquitto()  # before writing anything: the error says how to install it
         if self.tls:
             self._prepare_tls()
         # Also re-signs the CRL: OpenSSL rejects every client once a CRL's nextUpdate passes.
         self.write_auth_files()
-        config = self.render_config()
-        log = (self.workdir / "stderr.log").open("ab")
-        self._proc = subprocess.Popen(
-            [binary, "-c", str(config)], stdout=log, stderr=log, start_new_session=True
-        )
-        log.close()
+        self.render_config()
         ports = [p for p in (self.port, self.tls_port) if p is not None]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited at start; see {self.log_path}")
-            if all(_listening(self.host, p) for p in ports):
-                logger.debug("mosquitto listening on %s:%s", self.host, ports)
-                atomic_write(
-                    self.workdir / "broker.json",
-                    json.dumps(self.connection_info(), indent=1).encode(),
-                )
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {self.host}:{ports} in {timeout}s")
+        self.process.start(self.host, ports, timeout)
+        atomic_write(
+            self.workdir / "broker.json", json.dumps(self.connection_info(), indent=1).encode()
+        )
 
     @property
     def pid(self) -> int | None:
         """The running broker's process id, or None."""
-        return self._broker_pid()
-
-    def _broker_pid(self) -> int | None:
-        if self._proc is not None:
-            return self._proc.pid if self.running else None
-        # Started by another process (fleetpush broker run): signal the pid it wrote.
-        # The pid file may be stale and its pid reused: only signal a mosquitto running from
-        # this working directory's configuration.
-        try:
-            pid = int(self.pid_path.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return None
-        config = str(self.workdir / "mosquitto.conf").encode()
-        if not any(a.endswith(b"mosquitto") for a in cmdline) or config not in cmdline:
-            return None
-        return pid
+        return self.process.find_pid()
 
     def reload(self, timeout: float = 5.0) -> bool:
         """Re-read passwords, ACLs and the CRL (SIGHUP); connected clients stay connected.
 
-        Waits (up to ``timeout``) until Mosquitto has logged that it reloaded, so a caller
-        can rely on the new rules right after. Returns False when no broker is running
-        (the files are written either way and apply at the next start).
+        Returns True once the broker itself confirmed it applied the files written here: it
+        accepted a login (a canary, see ``orchestrator.broker.reload``) that exists only in
+        them. Returns False when no broker is running (the files apply at the next start).
+        Raises ``ReloadError`` when a broker runs (or listens) but did not confirm within
+        ``timeout`` seconds.
         """
-        self.write_auth_files()
-        pid = self._broker_pid()
-        if pid is None:
-            return False
-        before = _size(self.log_path)
-        os.kill(pid, signal.SIGHUP)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), self.log_path.open("rb") as f:
-                f.seek(before)
-                if RELOAD_LOG_LINE in f.read():
-                    return True
-            time.sleep(0.01)
-        logger.warning("mosquitto did not log a reload within %.1fs", timeout)
-        return True
-
-    def _take_over_session(self, username: str, password: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = "no attempt"
-        while time.monotonic() < deadline:
-            last = _connect_once(self.host, self.port, username, password, deadline)
-            if last == "Success":
-                logger.info("took over and discarded the session of %s", username)
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"could not take over {username}'s session: {last}")
+        name, password = canary_name(), secrets.token_urlsafe(18)
+        with self.changing() as reg:
+            reg.transient[name] = Transient(hash_password(password), self.clock() + CANARY_TTL_S)
+        try:
+            return signal_and_confirm(
+                self.process, self.host, self.port,
+                username=name, password=password, timeout=timeout,
+            )  # fmt: skip
+        finally:
+            # Registry only: the canary's password stays valid (and useless) until the next
+            # write, which need not wait for another reload.
+            with self.registry.locked() as reg:
+                reg.transient.pop(name, None)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully, so persistence is written."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        self.process.stop(timeout)
 
     def kill(self) -> None:
         """SIGKILL: no chance to save state beyond the last autosave."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        self.process.kill()
 
     def restart(self) -> None:
         """Stop gracefully and start again on the same ports."""
@@ -511,58 +396,6 @@ class MosquittoBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _connect_once(host: str, port: int, username: str, password: str, deadline: float) -> str:
-    """Connect as ``username`` (client id = username), clean start, expiry 0; disconnect.
-
-    Returns the CONNACK reason as text ("Success" when the session was taken over).
-    """
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
-    client.username_pw_set(username, password)
-    done = threading.Event()
-    result = ["no CONNACK"]
-
-    def on_connect(c: mqtt.Client, u: object, f: object, rc: Any, p: object) -> None:
-        result[0] = str(rc)
-        done.set()
-
-    def on_disconnect(c: mqtt.Client, u: object, f: object, rc: Any, p: object) -> None:
-        if not done.is_set():
-            result[0] = f"disconnected: {rc}"
-            done.set()
-
-    client.on_connect = on_connect
-    client.on_disconnect = on_disconnect
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 0
-    try:
-        client.connect(host, port, keepalive=10, clean_start=True, properties=props)
-    except OSError as e:
-        return f"connect failed: {e}"
-    client.loop_start()
-    try:
-        done.wait(max(0.1, deadline - time.monotonic()))
-        if result[0] == "Success":
-            client.disconnect()
-    finally:
-        client.loop_stop()
-    return result[0]
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), 0.2):
-            return True
-    except OSError:
-        return False
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
 
 
 def _write(path: Path, text: str, mode: int) -> None:

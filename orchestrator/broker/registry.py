@@ -4,6 +4,10 @@ Kept as one JSON file (``identities.json``) next to the files generated from it 
 ``acl``, ``ca/crl.pem``), written atomically so a crash never leaves half a registry. The
 password file and ACL are derived data: they are regenerated from the registry on every
 change, so the registry is the only thing to back up (with the CA).
+
+It also holds *transient* password-only entries that exist for one step (a reload canary, a
+revoke's one-time takeover password), so that another process regenerating the files in
+between keeps them; each carries an expiry, after which the next write drops it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 from fleetpush_protocol.atomic import atomic_write
 from orchestrator.broker.credentials import DEVICE_ROLE, BrokerUser
 
-__all__ = ["FORMAT", "Identity", "IdentityRegistry"]
+__all__ = ["FORMAT", "Identity", "IdentityRegistry", "Transient"]
 
 FORMAT = 1
 
@@ -73,6 +77,18 @@ class Identity:
         )
 
 
+@dataclass(frozen=True)
+class Transient:
+    """A password-only broker entry with no ACL lines, kept until ``expires_at`` (Unix s)."""
+
+    password_hash: str = field(repr=False)
+    expires_at: float
+
+    def to_json(self, username: str) -> dict[str, Any]:
+        return {"username": username, "password_hash": self.password_hash,
+                "expires_at": self.expires_at}  # fmt: skip
+
+
 class IdentityRegistry:
     """Identities and revoked certificate serials, persisted in ``path`` (JSON).
 
@@ -85,6 +101,7 @@ class IdentityRegistry:
         self.path = Path(path)
         self.identities: dict[str, Identity] = {}
         self.revoked_serials: set[int] = set()
+        self.transient: dict[str, Transient] = {}
         self.load()
 
     def load(self) -> None:
@@ -92,7 +109,7 @@ class IdentityRegistry:
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
-            self.identities, self.revoked_serials = {}, set()
+            self.identities, self.revoked_serials, self.transient = {}, set(), {}
             return
         if data.get("format") != FORMAT:
             raise ValueError(f"{self.path}: unknown registry format {data.get('format')!r}")
@@ -100,6 +117,10 @@ class IdentityRegistry:
             i.username: i for i in (Identity.from_json(d) for d in data["identities"])
         }
         self.revoked_serials = {int(s, 16) for s in data.get("revoked_serials", ())}
+        self.transient = {
+            d["username"]: Transient(d["password_hash"], float(d["expires_at"]))
+            for d in data.get("transient", ())
+        }
 
     def save(self) -> None:
         """Write the registry atomically (mode 0600: it holds password hashes)."""
@@ -107,6 +128,7 @@ class IdentityRegistry:
             "format": FORMAT,
             "identities": [self.identities[k].to_json() for k in sorted(self.identities, key=str)],
             "revoked_serials": [f"{s:x}" for s in sorted(self.revoked_serials)],
+            "transient": [self.transient[k].to_json(k) for k in sorted(self.transient)],
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o600)
@@ -140,3 +162,12 @@ class IdentityRegistry:
 
     def users(self) -> list[BrokerUser]:
         return [i.user() for i in self.identities.values()]
+
+    def transient_hashes(self, now: float) -> dict[str, str]:
+        """Unexpired transient entries (username -> hash) whose name is no identity's.
+
+        Expired ones are forgotten here, so an entry left behind by a process that died
+        mid-step does not outlive its expiry.
+        """
+        self.transient = {k: t for k, t in self.transient.items() if t.expires_at > now}
+        return {k: t.password_hash for k, t in self.transient.items() if k not in self.identities}
