@@ -84,6 +84,7 @@ class Fleet:
             ingest=IngestConfig(batch_interval_s=0.05),
             rollouts=RolloutConfig(tick_s=0.2),
             auth=AuthConfig(tokens_file=tokens),
+            registry_file=self.broker.registry.path,
         )
         self.orch = Orchestrator(config)
         await self.orch.start()
@@ -107,7 +108,7 @@ class Fleet:
     async def wait_registered(self, n: int) -> None:
         async def listed() -> bool:
             devices = (await self.api("viewer", "GET", "/v1/devices"))["devices"]
-            return sum(1 for d in devices if d["online"] and d["model"]) >= n
+            return sum(1 for d in devices if d["online"] and d["claimed_model"]) >= n
 
         deadline = time.monotonic() + 30
         while not await listed():
