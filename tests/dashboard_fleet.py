@@ -90,16 +90,20 @@ class Fleet:
         await self.orch.start()
         self.http = aiohttp.ClientSession()
 
-    async def add_device(self, device_id: str, *, healthy: bool = True) -> None:
-        """Provision ``device_id`` on the broker and run its agent; wait until it is listed."""
+    async def add_device(
+        self, device_id: str, *, healthy: bool = True, claims: tuple[str, ...] = ("lab",)
+    ) -> None:
+        """Provision ``device_id`` in group ``lab`` and run its agent, whose configuration
+        lists ``claims`` as its groups (what its inventory will say)."""
         assert self.orch is not None
         password = self.broker.add_device(device_id, ("lab",))
+        self.broker.set_model(device_id, "rpi4")  # as provisioning does: the registry's fact
         self.broker.reload()
         root = self.orch.keys.anchor().keyring.root_keys[0].hex()
         health = {"command": ["/bin/true" if healthy else "/bin/false"], "timeout_s": 10}
         path = write_config(
             self.tmp / f"{device_id}.toml", broker=self.broker, topics=self.topics,
-            device_id=device_id, password=password, root_hex=root, groups=("lab",),
+            device_id=device_id, password=password, root_hex=root, groups=claims,
             sections={"health": health},
         )  # fmt: skip
         agent = DeviceAgent(load_config(path))

@@ -255,7 +255,7 @@ function deviceView(id) {
       d.claims_mismatch ? h("div", { class: "card alert", "data-claims-mismatch": d.device_id },
         h("strong", { text: "Claims differ from the registry: " }),
         `the device says groups ${d.claimed_groups.join(", ") || "none"}, model ${d.claimed_model || "—"}. `,
-        "Targeting uses the registry's groups and model only.") : null,
+        "Targeting uses the registry's groups and model only.") : "",
       h("dl", { class: "facts" },
         ...[["Version", d.current_version || "unknown"], ["Model", d.model || "—"],
           ["Groups", d.groups.join(", ") || "—"],
@@ -266,7 +266,7 @@ function deviceView(id) {
       errors.length ? h("div", { class: "card alert", "data-last-error": errors[0].error_code },
         h("strong", { text: "Last error: " }), `${errors[0].error_code}: ${errors[0].error_message || ""}`,
         h("span", { class: "muted small", text: ` (rollout ${errors[0].rollout_id}, ${when(errors[0].received_at)})` }))
-        : null,
+        : "",
       h("h2", { text: "Reports" }),
       d.reports.length ? table(["#", "Received", "Rollout", "State", "Version", "Error"],
         d.reports.map((r) => h("tr", { class: r.error_code ? "has-error" : "" },
