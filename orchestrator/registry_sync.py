@@ -98,7 +98,11 @@ class RegistrySync:
         atomically, so this means it is damaged, and guessing would target wrongly.
         """
         async with self._lock:
-            digest = await asyncio.to_thread(self._changed)
+            try:
+                digest = await asyncio.to_thread(self._changed)
+            except OSError as e:
+                logger.warning("device registry %s not readable: %s", self.path, e)
+                return 0
             if digest is None:
                 return 0
             try:
