@@ -273,7 +273,8 @@ def revoke_command(ctx: click.Context, device_id: str, data_dir: Path, timeout: 
 @click.argument("groups")
 @_data_option
 def set_groups_command(device_id: str, groups: str, data_dir: Path) -> None:
-    """Set DEVICE_ID's groups (comma-separated) in the broker ACL and reload it."""
+    """Set DEVICE_ID's provisioned groups (comma-separated) in the registry: the broker ACL
+    (reloaded) and the groups the orchestrator targets it by."""
     b = broker_for_data_dir(data_dir)
     try:
         b.set_groups(device_id, tuple(g.strip() for g in groups.split(",") if g.strip()))

@@ -97,11 +97,19 @@ def devices() -> None:
     """The device registry."""
 
 
+def _claims(d: dict[str, Any]) -> str:
+    """What the device claims, when it differs from the registry (never used to target)."""
+    if not d["claims_mismatch"]:
+        return "-"
+    return f"MISMATCH groups={','.join(d['claimed_groups']) or '-'} model={d['claimed_model']}"
+
+
 def _device_rows(items: list[dict[str, Any]]) -> None:
-    table(["device", "online", "model", "version", "groups", "tags", "last seen"],
+    table(["device", "online", "model", "version", "groups", "tags", "last seen", "claims"],
           [[d["device_id"], "yes" if d["online"] else "no", d["model"] or "?",
             d["current_version"] or "-", ",".join(d["groups"]),
-            ",".join(f"{k}={v}" for k, v in d["tags"].items()), fmt_time(d["last_seen"])]
+            ",".join(f"{k}={v}" for k, v in d["tags"].items()), fmt_time(d["last_seen"]),
+            _claims(d)]
            for d in items])  # fmt: skip
 
 
@@ -138,6 +146,13 @@ def devices_show(api: ApiClient, as_json: bool, device_id: str) -> None:
 
     def render(d: dict[str, Any]) -> None:
         _device_rows([d])
+        click.echo(
+            f"provisioned: groups={','.join(d['registry_groups']) or '-'} "
+            f"model={d['registry_model'] or '-'}; claimed by the device: "
+            f"groups={','.join(d['claimed_groups']) or '-'} "
+            f"model={d['claimed_model'] or '-'}"
+            f"{' (MISMATCH: not used for targeting)' if d['claims_mismatch'] else ''}"
+        )
         table(["counter", "rollout", "state", "version", "error", "at"],
               [[r["counter"], r["rollout_id"], r["state"], r["current_version"],
                 r["error_code"] or "", fmt_time(r["received_at"])] for r in d["reports"]],
@@ -146,19 +161,23 @@ def devices_show(api: ApiClient, as_json: bool, device_id: str) -> None:
     emit(data, as_json, render)
 
 
-@devices.command("label")
+@devices.command("set")
 @click.argument("device_id")
 @click.option("--group", "groups", multiple=True, help="Operator group; repeat. Replaces.")
+@click.option("--model", help='Hardware model; overrides the provisioned one ("": clears).')
 @click.option("--tag", "tags", multiple=True, help="key=value; repeat. Replaces.")
 @click.option("--clear-groups", is_flag=True)
 @click.option("--clear-tags", is_flag=True)
 @api_command
-def devices_label(
+def devices_set(
     *,
-    api: ApiClient, as_json: bool, device_id: str, groups: tuple[str, ...],
-                  tags: tuple[str, ...], clear_groups: bool, clear_tags: bool) -> None:  # fmt: skip
-    """Set a device's operator groups and tags."""
+    api: ApiClient, as_json: bool, device_id: str, groups: tuple[str, ...], model: str | None,
+                tags: tuple[str, ...], clear_groups: bool, clear_tags: bool) -> None:  # fmt: skip
+    """Set a device's operator groups, model and tags (audited); they add to the groups
+    and replace the model it was provisioned with, and drive targeting with them."""
     body: dict[str, Any] = {}
+    if model is not None:
+        body["model"] = model
     if groups or clear_groups:
         body["groups"] = list(groups)
     if tags or clear_tags:

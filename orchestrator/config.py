@@ -22,6 +22,9 @@ Example::
     [auth]
     tokens_file = "/etc/fleetpush/tokens.toml"
 
+    [registry]
+    file = "/var/lib/fleetpush/broker/identities.json"  # default: <data_dir>/broker/...
+
     [ingest]
     batch_rows = 2000
     batch_interval = "100ms"
@@ -117,6 +120,13 @@ class OrchestratorConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    # The device registry provisioning writes (groups and model); None: the broker state
+    # ``fleetpush broker run --data`` keeps next to the database.
+    registry_file: Path | None = None
+
+    @property
+    def registry_path(self) -> Path:
+        return self.registry_file or self.data_dir / "broker" / "identities.json"
 
     @property
     def db_path(self) -> Path:
@@ -269,7 +279,9 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     a = top.sub("auth")
     tokens_file = a.text("tokens_file", "")
     auth = AuthConfig(tokens_file=(base / tokens_file).resolve() if tokens_file else None)
-    for table in (h, m, k, i, r, a, top):
+    g = top.sub("registry")
+    registry_file = g.text("file", "")
+    for table in (h, m, k, i, r, a, g, top):
         table.check_unknown()
     return OrchestratorConfig(
         data_dir=data_dir,
@@ -279,6 +291,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         ingest=ingest,
         rollouts=rollouts,
         auth=auth,
+        registry_file=(base / registry_file).resolve() if registry_file else None,
     )
 
 

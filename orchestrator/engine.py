@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from fleetpush_protocol.topics import device_scope
@@ -79,6 +79,8 @@ class RolloutEngine:
         tick_s: seconds between passes.
         follow_every_s: seconds between two target checks of a continuous rollout (each
             reads the device registry).
+        refresh_registry: brings the provisioned groups and models up to date before such
+            a check (``RegistrySync.refresh``).
     """
 
     def __init__(
@@ -91,8 +93,10 @@ class RolloutEngine:
         clock: Clock,
         tick_s: float = 1.0,
         follow_every_s: float = 30.0,
+        refresh_registry: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.db = db
+        self.refresh_registry = refresh_registry
         self.follow_every_s = follow_every_s
         self.notices = notices
         self.publisher = publisher
@@ -140,6 +144,8 @@ class RolloutEngine:
                 # rollout targets).
                 following = [r for r in rollouts if r.spec.continuous and r.state != "scheduled"]
                 if following:
+                    if self.refresh_registry is not None:
+                        await self.refresh_registry()
                     devices = await self.db.run(lambda s: s.list_devices(DeviceFilter(limit=10**9)))
                     have = await self.db.run(lambda s: s.active_target_ids())
                     for r in sorted(following, key=lambda r: r.id, reverse=True):

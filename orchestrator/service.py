@@ -19,6 +19,7 @@ from orchestrator.keystore import KeyStore, SigningSet
 from orchestrator.mqtt_link import MqttLink
 from orchestrator.notices import NoticeFactory
 from orchestrator.payloads import PayloadStore, UrlSigner
+from orchestrator.registry_sync import RegistrySync
 from orchestrator.store import Database, IngestResult, SQLiteStore, Store
 
 __all__ = ["Orchestrator", "serve"]
@@ -72,6 +73,8 @@ class Orchestrator:
             return store
 
         self.db = db = Database(open_store)
+        registry = RegistrySync(db, cfg.registry_path, self.clock)
+        await registry.refresh()
         self.signing(self.clock.now())  # fail early without keys
         urls = UrlSigner.from_file(cfg.data_dir / "url-signing.key")
         topics = cfg.mqtt.topics
@@ -87,6 +90,7 @@ class Orchestrator:
             clock=self.clock,
             tick_s=cfg.rollouts.tick_s,
             follow_every_s=cfg.rollouts.follow_every_s,
+            refresh_registry=registry.refresh,
         )
 
         def on_batch(result: IngestResult) -> None:
@@ -115,6 +119,7 @@ class Orchestrator:
                 "ingest_queue": ingestor.pending,
             },
             reload_keys=self.reload_keys,
+            registry=registry,
         )
         self._runner = web.AppRunner(build_app(context), access_log=None)
         await self._runner.setup()

@@ -84,21 +84,26 @@ class Fleet:
             ingest=IngestConfig(batch_interval_s=0.05),
             rollouts=RolloutConfig(tick_s=0.2),
             auth=AuthConfig(tokens_file=tokens),
+            registry_file=self.broker.registry.path,
         )
         self.orch = Orchestrator(config)
         await self.orch.start()
         self.http = aiohttp.ClientSession()
 
-    async def add_device(self, device_id: str, *, healthy: bool = True) -> None:
-        """Provision ``device_id`` on the broker and run its agent; wait until it is listed."""
+    async def add_device(
+        self, device_id: str, *, healthy: bool = True, claims: tuple[str, ...] = ("lab",)
+    ) -> None:
+        """Provision ``device_id`` in group ``lab`` and run its agent, whose configuration
+        lists ``claims`` as its groups (what its inventory will say)."""
         assert self.orch is not None
         password = self.broker.add_device(device_id, ("lab",))
+        self.broker.set_model(device_id, "rpi4")  # as provisioning does: the registry's fact
         self.broker.reload()
         root = self.orch.keys.anchor().keyring.root_keys[0].hex()
         health = {"command": ["/bin/true" if healthy else "/bin/false"], "timeout_s": 10}
         path = write_config(
             self.tmp / f"{device_id}.toml", broker=self.broker, topics=self.topics,
-            device_id=device_id, password=password, root_hex=root, groups=("lab",),
+            device_id=device_id, password=password, root_hex=root, groups=claims,
             sections={"health": health},
         )  # fmt: skip
         agent = DeviceAgent(load_config(path))
@@ -107,7 +112,7 @@ class Fleet:
     async def wait_registered(self, n: int) -> None:
         async def listed() -> bool:
             devices = (await self.api("viewer", "GET", "/v1/devices"))["devices"]
-            return sum(1 for d in devices if d["online"] and d["model"]) >= n
+            return sum(1 for d in devices if d["online"] and d["claimed_model"]) >= n
 
         deadline = time.monotonic() + 30
         while not await listed():

@@ -322,3 +322,29 @@ async def test_viewer_on_a_phone_can_look_but_not_pause(
     assert await page.evaluate("sessionStorage.getItem('fleetpush.token')") is None
     assert await same_document(page)
     assert page.js_errors == []
+
+
+async def test_a_device_whose_claims_differ_from_the_registry_is_flagged(
+    browser: Any, fleet: Fleet, tmp_path: Path
+) -> None:
+    shots = Shots(tmp_path / "screenshots", "claims")
+    await fleet.add_device("dev-00")
+    # Its configuration was edited to list a group it was never provisioned in.
+    await fleet.add_device("dev-liar", claims=("lab", "prod"))
+    await fleet.wait_registered(2)
+    page = await sign_in(browser, fleet, "viewer", LAPTOP)
+    await page.click("#nav a[data-view=devices]")
+    row = "tr[data-device-id='dev-liar']"
+    await page.wait_for_selector(f"{row} [data-claims-mismatch]")
+    assert await page.locator("tr[data-device-id='dev-00'] [data-claims-mismatch]").count() == 0
+    cells = await text(page, row)
+    assert "lab" in cells
+    assert "prod" not in cells  # shown as a claim only, never as a group
+    await shots.take(page, "devices")
+    await page.click(f"{row} a")
+    alert = "div.card[data-claims-mismatch='dev-liar']"
+    await page.wait_for_selector(alert)
+    assert "lab, prod" in await text(page, alert)
+    assert "null" not in await text(page, "#view section")
+    await shots.take(page, "device")
+    assert page.js_errors == []

@@ -37,9 +37,14 @@ async def metrics(request: web.Request) -> web.Response:
     online = await c.db.run(lambda s: s.online_count())
     rollouts = await c.db.run(lambda s: s.rollout_state_counts())
     counters = await c.db.run(lambda s: s.counters())
+    await c.refresh_registry()
+    mismatched = await c.db.run(lambda s: s.claims_mismatch_count())
     lines: list[str] = []
     _metric(lines, "fleetpush_devices_online", "gauge", "Devices whose presence is online.",
             {"": online})  # fmt: skip
+    _metric(lines, "fleetpush_devices_claims_mismatch", "gauge",
+            "Devices whose inventory claims groups or a model the registry does not give them.",
+            {"": mismatched})  # fmt: skip
     states = ("scheduled", "running", "paused", "completed", "canceled", "aborted")
     _metric(lines, "fleetpush_rollouts", "gauge", "Rollouts by state.",
             {f'{{state="{s}"}}': rollouts.get(s, 0) for s in states})  # fmt: skip

@@ -13,6 +13,7 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.engine import RolloutEngine
 from orchestrator.keystore import KeyStore
 from orchestrator.payloads import PayloadStore, UrlSigner
+from orchestrator.registry_sync import RegistrySync
 from orchestrator.store import Database
 
 __all__ = ["CTX", "ApiContext", "ApiError"]
@@ -39,6 +40,12 @@ class ApiContext:
     engine: RolloutEngine
     extra_metrics: dict[str, Any] = field(default_factory=dict)
     reload_keys: Any = None  # async callable: reload keys and publish keyrings
+    registry: RegistrySync | None = None  # provisioned groups and models
+
+    async def refresh_registry(self) -> None:
+        """Bring provisioned groups and models up to date before reading devices."""
+        if self.registry is not None:
+            await self.registry.refresh()
 
 
 CTX = web.AppKey("fleetpush", ApiContext)

@@ -120,6 +120,9 @@ def fleet_summary(s: Store, devices: Sequence[DeviceRecord] | None = None) -> di
         ],
         "models": dict(Counter(d.model or "unknown" for d in devices).most_common()),
         "groups": sorted({g for d in devices for g in d.groups}),
+        # Versions are what devices report; groups and models are the registry's. Devices
+        # whose inventory claims otherwise are counted here, never targeted by the claim.
+        "claims_mismatch": sum(d.claims_mismatch for d in devices),
         "rollouts": s.rollout_state_counts(),
     }
 
@@ -134,6 +137,7 @@ async def me(request: web.Request) -> web.Response:
 @routes.get("/v1/dashboard/summary")
 @requires("viewer")
 async def summary(request: web.Request) -> web.Response:
+    await ctx(request).refresh_registry()
     return ok(await ctx(request).db.run(fleet_summary))
 
 
@@ -168,7 +172,7 @@ def _sse(event: str, data: Any) -> bytes:
 class _Snapshot:
     rollouts: dict[int, str] = field(default_factory=dict)  # id -> view JSON
     finished: dict[int, float] = field(default_factory=dict)  # id -> updated_at, inactive
-    devices: dict[str, tuple[bool, str, float]] = field(default_factory=dict)
+    devices: dict[str, tuple[bool, str, float, bool]] = field(default_factory=dict)
     summary: str = ""
 
 
@@ -281,7 +285,7 @@ class EventHub:
             changed = []
             devices = s.list_devices(DeviceFilter(limit=MAX_DEVICES_SCANNED))
             for d in devices:
-                key = (d.online, d.current_version, d.last_seen)
+                key = (d.online, d.current_version, d.last_seen, d.claims_mismatch)
                 if snap.devices.get(d.device_id) != key:
                     snap.devices[d.device_id] = key
                     changed.append(d.to_json())

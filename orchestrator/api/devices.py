@@ -1,4 +1,8 @@
-"""``/v1/devices``: the registry, filters, operator groups and tags."""
+"""``/v1/devices``: the registry, filters, operator groups, model and tags.
+
+Groups and model are facts from provisioning (the registry) and the operator; what a
+device's inventory says is shown as its claims (``claimed_*``, ``claims_mismatch``).
+"""
 
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ def _filter(q: dict[str, str]) -> DeviceFilter:
 @requires("viewer")
 async def list_devices(request: web.Request) -> web.Response:
     f = _filter(dict(request.query))
+    await ctx(request).refresh_registry()
     devices = await ctx(request).db.run(lambda s: s.list_devices(f))
     return ok({"devices": [d.to_json() for d in devices]})
 
@@ -51,6 +56,7 @@ async def list_devices(request: web.Request) -> web.Response:
 async def show_device(request: web.Request) -> web.Response:
     device_id = request.match_info["device_id"]
     c = ctx(request)
+    await c.refresh_registry()
     device = await c.db.run(lambda s: s.get_device(device_id))
     history = await c.db.run(lambda s: s.device_history(device_id))
     return ok({**device.to_json(), "reports": history})
@@ -68,13 +74,19 @@ def _names(value: object, what: str) -> list[str]:
 @routes.patch("/v1/devices/{device_id}")
 @requires("operator")
 async def label_device(request: web.Request) -> web.Response:
-    """Set operator groups (``groups``) and/or tags (``tags``: string map)."""
+    """Set operator groups (``groups``), model (``model``; ``""`` falls back to the
+    provisioned one) and/or tags (``tags``: string map)."""
     device_id = request.match_info["device_id"]
     body = await json_body(request)
-    unknown = set(body) - {"groups", "tags"}
+    unknown = set(body) - {"groups", "tags", "model"}
     if unknown:
         raise ApiError(400, f"unknown field {sorted(unknown)[0]!r}")
     groups = _names(body["groups"], "groups") if "groups" in body else None
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(400, 'model: expected a name, or "" to use the provisioned model')
+    if model:
+        _names([model], "model")
     tags = body.get("tags")
     if tags is not None and (
         not isinstance(tags, dict)
@@ -82,6 +94,10 @@ async def label_device(request: web.Request) -> web.Response:
         or len(tags) > 64
     ):
         raise ApiError(400, "tags: expected an object of at most 64 string values")
-    device = await ctx(request).db.run(lambda s: s.set_device_labels(device_id, groups, tags))
-    await audit(request, "device.label", f"device/{device_id}", groups=groups, tags=tags)
+    c = ctx(request)
+    await c.refresh_registry()
+    device = await c.db.run(lambda s: s.set_device_labels(device_id, groups, tags, model))
+    await audit(
+        request, "device.label", f"device/{device_id}", groups=groups, tags=tags, model=model
+    )
     return ok(device.to_json())

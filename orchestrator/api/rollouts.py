@@ -35,6 +35,7 @@ async def create(request: web.Request) -> web.Response:
     target = TargetSpec.from_json(body.get("target"))
     spec = spec_from_request(body)
     c = ctx(request)
+    await c.refresh_registry()
     devices = await c.db.run(lambda s: s.list_devices(DeviceFilter(limit=10**9)))
     unknown = set(target.devices) - {d.device_id for d in devices}
     if unknown:

@@ -237,7 +237,7 @@ class MosquittoBroker:
         self.reload()
 
     def set_model(self, device_id: str, model: str | None) -> None:
-        """Record the device's model in the registry (informational)."""
+        """Record the device's model in the registry: the model the orchestrator targets."""
         with self.registry.locked() as reg:
             old = reg.get(device_id)
             if old is None:

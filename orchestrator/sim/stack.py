@@ -49,6 +49,7 @@ def write_orchestrator_files(
         f'password_file = "mqtt.password"\ntopic_prefix = "{topics.prefix}"\n'
         f'[ingest]\nbatch_rows = 500\nbatch_interval = "{batch_interval}"\n'
         f'[rollouts]\ntick = "{tick}"\nnotice_ttl = "1d"\nfollow_every = "1s"\n'
+        f'[registry]\nfile = "{broker.registry.path}"\n'
     )
     keys = KeyStore(data / "keys")
     keys.init(

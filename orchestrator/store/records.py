@@ -22,10 +22,18 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class DeviceRecord:
+    """One device. ``groups`` and ``model`` are facts: they come from the registry (what
+    provisioning wrote, ``registry_*``) and the operator (``operator_groups``,
+    ``operator_model``), and only they drive targeting. ``claimed_*`` is what the device's
+    inventory says about itself: shown, compared, never used for a decision."""
+
     device_id: str
-    model: str
-    reported_groups: tuple[str, ...]
+    registry_groups: tuple[str, ...]
+    registry_model: str
     operator_groups: tuple[str, ...]
+    operator_model: str
+    claimed_groups: tuple[str, ...]
+    claimed_model: str
     tags: dict[str, str]
     online: bool
     last_seen: float
@@ -37,15 +45,36 @@ class DeviceRecord:
 
     @property
     def groups(self) -> tuple[str, ...]:
-        return tuple(sorted({*self.reported_groups, *self.operator_groups}))
+        return tuple(sorted({*self.registry_groups, *self.operator_groups}))
+
+    @property
+    def model(self) -> str:
+        """The operator's model, else the provisioned one; empty when neither is known."""
+        return self.operator_model or self.registry_model
+
+    @property
+    def claims_mismatch(self) -> bool:
+        """The device claims a group it was not given, lacks a provisioned group (its
+        configuration differs from the registry), or claims another model."""
+        if not self.claimed_model:  # no inventory yet (its model is never empty)
+            return False
+        claimed = set(self.claimed_groups)
+        if claimed - set(self.groups) or set(self.registry_groups) - claimed:
+            return True
+        return bool(self.model) and self.claimed_model != self.model
 
     def to_json(self) -> dict[str, Any]:
         return {
             "device_id": self.device_id,
             "model": self.model,
             "groups": list(self.groups),
-            "reported_groups": list(self.reported_groups),
+            "registry_groups": list(self.registry_groups),
+            "registry_model": self.registry_model,
             "operator_groups": list(self.operator_groups),
+            "operator_model": self.operator_model,
+            "claimed_groups": list(self.claimed_groups),
+            "claimed_model": self.claimed_model,
+            "claims_mismatch": self.claims_mismatch,
             "tags": dict(self.tags),
             "online": self.online,
             "last_seen": self.last_seen,

@@ -116,4 +116,15 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
     """,
+    # 2: what a device says about itself is a claim; targeting reads only the registry
+    # (provisioning) and the operator. The old model column was filled from inventory, so it
+    # becomes the claim; ``model`` is now the operator's.
+    """
+    ALTER TABLE devices RENAME COLUMN reported_groups TO claimed_groups;
+    ALTER TABLE devices ADD COLUMN claimed_model TEXT NOT NULL DEFAULT '';
+    UPDATE devices SET claimed_model = model, model = '';
+    ALTER TABLE devices ADD COLUMN registry_groups TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE devices ADD COLUMN registry_model TEXT NOT NULL DEFAULT '';
+    ALTER TABLE devices ADD COLUMN in_registry INTEGER NOT NULL DEFAULT 0;
+    """,
 )

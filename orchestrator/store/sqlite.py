@@ -43,8 +43,8 @@ logger = logging.getLogger(__name__)
 _IN_FLIGHT = tuple(sorted(IN_FLIGHT_STATES))
 _FAILURES = tuple(sorted(FAILURE_STATES))
 _DEVICE_COLS = (
-    "device_id, model, reported_groups, groups_, tags, online, last_seen, first_seen, "
-    "current_version, installed, client_version, free_bytes"
+    "device_id, registry_groups, registry_model, groups_, model, claimed_groups, claimed_model, "
+    "tags, online, last_seen, first_seen, current_version, installed, client_version, free_bytes"
 )
 _RELEASE_COLS = (
     "id, name, version, sha256, size, models, handler, handler_args, metadata, created_at"
@@ -69,17 +69,20 @@ def _marks(n: int) -> str:
 def _device(row: sqlite3.Row) -> DeviceRecord:
     return DeviceRecord(
         device_id=row[0],
-        model=row[1],
-        reported_groups=tuple(json.loads(row[2])),
+        registry_groups=tuple(json.loads(row[1])),
+        registry_model=row[2],
         operator_groups=tuple(json.loads(row[3])),
-        tags=json.loads(row[4]),
-        online=bool(row[5]),
-        last_seen=row[6],
-        first_seen=row[7],
-        current_version=row[8],
-        installed=tuple(json.loads(row[9])),
-        client_version=row[10],
-        free_bytes=row[11],
+        operator_model=row[4],
+        claimed_groups=tuple(json.loads(row[5])),
+        claimed_model=row[6],
+        tags=json.loads(row[7]),
+        online=bool(row[8]),
+        last_seen=row[9],
+        first_seen=row[10],
+        current_version=row[11],
+        installed=tuple(json.loads(row[12])),
+        client_version=row[13],
+        free_bytes=row[14],
     )
 
 
@@ -214,7 +217,7 @@ class SQLiteStore:
         where: list[str] = []
         args: list[Any] = []
         if f.model is not None:
-            where.append("model = ?")
+            where.append("coalesce(nullif(model, ''), registry_model) = ?")
             args.append(f.model)
         if f.online is not None:
             where.append("online = ?")
@@ -251,10 +254,20 @@ class SQLiteStore:
             )
 
     def set_device_labels(
-        self, device_id: str, groups: Sequence[str] | None, tags: dict[str, str] | None
+        self,
+        device_id: str,
+        groups: Sequence[str] | None,
+        tags: dict[str, str] | None,
+        model: str | None = None,
     ) -> DeviceRecord:
+        """Set the operator's groups, tags and model (``""`` clears it: the provisioned
+        model applies again); ``None`` leaves a field as it is."""
         with self._tx():
             self.get_device(device_id)
+            if model is not None:
+                self.db.execute(
+                    "UPDATE devices SET model = ? WHERE device_id = ?", (model, device_id)
+                )
             if groups is not None:
                 self.db.execute(
                     "UPDATE devices SET groups_ = ? WHERE device_id = ?",
@@ -266,6 +279,42 @@ class SQLiteStore:
                     (json.dumps(tags, sort_keys=True), device_id),
                 )
         return self.get_device(device_id)
+
+    def sync_registry(
+        self, identities: Sequence[tuple[str, Sequence[str], str]], now: float
+    ) -> int:
+        """Make the provisioned groups and model of every device those of ``identities``
+        (``(device_id, groups, model)``, the whole registry); a device no longer in it
+        keeps its row but loses them. Returns how many devices changed."""
+        with self._tx():
+            before = {
+                r[0]: (r[1], r[2])
+                for r in self.db.execute(
+                    "SELECT device_id, registry_groups, registry_model FROM devices "
+                    "WHERE in_registry = 1"
+                )
+            }
+            rows = {d: (json.dumps(sorted(set(g))), m) for d, g, m in identities}
+            gone = [(d,) for d in before if d not in rows]
+            self.db.executemany(
+                "UPDATE devices SET registry_groups = '[]', registry_model = '', "
+                "in_registry = 0 WHERE device_id = ?",
+                gone,
+            )
+            changed = [(d, g, m, now) for d, (g, m) in rows.items() if before.get(d) != (g, m)]
+            self.db.executemany(
+                "INSERT INTO devices (device_id, registry_groups, registry_model, in_registry, "
+                "first_seen) VALUES (?, ?, ?, 1, ?) ON CONFLICT (device_id) DO UPDATE SET "
+                "registry_groups = excluded.registry_groups, "
+                "registry_model = excluded.registry_model, in_registry = 1",
+                changed,
+            )
+        return len(gone) + len(changed)
+
+    def claims_mismatch_count(self) -> int:
+        """Devices whose inventory claims differ from the registry (see ``DeviceRecord``)."""
+        sql = f"SELECT {_DEVICE_COLS} FROM devices WHERE claimed_model != ''"
+        return sum(_device(r).claims_mismatch for r in self.db.execute(sql))
 
     def device_history(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.db.execute(
@@ -407,11 +456,13 @@ class SQLiteStore:
     def _ingest_inventory(self, inv: Inventory, now: float) -> None:
         installed = [{"name": r.name, "version": r.version} for r in inv.installed]
         version = inv.installed[0].version if inv.installed else ""
+        # The groups and model a device states are stored as its claims only: targeting
+        # reads the registry's and the operator's (``DeviceRecord``).
         self.db.execute(
-            "INSERT INTO devices (device_id, model, reported_groups, installed, "
+            "INSERT INTO devices (device_id, claimed_model, claimed_groups, installed, "
             "client_version, free_bytes, current_version, first_seen, last_seen) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
-            "model = excluded.model, reported_groups = excluded.reported_groups, "
+            "claimed_model = excluded.claimed_model, claimed_groups = excluded.claimed_groups, "
             "installed = excluded.installed, client_version = excluded.client_version, "
             "free_bytes = excluded.free_bytes, current_version = excluded.current_version, "
             "last_seen = excluded.last_seen",

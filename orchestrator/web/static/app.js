@@ -220,12 +220,20 @@ function devicesView() {
         h("td", {}, badge(d.online ? "online" : "offline")),
         h("td", { text: d.current_version || "unknown" }),
         h("td", { class: "wide", text: d.model || "—" }),
-        h("td", { class: "wide", text: d.groups.join(", ") || "—" }),
+        h("td", { class: "wide" }, d.groups.join(", ") || "—", d.claims_mismatch ? " " : null, claimsBadge(d)),
         h("td", { title: when(d.last_seen), text: ago(d.last_seen) }))),
       { class: "devices" }));
   }
   update();
   return { el, update };
+}
+
+// What the device says about itself differs from the registry: shown, never used to target.
+function claimsBadge(d) {
+  if (!d.claims_mismatch) return null;
+  return h("span", { class: "badge failed", "data-claims-mismatch": d.device_id,
+    title: `claims groups ${d.claimed_groups.join(", ") || "none"}, model ${d.claimed_model || "—"}`,
+    text: "claims differ" });
 }
 
 function deviceView(id) {
@@ -244,16 +252,21 @@ function deviceView(id) {
     el.replaceChildren(
       h("p", {}, h("a", { href: "#/devices", text: "← all devices" })),
       h("h1", {}, d.device_id, " ", badge(d.online ? "online" : "offline")),
+      d.claims_mismatch ? h("div", { class: "card alert", "data-claims-mismatch": d.device_id },
+        h("strong", { text: "Claims differ from the registry: " }),
+        `the device says groups ${d.claimed_groups.join(", ") || "none"}, model ${d.claimed_model || "—"}. `,
+        "Targeting uses the registry's groups and model only.") : "",
       h("dl", { class: "facts" },
         ...[["Version", d.current_version || "unknown"], ["Model", d.model || "—"],
-          ["Groups", d.groups.join(", ") || "—"], ["Last seen", `${ago(d.last_seen)} (${when(d.last_seen)})`],
+          ["Groups", d.groups.join(", ") || "—"],
+          ["Claimed", `groups ${d.claimed_groups.join(", ") || "none"}, model ${d.claimed_model || "—"}`], ["Last seen", `${ago(d.last_seen)} (${when(d.last_seen)})`],
           ["First seen", when(d.first_seen)], ["Client", d.client_version || "—"],
           ["Free space", d.free_bytes == null ? "—" : size(d.free_bytes)]]
           .flatMap(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })])),
       errors.length ? h("div", { class: "card alert", "data-last-error": errors[0].error_code },
         h("strong", { text: "Last error: " }), `${errors[0].error_code}: ${errors[0].error_message || ""}`,
         h("span", { class: "muted small", text: ` (rollout ${errors[0].rollout_id}, ${when(errors[0].received_at)})` }))
-        : null,
+        : "",
       h("h2", { text: "Reports" }),
       d.reports.length ? table(["#", "Received", "Rollout", "State", "Version", "Error"],
         d.reports.map((r) => h("tr", { class: r.error_code ? "has-error" : "" },
