@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fleetpush_protocol.atomic import ExposedSecretError, check_private
 from fleetpush_protocol.fields import NAME_RE
 from fleetpush_protocol.keys import load_public_key
 from fleetpush_protocol.topics import Topics
@@ -291,7 +292,10 @@ def _broker(t: _Table) -> BrokerConfig:
         raise t.fail("password_file", "give either password or password_file, not both")
     if password_file is not None:
         try:
+            check_private(password_file, "password file")
             password = password_file.read_text().strip()
+        except ExposedSecretError as e:
+            raise t.fail("password_file", str(e)) from None
         except OSError as e:
             raise t.fail("password_file", f"cannot read {password_file}: {e.strerror}") from None
         if not password:
@@ -458,4 +462,19 @@ def load_config(path: Path) -> DeviceConfig:
         raise ConfigError(f"{path.name}: not valid TOML: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path.name}: not UTF-8 text") from None
-    return parse_config(raw, source=path.name, base=path.resolve().parent)
+    config = parse_config(raw, source=path.name, base=path.resolve().parent)
+    _check_secrets(path, raw, config)
+    return config
+
+
+def _check_secrets(path: Path, raw: Mapping[str, Any], config: DeviceConfig) -> None:
+    """Refuse, as ssh does, secrets that other users on the device may read: a config file
+    holding the broker password, or the TLS client key."""
+    broker = raw.get("broker")
+    try:
+        if isinstance(broker, Mapping) and broker.get("password") is not None:
+            check_private(path, "device config (it holds the broker password)")
+        if config.broker.key_file is not None and config.broker.key_file.exists():
+            check_private(config.broker.key_file, "TLS client key")
+    except ExposedSecretError as e:
+        raise ConfigError(str(e)) from None

@@ -335,6 +335,7 @@ def write_config(
         lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None]
         lines.append("")
     path.write_text("\n".join(lines))
+    path.chmod(0o600)  # it holds the broker password: the agent refuses it otherwise
     return path
 
 
