@@ -45,10 +45,12 @@ def _files(*names: str) -> list[tuple[tarfile.TarInfo, bytes]]:
     return [regular(n) for n in names]
 
 
-def _pax_bomb() -> bytes:
+def _pax_bomb(before: int = 0) -> bytes:
+    """A member with one pax header record of 200 KB, after ``before`` tiny files (their
+    unused header allowance adds up, so only the cap on one read stops it)."""
     info, data = regular("a")
-    info.pax_headers = {"comment": "x" * 200_000}  # one header record of 200 KB
-    return tar_of([(info, data)])
+    info.pax_headers = {"comment": "x" * 200_000}
+    return tar_of([*(regular(f"f{i}") for i in range(before)), (info, data)])
 
 
 CHAIN_ORDERS = {
@@ -99,6 +101,7 @@ BAD: dict[str, Bad] = {
         tar_of([link("x/up", ".."), link("y", "x/up/../escape")]), "'y'"
     ),
     "pax header bomb": Bad(_pax_bomb(), "headers"),
+    "pax header bomb after many members": Bad(_pax_bomb(60), "headers of more than"),
     "not a tar": Bad(b"not a tar at all" * 100, "invalid header"),
     "truncated gzip": Bad(
         gzip.compress(tar_of([regular("a", os.urandom(8192))]))[:4000], "corrupt"

@@ -54,19 +54,24 @@ class _Stream(Protocol):
 
 
 class _Bounded:
-    """The unpacked tar stream, readable only up to ``limit`` bytes from its start."""
+    """The unpacked tar stream, readable only up to ``limit`` bytes from its start, and
+    in reads of at most ``max_read`` bytes (tarfile reads a pax or long-name header in
+    one piece: a huge one would otherwise be held in memory whole)."""
 
     def __init__(self, stream: _Stream, header_bytes: int) -> None:
         self.stream = stream
         self.header_bytes = header_bytes  # the most one member's headers may take
         self.limit = header_bytes
+        self.max_read = max(header_bytes, CHUNK)
 
     def _check(self, end: int) -> None:
         if end > self.limit:
             raise UnsafeMemberError("the archive's headers and padding unpack to too much")
 
     def read(self, size: int, /) -> bytes:
-        self._check(self.tell() + max(size, 0))
+        if not 0 <= size <= self.max_read:
+            raise UnsafeMemberError(f"the archive has headers of more than {self.max_read} bytes")
+        self._check(self.tell() + size)
         try:
             return self.stream.read(size)
         except _CORRUPT as e:
