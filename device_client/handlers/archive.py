@@ -19,8 +19,8 @@ created before the path they point through) were fixed only in later 3.11 releas
 
 from __future__ import annotations
 
+import re
 import tarfile
-import unicodedata
 from collections.abc import Mapping
 
 from device_client.config import UnpackLimits
@@ -38,6 +38,7 @@ MAX_HOPS = 40  # symlinks followed in one resolution (Linux's MAXSYMLINKS)
 NAME_MAX = 255  # bytes in one path component (Linux)
 RATIO_FLOOR = 1 << 20  # bytes: a smaller payload counts as this big for max_ratio
 DEFAULT_LIMITS = UnpackLimits()
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: newline, ESC, DEL...
 
 Parts = tuple[str, ...]
 
@@ -55,14 +56,18 @@ def allowed_bytes(limits: UnpackLimits, payload_bytes: int) -> int:
 def _text(path: str, what: str, limits: UnpackLimits) -> None:
     if not path:
         raise UnsafeMemberError(f"empty {what}")
-    if any(unicodedata.category(ch) == "Cc" for ch in path):
+    if _CONTROL.search(path):
         raise UnsafeMemberError(f"{path!r}: control character in {what}")
-    if len(path.encode("utf-8", "surrogateescape")) > limits.max_path_bytes:
+    if _bytes(path) > limits.max_path_bytes:
         raise UnsafeMemberError(
             f"{path[:64]!r}...: {what} longer than {limits.max_path_bytes} bytes"
         )
     if path.startswith(("/", "\\")):
         raise UnsafeMemberError(f"{path!r}: absolute {what}")
+
+
+def _bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
 
 
 def _split(path: str) -> Parts:
@@ -76,7 +81,7 @@ def _name(path: str, limits: UnpackLimits) -> Parts:
         raise UnsafeMemberError(f"{path!r}: '..' in name")
     if len(parts) > limits.max_depth:
         raise UnsafeMemberError(f"{path!r}: deeper than {limits.max_depth} components")
-    if any(len(p.encode("utf-8", "surrogateescape")) > NAME_MAX for p in parts):
+    if _bytes(path) > NAME_MAX and any(_bytes(p) > NAME_MAX for p in parts):
         raise UnsafeMemberError(f"{path!r}: a component longer than {NAME_MAX} bytes")
     return parts
 
