@@ -53,6 +53,13 @@ def _pax_bomb(before: int = 0) -> bytes:
     return tar_of([*(regular(f"f{i}") for i in range(before)), (info, data)])
 
 
+def _negative_size() -> bytes:
+    """A base-256 size of -1 GiB (it would lower the running total), then a real file."""
+    info, _ = regular("neg")
+    info.size = -(1 << 30)
+    return info.tobuf(tarfile.GNU_FORMAT) + tar_of([regular("big", b"x" * 1024)])
+
+
 CHAIN_ORDERS = {
     f"symlink chain, order {'+'.join(order)}": Bad(symlink_chain(order), "'t'")
     for order in itertools.permutations(("t", "dirs", "s"))
@@ -102,6 +109,7 @@ BAD: dict[str, Bad] = {
     ),
     "pax header bomb": Bad(_pax_bomb(), "headers"),
     "pax header bomb after many members": Bad(_pax_bomb(60), "headers of more than"),
+    "negative size": Bad(_negative_size(), "negative size"),
     "not a tar": Bad(b"not a tar at all" * 100, "invalid header"),
     "truncated gzip": Bad(
         gzip.compress(tar_of([regular("a", os.urandom(8192))]))[:4000], "corrupt"

@@ -142,6 +142,8 @@ def check_member(member: tarfile.TarInfo, limits: UnpackLimits = DEFAULT_LIMITS)
         raise UnsafeMemberError(f"{name!r}: unsupported member type {member.type!r}")
     if not parts and not member.isdir():
         raise UnsafeMemberError(f"{name!r}: names the slot itself")
+    if member.size < 0:  # base-256 sizes can be negative, and would lower the total
+        raise UnsafeMemberError(f"{name!r}: negative size")
     if member.issym():
         _text(member.linkname, "symlink target", limits)
         resolve_symlink(parts, {parts: member.linkname})

@@ -78,6 +78,8 @@ class _Bounded:
             raise UnsafeMemberError(f"corrupt compressed data: {e}") from e
 
     def seek(self, pos: int, /) -> int:
+        if pos < 0:
+            raise UnsafeMemberError("the archive points before its own start")
         self._check(pos)
         try:
             return self.stream.seek(pos)
@@ -239,7 +241,7 @@ def unpack(payload: Path, dest: Path, limits: UnpackLimits = DEFAULT_LIMITS) -> 
     try:
         with _checked(payload, limits) as (tar, check):
             _write(tar, check.finish(), dest, check.max_bytes)
-    except (UnsafeMemberError, tarfile.TarError) as e:
+    except (tarfile.TarError, ValueError) as e:  # UnsafeMemberError, or tarfile's own
         raise UpdateError(FailureCode.PAYLOAD_INVALID, f"payload refused: {e}") from e
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
