@@ -32,6 +32,7 @@ __all__ = [
     "InstallConfig",
     "PolicyConfig",
     "TrustConfig",
+    "UnpackLimits",
     "Window",
     "load_config",
     "parse_config",
@@ -113,6 +114,17 @@ class DownloadConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UnpackLimits:
+    """What one payload may unpack to (directory handler); beyond any: ``payload_invalid``."""
+
+    max_bytes: int = 4 << 30  # bytes in all files together; a sparse file counts in full
+    max_ratio: int = 100  # unpacked bytes per payload byte (a payload under 1 MiB counts as 1 MiB)
+    max_members: int = 50_000  # archive members
+    max_path_bytes: int = 1024  # bytes (UTF-8) in a member's name or a symlink's target
+    max_depth: int = 32  # path components in a member's name
+
+
+@dataclass(frozen=True, slots=True)
 class InstallConfig:
     handler: str
     slots_dir: Path | None
@@ -122,6 +134,7 @@ class InstallConfig:
     rollback: tuple[str, ...] = ()
     reboot: tuple[str, ...] = ()
     step_timeout_s: float = 3600.0  # seconds per handler step
+    unpack: UnpackLimits = field(default_factory=UnpackLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +359,17 @@ def _trust(t: _Table) -> TrustConfig:
     return TrustConfig(root_keys=tuple(keys), root_threshold=threshold)
 
 
-def _install(t: _Table, state_dir: Path) -> InstallConfig:
+def _unpack(t: _Table) -> UnpackLimits:
+    return UnpackLimits(
+        max_bytes=t.integer("max_bytes", 4 << 30, 1, MAX_PAYLOAD),
+        max_ratio=t.integer("max_ratio", 100, 1, 1_000_000),
+        max_members=t.integer("max_members", 50_000, 1, 10_000_000),
+        max_path_bytes=t.integer("max_path_bytes", 1024, 64, 4096),
+        max_depth=t.integer("max_depth", 32, 1, 1024),
+    )
+
+
+def _install(t: _Table, state_dir: Path, unpack: UnpackLimits) -> InstallConfig:
     handler = t.string("handler", "directory")
     if handler not in HANDLERS:
         raise t.fail("handler", f"must be one of {', '.join(HANDLERS)}")
@@ -365,6 +388,7 @@ def _install(t: _Table, state_dir: Path) -> InstallConfig:
         rollback=t.argv("rollback"),
         reboot=t.argv("reboot"),
         step_timeout_s=t.number("step_timeout_s", 3600.0, 1, 86400),
+        unpack=unpack,
     )
 
 
@@ -381,7 +405,7 @@ def parse_config(
     Raises:
         ConfigError: a field is missing, of the wrong type or out of range.
     """
-    known = {"device", "broker", "trust", "download", "install", "health", "policy"}
+    known = {"device", "broker", "trust", "download", "install", "unpack", "health", "policy"}
     for name in raw:
         if name not in known:
             raise ConfigError(f"{source}: [{name}]: unknown table")
@@ -417,7 +441,7 @@ def parse_config(
         progress_interval_s=t.number("progress_interval_s", 5.0, 0.1, 3600),
         chunk_bytes=t.integer("chunk_bytes", 65536, 1024, 16 << 20),
     )
-    install = _install(section("install"), device.state_dir)
+    install = _install(section("install"), device.state_dir, _unpack(section("unpack")))
     h = section("health")
     health = HealthConfig(
         command=h.argv("command"),
