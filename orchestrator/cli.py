@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from orchestrator.cli_broker import broker, provision_command, revoke_command, set_groups_command
+from orchestrator.cli_delta import delta
 from orchestrator.cli_keys import config_option, keys, load, tokens
 from orchestrator.cli_ops import audit, devices, release, rollout
 from orchestrator.cli_protocol import protocol
@@ -46,6 +47,7 @@ main.add_command(broker)
 main.add_command(keys)
 main.add_command(tokens)
 main.add_command(release)
+main.add_command(delta)
 main.add_command(devices)
 main.add_command(rollout)
 main.add_command(audit)

@@ -1,0 +1,130 @@
+"""The delta codec: a target payload as a zstd frame that uses the base payload as reference.
+
+Method ``zstd-patch`` is what ``zstd --patch-from`` writes: one zstd frame compressed with
+the whole base payload loaded as raw-content reference, a window large enough to reach
+across it, and long-distance matching. ``zstd --patch-from=BASE -d`` decodes it and this
+module decodes the tool's output, so an operator can check one with the other.
+The choice against bsdiff and xdelta3 is measured in benchmarks/delta.py
+(docs/performance.md, "Delta payloads").
+
+Both sides share this module so the device never imports the orchestrator. It does no I/O
+of its own: callers hand it bytes and binary streams. Memory while applying is the base
+(one copy, held by the decoder) plus the frame's window buffer, which zstd caps at the
+target's size; ``needed_memory`` tells it before anything is decoded, so a device can
+refuse a delta that would not fit and fetch the full payload instead.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+import zstandard
+
+__all__ = [
+    "METHOD",
+    "METHODS",
+    "DeltaError",
+    "apply",
+    "make",
+    "needed_memory",
+    "window_log_for",
+]
+
+METHOD = "zstd-patch"
+METHODS = frozenset({METHOD})
+MIN_WINDOW_LOG = 10
+MAX_WINDOW_LOG = 31  # zstd's limit on 64-bit hosts (2 GiB)
+HEADER_BYTES = 18  # the longest zstd frame header
+CHUNK = 1 << 20
+
+
+class DeltaError(ValueError):
+    """The delta is not a valid patch for this base, or rebuilds more than allowed.
+
+    A content error: retrying the same bytes cannot help; the caller falls back to the
+    full payload.
+    """
+
+
+def window_log_for(base_size: int, target_size: int) -> int:
+    """The window ``zstd --patch-from`` picks: one bit above the larger of the two sizes."""
+    largest = max(base_size, target_size, 1)
+    return max(MIN_WINDOW_LOG, min(MAX_WINDOW_LOG, largest.bit_length() + 1))
+
+
+def make(base: bytes, target: bytes, *, level: int = 19) -> bytes:
+    """A ``zstd-patch`` delta that rebuilds ``target`` from ``base``."""
+    window_log = window_log_for(len(base), len(target))
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level,
+        source_size=len(target),
+        window_log=window_log,
+        enable_ldm=True,
+        ldm_hash_log=min(window_log - 3, 30) if window_log > 13 else 0,
+        write_content_size=True,
+        write_checksum=True,
+        write_dict_id=False,
+    )
+    reference = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    compressor = zstandard.ZstdCompressor(dict_data=reference, compression_params=params)
+    return compressor.compress(target)
+
+
+def _frame(head: bytes) -> zstandard.FrameParameters:
+    try:
+        return zstandard.get_frame_parameters(head)
+    except zstandard.ZstdError as e:
+        raise DeltaError(f"not a zstd-patch delta: {e}") from None
+
+
+def needed_memory(head: bytes, base_size: int) -> int:
+    """Bytes of memory applying the delta whose first bytes are ``head`` will take.
+
+    Raises:
+        DeltaError: ``head`` is not the start of a zstd frame.
+    """
+    frame = _frame(head[:HEADER_BYTES])
+    window = frame.window_size
+    if frame.content_size > 0:
+        window = min(window, frame.content_size)
+    return base_size + window
+
+
+def apply(base: bytes, patch: BinaryIO, out: BinaryIO, *, max_output: int, max_memory: int) -> int:
+    """Rebuild the target from ``base`` and the delta read from ``patch`` into ``out``.
+
+    Returns the number of bytes written. The caller checks the pinned hash and size of
+    what was written: a valid delta for another target rebuilds that other target.
+
+    Raises:
+        DeltaError: the delta is corrupt, made from another base, would rebuild more than
+            ``max_output`` bytes, or needs more than ``max_memory`` bytes to apply.
+    """
+    start = patch.tell()  # a seekable stream: the header is read twice
+    head = patch.read(HEADER_BYTES)
+    patch.seek(start)
+    frame = _frame(head)
+    if frame.content_size > max_output:
+        raise DeltaError(f"delta rebuilds {frame.content_size} bytes, limit is {max_output}")
+    need = needed_memory(head, len(base))
+    if need > max_memory:
+        raise DeltaError(f"delta needs {need} bytes of memory to apply, limit is {max_memory}")
+    reference = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    decompressor = zstandard.ZstdDecompressor(
+        dict_data=reference, max_window_size=1 << MAX_WINDOW_LOG
+    )
+    written = 0
+    try:
+        reader = decompressor.stream_reader(patch, read_across_frames=False)
+        with reader:
+            while chunk := reader.read(CHUNK):
+                written += len(chunk)
+                if written > max_output:
+                    raise DeltaError(f"delta rebuilds more than {max_output} bytes")
+                out.write(chunk)
+    except zstandard.ZstdError as e:
+        raise DeltaError(f"delta does not apply to this base: {e}") from None
+    # zstd writes 0 for an unknown size; a delta we make always declares it.
+    if frame.content_size and written != frame.content_size:
+        raise DeltaError("delta ended before its declared size")
+    return written
