@@ -24,6 +24,7 @@ __all__ = [
     "ERROR_STATES",
     "FORMAT",
     "CancelNotice",
+    "Delta",
     "ErrorInfo",
     "FailureCode",
     "Inventory",
@@ -45,6 +46,7 @@ FORMAT = 1
 """The wire format version this implementation reads and writes."""
 
 MAX_URLS = 8
+MAX_DELTAS = 16
 MAX_TARGETS = 1000
 MAX_KEYS = 32
 TIME_MAX = 2**63 - 1
@@ -164,6 +166,25 @@ class Payload(_Struct, frozen=True, kw_only=True):
                 raise ValueError("payload.urls: only http and https URLs are allowed")
 
 
+class Delta(_Struct, frozen=True, kw_only=True):
+    """A smaller way to the same payload: ``method`` rebuilds it from the payload whose
+    SHA-256 is ``base_sha256``. ``sha256`` and ``size`` pin the delta's own bytes; the
+    rebuilt payload must still match the notice's ``payload.sha256`` and ``payload.size``.
+    A method this implementation does not know is skipped, never refused.
+    """
+
+    base_sha256: Sha256
+    method: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    sha256: Sha256
+    size: Bytes
+    urls: Annotated[tuple[Url, ...], msgspec.Meta(min_length=1, max_length=MAX_URLS)]
+
+    def __post_init__(self) -> None:
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError("deltas.urls: only http and https URLs are allowed")
+
+
 class Target(_Struct, frozen=True, kw_only=True):
     """Who a notice is for: any listed device or member of a listed group, and then only
     if its model is listed (when any are) and its current version is listed (when any are).
@@ -186,6 +207,12 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "notice"
 
+    # Absent (not nil, not empty) when there are none, so that a notice without deltas
+    # keeps the bytes it had before the field existed and has one encoding either way.
+    deltas: (
+        Annotated[tuple[Delta, ...], msgspec.Meta(min_length=1, max_length=MAX_DELTAS)]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
     expires_at: Time
     format: int = FORMAT
     handler: Name

@@ -19,7 +19,7 @@ from msgspec.structs import replace
 from fleetpush_protocol import canonical
 from fleetpush_protocol.envelope import SIGNING_CONTEXT, decode_envelope, sign_message
 from fleetpush_protocol.keys import KeyPair
-from fleetpush_protocol.messages import Message, Report, ReportState, Target
+from fleetpush_protocol.messages import Delta, Message, Report, ReportState, Target
 from fleetpush_protocol.testing import (
     BASE_TIME,
     DAY,
@@ -38,6 +38,13 @@ R1, R2, R3, R4 = (fixed_key(i) for i in (1, 2, 3, 4))
 S1, S2, S3 = (fixed_key(i) for i in (11, 12, 13))
 STRANGER = fixed_key(99)
 PAYLOAD = b"fleetpush test payload\n"
+DELTA = Delta(
+    base_sha256=hashlib.sha256(b"fleetpush test payload, 1.0.0\n").digest(),
+    method="zstd-patch",
+    sha256=hashlib.sha256(b"delta bytes").digest(),
+    size=11,
+    urls=("https://updates.example.com/d/app-1.0.0-2.0.0.zst",),
+)
 
 DEVICE = {"device_id": "dev-1", "model": "m1", "groups": ["g1"], "current_version": "1.0.0"}
 KEYRING1 = sign_message(make_keyring(1, [R1], [S1, S2]), [R1])
@@ -122,6 +129,24 @@ def build() -> list[dict[str, Any]]:
             "Unknown body fields are kept (covered by the signature) and ignored.",
             raw_envelope({**n.to_body(), "x-future": {"a": 1}, "zzz": "later"}, [S1]),
             "accept",
+        ),
+        case(
+            "notice-accept-deltas",
+            "A notice listing a delta from the payload of release 1.0.0 (issue 15).",
+            signed(make_notice(deltas=(DELTA,))),
+            "accept",
+        ),
+        case(
+            "notice-accept-deltas-unknown-method",
+            "A delta method this implementation does not know: the notice is still valid.",
+            signed(make_notice(deltas=(DELTA, replace(DELTA, method="x-future-method")))),
+            "accept",
+        ),
+        case(
+            "malformed-deltas-empty",
+            "An empty deltas list: no deltas are written by leaving the field out.",
+            raw_envelope({**n.to_body(), "deltas": []}, [S1]),
+            "malformed",
         ),
         case(
             "notice-accept-two-of-two",
