@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from pathlib import Path
 
 import click
@@ -16,6 +15,7 @@ from orchestrator.cli_protocol import protocol
 from orchestrator.cli_sim import demo, simulate
 from orchestrator.keystore import KeyStoreError
 from orchestrator.service import serve
+from orchestrator.store import StoreError
 
 __all__ = ["main"]
 
@@ -37,8 +37,8 @@ def serve_command(config_path: Path) -> None:
         asyncio.run(serve(cfg))
     except (KeyStoreError, ConnectionError, OSError) as e:
         raise click.ClickException(str(e)) from None
-    except sqlite3.DatabaseError as e:  # a corrupt or unreadable database file
-        raise click.ClickException(f"database {cfg.db_path}: {e}") from None
+    except StoreError as e:  # unreachable, damaged or newer than this fleetpush
+        raise click.ClickException(str(e)) from None
 
 
 main.add_command(protocol)

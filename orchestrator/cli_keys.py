@@ -14,7 +14,7 @@ from orchestrator.auth import ROLES, hash_token, new_token
 from orchestrator.client import ApiClient, ApiClientError
 from orchestrator.config import ConfigError, OrchestratorConfig, load_config
 from orchestrator.keystore import KeyStore, KeyStoreError, describe
-from orchestrator.store import SQLiteStore, StoreError
+from orchestrator.store import StoreError, open_store
 from orchestrator.units import parse_duration
 
 __all__ = ["keys", "load", "tokens"]
@@ -177,9 +177,11 @@ def tokens_create(config_path: Path, name: str, role: str, as_json: bool) -> Non
     """Create a token; it is printed once and only its SHA-256 is stored."""
     cfg = load(config_path)
     token = new_token()
-    store = SQLiteStore(cfg.db_path)
     try:
-        store.migrate()
+        store = open_store(cfg.database)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    try:
         store.add_token(name, role, hash_token(token), time.time())
     except StoreError as e:
         raise click.ClickException(str(e)) from None
@@ -194,9 +196,11 @@ def tokens_create(config_path: Path, name: str, role: str, as_json: bool) -> Non
 def tokens_revoke(config_path: Path, name: str) -> None:
     """Revoke a token by name."""
     cfg = load(config_path)
-    store = SQLiteStore(cfg.db_path)
     try:
-        store.migrate()
+        store = open_store(cfg.database)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    try:
         store.revoke_token(name)
     except StoreError as e:
         raise click.ClickException(str(e)) from None

@@ -25,6 +25,14 @@ Example::
     [registry]
     file = "/var/lib/fleetpush/broker/identities.json"  # default: <data_dir>/broker/...
 
+    [database]
+    url = "sqlite:///fleetpush.db"       # default: <data_dir>/fleetpush.db; relative to it
+    # url = "postgresql://fleetpush@db.example.net:5432/fleetpush"
+    # password_file = "/etc/fleetpush/db.password"
+    # pool_min = 1                       # PostgreSQL connections kept open
+    # pool_max = 8                       # and at most (also the store's worker threads)
+    # connect_timeout = "10s"
+
     [ingest]
     batch_rows = 2000
     batch_interval = "100ms"
@@ -49,6 +57,7 @@ from orchestrator.units import parse_duration
 __all__ = [
     "AuthConfig",
     "ConfigError",
+    "DatabaseConfig",
     "HttpConfig",
     "IngestConfig",
     "MqttConfig",
@@ -93,7 +102,7 @@ class MqttConfig:
 
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
-    batch_rows: int = 2000  # rows per SQLite transaction at most
+    batch_rows: int = 2000  # rows per database transaction at most
     batch_interval_s: float = 0.1  # seconds a report may wait for its batch
 
 
@@ -110,6 +119,32 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """Where the store lives: ``sqlite:///<path>`` (the default, one machine) or
+    ``postgresql://…`` (several replicas). An empty ``url`` is SQLite in the data folder."""
+
+    url: str = ""
+    password: str = field(default="", repr=False)  # PostgreSQL, when the URL has none
+    pool_min: int = 1  # PostgreSQL connections kept open
+    pool_max: int = 8  # at most; also how many store calls run at once
+    connect_timeout_s: float = 10.0  # seconds to wait for a connection
+
+    @property
+    def backend(self) -> str:
+        return "postgresql" if self.url.startswith(_POSTGRES_SCHEMES) else "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file (for a ``sqlite:///`` URL only)."""
+        if not self.url.startswith("sqlite:///"):
+            raise ValueError(f"{self.url!r} is not an SQLite database URL")
+        return Path(self.url.removeprefix("sqlite:///"))
+
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+@dataclass(frozen=True, slots=True)
 class OrchestratorConfig:
     """Everything ``fleetpush serve`` needs."""
 
@@ -123,14 +158,30 @@ class OrchestratorConfig:
     # The device registry provisioning writes (groups and model); None: the broker state
     # ``fleetpush broker run --data`` keeps next to the database.
     registry_file: Path | None = None
+    database_config: DatabaseConfig = field(default_factory=DatabaseConfig)
 
     @property
     def registry_path(self) -> Path:
         return self.registry_file or self.data_dir / "broker" / "identities.json"
 
     @property
+    def database(self) -> DatabaseConfig:
+        """The store to open: the configured one, else SQLite at ``db_path``."""
+        d = self.database_config
+        if d.url:
+            return d
+        return DatabaseConfig(
+            url=f"sqlite:///{self.data_dir / 'fleetpush.db'}",
+            pool_min=d.pool_min,
+            pool_max=d.pool_max,
+            connect_timeout_s=d.connect_timeout_s,
+        )
+
+    @property
     def db_path(self) -> Path:
-        return self.data_dir / "fleetpush.db"
+        """The SQLite file (the default one when the store is PostgreSQL)."""
+        d = self.database
+        return d.sqlite_path if d.backend == "sqlite" else self.data_dir / "fleetpush.db"
 
     @property
     def payload_dir(self) -> Path:
@@ -236,6 +287,43 @@ def _mqtt(t: _Table, base: Path) -> MqttConfig:
     )
 
 
+def _database(t: _Table, base: Path, data_dir: Path) -> DatabaseConfig:
+    url = t.text("url", "")
+    password = ""
+    pw_file = t.text("password_file", "")
+    if pw_file:
+        try:
+            password = (base / pw_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{t.name('password_file')}: cannot read ({e.strerror})") from None
+    if not url:
+        url = f"sqlite:///{data_dir / 'fleetpush.db'}"
+    elif url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if not path or path.endswith("/"):
+            raise ConfigError(f"{t.name('url')}: sqlite:/// needs a file name")
+        url = f"sqlite:///{(data_dir / path).resolve()}"  # relative to the data folder
+    elif url.startswith(_POSTGRES_SCHEMES):
+        parts = urlsplit(url)
+        if not parts.hostname and "host=" not in parts.query:
+            raise ConfigError(f"{t.name('url')}: expected postgresql://user@host:port/dbname")
+    else:
+        raise ConfigError(
+            f"{t.name('url')}: expected sqlite:///path or postgresql://user@host:port/dbname"
+        )
+    pool_min = t.integer("pool_min", 1, 0, 1000)
+    pool_max = t.integer("pool_max", 8, 1, 1000)
+    if pool_max < pool_min:
+        raise ConfigError(f"{t.name('pool_max')}: must be at least pool_min ({pool_min})")
+    return DatabaseConfig(
+        url=url,
+        password=password,
+        pool_min=pool_min,
+        pool_max=pool_max,
+        connect_timeout_s=t.duration("connect_timeout", 10.0, 0.1, 600.0),
+    )
+
+
 def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     """Build the configuration from a decoded TOML document.
 
@@ -281,7 +369,9 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     auth = AuthConfig(tokens_file=(base / tokens_file).resolve() if tokens_file else None)
     g = top.sub("registry")
     registry_file = g.text("file", "")
-    for table in (h, m, k, i, r, a, g, top):
+    d = top.sub("database")
+    database = _database(d, base, data_dir)
+    for table in (h, m, k, i, r, a, g, d, top):
         table.check_unknown()
     return OrchestratorConfig(
         data_dir=data_dir,
@@ -292,6 +382,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         rollouts=rollouts,
         auth=auth,
         registry_file=(base / registry_file).resolve() if registry_file else None,
+        database_config=database,
     )
 
 

@@ -20,7 +20,7 @@ from orchestrator.mqtt_link import MqttLink
 from orchestrator.notices import NoticeFactory
 from orchestrator.payloads import PayloadStore, UrlSigner
 from orchestrator.registry_sync import RegistrySync
-from orchestrator.store import Database, IngestResult, SQLiteStore, Store
+from orchestrator.store import Database, IngestResult, open_database
 
 __all__ = ["Orchestrator", "serve"]
 
@@ -67,12 +67,7 @@ class Orchestrator:
         loop = asyncio.get_running_loop()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
 
-        def open_store() -> Store:
-            store = SQLiteStore(cfg.db_path)
-            store.migrate()
-            return store
-
-        self.db = db = Database(open_store)
+        self.db = db = await asyncio.to_thread(open_database, cfg.database)
         registry = RegistrySync(db, cfg.registry_path, self.clock)
         await registry.refresh()
         self.signing(self.clock.now())  # fail early without keys

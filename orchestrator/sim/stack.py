@@ -17,10 +17,10 @@ from types import TracebackType
 from fleetpush_protocol.topics import Topics
 from orchestrator.auth import hash_token, new_token
 from orchestrator.broker import MosquittoBroker, find_mosquitto, free_port
-from orchestrator.config import OrchestratorConfig, load_config
+from orchestrator.config import DatabaseConfig, OrchestratorConfig, load_config
 from orchestrator.keystore import KeyStore
 from orchestrator.service import Orchestrator
-from orchestrator.store import SQLiteStore
+from orchestrator.store import open_store
 
 __all__ = ["LocalStack", "write_orchestrator_files"]
 
@@ -56,9 +56,8 @@ def write_orchestrator_files(
         root / "offline-root", roots=1, threshold=1, validity_s=key_validity_s,
         now=int(time.time()),
     )  # fmt: skip
-    store = SQLiteStore(data / "fleetpush.db")
+    store = open_store(DatabaseConfig(url=f"sqlite:///{data / 'fleetpush.db'}"))
     try:
-        store.migrate()
         for name, (role, token) in tokens.items():
             store.add_token(name, role, hash_token(token), time.time())
     finally:
