@@ -82,16 +82,21 @@ def postgres() -> Iterator[LocalPostgres]:
         pg.stop()
 
 
+@pytest.fixture
+def postgres_database(postgres: LocalPostgres) -> Iterator[DatabaseConfig]:
+    """A new, empty database on the session's PostgreSQL, for this test only."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    yield DatabaseConfig(url=postgres.create_database(name), pool_min=0, pool_max=4)
+    postgres.drop_database(name)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseConfig]:
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> DatabaseConfig:
     """A fresh, empty database on each backend in turn: the contract suite's parameter."""
     if request.param == "sqlite":
-        yield DatabaseConfig(url=f"sqlite:///{tmp_path / 'db.sqlite'}")
-        return
-    pg: LocalPostgres = request.getfixturevalue("postgres")
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    yield DatabaseConfig(url=pg.create_database(name), pool_min=0, pool_max=4)
-    pg.drop_database(name)
+        return DatabaseConfig(url=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    config: DatabaseConfig = request.getfixturevalue("postgres_database")
+    return config
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Rollouts end to end: real Mosquitto, the real HTTP API and SQLite, real device agents."""
+"""Rollouts end to end: real Mosquitto, the real HTTP API, real device agents, and each
+store backend in turn (SQLite, then a private PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from orch_helpers import TOKENS, Api, Setup, setup, wait_until
+from orch_helpers import TOKENS, Api, Setup, setup_any_backend, wait_until
 
 from orchestrator.cli import main
 
 __all__ = ["setup"]
+
+setup = setup_any_backend  # every test here runs on both backends
 
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import sqlite3
 from dataclasses import replace
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from fleetpush_protocol.messages import ErrorInfo, Inventory, Presence, Release, Report, ReportState
-from orchestrator.config import DatabaseConfig
+from orchestrator.config import ConfigError, DatabaseConfig, parse_config
 from orchestrator.policy import PhaseCounts, RolloutSpec
 from orchestrator.store import (
     ConflictError,
@@ -27,8 +28,11 @@ from orchestrator.store import (
     RolloutRecord,
     SchemaError,
     Store,
+    StoreUnavailableError,
     open_store,
 )
+from orchestrator.store.postgres import redact
+from orchestrator.store.postgres.local import LocalPostgres
 from orchestrator.store.schema import MIGRATIONS
 
 T0 = 1_700_000_000.0
@@ -415,3 +419,57 @@ def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
                              assignments=[("a", 0, 0)], now=T0, actor="op")  # fmt: skip
     assert store.list_rollouts() == []
     assert replace(rel) == store.get_release(rel.id)  # and the store still works
+
+
+def test_postgres_restart_is_survived_by_the_pool(postgres: LocalPostgres) -> None:
+    pg = LocalPostgres()  # a server of its own: this test stops it
+    pg.start()
+    try:
+        url = pg.create_database("fleet")
+        store = open_store(DatabaseConfig(url=url, pool_min=2, pool_max=2, connect_timeout_s=1))
+        store.ensure_devices(["a"], T0)
+        pg.restart()  # every pooled connection is dropped by the server
+        store.ensure_devices(["b"], T0)
+        assert [d.device_id for d in store.list_devices(DeviceFilter())] == ["a", "b"]
+        pg.stop(remove=False)
+        with pytest.raises(StoreUnavailableError, match="fleet"):
+            store.get_device("a")
+        store.close()
+    finally:
+        pg.stop()
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+def test_database_setting(tmp_path: Path) -> None:
+    cfg = parse_config({"data_dir": "data"}, tmp_path)
+    assert cfg.database.backend == "sqlite"
+    assert cfg.database.sqlite_path == cfg.db_path == tmp_path / "data" / "fleetpush.db"
+    cfg = parse_config({"data_dir": "data", "database": {"url": "sqlite:///x/f.db"}}, tmp_path)
+    assert cfg.db_path == tmp_path / "data" / "x" / "f.db"  # relative to the data folder
+    (tmp_path / "pw").write_text("s3cret\n")
+    cfg = parse_config({"data_dir": "data", "database": {
+        "url": "postgresql://fp@db.example:5433/fleet", "password_file": "pw",
+        "pool_min": 2, "pool_max": 20, "connect_timeout": "3s"}}, tmp_path)  # fmt: skip
+    d = cfg.database
+    assert (d.backend, d.password, d.pool_min, d.pool_max, d.connect_timeout_s) == (
+        "postgresql", "s3cret", 2, 20, 3.0)  # fmt: skip
+    assert "s3cret" not in repr(d)
+    bad = [
+        ({"url": "mysql://x"}, r"database\.url: expected sqlite"),
+        ({"url": "sqlite:///"}, r"database\.url: sqlite:/// needs a file name"),
+        ({"url": "postgresql:///fleet"}, r"database\.url: expected postgresql://"),
+        ({"url": "postgresql://h/d", "pool_min": 5, "pool_max": 2}, r"pool_max: must be at"),
+        ({"pool_max": 0}, r"database\.pool_max: expected an integer"),
+        ({"password_file": "missing"}, r"database\.password_file: cannot read"),
+        ({"pool": 1}, r"database\.pool: unknown setting"),
+    ]
+    for table, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            parse_config({"data_dir": "data", "database": table}, tmp_path)
+
+
+def test_passwords_are_kept_out_of_messages() -> None:
+    assert redact("postgresql://fp:hunter2@db:5432/x") == "postgresql://fp:***@db:5432/x"
+    assert redact("postgresql://fp@db/x") == "postgresql://fp@db/x"

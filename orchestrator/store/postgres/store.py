@@ -128,6 +128,9 @@ class PostgresStore(SqlStore):
             max_size=pool_max,
             kwargs=kwargs,
             timeout=connect_timeout_s,
+            # A connection the server dropped (restart, failover) is replaced before use,
+            # not handed out to fail the next transaction.
+            check=psycopg_pool.ConnectionPool.check_connection,
             name="fleetpush",
             open=False,
         )
