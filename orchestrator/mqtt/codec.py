@@ -315,34 +315,42 @@ def _receive_maximum(body: bytes, pos: int) -> int:
     return int(value)
 
 
+def _publish_at(first: int, buf: bytes, pos: int, stop: int, version: int) -> Publish:
+    """The PUBLISH whose body is ``buf[pos:stop]``, read in place (the hot path)."""
+    qos = (first >> 1) & 3
+    if qos == 3 or stop - pos < 2:
+        raise MalformedPacketError("bad PUBLISH header")
+    topic_start = pos + 2
+    topic_end = pos = topic_start + ((buf[pos] << 8) | buf[pos + 1])
+    packet_id = 0
+    if qos:
+        pos += 2
+        if pos > stop:
+            raise MalformedPacketError("PUBLISH too short")
+        packet_id = (buf[pos - 2] << 8) | buf[pos - 1]
+        if packet_id == 0:
+            raise MalformedPacketError("PUBLISH with packet identifier 0")
+    if version == 5:
+        # Topic aliases cannot come: we allow none (no Topic Alias Maximum in CONNECT).
+        if pos < stop and buf[pos] < 0x80:  # the usual short property length, inline
+            pos += 1 + buf[pos]
+        else:
+            got = decode_varint(buf, pos) if pos < stop else None
+            if got is None:
+                raise MalformedPacketError("PUBLISH property length missing")
+            pos = got[1] + got[0]
+    if pos > stop:
+        raise MalformedPacketError("PUBLISH too short")
+    try:
+        topic = buf[topic_start:topic_end].decode()
+    except UnicodeDecodeError:
+        raise MalformedPacketError("PUBLISH topic is not UTF-8") from None
+    return Publish(topic, buf[pos:stop], qos, bool(first & 1), bool(first & 8), packet_id)
+
+
 def _parse(first: int, body: bytes, version: int) -> Packet:
     kind = first >> 4
     n = len(body)
-    if kind == PUBLISH:
-        qos = (first >> 1) & 3
-        if qos == 3 or n < 2:
-            raise MalformedPacketError("bad PUBLISH header")
-        tlen = (body[0] << 8) | body[1]
-        pos = 2 + tlen
-        if qos:
-            if pos + 2 > n:
-                raise MalformedPacketError("PUBLISH too short")
-            packet_id = (body[pos] << 8) | body[pos + 1]
-            if packet_id == 0:
-                raise MalformedPacketError("PUBLISH with packet identifier 0")
-            pos += 2
-        else:
-            packet_id = 0
-        if version == 5:
-            # Topic aliases cannot come: we allow none (no Topic Alias Maximum in CONNECT).
-            pos = _skip_props(body, pos)
-        elif pos > n:
-            raise MalformedPacketError("PUBLISH too short")
-        try:
-            topic = body[2 : 2 + tlen].decode()
-        except UnicodeDecodeError:
-            raise MalformedPacketError("PUBLISH topic is not UTF-8") from None
-        return Publish(topic, body[pos:], qos, bool(first & 1), bool(first & 8), packet_id)
     if kind in {PUBACK, PUBREC, PUBREL, PUBCOMP}:
         if n < 2:
             raise MalformedPacketError("acknowledgement too short")
@@ -377,7 +385,7 @@ class Decoder:
     def __init__(self, version: int = 5, max_packet: int = MAX_PACKET) -> None:
         self.version = version
         self.max_packet = max_packet
-        self._buf = bytearray()
+        self._buf = b""  # the incomplete tail of the last feed
 
     def feed(self, data: bytes) -> list[Packet]:
         """The whole packets completed by ``data``, in order.
@@ -385,8 +393,7 @@ class Decoder:
         Raises:
             MalformedPacketError: the stream is not MQTT; the decoder is then unusable.
         """
-        buf = self._buf
-        buf += data
+        buf = self._buf + data if self._buf else data
         out: list[Packet] = []
         pos, end, version = 0, len(buf), self.version
         while end - pos >= 2:
@@ -400,10 +407,13 @@ class Decoder:
                 length, start = got
                 if length > self.max_packet:
                     raise MalformedPacketError(f"packet of {length} bytes exceeds the limit")
-            if start + length > end:
+            stop = start + length
+            if stop > end:
                 break
-            out.append(_parse(first, bytes(buf[start : start + length]), version))
-            pos = start + length
-        if pos:
-            del buf[:pos]
+            if first >> 4 == PUBLISH:
+                out.append(_publish_at(first, buf, start, stop, version))
+            else:
+                out.append(_parse(first, buf[start:stop], version))
+            pos = stop
+        self._buf = buf[pos:] if pos < end else b""
         return out
