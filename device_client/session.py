@@ -12,7 +12,6 @@ aiomqtt is used only in this module.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -132,21 +131,36 @@ class MqttSession:
             if (repeat := self._outbox.repeat_on_connect()) is not None:
                 await client.publish(repeat.topic, repeat.payload, qos=1)
             self.connected.set()
-            sender = asyncio.create_task(self._send_outbox(client))
-            try:
-                async for message in client.messages:
-                    payload = message.payload
-                    if isinstance(payload, bytes | bytearray):
-                        await self._on_message(message.topic.value, bytes(payload))
-            finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await sender
+            await self._serve(client)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Hand messages over one at a time until the connection fails, or a report is not
+        acknowledged: then raise, and leaving ``async with`` closes the connection."""
+        unacked = asyncio.Event()
+        sender = asyncio.create_task(self._send_outbox(client, unacked))
+        gave_up = asyncio.create_task(unacked.wait())
+        messages = aiter(client.messages)
+        try:
+            while True:
+                # Racing the next message, never the handler: a message in hand is finished.
+                nxt = asyncio.ensure_future(anext(messages))
+                await asyncio.wait({nxt, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    nxt.cancel()
+                    raise aiomqtt.MqttError("a report was not acknowledged; reconnecting")
+                message = nxt.result()
+                payload = message.payload
+                if isinstance(payload, bytes | bytearray):
+                    await self._on_message(message.topic.value, bytes(payload))
+        finally:
+            for task in (sender, gave_up):
+                task.cancel()
+            await asyncio.gather(sender, gave_up, return_exceptions=True)
 
     def _addr(self) -> tuple[str, int]:
         return self._broker.host, self._broker.port
 
-    async def _send_outbox(self, client: aiomqtt.Client) -> None:
+    async def _send_outbox(self, client: aiomqtt.Client, unacked: asyncio.Event) -> None:
         # One report at a time, each waiting for its PUBACK: strict order, nothing lost.
         while True:
             entry = await self._outbox.wait_ready()
@@ -154,9 +168,7 @@ class MqttSession:
                 await client.publish(entry.topic, entry.payload, qos=1)
             except aiomqtt.MqttError as e:
                 logger.info("%s: report %d not acknowledged: %s", self._client_id, entry.counter, e)
-                # Let the connection loop notice the broken connection and reconnect.
-                with contextlib.suppress(Exception):
-                    client._client.disconnect()  # paho's own: aiomqtt has no API for it
+                unacked.set()  # the receive loop ends the connection, and run() reconnects
                 return
             self._outbox.acknowledge(entry.counter)
             self._on_acked(entry.counter)
