@@ -31,17 +31,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from fleetpush_protocol.atomic import atomic_write
 from fleetpush_protocol.topics import Topics
@@ -54,6 +48,7 @@ from orchestrator.broker.credentials import (
     render_passwd,
 )
 from orchestrator.broker.registry import Identity, IdentityRegistry
+from orchestrator.mqtt import codec
 from orchestrator.pki import FleetCA
 
 __all__ = [
@@ -518,36 +513,23 @@ def _connect_once(host: str, port: int, username: str, password: str, deadline: 
 
     Returns the CONNACK reason as text ("Success" when the session was taken over).
     """
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
-    client.username_pw_set(username, password)
-    done = threading.Event()
-    result = ["no CONNACK"]
-
-    def on_connect(c: mqtt.Client, u: object, f: object, rc: Any, p: object) -> None:
-        result[0] = str(rc)
-        done.set()
-
-    def on_disconnect(c: mqtt.Client, u: object, f: object, rc: Any, p: object) -> None:
-        if not done.is_set():
-            result[0] = f"disconnected: {rc}"
-            done.set()
-
-    client.on_connect = on_connect
-    client.on_disconnect = on_disconnect
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 0
+    decoder = codec.Decoder()
     try:
-        client.connect(host, port, keepalive=10, clean_start=True, properties=props)
-    except OSError as e:
+        with socket.create_connection((host, port), max(0.1, deadline - time.monotonic())) as s:
+            s.sendall(codec.connect(username, username, password, keepalive_s=10))
+            while True:
+                s.settimeout(max(0.1, deadline - time.monotonic()))
+                data = s.recv(4096)
+                if not data:
+                    return "disconnected before CONNACK"
+                for packet in decoder.feed(data):
+                    if isinstance(packet, codec.ConnAck):
+                        if packet.reason:
+                            return f"refused: reason 0x{packet.reason:02x}"
+                        s.sendall(codec.disconnect())
+                        return "Success"
+    except (OSError, codec.MalformedPacketError) as e:
         return f"connect failed: {e}"
-    client.loop_start()
-    try:
-        done.wait(max(0.1, deadline - time.monotonic()))
-        if result[0] == "Success":
-            client.disconnect()
-    finally:
-        client.loop_stop()
-    return result[0]
 
 
 def _listening(host: str, port: int) -> bool:
