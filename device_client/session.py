@@ -6,7 +6,8 @@ renewed on every connect, which also makes the broker resend retained notices an
 (the trust driver ignores the duplicates). The last will is a retained offline presence.
 Reconnection never gives up: jittered exponential backoff, capped.
 
-aiomqtt is used only in this module.
+aiomqtt is used only in this module, through its public API (paho's ``Properties`` is the type
+it takes for CONNECT properties such as the session expiry).
 """
 
 from __future__ import annotations
