@@ -141,22 +141,23 @@ class MqttSession:
         sender = asyncio.create_task(self._send_outbox(client, unacked))
         gave_up = asyncio.create_task(unacked.wait())
         messages = aiter(client.messages)
+        nxt: asyncio.Future[aiomqtt.Message] | None = None
         try:
             while True:
                 # Racing the next message, never the handler: a message in hand is finished.
                 nxt = asyncio.ensure_future(anext(messages))
                 await asyncio.wait({nxt, gave_up}, return_when=asyncio.FIRST_COMPLETED)
                 if not nxt.done():
-                    nxt.cancel()
                     raise aiomqtt.MqttError("a report was not acknowledged; reconnecting")
                 message = nxt.result()
                 payload = message.payload
                 if isinstance(payload, bytes | bytearray):
                     await self._on_message(message.topic.value, bytes(payload))
         finally:
-            for task in (sender, gave_up):
+            tasks = [t for t in (sender, gave_up, nxt) if t is not None]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(sender, gave_up, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _addr(self) -> tuple[str, int]:
         return self._broker.host, self._broker.port
