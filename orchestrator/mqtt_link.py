@@ -31,6 +31,7 @@ from fleetpush_protocol.backoff import Backoff
 from orchestrator.config import MqttConfig
 from orchestrator.mqtt import codec
 from orchestrator.mqtt.protocol import Handlers, MqttProtocol
+from orchestrator.mqtt.reasons import reason_name
 
 __all__ = ["Message", "MqttLink", "PublishTimeoutError"]
 
@@ -53,7 +54,7 @@ class PublishTimeoutError(TimeoutError):
 
 class _RefusedError(ConnectionError):
     def __init__(self, reason: int) -> None:
-        super().__init__(f"CONNACK reason 0x{reason:02x}")
+        super().__init__(f"{reason_name(reason)} (CONNACK reason 0x{reason:02x})")
         self.reason = reason
 
 
