@@ -426,7 +426,7 @@ def test_postgres_restart_is_survived_by_the_pool(postgres: LocalPostgres) -> No
     pg.start()
     try:
         url = pg.create_database("fleet")
-        store = open_store(DatabaseConfig(url=url, pool_min=2, pool_max=2, connect_timeout_s=1))
+        store = open_store(DatabaseConfig(url=url, pool_min=2, pool_max=2, connect_timeout_s=5))
         store.ensure_devices(["a"], T0)
         pg.restart()  # every pooled connection is dropped by the server
         store.ensure_devices(["b"], T0)
@@ -449,6 +449,10 @@ def test_database_setting(tmp_path: Path) -> None:
     cfg = parse_config({"data_dir": "data", "database": {"url": "sqlite:///x/f.db"}}, tmp_path)
     assert cfg.db_path == tmp_path / "data" / "x" / "f.db"  # relative to the data folder
     (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "pw").chmod(0o644)
+    with pytest.raises(ConfigError, match=r"database\.password_file: .*chmod 600"):
+        parse_config({"data_dir": "data", "database": {"password_file": "pw"}}, tmp_path)
+    (tmp_path / "pw").chmod(0o600)
     cfg = parse_config({"data_dir": "data", "database": {
         "url": "postgresql://fp@db.example:5433/fleet", "password_file": "pw",
         "pool_min": 2, "pool_max": 20, "connect_timeout": "3s"}}, tmp_path)  # fmt: skip

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fleetpush_protocol.atomic import SECRET_FILE_MODE, make_private_dir
 from orchestrator.store.base import StoreCorruptError, StoreUnavailableError
 from orchestrator.store.sql import Cursor, Dialect, SqlStore
 
@@ -20,6 +22,34 @@ logger = logging.getLogger(__name__)
 # process, and the driver begins it with BEGIN IMMEDIATE (isolation_level below), so
 # another process (the CLI) waits for the lock instead of failing halfway.
 SQLITE = Dialect(name="sqlite", for_update="", integrity=(sqlite3.IntegrityError,))
+
+
+def _make_private_db(path: Path) -> None:
+    """Create the database file 0600 (in a 0700 folder) before SQLite opens it.
+
+    It holds signed payload URLs and token hashes. SQLite creates a missing file with
+    0666 minus the umask, and gives ``-wal``/``-shm`` the main file's mode: creating it
+    0600 first makes all three private whatever the umask. A file left group- or
+    world-accessible by an older version is tightened, with a warning.
+    """
+    make_private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, SECRET_FILE_MODE)
+    try:
+        loose = os.fstat(fd).st_mode & 0o077
+        if loose:
+            os.fchmod(fd, SECRET_FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        try:
+            if side.stat().st_mode & 0o077:
+                os.chmod(side, SECRET_FILE_MODE)
+                loose = 1
+        except FileNotFoundError:
+            continue
+    if loose:
+        logger.warning("%s was readable by group or others; made it 0600", path)
 
 
 class SQLiteStore(SqlStore):
@@ -39,7 +69,7 @@ class SQLiteStore(SqlStore):
 
     def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
         super().__init__()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_db(path)
         self.path = path
         self._depth = 0
         with self._errors():
