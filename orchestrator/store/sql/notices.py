@@ -27,16 +27,13 @@ class NoticeMethods(SqlBase):
         A scope never seen starts at ``floor`` (the issue time in milliseconds), so a
         reinstalled orchestrator with an empty database still moves forward.
         """
-        out: dict[str, int] = {}
         with self._tx():
-            for scope in scopes:
-                row = self._execute(
-                    "INSERT INTO scope_seq VALUES (?, ?) ON CONFLICT (scope) DO UPDATE "
-                    "SET seq = scope_seq.seq + 1 RETURNING seq",
-                    (scope, floor),
-                ).fetchone()
-                out[scope] = int(row[0])
-        return out
+            returned = self._insert_returning(
+                "INSERT INTO scope_seq VALUES (?, ?) ON CONFLICT (scope) DO UPDATE "
+                "SET seq = scope_seq.seq + 1 RETURNING scope, seq",
+                [(scope, floor) for scope in scopes],
+            )
+        return {r[0]: int(r[1]) for r in returned}
 
     def _supersede(self, notices: Sequence[NoticeRecord]) -> None:
         """Unpublished notices an incoming one supersedes (``rules.supersedes``) are marked
