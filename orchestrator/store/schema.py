@@ -116,4 +116,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
     """,
+    # 2: devices flagged by ingestion (rate limit, size caps); the retention sweep's index
+    """
+    ALTER TABLE devices ADD COLUMN limited INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN limited_at REAL;
+    ALTER TABLE devices ADD COLUMN limited_reason TEXT NOT NULL DEFAULT '';
+    """,
 )
