@@ -109,7 +109,7 @@ async def _honest_reports(broker: MosquittoBroker, agent: DeviceAgent, topics: T
             await client.publish(topics.device_notice(agent.device_id), b"garbage %d" % i, qos=1)
     box = agent.state.outbox
     await wait_for(
-        lambda: len(box) == HONEST and box.next_ready() is None,
+        lambda: box.counter == HONEST and box.next_ready() is None,
         what=f"{HONEST} reports PUBACKed by the broker",
     )
 
