@@ -27,9 +27,10 @@ from device_client.config import load_config as load_device_config
 from fleetpush_protocol.messages import Report, ReportState
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
-from orchestrator.config import OrchestratorConfig, load_config
+from orchestrator.clock import ManualClock
+from orchestrator.config import OrchestratorConfig, load_config, parse_config
 from orchestrator.service import Orchestrator
-from orchestrator.store import SQLiteStore
+from orchestrator.store import Database, SQLiteStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -240,3 +241,44 @@ async def test_broker_sigkill_after_puback_loses_no_report(
         finally:
             await orch.stop()
     assert _stored(config.db_path, "dev-honest") == [1, 2, 3]
+
+
+async def test_retention_keeps_the_newest_reports_per_device_and_prunes_in_batches(
+    tmp_path: Path,
+) -> None:
+    """50,000 maximal reports of one device grew the database to 239 MB: no longer."""
+    clock = ManualClock(1_800_000_000.0)
+    config = parse_config(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "retention": {"reports_per_device": 10, "max_report_age": "30d", "prune_batch": 100},
+        },
+        tmp_path,
+    )
+
+    def report(device_id: str, counter: int) -> Report:
+        return Report(
+            device_id=device_id, notice_id="n-1", rollout_id="1", state=ReportState.DOWNLOADING,
+            current_version="1.0", counter=counter, reported_at=1,
+        )  # fmt: skip
+
+    def fill() -> SQLiteStore:
+        store = SQLiteStore(config.db_path)
+        store.migrate()
+        now = clock.now()
+        store.ingest([report("dev-flood", c) for c in range(1, 351)], now)
+        store.ingest([report("dev-old", c) for c in (1, 2, 3)], now - 40 * 86400)
+        store.ingest([report("dev-old", c) for c in (4, 5)], now)
+        return store
+
+    orch = Orchestrator(config, clock=clock)
+    orch.db = Database(fill)
+    try:
+        assert await orch.prune_reports() == 340 + 3
+        assert await orch.prune_reports() == 0
+        counters = await orch.db.run(lambda s: s.counters())
+    finally:
+        orch.db.close()
+    assert _stored(config.db_path, "dev-flood") == list(range(341, 351))
+    assert _stored(config.db_path, "dev-old") == [4, 5]
+    assert counters["reports_pruned"] == 343
