@@ -131,9 +131,11 @@ class Outbox:
         if nxt is not None and nxt.counter == counter:
             self._sent_upto = counter
 
-    def awaiting(self) -> bool:
-        """Whether some entry was sent and is not confirmed yet."""
-        return bool(self._entries) and self._entries[0].counter <= self._sent_upto
+    def awaiting(self) -> int | None:
+        """The oldest entry sent and not confirmed yet (its counter), or None."""
+        if self._entries and self._entries[0].counter <= self._sent_upto:
+            return self._entries[0].counter
+        return None
 
     def rewind(self) -> None:
         """Send every unconfirmed entry again (after a reconnect or the ack timeout)."""

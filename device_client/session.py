@@ -157,12 +157,18 @@ class MqttSession:
         return self._broker.host, self._broker.port
 
     async def _resend_timer(self) -> None:
-        """Send unconfirmed reports again when no confirmation came for a while."""
+        """Send unconfirmed reports again when no confirmation came for a while.
+
+        Only a report already waiting at the previous tick is late: one sent just before
+        this tick gets a whole delay for its ack.
+        """
         seen = self._outbox.confirmations
+        waiting: int | None = None
         while True:
             await asyncio.sleep(self.resend_backoff.next_delay())
-            if self._outbox.confirmations != seen or not self._outbox.awaiting():
-                seen = self._outbox.confirmations
+            oldest = self._outbox.awaiting()
+            if self._outbox.confirmations != seen or oldest is None or oldest != waiting:
+                seen, waiting = self._outbox.confirmations, oldest
                 self.resend_backoff.reset()
                 continue
             self.resends += 1

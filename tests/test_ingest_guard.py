@@ -94,3 +94,15 @@ def test_ingest_and_retention_settings_are_bounded(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=f"{section}.{key}"):
             parse_config({"data_dir": "d", section: {key: value}}, tmp_path)
+
+
+def test_ack_example_in_protocol_md_is_its_canonical_encoding() -> None:
+    hexed = (
+        "82a4626f6479c43084a96465766963655f6964a56465762d31a6666f726d617401a673746f726564"
+        "92920103920505a474797065a361636baa7369676e61747572657390"
+    )
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    assert hexed in doc
+    ack = Ack(device_id="dev-1", stored=((1, 3), (5, 5)))
+    assert encode_message(ack).hex() == hexed
+    assert decode_message(bytes.fromhex(hexed)) == ack
