@@ -29,7 +29,7 @@ Example::
     max_unknown_bytes = 1024             # unknown fields a device message may carry
     rate_per_device = 10.0               # messages per second per device, sustained
     burst_per_device = 1000              # ... and at once (a backlog after an outage)
-    ack_interval = "1s"                  # stored reports are confirmed this often
+    ack_interval = "5s"                  # stored reports are confirmed this often
 
     [retention]
     reports_per_device = 1000            # stored reports kept per device, newest first
@@ -108,7 +108,7 @@ class IngestConfig:
     max_unknown_bytes: int = 1024  # bytes of unknown fields per device message
     rate_per_device: float = 10.0  # messages per second per device, sustained
     burst_per_device: int = 1000  # messages per device at once
-    ack_interval_s: float = 1.0  # seconds between two rounds of acks to devices
+    ack_interval_s: float = 5.0  # seconds between two rounds of acks to devices
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +298,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         max_unknown_bytes=i.integer("max_unknown_bytes", 1024, 0, 65536),
         rate_per_device=i.number("rate_per_device", 10.0, 0.01, 100_000.0),
         burst_per_device=i.integer("burst_per_device", 1000, 1, 1_000_000),
-        ack_interval_s=i.duration("ack_interval", 1.0, 0.01, 60.0),
+        ack_interval_s=i.duration("ack_interval", 5.0, 0.01, 60.0),
     )
     t = top.sub("retention")
     retention = RetentionConfig(

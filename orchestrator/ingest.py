@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 Publish = Callable[[Sequence[tuple[str, bytes, bool]]], Awaitable[None]]
 MAX_ACK_ROUNDS = 8  # ack publishes awaiting the broker at once; beyond, devices resend
+DROPS_FLUSH_S = 1.0  # seconds: drops with no batch to ride along are written this late
 
 _KINDS: dict[str, type[Report | Presence | Inventory]] = {
     "report": Report,
@@ -102,6 +103,7 @@ class Ingestor:
         self._thread: threading.Thread | None = None
         self._limiter = RateLimiter(config.rate_per_device, config.burst_per_device)
         self._dropped: dict[tuple[str, str], int] = {}  # (device, reason) -> messages
+        self._drops_due = 0.0  # monotonic time by which drops alone are written
         self.publish = publish
         self._confirm_lock = threading.Lock()
         self._to_confirm: dict[str, set[int]] = {}
@@ -128,8 +130,11 @@ class Ingestor:
 
     def _drop(self, device_id: str, reason: str) -> None:
         with self._cond:
-            # No wake-up: the writer records drops with its next batch, or within a second
-            # when idle, so a flood costs one transaction per second, not one per message.
+            # No wake-up: the writer records drops with its next batch, or a second after the
+            # first when nothing else comes, so a flood costs at most one transaction per
+            # second of its own, not one per message.
+            if not self._dropped:
+                self._drops_due = time.monotonic() + DROPS_FLUSH_S
             key = (device_id, reason)
             self._dropped[key] = self._dropped.get(key, 0) + 1
 
@@ -231,10 +236,12 @@ class Ingestor:
     def _take(self) -> list[tuple[Report | Presence | Inventory, int, int]] | None:
         rows = self.config.batch_rows
         with self._cond:
-            while not self._pending and not self._dropped:
+            while not self._pending:
+                if self._dropped and (self._stopping or time.monotonic() >= self._drops_due):
+                    return []  # record the drops alone
                 if self._stopping:
                     return None
-                self._cond.wait(1.0)
+                self._cond.wait(DROPS_FLUSH_S)
             deadline = self._first_at + self.config.batch_interval_s
             while len(self._pending) < rows and not self._stopping:
                 left = deadline - time.monotonic()

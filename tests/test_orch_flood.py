@@ -66,7 +66,7 @@ def small_broker(tmp_path: Path, topics: Topics) -> Iterator[MosquittoBroker]:
 def _config(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> OrchestratorConfig:
     path, _ = write_orchestrator(tmp_path, broker, topics)
     text = path.read_text()
-    limits = "[ingest]\nrate_per_device = 1.0\nburst_per_device = 50\n"
+    limits = '[ingest]\nrate_per_device = 1.0\nburst_per_device = 50\nack_interval = "200ms"\n'
     path.write_text(text.replace("[ingest]\n", limits))
     return load_config(path)
 
