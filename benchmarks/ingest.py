@@ -109,7 +109,7 @@ def _orchestrator(  # noqa: PLR0917 - one run of one receiver
     broker: MosquittoBroker, user: str, topics: Topics, packets: list[bytes],
                   n: int,
                   pub: RawPublisher, db: Database,
-                  acks: bool) -> tuple[float, int, int, int]:  # fmt: skip
+                  acks: bool) -> tuple[float, int, int, int, float]:  # fmt: skip
     cfg = MqttConfig(host=broker.host, port=broker.port, username=user,
                      password=broker.password(user), topic_prefix=topics.prefix)  # fmt: skip
     link = MqttLink(cfg, [topics.reports_filter])
@@ -121,22 +121,25 @@ def _orchestrator(  # noqa: PLR0917 - one run of one receiver
     ingestor.start()
     link.start()
     time.sleep(0.3)  # SUBACK
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     _feed(pub, packets, CHUNK, lambda: ingestor.stats.received)
     deadline = time.monotonic() + 600
     while ingestor.stats.committed < n and time.monotonic() < deadline:
         time.sleep(0.005)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     batches = ingestor.stats.batches
     ingestor.stop()  # publishes the last acks, so the link must still be up
     acks_sent = ingestor.stats.acks_sent
     link.stop()
+    # Forget the link's persistent session (a clean-session login with its identity), or
+    # the broker keeps queueing every report for it while the next receiver runs.
+    RawPublisher(broker.host, broker.port, user, broker.password(user)).close()
 
     def count(s: Store) -> int:
         assert isinstance(s, SQLiteStore)
         return int(s.db.execute("SELECT COUNT(*) FROM reports WHERE accepted = 1").fetchone()[0])
 
-    return elapsed, db.call(count), batches, acks_sent
+    return elapsed, db.call(count), batches, acks_sent, cpu
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -153,12 +156,14 @@ def run(quick: bool) -> dict[str, Any]:
             pub = RawPublisher(broker.host, broker.port, "bench-pub", broker.password("bench-pub"))
             gmqtt_s = _bare_gmqtt(broker, "bench-gmqtt", topics, packets, n, pub)
             db = Database(lambda: _prepared_store(Path(tmp) / "noack.sqlite", topics))
-            noack_s, _, _, _ = _orchestrator(broker, "bench-orch-noack", topics, packets, n,
-                                             pub, db, acks=False)  # fmt: skip
+            noack_s, _, _, _, noack_cpu = _orchestrator(
+                broker, "bench-orch-noack", topics, packets, n, pub, db, acks=False
+            )
             db.close()
             db = Database(lambda: _prepared_store(Path(tmp) / "db.sqlite", topics))
-            orch_s, stored, batches, acks = _orchestrator(broker, "bench-orch", topics, packets, n,
-                                                          pub, db, acks=True)  # fmt: skip
+            orch_s, stored, batches, acks, orch_cpu = _orchestrator(
+                broker, "bench-orch", topics, packets, n, pub, db, acks=True
+            )
             pub.close()
             db.close()
         finally:
@@ -170,6 +175,10 @@ def run(quick: bool) -> dict[str, Any]:
         "orchestrator_without_acks_reports_per_s": round(noack_rate),
         "orchestrator_reports_per_s": round(orch_rate),
         "with_acks_vs_without": round(orch_rate / noack_rate, 3),
+        # this process's CPU (all threads, the publisher's too) per report: less sensitive
+        # to other jobs on a shared machine than the rates
+        "cpu_us_per_report_without_acks": round(noack_cpu / n * 1e6, 1),
+        "cpu_us_per_report": round(orch_cpu / n * 1e6, 1),
         "ratio": round(orch_rate / bare_rate, 3),
         "stored": stored,
         "lost": n - stored,
