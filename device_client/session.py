@@ -1,5 +1,9 @@
 """The MQTT 5 session: connect, subscribe, publish presence and the outbox, reconnect.
 
+Reports leave the outbox only when the orchestrator confirms them (``Ack`` on the device's
+ack topic, handled by the agent); everything unconfirmed is sent again after each connect
+and whenever no confirmation came for the ack timeout (jittered, growing backoff).
+
 The session is persistent (clean start off, a session expiry), so QoS 1 notices published
 while the device is away are queued by the broker; every subscription is QoS 1 and is
 renewed on every connect, which also makes the broker resend retained notices and keyrings
@@ -31,6 +35,7 @@ __all__ = ["MqttSession", "Publication"]
 logger = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
+ACK_TIMEOUT_CAP_S = 600.0  # seconds: the longest wait before resending unconfirmed reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +55,9 @@ class MqttSession:
         will: the retained message the broker publishes if the device vanishes.
         on_connect: returns what to publish (retained presence, inventory) on each connect.
         on_message: called for each received message, one at a time, in order.
-        on_acked: called after the broker acknowledged an outbox entry (to persist that).
         outbox: the reports to publish, in order.
+        ack_timeout_s: resend unconfirmed reports after this long without a confirmation
+            (the first wait; it doubles, jittered, up to ``ACK_TIMEOUT_CAP_S``).
     """
 
     def __init__(
@@ -63,8 +69,8 @@ class MqttSession:
         will: Publication,
         on_connect: Callable[[], list[Publication]],
         on_message: MessageHandler,
-        on_acked: Callable[[int], None],
         outbox: Outbox,
+        ack_timeout_s: float = 30.0,
     ) -> None:
         self._broker = broker
         self._client_id = client_id
@@ -72,8 +78,11 @@ class MqttSession:
         self._will = will
         self._on_connect = on_connect
         self._on_message = on_message
-        self._on_acked = on_acked
         self._outbox = outbox
+        self.resend_backoff = Backoff(
+            base_s=ack_timeout_s, cap_s=max(ack_timeout_s, ACK_TIMEOUT_CAP_S), floor=0.5
+        )
+        self.resends = 0  # times unconfirmed reports were sent again after a timeout
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.connections = 0  # successful connects so far, for tests and metrics
@@ -129,8 +138,7 @@ class MqttSession:
             await client.subscribe([(t, 1) for t in self._subscriptions])
             for pub in self._on_connect():
                 await client.publish(pub.topic, pub.payload, qos=1, retain=pub.retain)
-            if (repeat := self._outbox.repeat_on_connect()) is not None:
-                await client.publish(repeat.topic, repeat.payload, qos=1)
+            self._outbox.rewind()  # whatever was sent before may never have arrived
             self.connected.set()
             await self._serve(client)
 
@@ -139,6 +147,7 @@ class MqttSession:
         acknowledged: then raise, and leaving ``async with`` closes the connection."""
         unacked = asyncio.Event()
         sender = asyncio.create_task(self._send_outbox(client, unacked))
+        timer = asyncio.create_task(self._resend_timer())
         gave_up = asyncio.create_task(unacked.wait())
         messages = aiter(client.messages)
         nxt: asyncio.Future[aiomqtt.Message] | None = None
@@ -154,7 +163,7 @@ class MqttSession:
                 if isinstance(payload, bytes | bytearray):
                     await self._on_message(message.topic.value, bytes(payload))
         finally:
-            tasks = [t for t in (sender, gave_up, nxt) if t is not None]
+            tasks = [t for t in (sender, timer, gave_up, nxt) if t is not None]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -162,8 +171,28 @@ class MqttSession:
     def _addr(self) -> tuple[str, int]:
         return self._broker.host, self._broker.port
 
+    async def _resend_timer(self) -> None:
+        """Send unconfirmed reports again when no confirmation came for a while.
+
+        Only a report already waiting at the previous tick is late: one sent just before
+        this tick gets a whole delay for its ack.
+        """
+        seen = self._outbox.confirmations
+        waiting: int | None = None
+        while True:
+            await asyncio.sleep(self.resend_backoff.next_delay())
+            oldest = self._outbox.awaiting()
+            if self._outbox.confirmations != seen or oldest is None or oldest != waiting:
+                seen, waiting = self._outbox.confirmations, oldest
+                self.resend_backoff.reset()
+                continue
+            self.resends += 1
+            logger.info("%s: reports not confirmed in time; sending them again", self._client_id)
+            self._outbox.rewind()
+
     async def _send_outbox(self, client: aiomqtt.Client, unacked: asyncio.Event) -> None:
-        # One report at a time, each waiting for its PUBACK: strict order, nothing lost.
+        # One report at a time, each waiting for its PUBACK: strict order. The entry stays
+        # in the outbox until the orchestrator confirms it.
         while True:
             entry = await self._outbox.wait_ready()
             try:
@@ -172,8 +201,7 @@ class MqttSession:
                 logger.info("%s: report %d not acknowledged: %s", self._client_id, entry.counter, e)
                 unacked.set()  # the receive loop ends the connection, and run() reconnects
                 return
-            self._outbox.acknowledge(entry.counter)
-            self._on_acked(entry.counter)
+            self._outbox.sent(entry.counter)
 
     async def publish(self, pub: Publication) -> bool:
         """Publish now if connected (QoS 1); False when offline. Not for reports."""

@@ -30,6 +30,17 @@ Example::
     [ingest]
     batch_rows = 2000
     batch_interval = "100ms"
+    max_report_bytes = 8192              # larger reports are dropped and counted
+    max_unknown_bytes = 1024             # unknown fields a device message may carry
+    rate_per_device = 10.0               # messages per second per device, sustained
+    burst_per_device = 1000              # ... and at once (a backlog after an outage)
+    ack_interval = "5s"                  # stored reports are confirmed this often
+
+    [retention]
+    reports_per_device = 1000            # stored reports kept per device, newest first
+    max_report_age = "90d"
+    prune_every = "10m"
+    prune_batch = 2000                   # rows deleted per database call
 
     [rollouts]
     tick = "1s"
@@ -56,6 +67,7 @@ __all__ = [
     "IngestConfig",
     "MqttConfig",
     "OrchestratorConfig",
+    "RetentionConfig",
     "RolloutConfig",
     "load_config",
     "parse_config",
@@ -99,6 +111,19 @@ class MqttConfig:
 class IngestConfig:
     batch_rows: int = 2000  # rows per SQLite transaction at most
     batch_interval_s: float = 0.1  # seconds a report may wait for its batch
+    max_report_bytes: int = 8192  # bytes; a maximal honest report is about 5.5 KiB
+    max_unknown_bytes: int = 1024  # bytes of unknown fields per device message
+    rate_per_device: float = 10.0  # messages per second per device, sustained
+    burst_per_device: int = 1000  # messages per device at once
+    ack_interval_s: float = 5.0  # seconds between two rounds of acks to devices
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    reports_per_device: int = 1000  # stored reports kept per device (the newest)
+    max_report_age_s: float = 90 * 86400.0  # seconds; older stored reports are deleted
+    prune_every_s: float = 600.0  # seconds between two pruning passes
+    prune_batch: int = 2000  # rows deleted per database call, so ingestion interleaves
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +147,7 @@ class OrchestratorConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     # The device registry provisioning writes (groups and model); None: the broker state
@@ -176,6 +202,15 @@ class _Table:
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise ConfigError(f"{self.name(key)}: expected an integer in {low}..{high}")
         return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.get(key)
+        if value is None:
+            return default
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not low <= value <= high:
+            raise ConfigError(f"{self.name(key)}: expected a number in {low}..{high}")
+        return float(value)
 
     def duration(self, key: str, default: float, low: float, high: float) -> float:
         value = self.get(key)
@@ -277,6 +312,18 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     ingest = IngestConfig(
         batch_rows=i.integer("batch_rows", 2000, 1, 100_000),
         batch_interval_s=i.duration("batch_interval", 0.1, 0.001, 10.0),
+        max_report_bytes=i.integer("max_report_bytes", 8192, 1024, 65536),
+        max_unknown_bytes=i.integer("max_unknown_bytes", 1024, 0, 65536),
+        rate_per_device=i.number("rate_per_device", 10.0, 0.01, 100_000.0),
+        burst_per_device=i.integer("burst_per_device", 1000, 1, 1_000_000),
+        ack_interval_s=i.duration("ack_interval", 5.0, 0.01, 60.0),
+    )
+    t = top.sub("retention")
+    retention = RetentionConfig(
+        reports_per_device=t.integer("reports_per_device", 1000, 10, 10_000_000),
+        max_report_age_s=t.duration("max_report_age", 90 * 86400.0, 3600.0, 3650 * 86400.0),
+        prune_every_s=t.duration("prune_every", 600.0, 1.0, 86400.0),
+        prune_batch=t.integer("prune_batch", 2000, 100, 100_000),
     )
     r = top.sub("rollouts")
     rollouts = RolloutConfig(
@@ -289,7 +336,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     auth = AuthConfig(tokens_file=(base / tokens_file).resolve() if tokens_file else None)
     g = top.sub("registry")
     registry_file = g.text("file", "")
-    for table in (h, m, k, i, r, a, g, top):
+    for table in (h, m, k, i, t, r, a, g, top):
         table.check_unknown()
     return OrchestratorConfig(
         data_dir=data_dir,
@@ -297,6 +344,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         http=http,
         mqtt=mqtt,
         ingest=ingest,
+        retention=retention,
         rollouts=rollouts,
         auth=auth,
         registry_file=(base / registry_file).resolve() if registry_file else None,

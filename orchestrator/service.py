@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 
@@ -43,6 +44,7 @@ class Orchestrator:
         self._signing: SigningSet | None = None
         self._runner: web.AppRunner | None = None
         self._engine_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
         self.db: Database | None = None
         self.link: MqttLink | None = None
         self.ingestor: Ingestor | None = None
@@ -99,8 +101,9 @@ class Orchestrator:
                 loop.call_soon_threadsafe(engine.wake)
 
         self.ingestor = ingestor = Ingestor(
-            db, topics=topics, clock=self.clock, config=cfg.ingest, ack=link.ack, on_batch=on_batch
-        )
+            db, topics=topics, clock=self.clock, config=cfg.ingest, ack=link.ack,
+            on_batch=on_batch, publish=link.publish_many,
+        )  # fmt: skip
         link.on_message = ingestor.on_message
         ingestor.start()
         await asyncio.to_thread(link.start)
@@ -129,7 +132,38 @@ class Orchestrator:
         if self._runner.addresses:
             self.port = int(self._runner.addresses[0][1])
         self._engine_task = asyncio.create_task(engine.run(), name="fleetpush-engine")
+        self._prune_task = asyncio.create_task(self._prune_forever(), name="fleetpush-prune")
         logger.info("fleetpush orchestrator listening on %s:%d", cfg.http.host, self.port)
+
+    async def prune_reports(self) -> int:
+        """Apply the retention policy once; return the stored reports deleted.
+
+        One bounded transaction per call to the database thread, so ingestion batches
+        queued meanwhile are written between them.
+        """
+        assert self.db is not None  # noqa: S101 - called after start
+        r = self.config.retention
+        before = self.clock.now() - r.max_report_age_s
+        total = 0
+        cursor: str | None = ""
+        while cursor is not None:
+            step = functools.partial(
+                _prune_step, keep=r.reports_per_device, before=before, after_device=cursor,
+                limit=r.prune_batch,
+            )  # fmt: skip
+            deleted, cursor = await self.db.run(step)
+            total += deleted
+        if total:
+            logger.info("retention: deleted %d stored reports", total)
+        return total
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                await self.prune_reports()
+            except Exception:
+                logger.exception("pruning stored reports failed")
+            await asyncio.sleep(self.config.retention.prune_every_s)
 
     async def publish_keyrings(self) -> int:
         """Publish every keyring version, retained, so devices can walk the whole chain."""
@@ -149,16 +183,23 @@ class Orchestrator:
         """Stop the API and engine, write queued reports, disconnect, close the database."""
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._engine_task is not None:
-            self._engine_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._engine_task
+        for task in (self._engine_task, self._prune_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.ingestor is not None:
             await asyncio.to_thread(self.ingestor.stop)
         if self.link is not None:
             await asyncio.to_thread(self.link.stop)
         if self.db is not None:
             self.db.close()
+
+
+def _prune_step(
+    store: Store, *, keep: int, before: float, after_device: str, limit: int
+) -> tuple[int, str | None]:
+    return store.prune_reports(keep=keep, before=before, after_device=after_device, limit=limit)
 
 
 async def serve(config: OrchestratorConfig) -> None:

@@ -46,7 +46,8 @@ _IN_FLIGHT = tuple(sorted(IN_FLIGHT_STATES))
 _FAILURES = tuple(sorted(FAILURE_STATES))
 _DEVICE_COLS = (
     "device_id, registry_groups, registry_model, groups_, model, claimed_groups, claimed_model, "
-    "tags, online, last_seen, first_seen, current_version, installed, client_version, free_bytes"
+    "tags, online, last_seen, first_seen, current_version, installed, client_version, free_bytes, "
+    "limited, limited_at, limited_reason"
 )
 _RELEASE_COLS = (
     "id, name, version, sha256, size, models, handler, handler_args, metadata, created_at"
@@ -85,6 +86,9 @@ def _device(row: sqlite3.Row) -> DeviceRecord:
         installed=tuple(json.loads(row[12])),
         client_version=row[13],
         free_bytes=row[14],
+        limited=row[15],
+        limited_at=row[16],
+        limited_reason=row[17],
     )
 
 
@@ -425,8 +429,10 @@ class SQLiteStore:
         skip = self._existing(keys)
         rows, updates = [], []
         seen: dict[str, tuple[float, str]] = {}
+        stored = result.stored
         for r in reports:
             key = (r.device_id, r.counter)
+            stored.setdefault(r.device_id, []).append(r.counter)
             if key in skip:
                 result.duplicates += 1
                 continue
@@ -465,6 +471,57 @@ class SQLiteStore:
             "last_seen = excluded.last_seen, current_version = excluded.current_version",
             [(d, t, t, v) for d, (t, v) in seen.items()],
         )
+
+    def flag_devices(self, dropped: dict[tuple[str, str], int], now: float) -> None:
+        """Record that ingestion dropped ``count`` messages of ``(device, reason)``, and
+        count them by reason (``messages_<reason>``)."""
+        by_reason: dict[str, int] = {}
+        for (_, why), n in dropped.items():
+            by_reason[why] = by_reason.get(why, 0) + n
+        with self._tx():
+            self.db.executemany(
+                "INSERT INTO devices (device_id, first_seen, last_seen, limited, limited_at, "
+                "limited_reason) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE "
+                "SET limited = limited + excluded.limited, limited_at = excluded.limited_at, "
+                "limited_reason = excluded.limited_reason",
+                [(d, now, now, n, now, why) for (d, why), n in dropped.items()],
+            )
+            for why, n in by_reason.items():
+                self._bump(f"messages_{why}", n)
+
+    def prune_reports(
+        self, *, keep: int, before: float, after_device: str, limit: int
+    ) -> tuple[int, str | None]:
+        """Delete stored reports beyond the newest ``keep`` of each device, and those
+        received before ``before``: at most ``limit`` rows, device by device after
+        ``after_device``. Returns (rows deleted, where to continue; None when done).
+        """
+        db = self.db
+        deleted = 0
+        cursor = after_device
+        with self._tx():
+            devices = db.execute(
+                "SELECT device_id FROM devices WHERE device_id > ? ORDER BY device_id LIMIT ?",
+                (after_device, limit),
+            ).fetchall()
+            for (device_id,) in devices:
+                row = db.execute(
+                    "SELECT counter FROM reports WHERE device_id = ? ORDER BY counter DESC "
+                    "LIMIT 1 OFFSET ?",
+                    (device_id, keep),
+                ).fetchone()
+                deleted += db.execute(
+                    "DELETE FROM reports WHERE device_id = ? AND counter IN (SELECT counter "
+                    "FROM reports WHERE device_id = ? AND (counter <= ? OR received_at < ?) "
+                    "ORDER BY counter LIMIT ?)",
+                    (device_id, device_id, row[0] if row else 0, before, limit - deleted),
+                ).rowcount
+                if deleted >= limit:
+                    break  # this device may have more: the next call starts with it again
+                cursor = device_id
+            self._bump("reports_pruned", deleted)
+        done = deleted < limit and len(devices) < limit
+        return deleted, None if done else cursor
 
     def _ingest_presence(self, p: Presence, now: float) -> None:
         self.db.execute(
