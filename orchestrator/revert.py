@@ -55,6 +55,10 @@ def revert_groups(
         if before is None:
             skipped.append({"device": t.device_id, "reason": "no report left from before"})
             continue
+        if not before:
+            why = "its first fleetpush update: no earlier release to go back to"
+            skipped.append({"device": t.device_id, "reason": why})
+            continue
         if before == release.version:
             skipped.append({"device": t.device_id, "reason": f"ran {before!r} before too"})
             continue
