@@ -299,8 +299,6 @@ async def test_a_large_upload_streams_with_progress(
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the progress bar's branch
 
     def send() -> Any:
-        import tracemalloc
-
         tracemalloc.start()
         try:
             real = api.request

@@ -123,11 +123,7 @@ def test_check_tar(tmp_path: Path, payload: bytes, problem: str | None) -> None:
 
 def test_check_tar_streams(tmp_path: Path) -> None:
     """A large archive is read a block at a time, not into memory."""
-    import tracemalloc
-
     buf = io.BytesIO()
-    import tarfile
-
     with tarfile.open(fileobj=buf, mode="w") as tar:
         info = tarfile.TarInfo("big")
         info.size = 32 * 2**20
