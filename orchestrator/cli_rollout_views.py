@@ -29,17 +29,20 @@ def render_status(d: dict[str, Any]) -> Group:
         + (f"\n{d['reason']}" if d["reason"] else ""),
         style="bold",
     )
-    bars = Progress(TextColumn("{task.description}"), BarColumn(),
+    # Fits 80 columns: a short bar, and only the counts that are not zero.
+    bars = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20),
                     TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
                     auto_refresh=False)  # fmt: skip
     for p in d["phases"]:
         if p["devices"]:
-            info = (f"failed {p['failed']}  in flight {p['in_flight']}  pending {p['pending']}  "
-                    f"offline {p['waiting_offline']}  canceled {p['canceled']}")  # fmt: skip
+            counts = (("failed", p["failed"]), ("in flight", p["in_flight"]),
+                      ("pending", p["pending"]), ("offline", p["waiting_offline"]),
+                      ("canceled", p["canceled"]))  # fmt: skip
+            info = "  ".join(f"{name} {n}" for name, n in counts if n)
         else:
-            info = "no devices (the phase is too small for this fleet)"
+            info = "no devices (phase too small)"
         # An empty phase is 0/0, not 0/1: rich draws a bar of total 0 as empty.
-        bars.add_task(f"phase {p['index']} ({p['percent']:g}%, {p.get('status', '')})",
+        bars.add_task(f"phase {p['index']} {p['percent']:g}% {p.get('status', '')}",
                       total=p["devices"], completed=p["succeeded"], info=info)  # fmt: skip
     states = Text("  ".join(f"{k}: {v}" for k, v in sorted(d["states"].items())) or "no devices")
     parts: list[Any] = [head, bars, states]

@@ -4,6 +4,7 @@ resume, cancel, retry, revert."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 import time
 from typing import Any
@@ -174,12 +175,12 @@ def rollout_status(api: ApiClient, as_json: bool, rollout_id: int, watch: bool,
         emit(data, as_json, lambda d: Console().print(render_status(d)))
         return
     try:
-        if as_json:
-            emit(data, True, lambda d: None)
+        if as_json:  # one status per line (JSON Lines), for scripts to follow
+            click.echo(json.dumps(data, default=str))
             while _watch_end(data) is None:
                 time.sleep(interval)
                 data = api.request("GET", f"/v1/rollouts/{rollout_id}")
-                emit(data, True, lambda d: None)
+                click.echo(json.dumps(data, default=str))
         else:
             with Live(render_status(data), refresh_per_second=4) as live:
                 while _watch_end(data) is None:

@@ -80,7 +80,7 @@ async def test_watch_exit_codes_say_how_the_rollout_stopped(setup: Setup) -> Non
     text = await cli(s, "rollout", "status", str(rid))
     assert "0/0" in text.output, text.output
     assert "0/1" not in text.output, text.output
-    assert "phase 1 (1%, done)" in text.output
+    assert "phase 1 1% done" in text.output
     # 3: paused by itself (failure threshold), with the reason on stderr.
     paused = await s.api.rollout(rel["id"], target={"devices": ["bad-1", "bad-2"]},
                                  failure_pct=10, min_attempts=1)  # fmt: skip
@@ -101,6 +101,7 @@ async def test_watch_exit_codes_say_how_the_rollout_stopped(setup: Setup) -> Non
     await s.api.call("POST", f"/v1/rollouts/{later['id']}/cancel", json={"reason": "not now"})
     watched = await watch
     assert watched.exit_code == 5, watched.output
+    assert json.loads(watched.output.splitlines()[-1])["state"] == "canceled"
     # 3 again: paused by an operator.
     held = await s.api.rollout(rel3["id"], target={"devices": ["ok-2"]}, start_at=4e9)
     await s.api.call("POST", f"/v1/rollouts/{held['id']}/pause", json={"reason": "freeze"})
