@@ -11,8 +11,10 @@ import click
 
 from orchestrator.cli_broker import broker, provision_command, revoke_command, set_groups_command
 from orchestrator.cli_keys import config_option, keys, load, tokens
-from orchestrator.cli_ops import audit, devices, release, rollout
+from orchestrator.cli_ops import audit, devices
 from orchestrator.cli_protocol import protocol
+from orchestrator.cli_releases import release
+from orchestrator.cli_rollouts import rollout
 from orchestrator.cli_sim import demo, simulate
 from orchestrator.keystore import KeyStoreError
 from orchestrator.service import serve
@@ -21,9 +23,14 @@ __all__ = ["main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fleetpush", prog_name="fleetpush")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """fleetpush: push signed updates to fleets of devices over MQTT."""
+    """fleetpush: push signed updates to fleets of devices over MQTT.
+
+    Shell completion: eval "$(_FLEETPUSH_COMPLETE=bash_source fleetpush)" in ~/.bashrc
+    (zsh_source for ~/.zshrc, fish_source for fish).
+    """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

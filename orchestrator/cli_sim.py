@@ -17,7 +17,7 @@ from rich.text import Text
 
 from orchestrator.broker import MosquittoNotFoundError
 from orchestrator.cli_keys import config_option, load
-from orchestrator.cli_ops import render_status
+from orchestrator.cli_rollout_views import render_status
 from orchestrator.provisioning import read_root_keys
 from orchestrator.sim.demo import DemoOptions, run_demo
 from orchestrator.sim.simulate import SimOptions, open_broker, run_simulation
