@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from device_client.config import BrokerConfig
 from device_client.outbox import Outbox
@@ -29,6 +30,10 @@ from fleetpush_protocol.backoff import Backoff
 __all__ = ["MqttSession", "Publication"]
 
 logger = logging.getLogger(__name__)
+
+# MQTT 5 CONNACK reason codes that no retry can fix: client id not valid, bad user name or
+# password, not authorized, banned, bad authentication method.
+_REFUSED = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 
@@ -107,11 +112,17 @@ class MqttSession:
 
     async def run(self) -> None:
         """Connect and serve forever; returns only when cancelled."""
+        refused = ""  # the last refusal logged as an error: repeats stay at info level
         while True:
             try:
                 await self._connect_once()
             except aiomqtt.MqttError as e:
-                logger.info("%s: broker connection lost or refused: %s", self._client_id, e)
+                why = self._refusal(e)
+                if why and why != refused:
+                    logger.error("%s", why)  # noqa: TRY400 - a finding, no traceback
+                else:
+                    logger.info("%s: broker connection lost or refused: %s", self._client_id, e)
+                refused = why or refused
             except (OSError, ssl.SSLError) as e:
                 logger.info("%s: broker unreachable: %s", self._client_id, e)
             finally:
@@ -142,6 +153,31 @@ class MqttSession:
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                     await sender
+
+    def _refusal(self, e: aiomqtt.MqttError) -> str:
+        """What to check when the broker refused this device; "" for a transient error.
+
+        Retrying cannot fix a refused login or certificate, and a device that only says so
+        at debug level looks merely offline, so these are errors at the default level.
+        """
+        where = "%s:%d" % self._addr()  # noqa: UP031 - host and port, once
+        b = self._broker
+        rc = e.rc if isinstance(e, aiomqtt.MqttCodeError) else None
+        if isinstance(rc, ReasonCode) and rc.value in _REFUSED:
+            login = "client certificate" if b.cert_file else f"username {b.username!r} and password"
+            return (
+                f"{self._client_id}: the broker at {where} refused the login ({e}): check the "
+                f"{login} in the [broker] table of the device configuration, and that the "
+                "device is provisioned and not revoked (fleetpush broker identities)"
+            )
+        text = str(e)
+        if "SSL" in text or "certificate" in text:
+            return (
+                f"{self._client_id}: TLS with the broker at {where} failed ({text}): check "
+                "[broker] ca_file (the CA of the broker's certificate), cert_file and key_file, "
+                "and that the device's certificate is not revoked"
+            )
+        return ""
 
     def _addr(self) -> tuple[str, int]:
         return self._broker.host, self._broker.port

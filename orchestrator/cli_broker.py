@@ -20,10 +20,13 @@ import click
 
 from fleetpush_protocol.topics import DEFAULT_PREFIX, Topics
 from orchestrator.broker import (
+    INFO_FILE,
     MosquittoBroker,
     MosquittoNotFoundError,
     ReloadError,
     RevocationError,
+    listening,
+    read_info,
 )
 from orchestrator.provisioning import (
     DEFAULT_STATE_DIR,
@@ -62,31 +65,37 @@ def broker() -> None:
 
 @broker.command("run")
 @_data_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
-@click.option("--port", type=int, default=0, help="Password listener port (0: a free one).")
-@click.option("--tls-port", type=int, default=0, help="Certificate listener port (0: free).")
+@click.option("--host", help="Listen address (default: as recorded, else 127.0.0.1).")
+@click.option("--port", type=int, default=0, help="Password listener port (0: as recorded).")
+@click.option("--tls-port", type=int, default=0, help="Certificate listener port (0: recorded).")
 @click.option("--no-tls", is_flag=True, help="Only the username/password listener.")
-@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Topic prefix.")
+@click.option("--prefix", help="Topic prefix (default: as recorded, else fleetpush).")
 def run_command(  # noqa: PLR0917 - click passes options as parameters
-    data_dir: Path, host: str, port: int, tls_port: int, no_tls: bool, prefix: str
+    data_dir: Path, host: str | None, port: int, tls_port: int, no_tls: bool, prefix: str | None
 ) -> None:
     """Start Mosquitto from broker_config/ with the identities in DATA/broker.
 
-    Prints where it listens and how the orchestrator logs in, then runs until Ctrl-C or
-    SIGTERM. Provisioning in another shell (same --data) reloads it through its pid file.
+    Listens on the ports recorded in DATA/broker/broker.json, so a restarted broker keeps
+    the URLs the orchestrator and the devices use; the first start picks free ports (or
+    --port/--tls-port) and records them. Prints where it listens and how the orchestrator
+    logs in, then runs until Ctrl-C or SIGTERM. Provisioning in another shell (same --data)
+    reloads it through its pid file.
     """
-    b = MosquittoBroker(
-        data_dir / "broker",
-        topics=Topics(prefix),
-        host=host,
-        port=port or None,
-        tls=not no_tls,
-        tls_port=tls_port or None,
-    )
+    b = recorded_broker(
+        data_dir / "broker", host=host, port=port, tls=not no_tls, tls_port=tls_port,
+        prefix=prefix,
+    )  # fmt: skip
     try:
         b.start()
     except MosquittoNotFoundError as e:
         raise click.ClickException(str(e)) from None
+    except RuntimeError as e:
+        taken = [p for p in (b.port, b.tls_port) if p is not None and listening(b.host, p)]
+        hint = f"; port {taken[0]} is taken by another process" if taken else ""
+        raise click.ClickException(
+            f"{e}{hint} (ports recorded in {b.workdir / INFO_FILE}; --port and --tls-port "
+            "choose others, which devices provisioned before then do not know)"
+        ) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -99,6 +108,29 @@ def run_command(  # noqa: PLR0917 - click passes options as parameters
                 raise click.ClickException(f"mosquitto exited; see {b.log_path}")
     finally:
         b.stop()
+
+
+def recorded_broker(
+    workdir: Path, *, host: str | None, port: int, tls: bool, tls_port: int, prefix: str | None
+) -> MosquittoBroker:
+    """The broker of ``workdir`` on its recorded listeners; options given override them."""
+    try:
+        info = read_info(workdir)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    if info is not None and prefix and prefix != info.topic_prefix:
+        raise click.ClickException(
+            f"--prefix {prefix!r}: this broker's devices use {info.topic_prefix!r}"
+        )
+    recorded_tls = info.tls_port if info else None
+    return MosquittoBroker(
+        workdir,
+        topics=Topics(prefix or (info.topic_prefix if info else DEFAULT_PREFIX)),
+        host=host or (info.host if info else "127.0.0.1"),
+        port=port or (info.port if info else None),
+        tls=tls,
+        tls_port=tls_port or recorded_tls,
+    )
 
 
 @broker.command("server-cert")

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
 from orchestrator.api import ApiContext, build_app
 from orchestrator.auth import TokenAuth, load_tokens_file
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.config import OrchestratorConfig
+from orchestrator.config import ConfigError, OrchestratorConfig
 from orchestrator.engine import RolloutEngine
 from orchestrator.ingest import Ingestor
 from orchestrator.keystore import KeyStore, SigningSet
@@ -60,10 +61,13 @@ class Orchestrator:
 
         Raises:
             KeyStoreError: no usable keys (run ``fleetpush keys init``).
+            ConfigError: no broker is configured (``MqttConfig.missing``).
             ConnectionError: the broker is unreachable or refused the login.
             OSError: the HTTP port is taken.
         """
         cfg = self.config
+        if cfg.mqtt.missing:
+            raise ConfigError(cfg.mqtt.missing)
         loop = asyncio.get_running_loop()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -160,10 +164,15 @@ class Orchestrator:
             self.db.close()
 
 
-async def serve(config: OrchestratorConfig) -> None:
-    """Run until SIGINT or SIGTERM."""
+async def serve(config: OrchestratorConfig, say: Callable[[str], None] | None = None) -> None:
+    """Run until SIGINT or SIGTERM; ``say`` gets which broker is used and where the API is."""
     orch = Orchestrator(config)
+    m = config.mqtt
+    if say is not None and not m.missing:
+        say(f"broker: {m.url} as {m.username}, topic prefix {m.topic_prefix!r} (from {m.source})")
     await orch.start()
+    if say is not None:
+        say(f"API and payloads: http://{config.http.host}:{orch.port}  (dashboard: /ui/)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
