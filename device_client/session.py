@@ -88,11 +88,7 @@ class MqttSession:
         b = self._broker
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = b.session_expiry_s
-        tls_context = None
-        if b.tls:
-            tls_context = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
-            if b.cert_file and b.key_file:
-                tls_context.load_cert_chain(str(b.cert_file), str(b.key_file))
+        tls_context = self._tls_context() if b.tls else None
         return aiomqtt.Client(
             b.host,
             b.port,
@@ -110,6 +106,13 @@ class MqttSession:
             timeout=max(10.0, b.keepalive_s / 2),
         )
 
+    def _tls_context(self) -> ssl.SSLContext:
+        b = self._broker
+        context = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
+        if b.cert_file and b.key_file:
+            context.load_cert_chain(str(b.cert_file), str(b.key_file))
+        return context
+
     async def run(self) -> None:
         """Connect and serve forever; returns only when cancelled."""
         refused = ""  # the last refusal logged as an error: repeats stay at info level
@@ -117,7 +120,8 @@ class MqttSession:
             try:
                 await self._connect_once()
             except aiomqtt.MqttError as e:
-                why = self._refusal(e)
+                never_connected = self._client is None
+                why = self._refusal(e, await self._tls_alert() if never_connected else "")
                 if why and why != refused:
                     logger.error("%s", why)  # noqa: TRY400 - a finding, no traceback
                 else:
@@ -154,7 +158,32 @@ class MqttSession:
                 with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                     await sender
 
-    def _refusal(self, e: aiomqtt.MqttError) -> str:
+    async def _tls_alert(self) -> str:
+        """The TLS alert the broker sends this device's certificate, if any ("" if none).
+
+        Under TLS 1.3 the broker checks a client certificate after the handshake, and its
+        refusal (revoked, unknown CA) arrives with the first read, which the MQTT client
+        only logs before timing out. One raw connection after a failed connect asks again.
+        """
+        b = self._broker
+        if not (b.tls and b.cert_file):
+            return ""
+        writer = None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(b.host, b.port, ssl=self._tls_context()), 5
+            )
+            await asyncio.wait_for(reader.read(1), 2)  # a healthy broker waits for CONNECT
+        except ssl.SSLError as e:
+            return str(e)
+        except (OSError, TimeoutError):
+            return ""
+        finally:
+            if writer is not None:
+                writer.close()
+        return ""
+
+    def _refusal(self, e: aiomqtt.MqttError, tls_alert: str = "") -> str:
         """What to check when the broker refused this device; "" for a transient error.
 
         Retrying cannot fix a refused login or certificate, and a device that only says so
@@ -170,7 +199,7 @@ class MqttSession:
                 f"{login} in the [broker] table of the device configuration, and that the "
                 "device is provisioned and not revoked (fleetpush broker identities)"
             )
-        text = str(e)
+        text = tls_alert or str(e)
         if "SSL" in text or "certificate" in text:
             return (
                 f"{self._client_id}: TLS with the broker at {where} failed ({text}): check "

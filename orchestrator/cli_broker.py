@@ -10,6 +10,7 @@ id), e.g. to record the device in the orchestrator's database.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from orchestrator.broker import (
     listening,
     read_info,
 )
+from orchestrator.config import ConfigError, load_config
 from orchestrator.provisioning import (
     DEFAULT_STATE_DIR,
     Provisioner,
@@ -42,13 +44,33 @@ __all__ = ["broker", "provision_command", "revoke_command", "set_groups_command"
 # through a path spelled differently was once never reloaded (docs/security.md).
 _folder = click.Path(file_okay=False, path_type=Path, resolve_path=True)
 
+
+def _data_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path:
+    """``--data``, else FLEETPUSH_DATA, else the data_dir of FLEETPUSH_CONFIG or of
+    ./orchestrator.toml: the commands the README lists work as written next to it."""
+    if value is not None:
+        return value
+    config = Path(os.environ.get("FLEETPUSH_CONFIG") or "orchestrator.toml")
+    if not config.exists():
+        raise click.UsageError(
+            "give --data DIR (the orchestrator's data_dir), set FLEETPUSH_DATA, or run "
+            "next to orchestrator.toml (or set FLEETPUSH_CONFIG)",
+            ctx,
+        )
+    try:
+        return load_config(config).data_dir
+    except ConfigError as e:
+        raise click.UsageError(f"--data not given, and {e}", ctx) from None
+
+
 _data_option = click.option(
     "--data",
     "data_dir",
     type=_folder,
     envvar="FLEETPUSH_DATA",
-    required=True,
-    help="The orchestrator's data directory; broker state lives in DATA/broker.",
+    callback=_data_dir,
+    help="The orchestrator's data directory; broker state lives in DATA/broker "
+    "(env FLEETPUSH_DATA; default: data_dir of orchestrator.toml / FLEETPUSH_CONFIG).",
 )
 
 
@@ -208,7 +230,13 @@ def _root_keys(
     type=_folder,
     help="Keys folder with root.json (default DATA/keys), when no --root-key.",
 )
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
+@click.option(
+    "--state-dir",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="The device's state folder; relative: next to device.toml (real devices: "
+    "/var/lib/fleetpush, the folder deploy/fleetpush-device.service creates).",
+)
 @click.option("--config-dir", help="Where the bundle will live on the device (absolute paths).")
 @click.option("--broker-url", help="URL for password devices (default: the broker's).")
 @click.option("--tls-url", help="URL for certificate devices (default: the broker's).")

@@ -49,7 +49,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 AuthKind = Literal["cert", "password"]
-DEFAULT_STATE_DIR = "/var/lib/fleetpush"
+# Relative to device.toml: a bundle works wherever it is put, and two bundles on one host
+# never share a state folder. A real device passes --state-dir /var/lib/fleetpush.
+DEFAULT_STATE_DIR = "state"
 DEFAULT_KEEPALIVE_S = 60
 DEFAULT_SESSION_EXPIRY_S = 604800  # 7 days; the broker caps sessions at 30 days
 
