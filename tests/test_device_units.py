@@ -376,3 +376,19 @@ def test_outbox_repeats_the_last_acknowledged_report_on_connect() -> None:
     assert (entry.counter, entry.payload) == (2, b"r2")
     restored = Outbox.from_list(box.to_list(), box.counter, box.last_item())
     assert restored.repeat_on_connect() == entry
+
+
+async def test_the_health_command_gets_the_slot_in_its_arguments_and_environment(
+    tmp_path: Path,
+) -> None:
+    from device_client.config import HealthConfig
+    from device_client.health import check_health
+
+    slot = str(tmp_path / "slots" / "slot-n1")
+    script = 'test "$1" = "$FLEETPUSH_SLOT" && test "$2" = 2.0'
+    config = HealthConfig(command=("sh", "-c", script, "sh", "{slot}", "{version}"), timeout_s=10)
+    await check_health(config, {"FLEETPUSH_SLOT": slot}, {"slot": slot, "version": "2.0"})
+    with pytest.raises(UpdateError):
+        await check_health(
+            config, {"FLEETPUSH_SLOT": slot}, {"slot": "/elsewhere", "version": "2.0"}
+        )

@@ -199,3 +199,17 @@ async def test_a_device_refused_by_the_broker_says_so_at_the_default_level(  # n
     expected = "refused the login" if how == "wrong password" else "TLS with the broker"
     assert expected in message, message
     assert "wrong" not in message  # never the password itself
+
+
+def test_the_sample_orchestrator_toml_in_the_docs_is_valid(tmp_path: Path) -> None:
+    import re
+    import tomllib
+
+    doc = (ROOT / "docs" / "orchestrator.md").read_text()
+    samples = [b for b in re.findall(r"```toml\n(.*?)```", doc, re.DOTALL) if "data_dir" in b]
+    assert samples, "docs/orchestrator.md lost its sample orchestrator.toml"
+    data = tomllib.loads(samples[0])
+    del data["mqtt"]["password_file"]  # names a file of a real installation
+    cfg = parse_config(data, tmp_path)
+    assert cfg.mqtt.source == "mqtt.url in the configuration"
+    assert cfg.http.public_url == "http://updates.example.net:8080"
