@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from fleetpush_protocol.atomic import make_private_dir
 from fleetpush_protocol.topics import DEFAULT_PREFIX, Topics
 from orchestrator.broker import (
     INFO_FILE,
@@ -167,7 +168,7 @@ def recorded_broker(
 def server_cert_command(data_dir: Path, names: tuple[str, ...], out: Path) -> None:
     """Issue the broker's TLS certificate from the fleet CA (for a real install)."""
     ca = broker_for_data_dir(data_dir).ca
-    out.mkdir(parents=True, exist_ok=True)
+    make_private_dir(out)
     ca.issue_server(names).write(out / "server.pem", out / "server.key")
     click.echo(f"wrote {out / 'server.pem'} and {out / 'server.key'}; CA: {ca.cert_path}")
 

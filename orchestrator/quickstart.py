@@ -16,13 +16,12 @@ Ports are chosen free once and kept: a restart listens where devices already con
 
 from __future__ import annotations
 
-import os
 import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetpush_protocol.atomic import atomic_write
+from fleetpush_protocol.atomic import atomic_write, make_private_dir
 from orchestrator.auth import hash_token, new_token
 from orchestrator.broker import MosquittoBroker, find_mosquitto, free_port
 from orchestrator.keystore import KeyStore
@@ -53,11 +52,6 @@ class Quickstart:
     @property
     def env_file(self) -> Path:
         return self.root / "env.sh"
-
-
-def _private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o700)  # whatever the umask: it holds the token and the keys
 
 
 def _orchestrator_toml(http_port: int) -> str:
@@ -96,9 +90,8 @@ def init_quickstart(
     root = Path(root).resolve()
     if (root / CONFIG_NAME).exists() or (root / "data").exists():
         raise FileExistsError(f"{root} already holds an installation")
-    _private_dir(root)
-    data = root / "data"
-    _private_dir(data)
+    make_private_dir(root)  # the token and the keys: 0700 whatever the umask
+    data = make_private_dir(root / "data")
     broker = MosquittoBroker(
         data / "broker", port=mqtt_port or None, tls=True, tls_port=tls_port or None
     )
@@ -139,6 +132,7 @@ def init_quickstart(
     root_keys, threshold = read_root_keys(keys_dir)
     provisioner = Provisioner(broker, root_keys=root_keys, root_threshold=threshold)
     bundles = []
+    make_private_dir(root / "devices")  # the bundles hold private keys
     for n in range(1, devices + 1):
         device_id = f"dev-{n:03d}"
         record = provisioner.provision(
@@ -146,7 +140,6 @@ def init_quickstart(
             bundle_dir=root / "devices" / device_id, state_dir="state",
         )  # fmt: skip
         bundles.append(record.config_path)
-    os.chmod(root / "devices", 0o700)
     return Quickstart(
         root=root,
         api_url=api_url,
