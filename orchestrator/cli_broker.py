@@ -215,7 +215,7 @@ def _root_keys(
 @click.argument("device_id")
 @click.option("--model", required=True, help="Hardware model, e.g. rpi4.")
 @click.option("--groups", default="", help="Comma-separated groups, e.g. canary,eu.")
-@click.option("--cert", "auth", flag_value="cert", default=True, help="Client certificate.")
+@click.option("--cert", "auth", flag_value="cert", default=True, help="Certificate (default).")
 @click.option("--password", "auth", flag_value="password", help="Password instead.")
 @_data_option
 @click.option(
