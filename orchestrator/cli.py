@@ -42,7 +42,12 @@ def serve_command(config_path: Path) -> None:
     cfg = load(config_path)
     try:
         asyncio.run(serve(cfg, say=click.echo))
-    except (ConfigError, KeyStoreError, ConnectionError, OSError) as e:
+    except ConnectionError as e:
+        hint = ""
+        if cfg.mqtt.source.endswith("broker.json"):
+            hint = f"; is `fleetpush broker run --data {cfg.data_dir}` running?"
+        raise click.ClickException(f"{e}{hint}") from None
+    except (ConfigError, KeyStoreError, OSError) as e:
         raise click.ClickException(str(e)) from None
     except sqlite3.DatabaseError as e:  # a corrupt or unreadable database file
         raise click.ClickException(f"database {cfg.db_path}: {e}") from None
