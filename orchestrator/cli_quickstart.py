@@ -88,7 +88,7 @@ def run_command(root: Path) -> None:
         except (MosquittoNotFoundError, RuntimeError) as e:
             raise click.ClickException(str(e)) from None
         click.echo(f"broker log: {b.log_path}")
-        asyncio.run(serve(load(config_path), say=click.echo))
+        asyncio.run(serve(cfg, say=click.echo))
     except KeyboardInterrupt:
         pass
     except (ConfigError, KeyStoreError, ConnectionError, OSError) as e:

@@ -213,3 +213,26 @@ def test_the_sample_orchestrator_toml_in_the_docs_is_valid(tmp_path: Path) -> No
     cfg = parse_config(data, tmp_path)
     assert cfg.mqtt.source == "mqtt.url in the configuration"
     assert cfg.http.public_url == "http://updates.example.net:8080"
+
+
+def test_devices_provision_finds_the_data_dir_as_the_readme_writes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    for name in ("FLEETPUSH_DATA", "FLEETPUSH_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    args = ["devices", "provision", "dev-001", "--model", "rpi4", "--groups", "canary"]
+    monkeypatch.chdir(tmp_path)
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2
+    assert "--data" in refused.output
+    assert "FLEETPUSH_DATA" in refused.output
+    _, data, _ = _installation(tmp_path)  # orchestrator.toml here, data_dir = "data"
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    bundle = data / "broker" / "provisioned" / "dev-001"
+    device = load_device_config(bundle / "device.toml")
+    assert device.device.state_dir == bundle / "state"
