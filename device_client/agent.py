@@ -696,7 +696,9 @@ class DeviceAgent:
         )  # fmt: skip
         request = self._request(job, notice)
         try:
-            await check_health(self.config.health, request.env)
+            await check_health(
+                self.config.health, request.env, request.values(request.env["FLEETPUSH_SLOT"])
+            )
         except UpdateError as e:
             await self._rollback(job, notice, e.failure, str(e))
             return

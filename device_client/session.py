@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from device_client.config import BrokerConfig
 from device_client.outbox import Outbox
@@ -33,6 +34,10 @@ from fleetpush_protocol.backoff import Backoff
 __all__ = ["MqttSession", "Publication"]
 
 logger = logging.getLogger(__name__)
+
+# MQTT 5 CONNACK reason codes that no retry can fix: client id not valid, bad user name or
+# password, not authorized, banned, bad authentication method.
+_REFUSED = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
 
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
 ACK_TIMEOUT_CAP_S = 600.0  # seconds: the longest wait before resending unconfirmed reports
@@ -92,11 +97,7 @@ class MqttSession:
         b = self._broker
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = b.session_expiry_s
-        tls_context = None
-        if b.tls:
-            tls_context = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
-            if b.cert_file and b.key_file:
-                tls_context.load_cert_chain(str(b.cert_file), str(b.key_file))
+        tls_context = self._tls_context() if b.tls else None
         return aiomqtt.Client(
             b.host,
             b.port,
@@ -114,13 +115,27 @@ class MqttSession:
             timeout=max(10.0, b.keepalive_s / 2),
         )
 
+    def _tls_context(self) -> ssl.SSLContext:
+        b = self._broker
+        context = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
+        if b.cert_file and b.key_file:
+            context.load_cert_chain(str(b.cert_file), str(b.key_file))
+        return context
+
     async def run(self) -> None:
         """Connect and serve forever; returns only when cancelled."""
+        refused = ""  # the last refusal logged as an error: repeats stay at info level
         while True:
             try:
                 await self._connect_once()
             except aiomqtt.MqttError as e:
-                logger.info("%s: broker connection lost or refused: %s", self._client_id, e)
+                never_connected = self._client is None
+                why = self._refusal(e, await self._tls_alert() if never_connected else "")
+                if why and why != refused:
+                    logger.error("%s", why)  # noqa: TRY400 - a finding, no traceback
+                else:
+                    logger.info("%s: broker connection lost or refused: %s", self._client_id, e)
+                refused = why or refused
             except (OSError, ssl.SSLError) as e:
                 logger.info("%s: broker unreachable: %s", self._client_id, e)
             finally:
@@ -167,6 +182,56 @@ class MqttSession:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _tls_alert(self) -> str:
+        """The TLS alert the broker sends this device's certificate, if any ("" if none).
+
+        Under TLS 1.3 the broker checks a client certificate after the handshake, and its
+        refusal (revoked, unknown CA) arrives with the first read, which the MQTT client
+        only logs before timing out. One raw connection after a failed connect asks again.
+        """
+        b = self._broker
+        if not (b.tls and b.cert_file):
+            return ""
+        writer = None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(b.host, b.port, ssl=self._tls_context()), 5
+            )
+            await asyncio.wait_for(reader.read(1), 2)  # a healthy broker waits for CONNECT
+        except ssl.SSLError as e:
+            return str(e)
+        except (OSError, TimeoutError):
+            return ""
+        finally:
+            if writer is not None:
+                writer.close()
+        return ""
+
+    def _refusal(self, e: aiomqtt.MqttError, tls_alert: str = "") -> str:
+        """What to check when the broker refused this device; "" for a transient error.
+
+        Retrying cannot fix a refused login or certificate, and a device that only says so
+        at debug level looks merely offline, so these are errors at the default level.
+        """
+        where = "%s:%d" % self._addr()  # noqa: UP031 - host and port, once
+        b = self._broker
+        rc = e.rc if isinstance(e, aiomqtt.MqttCodeError) else None
+        if isinstance(rc, ReasonCode) and rc.value in _REFUSED:
+            login = "client certificate" if b.cert_file else f"username {b.username!r} and password"
+            return (
+                f"{self._client_id}: the broker at {where} refused the login ({e}): check the "
+                f"{login} in the [broker] table of the device configuration, and that the "
+                "device is provisioned and not revoked (fleetpush broker identities)"
+            )
+        text = tls_alert or str(e)
+        if "SSL" in text or "certificate" in text:
+            return (
+                f"{self._client_id}: TLS with the broker at {where} failed ({text}): check "
+                "[broker] ca_file (the CA of the broker's certificate), cert_file and key_file, "
+                "and that the device's certificate is not revoked"
+            )
+        return ""
 
     def _addr(self) -> tuple[str, int]:
         return self._broker.host, self._broker.port

@@ -12,10 +12,10 @@ Example::
     max_upload_bytes = 4294967296        # release uploads, streamed to disk
     max_json_bytes = 1048576             # every JSON request body; larger is a 413
 
-    [mqtt]
-    url = "mqtt://127.0.0.1:1883"
+    [mqtt]                               # omit: the broker `fleetpush broker run` recorded
+    url = "mqtt://127.0.0.1:1883"        #   in <data_dir>/broker/broker.json
     username = "fleetpush-orchestrator"
-    password_file = "/etc/fleetpush/mqtt.password"
+    password_file = "/var/lib/fleetpush/broker/orchestrator.secret"
     topic_prefix = "fleetpush"
 
     [keys]
@@ -58,6 +58,7 @@ from urllib.parse import urlsplit
 
 from fleetpush_protocol.atomic import ExposedSecretError, check_private
 from fleetpush_protocol.topics import Topics
+from orchestrator.broker.info import INFO_FILE, read_info
 from orchestrator.units import parse_duration
 
 __all__ = [
@@ -101,6 +102,12 @@ class MqttConfig:
     password: str = field(default="", repr=False)
     topic_prefix: str = "fleetpush"
     keepalive_s: int = 30  # seconds
+    source: str = "settings"  # where host and login came from, said at start
+    missing: str = ""  # why no broker is configured: ``serve`` refuses to start with it
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
 
     @property
     def topics(self) -> Topics:
@@ -249,8 +256,20 @@ def _http_url(value: str, what: str) -> str:
     return value.rstrip("/")
 
 
-def _mqtt(t: _Table, base: Path) -> MqttConfig:
-    url = urlsplit(t.text("url", "mqtt://127.0.0.1:1883"))
+def _mqtt(t: _Table, base: Path, data_dir: Path) -> MqttConfig:
+    url_text = t.text("url", "")
+    prefix = t.text("topic_prefix", "")
+    try:
+        Topics(prefix or "fleetpush")
+    except ValueError as e:
+        raise ConfigError(f"{t.name('topic_prefix')}: {e}") from None
+    keepalive = t.integer("keepalive", 30, 5, 3600)
+    if not url_text:
+        for key in ("username", "password", "password_file"):
+            if t.get(key) is not None:
+                raise ConfigError(f"{t.name(key)}: give it with {t.name('url')}, or neither")
+        return _recorded_broker(data_dir, prefix, keepalive)
+    url = urlsplit(url_text)
     if url.scheme != "mqtt" or not url.hostname:
         raise ConfigError(f"{t.name('url')}: expected mqtt://host:port")
     password = t.text("password", "")
@@ -263,18 +282,59 @@ def _mqtt(t: _Table, base: Path) -> MqttConfig:
             raise ConfigError(f"{t.name('password_file')}: {e}") from None
         except OSError as e:
             raise ConfigError(f"{t.name('password_file')}: cannot read ({e.strerror})") from None
-    prefix = t.text("topic_prefix", "fleetpush")
-    try:
-        Topics(prefix)
-    except ValueError as e:
-        raise ConfigError(f"{t.name('topic_prefix')}: {e}") from None
     return MqttConfig(
         host=url.hostname,
         port=url.port or 1883,
         username=t.text("username", "fleetpush-orchestrator"),
         password=password,
-        topic_prefix=prefix,
-        keepalive_s=t.integer("keepalive", 30, 5, 3600),
+        topic_prefix=prefix or "fleetpush",
+        keepalive_s=keepalive,
+        source=f"{t.name('url')} in the configuration",
+    )
+
+
+def _recorded_broker(data_dir: Path, prefix: str, keepalive: int) -> MqttConfig:
+    """The broker ``fleetpush broker run`` recorded in ``<data_dir>/broker``.
+
+    Never a guess: with nothing recorded, the result says so (``missing``), and ``serve``
+    refuses to start rather than log in to whatever listens on a default port.
+    """
+    workdir = data_dir / "broker"
+    try:
+        info = read_info(workdir)
+    except ValueError as e:
+        raise ConfigError(f"mqtt: {e}") from None
+    if info is None:
+        return MqttConfig(
+            source="",
+            missing=(
+                f"no broker configured: orchestrator.toml has no [mqtt] url and "
+                f"{workdir / INFO_FILE} does not exist. Start the broker first with "
+                f"`fleetpush broker run --data {data_dir}` (it records its ports there), "
+                "or set [mqtt] url, username and password_file"
+            ),
+        )
+    if prefix and prefix != info.topic_prefix:
+        raise ConfigError(
+            f"mqtt.topic_prefix: {prefix!r}, but the broker in {workdir} uses {info.topic_prefix!r}"
+        )
+    try:
+        check_private(info.password_file, "MQTT password file")
+        password = info.password_file.read_text().strip()
+    except ExposedSecretError as e:
+        raise ConfigError(f"mqtt (from {workdir / INFO_FILE}): {e}") from None
+    except OSError as e:
+        raise ConfigError(
+            f"{info.password_file}: cannot read the orchestrator's broker password ({e.strerror})"
+        ) from None
+    return MqttConfig(
+        host=info.connect_host,
+        port=info.port,
+        username=info.orchestrator_user,
+        password=password,
+        topic_prefix=info.topic_prefix,
+        keepalive_s=keepalive,
+        source=str(workdir / INFO_FILE),
     )
 
 
@@ -305,7 +365,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         max_json_bytes=h.integer("max_json_bytes", 2**20, 1024, 64 * 2**20),
     )
     m = top.sub("mqtt")
-    mqtt = _mqtt(m, base)
+    mqtt = _mqtt(m, base, data_dir)
     k = top.sub("keys")
     keys_dir = (base / k.text("dir", str(data_dir / "keys"))).resolve()
     i = top.sub("ingest")
@@ -359,6 +419,12 @@ def load_config(path: Path) -> OrchestratorConfig:
     """
     try:
         data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file. Write one (docs/orchestrator.md has a sample; "
+            "`fleetpush quickstart init DIR` writes a complete one-machine installation) "
+            "or point --config / FLEETPUSH_CONFIG at yours"
+        ) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:

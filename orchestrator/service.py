@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -14,7 +15,7 @@ from fleetpush_protocol.atomic import make_private_dir
 from orchestrator.api import ApiContext, build_app
 from orchestrator.auth import TokenAuth, load_tokens_file
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.config import OrchestratorConfig
+from orchestrator.config import ConfigError, OrchestratorConfig
 from orchestrator.engine import RolloutEngine
 from orchestrator.ingest import Ingestor
 from orchestrator.keystore import KeyStore, SigningSet
@@ -63,10 +64,13 @@ class Orchestrator:
 
         Raises:
             KeyStoreError: no usable keys (run ``fleetpush keys init``).
+            ConfigError: no broker is configured (``MqttConfig.missing``).
             ConnectionError: the broker is unreachable or refused the login.
             OSError: the HTTP port is taken.
         """
         cfg = self.config
+        if cfg.mqtt.missing:
+            raise ConfigError(cfg.mqtt.missing)
         loop = asyncio.get_running_loop()
         make_private_dir(cfg.data_dir)
 
@@ -202,10 +206,15 @@ def _prune_step(
     return store.prune_reports(keep=keep, before=before, after_device=after_device, limit=limit)
 
 
-async def serve(config: OrchestratorConfig) -> None:
-    """Run until SIGINT or SIGTERM."""
+async def serve(config: OrchestratorConfig, say: Callable[[str], None] | None = None) -> None:
+    """Run until SIGINT or SIGTERM; ``say`` gets which broker is used and where the API is."""
     orch = Orchestrator(config)
+    m = config.mqtt
+    if say is not None and not m.missing:
+        say(f"broker: {m.url} as {m.username}, topic prefix {m.topic_prefix!r} (from {m.source})")
     await orch.start()
+    if say is not None:
+        say(f"API and payloads: http://{config.http.host}:{orch.port}  (dashboard: /ui/)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

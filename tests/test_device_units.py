@@ -424,3 +424,19 @@ def test_backoff_grows_jittered_and_capped() -> None:
     assert max(delays[5:]) > 1
     b.reset()
     assert b.next_delay() <= 1
+
+
+async def test_the_health_command_gets_the_slot_in_its_arguments_and_environment(
+    tmp_path: Path,
+) -> None:
+    from device_client.config import HealthConfig
+    from device_client.health import check_health
+
+    slot = str(tmp_path / "slots" / "slot-n1")
+    script = 'test "$1" = "$FLEETPUSH_SLOT" && test "$2" = 2.0'
+    config = HealthConfig(command=("sh", "-c", script, "sh", "{slot}", "{version}"), timeout_s=10)
+    await check_health(config, {"FLEETPUSH_SLOT": slot}, {"slot": slot, "version": "2.0"})
+    with pytest.raises(UpdateError):
+        await check_health(
+            config, {"FLEETPUSH_SLOT": slot}, {"slot": "/elsewhere", "version": "2.0"}
+        )
