@@ -9,7 +9,7 @@ from orchestrator.api.context import ApiError
 from orchestrator.api.releases import find_release
 from orchestrator.policy import assign_phases
 from orchestrator.rollouts import TargetSpec, resolve_targets, rollout_status, spec_from_request
-from orchestrator.store import DeviceFilter, RolloutRecord
+from orchestrator.store import DeviceFilter, DeviceRecord, RolloutRecord, Store
 
 __all__ = ["routes"]
 
@@ -29,6 +29,8 @@ async def _view(request: web.Request, r: RolloutRecord) -> dict[str, object]:
 @requires("operator")
 async def create(request: web.Request) -> web.Response:
     body = await json_body(request)
+    dry_run = body.pop("dry_run", False) is True
+    body.pop("force", None)
     if "release" not in body:
         raise ApiError(400, "release: missing (an id or name@version)")
     release = await find_release(request, str(body["release"]))
@@ -46,6 +48,8 @@ async def create(request: web.Request) -> web.Response:
     now = c.clock.now()
     key = f"{release.id}:{now}"
     assignments = assign_phases(chosen, key, spec.phases)
+    if dry_run:
+        return ok(await c.db.run(lambda s: _dry_run(s, assignments, devices, spec.phases)))
     who = principal(request).name
     r = await c.db.run(
         lambda s: s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
@@ -55,6 +59,39 @@ async def create(request: web.Request) -> web.Response:
                 target=target.to_json(), spec=spec.to_json(), devices=len(chosen))  # fmt: skip
     c.engine.wake()
     return ok(await _view(request, r), status=201)
+
+
+def _dry_run(
+    s: Store,
+    assignments: list[tuple[str, int, int]],
+    devices: list[DeviceRecord],
+    percents: tuple[float, ...],
+) -> dict[str, object]:
+    """Stand-in (h-dash) for h-cli's dry run: the devices each phase would take, and the
+    ones held back (offline, or in another active rollout)."""
+    online = {d.device_id: d.online for d in devices}
+    holder: dict[str, int] = {}
+    for other in s.list_rollouts(("scheduled", "running", "paused")):
+        for t in s.list_targets(other.id, None, 10**6):
+            holder.setdefault(t.device_id, other.id)
+    phases: list[list[str]] = [[] for _ in percents]
+    held = []
+    for device, _, phase in assignments:
+        phases[phase].append(device)
+        reasons = [r for r, on in (("offline", not online.get(device, False)),
+                                   ("other_rollout", device in holder)) if on]  # fmt: skip
+        if reasons:
+            held.append({"device": device, "phase": phase + 1, "reasons": reasons,
+                         "rollout_id": holder.get(device)})  # fmt: skip
+    return {
+        "dry_run": True,
+        "total": len(assignments),
+        "phases": [
+            {"phase": i + 1, "percent": percents[i], "devices": sorted(p)}
+            for i, p in enumerate(phases)
+        ],
+        "held": held,
+    }
 
 
 @routes.get("/v1/rollouts")
