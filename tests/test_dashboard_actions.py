@@ -143,7 +143,7 @@ async def test_operator_uploads_edits_groups_previews_creates_and_watches(
     assert "groups lab" in settings
     assert "50% → 100%" in settings
     assert "50% succeeded, held 4 s" in settings
-    assert "pause above 60% failed" in settings
+    assert "pause above 60% failed, once 1 finished" in settings
     await page.wait_for_selector(f"{card} [data-schedule=soak]:has-text('phase 2 opens in')")
     await shots.take(page, "rollout-soaking", full_page=True)
 

@@ -65,7 +65,7 @@ export function settings(r) {
     ["Target", targetText(r.target)],
     ["Phases", s.phases.map((p) => `${p}%`).join(" → ")],
     ["Gate", `${s.success_pct}% succeeded, held ${duration(s.soak_s)}`],
-    ["Threshold", `${s.on_failure} above ${s.failure_pct}% failed (after ${s.min_attempts} attempts)`],
+    ["Threshold", `${s.on_failure} above ${s.failure_pct}% failed, once ${s.min_attempts} finished`],
     ["Rate", rateText(s)],
     ["Windows", s.windows.length ? `${s.windows.join("; ")} UTC` : "any time"],
     ["Device timeout", duration(s.device_timeout_s)],
