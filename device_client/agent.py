@@ -45,6 +45,7 @@ from device_client.policy import install_blocked
 from device_client.session import MqttSession, Publication
 from device_client.states import CANCELABLE, Job, JobState
 from device_client.store import AgentState, StateStore
+from fleetpush_protocol.atomic import make_private_dir
 from fleetpush_protocol.driver import Accepted, DeviceTrust, Ignored, KeyringAccepted, Rejected
 from fleetpush_protocol.envelope import decode_message, encode_message
 from fleetpush_protocol.errors import ContentError, TransportError
@@ -184,7 +185,7 @@ class DeviceAgent:
         self.state = self.store.load()
         if self.state.trust:
             self.trust = DeviceTrust.from_state(self.state.trust, self._anchor, self._verify_policy)
-        self.downloads.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.downloads)
         keep = {self.state.job.notice_id} if self.state.job else set()
         for f in self.downloads.iterdir():
             if f.name.split(".", 1)[0] not in keep:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fleetpush_protocol.atomic import ExposedSecretError, check_private
 from fleetpush_protocol.fields import NAME_RE
 from fleetpush_protocol.keys import load_public_key
 from fleetpush_protocol.topics import Topics
@@ -31,6 +32,7 @@ __all__ = [
     "InstallConfig",
     "PolicyConfig",
     "TrustConfig",
+    "UnpackLimits",
     "Window",
     "load_config",
     "parse_config",
@@ -112,6 +114,17 @@ class DownloadConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UnpackLimits:
+    """What one payload may unpack to (directory handler); beyond any: ``payload_invalid``."""
+
+    max_bytes: int = 4 << 30  # bytes in all files together; a sparse file counts in full
+    max_ratio: int = 100  # unpacked bytes per payload byte (a payload under 1 MiB counts as 1 MiB)
+    max_members: int = 50_000  # archive members
+    max_path_bytes: int = 1024  # bytes (UTF-8) in a member's name or a symlink's target
+    max_depth: int = 32  # path components in a member's name
+
+
+@dataclass(frozen=True, slots=True)
 class InstallConfig:
     handler: str
     slots_dir: Path | None
@@ -121,6 +134,7 @@ class InstallConfig:
     rollback: tuple[str, ...] = ()
     reboot: tuple[str, ...] = ()
     step_timeout_s: float = 3600.0  # seconds per handler step
+    unpack: UnpackLimits = field(default_factory=UnpackLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +178,7 @@ class _Table:
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.source}: [{self.name}] {key}: {problem}")
 
-    def _get(self, key: str, default: Any) -> Any:
+    def get(self, key: str, default: Any) -> Any:
         self.used.add(key)
         if key not in self.data:
             if default is _REQUIRED:
@@ -173,7 +187,7 @@ class _Table:
         return self.data[key]
 
     def string(self, key: str, default: Any = None, *, max_len: int = 4096) -> Any:
-        value = self._get(key, default)
+        value = self.get(key, default)
         if value is default and key not in self.data:
             return value
         if not isinstance(value, str) or not value or len(value) > max_len:
@@ -187,13 +201,13 @@ class _Table:
         return value
 
     def integer(self, key: str, default: Any, low: int, high: int) -> int:
-        value = self._get(key, default)
+        value = self.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise self.fail(key, f"must be {low}..{high}")
         return value
 
     def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self._get(key, default)
+        value = self.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(key, f"must be a number {low:g}..{high:g}")
         if not low <= value <= high:
@@ -201,13 +215,13 @@ class _Table:
         return float(value)
 
     def boolean(self, key: str, default: bool) -> bool:
-        value = self._get(key, default)
+        value = self.get(key, default)
         if not isinstance(value, bool):
             raise self.fail(key, "must be true or false")
         return value
 
     def strings(self, key: str, *, max_len: int = 64) -> tuple[str, ...]:
-        value = self._get(key, [])
+        value = self.get(key, [])
         if not isinstance(value, list) or len(value) > max_len:
             raise self.fail(key, f"must be a list of at most {max_len} strings")
         for item in value:
@@ -235,7 +249,7 @@ _REQUIRED: Any = object()
 
 
 def _parse_time(table: _Table, key: str) -> int | None:
-    value = table._get(key, None)
+    value = table.get(key, None)
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -291,7 +305,10 @@ def _broker(t: _Table) -> BrokerConfig:
         raise t.fail("password_file", "give either password or password_file, not both")
     if password_file is not None:
         try:
+            check_private(password_file, "password file")
             password = password_file.read_text().strip()
+        except ExposedSecretError as e:
+            raise t.fail("password_file", str(e)) from None
         except OSError as e:
             raise t.fail("password_file", f"cannot read {password_file}: {e.strerror}") from None
         if not password:
@@ -342,7 +359,17 @@ def _trust(t: _Table) -> TrustConfig:
     return TrustConfig(root_keys=tuple(keys), root_threshold=threshold)
 
 
-def _install(t: _Table, state_dir: Path) -> InstallConfig:
+def _unpack(t: _Table) -> UnpackLimits:
+    return UnpackLimits(
+        max_bytes=t.integer("max_bytes", 4 << 30, 1, MAX_PAYLOAD),
+        max_ratio=t.integer("max_ratio", 100, 1, 1_000_000),
+        max_members=t.integer("max_members", 50_000, 1, 10_000_000),
+        max_path_bytes=t.integer("max_path_bytes", 1024, 64, 4096),
+        max_depth=t.integer("max_depth", 32, 1, 1024),
+    )
+
+
+def _install(t: _Table, state_dir: Path, unpack: UnpackLimits) -> InstallConfig:
     handler = t.string("handler", "directory")
     if handler not in HANDLERS:
         raise t.fail("handler", f"must be one of {', '.join(HANDLERS)}")
@@ -361,6 +388,7 @@ def _install(t: _Table, state_dir: Path) -> InstallConfig:
         rollback=t.argv("rollback"),
         reboot=t.argv("reboot"),
         step_timeout_s=t.number("step_timeout_s", 3600.0, 1, 86400),
+        unpack=unpack,
     )
 
 
@@ -377,7 +405,7 @@ def parse_config(
     Raises:
         ConfigError: a field is missing, of the wrong type or out of range.
     """
-    known = {"device", "broker", "trust", "download", "install", "health", "policy"}
+    known = {"device", "broker", "trust", "download", "install", "unpack", "health", "policy"}
     for name in raw:
         if name not in known:
             raise ConfigError(f"{source}: [{name}]: unknown table")
@@ -413,7 +441,7 @@ def parse_config(
         progress_interval_s=t.number("progress_interval_s", 5.0, 0.1, 3600),
         chunk_bytes=t.integer("chunk_bytes", 65536, 1024, 16 << 20),
     )
-    install = _install(section("install"), device.state_dir)
+    install = _install(section("install"), device.state_dir, _unpack(section("unpack")))
     h = section("health")
     health = HealthConfig(
         command=h.argv("command"),
@@ -458,4 +486,19 @@ def load_config(path: Path) -> DeviceConfig:
         raise ConfigError(f"{path.name}: not valid TOML: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path.name}: not UTF-8 text") from None
-    return parse_config(raw, source=path.name, base=path.resolve().parent)
+    config = parse_config(raw, source=path.name, base=path.resolve().parent)
+    _check_secrets(path, raw, config)
+    return config
+
+
+def _check_secrets(path: Path, raw: Mapping[str, Any], config: DeviceConfig) -> None:
+    """Refuse, as ssh does, secrets that other users on the device may read: a config file
+    holding the broker password, or the TLS client key."""
+    broker = raw.get("broker")
+    try:
+        if isinstance(broker, Mapping) and broker.get("password") is not None:
+            check_private(path, "device config (it holds the broker password)")
+        if config.broker.key_file is not None and config.broker.key_file.exists():
+            check_private(config.broker.key_file, "TLS client key")
+    except ExposedSecretError as e:
+        raise ConfigError(str(e)) from None

@@ -6,13 +6,13 @@ renewed on every connect, which also makes the broker resend retained notices an
 (the trust driver ignores the duplicates). The last will is a retained offline presence.
 Reconnection never gives up: jittered exponential backoff, capped.
 
-aiomqtt is used only in this module.
+aiomqtt is used only in this module, through its public API (paho's ``Properties`` is the type
+it takes for CONNECT properties such as the session expiry).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -132,21 +132,37 @@ class MqttSession:
             if (repeat := self._outbox.repeat_on_connect()) is not None:
                 await client.publish(repeat.topic, repeat.payload, qos=1)
             self.connected.set()
-            sender = asyncio.create_task(self._send_outbox(client))
-            try:
-                async for message in client.messages:
-                    payload = message.payload
-                    if isinstance(payload, bytes | bytearray):
-                        await self._on_message(message.topic.value, bytes(payload))
-            finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await sender
+            await self._serve(client)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Hand messages over one at a time until the connection fails, or a report is not
+        acknowledged: then raise, and leaving ``async with`` closes the connection."""
+        unacked = asyncio.Event()
+        sender = asyncio.create_task(self._send_outbox(client, unacked))
+        gave_up = asyncio.create_task(unacked.wait())
+        messages = aiter(client.messages)
+        nxt: asyncio.Future[aiomqtt.Message] | None = None
+        try:
+            while True:
+                # Racing the next message, never the handler: a message in hand is finished.
+                nxt = asyncio.ensure_future(anext(messages))
+                await asyncio.wait({nxt, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    raise aiomqtt.MqttError("a report was not acknowledged; reconnecting")
+                message = nxt.result()
+                payload = message.payload
+                if isinstance(payload, bytes | bytearray):
+                    await self._on_message(message.topic.value, bytes(payload))
+        finally:
+            tasks = [t for t in (sender, gave_up, nxt) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _addr(self) -> tuple[str, int]:
         return self._broker.host, self._broker.port
 
-    async def _send_outbox(self, client: aiomqtt.Client) -> None:
+    async def _send_outbox(self, client: aiomqtt.Client, unacked: asyncio.Event) -> None:
         # One report at a time, each waiting for its PUBACK: strict order, nothing lost.
         while True:
             entry = await self._outbox.wait_ready()
@@ -154,9 +170,7 @@ class MqttSession:
                 await client.publish(entry.topic, entry.payload, qos=1)
             except aiomqtt.MqttError as e:
                 logger.info("%s: report %d not acknowledged: %s", self._client_id, entry.counter, e)
-                # Let the connection loop notice the broken connection and reconnect.
-                with contextlib.suppress(Exception):
-                    client._client.disconnect()  # paho's own: aiomqtt has no API for it
+                unacked.set()  # the receive loop ends the connection, and run() reconnects
                 return
             self._outbox.acknowledge(entry.counter)
             self._on_acked(entry.counter)

@@ -20,7 +20,7 @@ import msgpack
 
 from device_client.outbox import Outbox
 from device_client.states import Job
-from fleetpush_protocol.atomic import atomic_write
+from fleetpush_protocol.atomic import atomic_write, make_private_dir
 from fleetpush_protocol.messages import Release
 
 __all__ = ["SCHEMA", "AgentState", "StateStore"]
@@ -128,7 +128,7 @@ class StateStore:
         A corrupt file (which atomic writes make unlikely: a disk fault or a hand edit) is
         moved aside and the device starts fresh, rather than never updating again.
         """
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.dir)
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:

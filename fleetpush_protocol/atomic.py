@@ -1,4 +1,5 @@
-"""Crash-safe file writes: temp file in the same folder, fsync, rename, fsync the folder."""
+"""Crash-safe file writes (temp file in the same folder, fsync, rename, fsync the folder),
+and private files and folders for secrets (0600 in 0700, whatever the umask)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = [
+    "PRIVATE_DIR_MODE",
+    "SECRET_FILE_MODE",
+    "ExposedSecretError",
+    "atomic_write",
+    "check_private",
+    "fsync_dir",
+    "make_private_dir",
+    "write_secret",
+]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -45,3 +55,68 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+# --- private files and folders ----------------------------------------------------------
+# Secrets (keys, passwords, the database holding signed URLs) live in 0700 folders as 0600
+# files. The modes are set explicitly (mkdir then chmod, fchmod on the open file) because a
+# umask of 000 would otherwise leave them world-readable or world-writable.
+
+PRIVATE_DIR_MODE = 0o700
+SECRET_FILE_MODE = 0o600
+
+
+class ExposedSecretError(PermissionError):
+    """A secret file is readable or writable by group or others; the message says what to
+    chmod. A ``PermissionError``, so commands that report ``OSError`` already show it."""
+
+    def __init__(self, path: Path, what: str, mode: int) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"{what} {path} is accessible by group or others (mode {mode:04o}); "
+            f"it holds a secret: run 'chmod 600 {path}'"
+        )
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` and any missing parents with mode 0700, whatever the umask.
+
+    An existing folder keeps its mode: the operator may have made it group-readable on
+    purpose (deploy/README.md gives the broker folder to Mosquitto's group).
+    """
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, PRIVATE_DIR_MODE)
+        except FileExistsError:  # created meanwhile by another process: keep its mode
+            continue
+        os.chmod(folder, PRIVATE_DIR_MODE)
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a folder")
+    return path
+
+
+def write_secret(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """``atomic_write`` with mode 0600, in a folder created 0700 if it is missing."""
+    path = Path(path)
+    make_private_dir(path.parent)
+    atomic_write(path, data, mode=SECRET_FILE_MODE, durable=durable)
+
+
+def check_private(path: Path, what: str) -> None:
+    """Refuse a secret file that group or others may read or write, as ssh does.
+
+    Raises:
+        ExposedSecretError: the file's mode has any group or other bit set.
+        OSError: the file cannot be examined (e.g. it does not exist).
+    """
+    mode = os.stat(path).st_mode & 0o7777
+    if mode & 0o077:
+        raise ExposedSecretError(Path(path), what, mode)

@@ -13,7 +13,7 @@ from nacl.bindings import crypto_sign_BYTES, crypto_sign_open, crypto_sign_PUBLI
 from nacl.exceptions import BadSignatureError as _NaclBadSignature
 from nacl.signing import SigningKey
 
-from fleetpush_protocol.atomic import atomic_write
+from fleetpush_protocol.atomic import atomic_write, check_private
 
 __all__ = ["KeyPair", "load_public_key", "verify_signature"]
 
@@ -36,6 +36,13 @@ class KeyPair:
 
     @classmethod
     def load(cls, path: Path) -> KeyPair:
+        """Read a key written by ``save``.
+
+        Raises:
+            ExposedSecretError: group or others may read the file (as ssh, refuse it).
+            ValueError: the file does not hold a key.
+        """
+        check_private(path, "private key")
         text = path.read_text().strip()
         try:
             return cls.from_seed(bytes.fromhex(text))

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from fleetpush_protocol.atomic import make_private_dir
 from fleetpush_protocol.topics import DEFAULT_PREFIX, Topics
 from orchestrator.broker import (
     MosquittoBroker,
@@ -113,7 +114,7 @@ def run_command(  # noqa: PLR0917 - click passes options as parameters
 def server_cert_command(data_dir: Path, names: tuple[str, ...], out: Path) -> None:
     """Issue the broker's TLS certificate from the fleet CA (for a real install)."""
     ca = broker_for_data_dir(data_dir).ca
-    out.mkdir(parents=True, exist_ok=True)
+    make_private_dir(out)
     ca.issue_server(names).write(out / "server.pem", out / "server.key")
     click.echo(f"wrote {out / 'server.pem'} and {out / 'server.key'}; CA: {ca.cert_path}")
 

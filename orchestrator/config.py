@@ -9,6 +9,8 @@ Example::
     public_url = "http://updates.example.net:8080"   # what devices use to fetch payloads
     # payload_base_url = "https://cdn.example.net/payloads"  # serve payloads elsewhere
     url_ttl = "24h"
+    max_upload_bytes = 4294967296        # release uploads, streamed to disk
+    max_json_bytes = 1048576             # every JSON request body; larger is a 413
 
     [mqtt]
     url = "mqtt://127.0.0.1:1883"
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from fleetpush_protocol.atomic import ExposedSecretError, check_private
 from fleetpush_protocol.topics import Topics
 from orchestrator.units import parse_duration
 
@@ -70,7 +73,8 @@ class HttpConfig:
     public_url: str = ""  # base URL devices fetch payloads from; default http://host:port
     payload_base_url: str = ""  # external server (nginx, CDN); notices carry {base}/{sha256}
     url_ttl_s: float = 86400.0  # seconds a signed payload URL stays valid
-    max_upload_bytes: int = 4 * 2**30  # bytes
+    max_upload_bytes: int = 4 * 2**30  # bytes; the release upload, streamed to disk
+    max_json_bytes: int = 2**20  # bytes; any JSON request body (read into memory)
 
     @property
     def base_url(self) -> str:
@@ -218,7 +222,10 @@ def _mqtt(t: _Table, base: Path) -> MqttConfig:
     pw_file = t.text("password_file", "")
     if pw_file:
         try:
+            check_private(base / pw_file, "MQTT password file")
             password = (base / pw_file).read_text().strip()
+        except ExposedSecretError as e:
+            raise ConfigError(f"{t.name('password_file')}: {e}") from None
         except OSError as e:
             raise ConfigError(f"{t.name('password_file')}: cannot read ({e.strerror})") from None
     prefix = t.text("topic_prefix", "fleetpush")
@@ -260,6 +267,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         payload_base_url=_http_url(h.text("payload_base_url", ""), h.name("payload_base_url")),
         url_ttl_s=h.duration("url_ttl", 86400.0, 60.0, 90 * 86400.0),
         max_upload_bytes=h.integer("max_upload_bytes", 4 * 2**30, 1, 2**48),
+        max_json_bytes=h.integer("max_json_bytes", 2**20, 1024, 64 * 2**20),
     )
     m = top.sub("mqtt")
     mqtt = _mqtt(m, base)
@@ -307,4 +315,11 @@ def load_config(path: Path) -> OrchestratorConfig:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    return parse_config(data, path.parent)
+    config = parse_config(data, path.parent)
+    mqtt = data.get("mqtt")
+    if isinstance(mqtt, dict) and mqtt.get("password"):
+        try:
+            check_private(path, "config (it holds mqtt.password)")
+        except ExposedSecretError as e:
+            raise ConfigError(str(e)) from None
+    return config

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetpush_protocol.atomic import atomic_write
+from fleetpush_protocol.atomic import atomic_write, make_private_dir
 from fleetpush_protocol.envelope import sign_message
 from fleetpush_protocol.errors import ContentError
 from fleetpush_protocol.keys import KeyPair
@@ -135,14 +135,14 @@ class KeyStore:
 
     def _new_signing_key(self, now: int, validity_s: int) -> SigningKeyInfo:
         key = KeyPair.generate()
-        self._signing.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self._signing)
         key.save(self._signing / f"{key.public_key.hex()}.key")
         return SigningKeyInfo(public_key=key.public_key, not_before=now - 60,
                               not_after=now + validity_s)  # fmt: skip
 
     def _write_ring(self, ring: Keyring, signers: list[KeyPair]) -> bytes:
         blob = sign_message(ring, signers)
-        self._rings.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self._rings)
         atomic_write(self._rings / f"{ring.version}.bin", blob)
         logger.info("wrote keyring v%d", ring.version)
         return blob
@@ -159,11 +159,11 @@ class KeyStore:
             raise KeyStoreError(f"{self.folder} already holds keys; use 'fleetpush keys rotate'")
         if not 1 <= threshold <= roots <= 16:
             raise KeyStoreError("need 1 <= threshold <= roots <= 16")
-        root_out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(root_out)
         root_keys = [KeyPair.generate() for _ in range(roots)]
         for i, key in enumerate(root_keys, start=1):
             key.save(root_out / f"root-{i}-{key.public_key.hex()[:16]}.key")
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.folder)
         anchor = {"keys": [k.public_key.hex() for k in root_keys], "threshold": threshold}
         atomic_write(self.folder / "root.json", json.dumps(anchor, indent=2).encode() + b"\n")
         info = self._new_signing_key(now, validity_s)
@@ -224,7 +224,7 @@ class KeyStore:
         old_signers = self._check_roots(ring, root_keys)
         if not 1 <= threshold <= roots <= 16:
             raise KeyStoreError("need 1 <= threshold <= roots <= 16")
-        root_out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(root_out)
         new_roots = [KeyPair.generate() for _ in range(roots)]
         for i, key in enumerate(new_roots, start=1):
             key.save(root_out / f"root-v{ring.version + 1}-{i}-{key.public_key.hex()[:16]}.key")

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlencode
 
-from fleetpush_protocol.atomic import atomic_write, fsync_dir
+from fleetpush_protocol.atomic import check_private, fsync_dir, make_private_dir, write_secret
 
 __all__ = ["PayloadStore", "TooLargeError", "UrlSigner"]
 
@@ -65,7 +65,7 @@ class PayloadStore:
         Raises:
             TooLargeError: more than ``max_bytes`` arrived; nothing is kept.
         """
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.folder)
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".upload.", suffix=".tmp")
         digest = hashlib.sha256()
         size = 0
@@ -95,7 +95,7 @@ class PayloadStore:
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(final.parent)
     os.replace(tmp, final)
     fsync_dir(final.parent)
 
@@ -114,10 +114,15 @@ class UrlSigner:
 
     @classmethod
     def from_file(cls, path: Path) -> UrlSigner:
-        """Load the secret, creating it (mode 0600) on first use."""
+        """Load the secret, creating it (mode 0600) on first use.
+
+        Raises:
+            ExposedSecretError: group or others may read it: anyone who can could sign
+                download URLs for every payload.
+        """
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, secrets.token_bytes(32).hex().encode(), mode=0o600)
+            write_secret(path, secrets.token_bytes(32).hex().encode())
+        check_private(path, "URL signing key")
         return cls(bytes.fromhex(path.read_text().strip()))
 
     def _mac(self, sha256_hex: str, expires: int) -> str:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fleetpush_protocol.atomic import atomic_write
+from fleetpush_protocol.atomic import atomic_write, check_private, make_private_dir
 
 __all__ = ["CA_CERT", "CA_KEY", "CRL", "FleetCA", "IssuedCert"]
 
@@ -104,7 +104,7 @@ class FleetCA:
         directory = Path(directory)
         if (directory / CA_KEY).exists():
             raise FileExistsError(f"{directory / CA_KEY} exists; load it instead")
-        directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(directory)
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = _now()
@@ -147,6 +147,7 @@ class FleetCA:
         """Load the CA kept in ``directory``."""
         directory = Path(directory)
         cert = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
+        check_private(directory / CA_KEY, "fleet CA key")
         key = serialization.load_pem_private_key((directory / CA_KEY).read_bytes(), None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise TypeError(f"{directory / CA_KEY}: not an EC private key")

@@ -23,14 +23,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from fleetpush_protocol.atomic import atomic_write
+from fleetpush_protocol.atomic import atomic_write, make_private_dir
 from fleetpush_protocol.fields import check_name
 from fleetpush_protocol.keys import load_public_key
 from fleetpush_protocol.topics import Topics
@@ -255,7 +254,7 @@ class Provisioner:
                 raise FileExistsError(f"device {device_id} is already provisioned")
             self.broker.revoke(device_id)
         bundle = Path(bundle_dir) if bundle_dir else self.broker.workdir / "provisioned" / device_id
-        bundle.mkdir(parents=True, exist_ok=True)
+        make_private_dir(bundle)
 
         def where(name: str) -> str:
             return f"{config_dir.rstrip('/')}/{name}" if config_dir else name
@@ -274,7 +273,7 @@ class Provisioner:
             password = self.broker.add_device(device_id, groups)
             creds |= {"username": device_id, "password": password}
         if url.startswith("mqtts://"):
-            shutil.copyfile(self.server_ca_file, bundle / "ca.pem")
+            atomic_write(bundle / "ca.pem", Path(self.server_ca_file).read_bytes(), mode=0o644)
             creds["ca_file"] = where("ca.pem")
         self.broker.set_model(device_id, model)
         unconfirmed: ReloadError | None = None

@@ -9,6 +9,7 @@ import signal
 
 from aiohttp import web
 
+from fleetpush_protocol.atomic import make_private_dir
 from orchestrator.api import ApiContext, build_app
 from orchestrator.auth import TokenAuth, load_tokens_file
 from orchestrator.clock import Clock, SystemClock
@@ -65,7 +66,7 @@ class Orchestrator:
         """
         cfg = self.config
         loop = asyncio.get_running_loop()
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(cfg.data_dir)
 
         def open_store() -> Store:
             store = SQLiteStore(cfg.db_path)

@@ -69,9 +69,7 @@ class PayloadServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -335,6 +333,7 @@ def write_config(
         lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None]
         lines.append("")
     path.write_text("\n".join(lines))
+    path.chmod(0o600)  # it holds the broker password: the agent refuses it otherwise
     return path
 
 

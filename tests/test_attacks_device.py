@@ -17,6 +17,10 @@ notice (test_replayed_old_notice_is_rejected), another device's id
 (test_tampered_payload_fails_with_hash_mismatch) and an endless stream of the right
 bytes (test_endless_data_stops_at_signed_size). Verifier-level rows for every error code
 are in tests/test_protocol_attacks.py.
+
+The hostile-payload rows (issue 12) are signed by the operator's own key: a payload built
+by a compromised pipeline, or signed with a stolen key, must still stay inside its slot
+and within the ``[unpack]`` limits (table-driven unit rows: tests/test_device_archive.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from archive_helpers import (
+    gzip_bomb,
+    link,
+    many_entries,
+    regular,
+    sparse_tar,
+    symlink_chain,
+    tar_of,
+)
 from device_helpers import PayloadServer, ReportCollector, Signer, publish, wait_for
 from fault_helpers import DeviceRig, release_tar
 from msgspec.structs import replace
@@ -254,6 +267,18 @@ async def stale_retained_after_restart(c: Ctx) -> str:
     return c.genuine.notice_id
 
 
+def hostile_payload(payload: bytes) -> Callable[[Ctx], Awaitable[str]]:
+    """A genuinely signed notice for a payload built to escape or exhaust the slot."""
+
+    async def run(c: Ctx) -> str:
+        url = c.server.add("hostile.tar", payload)
+        notice, data = c.signer.notice(DEV, payload, [url], version="2.0.0", topics=c.topics)
+        await publish(c.rig.broker, c.notice_topic, data)
+        return notice.notice_id
+
+    return run
+
+
 async def duplicate_qos1(c: Ctx) -> str:
     """The genuine notice delivered again (QoS 1 redelivery): ignored, no report."""
     for _ in range(3):
@@ -268,6 +293,7 @@ class Attack:
     state: str | None  # expected report state for the attack's notice (None: no report)
     code: str | None
     download_config: dict[str, Any] = field(default_factory=dict)
+    unpack_config: dict[str, Any] = field(default_factory=dict)
     installed: str = f"slot-n-{DEV}-1"  # where `current` must point afterwards
     version: str = "1.0.0"
 
@@ -312,6 +338,29 @@ ATTACKS: dict[str, Attack] = {
         version="2.0.0",
     ),
     "duplicate QoS 1 delivery": Attack(duplicate_qos1, None, None),
+    "payload: symlink chain built by member order": Attack(
+        hostile_payload(symlink_chain(("t", "dirs", "s"))), "failed", "payload_invalid"
+    ),
+    "payload: gzip bomb, 1 MB to 1 GiB": Attack(
+        hostile_payload(gzip_bomb(1 << 30)), "failed", "payload_invalid"
+    ),
+    "payload: sparse file of 1 TiB": Attack(
+        hostile_payload(sparse_tar(1 << 40)), "failed", "payload_invalid"
+    ),
+    "payload: more members than max_members": Attack(
+        hostile_payload(many_entries(60)),
+        "failed",
+        "payload_invalid",
+        unpack_config={"max_members": 50},
+    ),
+    "payload: hard link to a missing member": Attack(
+        hostile_payload(tar_of([regular("app/a"), link("app/h", "app/gone", b"1")])),
+        "failed",
+        "payload_invalid",
+    ),
+    "payload: control characters in a name": Attack(
+        hostile_payload(tar_of([regular("app/VERSION\n\x1b[2Jok")])), "failed", "payload_invalid"
+    ),
 }
 
 
@@ -321,7 +370,10 @@ async def test_attack_installs_nothing(
 ) -> None:
     attack = ATTACKS[name]
     signer = Signer()
-    rig = DeviceRig(tmp_path, broker, topics, signer, sections={"download": attack.download_config})
+    sections = {"download": attack.download_config}
+    if attack.unpack_config:
+        sections["unpack"] = attack.unpack_config
+    rig = DeviceRig(tmp_path, broker, topics, signer, sections=sections)
     rig.provision()
     async with ReportCollector(broker, topics) as reports:
         await publish(broker, topics.keyring(1), signer.keyring(1))

@@ -56,6 +56,8 @@ DEVICE_CASES: dict[str, BadDevice] = {
     "unknown handler": BadDevice({"install": {"handler": "magic"}}, "handler"),
     "health command a string": BadDevice({"health": {"command": "/bin/true"}}, "command"),
     "bad window": BadDevice({"policy": {"maintenance_windows": ["25:00-26:00"]}}, "windows"),
+    "unpack members zero": BadDevice({"unpack": {"max_members": 0}}, "[unpack] max_members"),
+    "unpack ratio a string": BadDevice({"unpack": {"max_ratio": "10x"}}, "[unpack] max_ratio"),
     "unknown setting": BadDevice({"download": {"max_payload": 5}}, "max_payload"),
     "unknown table": BadDevice({"extras": {"x": 1}}, "extras"),
 }

@@ -203,7 +203,7 @@ def test_oversized_message_is_refused(
 ) -> None:
     a = _device(broker, connect, "dev-a")
     a.subscribe(topics.device_notice("dev-a"))
-    orch.client.publish(topics.device_notice("dev-a"), b"x" * 70_000, qos=1)
+    orch.publish_nowait(topics.device_notice("dev-a"), b"x" * 70_000)
     assert orch.disconnected.wait(5)  # max_packet_size: the broker drops the sender
     assert a.drain() == []
 

@@ -69,6 +69,7 @@ def test_full_example_from_docs_parses(tmp_path: Path) -> None:
     example = example.replace('password_file = "/etc/fleetpush/password"', 'password = "x"')
     path = tmp_path / "device.toml"
     path.write_text(example)
+    path.chmod(0o600)
     c = load_config(path)
     assert c.device.id == "dev-001"
     assert c.policy.maintenance_windows == (Window(120, 240),)
@@ -128,6 +129,7 @@ def test_missing_table_and_bad_toml(tmp_path: Path) -> None:
 
 def test_password_file_relative_to_config(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "pw").chmod(0o600)
     raw = with_({"broker": {"password_file": "pw"}})
     del raw["broker"]["password"]
     c = parse_config(raw, base=tmp_path)

@@ -5,117 +5,40 @@
         .tmp-slot-<notice id>/  a slot being unpacked (removed on failure or at the next start)
         current -> slot-...     a relative symlink, replaced atomically (symlink + rename)
 
-Unpacking refuses any member that could write outside the slot: absolute names, ``..``,
-symlinks or hard links pointing out, devices and FIFOs (``check_member``), and extraction
-also runs Python's ``data`` tar filter, which checks the real paths on disk. The slot is
-renamed into place only when complete, and ``current`` switches only to a complete slot,
-so ``current`` never points at a half-applied release. The previous slot is kept for
-rollback (as snap keeps revisions); older ones are removed once the new one is healthy.
+Unpacking (``extract.unpack``) first checks the whole member list (``archive.py``): no
+name or link target may ever lead outside the slot, whatever the member order, and the
+payload must stay within ``[unpack]``'s limits; only then does it write, never through a
+link. The slot is renamed into place only when complete, and ``current`` switches only to
+a complete slot, so ``current`` never points at a half-applied release. The previous slot
+is kept for rollback (as snap keeps revisions); older ones go once the new one is healthy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
-import posixpath
 import shutil
-import tarfile
 from pathlib import Path
 
 from device_client.config import InstallConfig
 from device_client.errors import UpdateError
+from device_client.handlers.archive import UnsafeMemberError, check_member
 from device_client.handlers.base import InstallOutcome, InstallRequest, StepOptions, run_step
+from device_client.handlers.extract import unpack
 from fleetpush_protocol.atomic import fsync_dir
 from fleetpush_protocol.messages import FailureCode
 
-__all__ = ["CURRENT", "DirectoryHandler", "UnsafeMemberError", "check_member", "switch_current"]
+__all__ = [
+    "CURRENT",
+    "DirectoryHandler",
+    "UnsafeMemberError",
+    "check_member",
+    "switch_current",
+    "unpack",
+]
 
 CURRENT = "current"
 TMP_PREFIX = ".tmp-"
-MAX_MEMBERS = 1_000_000
-
-
-class UnsafeMemberError(ValueError):
-    """A tar member that could escape the slot or is not a plain file, folder or link."""
-
-
-def _escapes(path: str) -> bool:
-    norm = posixpath.normpath(path)
-    return norm == ".." or norm.startswith("../") or posixpath.isabs(norm)
-
-
-def check_member(member: tarfile.TarInfo) -> None:
-    """Refuse a tar member whose extraction could reach outside the slot.
-
-    Raises:
-        UnsafeMemberError: naming the member and the reason.
-    """
-    name = member.name
-    if not name or "\x00" in name:
-        raise UnsafeMemberError(f"{name!r}: empty or NUL in name")
-    if posixpath.isabs(name) or name.startswith("\\"):
-        raise UnsafeMemberError(f"{name!r}: absolute path")
-    if ".." in Path(name).parts or _escapes(name):
-        raise UnsafeMemberError(f"{name!r}: '..' in path")
-    if member.ischr() or member.isblk() or member.isfifo():
-        raise UnsafeMemberError(f"{name!r}: device or FIFO")
-    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-        raise UnsafeMemberError(f"{name!r}: unsupported member type")
-    if member.issym():
-        target = member.linkname
-        if posixpath.isabs(target):
-            raise UnsafeMemberError(f"{name!r}: symlink to absolute path {target!r}")
-        if _escapes(posixpath.join(posixpath.dirname(name), target)):
-            raise UnsafeMemberError(f"{name!r}: symlink {target!r} points outside the slot")
-    if member.islnk():
-        target = member.linkname  # hard link targets are relative to the archive root
-        if posixpath.isabs(target) or _escapes(target):
-            raise UnsafeMemberError(f"{name!r}: hard link to {target!r} outside the slot")
-
-
-def _checked_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
-    members = []
-    for member in tar:
-        check_member(member)
-        members.append(member)
-        if len(members) > MAX_MEMBERS:
-            raise UnsafeMemberError(f"more than {MAX_MEMBERS} members")
-    return members
-
-
-def unpack(payload: Path, dest: Path) -> None:
-    """Unpack a (possibly compressed) tar into the new folder ``dest``.
-
-    Raises:
-        UpdateError: ``payload_invalid`` for a bad or unsafe archive, ``disk_full``.
-    """
-    dest.mkdir(mode=0o755)
-    try:
-        with tarfile.open(payload, "r:*") as tar:
-            members = _checked_members(tar)
-            tar.extractall(dest, members=members, filter="data")
-    except (UnsafeMemberError, tarfile.TarError) as e:
-        raise UpdateError(FailureCode.PAYLOAD_INVALID, f"payload refused: {e}") from e
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UpdateError(FailureCode.DISK_FULL, "no space left to unpack the payload") from e
-        raise UpdateError(FailureCode.INSTALL_FAILED, f"unpacking failed: {e.strerror}") from e
-    _sync_tree(dest)
-
-
-def _sync_tree(root: Path) -> None:
-    # The slot must be on disk before `current` may point at it.
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            if not os.path.islink(path):
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        fsync_dir(Path(folder))
 
 
 def switch_current(slots_dir: Path, slot: str | None) -> None:
@@ -175,7 +98,7 @@ class DirectoryHandler:
             if leftover.exists() and slot != self.current_slot():
                 await asyncio.to_thread(_remove, leftover)
         try:
-            await asyncio.to_thread(unpack, request.payload, tmp)
+            await asyncio.to_thread(unpack, request.payload, tmp, c.unpack)
         except BaseException:
             await asyncio.to_thread(_remove, tmp)
             raise

@@ -15,7 +15,9 @@ def build_app(context: ApiContext) -> web.Application:
     """The HTTP API (docs/openapi.yaml) over ``context``."""
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
-        client_max_size=context.config.http.max_upload_bytes,
+        # Bodies read whole (JSON) stop here; the upload streams to disk under its own
+        # limit (max_upload_bytes) and is not bound by this one.
+        client_max_size=context.config.http.max_json_bytes,
     )
     app[CTX] = context
     for module in (admin, devices, releases, rollouts):

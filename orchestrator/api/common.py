@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,15 +46,71 @@ def requires(role: str) -> Callable[[Handler], Handler]:
     return wrap
 
 
+# SQLite's INTEGER: a larger number would reach the store and fail there in Python's words.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
+class _Huge:
+    """An integer literal with more digits than any field takes: not converted at all (a
+    100,000-digit literal costs quadratic time in ``int``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _parse_int(text: str) -> int | _Huge:
+    return int(text) if len(text) <= 20 else _Huge(text)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ApiError(400, f"request body: {name} is not a JSON number")
+
+
+def _check_numbers(body: Any) -> None:
+    """Refuse integers outside 64 bits and non-finite numbers, naming the field."""
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+        elif isinstance(value, _Huge) or (
+            isinstance(value, int) and not isinstance(value, bool)
+            and not INT_MIN <= value <= INT_MAX
+        ):  # fmt: skip
+            text = value.text if isinstance(value, _Huge) else str(value)
+            shown = text if len(text) <= 40 else f"a {len(text.lstrip('-'))}-digit number"
+            small = text.startswith("-")
+            bound = f"too small (min {INT_MIN})" if small else f"too large (max {INT_MAX})"
+            raise ApiError(400, f"{path or 'body'}: {shown} is {bound}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ApiError(400, f"{path or 'body'}: the number is too large")
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, at most ``[http] max_json_bytes`` long (else 413).
+
+    A body announced larger is refused before any of it is read; a chunked one stops
+    being read at the limit.
+    """
+    limit = ctx(request).config.http.max_json_bytes
+    too_large = f"request body is larger than {limit} bytes (http.max_json_bytes)"
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, too_large)
     try:
-        body = await request.json()
+        text = await request.text()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, too_large) from None
+    try:
+        body = json.loads(text, parse_int=_parse_int, parse_constant=_refuse_constant)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "request body is not valid JSON") from None
     except RecursionError:  # json's C decoder recurses on nesting: "[[[[..." was a 500
         raise ApiError(400, "request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
+    _check_numbers(body)
     return body
 
 

@@ -55,10 +55,13 @@ async def upload(request: web.Request) -> web.Response:
     args = _pairs(q.getall("arg", []), "arg")
     meta = _pairs(q.getall("meta", []), "meta")
     c = ctx(request)
+    limit = c.config.http.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"payload is larger than {limit} bytes (http.max_upload_bytes)")
     try:
-        sha, size = await c.payloads.store_stream(
-            request.content.iter_chunked(1 << 20), c.config.http.max_upload_bytes
-        )
+        # Streamed to disk in 1 MiB chunks: never the whole payload in memory, and not
+        # bound by client_max_size (the JSON limit), which only applies to read().
+        sha, size = await c.payloads.store_stream(request.content.iter_chunked(1 << 20), limit)
     except TooLargeError as e:
         raise ApiError(413, str(e)) from None
     if size == 0:

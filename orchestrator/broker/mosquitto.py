@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from fleetpush_protocol.atomic import atomic_write
+from fleetpush_protocol.atomic import atomic_write, make_private_dir
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker.credentials import (
     DEVICE_ROLE,
@@ -99,7 +99,7 @@ class MosquittoBroker:
     ) -> None:
         self.clock = clock
         self.workdir = Path(workdir).resolve()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.workdir)
         self.topics = topics or Topics()
         self.host = host
         self.port = port or free_port(host)
@@ -203,7 +203,7 @@ class MosquittoBroker:
         BrokerUser(device_id, DEVICE_ROLE, tuple(groups))  # validate before issuing
         issued = self.ca.issue_client(device_id)
         folder = Path(directory) if directory is not None else self.workdir / "certs"
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(folder)
         cert_path, key_path = folder / f"{device_id}.pem", folder / f"{device_id}.key"
         issued.write(cert_path, key_path)
         with self.changing() as reg:
@@ -316,7 +316,7 @@ class MosquittoBroker:
             tls_port=self.tls_port,
             user=getpass.getuser(),
         )
-        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.workdir / "data")
         path = self.workdir / "mosquitto.conf"
         _write(path, text, 0o600)
         return path

@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fleetpush_protocol.atomic import atomic_write
+from fleetpush_protocol.atomic import atomic_write, make_private_dir
 from orchestrator.broker.credentials import DEVICE_ROLE, BrokerUser
 
 __all__ = ["FORMAT", "Identity", "IdentityRegistry", "Transient"]
@@ -130,14 +131,15 @@ class IdentityRegistry:
             "revoked_serials": [f"{s:x}" for s in sorted(self.revoked_serials)],
             "transient": [self.transient[k].to_json(k) for k in sorted(self.transient)],
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         atomic_write(self.path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o600)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[IdentityRegistry]:
         """Exclusive access: re-read, let the caller mutate, save."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with (self.path.parent / ".identities.lock").open("a") as lock:
+        make_private_dir(self.path.parent)
+        fd = os.open(self.path.parent / ".identities.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 self.load()

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from fleetpush_protocol.atomic import write_secret
 from fleetpush_protocol.topics import Topics
 from orchestrator.auth import hash_token, new_token
 from orchestrator.broker import MosquittoBroker, find_mosquitto, free_port
@@ -41,7 +42,7 @@ def write_orchestrator_files(
     """
     port = free_port()
     data = root / "orch"
-    (root / "mqtt.password").write_text(broker.orchestrator_password)
+    write_secret(root / "mqtt.password", broker.orchestrator_password.encode())
     (root / "orchestrator.toml").write_text(
         f'data_dir = "{data}"\n'
         f'[http]\nlisten = "127.0.0.1:{port}"\nurl_ttl = "1h"\n'

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fleetpush_protocol.atomic import SECRET_FILE_MODE, make_private_dir
 from fleetpush_protocol.messages import Inventory, Presence, Report
 from orchestrator.policy import (
     ACTIVE_ROLLOUT_STATES,
@@ -140,6 +142,34 @@ def _notice(row: sqlite3.Row) -> NoticeRecord:
     return NoticeRecord(*row)
 
 
+def _make_private_db(path: Path) -> None:
+    """Create the database file 0600 (in a 0700 folder) before SQLite opens it.
+
+    It holds signed payload URLs and token hashes. SQLite creates a missing file with
+    0666 minus the umask, and gives ``-wal``/``-shm`` the main file's mode: creating it
+    0600 first makes all three private whatever the umask. A file left group- or
+    world-accessible by an older version is tightened, with a warning.
+    """
+    make_private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, SECRET_FILE_MODE)
+    try:
+        loose = os.fstat(fd).st_mode & 0o077
+        if loose:
+            os.fchmod(fd, SECRET_FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        try:
+            if side.stat().st_mode & 0o077:
+                os.chmod(side, SECRET_FILE_MODE)
+                loose = 1
+        except FileNotFoundError:
+            continue
+    if loose:
+        logger.warning("%s was readable by group or others; made it 0600", path)
+
+
 class SQLiteStore:
     """Implements ``Store`` on one SQLite file in WAL mode.
 
@@ -150,7 +180,7 @@ class SQLiteStore:
     """
 
     def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_db(path)
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         self.db.execute("PRAGMA journal_mode=WAL")
