@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from browser_helpers import LAPTOP, Shots, chromium, sign_in, text
+from browser_helpers import LAPTOP, PHONE, Shots, chromium, no_horizontal_scroll, sign_in, text
 from dashboard_fleet import Fleet
 from device_helpers import make_tar
 
@@ -164,6 +164,11 @@ async def test_operator_uploads_edits_groups_previews_creates_and_watches(
     assert (last["succeeded"], last["failed"], last["pending"], last["in_flight"]) == (3, 1, 0, 0)
     assert detail["failure_groups"][0]["code"] == "health_check_failed"
     await shots.take(page, "rollout-completed", full_page=True)
+    # On a phone the rollout's page fits the screen's width, its chart too.
+    await page.set_viewport_size(PHONE)
+    assert await no_horizontal_scroll(page)
+    await shots.take(page, "phone-rollout", full_page=True)
+    await page.set_viewport_size(LAPTOP)
 
     # Take "canary" away again: the preview for "canary" now finds no device.
     await page.evaluate("location.hash = '#/devices/dev-01'")
@@ -175,6 +180,9 @@ async def test_operator_uploads_edits_groups_previews_creates_and_watches(
     await page.fill(f"{rform} [name=groups]", "canary")
     await preview(page)
     assert "matches no registered device" in await text(page, "[data-preview-box] .error")
+    await page.set_viewport_size(PHONE)
+    assert await no_horizontal_scroll(page)
+    await shots.take(page, "phone-new-rollout", full_page=True)
     assert page.js_errors == []
 
 

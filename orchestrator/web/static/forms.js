@@ -131,8 +131,8 @@ export function rolloutForm(onCreated) {
     devices: input("devices", "", { placeholder: "dev-001, dev-002" }),
     models: input("models", "", { placeholder: "(the release's)" }),
     phases: input("phases", "10, 50, 100"),
-    success_pct: input("success_pct", "95", { inputmode: "decimal" }),
-    soak_s: input("soak_s", "300", { inputmode: "decimal" }),
+    success_pct: input("success_pct", "100", { inputmode: "decimal" }), // the API's defaults
+    soak_s: input("soak_s", "0", { inputmode: "decimal" }),
     failure_pct: input("failure_pct", "20", { inputmode: "decimal" }),
     min_attempts: input("min_attempts", "5", { inputmode: "numeric" }),
     on_failure: h("select", { name: "on_failure" }, option("pause", "pause", "pause"), option("abort", "abort", "pause")),
