@@ -180,6 +180,7 @@ async def test_operator_uploads_edits_groups_previews_creates_and_watches(
     await page.fill(f"{rform} [name=groups]", "canary")
     await preview(page)
     assert "matches no registered device" in await text(page, "[data-preview-box] .error")
+    assert not await page.locator("[data-action=start]").is_enabled()
     await page.set_viewport_size(PHONE)
     assert await no_horizontal_scroll(page)
     await shots.take(page, "phone-new-rollout", full_page=True)

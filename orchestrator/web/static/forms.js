@@ -114,7 +114,7 @@ function previewTable(p) {
       h("td", { class: "error-cell list-cell", text: ph.devices.join(", ") || "—" }))), { class: "preview-phases" }),
     p.held.length ? h("div", { class: "card alert" }, h("strong", { text: `Held back (${p.held.length})` }),
       h("ul", {}, p.held.map((x) => h("li", { "data-held": x.device },
-        `${x.device} (phase ${x.phase}): `, x.reasons.map((r) => HELD[r] || r).join("; "),
+        `${x.device}${x.phase ? ` (phase ${x.phase})` : ""}: `, x.reasons.map((r) => HELD[r] || r).join("; "),
         x.rollout_id ? h("a", { href: `#/rollouts/${x.rollout_id}`, text: ` rollout #${x.rollout_id}` }) : null))))
       : h("p", { class: "muted small", text: "No device is held back." }));
 }
@@ -167,8 +167,13 @@ export function rolloutForm(onCreated) {
     try {
       const b = body();
       const p = await api("POST", "/v1/rollouts", { ...b, dry_run: true });
-      previewed = JSON.stringify(b);
       preview.classList.remove("stale");
+      if (!p.total && !b.continuous) {
+        start.disabled = true;
+        preview.replaceChildren(h("p", { class: "error", role: "alert", text: "The target matches no registered device." }));
+        return;
+      }
+      previewed = JSON.stringify(b);
       preview.replaceChildren(previewTable(p));
       forceRow.hidden = !p.held.some((x) => x.reasons.includes("other_rollout"));
       start.disabled = false;
