@@ -45,6 +45,7 @@ from fleetpush_protocol.topics import Topics
 from fleetpush_protocol.verify import DeviceIdentity, TrustedKeyring, VerifyPolicy
 from orchestrator.mqtt import codec
 from orchestrator.sim.fleet import provision_passwords
+from orchestrator.sim.release import make_tar
 from orchestrator.sim.stack import LocalStack
 
 STATES = [
@@ -245,7 +246,7 @@ async def run_load(n: int, *, within: float = 600) -> dict[str, Any]:
 
                 sampler = asyncio.create_task(sample())
                 rel = await _call(session, "POST", base + "/v1/releases", token,
-                                  data=b"load test payload",
+                                  data=make_tar({"app/VERSION": b"2.0\n"}),
                                   params={"name": "app", "version": "2.0",
                                           "handler": "directory"})  # fmt: skip
                 t0 = time.perf_counter()

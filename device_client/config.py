@@ -89,6 +89,7 @@ class BrokerConfig:
     keepalive_s: int  # seconds, 5..3600
     session_expiry_s: int  # seconds, 0..2**32-1
     topic_prefix: str
+    ack_timeout_s: float = 30.0  # seconds without a confirmation before reports are resent
 
     @property
     def topics(self) -> Topics:
@@ -340,6 +341,7 @@ def _broker(t: _Table) -> BrokerConfig:
         keepalive_s=t.integer("keepalive_s", 60, 5, 3600),
         session_expiry_s=t.integer("session_expiry_s", 604800, 0, 2**32 - 1),
         topic_prefix=prefix,
+        ack_timeout_s=t.number("ack_timeout_s", 30.0, 0.1, 3600.0),
     )
 
 

@@ -11,6 +11,7 @@ import click
 
 from fleetpush_protocol.keys import KeyPair
 from orchestrator.auth import ROLES, hash_token, new_token
+from orchestrator.cli_common import fmt_time, table
 from orchestrator.client import ApiClient, ApiClientError
 from orchestrator.config import ConfigError, OrchestratorConfig, load_config
 from orchestrator.keystore import KeyStore, KeyStoreError, describe
@@ -188,6 +189,31 @@ def tokens_create(config_path: Path, name: str, role: str, as_json: bool) -> Non
     finally:
         store.close()
     _print({"name": name, "role": role, "token": token}, as_json, token)
+
+
+@tokens.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def tokens_list(config_path: Path, as_json: bool) -> None:
+    """List tokens: name, role, when created, revoked or not (never the token itself)."""
+    cfg = load(config_path)
+    try:
+        store = open_store(cfg.database)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        found = store.list_tokens()
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        store.close()
+    data = {"tokens": [t.to_json() for t in found]}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    table(["name", "role", "created", "revoked"],
+          [[t.name, t.role, fmt_time(t.created_at), "yes" if t.revoked else "no"]
+           for t in found])  # fmt: skip
 
 
 @tokens.command("revoke")

@@ -12,10 +12,10 @@ Example::
     max_upload_bytes = 4294967296        # release uploads, streamed to disk
     max_json_bytes = 1048576             # every JSON request body; larger is a 413
 
-    [mqtt]
-    url = "mqtt://127.0.0.1:1883"
+    [mqtt]                               # omit: the broker `fleetpush broker run` recorded
+    url = "mqtt://127.0.0.1:1883"        #   in <data_dir>/broker/broker.json
     username = "fleetpush-orchestrator"
-    password_file = "/etc/fleetpush/mqtt.password"
+    password_file = "/var/lib/fleetpush/broker/orchestrator.secret"
     topic_prefix = "fleetpush"
 
     [keys]
@@ -38,6 +38,17 @@ Example::
     [ingest]
     batch_rows = 2000
     batch_interval = "100ms"
+    max_report_bytes = 8192              # larger reports are dropped and counted
+    max_unknown_bytes = 1024             # unknown fields a device message may carry
+    rate_per_device = 10.0               # messages per second per device, sustained
+    burst_per_device = 1000              # ... and at once (a backlog after an outage)
+    ack_interval = "5s"                  # stored reports are confirmed this often
+
+    [retention]
+    reports_per_device = 1000            # stored reports kept per device, newest first
+    max_report_age = "90d"
+    prune_every = "10m"
+    prune_batch = 2000                   # rows deleted per database call
 
     [rollouts]
     tick = "1s"
@@ -55,6 +66,7 @@ from urllib.parse import urlsplit
 
 from fleetpush_protocol.atomic import ExposedSecretError, check_private
 from fleetpush_protocol.topics import Topics
+from orchestrator.broker.info import INFO_FILE, read_info
 from orchestrator.units import parse_duration
 
 __all__ = [
@@ -65,6 +77,7 @@ __all__ = [
     "IngestConfig",
     "MqttConfig",
     "OrchestratorConfig",
+    "RetentionConfig",
     "RolloutConfig",
     "load_config",
     "parse_config",
@@ -98,6 +111,12 @@ class MqttConfig:
     password: str = field(default="", repr=False)
     topic_prefix: str = "fleetpush"
     keepalive_s: int = 30  # seconds
+    source: str = "settings"  # where host and login came from, said at start
+    missing: str = ""  # why no broker is configured: ``serve`` refuses to start with it
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
 
     @property
     def topics(self) -> Topics:
@@ -108,6 +127,19 @@ class MqttConfig:
 class IngestConfig:
     batch_rows: int = 2000  # rows per database transaction at most
     batch_interval_s: float = 0.1  # seconds a report may wait for its batch
+    max_report_bytes: int = 8192  # bytes; a maximal honest report is about 5.5 KiB
+    max_unknown_bytes: int = 1024  # bytes of unknown fields per device message
+    rate_per_device: float = 10.0  # messages per second per device, sustained
+    burst_per_device: int = 1000  # messages per device at once
+    ack_interval_s: float = 5.0  # seconds between two rounds of acks to devices
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    reports_per_device: int = 1000  # stored reports kept per device (the newest)
+    max_report_age_s: float = 90 * 86400.0  # seconds; older stored reports are deleted
+    prune_every_s: float = 600.0  # seconds between two pruning passes
+    prune_batch: int = 2000  # rows deleted per database call, so ingestion interleaves
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +189,7 @@ class OrchestratorConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     # The device registry provisioning writes (groups and model); None: the broker state
@@ -228,6 +261,15 @@ class _Table:
             raise ConfigError(f"{self.name(key)}: expected an integer in {low}..{high}")
         return value
 
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.get(key)
+        if value is None:
+            return default
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not low <= value <= high:
+            raise ConfigError(f"{self.name(key)}: expected a number in {low}..{high}")
+        return float(value)
+
     def duration(self, key: str, default: float, low: float, high: float) -> float:
         value = self.get(key)
         if value is None:
@@ -279,23 +321,76 @@ def _password_file(t: _Table, base: Path, what: str) -> str:
         raise ConfigError(f"{t.name('password_file')}: cannot read ({e.strerror})") from None
 
 
-def _mqtt(t: _Table, base: Path) -> MqttConfig:
-    url = urlsplit(t.text("url", "mqtt://127.0.0.1:1883"))
+def _mqtt(t: _Table, base: Path, data_dir: Path) -> MqttConfig:
+    url_text = t.text("url", "")
+    prefix = t.text("topic_prefix", "")
+    try:
+        Topics(prefix or "fleetpush")
+    except ValueError as e:
+        raise ConfigError(f"{t.name('topic_prefix')}: {e}") from None
+    keepalive = t.integer("keepalive", 30, 5, 3600)
+    if not url_text:
+        for key in ("username", "password", "password_file"):
+            if t.get(key) is not None:
+                raise ConfigError(f"{t.name(key)}: give it with {t.name('url')}, or neither")
+        return _recorded_broker(data_dir, prefix, keepalive)
+    url = urlsplit(url_text)
     if url.scheme != "mqtt" or not url.hostname:
         raise ConfigError(f"{t.name('url')}: expected mqtt://host:port")
     password = _password_file(t, base, "MQTT password file") or t.text("password", "")
-    prefix = t.text("topic_prefix", "fleetpush")
-    try:
-        Topics(prefix)
-    except ValueError as e:
-        raise ConfigError(f"{t.name('topic_prefix')}: {e}") from None
     return MqttConfig(
         host=url.hostname,
         port=url.port or 1883,
         username=t.text("username", "fleetpush-orchestrator"),
         password=password,
-        topic_prefix=prefix,
-        keepalive_s=t.integer("keepalive", 30, 5, 3600),
+        topic_prefix=prefix or "fleetpush",
+        keepalive_s=keepalive,
+        source=f"{t.name('url')} in the configuration",
+    )
+
+
+def _recorded_broker(data_dir: Path, prefix: str, keepalive: int) -> MqttConfig:
+    """The broker ``fleetpush broker run`` recorded in ``<data_dir>/broker``.
+
+    Never a guess: with nothing recorded, the result says so (``missing``), and ``serve``
+    refuses to start rather than log in to whatever listens on a default port.
+    """
+    workdir = data_dir / "broker"
+    try:
+        info = read_info(workdir)
+    except ValueError as e:
+        raise ConfigError(f"mqtt: {e}") from None
+    if info is None:
+        return MqttConfig(
+            source="",
+            missing=(
+                f"no broker configured: orchestrator.toml has no [mqtt] url and "
+                f"{workdir / INFO_FILE} does not exist. Start the broker first with "
+                f"`fleetpush broker run --data {data_dir}` (it records its ports there), "
+                "or set [mqtt] url, username and password_file"
+            ),
+        )
+    if prefix and prefix != info.topic_prefix:
+        raise ConfigError(
+            f"mqtt.topic_prefix: {prefix!r}, but the broker in {workdir} uses {info.topic_prefix!r}"
+        )
+    try:
+        check_private(info.password_file, "MQTT password file")
+        password = info.password_file.read_text().strip()
+    except ExposedSecretError as e:
+        raise ConfigError(f"mqtt (from {workdir / INFO_FILE}): {e}") from None
+    except OSError as e:
+        raise ConfigError(
+            f"{info.password_file}: cannot read the orchestrator's broker password ({e.strerror})"
+        ) from None
+    return MqttConfig(
+        host=info.connect_host,
+        port=info.port,
+        username=info.orchestrator_user,
+        password=password,
+        topic_prefix=info.topic_prefix,
+        keepalive_s=keepalive,
+        source=str(workdir / INFO_FILE),
     )
 
 
@@ -357,13 +452,25 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         max_json_bytes=h.integer("max_json_bytes", 2**20, 1024, 64 * 2**20),
     )
     m = top.sub("mqtt")
-    mqtt = _mqtt(m, base)
+    mqtt = _mqtt(m, base, data_dir)
     k = top.sub("keys")
     keys_dir = (base / k.text("dir", str(data_dir / "keys"))).resolve()
     i = top.sub("ingest")
     ingest = IngestConfig(
         batch_rows=i.integer("batch_rows", 2000, 1, 100_000),
         batch_interval_s=i.duration("batch_interval", 0.1, 0.001, 10.0),
+        max_report_bytes=i.integer("max_report_bytes", 8192, 1024, 65536),
+        max_unknown_bytes=i.integer("max_unknown_bytes", 1024, 0, 65536),
+        rate_per_device=i.number("rate_per_device", 10.0, 0.01, 100_000.0),
+        burst_per_device=i.integer("burst_per_device", 1000, 1, 1_000_000),
+        ack_interval_s=i.duration("ack_interval", 5.0, 0.01, 60.0),
+    )
+    t = top.sub("retention")
+    retention = RetentionConfig(
+        reports_per_device=t.integer("reports_per_device", 1000, 10, 10_000_000),
+        max_report_age_s=t.duration("max_report_age", 90 * 86400.0, 3600.0, 3650 * 86400.0),
+        prune_every_s=t.duration("prune_every", 600.0, 1.0, 86400.0),
+        prune_batch=t.integer("prune_batch", 2000, 100, 100_000),
     )
     r = top.sub("rollouts")
     rollouts = RolloutConfig(
@@ -378,7 +485,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     registry_file = g.text("file", "")
     d = top.sub("database")
     database = _database(d, base, data_dir)
-    for table in (h, m, k, i, r, a, g, d, top):
+    for table in (h, m, k, i, t, r, a, g, d, top):
         table.check_unknown()
     return OrchestratorConfig(
         data_dir=data_dir,
@@ -386,6 +493,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         http=http,
         mqtt=mqtt,
         ingest=ingest,
+        retention=retention,
         rollouts=rollouts,
         auth=auth,
         registry_file=(base / registry_file).resolve() if registry_file else None,
@@ -401,6 +509,12 @@ def load_config(path: Path) -> OrchestratorConfig:
     """
     try:
         data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file. Write one (docs/orchestrator.md has a sample; "
+            "`fleetpush quickstart init DIR` writes a complete one-machine installation) "
+            "or point --config / FLEETPUSH_CONFIG at yours"
+        ) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:

@@ -53,7 +53,10 @@ FAST = {
     "download": {
         "max_attempts": 20, "read_timeout_s": 2, "connect_timeout_s": 1,
         "bandwidth_bytes_per_s": 200_000,
-    }
+    },
+    # Reports stored by an orchestrator killed before its next ack round are confirmed
+    # only when the device resends them: after this timeout rather than the default 30 s.
+    "broker": {"ack_timeout_s": 2},
 }  # fmt: skip
 
 

@@ -204,7 +204,14 @@ async def test_continuous_rollout_takes_in_devices_that_join_later(setup: Setup)
     # A newer continuous rollout on the same group: it updates the members now, and a
     # device that joins later goes to it alone.
     rel2 = await s.api.upload("app", "6.1")
-    r2 = await s.api.rollout(rel2["id"], target={"groups": ["lobby"]}, continuous=True)
+    # The first rollout still holds them: refused without force, naming it.
+    held = await s.api.call(
+        "POST", "/v1/rollouts", expect=409,
+        json={"release": rel2["id"], "target": {"groups": ["lobby"]}, "continuous": True},
+    )  # fmt: skip
+    assert held["rollouts"] == [r["id"]], held
+    assert held["devices"] == 3
+    r2 = await s.api.rollout(rel2["id"], target={"groups": ["lobby"]}, continuous=True, force=True)
     assert r2["devices"] == 3
 
     async def on_61(n: int) -> bool:

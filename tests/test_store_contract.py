@@ -243,6 +243,44 @@ def test_reports_are_stored_once_under_concurrent_writers(database: DatabaseConf
         db.close()
 
 
+def test_ingest_says_what_is_stored_to_acknowledge(store: Store) -> None:
+    r = _rollout(store, ["a"])
+    store.save_notices([_notice(r.id, "n", "a", 1)], {"a": True})
+    first = store.ingest([_report("a", 1, "n", ReportState.DOWNLOADING, r.id)], T0)
+    again = store.ingest([_report("a", 1, "n", ReportState.DOWNLOADING, r.id),
+                          _report("a", 2, "n", ReportState.SUCCEEDED, r.id)], T0 + 1)  # fmt: skip
+    assert (first.stored, again.stored) == ({"a": [1]}, {"a": [1, 2]})
+
+
+def test_flagged_devices_and_counters(store: Store) -> None:
+    store.ensure_devices(["a"], T0)
+    store.flag_devices({("a", "rate_limited"): 3, ("new", "oversize"): 1}, T0 + 1)
+    store.flag_devices({("a", "oversize"): 2}, T0 + 2)
+    a, new = store.get_device("a"), store.get_device("new")
+    assert (a.limited, a.limited_at, a.limited_reason) == (5, T0 + 2, "oversize")
+    assert (new.limited, new.first_seen) == (1, T0 + 1)
+    assert a.to_json()["flagged"] is True
+    counters = store.counters()
+    assert (counters["messages_rate_limited"], counters["messages_oversize"]) == (3, 3)
+
+
+def test_prune_keeps_the_newest_reports_of_each_device(store: Store) -> None:
+    r = _rollout(store, ["a", "b"])
+    store.save_notices([_notice(r.id, "na", "a", 1), _notice(r.id, "nb", "b", 1)], {})
+    for c in range(1, 6):
+        store.ingest([_report("a", c, "na", ReportState.DOWNLOADING, r.id),
+                      _report("b", c, "nb", ReportState.DOWNLOADING, r.id)], T0 + c)  # fmt: skip
+    # keep 3 per device, nothing too old: 2 of each go, in two steps of at most 3 rows
+    assert store.prune_reports(keep=3, before=0, after_device="", limit=3) == (3, "a")
+    assert store.prune_reports(keep=3, before=0, after_device="a", limit=3) == (1, None)
+    assert [h["counter"] for h in store.device_history("a")] == [5, 4, 3]
+    assert [h["counter"] for h in store.device_history("b")] == [5, 4, 3]
+    # and by age
+    assert store.prune_reports(keep=3, before=T0 + 4.5, after_device="", limit=100) == (4, None)
+    assert [h["counter"] for h in store.device_history("a")] == [5]
+    assert store.counters()["reports_pruned"] == 8
+
+
 # --- releases ----------------------------------------------------------------------------
 
 

@@ -70,6 +70,8 @@ class IngestMethods(SqlBase):
     def _ingest_reports(self, reports: list[Report], now: float, result: IngestResult) -> None:
         batch: dict[tuple[str, int], Report] = {}
         for r in reports:
+            # stored once this transaction commits, new or not: the broker may be acked
+            result.stored.setdefault(r.device_id, []).append(r.counter)
             if (r.device_id, r.counter) in batch:
                 result.duplicates += 1  # the same report twice in one batch (redelivery)
             else:
@@ -126,6 +128,56 @@ class IngestMethods(SqlBase):
             "last_seen = excluded.last_seen, current_version = excluded.current_version",
             [(d, t, t, v) for d, (t, v) in sorted(seen.items())],
         )
+
+    def flag_devices(self, dropped: dict[tuple[str, str], int], now: float) -> None:
+        """Record that ingestion dropped ``count`` messages of ``(device, reason)``, and
+        count them by reason (``messages_<reason>``)."""
+        by_reason: dict[str, int] = {}
+        for (_, why), n in dropped.items():
+            by_reason[why] = by_reason.get(why, 0) + n
+        with self._tx():
+            self._executemany(
+                "INSERT INTO devices (device_id, first_seen, last_seen, limited, limited_at, "
+                "limited_reason) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE "
+                "SET limited = devices.limited + excluded.limited, "
+                "limited_at = excluded.limited_at, limited_reason = excluded.limited_reason",
+                [(d, now, now, n, now, why) for (d, why), n in sorted(dropped.items())],
+            )
+            for why, n in sorted(by_reason.items()):
+                self._bump(f"messages_{why}", n)
+
+    def prune_reports(
+        self, *, keep: int, before: float, after_device: str, limit: int
+    ) -> tuple[int, str | None]:
+        """Delete stored reports beyond the newest ``keep`` of each device, and those
+        received before ``before``: at most ``limit`` rows, device by device after
+        ``after_device``. Returns (rows deleted, where to continue; None when done).
+        """
+        deleted = 0
+        cursor = after_device
+        with self._tx():
+            devices = self._execute(
+                "SELECT device_id FROM devices WHERE device_id > ? ORDER BY device_id LIMIT ?",
+                (after_device, limit),
+            ).fetchall()
+            for (device_id,) in devices:
+                row = self._execute(
+                    "SELECT counter FROM reports WHERE device_id = ? ORDER BY counter DESC "
+                    "LIMIT 1 OFFSET ?",
+                    (device_id, keep),
+                ).fetchone()
+                deleted += self._execute(
+                    "DELETE FROM reports WHERE device_id = ? AND counter IN (SELECT counter "
+                    "FROM reports WHERE device_id = ? AND (counter <= ? OR received_at < ?) "
+                    "ORDER BY counter LIMIT ?)",
+                    (device_id, device_id, int(row[0]) if row else 0, before, limit - deleted),
+                ).rowcount
+                if deleted >= limit:
+                    break  # this device may have more: the next call starts with it again
+                cursor = device_id
+            self._bump("reports_pruned", deleted)
+        done = deleted < limit and len(devices) < limit
+        return deleted, None if done else cursor
 
     def _stored_presence(self, device_ids: list[str]) -> dict[str, StoredPresence]:
         out: dict[str, StoredPresence] = {}

@@ -29,7 +29,8 @@ __all__ = [
 
 DEVICE_COLS = (
     "device_id, registry_groups, registry_model, groups_, model, claimed_groups, claimed_model, "
-    "tags, online, last_seen, first_seen, current_version, installed, client_version, free_bytes"
+    "tags, online, last_seen, first_seen, current_version, installed, client_version, free_bytes, "
+    "limited, limited_at, limited_reason"
 )
 RELEASE_COLS = (
     "id, name, version, sha256, size, models, handler, handler_args, metadata, created_at"
@@ -64,6 +65,9 @@ def device(row: Any) -> DeviceRecord:
         installed=tuple(json.loads(row[12])),
         client_version=row[13],
         free_bytes=row[14],
+        limited=row[15],
+        limited_at=row[16],
+        limited_reason=row[17],
     )
 
 
