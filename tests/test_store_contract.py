@@ -14,8 +14,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 from fleetpush_protocol.messages import ErrorInfo, Inventory, Presence, Release, Report, ReportState
+from orchestrator.broker import free_port
+from orchestrator.cli import main
 from orchestrator.config import ConfigError, DatabaseConfig, parse_config
 from orchestrator.policy import PhaseCounts, RolloutSpec
 from orchestrator.store import (
@@ -515,3 +518,19 @@ def test_database_setting(tmp_path: Path) -> None:
 def test_passwords_are_kept_out_of_messages() -> None:
     assert redact("postgresql://fp:hunter2@db:5432/x") == "postgresql://fp:***@db:5432/x"
     assert redact("postgresql://fp@db/x") == "postgresql://fp@db/x"
+
+
+def test_cli_names_an_unreachable_database_without_its_password(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    config = tmp_path / "orchestrator.toml"
+    config.write_text(
+        'data_dir = "data"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
+        f'[database]\nurl = "postgresql://fp:hunter2@127.0.0.1:{port}/fleet"\n'
+        'connect_timeout = "1s"\n'
+    )
+    config.chmod(0o600)
+    result = CliRunner().invoke(main, ["tokens", "list", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    assert f"database postgresql://fp:***@127.0.0.1:{port}/fleet: no connection" in result.output
+    assert "hunter2" not in result.output
+    assert "Traceback" not in result.output
