@@ -168,7 +168,7 @@ async def _https_poll(tmp: Path) -> dict[str, Any]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     proxy = CountingProxy("127.0.0.1", port)
     await proxy.start()
     client_ctx = ssl.create_default_context(cafile=str(cert))

@@ -4,12 +4,15 @@ Every receiver is an MQTT 5 client (receive maximum 65535) subscribed at QoS 1 t
 reports filter of one Mosquitto. A raw-socket publisher sends the same N pre-encoded
 reports (from 1,000 devices, each about a notice really sent to it) to each in turn.
 
-* baseline: a bare gmqtt client (the orchestrator's library; asyncio on its own thread, the
-  fastest Python client in performance.md section 3) that only counts messages and PUBACKs
-  each at once;
-* orchestrator: ``MqttLink`` (gmqtt) + ``Ingestor`` + SQLite: decode, validate,
-  deduplicate, write in batches, PUBACK after commit. Done when every report is
-  committed; then the rows are counted in the database.
+* baseline: a bare client on the orchestrator's own MQTT codec (``_mqtt_raw.RawSubscriber``,
+  asyncio on its own thread, as the link runs) that only counts messages and PUBACKs each
+  read's at once;
+* orchestrator: ``MqttLink`` (the same codec) + ``Ingestor`` + SQLite: rate-limit and
+  size-check, decode, validate, deduplicate, write in batches, PUBACK after commit, and
+  confirm the stored counters to each device (one ``Ack`` per device per ack interval,
+  published with ``publish_many``). Done when every report is committed; then the rows are
+  counted in the database. It runs twice in the same run, on fresh databases: without the
+  acks (``publish=None``) and with them, so the acks' cost is measured back to back.
 """
 
 from __future__ import annotations
@@ -21,9 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gmqtt  # type: ignore[import-untyped]
-
-from benchmarks._mqtt_raw import RawPublisher, publish_packets
+from benchmarks._mqtt_raw import RawPublisher, RawSubscriber, publish_packets
 from fleetpush_protocol.envelope import encode_message
 from fleetpush_protocol.messages import Report, ReportState
 from fleetpush_protocol.topics import Topics
@@ -65,72 +66,73 @@ def _feed(pub: RawPublisher, chunks: list[bytes], chunk_n: int, progress: Any) -
         pub.send(chunk)
 
 
-def _bare_gmqtt(  # noqa: PLR0917 - one run of one receiver
+def _bare_client(  # noqa: PLR0917 - one run of one receiver
     broker: MosquittoBroker, user: str, topics: Topics, packets: list[bytes], n: int,
           pub: RawPublisher) -> float:  # fmt: skip
-    got = [0]
     done = threading.Event()
     ready = threading.Event()
 
-    def on_message(client: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
-        got[0] += 1
-        if got[0] == n:
+    def on_publish(topic: str, payload: bytes) -> bool:
+        if len(sub.received) == n - 1:
             done.set()
-        return 0
+        return True
+
+    sub = RawSubscriber(user, user, broker.password(user), [topics.reports_filter],
+                        on_publish=on_publish, version=5)  # fmt: skip
 
     async def main() -> None:
-        c = gmqtt.Client(user, receive_maximum=65535)  # optimistic (immediate) PUBACK
-        c.on_message = on_message
-        c.set_auth_credentials(user, broker.password(user))
-        await c.connect(broker.host, broker.port)
-        c.subscribe(topics.reports_filter, qos=1)
-        await asyncio.sleep(0.3)  # SUBACK
+        await sub.connect(broker.host, broker.port)
         ready.set()
         await asyncio.to_thread(done.wait, 600)
-        await c.disconnect()
+        await sub.close()
 
     thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
     thread.start()
     if not ready.wait(30):
-        raise RuntimeError("gmqtt client did not connect")
+        raise RuntimeError("bare client did not connect")
     t0 = time.perf_counter()
-    _feed(pub, packets, CHUNK, lambda: got[0])
+    _feed(pub, packets, CHUNK, lambda: len(sub.received))
     if not done.wait(600):
-        raise RuntimeError(f"bare gmqtt client got {got[0]} of {n}")
+        raise RuntimeError(f"bare client got {len(sub.received)} of {n}")
     elapsed = time.perf_counter() - t0
     thread.join(10)
     return elapsed
 
 
 def _orchestrator(  # noqa: PLR0917 - one run of one receiver
-    broker: MosquittoBroker, user: str, topics: Topics, packets: list[bytes],
-                  n: int,
-                  pub: RawPublisher, db: Database) -> tuple[float, int, int]:  # fmt: skip
+    broker: MosquittoBroker, user: str, topics: Topics, packets: list[bytes], n: int,
+    pub: RawPublisher, db: Database, acks: bool,
+) -> tuple[float, int, int, int, float]:  # fmt: skip
     cfg = MqttConfig(host=broker.host, port=broker.port, username=user,
                      password=broker.password(user), topic_prefix=topics.prefix)  # fmt: skip
     link = MqttLink(cfg, [topics.reports_filter])
     ingestor = Ingestor(db, topics=topics, clock=SystemClock(),
                         config=IngestConfig(),
-                        ack=link.ack)  # fmt: skip
+                        ack=link.ack,
+                        publish=link.publish_many if acks else None)  # fmt: skip
     link.on_message = ingestor.on_message
     ingestor.start()
     link.start()
     time.sleep(0.3)  # SUBACK
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     _feed(pub, packets, CHUNK, lambda: ingestor.stats.received)
     deadline = time.monotonic() + 600
     while ingestor.stats.committed < n and time.monotonic() < deadline:
         time.sleep(0.005)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     batches = ingestor.stats.batches
+    ingestor.stop()  # publishes the last acks, so the link must still be up
+    acks_sent = ingestor.stats.acks_sent
     link.stop()
-    ingestor.stop()
+    # Forget the link's persistent session (a clean-session login with its identity), or
+    # the broker keeps queueing every report for it while the next receiver runs.
+    RawPublisher(broker.host, broker.port, user, broker.password(user)).close()
 
     def count(s: Store) -> int:
         assert isinstance(s, SQLiteStore)
         return int(s.db.execute("SELECT COUNT(*) FROM reports WHERE accepted = 1").fetchone()[0])
 
-    return elapsed, db.call(count), batches
+    return elapsed, db.call(count), batches, acks_sent, cpu
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -138,31 +140,45 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         topics = Topics("bench")
         broker = MosquittoBroker(Path(tmp) / "broker", topics=topics)
-        for user in ("bench-pub", "bench-gmqtt", "bench-orch"):
+        for user in ("bench-pub", "bench-bare", "bench-orch", "bench-orch-noack"):
             broker.add_orchestrator(user)
         broker.start()
         try:
-            db = Database(lambda: _prepared_store(Path(tmp) / "db.sqlite", topics))
             items = _reports(topics, n, rollout_id=1)
             packets = [publish_packets(items[i : i + CHUNK]) for i in range(0, n, CHUNK)]
             pub = RawPublisher(broker.host, broker.port, "bench-pub", broker.password("bench-pub"))
-            gmqtt_s = _bare_gmqtt(broker, "bench-gmqtt", topics, packets, n, pub)
-            orch_s, stored, batches = _orchestrator(broker, "bench-orch", topics, packets, n,
-                                                    pub, db)  # fmt: skip
+            bare_s = _bare_client(broker, "bench-bare", topics, packets, n, pub)
+            db = Database(lambda: _prepared_store(Path(tmp) / "noack.sqlite", topics))
+            noack_s, _, _, _, noack_cpu = _orchestrator(
+                broker, "bench-orch-noack", topics, packets, n, pub, db, acks=False
+            )
+            db.close()
+            db = Database(lambda: _prepared_store(Path(tmp) / "db.sqlite", topics))
+            orch_s, stored, batches, acks, orch_cpu = _orchestrator(
+                broker, "bench-orch", topics, packets, n, pub, db, acks=True
+            )
             pub.close()
             db.close()
         finally:
             broker.stop()
-    bare_rate, orch_rate = n / gmqtt_s, n / orch_s
+    bare_rate, orch_rate, noack_rate = n / bare_s, n / orch_s, n / noack_s
     return {
         "reports": n,
         "bare_client_reports_per_s": round(bare_rate),
+        "orchestrator_without_acks_reports_per_s": round(noack_rate),
         "orchestrator_reports_per_s": round(orch_rate),
+        "with_acks_vs_without": round(orch_rate / noack_rate, 3),
+        # this process's CPU (all threads, the publisher's too) per report: less sensitive
+        # to other jobs on a shared machine than the rates
+        "cpu_us_per_report_without_acks": round(noack_cpu / n * 1e6, 1),
+        "cpu_us_per_report": round(orch_cpu / n * 1e6, 1),
         "ratio": round(orch_rate / bare_rate, 3),
         "stored": stored,
         "lost": n - stored,
         "batches": batches,
-        "goal": ">= 0.6 of the bare client and >= 20,000 reports/s, nothing lost",
+        "acks_sent": acks,
+        "goal": ">= 0.6 of the bare client and >= 20,000 reports/s, nothing lost; "
+        "acks within 10% of the rate without them",
     }
 
 

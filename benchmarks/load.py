@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 
-from benchmarks._mqtt_raw import RawSubscriber, _str, _varint, connect_all
+from benchmarks._mqtt_raw import RawSubscriber, connect_all
 from fleetpush_protocol.driver import Accepted, DeviceTrust
 from fleetpush_protocol.envelope import encode_message
 from fleetpush_protocol.messages import (
@@ -43,7 +43,9 @@ from fleetpush_protocol.messages import (
 )
 from fleetpush_protocol.topics import Topics
 from fleetpush_protocol.verify import DeviceIdentity, TrustedKeyring, VerifyPolicy
+from orchestrator.mqtt import codec
 from orchestrator.sim.fleet import provision_passwords
+from orchestrator.sim.release import make_tar
 from orchestrator.sim.stack import LocalStack
 
 STATES = [
@@ -51,11 +53,6 @@ STATES = [
     ReportState.INSTALLING, ReportState.INSTALLED, ReportState.SUCCEEDED,
 ]  # fmt: skip
 STEP_S = 0.2  # seconds between a simulated device's reports
-
-
-def _publish(topic: str, payload: bytes, packet_id: int, *, retain: bool = False) -> bytes:
-    body = _str(topic) + packet_id.to_bytes(2, "big") + payload
-    return bytes([0x32 | (1 if retain else 0)]) + _varint(len(body)) + body
 
 
 @dataclass
@@ -83,7 +80,7 @@ class SimDevice:
     def send(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         assert self.sub is not None
         self._ids = self._ids % 65535 + 1
-        self.sub.send(_publish(topic, payload, self._ids, retain=retain))
+        self.sub.send(codec.publish(topic, payload, 1, self._ids, retain=retain, version=4))
 
     def hello(self) -> None:
         now = int(time.time())
@@ -249,7 +246,7 @@ async def run_load(n: int, *, within: float = 600) -> dict[str, Any]:
 
                 sampler = asyncio.create_task(sample())
                 rel = await _call(session, "POST", base + "/v1/releases", token,
-                                  data=b"load test payload",
+                                  data=make_tar({"app/VERSION": b"2.0\n"}),
                                   params={"name": "app", "version": "2.0",
                                           "handler": "directory"})  # fmt: skip
                 t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 Steps timed separately: reserve sequence numbers (one transaction), sign one notice per
 device (Ed25519), store them, publish them retained at QoS 1 and wait for every PUBACK.
 Baseline: publishing the same already-signed bytes (not retained, other topics) with a
-second, bare ``MqttLink`` (gmqtt), so the publish step is compared with the link alone.
+second, bare ``MqttLink`` (its own MQTT codec), so the publish step is compared with the link alone.
 """
 
 from __future__ import annotations

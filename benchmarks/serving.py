@@ -113,7 +113,7 @@ async def _main(stack: LocalStack, size: int, repeats: int, rounds: int) -> dict
     try:
         async with aiohttp.ClientSession() as session:
             api = AsyncApi(session, stack.api_url, stack.token)
-            release = await api.upload("bench-blob", "1.0", os.urandom(size))
+            release = await api.upload("bench-blob", "1.0", os.urandom(size), handler="command")
         sha = release["sha256"]
         signer = UrlSigner.from_file(stack.config.data_dir / "url-signing.key")
         orch_url = signer.sign(stack.api_url, sha, int(time.time()) + 3600)

@@ -41,6 +41,7 @@ from device_client.errors import UpdateError
 from device_client.fetcher import Fetcher, hash_file
 from device_client.handlers import Handler, InstallRequest, make_handler
 from device_client.health import check_health
+from device_client.outbox import Kind
 from device_client.policy import install_blocked
 from device_client.session import MqttSession, Publication
 from device_client.states import CANCELABLE, Job, JobState
@@ -51,6 +52,7 @@ from fleetpush_protocol.envelope import decode_message, encode_message
 from fleetpush_protocol.errors import ContentError, TransportError
 from fleetpush_protocol.fields import NAME_RE
 from fleetpush_protocol.messages import (
+    Ack,
     CancelNotice,
     ErrorInfo,
     FailureCode,
@@ -68,7 +70,8 @@ __all__ = ["Clock", "DeviceAgent", "ReportHook"]
 logger = logging.getLogger(__name__)
 
 MAX_WAIT_S = 60.0  # seconds between policy re-checks while deferred (clocks can jump)
-ACK_FLUSH_S = 1.0  # seconds: acknowledged reports are dropped from disk at most this late
+ACK_FLUSH_S = 1.0  # seconds: confirmed reports are dropped from disk at most this late
+MAX_ACK_UNKNOWN_BYTES = 1024  # an ack is small: unknown fields beyond this are refused
 
 
 class Clock(Protocol):
@@ -121,6 +124,7 @@ class DeviceAgent:
             + [self.topics.group_notice(g) for g in config.device.groups]
         )
         self._keyring_prefix = self.topics.keyring_filter[:-1]
+        self._ack_topic = self.topics.ack(self.device_id)
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self._job_task: asyncio.Task[None] | None = None
@@ -140,12 +144,16 @@ class DeviceAgent:
         self.session = MqttSession(
             self.config.broker,
             client_id=self.device_id,
-            subscriptions=[self.topics.keyring_filter, *sorted(self._notice_topics)],
+            subscriptions=[
+                self.topics.keyring_filter,
+                self._ack_topic,
+                *sorted(self._notice_topics),
+            ],
             will=Publication(self.topics.presence(self.device_id), self._presence(False), True),
             on_connect=self._on_connect,
             on_message=self._on_message,
-            on_acked=self._on_acked,
             outbox=self.state.outbox,
+            ack_timeout_s=self.config.broker.ack_timeout_s,
         )
         session_task = asyncio.create_task(self.session.run(), name=f"{self.device_id}.mqtt")
         self._kick()
@@ -165,9 +173,9 @@ class DeviceAgent:
             session_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await session_task
-            # PUBACKs for the offline presence or the outbox arrive until the session ends;
-            # their flush timer must not outlive run(): fired later it would write this
-            # agent's stale state over the file a restarted agent is using.
+            # Acks arrive until the session ends; their flush timer must not outlive run():
+            # fired later it would write this agent's stale state over the file a restarted
+            # agent is using.
             if self._ack_flush is not None:
                 self._save()
 
@@ -239,11 +247,20 @@ class DeviceAgent:
             Publication(self.topics.inventory(self.device_id), self._inventory(), True),
         ]
 
-    def _on_acked(self, counter: int) -> None:
+    def _on_ack(self, payload: bytes) -> None:
+        """The orchestrator stored these reports: they may leave the outbox."""
+        try:
+            ack = decode_message(payload, max_unknown_bytes=MAX_ACK_UNKNOWN_BYTES)
+        except ContentError as e:
+            logger.warning("%s: ignored a malformed ack: %s", self.device_id, e)
+            return
+        if not isinstance(ack, Ack) or ack.device_id != self.device_id:
+            logger.warning("%s: ignored an ack that is not for this device", self.device_id)
+            return
         # Persisting the removal can wait: if a crash comes first the report is sent again,
         # with the same counter, which the orchestrator ignores. Coalescing saves one fsync
-        # per report.
-        if self._ack_flush is None:
+        # per ack.
+        if self.state.outbox.confirm(ack) and self._ack_flush is None:
             self._ack_flush = asyncio.get_running_loop().call_later(ACK_FLUSH_S, self._save)
 
     # --- incoming messages -----------------------------------------------------------------
@@ -252,7 +269,9 @@ class DeviceAgent:
         if not payload:
             return  # a cleared retained message
         try:
-            if topic.startswith(self._keyring_prefix):
+            if topic == self._ack_topic:
+                self._on_ack(payload)
+            elif topic.startswith(self._keyring_prefix):
                 await self._on_keyring(payload)
             elif topic in self._notice_topics:
                 await self._on_notice(payload)
@@ -417,7 +436,13 @@ class DeviceAgent:
             )
             return encode_message(report)
 
-        self.state.outbox.append(topic, build, progress=progress is not None)
+        if progress is not None:
+            kind = Kind.PROGRESS
+        elif state.terminal and state is not ReportState.REJECTED:
+            kind = Kind.OUTCOME
+        else:
+            kind = Kind.STATE
+        self.state.outbox.append(topic, build, kind=kind)
         if self._on_report is not None and progress is None:
             self._on_report(rollout_id, state, error)
 
@@ -671,7 +696,9 @@ class DeviceAgent:
         )  # fmt: skip
         request = self._request(job, notice)
         try:
-            await check_health(self.config.health, request.env)
+            await check_health(
+                self.config.health, request.env, request.values(request.env["FLEETPUSH_SLOT"])
+            )
         except UpdateError as e:
             await self._rollback(job, notice, e.failure, str(e))
             return

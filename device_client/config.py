@@ -89,6 +89,7 @@ class BrokerConfig:
     keepalive_s: int  # seconds, 5..3600
     session_expiry_s: int  # seconds, 0..2**32-1
     topic_prefix: str
+    ack_timeout_s: float = 30.0  # seconds without a confirmation before reports are resent
 
     @property
     def topics(self) -> Topics:
@@ -178,7 +179,7 @@ class _Table:
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.source}: [{self.name}] {key}: {problem}")
 
-    def _get(self, key: str, default: Any) -> Any:
+    def get(self, key: str, default: Any) -> Any:
         self.used.add(key)
         if key not in self.data:
             if default is _REQUIRED:
@@ -187,7 +188,7 @@ class _Table:
         return self.data[key]
 
     def string(self, key: str, default: Any = None, *, max_len: int = 4096) -> Any:
-        value = self._get(key, default)
+        value = self.get(key, default)
         if value is default and key not in self.data:
             return value
         if not isinstance(value, str) or not value or len(value) > max_len:
@@ -201,13 +202,13 @@ class _Table:
         return value
 
     def integer(self, key: str, default: Any, low: int, high: int) -> int:
-        value = self._get(key, default)
+        value = self.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise self.fail(key, f"must be {low}..{high}")
         return value
 
     def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self._get(key, default)
+        value = self.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(key, f"must be a number {low:g}..{high:g}")
         if not low <= value <= high:
@@ -215,13 +216,13 @@ class _Table:
         return float(value)
 
     def boolean(self, key: str, default: bool) -> bool:
-        value = self._get(key, default)
+        value = self.get(key, default)
         if not isinstance(value, bool):
             raise self.fail(key, "must be true or false")
         return value
 
     def strings(self, key: str, *, max_len: int = 64) -> tuple[str, ...]:
-        value = self._get(key, [])
+        value = self.get(key, [])
         if not isinstance(value, list) or len(value) > max_len:
             raise self.fail(key, f"must be a list of at most {max_len} strings")
         for item in value:
@@ -249,7 +250,7 @@ _REQUIRED: Any = object()
 
 
 def _parse_time(table: _Table, key: str) -> int | None:
-    value = table._get(key, None)
+    value = table.get(key, None)
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -340,6 +341,7 @@ def _broker(t: _Table) -> BrokerConfig:
         keepalive_s=t.integer("keepalive_s", 60, 5, 3600),
         session_expiry_s=t.integer("session_expiry_s", 604800, 0, 2**32 - 1),
         topic_prefix=prefix,
+        ack_timeout_s=t.number("ack_timeout_s", 30.0, 0.1, 3600.0),
     )
 
 

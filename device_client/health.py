@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from device_client.commands import run_command
+from device_client.commands import run_command, substitute
 from device_client.config import HealthConfig
 from device_client.errors import UpdateError
 from fleetpush_protocol.messages import FailureCode
@@ -12,15 +12,23 @@ from fleetpush_protocol.messages import FailureCode
 __all__ = ["check_health"]
 
 
-async def check_health(config: HealthConfig, env: Mapping[str, str]) -> None:
+async def check_health(
+    config: HealthConfig, env: Mapping[str, str], values: Mapping[str, str] | None = None
+) -> None:
     """Run the health command; return if healthy.
+
+    ``env`` holds the ``FLEETPUSH_*`` variables of the install steps, and ``{slot}``,
+    ``{version}``, ``{payload}`` and ``{previous_version}`` in the command are replaced by
+    ``values``, as in the install steps, so one configuration serves agents whose slots
+    live in different folders.
 
     Raises:
         UpdateError: ``health_check_failed`` (non-zero exit) or ``health_check_timeout``.
     """
     if not config.command:
         return
-    result = await run_command(config.command, timeout_s=config.timeout_s, env=env)
+    argv = substitute(config.command, values) if values else config.command
+    result = await run_command(argv, timeout_s=config.timeout_s, env=env)
     if result.timed_out:
         raise UpdateError(
             FailureCode.HEALTH_CHECK_TIMEOUT,

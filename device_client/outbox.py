@@ -1,32 +1,48 @@
-"""The report outbox: every report, numbered, kept until the broker acknowledged it.
+"""The report outbox: every report, numbered, kept until the orchestrator confirms it stored it.
 
 Reports are appended in memory with the next per-device counter and become publishable
 only once the state file holding them is on disk (``mark_persisted``), so a report is never
-sent that a crash could make the device forget. The publisher sends them strictly in
-counter order with QoS 1 and drops each only after its PUBACK; a report sent but not yet
-acknowledged when the connection drops is sent again, byte for byte, after reconnecting.
+sent that a crash could make the device forget. The publisher sends them in counter order
+with QoS 1; a PUBACK only moves the send position on (``sent``). A PUBACK means the
+*broker* has the report, and a broker can still lose it: its queue for the orchestrator
+overflowing, or a crash before it saved its state. So an entry leaves the outbox only when
+an ``Ack`` from the orchestrator (on the device's ack topic) names its counter as stored
+(``confirm``); the removal is persisted with the next state write. What is sent but not
+confirmed is sent again, byte for byte and with the same counter, after every reconnect
+and after the ack timeout (``rewind``); the orchestrator deduplicates on the counter.
 
-The last acknowledged report is kept too (``last``) and sent again on every connect when
-nothing newer is waiting: a PUBACK only means the *broker* has the report, and a broker
-killed before it saved its state loses what it had not yet delivered. The repeat carries
-the same counter, so an orchestrator that already has it ignores it, and one that lost it
-learns the device's latest state.
+Bounded: at most ``max_entries``. When full, room is made by dropping, oldest first, a
+progress report, then an intermediate state report (or a ``rejected`` one, which is about a
+notice that changed nothing and which an attacker on the broker could produce without
+bound); the outcome of a job (``succeeded``, ``failed``, ``rolled_back``, ``canceled``) is
+never dropped. Progress reports are coalesced: a new one replaces the previous one while
+that is still unsent, and none is added while the backlog is long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-__all__ = ["Entry", "Outbox"]
+from fleetpush_protocol.messages import Ack
+
+__all__ = ["Entry", "Kind", "Outbox"]
 
 logger = logging.getLogger(__name__)
 
-MAX_ENTRIES = 10_000  # reports kept while offline; state reports are never dropped
+MAX_ENTRIES = 10_000  # reports kept while the orchestrator is unreachable
 MAX_PROGRESS_BACKLOG = 50  # progress reports are skipped beyond this many pending entries
+
+
+class Kind(StrEnum):
+    PROGRESS = "p"  # advisory: coalesced, dropped first
+    STATE = "s"  # an intermediate state, or a rejected notice
+    OUTCOME = "o"  # how a job ended: never dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,62 +50,106 @@ class Entry:
     counter: int
     topic: str
     payload: bytes
+    kind: Kind = Kind.STATE
 
 
 class Outbox:
-    """Ordered, persisted reports waiting for their PUBACK."""
+    """Ordered, persisted reports waiting for the orchestrator's confirmation."""
 
     def __init__(
-        self, entries: list[Entry] | None = None, counter: int = 0, last: Entry | None = None
+        self,
+        entries: list[Entry] | None = None,
+        counter: int = 0,
+        *,
+        max_entries: int = MAX_ENTRIES,
     ) -> None:
         self._entries: list[Entry] = sorted(entries or [], key=lambda e: e.counter)
-        self.last = last  # the newest acknowledged report
         self.counter = max([counter, *(e.counter for e in self._entries)])
+        self.max_entries = max_entries
         self._persisted = self.counter  # everything loaded from disk is persisted
+        self._sent_upto = 0  # entries up to this counter were PUBACKed on this connection
         self._ready: asyncio.Event | None = None
+        self.confirmations = 0  # acks that confirmed something, for the resend timer
+        self.dropped = 0  # entries dropped because the outbox was full
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def append(self, topic: str, build: Callable[[int], bytes], *, progress: bool = False) -> int:
-        """Add a report built for the next counter; return the counter, or 0 if skipped.
+    def append(self, topic: str, build: Callable[[int], bytes], *, kind: Kind = Kind.STATE) -> int:
+        """Add a report built for its counter; return the counter, or 0 if skipped.
 
         Only progress reports are ever skipped (when the backlog is long): they are advisory,
         and the state reports around them still arrive in order.
         """
-        if progress and len(self._entries) >= MAX_PROGRESS_BACKLOG:
-            return 0
-        if len(self._entries) >= MAX_ENTRIES:
-            raise RuntimeError("report outbox full")  # the agent reports nothing that often
+        entries = self._entries
+        if kind is Kind.PROGRESS:
+            last = entries[-1] if entries else None
+            if last is not None and last.kind is Kind.PROGRESS and last.counter > self._sent_upto:
+                entries[-1] = Entry(last.counter, topic, build(last.counter), kind)
+                return last.counter
+            if len(entries) >= MAX_PROGRESS_BACKLOG:
+                return 0
+        if len(entries) >= self.max_entries:
+            self._make_room()
         self.counter += 1
-        self._entries.append(Entry(self.counter, topic, build(self.counter)))
+        entries.append(Entry(self.counter, topic, build(self.counter), kind))
         return self.counter
+
+    def _make_room(self) -> None:
+        for kind in (Kind.PROGRESS, Kind.STATE):
+            victim = next((e for e in self._entries if e.kind is kind), None)
+            if victim is not None:
+                self._entries.remove(victim)
+                self.dropped += 1
+                logger.warning("report outbox full: dropped report %d", victim.counter)
+                return
+        # Only job outcomes are waiting: keep them all (one per notice the device ran).
 
     def mark_persisted(self) -> None:
         """Everything appended so far is on disk: let the publisher send it."""
         self._persisted = self.counter
-        if self._ready is not None and self._entries:
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._ready is not None and self.next_ready() is not None:
             self._ready.set()
 
     def next_ready(self) -> Entry | None:
-        """The oldest persisted entry, or None."""
-        if self._entries and self._entries[0].counter <= self._persisted:
-            return self._entries[0]
+        """The oldest persisted entry not yet sent on this connection, or None."""
+        i = bisect.bisect_right(self._entries, self._sent_upto, key=lambda e: e.counter)
+        if i < len(self._entries) and self._entries[i].counter <= self._persisted:
+            return self._entries[i]
         return None
 
-    def acknowledge(self, counter: int) -> None:
-        """Drop the entry the broker acknowledged (the caller persists the removal)."""
-        acked = next((e for e in self._entries if e.counter == counter), None)
-        if acked is None:
-            return
-        self._entries.remove(acked)
-        if self.last is None or acked.counter > self.last.counter:
-            self.last = acked
+    def sent(self, counter: int) -> None:
+        """The broker acknowledged (PUBACK) the entry ``counter``; it stays until confirmed.
 
-    def repeat_on_connect(self) -> Entry | None:
-        """The report to send again after connecting: the last acknowledged one, unless a
-        newer report is waiting anyway (it carries the newer state)."""
-        return None if self._entries else self.last
+        Ignored unless it is the entry the publisher was given: a ``rewind`` meanwhile must
+        not be undone by the PUBACK of a later entry.
+        """
+        nxt = self.next_ready()
+        if nxt is not None and nxt.counter == counter:
+            self._sent_upto = counter
+
+    def awaiting(self) -> int | None:
+        """The oldest entry sent and not confirmed yet (its counter), or None."""
+        if self._entries and self._entries[0].counter <= self._sent_upto:
+            return self._entries[0].counter
+        return None
+
+    def rewind(self) -> None:
+        """Send every unconfirmed entry again (after a reconnect or the ack timeout)."""
+        self._sent_upto = 0
+        self._wake()
+
+    def confirm(self, ack: Ack) -> int:
+        """Drop the entries ``ack`` says are stored; return how many (the caller persists)."""
+        before = len(self._entries)
+        self._entries = [e for e in self._entries if not ack.covers(e.counter)]
+        removed = before - len(self._entries)
+        if removed:
+            self.confirmations += 1
+        return removed
 
     async def wait_ready(self) -> Entry:
         """Wait until an entry can be published."""
@@ -100,23 +160,29 @@ class Outbox:
             await self._ready.wait()
         return entry
 
+    def to_entries(self) -> tuple[Entry, ...]:
+        return tuple(self._entries)
+
     def to_list(self) -> list[dict[str, Any]]:
         return [_to_item(e) for e in self._entries]
-
-    def last_item(self) -> dict[str, Any] | None:
-        return None if self.last is None else _to_item(self.last)
 
     @classmethod
     def from_list(
         cls, items: list[dict[str, Any]], counter: int, last: dict[str, Any] | None = None
     ) -> Outbox:
+        """Load persisted entries; ``last`` is the broker-acknowledged report an older agent
+        kept aside: it may never have reached the orchestrator, so it is unconfirmed too."""
         entries = [_from_item(i) for i in items]
-        return cls(entries, counter, None if last is None else _from_item(last))
+        if last is not None:
+            old = _from_item(last)
+            if all(e.counter != old.counter for e in entries):
+                entries.append(old)
+        return cls(entries, counter)
 
 
 def _to_item(e: Entry) -> dict[str, Any]:
-    return {"c": e.counter, "t": e.topic, "p": e.payload}
+    return {"c": e.counter, "t": e.topic, "p": e.payload, "k": e.kind.value}
 
 
 def _from_item(i: dict[str, Any]) -> Entry:
-    return Entry(int(i["c"]), str(i["t"]), bytes(i["p"]))
+    return Entry(int(i["c"]), str(i["t"]), bytes(i["p"]), Kind(i.get("k", Kind.STATE.value)))

@@ -1,18 +1,22 @@
 """The MQTT 5 session: connect, subscribe, publish presence and the outbox, reconnect.
 
+Reports leave the outbox only when the orchestrator confirms them (``Ack`` on the device's
+ack topic, handled by the agent); everything unconfirmed is sent again after each connect
+and whenever no confirmation came for the ack timeout (jittered, growing backoff).
+
 The session is persistent (clean start off, a session expiry), so QoS 1 notices published
 while the device is away are queued by the broker; every subscription is QoS 1 and is
 renewed on every connect, which also makes the broker resend retained notices and keyrings
 (the trust driver ignores the duplicates). The last will is a retained offline presence.
 Reconnection never gives up: jittered exponential backoff, capped.
 
-aiomqtt is used only in this module.
+aiomqtt is used only in this module, through its public API (paho's ``Properties`` is the type
+it takes for CONNECT properties such as the session expiry).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from device_client.config import BrokerConfig
 from device_client.outbox import Outbox
@@ -30,7 +35,12 @@ __all__ = ["MqttSession", "Publication"]
 
 logger = logging.getLogger(__name__)
 
+# MQTT 5 CONNACK reason codes that no retry can fix: client id not valid, bad user name or
+# password, not authorized, banned, bad authentication method.
+_REFUSED = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
+
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
+ACK_TIMEOUT_CAP_S = 600.0  # seconds: the longest wait before resending unconfirmed reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +60,9 @@ class MqttSession:
         will: the retained message the broker publishes if the device vanishes.
         on_connect: returns what to publish (retained presence, inventory) on each connect.
         on_message: called for each received message, one at a time, in order.
-        on_acked: called after the broker acknowledged an outbox entry (to persist that).
         outbox: the reports to publish, in order.
+        ack_timeout_s: resend unconfirmed reports after this long without a confirmation
+            (the first wait; it doubles, jittered, up to ``ACK_TIMEOUT_CAP_S``).
     """
 
     def __init__(
@@ -63,8 +74,8 @@ class MqttSession:
         will: Publication,
         on_connect: Callable[[], list[Publication]],
         on_message: MessageHandler,
-        on_acked: Callable[[int], None],
         outbox: Outbox,
+        ack_timeout_s: float = 30.0,
     ) -> None:
         self._broker = broker
         self._client_id = client_id
@@ -72,8 +83,11 @@ class MqttSession:
         self._will = will
         self._on_connect = on_connect
         self._on_message = on_message
-        self._on_acked = on_acked
         self._outbox = outbox
+        self.resend_backoff = Backoff(
+            base_s=ack_timeout_s, cap_s=max(ack_timeout_s, ACK_TIMEOUT_CAP_S), floor=0.5
+        )
+        self.resends = 0  # times unconfirmed reports were sent again after a timeout
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.connections = 0  # successful connects so far, for tests and metrics
@@ -83,11 +97,7 @@ class MqttSession:
         b = self._broker
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = b.session_expiry_s
-        tls_context = None
-        if b.tls:
-            tls_context = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
-            if b.cert_file and b.key_file:
-                tls_context.load_cert_chain(str(b.cert_file), str(b.key_file))
+        tls_context = self._tls_context() if b.tls else None
         return aiomqtt.Client(
             b.host,
             b.port,
@@ -105,13 +115,27 @@ class MqttSession:
             timeout=max(10.0, b.keepalive_s / 2),
         )
 
+    def _tls_context(self) -> ssl.SSLContext:
+        b = self._broker
+        context = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
+        if b.cert_file and b.key_file:
+            context.load_cert_chain(str(b.cert_file), str(b.key_file))
+        return context
+
     async def run(self) -> None:
         """Connect and serve forever; returns only when cancelled."""
+        refused = ""  # the last refusal logged as an error: repeats stay at info level
         while True:
             try:
                 await self._connect_once()
             except aiomqtt.MqttError as e:
-                logger.info("%s: broker connection lost or refused: %s", self._client_id, e)
+                never_connected = self._client is None
+                why = self._refusal(e, await self._tls_alert() if never_connected else "")
+                if why and why != refused:
+                    logger.error("%s", why)  # noqa: TRY400 - a finding, no traceback
+                else:
+                    logger.info("%s: broker connection lost or refused: %s", self._client_id, e)
+                refused = why or refused
             except (OSError, ssl.SSLError) as e:
                 logger.info("%s: broker unreachable: %s", self._client_id, e)
             finally:
@@ -129,37 +153,120 @@ class MqttSession:
             await client.subscribe([(t, 1) for t in self._subscriptions])
             for pub in self._on_connect():
                 await client.publish(pub.topic, pub.payload, qos=1, retain=pub.retain)
-            if (repeat := self._outbox.repeat_on_connect()) is not None:
-                await client.publish(repeat.topic, repeat.payload, qos=1)
+            self._outbox.rewind()  # whatever was sent before may never have arrived
             self.connected.set()
-            sender = asyncio.create_task(self._send_outbox(client))
-            try:
-                async for message in client.messages:
-                    payload = message.payload
-                    if isinstance(payload, bytes | bytearray):
-                        await self._on_message(message.topic.value, bytes(payload))
-            finally:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await sender
+            await self._serve(client)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Hand messages over one at a time until the connection fails, or a report is not
+        acknowledged: then raise, and leaving ``async with`` closes the connection."""
+        unacked = asyncio.Event()
+        sender = asyncio.create_task(self._send_outbox(client, unacked))
+        timer = asyncio.create_task(self._resend_timer())
+        gave_up = asyncio.create_task(unacked.wait())
+        messages = aiter(client.messages)
+        nxt: asyncio.Future[aiomqtt.Message] | None = None
+        try:
+            while True:
+                # Racing the next message, never the handler: a message in hand is finished.
+                nxt = asyncio.ensure_future(anext(messages))
+                await asyncio.wait({nxt, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    raise aiomqtt.MqttError("a report was not acknowledged; reconnecting")
+                message = nxt.result()
+                payload = message.payload
+                if isinstance(payload, bytes | bytearray):
+                    await self._on_message(message.topic.value, bytes(payload))
+        finally:
+            tasks = [t for t in (sender, timer, gave_up, nxt) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _tls_alert(self) -> str:
+        """The TLS alert the broker sends this device's certificate, if any ("" if none).
+
+        Under TLS 1.3 the broker checks a client certificate after the handshake, and its
+        refusal (revoked, unknown CA) arrives with the first read, which the MQTT client
+        only logs before timing out. One raw connection after a failed connect asks again.
+        """
+        b = self._broker
+        if not (b.tls and b.cert_file):
+            return ""
+        writer = None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(b.host, b.port, ssl=self._tls_context()), 5
+            )
+            await asyncio.wait_for(reader.read(1), 2)  # a healthy broker waits for CONNECT
+        except ssl.SSLError as e:
+            return str(e)
+        except (OSError, TimeoutError):
+            return ""
+        finally:
+            if writer is not None:
+                writer.close()
+        return ""
+
+    def _refusal(self, e: aiomqtt.MqttError, tls_alert: str = "") -> str:
+        """What to check when the broker refused this device; "" for a transient error.
+
+        Retrying cannot fix a refused login or certificate, and a device that only says so
+        at debug level looks merely offline, so these are errors at the default level.
+        """
+        where = "%s:%d" % self._addr()  # noqa: UP031 - host and port, once
+        b = self._broker
+        rc = e.rc if isinstance(e, aiomqtt.MqttCodeError) else None
+        if isinstance(rc, ReasonCode) and rc.value in _REFUSED:
+            login = "client certificate" if b.cert_file else f"username {b.username!r} and password"
+            return (
+                f"{self._client_id}: the broker at {where} refused the login ({e}): check the "
+                f"{login} in the [broker] table of the device configuration, and that the "
+                "device is provisioned and not revoked (fleetpush broker identities)"
+            )
+        text = tls_alert or str(e)
+        if "SSL" in text or "certificate" in text:
+            return (
+                f"{self._client_id}: TLS with the broker at {where} failed ({text}): check "
+                "[broker] ca_file (the CA of the broker's certificate), cert_file and key_file, "
+                "and that the device's certificate is not revoked"
+            )
+        return ""
 
     def _addr(self) -> tuple[str, int]:
         return self._broker.host, self._broker.port
 
-    async def _send_outbox(self, client: aiomqtt.Client) -> None:
-        # One report at a time, each waiting for its PUBACK: strict order, nothing lost.
+    async def _resend_timer(self) -> None:
+        """Send unconfirmed reports again when no confirmation came for a while.
+
+        Only a report already waiting at the previous tick is late: one sent just before
+        this tick gets a whole delay for its ack.
+        """
+        seen = self._outbox.confirmations
+        waiting: int | None = None
+        while True:
+            await asyncio.sleep(self.resend_backoff.next_delay())
+            oldest = self._outbox.awaiting()
+            if self._outbox.confirmations != seen or oldest is None or oldest != waiting:
+                seen, waiting = self._outbox.confirmations, oldest
+                self.resend_backoff.reset()
+                continue
+            self.resends += 1
+            logger.info("%s: reports not confirmed in time; sending them again", self._client_id)
+            self._outbox.rewind()
+
+    async def _send_outbox(self, client: aiomqtt.Client, unacked: asyncio.Event) -> None:
+        # One report at a time, each waiting for its PUBACK: strict order. The entry stays
+        # in the outbox until the orchestrator confirms it.
         while True:
             entry = await self._outbox.wait_ready()
             try:
                 await client.publish(entry.topic, entry.payload, qos=1)
             except aiomqtt.MqttError as e:
                 logger.info("%s: report %d not acknowledged: %s", self._client_id, entry.counter, e)
-                # Let the connection loop notice the broken connection and reconnect.
-                with contextlib.suppress(Exception):
-                    client._client.disconnect()  # paho's own: aiomqtt has no API for it
+                unacked.set()  # the receive loop ends the connection, and run() reconnects
                 return
-            self._outbox.acknowledge(entry.counter)
-            self._on_acked(entry.counter)
+            self._outbox.sent(entry.counter)
 
     async def publish(self, pub: Publication) -> bool:
         """Publish now if connected (QoS 1); False when offline. Not for reports."""

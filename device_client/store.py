@@ -66,7 +66,6 @@ class AgentState:
             if self.installed
             else None,
             "outbox": self.outbox.to_list(),
-            "last_report": self.outbox.last_item(),
             "counter": self.outbox.counter,
             "rejected": self.rejected,
             "last_job": self.last_job.to_map() if self.last_job else None,
@@ -90,7 +89,7 @@ class AgentState:
             outbox=Outbox.from_list(
                 list(body.get("outbox") or []),
                 int(body.get("counter", 0)),
-                body.get("last_report"),
+                body.get("last_report"),  # written by agents before end-to-end acks
             ),
             rejected=[bytes(d) for d in body.get("rejected") or []],
             last_job=Job.from_map(body["last_job"]) if body.get("last_job") else None,

@@ -84,15 +84,27 @@ def _decoder(cls: type[T]) -> msgspec.msgpack.Decoder[T]:
     return dec
 
 
-def _typed(data: bytes, cls: type[T], what: str, max_bytes: int) -> T:
-    """Decode ``data`` as ``cls``; require canonical form. Raises MalformedError."""
+def _typed(
+    data: bytes, cls: type[T], what: str, max_bytes: int, max_unknown: int | None = None
+) -> T:
+    """Decode ``data`` as ``cls``; require canonical form. Raises MalformedError.
+
+    With ``max_unknown``, fields this version does not know may take at most that many
+    bytes (OversizedError): checked before the slow generic pass, which is what a body
+    padded with unknown fields would otherwise cost.
+    """
     try:
         value = _decoder(cls).decode(data)
     except (msgspec.MsgspecError, ValueError) as e:  # invalid UTF-8 is a ValueError
         # Prefer naming a canonical-form violation, which is the more basic failure.
         canonical.decode(data, max_bytes=max_bytes)
         raise MalformedError(f"{what}: {e}") from None
-    if _ENCODER.encode(value) != data:
+    known = _ENCODER.encode(value)
+    if known != data:
+        if max_unknown is not None and len(data) - len(known) > max_unknown:
+            raise OversizedError(
+                f"{what}: {len(data) - len(known)} bytes of unknown fields, limit {max_unknown}"
+            )
         # Either not canonical (raises here) or carrying fields we do not know (fine).
         canonical.decode(data, max_bytes=max_bytes)
     return value
@@ -112,7 +124,9 @@ class Envelope:
         return canonical.decode(self.body, max_bytes=len(self.body))
 
 
-def decode_envelope(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
+def decode_envelope(
+    data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES, max_unknown_bytes: int | None = None
+) -> Envelope:
     """Steps 1 and 2 of verification: decode, then check format version and type tag.
 
     Raises:
@@ -121,7 +135,7 @@ def decode_envelope(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Envel
     """
     if len(data) > max_bytes:
         raise OversizedError(f"message is {len(data)} bytes, limit is {max_bytes}")
-    wire = _typed(data, _Wire, "envelope", max_bytes)
+    wire = _typed(data, _Wire, "envelope", max_bytes, max_unknown_bytes)
     header = _typed_header(wire.body, max_bytes)
     if header.format != FORMAT:
         raise UnsupportedFormatError(
@@ -140,7 +154,9 @@ def _typed_header(body: bytes, max_bytes: int) -> _Header:
         raise MalformedError(f"body: {e}") from None
 
 
-def parse(envelope: Envelope, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+def parse(
+    envelope: Envelope, *, max_bytes: int = MAX_MESSAGE_BYTES, max_unknown_bytes: int | None = None
+) -> Message:
     """Step 3: build the typed message from an envelope whose format and type were checked.
 
     Raises:
@@ -149,7 +165,7 @@ def parse(envelope: Envelope, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     cls = message_class(envelope.type)
     if cls is None:  # decode_envelope already refused it; kept for direct callers
         raise UnknownTypeError(f"unknown message type {envelope.type!r}")
-    return _typed(envelope.body, cls, cls.TYPE, max_bytes)
+    return _typed(envelope.body, cls, cls.TYPE, max_bytes, max_unknown_bytes)
 
 
 def encode_body(message: Message) -> bytes:
@@ -170,16 +186,27 @@ def encode_message(message: Message) -> bytes:
     return sign_message(message, ())
 
 
-def decode_message(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
-    """Decode and parse without any signature check (device-sent messages only)."""
-    return parse(decode_envelope(data, max_bytes=max_bytes), max_bytes=max_bytes)
+def decode_message(
+    data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES, max_unknown_bytes: int | None = None
+) -> Message:
+    """Decode and parse without any signature check (device-sent messages and acks).
+
+    ``max_unknown_bytes`` bounds the unknown fields of the envelope and of the body, each.
+    """
+    env = decode_envelope(data, max_bytes=max_bytes, max_unknown_bytes=max_unknown_bytes)
+    return parse(env, max_bytes=max_bytes, max_unknown_bytes=max_unknown_bytes)
 
 
 DEVICE_MESSAGE_TYPES = ("report", "presence", "inventory")
 
 
 def verify_device_message(
-    data: bytes, *, kind: str, device_id: str, max_bytes: int = MAX_MESSAGE_BYTES
+    data: bytes,
+    *,
+    kind: str,
+    device_id: str,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    max_unknown_bytes: int | None = None,
 ) -> Message:
     """A receiver's checks of what arrived on device ``device_id``'s ``kind`` topic.
 
@@ -195,10 +222,10 @@ def verify_device_message(
     """
     if kind not in DEVICE_MESSAGE_TYPES:
         raise ValueError(f"{kind!r} is not a device-sent message type")
-    env = decode_envelope(data, max_bytes=max_bytes)
+    env = decode_envelope(data, max_bytes=max_bytes, max_unknown_bytes=max_unknown_bytes)
     if env.type != kind:
         raise UnexpectedTypeError(f"a {env.type[:64]} message on a {kind} topic")
-    msg = parse(env, max_bytes=max_bytes)
+    msg = parse(env, max_bytes=max_bytes, max_unknown_bytes=max_unknown_bytes)
     claimed = getattr(msg, "device_id", None)
     if claimed != device_id:
         raise WrongDeviceError(f"device {device_id} sent a {kind} for device {claimed}")

@@ -23,6 +23,7 @@ import msgspec
 __all__ = [
     "ERROR_STATES",
     "FORMAT",
+    "Ack",
     "CancelNotice",
     "Delta",
     "ErrorInfo",
@@ -358,8 +359,40 @@ class Inventory(Message, frozen=True, kw_only=True):
     type: Literal["inventory"] = "inventory"
 
 
+MAX_ACK_RANGES = 256
+
+
+class Ack(Message, frozen=True, kw_only=True):
+    """The orchestrator has stored these reports of ``device_id``: ``[first, last]`` counter
+    ranges, inclusive, ascending and disjoint. Unsigned (docs/security.md says why).
+
+    Ranges rather than one highest counter: the broker may drop any report before it
+    reaches the orchestrator (a full queue, a crash), so a report can be stored while an
+    older one is not, and a cumulative ack would confirm the lost one.
+    """
+
+    TYPE: ClassVar[str] = "ack"
+
+    device_id: Name
+    format: int = FORMAT
+    stored: Annotated[
+        tuple[tuple[Seq, Seq], ...], msgspec.Meta(min_length=1, max_length=MAX_ACK_RANGES)
+    ]
+    type: Literal["ack"] = "ack"
+
+    def __post_init__(self) -> None:
+        previous = 0
+        for first, last in self.stored:
+            if not previous < first <= last:
+                raise ValueError("ack.stored: ranges must be ascending, disjoint, first <= last")
+            previous = last
+
+    def covers(self, counter: int) -> bool:
+        return any(first <= counter <= last for first, last in self.stored)
+
+
 _CLASSES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (UpdateNotice, CancelNotice, Keyring, Report, Presence, Inventory)
+    cls.TYPE: cls for cls in (UpdateNotice, CancelNotice, Keyring, Report, Presence, Inventory, Ack)
 }
 
 

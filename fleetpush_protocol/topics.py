@@ -6,6 +6,7 @@
 {prefix}/device/{id}/report         id -> orchestrator    -         QoS 1
 {prefix}/device/{id}/presence       id -> orchestrator    retained  QoS 1 (also the will)
 {prefix}/device/{id}/inventory      id -> orchestrator    retained  QoS 1
+{prefix}/device/{id}/ack            orchestrator -> id    -         QoS 1 (reports stored)
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class Topics:
 
     def inventory(self, device_id: str) -> str:
         return f"{self.prefix}/device/{check_name(device_id, 'device id')}/inventory"
+
+    def ack(self, device_id: str) -> str:
+        return f"{self.prefix}/device/{check_name(device_id, 'device id')}/ack"
 
     def device_from_topic(self, topic: str) -> tuple[str, str] | None:
         """Split ``{prefix}/device/{id}/{kind}`` into (id, kind), else None."""

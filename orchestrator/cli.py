@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from pathlib import Path
 
 import click
@@ -12,19 +11,29 @@ import click
 from orchestrator.cli_broker import broker, provision_command, revoke_command, set_groups_command
 from orchestrator.cli_delta import delta
 from orchestrator.cli_keys import config_option, keys, load, tokens
-from orchestrator.cli_ops import audit, devices, release, rollout
+from orchestrator.cli_ops import audit, devices
 from orchestrator.cli_protocol import protocol
+from orchestrator.cli_quickstart import quickstart
+from orchestrator.cli_releases import release
+from orchestrator.cli_rollouts import rollout
 from orchestrator.cli_sim import demo, simulate
+from orchestrator.config import ConfigError
 from orchestrator.keystore import KeyStoreError
 from orchestrator.service import serve
+from orchestrator.store import StoreError
 
 __all__ = ["main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fleetpush", prog_name="fleetpush")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """fleetpush: push signed updates to fleets of devices over MQTT."""
+    """fleetpush: push signed updates to fleets of devices over MQTT.
+
+    Shell completion: eval "$(_FLEETPUSH_COMPLETE=bash_source fleetpush)" in ~/.bashrc
+    (zsh_source for ~/.zshrc, fish_source for fish).
+    """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -32,16 +41,27 @@ def main(verbose: int) -> None:
 @main.command("serve")
 @config_option
 def serve_command(config_path: Path) -> None:
-    """Run the orchestrator: MQTT link, ingestion, rollout engine and HTTP API."""
+    """Run the orchestrator: MQTT link, ingestion, rollout engine and HTTP API.
+
+    The broker is the one in orchestrator.toml's [mqtt], or else the one `fleetpush broker
+    run --data DATA_DIR` recorded in DATA_DIR/broker/broker.json; with neither, it refuses
+    to start. Prints which broker it uses and where the API listens.
+    """
     cfg = load(config_path)
     try:
-        asyncio.run(serve(cfg))
-    except (KeyStoreError, ConnectionError, OSError) as e:
+        asyncio.run(serve(cfg, say=click.echo))
+    except ConnectionError as e:
+        hint = ""
+        if cfg.mqtt.source.endswith("broker.json"):
+            hint = f"; is `fleetpush broker run --data {cfg.data_dir}` running?"
+        raise click.ClickException(f"{e}{hint}") from None
+    except (ConfigError, KeyStoreError, OSError) as e:
         raise click.ClickException(str(e)) from None
-    except sqlite3.DatabaseError as e:  # a corrupt or unreadable database file
-        raise click.ClickException(f"database {cfg.db_path}: {e}") from None
+    except StoreError as e:  # unreachable, damaged or newer than this fleetpush
+        raise click.ClickException(str(e)) from None
 
 
+main.add_command(quickstart)
 main.add_command(protocol)
 main.add_command(broker)
 main.add_command(keys)

@@ -10,6 +10,7 @@ id), e.g. to record the device in the orchestrator's database.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -21,11 +22,15 @@ import click
 from fleetpush_protocol.atomic import make_private_dir
 from fleetpush_protocol.topics import DEFAULT_PREFIX, Topics
 from orchestrator.broker import (
+    INFO_FILE,
     MosquittoBroker,
     MosquittoNotFoundError,
     ReloadError,
     RevocationError,
+    listening,
+    read_info,
 )
+from orchestrator.config import ConfigError, load_config
 from orchestrator.provisioning import (
     DEFAULT_STATE_DIR,
     Provisioner,
@@ -40,13 +45,33 @@ __all__ = ["broker", "provision_command", "revoke_command", "set_groups_command"
 # through a path spelled differently was once never reloaded (docs/security.md).
 _folder = click.Path(file_okay=False, path_type=Path, resolve_path=True)
 
+
+def _data_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path:
+    """``--data``, else FLEETPUSH_DATA, else the data_dir of FLEETPUSH_CONFIG or of
+    ./orchestrator.toml: the commands the README lists work as written next to it."""
+    if value is not None:
+        return value
+    config = Path(os.environ.get("FLEETPUSH_CONFIG") or "orchestrator.toml")
+    if not config.exists():
+        raise click.UsageError(
+            "give --data DIR (the orchestrator's data_dir), set FLEETPUSH_DATA, or run "
+            "next to orchestrator.toml (or set FLEETPUSH_CONFIG)",
+            ctx,
+        )
+    try:
+        return load_config(config).data_dir
+    except ConfigError as e:
+        raise click.UsageError(f"--data not given, and {e}", ctx) from None
+
+
 _data_option = click.option(
     "--data",
     "data_dir",
     type=_folder,
     envvar="FLEETPUSH_DATA",
-    required=True,
-    help="The orchestrator's data directory; broker state lives in DATA/broker.",
+    callback=_data_dir,
+    help="The orchestrator's data directory; broker state lives in DATA/broker "
+    "(env FLEETPUSH_DATA; default: data_dir of orchestrator.toml / FLEETPUSH_CONFIG).",
 )
 
 
@@ -63,31 +88,37 @@ def broker() -> None:
 
 @broker.command("run")
 @_data_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
-@click.option("--port", type=int, default=0, help="Password listener port (0: a free one).")
-@click.option("--tls-port", type=int, default=0, help="Certificate listener port (0: free).")
+@click.option("--host", help="Listen address (default: as recorded, else 127.0.0.1).")
+@click.option("--port", type=int, default=0, help="Password listener port (0: as recorded).")
+@click.option("--tls-port", type=int, default=0, help="Certificate listener port (0: recorded).")
 @click.option("--no-tls", is_flag=True, help="Only the username/password listener.")
-@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Topic prefix.")
+@click.option("--prefix", help="Topic prefix (default: as recorded, else fleetpush).")
 def run_command(  # noqa: PLR0917 - click passes options as parameters
-    data_dir: Path, host: str, port: int, tls_port: int, no_tls: bool, prefix: str
+    data_dir: Path, host: str | None, port: int, tls_port: int, no_tls: bool, prefix: str | None
 ) -> None:
     """Start Mosquitto from broker_config/ with the identities in DATA/broker.
 
-    Prints where it listens and how the orchestrator logs in, then runs until Ctrl-C or
-    SIGTERM. Provisioning in another shell (same --data) reloads it through its pid file.
+    Listens on the ports recorded in DATA/broker/broker.json, so a restarted broker keeps
+    the URLs the orchestrator and the devices use; the first start picks free ports (or
+    --port/--tls-port) and records them. Prints where it listens and how the orchestrator
+    logs in, then runs until Ctrl-C or SIGTERM. Provisioning in another shell (same --data)
+    reloads it through its pid file.
     """
-    b = MosquittoBroker(
-        data_dir / "broker",
-        topics=Topics(prefix),
-        host=host,
-        port=port or None,
-        tls=not no_tls,
-        tls_port=tls_port or None,
-    )
+    b = recorded_broker(
+        data_dir / "broker", host=host, port=port, tls=not no_tls, tls_port=tls_port,
+        prefix=prefix,
+    )  # fmt: skip
     try:
         b.start()
     except MosquittoNotFoundError as e:
         raise click.ClickException(str(e)) from None
+    except RuntimeError as e:
+        taken = [p for p in (b.port, b.tls_port) if p is not None and listening(b.host, p)]
+        hint = f"; port {taken[0]} is taken by another process" if taken else ""
+        raise click.ClickException(
+            f"{e}{hint} (ports recorded in {b.workdir / INFO_FILE}; --port and --tls-port "
+            "choose others, which devices provisioned before then do not know)"
+        ) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -100,6 +131,29 @@ def run_command(  # noqa: PLR0917 - click passes options as parameters
                 raise click.ClickException(f"mosquitto exited; see {b.log_path}")
     finally:
         b.stop()
+
+
+def recorded_broker(
+    workdir: Path, *, host: str | None, port: int, tls: bool, tls_port: int, prefix: str | None
+) -> MosquittoBroker:
+    """The broker of ``workdir`` on its recorded listeners; options given override them."""
+    try:
+        info = read_info(workdir)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    if info is not None and prefix and prefix != info.topic_prefix:
+        raise click.ClickException(
+            f"--prefix {prefix!r}: this broker's devices use {info.topic_prefix!r}"
+        )
+    recorded_tls = info.tls_port if info else None
+    return MosquittoBroker(
+        workdir,
+        topics=Topics(prefix or (info.topic_prefix if info else DEFAULT_PREFIX)),
+        host=host or (info.host if info else "127.0.0.1"),
+        port=port or (info.port if info else None),
+        tls=tls,
+        tls_port=tls_port or recorded_tls,
+    )
 
 
 @broker.command("server-cert")
@@ -161,7 +215,7 @@ def _root_keys(
 @click.argument("device_id")
 @click.option("--model", required=True, help="Hardware model, e.g. rpi4.")
 @click.option("--groups", default="", help="Comma-separated groups, e.g. canary,eu.")
-@click.option("--cert", "auth", flag_value="cert", default=True, help="Client certificate.")
+@click.option("--cert", "auth", flag_value="cert", default=True, help="Certificate (default).")
 @click.option("--password", "auth", flag_value="password", help="Password instead.")
 @_data_option
 @click.option(
@@ -177,7 +231,13 @@ def _root_keys(
     type=_folder,
     help="Keys folder with root.json (default DATA/keys), when no --root-key.",
 )
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
+@click.option(
+    "--state-dir",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="The device's state folder; relative: next to device.toml (real devices: "
+    "/var/lib/fleetpush, the folder deploy/fleetpush-device.service creates).",
+)
 @click.option("--config-dir", help="Where the bundle will live on the device (absolute paths).")
 @click.option("--broker-url", help="URL for password devices (default: the broker's).")
 @click.option("--tls-url", help="URL for certificate devices (default: the broker's).")

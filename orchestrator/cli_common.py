@@ -15,11 +15,20 @@ from rich.table import Table
 
 from orchestrator.client import ApiClient, ApiClientError
 
-__all__ = ["api_command", "emit", "fmt_time", "table"]
+__all__ = [
+    "EXIT_API",
+    "EXIT_USAGE",
+    "api_command",
+    "emit",
+    "fmt_time",
+    "table",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+EXIT_API = 1  # the API refused the request (an HTTP error answer)
+EXIT_USAGE = 2  # bad usage (click's own code), or the API could not be reached
 
 
 def api_command(fn: F) -> F:
@@ -31,14 +40,21 @@ def api_command(fn: F) -> F:
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @functools.wraps(fn)
     def wrapper(server: str, token: str | None, as_json: bool, **kwargs: Any) -> Any:
+        if not token:
+            raise click.UsageError(
+                "no API token: pass --token or set FLEETPUSH_TOKEN "
+                "(an admin creates one with `fleetpush tokens create NAME --role operator`)"
+            )
         try:
             api = ApiClient(server, token)
             return fn(api=api, as_json=as_json, **kwargs)
         except ApiClientError as e:
+            code = EXIT_API if e.status else EXIT_USAGE
             if as_json:
-                click.echo(json.dumps({"error": e.reason, "status": e.status}))
-                sys.exit(1)
-            raise click.ClickException(str(e)) from None
+                click.echo(json.dumps({**e.body, "error": e.reason, "status": e.status}))
+            else:
+                click.echo(f"Error: {e}", err=True)
+            sys.exit(code)
 
     return wrapper  # type: ignore[return-value]
 

@@ -11,10 +11,11 @@ import click
 
 from fleetpush_protocol.keys import KeyPair
 from orchestrator.auth import ROLES, hash_token, new_token
+from orchestrator.cli_common import fmt_time, table
 from orchestrator.client import ApiClient, ApiClientError
 from orchestrator.config import ConfigError, OrchestratorConfig, load_config
 from orchestrator.keystore import KeyStore, KeyStoreError, describe
-from orchestrator.store import SQLiteStore, StoreError
+from orchestrator.store import StoreError, open_store
 from orchestrator.units import parse_duration
 
 __all__ = ["keys", "load", "tokens"]
@@ -177,9 +178,11 @@ def tokens_create(config_path: Path, name: str, role: str, as_json: bool) -> Non
     """Create a token; it is printed once and only its SHA-256 is stored."""
     cfg = load(config_path)
     token = new_token()
-    store = SQLiteStore(cfg.db_path)
     try:
-        store.migrate()
+        store = open_store(cfg.database)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    try:
         store.add_token(name, role, hash_token(token), time.time())
     except StoreError as e:
         raise click.ClickException(str(e)) from None
@@ -188,15 +191,42 @@ def tokens_create(config_path: Path, name: str, role: str, as_json: bool) -> Non
     _print({"name": name, "role": role, "token": token}, as_json, token)
 
 
+@tokens.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def tokens_list(config_path: Path, as_json: bool) -> None:
+    """List tokens: name, role, when created, revoked or not (never the token itself)."""
+    cfg = load(config_path)
+    try:
+        store = open_store(cfg.database)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        found = store.list_tokens()
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        store.close()
+    data = {"tokens": [t.to_json() for t in found]}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    table(["name", "role", "created", "revoked"],
+          [[t.name, t.role, fmt_time(t.created_at), "yes" if t.revoked else "no"]
+           for t in found])  # fmt: skip
+
+
 @tokens.command("revoke")
 @config_option
 @click.argument("name")
 def tokens_revoke(config_path: Path, name: str) -> None:
     """Revoke a token by name."""
     cfg = load(config_path)
-    store = SQLiteStore(cfg.db_path)
     try:
-        store.migrate()
+        store = open_store(cfg.database)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    try:
         store.revoke_token(name)
     except StoreError as e:
         raise click.ClickException(str(e)) from None

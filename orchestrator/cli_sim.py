@@ -12,12 +12,12 @@ from typing import Any
 import click
 from rich.console import Console, Group
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
 from orchestrator.broker import MosquittoNotFoundError
 from orchestrator.cli_keys import config_option, load
-from orchestrator.cli_ops import render_status
 from orchestrator.provisioning import read_root_keys
 from orchestrator.sim.demo import DemoOptions, run_demo
 from orchestrator.sim.simulate import SimOptions, open_broker, run_simulation
@@ -71,6 +71,37 @@ def _phase_table(summary: dict[str, Any]) -> Table:
     return t
 
 
+def demo_view(status: dict[str, Any], note: str) -> Group:
+    """The demo's live view: one row per phase whose bar keeps its width at 80 columns.
+
+    The counts wrap under the bar rather than squeezing it out: a grid with a minimum bar
+    width, where the generic progress view gives its text columns the room first.
+    """
+    head = Text(
+        f"rollout {status['id']}: {status['release']['name']} {status['release']['version']}"
+        f" - {status['state']} - {status['devices']} device(s)"
+        + (f"\n{status['reason']}" if status.get("reason") else ""),
+        style="bold",
+    )
+    grid = Table.grid(padding=(0, 1), expand=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(min_width=12, ratio=1)
+    grid.add_column(no_wrap=True, justify="right")
+    grid.add_column(ratio=2, overflow="fold")
+    for p in status["phases"]:
+        label = p.get("status") or ("open" if p.get("open") else "closed")
+        total = p["devices"]
+        grid.add_row(
+            f"phase {p['index']} {p['percent']:g}% {label}",
+            ProgressBar(total=max(total, 1), completed=p["succeeded"] if total else 0),
+            f"{p['succeeded']}/{total}",
+            f"failed {p['failed']} · in flight {p['in_flight']} · pending {p['pending']}"
+            f" · offline {p['waiting_offline']}",
+        )
+    states = Text("  ".join(f"{k}: {v}" for k, v in sorted(status["states"].items())))
+    return Group(head, grid, states or Text("no devices"), Text(note))
+
+
 def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     console.print(_phase_table(summary))
     n = summary["devices"]
@@ -116,8 +147,8 @@ def demo(n: int, soak: float, fail_share: float, as_json: bool) -> None:
                       refresh_per_second=8, transient=False) as live:  # fmt: skip
 
                 def show(status: dict[str, Any], verified: int) -> None:
-                    note = Text(f"devices that verified their notice: {verified}/{n}")
-                    live.update(Group(render_status(status), note))
+                    note = f"devices that verified a notice: {verified}/{n}"
+                    live.update(demo_view(status, note))
 
                 summary = run_demo(options, on_status=show)
             _print_summary(console, summary)

@@ -6,19 +6,40 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["ApiClient", "ApiClientError"]
+__all__ = ["UPLOAD_CHUNK", "ApiClient", "ApiClientError"]
+
+UPLOAD_CHUNK = 1 << 20  # bytes read from an upload at a time, at most
 
 
 class ApiClientError(Exception):
-    """The API answered with an error, or could not be reached."""
+    """The API answered with an error, or could not be reached (``status`` 0).
 
-    def __init__(self, status: int, reason: str) -> None:
+    ``body`` is the API's decoded JSON error answer, when there was one.
+    """
+
+    def __init__(self, status: int, reason: str, body: dict[str, Any] | None = None) -> None:
         super().__init__(f"{reason} (HTTP {status})" if status else reason)
         self.status = status
         self.reason = reason
+        self.body = body or {}
+
+
+class _Reader:
+    """A file read in bounded chunks, counting what was sent (the upload streams)."""
+
+    def __init__(self, f: BinaryIO, on_read: Callable[[int], None] | None) -> None:
+        self._f = f
+        self._on_read = on_read
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._f.read(n if 0 < n <= UPLOAD_CHUNK else UPLOAD_CHUNK)
+        if chunk and self._on_read is not None:
+            self._on_read(len(chunk))
+        return chunk
 
 
 class ApiClient:
@@ -45,8 +66,12 @@ class ApiClient:
         body: Any = None,
         params: list[tuple[str, str]] | None = None,
         upload: Path | None = None,
+        on_upload: Callable[[int], None] | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON answer.
+
+        ``upload`` is sent as the body straight from the file, ``UPLOAD_CHUNK`` bytes at a
+        time; ``on_upload`` is called with the size of each chunk sent.
 
         Raises:
             ApiClientError: a 4xx/5xx answer (with the API's reason) or no connection.
@@ -58,8 +83,10 @@ class ApiClient:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         data: Any = None
+        f: BinaryIO | None = None
         if upload is not None:
-            data = upload.open("rb")
+            f = upload.open("rb")
+            data = _Reader(f, on_upload)
             headers["Content-Type"] = "application/octet-stream"
             headers["Content-Length"] = str(upload.stat().st_size)
         elif body is not None:
@@ -70,13 +97,36 @@ class ApiClient:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as e:
-            try:
-                reason = json.loads(e.read()).get("error", e.reason)
-            except (ValueError, AttributeError):
-                reason = str(e.reason)
-            raise ApiClientError(e.code, str(reason)) from None
+            raise self._error(e) from None
         except (urllib.error.URLError, OSError) as e:
             raise ApiClientError(0, f"cannot reach {self.server}: {e}") from None
         finally:
-            if upload is not None and data is not None:
-                data.close()
+            if f is not None:
+                f.close()
+
+    def _error(self, e: urllib.error.HTTPError) -> ApiClientError:
+        try:
+            answer = json.loads(e.read())
+        except (ValueError, OSError):
+            answer = None
+        if not isinstance(answer, dict):
+            answer = {}
+        reason = str(answer.get("error", e.reason))
+        if e.code == 404 and reason in ("Not Found", str(e.reason)):
+            # The route itself is unknown (the API names what is missing otherwise): most
+            # likely --server carries a path, or points at something else.
+            hint = (
+                f"{self.server} has no fleetpush API at {urllib.parse.urlsplit(e.url).path}: "
+                "--server (FLEETPUSH_SERVER) must be the orchestrator's base URL, like "
+                "http://127.0.0.1:8080, without a path"
+            )
+            path = urllib.parse.urlsplit(self.server).path
+            if path:
+                hint += f" (drop {path!r})"
+            return ApiClientError(404, hint, answer)
+        if e.code == 401:
+            if self.token:
+                reason = f"{reason}: check --token (FLEETPUSH_TOKEN)"
+            else:
+                reason = f"{reason}: pass --token or set FLEETPUSH_TOKEN"
+        return ApiClientError(e.code, reason, answer)

@@ -1,23 +1,18 @@
-"""The orchestrator's one MQTT connection (gmqtt on its own event-loop thread).
+"""The orchestrator's one MQTT connection, on its own event-loop thread.
 
-gmqtt rather than paho because ingestion is the hot path: paho's own per-message work held
-86% of its thread and capped ingestion near 10,000 reports/s (docs/performance.md).
-The link runs gmqtt on a private asyncio loop in a thread of its own, so a flood of reports
-does not starve the HTTP API and engine on the service's loop.
+The link speaks MQTT 5 through the sans-IO codec (``orchestrator.mqtt.codec``) behind a
+bare ``asyncio.Protocol``: ingestion is the hot path, and owning the layer is what lets an
+acknowledgement wait for the database without reaching into a library (docs/performance.md).
+The link runs on a private asyncio loop in a thread of its own, so a flood of reports does
+not starve the HTTP API and engine on the service's loop.
 
-The session is persistent (MQTT 5, clean start off, long session expiry) so reports sent
-while the orchestrator is down wait in the broker. Acknowledgements are manual: a report
-is PUBACKed only when ``ack`` is called, after the batch holding it is committed; the acks
-released together are written to the socket in one write. An ack is only sent on the
-connection its message came on: after a reconnect the broker delivers unacknowledged
-messages again (often with the same packet identifier, which it may later give to another
-message), so a late ack for the old copy is dropped and the new copy is acked when its own
-batch commits.
-
-What this module uses of gmqtt beyond its public interface is kept in ``_Client``: its
-PUBLISH handler (to hold the PUBACK and skip the per-message property parsing gmqtt does),
-its reconnect hook (the link reconnects itself, with jittered backoff) and the connection
-object for raw writes. A custom ``persistent_storage`` tells ``publish_many`` of PUBACKs.
+The session is persistent (clean start off, long session expiry) so reports sent while the
+orchestrator is down wait in the broker. Acknowledgements are manual: a report is PUBACKed
+only when ``ack`` is called, after the batch holding it is committed; the acks released
+together are written to the socket in one write. An ack is only sent on the connection its
+message came on: after a reconnect the broker delivers unacknowledged messages again (often
+with the same packet identifier, which it may later give to another message), so a late ack
+for the old copy is dropped and the new copy is acked when its own batch commits.
 """
 
 from __future__ import annotations
@@ -25,19 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import gmqtt  # type: ignore[import-untyped]
-from gmqtt.mqtt.constants import MQTTv50  # type: ignore[import-untyped]
-from gmqtt.storage import PersistentStorage  # type: ignore[import-untyped]
-
 from fleetpush_protocol.backoff import Backoff
 from orchestrator.config import MqttConfig
+from orchestrator.mqtt import codec
+from orchestrator.mqtt.protocol import Handlers, MqttProtocol
+from orchestrator.mqtt.reasons import reason_name
 
 __all__ = ["Message", "MqttLink", "PublishTimeoutError"]
 
@@ -56,6 +50,12 @@ _T = TypeVar("_T")
 
 class PublishTimeoutError(TimeoutError):
     """The broker did not acknowledge every publish in time."""
+
+
+class _RefusedError(ConnectionError):
+    def __init__(self, reason: int) -> None:
+        super().__init__(f"{reason_name(reason)} (CONNACK reason 0x{reason:02x})")
+        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -93,107 +93,8 @@ class _Batch:
 _Entry = tuple[str, bytes, bool, _Batch, int]
 
 
-class _Storage(PersistentStorage):  # type: ignore[misc]
-    """gmqtt's store of unacknowledged outgoing publishes, reporting to the link.
-
-    gmqtt calls ``push_message`` when it sends a QoS 1 PUBLISH, ``remove_message_by_mid``
-    on its PUBACK and ``clear`` when the broker had no session for us (those publishes are
-    gone and must be sent again).
-    """
-
-    def __init__(self, link: MqttLink) -> None:
-        super().__init__()
-        self.link = link
-
-    def push_message(self, mid: int, raw_package: bytes) -> None:
-        super().push_message(mid, raw_package)
-        self.link._sent(mid)
-
-    def remove_message_by_mid(self, mid: int) -> None:
-        super().remove_message_by_mid(mid)
-        self.link._puback(mid)
-
-    def clear(self) -> None:
-        mids = [mid for mid, _ in self.get_all()]
-        super().clear()
-        self.link._session_lost(mids)
-
-
-class _Client(gmqtt.Client):  # type: ignore[misc]
-    """gmqtt's client with the link's hooks (everything of gmqtt's internals used is here)."""
-
-    def __init__(self, link: MqttLink, client_id: str, **kwargs: Any) -> None:
-        super().__init__(client_id, **kwargs)
-        self.link = link
-        handler = self._package_handler
-        self._gmqtt_publish_handler = handler._handle_publish_packet
-        # gmqtt looks packet handlers up by name on the handler object.
-        handler._handle_publish_packet = self._handle_publish_packet
-
-    async def reconnect(self, delay: bool = False) -> None:
-        """gmqtt calls this when the connection is lost; the link's supervisor reconnects."""
-        self.link._lost()
-
-    def _handle_publish_packet(self, cmd: int, raw: bytes) -> None:
-        """Parse a PUBLISH (MQTT 5) and hand it to the link; no PUBACK here.
-
-        QoS 2 never arrives (we subscribe at QoS 1 at most) and goes to gmqtt's handler.
-        """
-        qos = (cmd >> 1) & 3
-        if qos == 2:
-            self._gmqtt_publish_handler(cmd, raw)
-            return
-        n = (raw[0] << 8) | raw[1]
-        pos = 2 + n
-        if qos:
-            mid = (raw[pos] << 8) | raw[pos + 1]
-            pos += 2
-        else:
-            mid = 0
-        # Property length (variable byte integer). Topic aliases cannot come: we allow none.
-        plen, mult = 0, 1
-        while True:
-            b = raw[pos]
-            pos += 1
-            plen += (b & 0x7F) * mult
-            if not b & 0x80:
-                break
-            mult <<= 7
-        topic = raw[2 : 2 + n].decode("utf-8", "replace")
-        self.link._received(topic, raw[pos + plen :], qos, bool(cmd & 1), mid)
-
-    def write(self, data: bytes) -> bool:
-        """Write raw bytes on the current connection; False when it is closed."""
-        conn = self._connection
-        if conn is None or conn.is_closing():
-            return False
-        conn.send_package(data)
-        return True
-
-    async def close_connection(self) -> None:
-        """Close the current connection without DISCONNECT (after a loss or failed attempt)."""
-        conn = self._connection
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
-
-    @property
-    def server_receive_maximum(self) -> int:
-        values = self._package_handler._connack_properties.get("receive_maximum")
-        return int(values[0]) if values else 65535
-
-    def subscribe_all(self, filters: Sequence[str]) -> None:
-        """One SUBSCRIBE (QoS 1) for all filters, kept out of gmqtt's resubscription list."""
-        self._connection.subscribe([gmqtt.Subscription(f, qos=1) for f in filters])
-
-    def free_mids(self, mids: Sequence[int]) -> None:
-        gen = self._package_handler.id_generator
-        for mid in mids:
-            gen.free_id(mid)
-
-
 class MqttLink:
-    """A gmqtt client with manual acks, waitable publishes and resubscription on connect.
+    """An MQTT 5 client with manual acks, waitable publishes and resubscription on connect.
 
     Args:
         config: broker address, credentials and topic prefix.
@@ -213,12 +114,11 @@ class MqttLink:
         self.connected = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._client: _Client | None = None
-        self._supervisor: asyncio.Task[None] | None = None
+        self._proto: MqttProtocol | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # this link's own tasks, ended at stop
         self._stopping = False
         self._start_error: str | None = None
         self._start_failed = threading.Event()
-        self._lost_event: asyncio.Event | None = None
         self._generation = 0  # connections so far; tags ack handles
         # acks queued by any thread, written by the loop in one go
         self._ack_lock = threading.Lock()
@@ -226,10 +126,13 @@ class MqttLink:
         self._ack_scheduled = False
         # outgoing publishes (loop thread only)
         self._outbox: deque[_Entry] = deque()
-        self._inflight: dict[int, _Entry] = {}
-        self._sending: _Entry | None = None
+        self._inflight: dict[int, tuple[_Entry, bytes]] = {}  # packet id -> entry, packet
+        self._next_id = 0
         self._window = MAX_INFLIGHT
         self._batches: set[_Batch] = set()  # publish_many calls waiting
+        self._qos2: set[int] = set()  # incoming QoS 2 packet ids awaiting PUBREL
+        self._handlers = Handlers(self._on_connack, self._on_publish, self._on_ack,
+                                  self._on_suback, self.connected.clear)  # fmt: skip
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -248,11 +151,10 @@ class MqttLink:
         self._thread = threading.Thread(target=loop.run_forever, name="fleetpush-mqtt", daemon=True)
         self._thread.start()
         self._call(self._begin())
-        waited = 0.0
-        while not self.connected.is_set() and waited < timeout:
+        deadline = time.monotonic() + timeout
+        while not self.connected.is_set() and time.monotonic() < deadline:
             if self._start_failed.wait(0.05):
                 break
-            waited += 0.05
         if not self.connected.is_set():
             reason = self._start_error or f"not connected within {timeout:.0f}s"
             self.stop()
@@ -279,113 +181,126 @@ class MqttLink:
         assert self._loop is not None  # noqa: S101 - started
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _begin(self) -> None:
-        self._client = _Client(
-            self,
-            self.config.username,
-            clean_session=False,
-            # Only gmqtt's QoS 2 path reads this (QoS 0/1 go to _Client); QoS 2 cannot come
-            # on our QoS 1 subscriptions, but if it did gmqtt would answer it itself.
-            optimistic_acknowledgement=True,
-            persistent_storage=_Storage(self),
-            session_expiry_interval=SESSION_EXPIRY_S,
-            receive_maximum=RECEIVE_MAXIMUM,
-        )
-        self._client.set_auth_credentials(self.config.username, self.config.password)
-        self._client.on_connect = self._handle_connect
-        self._client.on_disconnect = self._handle_disconnect
-        self._client.on_message = self._handle_qos2
-        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        self._spawn(self._supervise())
 
     async def _shutdown(self) -> None:
         self._stopping = True
         self._flush_acks()
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-        client = self._client
-        if client is not None and self.connected.is_set():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), 5)
-        elif client is not None:
-            await client.close_connection()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        proto = self._proto
+        if proto is not None:
+            if self.connected.is_set():
+                proto.write(codec.disconnect())
+            await proto.close()
         self.connected.clear()
         for batch in self._batches:
             if not batch.future.done():
                 batch.future.set_exception(ConnectionError("MQTT link stopped"))
         await asyncio.sleep(0)  # let the waiting publish_many calls end with that error
-        current = asyncio.current_task()
-        rest = [t for t in asyncio.all_tasks() if t is not current]
-        for t in rest:
-            t.cancel()
-        await asyncio.gather(*rest, return_exceptions=True)
 
     async def _supervise(self) -> None:
         """Connect, wait for the loss, back off (jittered, doubling), connect again."""
-        client = self._client
-        assert client is not None  # noqa: S101 - set by _begin
         backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         while not self._stopping:
-            lost = self._lost_event = asyncio.Event()
+            proto = MqttProtocol(self._handlers)
             try:
                 await asyncio.wait_for(
-                    client.connect(
-                        self.config.host,
-                        self.config.port,
-                        keepalive=self.config.keepalive_s,
-                        version=MQTTv50,
-                    ),
-                    timeout=max(10.0, float(self.config.keepalive_s)),
+                    self._connect(proto), timeout=max(10.0, float(self.config.keepalive_s))
                 )
-            except (OSError, TimeoutError, gmqtt.MQTTConnectError) as e:
-                code = getattr(e, "_code", None)
-                if not self.connected.is_set():
-                    if code in _PERMANENT_REFUSALS:
-                        self._start_error = f"refused: {e}"
-                        self._start_failed.set()
-                    logger.warning("cannot connect to MQTT broker: %s", e or type(e).__name__)
-                    await client.close_connection()
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-            if self.connected.is_set():
-                backoff.reset()
-            await lost.wait()
+            except (OSError, TimeoutError, codec.MalformedPacketError) as e:
+                if isinstance(e, _RefusedError) and e.reason in _PERMANENT_REFUSALS:
+                    self._start_error = f"refused: {e}"
+                    self._start_failed.set()
+                logger.warning("cannot connect to MQTT broker: %s", e or type(e).__name__)
+                await proto.close()
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            pinger = asyncio.get_running_loop().create_task(self._keepalive(proto))
+            try:
+                await proto.lost.wait()
+            finally:
+                pinger.cancel()
             self.connected.clear()
-            await client.close_connection()
             if self._stopping:
                 return
+            logger.warning("MQTT connection lost; reconnecting")
             await asyncio.sleep(backoff.next_delay())
 
-    # --- gmqtt callbacks (the link's thread) ---------------------------------------------
+    async def _connect(self, proto: MqttProtocol) -> None:
+        cfg = self.config
+        await asyncio.get_running_loop().create_connection(lambda: proto, cfg.host, cfg.port)
+        self._proto = proto
+        hello = codec.connect(cfg.username, cfg.username, cfg.password,
+                              keepalive_s=cfg.keepalive_s, clean_start=False,
+                              session_expiry_s=SESSION_EXPIRY_S,
+                              receive_maximum=RECEIVE_MAXIMUM)  # fmt: skip
+        proto.write(hello)
+        ack = await proto.connack
+        if ack.reason:
+            raise _RefusedError(ack.reason)
 
-    def _handle_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
-        if rc:
-            return
+    def _on_connack(self, ack: codec.ConnAck) -> None:
+        """The broker accepted us: resubscribe, resend or requeue our publishes, go on."""
+        proto = self._proto
+        assert proto is not None  # noqa: S101 - its CONNACK came
         self._generation += 1
-        self._window = max(1, min(MAX_INFLIGHT, client.server_receive_maximum - 8))
-        logger.info("connected to MQTT broker (session present: %s)", bool(flags))
+        self._window = max(1, min(MAX_INFLIGHT, ack.receive_maximum - 8))
+        logger.info("connected to MQTT broker (session present: %s)", ack.session_present)
+        self._qos2.clear()
         if self.subscriptions:
-            client.subscribe_all(self.subscriptions)
+            proto.write(codec.subscribe(self._packet_id(), self.subscriptions))
+        if ack.session_present:
+            # The broker keeps our unacknowledged publishes' state: send them again as is.
+            proto.write(b"".join(codec.set_dup(packet) for _, packet in self._inflight.values()))
+        else:
+            # No session: those publishes are unknown to the broker; first in the queue again.
+            entries = [entry for entry, _ in self._inflight.values()]
+            self._inflight.clear()
+            self._outbox.extendleft(reversed(entries))
         self.connected.set()
-        # After gmqtt's replay of unacknowledged publishes, scheduled before this callback.
-        asyncio.get_running_loop().call_soon(self._pump)
+        self._pump()
 
-    def _handle_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
-        was = self.connected.is_set()
-        self.connected.clear()
-        if was and not self._stopping:
-            logger.warning("MQTT connection lost; reconnecting")
-        self._lost()
+    async def _keepalive(self, proto: MqttProtocol) -> None:
+        """PINGREQ at half the keepalive; close the connection if the broker falls silent."""
+        interval = max(1.0, self.config.keepalive_s / 2)
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - proto.last_received > 3 * interval:
+                logger.warning("MQTT broker silent for %.0fs; reconnecting", 3 * interval)
+                proto.abort()
+                return
+            proto.write(codec.pingreq())
 
-    def _lost(self) -> None:
-        self.connected.clear()
-        if self._lost_event is not None:
-            self._lost_event.set()
+    def _packet_id(self) -> int:
+        """A packet identifier not in use by one of our publishes awaiting its PUBACK."""
+        inflight = self._inflight
+        while True:
+            self._next_id = self._next_id % 0xFFFF + 1
+            if self._next_id not in inflight:
+                return self._next_id
 
-    def _received(self, topic: str, payload: bytes, qos: int, retain: bool, mid: int) -> None:
-        handle = (self._generation << 16) | mid if qos else 0
-        msg = Message(topic, payload, qos, retain, handle)
+    # --- packets in (the link's thread, called by MqttProtocol) --------------------------
+
+    def _on_publish(self, p: codec.Publish) -> None:
+        qos = p.qos
+        if qos == 2:  # QoS 2 cannot come on our QoS 1 subscriptions; answered at once
+            assert self._proto is not None  # noqa: S101 - a packet came on it
+            self._proto.write(codec.pubrec(p.packet_id))
+            if p.packet_id in self._qos2:
+                return  # a resend before our PUBREC arrived: delivered already
+            self._qos2.add(p.packet_id)
+            qos = 0
+        handle = (self._generation << 16) | p.packet_id if qos else 0
+        msg = Message(p.topic, p.payload, qos, p.retain, handle)
         handler = self.on_message
         if handler is None:
             self.ack(handle, qos)
@@ -393,14 +308,27 @@ class MqttLink:
         try:
             handler(msg)
         except Exception:
-            logger.exception("message handler failed for %s", topic)
+            logger.exception("message handler failed for %s", p.topic)
             self.ack(handle, qos)
 
-    def _handle_qos2(self, client: Any, topic: Any, payload: bytes, qos: int, props: Any) -> None:
-        # Only gmqtt's QoS 2 path calls this, after its PUBREC: nothing left to acknowledge.
-        if isinstance(topic, bytes):
-            topic = topic.decode("utf-8", "replace")
-        self._received(str(topic), payload, 0, bool(props.get("retain")), 0)
+    def _on_ack(self, a: codec.PacketAck) -> None:
+        if a.kind == codec.PUBACK:
+            got = self._inflight.pop(a.packet_id, None)
+            if got is None:
+                return
+            if a.reason >= 0x80:
+                logger.warning("broker refused a publish to %s: reason 0x%02x", got[0][0], a.reason)
+            got[0][3].acked()
+            if self._outbox:
+                self._pump()
+        elif a.kind == codec.PUBREL and self._proto is not None:
+            self._qos2.discard(a.packet_id)
+            self._proto.write(codec.pubcomp(a.packet_id))
+
+    def _on_suback(self, s: codec.SubAck) -> None:
+        refused = [f for f, r in zip(self.subscriptions, s.reasons, strict=False) if r >= 0x80]
+        if refused:
+            logger.warning("broker refused subscriptions: %s", ", ".join(refused))
 
     # --- acks ----------------------------------------------------------------------------
 
@@ -423,13 +351,12 @@ class MqttLink:
         with self._ack_lock:
             handles, self._acks = self._acks, []
             self._ack_scheduled = False
-        if not handles or self._client is None or not self.connected.is_set():
+        if not handles or self._proto is None or not self.connected.is_set():
             return  # not acknowledged: the broker delivers these again
         gen = self._generation
-        # PUBACK, success, no properties: 0x40, remaining length 2, packet identifier.
-        words = [0x40020000 | (h & 0xFFFF) for h in handles if h >> 16 == gen]
-        if words:
-            self._client.write(struct.pack(f">{len(words)}I", *words))
+        ids = [h & 0xFFFF for h in handles if h >> 16 == gen]
+        if ids:
+            self._proto.write(codec.pubacks(ids))
 
     # --- publishing ----------------------------------------------------------------------
 
@@ -476,45 +403,23 @@ class MqttLink:
             ) from None
         finally:
             self._batches.discard(batch)
-            if batch.left:  # not sent yet: drop (those sent are gmqtt's to replay)
+            if batch.left:  # not sent yet: drop (those in flight are resent on reconnect)
                 self._outbox = deque(e for e in self._outbox if e[3] is not batch)
 
     def _pump(self) -> None:
         """Send from the outbox while connected and the broker's window has room."""
-        client = self._client
-        if client is None:
+        proto = self._proto
+        if proto is None or not self.connected.is_set():
             return
-        outbox, inflight, window = self._outbox, self._inflight, self._window
-        while outbox and len(inflight) < window and self.connected.is_set():
+        outbox, inflight = self._outbox, self._inflight
+        room = self._window - len(inflight)
+        if room <= 0 or not outbox:
+            return
+        out = []
+        for _ in range(min(room, len(outbox))):
             entry = outbox.popleft()
-            self._sending = entry
-            try:
-                if entry[4]:
-                    client.publish(entry[0], entry[1], qos=1, retain=entry[2],
-                                   message_expiry_interval=entry[4])  # fmt: skip
-                else:
-                    client.publish(entry[0], entry[1], qos=1, retain=entry[2])
-            except Exception:
-                logger.exception("publish to %s failed", entry[0])
-                outbox.appendleft(entry)
-                return
-            finally:
-                self._sending = None
-
-    def _sent(self, mid: int) -> None:
-        if self._sending is not None:
-            self._inflight[mid] = self._sending
-
-    def _puback(self, mid: int) -> None:
-        entry = self._inflight.pop(mid, None)
-        if entry is not None:
-            entry[3].acked()
-            if self._outbox:
-                self._pump()
-
-    def _session_lost(self, mids: list[int]) -> None:
-        """The broker has no session: our unacknowledged publishes go out again, in order."""
-        entries = [e for mid in mids if (e := self._inflight.pop(mid, None)) is not None]
-        if self._client is not None:
-            self._client.free_mids(mids)
-        self._outbox.extendleft(reversed(entries))
+            mid = self._packet_id()
+            packet = codec.publish(entry[0], entry[1], 1, mid, retain=entry[2], expiry_s=entry[4])
+            inflight[mid] = (entry, packet)
+            out.append(packet)
+        proto.write(b"".join(out))

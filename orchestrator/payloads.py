@@ -9,20 +9,44 @@ import hmac
 import os
 import re
 import secrets
+import tarfile
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlencode
 
 from fleetpush_protocol.atomic import check_private, fsync_dir, make_private_dir, write_secret
 
-__all__ = ["PayloadStore", "TooLargeError", "UrlSigner"]
+__all__ = ["PayloadError", "PayloadStore", "TooLargeError", "UrlSigner", "check_tar"]
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class TooLargeError(ValueError):
     """The upload went past the configured limit."""
+
+
+class PayloadError(ValueError):
+    """The payload does not suit its handler (e.g. not a tar for ``directory``)."""
+
+
+def check_tar(path: Path) -> None:
+    """Read ``path`` as a stream of tar headers, as the device's ``directory`` handler
+    will unpack it (plain, gzip, bz2 or xz): never all of it in memory.
+
+    Raises:
+        PayloadError: not a readable tar archive.
+    """
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            if tar.next() is None:
+                raise PayloadError("an empty tar archive")
+            for _ in tar:  # each header, skipping over the data: a truncated archive fails
+                pass
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:  # zlib/lzma errors too
+        if isinstance(e, PayloadError):
+            raise
+        raise PayloadError(f"not a readable tar archive ({e})") from None
 
 
 def _check_size(size: int, max_bytes: int) -> None:
@@ -56,8 +80,16 @@ class PayloadStore:
         except ValueError:
             return False
 
-    async def store_stream(self, chunks: AsyncIterator[bytes], max_bytes: int) -> tuple[str, int]:
+    async def store_stream(
+        self,
+        chunks: AsyncIterator[bytes],
+        max_bytes: int,
+        check: Callable[[Path], None] | None = None,
+    ) -> tuple[str, int]:
         """Write a stream to a temp file while hashing it, then move it into place.
+
+        ``check`` (run off the event loop) reads the complete temp file before it is
+        moved into place; what it raises leaves nothing behind.
 
         Returns:
             ``(sha256_hex, size)``.
@@ -80,6 +112,8 @@ class PayloadStore:
                 # fsync of a large payload can take seconds: not on the event loop, which
                 # also serves the API and the MQTT link.
                 await asyncio.to_thread(os.fsync, f.fileno())
+            if check is not None and size:
+                await asyncio.to_thread(check, Path(tmp))
             sha = digest.hexdigest()
             final = self.path(sha)
             await asyncio.to_thread(_move_into_place, Path(tmp), final)

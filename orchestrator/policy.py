@@ -24,6 +24,7 @@ __all__ = [
     "assign_phases",
     "failure_tripped",
     "gate_met",
+    "gate_view",
     "in_windows",
     "parse_window",
     "phase_bounds",
@@ -232,6 +233,9 @@ def assign_phases(
     return out
 
 
+_COUNT_FIELDS = ("total", "pending", "waiting", "in_flight", "succeeded", "failed", "canceled")
+
+
 @dataclass(slots=True)
 class PhaseCounts:
     """How the devices of one phase stand."""
@@ -259,6 +263,10 @@ class PhaseCounts:
         else:
             self.failed += n
 
+    def plus(self, other: PhaseCounts) -> PhaseCounts:
+        """The counts of both (e.g. a phase judged with the ones before it)."""
+        return PhaseCounts(*(getattr(self, f) + getattr(other, f) for f in _COUNT_FIELDS))
+
     @property
     def reachable(self) -> int:
         """Devices the gate judges: all but offline-notified and canceled ones."""
@@ -274,6 +282,42 @@ def gate_met(counts: PhaseCounts, success_pct: float) -> bool:
     if counts.reachable <= 0:
         return counts.total == 0
     return counts.succeeded * 100.0 >= success_pct * counts.reachable - 1e-9
+
+
+def gate_view(counts: PhaseCounts, phase: int, success_pct: float) -> dict[str, Any]:
+    """The success gate of ``phase`` (numbered from 1; ``counts`` cover it and the phases
+    before it), for people: met or not, what it needs, what it has, and, when the phase
+    finished below it (the engine pauses such a rollout, again after a resume), what
+    would let the rollout go on."""
+    met = gate_met(counts, success_pct)
+    needed = math.ceil(success_pct * counts.reachable / 100.0 - 1e-9)
+    have = (
+        f"{counts.succeeded} succeeded, {counts.failed} failed, {counts.in_flight} in flight, "
+        f"{counts.pending} pending, {counts.waiting} offline"
+    )
+    view: dict[str, Any] = {
+        "met": met,
+        "phase": phase,
+        "success_pct": success_pct,
+        "needed": f"{needed} of {counts.reachable} reachable device(s) of phases 1-{phase} "
+        f"succeeded ({success_pct:g}%)",
+        "have": have,
+        "stalled": not met and counts.done and counts.total > 0,
+        "next": "",
+    }
+    if view["stalled"]:
+        short = needed - counts.succeeded
+        view["next"] = (
+            f"every device of phases 1-{phase} has finished, {short} short of the gate, so "
+            "the engine pauses the rollout again; retry the failed devices (fleetpush "
+            "rollout retry), or cancel it and create a rollout with a lower --success"
+        )
+    elif not met:
+        view["next"] = (
+            f"it goes on once {needed} have succeeded; {counts.in_flight + counts.pending} "
+            "device(s) have not finished yet"
+        )
+    return view
 
 
 def failure_tripped(failures: int, attempts: int, spec: RolloutSpec) -> bool:

@@ -20,7 +20,6 @@ the device-level steps and hooks the orchestrator uses to record devices in its 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -33,7 +32,7 @@ from fleetpush_protocol.atomic import atomic_write, make_private_dir
 from fleetpush_protocol.fields import check_name
 from fleetpush_protocol.keys import load_public_key
 from fleetpush_protocol.topics import Topics
-from orchestrator.broker import MosquittoBroker, ReloadError
+from orchestrator.broker import MosquittoBroker, ReloadError, read_info
 
 __all__ = [
     "DEFAULT_SESSION_EXPIRY_S",
@@ -49,7 +48,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 AuthKind = Literal["cert", "password"]
-DEFAULT_STATE_DIR = "/var/lib/fleetpush"
+# Relative to device.toml: a bundle works wherever it is put, and two bundles on one host
+# never share a state folder. A real device passes --state-dir /var/lib/fleetpush.
+DEFAULT_STATE_DIR = "state"
 DEFAULT_KEEPALIVE_S = 60
 DEFAULT_SESSION_EXPIRY_S = 604800  # 7 days; the broker caps sessions at 30 days
 
@@ -148,26 +149,26 @@ def render_device_config(
 def broker_for_data_dir(data_dir: Path, *, topics: Topics | None = None) -> MosquittoBroker:
     """The broker state in ``<data>/broker``, with the ports it was last started on.
 
-    ``fleetpush broker run`` records its listeners in ``broker.json``; without it, the
-    standard ports (1883, 8883 on localhost) are assumed.
+    ``fleetpush broker run`` (or ``quickstart init``) records its listeners in
+    ``broker.json``; without it, the standard ports of deploy/ (1883, 8883 on localhost)
+    are assumed.
+
+    Raises:
+        ValueError: ``broker.json`` exists but is not valid.
     """
     workdir = Path(data_dir) / "broker"
-    info: dict[str, object] = {}
-    with contextlib.suppress(FileNotFoundError):
-        info = json.loads((workdir / "broker.json").read_text())
-    prefix = info.get("topic_prefix")
+    info = read_info(workdir)
     if topics is None:
-        topics = Topics(prefix) if isinstance(prefix, str) else Topics()
-    tls_port = info.get("tls_port", 8883)
-    port = info.get("port", 1883)
-    host = info.get("host", "127.0.0.1")
+        topics = Topics(info.topic_prefix) if info else Topics()
+    if info is None:
+        return MosquittoBroker(workdir, topics=topics, port=1883, tls=True, tls_port=8883)
     return MosquittoBroker(
         workdir,
         topics=topics,
-        host=host if isinstance(host, str) else "127.0.0.1",
-        port=port if isinstance(port, int) else 1883,
-        tls=tls_port is not None,
-        tls_port=tls_port if isinstance(tls_port, int) else None,
+        host=info.host,
+        port=info.port,
+        tls=info.tls_port is not None,
+        tls_port=info.tls_port,
     )
 
 

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.policy import PhaseCounts, RolloutSpec, phase_bounds
+from orchestrator.policy import (
+    PhaseCounts,
+    RolloutSpec,
+    assign_phases,
+    gate_view,
+    phase_bounds,
+)
 from orchestrator.store import DeviceRecord, ReleaseRecord, RolloutRecord, Store
 
-__all__ = ["TargetSpec", "resolve_targets", "rollout_status", "status_view"]
+__all__ = [
+    "Plan",
+    "TargetSpec",
+    "active_owners",
+    "phase_key",
+    "plan_rollout",
+    "resolve_targets",
+    "rollout_status",
+    "select_targets",
+    "status_view",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +66,11 @@ class TargetSpec:
                 "models": list(self.models), "all": self.all}  # fmt: skip
 
 
-def resolve_targets(
+def select_targets(
     spec: TargetSpec, devices: Sequence[DeviceRecord], release: ReleaseRecord
-) -> list[str]:
-    """The registered devices the rollout covers.
+) -> tuple[list[str], list[str]]:
+    """``(covered, model_mismatch)``: the registered devices the rollout covers, and those
+    the target names but leaves out for their model.
 
     A device whose model is known and not among the release's (or the target's) models is
     left out; one whose model is not known yet is kept, and checks the model itself.
@@ -60,14 +78,90 @@ def resolve_targets(
     wanted = set(spec.devices)
     groups = set(spec.groups)
     models = set(spec.models) | set(release.models)
-    out = []
+    out, mismatch = [], []
     for d in devices:
         if not (spec.all or d.device_id in wanted or groups.intersection(d.groups)):
             continue
         if models and d.model and d.model not in models:
+            mismatch.append(d.device_id)
             continue
         out.append(d.device_id)
-    return out
+    return out, mismatch
+
+
+def resolve_targets(
+    spec: TargetSpec, devices: Sequence[DeviceRecord], release: ReleaseRecord
+) -> list[str]:
+    """The registered devices the rollout covers (see ``select_targets``)."""
+    return select_targets(spec, devices, release)[0]
+
+
+def phase_key(release_id: int, target: TargetSpec) -> str:
+    """The seed of a rollout's device order: the release and the target only, so a dry run
+    shows the very order the real create will use."""
+    return f"{release_id}:{json.dumps(target.to_json(), sort_keys=True)}"
+
+
+def active_owners(s: Store) -> dict[str, int]:
+    """Device -> the oldest scheduled, running or paused rollout that targets it."""
+    owners: dict[str, int] = {}
+    for r in s.list_rollouts(("scheduled", "running", "paused")):
+        for t in s.list_targets(r.id, limit=10**9):
+            owners.setdefault(t.device_id, r.id)
+    return owners
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What creating a rollout would do: each device's phase, and what holds any back."""
+
+    assignments: list[tuple[str, int, int]]  # (device, position, 0-based phase)
+    held: list[dict[str, Any]] = field(default_factory=list)
+    conflicts: dict[str, int] = field(default_factory=dict)  # device -> other rollout
+
+    def to_json(self, phases: Sequence[float]) -> dict[str, Any]:
+        """The dry-run answer; phases are numbered from 1."""
+        by_phase: list[list[str]] = [[] for _ in phases]
+        for device_id, _, phase in self.assignments:
+            by_phase[phase].append(device_id)
+        return {
+            "dry_run": True,
+            "total": len(self.assignments),
+            "phases": [{"phase": i + 1, "percent": pct, "devices": by_phase[i]}
+                       for i, pct in enumerate(phases)],
+            "held": self.held,
+        }  # fmt: skip
+
+
+def plan_rollout(
+    target: TargetSpec,
+    spec: RolloutSpec,
+    release: ReleaseRecord,
+    devices: Sequence[DeviceRecord],
+    owners: Mapping[str, int],
+) -> Plan:
+    """The assignment a create makes (``assign_phases`` seeded by ``phase_key``), and the
+    devices held back: ``offline`` (notified when they connect), ``other_rollout`` (an
+    active rollout targets them), ``model_mismatch`` (left out: phase ``None``)."""
+    chosen, mismatch = select_targets(target, devices, release)
+    assignments = assign_phases(chosen, phase_key(release.id, target), spec.phases)
+    online = {d.device_id for d in devices if d.online}
+    held: list[dict[str, Any]] = []
+    conflicts: dict[str, int] = {}
+    for device_id, _, phase in assignments:
+        reasons = []
+        if device_id not in online:
+            reasons.append("offline")
+        if device_id in owners:
+            reasons.append("other_rollout")
+            conflicts[device_id] = owners[device_id]
+        if reasons:
+            held.append({"device": device_id, "phase": phase + 1, "reasons": reasons,
+                         "rollout_id": owners.get(device_id)})  # fmt: skip
+    for device_id in sorted(mismatch):
+        held.append({"device": device_id, "phase": None, "reasons": ["model_mismatch"],
+                     "rollout_id": owners.get(device_id)})  # fmt: skip
+    return Plan(assignments, held, conflicts)
 
 
 def status_view(
@@ -80,10 +174,15 @@ def status_view(
     total = sum(c.total for c in counts.values())
     bounds = phase_bounds(total, r.spec.phases)
     phases = []
+    upto = PhaseCounts()  # the gate judges a phase with the ones before it
     for i, pct in enumerate(r.spec.phases):
         c = counts.get(i, PhaseCounts())
+        if i <= r.phase:
+            upto = upto.plus(c)
         phases.append({
-            "index": i + 1,
+            "phase": i + 1,
+            "index": i + 1,  # the same number; kept for older clients
+            "status": _phase_status(r, i),
             "percent": pct,
             "devices": c.total,
             "cumulative_devices": bounds[i] if bounds else 0,
@@ -97,11 +196,25 @@ def status_view(
         })  # fmt: skip
     return {
         **r.to_json(),
+        "current_phase": r.phase + 1,
         "release": {"id": release.id, "name": release.name, "version": release.version},
         "devices": total,
         "states": states,
         "phases": phases,
+        "gate": gate_view(upto, r.phase + 1, r.spec.success_pct),
     }
+
+
+def _phase_status(r: RolloutRecord, i: int) -> str:
+    """``done`` (its gate held and the next phase opened, or the rollout completed),
+    ``open`` (devices are being notified), ``stopped`` (the rollout was canceled or
+    aborted in it), ``waiting`` (not opened yet), ``skipped`` (never opened: canceled or
+    aborted before)."""
+    if i < r.phase or (i == r.phase and r.state == "completed"):
+        return "done"
+    if i > r.phase:
+        return "skipped" if r.state in ("canceled", "aborted") else "waiting"
+    return "stopped" if r.state in ("canceled", "aborted") else "open"
 
 
 def spec_from_request(body: dict[str, Any]) -> RolloutSpec:

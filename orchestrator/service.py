@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -13,7 +15,7 @@ from fleetpush_protocol.atomic import make_private_dir
 from orchestrator.api import ApiContext, build_app
 from orchestrator.auth import TokenAuth, load_tokens_file
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.config import OrchestratorConfig
+from orchestrator.config import ConfigError, OrchestratorConfig
 from orchestrator.engine import RolloutEngine
 from orchestrator.ingest import Ingestor
 from orchestrator.keystore import KeyStore, SigningSet
@@ -21,7 +23,7 @@ from orchestrator.mqtt_link import MqttLink
 from orchestrator.notices import NoticeFactory
 from orchestrator.payloads import PayloadStore, UrlSigner
 from orchestrator.registry_sync import RegistrySync
-from orchestrator.store import Database, IngestResult, SQLiteStore, Store
+from orchestrator.store import Database, IngestResult, Store, open_database
 
 __all__ = ["Orchestrator", "serve"]
 
@@ -43,6 +45,7 @@ class Orchestrator:
         self._signing: SigningSet | None = None
         self._runner: web.AppRunner | None = None
         self._engine_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
         self.db: Database | None = None
         self.link: MqttLink | None = None
         self.ingestor: Ingestor | None = None
@@ -61,19 +64,17 @@ class Orchestrator:
 
         Raises:
             KeyStoreError: no usable keys (run ``fleetpush keys init``).
+            ConfigError: no broker is configured (``MqttConfig.missing``).
             ConnectionError: the broker is unreachable or refused the login.
             OSError: the HTTP port is taken.
         """
         cfg = self.config
+        if cfg.mqtt.missing:
+            raise ConfigError(cfg.mqtt.missing)
         loop = asyncio.get_running_loop()
         make_private_dir(cfg.data_dir)
 
-        def open_store() -> Store:
-            store = SQLiteStore(cfg.db_path)
-            store.migrate()
-            return store
-
-        self.db = db = Database(open_store)
+        self.db = db = await asyncio.to_thread(open_database, cfg.database)
         registry = RegistrySync(db, cfg.registry_path, self.clock)
         await registry.refresh()
         self.signing(self.clock.now())  # fail early without keys
@@ -99,8 +100,9 @@ class Orchestrator:
                 loop.call_soon_threadsafe(engine.wake)
 
         self.ingestor = ingestor = Ingestor(
-            db, topics=topics, clock=self.clock, config=cfg.ingest, ack=link.ack, on_batch=on_batch
-        )
+            db, topics=topics, clock=self.clock, config=cfg.ingest, ack=link.ack,
+            on_batch=on_batch, publish=link.publish_many,
+        )  # fmt: skip
         link.on_message = ingestor.on_message
         ingestor.start()
         await asyncio.to_thread(link.start)
@@ -129,7 +131,38 @@ class Orchestrator:
         if self._runner.addresses:
             self.port = int(self._runner.addresses[0][1])
         self._engine_task = asyncio.create_task(engine.run(), name="fleetpush-engine")
+        self._prune_task = asyncio.create_task(self._prune_forever(), name="fleetpush-prune")
         logger.info("fleetpush orchestrator listening on %s:%d", cfg.http.host, self.port)
+
+    async def prune_reports(self) -> int:
+        """Apply the retention policy once; return the stored reports deleted.
+
+        One bounded transaction per call to the database thread, so ingestion batches
+        queued meanwhile are written between them.
+        """
+        assert self.db is not None  # noqa: S101 - called after start
+        r = self.config.retention
+        before = self.clock.now() - r.max_report_age_s
+        total = 0
+        cursor: str | None = ""
+        while cursor is not None:
+            step = functools.partial(
+                _prune_step, keep=r.reports_per_device, before=before, after_device=cursor,
+                limit=r.prune_batch,
+            )  # fmt: skip
+            deleted, cursor = await self.db.run(step)
+            total += deleted
+        if total:
+            logger.info("retention: deleted %d stored reports", total)
+        return total
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                await self.prune_reports()
+            except Exception:
+                logger.exception("pruning stored reports failed")
+            await asyncio.sleep(self.config.retention.prune_every_s)
 
     async def publish_keyrings(self) -> int:
         """Publish every keyring version, retained, so devices can walk the whole chain."""
@@ -149,10 +182,11 @@ class Orchestrator:
         """Stop the API and engine, write queued reports, disconnect, close the database."""
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._engine_task is not None:
-            self._engine_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._engine_task
+        for task in (self._engine_task, self._prune_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.ingestor is not None:
             await asyncio.to_thread(self.ingestor.stop)
         if self.link is not None:
@@ -161,10 +195,21 @@ class Orchestrator:
             self.db.close()
 
 
-async def serve(config: OrchestratorConfig) -> None:
-    """Run until SIGINT or SIGTERM."""
+def _prune_step(
+    store: Store, *, keep: int, before: float, after_device: str, limit: int
+) -> tuple[int, str | None]:
+    return store.prune_reports(keep=keep, before=before, after_device=after_device, limit=limit)
+
+
+async def serve(config: OrchestratorConfig, say: Callable[[str], None] | None = None) -> None:
+    """Run until SIGINT or SIGTERM; ``say`` gets which broker is used and where the API is."""
     orch = Orchestrator(config)
+    m = config.mqtt
+    if say is not None and not m.missing:
+        say(f"broker: {m.url} as {m.username}, topic prefix {m.topic_prefix!r} (from {m.source})")
     await orch.start()
+    if say is not None:
+        say(f"API and payloads: http://{config.http.host}:{orch.port}  (dashboard: /ui/)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,7 +1,9 @@
-"""Shared fixtures: real Mosquitto brokers on free ports, unique topics, temp dirs."""
+"""Shared fixtures: real Mosquitto brokers on free ports, unique topics, temp dirs, and a
+private PostgreSQL server for the store's contract suite."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,6 +14,9 @@ from device_helpers import PayloadServer
 from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
+from orchestrator.config import DatabaseConfig
+from orchestrator.store import Store, open_store
+from orchestrator.store.postgres.local import LocalPostgres, PostgresNotFoundError
 
 
 @pytest.fixture
@@ -58,3 +63,47 @@ async def server() -> AsyncIterator[PayloadServer]:
 def signer() -> Signer:
     """A fresh operator: root and signing keys, keyring v1."""
     return Signer()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One private PostgreSQL server for the session (initdb + pg_ctl in a temporary folder,
+    on a free port; never the machine's own server). Each test makes its own database."""
+    try:
+        pg = LocalPostgres()
+    except PostgresNotFoundError as e:
+        if os.environ.get("CI"):  # CI installs it (scripts/install): missing is a failure
+            pytest.fail(str(e))
+        pytest.skip(str(e))
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
+def postgres_database(postgres: LocalPostgres) -> Iterator[DatabaseConfig]:
+    """A new, empty database on the session's PostgreSQL, for this test only."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    yield DatabaseConfig(url=postgres.create_database(name), pool_min=0, pool_max=4)
+    postgres.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> DatabaseConfig:
+    """A fresh, empty database on each backend in turn: the contract suite's parameter."""
+    if request.param == "sqlite":
+        return DatabaseConfig(url=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    config: DatabaseConfig = request.getfixturevalue("postgres_database")
+    return config
+
+
+@pytest.fixture
+def store(database: DatabaseConfig) -> Iterator[Store]:
+    """A migrated store on each backend in turn."""
+    s = open_store(database)
+    try:
+        yield s
+    finally:
+        s.close()

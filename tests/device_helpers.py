@@ -22,8 +22,8 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 
-from fleetpush_protocol.envelope import decode_message
-from fleetpush_protocol.messages import Report
+from fleetpush_protocol.envelope import decode_message, encode_message
+from fleetpush_protocol.messages import Ack, Report
 from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
@@ -69,9 +69,7 @@ class PayloadServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -157,7 +155,11 @@ async def publish(
 
 
 class ReportCollector:
-    """Collects every report, presence and inventory message; survives broker restarts."""
+    """Collects every report, presence and inventory message; survives broker restarts.
+
+    Like the orchestrator, it confirms each report it holds with an ``Ack`` on the device's
+    ack topic, so agents empty their outboxes.
+    """
 
     def __init__(self, broker: MosquittoBroker, topics: Topics) -> None:
         self.broker = broker
@@ -212,22 +214,29 @@ class ReportCollector:
                     )
                     self._subscribed.set()
                     async for message in client.messages:
-                        self._take(message.topic.value, bytes(message.payload))
+                        report = self._take(message.topic.value, bytes(message.payload))
+                        if report is not None:
+                            ack = Ack(device_id=report.device_id,
+                                      stored=((report.counter, report.counter),))  # fmt: skip
+                            topic = self.topics.ack(report.device_id)
+                            await client.publish(topic, encode_message(ack), qos=1)
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.2)
 
-    def _take(self, topic: str, payload: bytes) -> None:
+    def _take(self, topic: str, payload: bytes) -> Report | None:
         if not payload:
-            return
+            return None
         msg = decode_message(payload)
         if topic.endswith("/report"):
             assert isinstance(msg, Report)
             if all(r.counter != msg.counter or r.device_id != msg.device_id for r in self.reports):
                 self.reports.append(msg)
-        elif topic.endswith("/presence"):
+            return msg
+        if topic.endswith("/presence"):
             self.presence.append((msg.device_id, msg.online))  # type: ignore[attr-defined]
         else:
             self.inventory.append(msg)
+        return None
 
     def states(self, notice_id: str | None = None, *, progress: bool = False) -> list[str]:
         """Report states in counter order (progress reports left out unless asked)."""

@@ -35,12 +35,18 @@ PAYLOAD = make_tar({"app/VERSION": b"2.0\n", "app/run.sh": b"#!/bin/sh\necho hi\
 
 
 def write_orchestrator(
-    root: Path, broker: MosquittoBroker, topics: Topics, *, tick: str = "200ms"
+    root: Path,
+    broker: MosquittoBroker,
+    topics: Topics,
+    *,
+    tick: str = "200ms",
+    database_url: str = "",
 ) -> tuple[Path, int]:
-    """Write orchestrator.toml, keys (keyring v1) and role tokens; return (config, port)."""
+    """Write orchestrator.toml, keys (keyring v1) and role tokens; return (config, port).
+    The store is SQLite in the data folder, or the (empty) database at ``database_url``."""
     port, _ = write_orchestrator_files(
         root, broker, topics, tokens={role: (role, token) for role, token in TOKENS.items()},
-        tick=tick, key_validity_s=30 * 86400,
+        tick=tick, key_validity_s=30 * 86400, database_url=database_url,
     )  # fmt: skip
     return root / "orchestrator.toml", port
 
@@ -123,10 +129,16 @@ class Setup:
 
 @contextlib.asynccontextmanager
 async def running(
-    root: Path, broker: MosquittoBroker, topics: Topics, clock: Clock | None = None
+    root: Path,
+    broker: MosquittoBroker,
+    topics: Topics,
+    clock: Clock | None = None,
+    *,
+    database_url: str = "",
 ) -> AsyncIterator[Setup]:
-    """An orchestrator (on ``clock``, the real one by default), its API and a fleet."""
-    config_path, port = write_orchestrator(root, broker, topics)
+    """An orchestrator (on ``clock``, the real one by default), its API and a fleet; on
+    SQLite, or on the database at ``database_url``."""
+    config_path, port = write_orchestrator(root, broker, topics, database_url=database_url)
     orch = Orchestrator(load_config(config_path), clock=clock)
     await orch.start()
     fleet = Fleet(root / "devices", broker, topics, root_hex(root))
@@ -143,4 +155,16 @@ async def running(
 @pytest.fixture
 async def setup(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Setup]:
     async with running(tmp_path, broker, topics) as s:
+        yield s
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def setup_any_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, broker: MosquittoBroker, topics: Topics
+) -> AsyncIterator[Setup]:
+    """``setup`` once on SQLite and once on PostgreSQL (a database of its own)."""
+    url = ""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_database").url
+    async with running(tmp_path, broker, topics, database_url=url) as s:
         yield s

@@ -100,7 +100,7 @@ async def test_upload_larger_than_the_json_limit_streams_to_disk(setup: Setup) -
     reader, writer = await _connect(setup)
     uploads = Path(setup.orch.config.payload_dir)
     try:
-        writer.write(_head("POST", "/v1/releases?name=big&version=1", {
+        writer.write(_head("POST", "/v1/releases?name=big&version=1&handler=command", {
             "Content-Type": "application/octet-stream",
             "Content-Length": str(len(payload))}))  # fmt: skip
         writer.write(payload[: 2 * MIB])

@@ -73,6 +73,7 @@ def test_acl_has_no_patterns_and_lists_every_identity(topics: Topics) -> None:
     assert block_b == [
         f"topic read {p}/device/dev-b/notice",
         f"topic read {p}/keyring/+",
+        f"topic read {p}/device/dev-b/ack",
         f"topic write {p}/device/dev-b/report",
         f"topic write {p}/device/dev-b/presence",
         f"topic write {p}/device/dev-b/inventory",
@@ -96,6 +97,7 @@ def test_device_receives_only_its_own_notices_even_when_subscribed_to_everything
 
     # Live, after the subscriptions.
     assert orch.publish(topics.device_notice("dev-b"), b"b-live") == OK
+    assert orch.publish(topics.ack("dev-b"), b"b-ack") == OK
     assert orch.publish(topics.group_notice("other"), b"other-live") == OK
     assert b.publish(topics.presence("dev-b"), b"b-presence", retain=True) == OK
     assert b.publish(topics.inventory("dev-b"), b"b-inventory") == OK
@@ -104,8 +106,10 @@ def test_device_receives_only_its_own_notices_even_when_subscribed_to_everything
     assert orch.publish(topics.group_notice("canary"), b"canary-live") == OK
     assert orch.publish(topics.keyring(1), b"keyring", retain=True) == OK
 
+    assert orch.publish(topics.ack("dev-a"), b"a-ack") == OK
     got = {(m.topic, m.payload) for m in a.drain()}
     assert got == {
+        (topics.ack("dev-a"), b"a-ack"),
         (topics.device_notice("dev-a"), b"a-live"),
         (topics.group_notice("canary"), b"canary-live"),
         (topics.keyring(1), b"keyring"),
@@ -119,6 +123,7 @@ def test_device_cannot_publish_notices_or_keyrings_retained_or_not(
     orch.subscribe(f"{topics.prefix}/#")
     forbidden = [
         topics.device_notice("dev-a"),  # even its own notice topic
+        topics.ack("dev-a"),  # and its own ack topic: only the orchestrator confirms
         topics.device_notice("dev-b"),
         topics.group_notice("canary"),
         topics.keyring(7),
@@ -203,7 +208,7 @@ def test_oversized_message_is_refused(
 ) -> None:
     a = _device(broker, connect, "dev-a")
     a.subscribe(topics.device_notice("dev-a"))
-    orch.client.publish(topics.device_notice("dev-a"), b"x" * 70_000, qos=1)
+    orch.publish_nowait(topics.device_notice("dev-a"), b"x" * 70_000)
     assert orch.disconnected.wait(5)  # max_packet_size: the broker drops the sender
     assert a.drain() == []
 

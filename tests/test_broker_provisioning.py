@@ -81,7 +81,7 @@ def test_password_device_bundle_is_complete_and_works(
         "id": "dev-1",
         "model": "rpi4",
         "groups": ["canary", "eu"],
-        "state_dir": "/var/lib/fleetpush",
+        "state_dir": "state",  # next to device.toml: two bundles on one host never share
     }
     assert cfg["broker"]["url"] == tls_broker.url
     assert cfg["broker"]["username"] == "dev-1"
@@ -92,6 +92,7 @@ def test_password_device_bundle_is_complete_and_works(
     loaded = loader.load_config(rec.config_path)
     assert loaded.broker.username == "dev-1"
     assert loaded.trust.root_keys == (bytes.fromhex(ROOT),)
+    assert loaded.device.state_dir == rec.bundle_dir / "state"
 
     p = _probe_from_config(rec.config_path)
     try:

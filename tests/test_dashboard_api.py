@@ -62,9 +62,7 @@ async def test_pages_are_served_with_a_strict_policy_and_no_data(fleet: Fleet) -
     async with fleet.http.get(fleet.url + "/", allow_redirects=False) as resp:
         assert resp.status == 302
         assert resp.headers["Location"] == "/ui/"
-    for name, kind in (("", "text/html"), ("app.js", "text/javascript"),
-                       ("api.js", "text/javascript"), ("chart.js", "text/javascript"),
-                       ("style.css", "text/css")):  # fmt: skip
+    for name, kind in (("", "text/html"), *dashboard.STATIC.items()):
         async with fleet.http.get(f"{fleet.url}/ui/{name}") as resp:
             assert resp.status == 200, name
             assert resp.content_type == kind
@@ -75,7 +73,9 @@ async def test_pages_are_served_with_a_strict_policy_and_no_data(fleet: Fleet) -
             body = await resp.text()
             # No CDN, no web font: the only URL is the SVG namespace.
             assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", body), name
-    for bad in ("../api/app.py", "secret.txt", "%2e%2e%2fdashboard.py"):
+    bad_names = ("../api/app.py", "secret.txt", "%2e%2e%2fdashboard.py", "views/app.js",
+                 "views/", "views/x.js", "/etc/passwd")  # fmt: skip
+    for bad in bad_names:
         async with fleet.http.get(f"{fleet.url}/ui/{bad}") as resp:
             assert resp.status == 404, bad
 
@@ -83,7 +83,7 @@ async def test_pages_are_served_with_a_strict_policy_and_no_data(fleet: Fleet) -
 async def test_read_endpoints_need_a_token_and_report_the_role(fleet: Fleet) -> None:
     assert fleet.http is not None
     for path in ("/v1/dashboard/me", "/v1/dashboard/summary", "/v1/dashboard/rollouts",
-                 "/v1/events"):  # fmt: skip
+                 "/v1/dashboard/rollouts/1/detail", "/v1/events"):  # fmt: skip
         async with fleet.http.get(fleet.url + path) as resp:
             assert resp.status == 401, path
         async with fleet.http.get(
@@ -187,3 +187,53 @@ async def test_a_revoked_token_stops_its_stream(
         assert b"event:" not in rest
     async with fleet.http.get(fleet.url + "/v1/events", headers=headers) as resp:
         assert resp.status == 401
+
+
+async def test_dry_run_preview_and_a_rollouts_detail(fleet: Fleet) -> None:
+    """What the rollout form and the rollout page read: the dry run (phases and the devices
+    held by another rollout; nothing is created), the schedule, timeline and failures."""
+    for i in range(4):
+        await fleet.add_device(f"dev-{i}", healthy=i != 3)
+    await fleet.wait_registered(4)
+    release = await fleet.upload_release("2.0.0")
+    ask = {"release": release["id"], "target": {"devices": ["dev-0", "dev-3"]}}
+    first = await fleet.api("operator", "POST", "/v1/rollouts", json={**ask, "success_pct": 50})
+    await wait_for_state(fleet, first["id"], "completed")
+
+    plan = {"release": release["id"], "target": {"all": True}, "phases": [50, 100]}
+    code, body = await fleet.call("viewer", "POST", "/v1/rollouts",
+                                  json={**plan, "dry_run": True})  # fmt: skip
+    assert code == 403, body  # a preview still needs the operator role
+    held = await fleet.api("operator", "POST", "/v1/rollouts", json={
+        "release": release["id"], "target": {"devices": ["dev-1"]}, "start_at": time.time() + 3600,
+    })  # fmt: skip
+    preview = await fleet.api("operator", "POST", "/v1/rollouts", json={**plan, "dry_run": True})
+    assert preview["dry_run"] is True
+    assert preview["total"] == 4
+    assert [(p["phase"], p["percent"], len(p["devices"])) for p in preview["phases"]] == [
+        (1, 50.0, 2), (2, 100.0, 2)]  # fmt: skip
+    assert sorted(d for p in preview["phases"] for d in p["devices"]) == [
+        "dev-0", "dev-1", "dev-2", "dev-3"]  # fmt: skip
+    assert [(h["device"], h["reasons"], h["rollout_id"]) for h in preview["held"]] == [
+        ("dev-1", ["other_rollout"], held["id"])]  # fmt: skip
+    listed = await fleet.api("viewer", "GET", "/v1/rollouts")
+    assert [r["id"] for r in listed["rollouts"]] == [first["id"], held["id"]]  # none created
+
+    detail = await fleet.api("viewer", "GET", f"/v1/dashboard/rollouts/{first['id']}/detail")
+    last = detail["timeline"]["points"][-1]
+    assert (last["succeeded"], last["failed"], last["pending"]) == (1, 1, 0)
+    (group,) = detail["failure_groups"]
+    assert group["code"] == "health_check_failed"
+    assert [(d["device_id"], d["message"]) for d in group["devices"]] == [
+        ("dev-3", "health check exit 1")]  # fmt: skip
+    view = await fleet.api("viewer", "GET", f"/v1/dashboard/rollouts/{held['id']}")
+    assert view["schedule"]["starts_at"] == pytest.approx(held["spec"]["start_at"])
+    code, _ = await fleet.call("viewer", "GET", "/v1/dashboard/rollouts/999/detail")
+    assert code == 404
+
+
+async def wait_for_state(fleet: Fleet, rollout_id: int, state: str) -> None:
+    deadline = time.monotonic() + 30
+    while (await fleet.api("viewer", "GET", f"/v1/rollouts/{rollout_id}"))["state"] != state:
+        assert time.monotonic() < deadline, f"rollout {rollout_id} never became {state}"
+        await asyncio.sleep(0.1)

@@ -10,15 +10,24 @@ tmp_path, and also to $DASHBOARD_SCREENSHOT_DIR when that is set.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dashboard_fleet import TOKENS, Fleet
+from browser_helpers import (
+    LAPTOP,
+    PHONE,
+    Shots,
+    chromium,
+    fully_visible,
+    no_horizontal_scroll,
+    same_document,
+    sign_in,
+    text,
+)
+from dashboard_fleet import Fleet
 from device_helpers import wait_async
 
 from fleetpush_protocol.topics import Topics
@@ -26,33 +35,11 @@ from orchestrator.broker import MosquittoBroker
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-LAPTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
-HAVE_CHROMIUM = CHROMIUM.exists()
-
-playwright_api = pytest.importorskip(
-    "playwright.async_api", reason="playwright is not installed (pip install -e '.[dev]')"
-)
-
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    if not HAVE_CHROMIUM:
-        pytest.skip(f"{CHROMIUM} is missing (scripts/install installs Debian's chromium)")
-    async with playwright_api.async_playwright() as p:
-        try:
-            b = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        except playwright_api.Error as e:
-            pytest.skip(f"chromium cannot start here: {str(e).splitlines()[0]}")
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium() as b:
+        yield b
 
 
 @pytest.fixture
@@ -63,59 +50,6 @@ async def fleet(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> Asyn
         yield f
     finally:
         await f.stop()
-
-
-class Shots:
-    """Numbered screenshots in tmp_path (and $DASHBOARD_SCREENSHOT_DIR)."""
-
-    def __init__(self, folder: Path, prefix: str) -> None:
-        self.folder = folder
-        self.prefix = prefix
-        self.folder.mkdir(exist_ok=True)
-        self.taken: list[Path] = []
-        extra = os.environ.get("DASHBOARD_SCREENSHOT_DIR")
-        self.extra = Path(extra) if extra else None
-        if self.extra is not None:
-            self.extra.mkdir(parents=True, exist_ok=True)
-
-    async def take(self, page: Any, name: str, *, full_page: bool = False) -> Path:
-        path = self.folder / f"{self.prefix}-{len(self.taken) + 1:02d}-{name}.png"
-        await page.screenshot(path=str(path), full_page=full_page)
-        self.taken.append(path)
-        if self.extra is not None:
-            await asyncio.to_thread(shutil.copy, path, self.extra / path.name)
-        return path
-
-
-async def sign_in(browser: Any, fleet: Fleet, role: str, viewport: dict[str, int]) -> Any:
-    context = await browser.new_context(viewport=viewport)
-    page = await context.new_page()
-    page.set_default_timeout(15_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    await page.goto(fleet.url + "/ui/")
-    await page.fill("#token", TOKENS[role])
-    await page.click("#signin-form button[type=submit]")
-    await page.wait_for_selector(f"#who:has-text('({role})')")
-    await page.wait_for_selector("#live.live")  # the event stream said hello
-    page.js_errors = errors
-    # A marker that a reload or a navigation to another document would wipe out.
-    await page.evaluate("window.__sameDocument = 'yes'")
-    return page
-
-
-async def same_document(page: Any) -> bool:
-    return bool(await page.evaluate("window.__sameDocument === 'yes'"))
-
-
-async def no_horizontal_scroll(page: Any) -> bool:
-    return bool(
-        await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    )
-
-
-async def text(page: Any, selector: str) -> str:
-    return str(await page.locator(selector).inner_text())
 
 
 async def start_fleet(fleet: Fleet, n: int, failing: set[int]) -> dict[str, Any]:
@@ -287,6 +221,9 @@ async def test_viewer_on_a_phone_can_look_but_not_pause(
     assert await page.locator(f"{card} .readonly").is_visible()
     assert await page.locator(f"{card} header .badge.continuous").is_visible()
     assert await no_horizontal_scroll(page)
+    # Every column of the phases table is on the screen, the Failed one included.
+    assert await fully_visible(page, f"{card} table.phases th")
+    assert await fully_visible(page, f"{card} table.phases [data-phase-count=failed]")
     await shots.take(page, "rollout", full_page=True)
 
     # The API refuses a viewer whatever the page shows: with the page's own token, too.
@@ -304,9 +241,23 @@ async def test_viewer_on_a_phone_can_look_but_not_pause(
     assert (await fleet.api("viewer", "GET", f"/v1/rollouts/{rid}"))["state"] == "running"
 
     # An operator pauses; the viewer's page follows, still with no button.
-    await fleet.api("operator", "POST", f"/v1/rollouts/{rid}/pause")
+    await fleet.api("operator", "POST", f"/v1/rollouts/{rid}/pause",
+                    json={"reason": "checking the canaries"})  # fmt: skip
     await page.wait_for_selector(f"{card}[data-state=paused]")
     assert await page.locator(f"{card} button").count() == 0
+
+    # The overview says why the rollout is paused.
+    await page.click("#nav a[data-view=overview]")
+    await page.wait_for_selector(f"[data-paused-reason='{rid}']:has-text('checking the canaries')")
+    assert await no_horizontal_scroll(page)
+
+    # A device's reports: the Error column is on the screen, not cut off at the right.
+    await page.evaluate("location.hash = '#/devices/dev-00'")
+    await page.wait_for_selector("table.history tbody tr")
+    assert await fully_visible(page, "table.history th")
+    assert await fully_visible(page, "table.history td.error-cell")
+    assert "null" not in await text(page, "#view section")
+    await shots.take(page, "device", full_page=True)
 
     # The phone layout: every view fits the screen's width.
     for view in ("overview", "devices", "releases"):

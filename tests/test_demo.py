@@ -107,3 +107,29 @@ def test_demo_without_mosquitto_says_how_to_install_it(monkeypatch: pytest.Monke
     assert "apt-get install mosquitto" in result.output
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def test_the_demo_view_keeps_its_bars_at_80_columns() -> None:
+    from rich.console import Console
+
+    from orchestrator.cli_sim import demo_view
+
+    big = {"failed": 4000, "in_flight": 4000, "pending": 4000, "waiting_offline": 4000,
+           "canceled": 0}  # fmt: skip
+    status = {
+        "id": 1, "release": {"name": "demo-app", "version": "2.0.0"}, "state": "running",
+        "devices": 5000, "reason": "", "states": {"succeeded": 2500},
+        "phases": [
+            {"index": i + 1, "percent": pct, "devices": 2500, "succeeded": 2500, "open": True,
+             **big}
+            for i, pct in enumerate((10, 50, 100))
+        ],
+    }  # fmt: skip
+    console = Console(width=80, record=True, color_system=None)
+    console.print(demo_view(status, "devices that verified a notice: 2500/5000"))
+    lines = console.export_text().splitlines()
+    rows = [line for line in lines if line.startswith("phase ")]
+    assert len(rows) == 3
+    for row in rows:
+        assert len(row) <= 80
+        assert row.count("━") >= 10, row  # the bar, not squeezed out by the counts

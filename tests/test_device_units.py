@@ -20,12 +20,12 @@ from device_client.handlers.directory import (
     switch_current,
     unpack,
 )
-from device_client.outbox import MAX_PROGRESS_BACKLOG, Outbox
+from device_client.outbox import MAX_PROGRESS_BACKLOG, Kind, Outbox
 from device_client.policy import install_blocked
 from device_client.states import CANCELABLE, Job, JobState, TransitionError, check_transition
 from device_client.store import AgentState, StateStore
 from fleetpush_protocol.backoff import Backoff
-from fleetpush_protocol.messages import Release
+from fleetpush_protocol.messages import Ack, Release
 
 ROOT = "ab" * 32
 
@@ -264,7 +264,11 @@ def test_job_round_trips_and_advances() -> None:
 # --- outbox and store ----------------------------------------------------------------------
 
 
-def test_outbox_publishes_only_persisted_entries_in_order() -> None:
+def _ack(*ranges: tuple[int, int]) -> Ack:
+    return Ack(device_id="dev-1", stored=ranges)
+
+
+def test_outbox_publishes_only_persisted_entries_in_order_and_keeps_them_until_confirmed() -> None:
     box = Outbox()
     c1 = box.append("t", lambda c: f"r{c}".encode())
     c2 = box.append("t", lambda c: f"r{c}".encode())
@@ -274,18 +278,69 @@ def test_outbox_publishes_only_persisted_entries_in_order() -> None:
     first = box.next_ready()
     assert first is not None
     assert first.payload == b"r1"
-    box.acknowledge(1)
+    box.sent(1)  # the broker's PUBACK: not enough to forget it
     second = box.next_ready()
     assert second is not None
     assert second.counter == 2
+    box.sent(2)
+    assert box.next_ready() is None
+    assert len(box) == 2
+    assert box.awaiting() == 1
+    assert box.confirm(_ack((1, 1))) == 1
+    assert [e.counter for e in box.to_entries()] == [2]
 
 
-def test_outbox_skips_progress_only_when_backlogged() -> None:
+def test_outbox_resends_what_an_ack_left_out_after_rewind() -> None:
+    """The broker can drop report 1 and deliver report 2: an ack for 2 confirms only 2."""
     box = Outbox()
+    for _ in range(3):
+        box.append("t", lambda c: b"r%d" % c)
+    box.mark_persisted()
+    for c in (1, 2, 3):
+        box.sent(c)
+    assert box.confirm(_ack((2, 3))) == 2
+    assert box.next_ready() is None
+    box.rewind()
+    again = box.next_ready()
+    assert again is not None
+    assert (again.counter, again.payload) == (1, b"r1")
+
+
+def test_outbox_ignores_a_late_puback_after_rewind() -> None:
+    box = Outbox()
+    for _ in range(2):
+        box.append("t", lambda c: b"r%d" % c)
+    box.mark_persisted()
+    box.rewind()
+    box.sent(2)  # PUBACK of a publish from before the rewind
+    entry = box.next_ready()
+    assert entry is not None
+    assert entry.counter == 1
+
+
+def test_outbox_when_full_drops_progress_then_states_never_outcomes() -> None:
+    box = Outbox(max_entries=3)
+    box.append("t", lambda c: b"s", kind=Kind.STATE)
+    box.append("t", lambda c: b"p", kind=Kind.PROGRESS)
+    box.append("t", lambda c: b"o", kind=Kind.OUTCOME)
+    box.append("t", lambda c: b"o", kind=Kind.OUTCOME)  # progress 2 goes
+    assert [e.counter for e in box.to_entries()] == [1, 3, 4]
+    box.append("t", lambda c: b"o", kind=Kind.OUTCOME)  # then state 1
+    assert [e.counter for e in box.to_entries()] == [3, 4, 5]
+    box.append("t", lambda c: b"o", kind=Kind.OUTCOME)  # outcomes are all kept
+    assert [e.counter for e in box.to_entries()] == [3, 4, 5, 6]
+    assert box.dropped == 2
+
+
+def test_outbox_coalesces_unsent_progress_and_skips_it_when_backlogged() -> None:
+    box = Outbox()
+    box.append("t", lambda c: b"p1", kind=Kind.PROGRESS)
+    assert box.append("t", lambda c: b"p2", kind=Kind.PROGRESS) == 1  # replaced, same counter
+    assert [e.payload for e in box.to_entries()] == [b"p2"]
     for _ in range(MAX_PROGRESS_BACKLOG):
         box.append("t", lambda c: b"x")
-    assert box.append("t", lambda c: b"p", progress=True) == 0
-    assert box.append("t", lambda c: b"state") == MAX_PROGRESS_BACKLOG + 1
+    assert box.append("t", lambda c: b"p", kind=Kind.PROGRESS) == 0
+    assert box.append("t", lambda c: b"state") == MAX_PROGRESS_BACKLOG + 2
 
 
 def test_store_round_trip_keeps_counter_after_outbox_drains(tmp_path: Path) -> None:
@@ -293,15 +348,25 @@ def test_store_round_trip_keeps_counter_after_outbox_drains(tmp_path: Path) -> N
     state = store.load()
     state.installed = Release(name="app", version="2.0.0")
     state.job = job(S.DOWNLOADING)
-    state.outbox.append("t", lambda c: b"r")
+    state.outbox.append("t", lambda c: b"r", kind=Kind.OUTCOME)
     store.save(state)
-    state.outbox.acknowledge(1)
+    assert StateStore(tmp_path).load().outbox.to_entries()[0].kind is Kind.OUTCOME
+    state.outbox.confirm(_ack((1, 1)))
     store.save(state)
     loaded = store.load()
     assert loaded.job == state.job
     assert loaded.installed == state.installed
     assert len(loaded.outbox) == 0
     assert loaded.outbox.append("t", lambda c: b"r") == 2  # counters never repeat
+
+
+def test_last_report_of_an_older_agent_is_loaded_as_unconfirmed() -> None:
+    """Older agents kept the last broker-acknowledged report aside: it may be lost."""
+    box = Outbox.from_list([], 5, {"c": 5, "t": "t", "p": b"r5"})
+    box.mark_persisted()
+    entry = box.next_ready()
+    assert entry is not None
+    assert (entry.counter, entry.payload) == (5, b"r5")
 
 
 def test_corrupt_state_is_moved_aside(tmp_path: Path) -> None:
@@ -361,20 +426,17 @@ def test_backoff_grows_jittered_and_capped() -> None:
     assert b.next_delay() <= 1
 
 
-def test_outbox_repeats_the_last_acknowledged_report_on_connect() -> None:
-    """A PUBACK only means the broker has it; a broker crash can lose it before delivery."""
-    from device_client.outbox import Outbox
+async def test_the_health_command_gets_the_slot_in_its_arguments_and_environment(
+    tmp_path: Path,
+) -> None:
+    from device_client.config import HealthConfig
+    from device_client.health import check_health
 
-    box = Outbox()
-    assert box.repeat_on_connect() is None
-    box.append("t", lambda c: b"r%d" % c)
-    box.append("t", lambda c: b"r%d" % c)
-    box.mark_persisted()
-    box.acknowledge(1)
-    assert box.repeat_on_connect() is None  # report 2 is still waiting and is newer
-    box.acknowledge(2)
-    entry = box.repeat_on_connect()
-    assert entry is not None
-    assert (entry.counter, entry.payload) == (2, b"r2")
-    restored = Outbox.from_list(box.to_list(), box.counter, box.last_item())
-    assert restored.repeat_on_connect() == entry
+    slot = str(tmp_path / "slots" / "slot-n1")
+    script = 'test "$1" = "$FLEETPUSH_SLOT" && test "$2" = 2.0'
+    config = HealthConfig(command=("sh", "-c", script, "sh", "{slot}", "{version}"), timeout_s=10)
+    await check_health(config, {"FLEETPUSH_SLOT": slot}, {"slot": slot, "version": "2.0"})
+    with pytest.raises(UpdateError):
+        await check_health(
+            config, {"FLEETPUSH_SLOT": slot}, {"slot": "/elsewhere", "version": "2.0"}
+        )

@@ -62,8 +62,10 @@ async def test_bad_requests_get_clear_4xx(setup: Setup) -> None:
         ("GET", "/v1/devices/nope", {}, 404, "no device"),
         ("POST", "/v1/releases", {"data": b"x", "params": {"name": "a/b", "version": "1"}}, 400,
          "name"),
-        ("POST", "/v1/releases", {"data": b"x", "params": {"name": "app", "version": "1.0"}},
+        ("POST", "/v1/releases", {"data": PAYLOAD, "params": {"name": "app", "version": "1.0"}},
          409, "already exists"),
+        ("POST", "/v1/releases", {"data": b"notatar", "params": {"name": "app", "version": "1.1"}},
+         400, "handler 'directory' unpacks a tar"),
         ("PATCH", "/v1/devices/nope", {"json": {"groups": ["a b"]}}, 400, "groups"),
     ]  # fmt: skip
     for method, path, kw, status, word in cases:

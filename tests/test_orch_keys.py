@@ -62,7 +62,8 @@ def test_cli_keys_init_and_show(tmp_path: Path) -> None:
     assert json.loads(shown.output)["version"] == 1
     bad = runner.invoke(main, ["keys", "show", "--config", str(tmp_path / "missing.toml")])
     assert bad.exit_code != 0
-    assert "cannot read" in bad.output
+    assert "no such file" in bad.output
+    assert "docs/orchestrator.md has a sample" in bad.output
 
 
 @pytest.mark.integration

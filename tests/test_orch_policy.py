@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from fleetpush_protocol.messages import Presence, Report, ReportState
 from orchestrator.config import ConfigError, parse_config
 from orchestrator.payloads import UrlSigner
 from orchestrator.policy import (
@@ -21,7 +20,6 @@ from orchestrator.policy import (
     phase_bounds,
     rate_per_minute,
 )
-from orchestrator.store import DeviceFilter, NoticeRecord, SQLiteStore
 from orchestrator.units import parse_duration, parse_phases
 
 T0 = 1_700_000_000.0  # a Tuesday, 22:13 UTC
@@ -176,73 +174,3 @@ def test_config_defaults_and_units(tmp_path: Path) -> None:
     assert cfg.keys_dir == tmp_path / "data" / "keys"
     assert (cfg.http.port, cfg.mqtt.port, cfg.ingest.batch_interval_s) == (9000, 1884, 0.05)
     assert cfg.http.base_url == "http://0.0.0.0:9000"
-
-
-def _report(device: str, counter: int, notice: str, state: ReportState) -> Report:
-    return Report(device_id=device, notice_id=notice, rollout_id="1", state=state,
-                  current_version="1", counter=counter, reported_at=int(T0))  # fmt: skip
-
-
-def test_store_ingest_dedupes_and_checks_notice_owner(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "db.sqlite")
-    assert store.migrate() == store.migrate()  # idempotent
-    store.ensure_devices(["a", "b"], T0)
-    from orchestrator.store import ReleaseRecord
-
-    rel = store.add_release(ReleaseRecord(0, "app", "1", "ab" * 32, 1, (), "directory", {}, {},
-                                          T0))  # fmt: skip
-    r = store.create_rollout(release_id=rel.id, target={}, spec=RolloutSpec(),
-                             assignments=[("a", 0, 0), ("b", 1, 0)], now=T0, actor="t")  # fmt: skip
-    notice = NoticeRecord("n-a", "a", r.id, "notice", "device/a", 1, "t", T0, T0 + 60, b"x")
-    store.save_notices([notice], {"a": True})
-    batch = [
-        _report("a", 1, "n-a", ReportState.DOWNLOADING),
-        _report("a", 1, "n-a", ReportState.DOWNLOADING),  # redelivery
-        _report("a", 2, "n-a", ReportState.SUCCEEDED),
-        _report("b", 1, "n-a", ReportState.SUCCEEDED),  # about a's notice
-        Presence(device_id="b", online=True, at=int(T0)),
-    ]
-    result = store.ingest(batch, T0 + 1)
-    assert (result.accepted, result.duplicates, result.rejected, result.presence) == (2, 1, 1, 1)
-    again = store.ingest([_report("a", 1, "n-a", ReportState.DOWNLOADING)], T0 + 2)
-    assert again.duplicates == 1
-    assert store.state_counts(r.id) == {"succeeded": 1, "pending": 1}
-    assert [d.device_id for d in store.list_devices(DeviceFilter(online=True))] == ["b"]
-    assert store.counters()["reports_ingested"] == 2
-    # a sequence per scope only ever grows, and survives reopening
-    first = store.reserve_seqs(["device/a"], 1000)["device/a"]
-    store.close()
-    store = SQLiteStore(tmp_path / "db.sqlite")
-    assert store.reserve_seqs(["device/a"], 1000)["device/a"] == first + 1
-    store.close()
-
-
-def test_store_never_republishes_a_superseded_notice(tmp_path: Path) -> None:
-    # Notices on a device's topic replace each other (retained): one never acknowledged
-    # must not be sent again over a newer one, whether renewed or canceled.
-    from orchestrator.store import ReleaseRecord
-
-    store = SQLiteStore(tmp_path / "db.sqlite")
-    store.migrate()
-    store.ensure_devices(["a", "b"], T0)
-    rel = store.add_release(ReleaseRecord(0, "app", "1", "ab" * 32, 1, (), "directory", {}, {},
-                                          T0))  # fmt: skip
-    r = store.create_rollout(release_id=rel.id, target={}, spec=RolloutSpec(),
-                             assignments=[("a", 0, 0), ("b", 1, 0)], now=T0, actor="t")  # fmt: skip
-
-    def notice(nid: str, device: str, seq: int, kind: str = "notice") -> NoticeRecord:
-        return NoticeRecord(nid, device, r.id, kind, f"device/{device}", seq,
-                            f"t/{device}", T0 + seq, T0 + 600, b"x")  # fmt: skip
-
-    store.save_notices([notice("a1", "a", 1), notice("b1", "b", 1)], {})  # both offline
-    assert {n.notice_id for n in store.unpublished_notices()} == {"a1", "b1"}
-    assert [d for d, _, _ in store.waiting_notices(r.id)] == ["a", "b"]
-    # a is renewed while offline; b came online meanwhile and keeps its notice
-    store.ingest([Presence(device_id="b", online=True, at=int(T0) + 5)], T0 + 5)
-    assert store.replace_notices([notice("a2", "a", 2), notice("b2", "b", 2)]) == {"a"}
-    assert {n.notice_id for n in store.unpublished_notices()} == {"a2", "b1"}
-    assert [d for d, _, _ in store.waiting_notices(r.id)] == ["a"]
-    # a cancel supersedes a2 in turn
-    store.save_notices([notice("a3", "a", 3, kind="cancel")], {})
-    assert {n.notice_id for n in store.unpublished_notices()} == {"a3", "b1"}
-    store.close()

@@ -79,32 +79,6 @@ def _inventory(device: str, groups: tuple[str, ...], model: str) -> Inventory:
                      installed=(), free_bytes=1, at=int(T0))  # fmt: skip
 
 
-def test_inventory_is_stored_as_claims_and_the_registry_as_facts(tmp_path: Path) -> None:
-    store = _store(tmp_path)
-    assert store.sync_registry([("a", ("beta",), "rpi4"), ("b", (), "")], T0) == 2
-    assert store.sync_registry([("a", ("beta",), "rpi4"), ("b", (), "")], T0) == 0
-    store.ingest([_inventory("a", ("beta", "prod"), "rpi9")], T0 + 1)
-    a = store.get_device("a")
-    assert (a.groups, a.model) == (("beta",), "rpi4")
-    assert (a.claimed_groups, a.claimed_model, a.claims_mismatch) == (("beta", "prod"), "rpi9",
-                                                                      True)  # fmt: skip
-    assert [d.device_id for d in store.list_devices(DeviceFilter(group="prod"))] == []
-    assert [d.device_id for d in store.list_devices(DeviceFilter(model="rpi9"))] == []
-    assert [d.device_id for d in store.list_devices(DeviceFilter(model="rpi4"))] == ["a"]
-    assert store.claims_mismatch_count() == 1
-    # The operator's groups add to the provisioned ones, its model wins over the
-    # provisioned one ("" gives that back): then the claims agree with the facts.
-    assert store.set_device_labels("a", ["prod"], None, "rpi9").model == "rpi9"
-    assert store.claims_mismatch_count() == 0
-    assert store.set_device_labels("a", ["eu"], None, "").model == "rpi4"
-    assert store.claims_mismatch_count() == 1
-    # A device revoked from the registry keeps its row and history, not its groups.
-    store.sync_registry([("b", (), "")], T0 + 2)
-    a = store.get_device("a")
-    assert (a.registry_groups, a.groups, a.registry_model) == ((), ("eu",), "")
-    store.close()
-
-
 def test_migration_turns_the_inventory_model_into_a_claim(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     db = sqlite3.connect(path)

@@ -1,4 +1,5 @@
-"""Rollouts end to end: real Mosquitto, the real HTTP API and SQLite, real device agents."""
+"""Rollouts end to end: real Mosquitto, the real HTTP API, real device agents, and each
+store backend in turn (SQLite, then a private PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from orch_helpers import TOKENS, Api, Setup, setup, wait_until
+from orch_helpers import TOKENS, Api, Setup, setup_any_backend, wait_until
 
 from orchestrator.cli import main
 
 __all__ = ["setup"]
+
+setup = setup_any_backend  # every test here runs on both backends
 
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -201,7 +204,14 @@ async def test_continuous_rollout_takes_in_devices_that_join_later(setup: Setup)
     # A newer continuous rollout on the same group: it updates the members now, and a
     # device that joins later goes to it alone.
     rel2 = await s.api.upload("app", "6.1")
-    r2 = await s.api.rollout(rel2["id"], target={"groups": ["lobby"]}, continuous=True)
+    # The first rollout still holds them: refused without force, naming it.
+    held = await s.api.call(
+        "POST", "/v1/rollouts", expect=409,
+        json={"release": rel2["id"], "target": {"groups": ["lobby"]}, "continuous": True},
+    )  # fmt: skip
+    assert held["rollouts"] == [r["id"]], held
+    assert held["devices"] == 3
+    r2 = await s.api.rollout(rel2["id"], target={"groups": ["lobby"]}, continuous=True, force=True)
     assert r2["devices"] == 3
 
     async def on_61(n: int) -> bool:

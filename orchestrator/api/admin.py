@@ -53,6 +53,9 @@ async def metrics(request: web.Request) -> web.Response:
         ("reports_duplicate", "Reports dropped as duplicates (same device and counter)."),
         ("reports_rejected", "Reports about a notice that was not sent to that device."),
         ("notices_published", "Signed notices acknowledged by the broker."),
+        ("messages_rate_limited", "Device messages dropped over the device's rate limit."),
+        ("messages_oversized", "Device messages dropped over the size or unknown-field cap."),
+        ("reports_pruned", "Stored reports deleted by the retention policy."),
     ):
         _metric(lines, f"fleetpush_{key}_total", "counter", help_, {"": counters.get(key, 0)})
     for key, fn in c.extra_metrics.items():

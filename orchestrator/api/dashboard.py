@@ -30,6 +30,8 @@ from aiohttp import web
 
 from orchestrator.api.common import ctx, int_param, ok, principal, requires
 from orchestrator.api.context import CTX, ApiContext
+from orchestrator.api.rollout_detail import routes as detail_routes
+from orchestrator.api.rollout_detail import schedule
 from orchestrator.auth import role_allows
 from orchestrator.policy import FAILURE_STATES
 from orchestrator.rollouts import rollout_status
@@ -46,6 +48,14 @@ STATIC = {  # file -> content type; nothing else under /ui/ is served
     "app.js": "text/javascript",
     "api.js": "text/javascript",
     "chart.js": "text/javascript",
+    "dom.js": "text/javascript",
+    "forms.js": "text/javascript",
+    "state.js": "text/javascript",
+    "views/overview.js": "text/javascript",
+    "views/devices.js": "text/javascript",
+    "views/releases.js": "text/javascript",
+    "views/rollouts.js": "text/javascript",
+    "views/tokens.js": "text/javascript",
     "style.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }
@@ -77,21 +87,23 @@ async def ui_slash(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/ui/")
-@routes.get("/ui/{name}")
+@routes.get("/ui/{name:.+}")
 async def static_file(request: web.Request) -> web.Response:
     name = request.match_info.get("name", "index.html")
-    if name not in STATIC:
+    if name not in STATIC:  # the only check needed: no path is built from the request
         raise web.HTTPNotFound(reason="no such dashboard file")
-    body = resources.files("orchestrator.web").joinpath("static", name).read_bytes()
+    body = resources.files("orchestrator.web").joinpath("static", *name.split("/")).read_bytes()
     return web.Response(body=body, content_type=STATIC[name], headers=PAGE_HEADERS)
 
 
 # --- read endpoints ------------------------------------------------------------------------
 
 
-def rollout_view(s: Store, r: RolloutRecord) -> dict[str, Any]:
-    """The API's status view plus the devices that failed, with their reasons."""
+def rollout_view(s: Store, r: RolloutRecord, now: float) -> dict[str, Any]:
+    """The API's status view plus the devices that failed, with their reasons, and when
+    the next phase may open."""
     view = rollout_status(s, r)
+    view["schedule"] = schedule(r, now)
     failures: list[dict[str, Any]] = []
     if any(view["states"].get(state) for state in FAILURE_STATES):
         for state in sorted(FAILURE_STATES):
@@ -146,10 +158,11 @@ async def summary(request: web.Request) -> web.Response:
 async def rollouts(request: web.Request) -> web.Response:
     """The newest rollouts (``limit``, default 50) with progress and failures."""
     limit = min(int_param(request.query.get("limit", "50"), "limit"), 1000)
+    now = ctx(request).clock.now()
 
     def views(s: Store) -> list[dict[str, Any]]:
         newest = sorted(s.list_rollouts(), key=lambda r: r.id, reverse=True)[:limit]
-        return [rollout_view(s, r) for r in newest]
+        return [rollout_view(s, r, now) for r in newest]
 
     return ok({"rollouts": await ctx(request).db.run(views)})
 
@@ -158,7 +171,8 @@ async def rollouts(request: web.Request) -> web.Response:
 @requires("viewer")
 async def rollout(request: web.Request) -> web.Response:
     rollout_id = int_param(request.match_info["rollout_id"], "rollout id")
-    return ok(await ctx(request).db.run(lambda s: rollout_view(s, s.get_rollout(rollout_id))))
+    now = ctx(request).clock.now()
+    return ok(await ctx(request).db.run(lambda s: rollout_view(s, s.get_rollout(rollout_id), now)))
 
 
 # --- events --------------------------------------------------------------------------------
@@ -254,13 +268,14 @@ class EventHub:
         first = self._snap is None
         snap = self._snap or _Snapshot()
         known_finished = dict(snap.finished)
+        now = self.context.clock.now()
 
         def rollout_changes(s: Store) -> list[dict[str, Any]]:
             changed = []
             for r in s.list_rollouts():
                 if not r.active and known_finished.get(r.id) == r.updated_at:
                     continue
-                view = rollout_view(s, r)
+                view = rollout_view(s, r, now)
                 text = json.dumps(view, sort_keys=True, default=str)
                 if snap.rollouts.get(r.id) != text:
                     snap.rollouts[r.id] = text
@@ -351,6 +366,7 @@ def install(app: web.Application) -> None:
     hub = EventHub(app[CTX])
     app[HUB] = hub
     app.add_routes(routes)
+    app.add_routes(detail_routes)
 
     async def close(_: web.Application) -> None:
         await hub.close()

@@ -7,9 +7,9 @@ import re
 from aiohttp import web
 
 from fleetpush_protocol.messages import NAME_PATTERN
-from orchestrator.api.common import audit, ctx, int_param, ok, requires
+from orchestrator.api.common import audit, ctx, ok, requires
 from orchestrator.api.context import ApiError
-from orchestrator.payloads import TooLargeError
+from orchestrator.payloads import PayloadError, TooLargeError, check_tar
 from orchestrator.store import ReleaseRecord
 
 __all__ = ["HANDLERS", "routes"]
@@ -61,9 +61,18 @@ async def upload(request: web.Request) -> web.Response:
     try:
         # Streamed to disk in 1 MiB chunks: never the whole payload in memory, and not
         # bound by client_max_size (the JSON limit), which only applies to read().
-        sha, size = await c.payloads.store_stream(request.content.iter_chunked(1 << 20), limit)
+        sha, size = await c.payloads.store_stream(
+            request.content.iter_chunked(1 << 20), limit,
+            check=check_tar if handler == "directory" else None,
+        )  # fmt: skip
     except TooLargeError as e:
         raise ApiError(413, str(e)) from None
+    except PayloadError as e:
+        raise ApiError(
+            400,
+            f"payload refused: handler 'directory' unpacks a tar archive (plain, gzip, "
+            f"bz2 or xz) and this is {e}; upload a tar, or use --handler command",
+        ) from None
     if size == 0:
         raise ApiError(400, "request body is empty: the payload is missing")
     rec = ReleaseRecord(
@@ -89,7 +98,12 @@ async def find_release(request: web.Request, ref: str) -> ReleaseRecord:
     if "@" in ref:
         name, _, version = ref.partition("@")
         return await c.db.run(lambda s: s.find_release(name, version))
-    release_id = int_param(ref, "release")
+    if not ref.isdigit() or len(ref) > 18:
+        raise ApiError(
+            400, f"release {ref!r}: use NAME@VERSION (like app@2.0) or a release id; "
+            "`fleetpush release list` shows both"
+        )  # fmt: skip
+    release_id = int(ref)
     return await c.db.run(lambda s: s.get_release(release_id))
 
 

@@ -1,4 +1,5 @@
-"""``/v1/rollouts``: create, list, status, targets, pause, resume, cancel, retry."""
+"""``/v1/rollouts``: create (or dry-run), list, status, targets, pause, resume, cancel,
+retry, revert."""
 
 from __future__ import annotations
 
@@ -7,9 +8,17 @@ from aiohttp import web
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, principal, requires
 from orchestrator.api.context import ApiError
 from orchestrator.api.releases import find_release
-from orchestrator.policy import assign_phases
-from orchestrator.rollouts import TargetSpec, resolve_targets, rollout_status, spec_from_request
-from orchestrator.store import DeviceFilter, RolloutRecord
+from orchestrator.policy import RolloutSpec
+from orchestrator.revert import revert_groups
+from orchestrator.rollouts import (
+    Plan,
+    TargetSpec,
+    active_owners,
+    plan_rollout,
+    rollout_status,
+    spec_from_request,
+)
+from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord
 
 __all__ = ["routes"]
 
@@ -25,36 +34,86 @@ async def _view(request: web.Request, r: RolloutRecord) -> dict[str, object]:
     return await ctx(request).db.run(lambda s: rollout_status(s, r))
 
 
-@routes.post("/v1/rollouts")
-@requires("operator")
-async def create(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    if "release" not in body:
-        raise ApiError(400, "release: missing (an id or name@version)")
-    release = await find_release(request, str(body["release"]))
-    target = TargetSpec.from_json(body.get("target"))
-    spec = spec_from_request(body)
+def _flag(body: dict[str, object], name: str) -> bool:
+    value = body.pop(name, False)
+    if not isinstance(value, bool):
+        raise ApiError(400, f"{name}: expected true or false")
+    return value
+
+
+def conflict(plan: Plan) -> web.Response | None:
+    """The 409 for a plan whose devices other active rollouts hold (None when none do)."""
+    if not plan.conflicts:
+        return None
+    others = sorted(set(plan.conflicts.values()))
+    n = len(plan.conflicts)
+    reason = (
+        f"{n} of the {len(plan.assignments)} targeted device(s) are held by active "
+        f"rollout(s) {', '.join(map(str, others))}: cancel or finish those first, or pass "
+        "force (CLI --force) to target them anyway"
+    )
+    return web.json_response(
+        {"error": reason, "status": 409, "rollouts": others, "devices": n}, status=409
+    )
+
+
+async def _plan(
+    request: web.Request, release: ReleaseRecord, target: TargetSpec, spec: RolloutSpec,
+    dry_run: bool,
+) -> Plan:  # fmt: skip
     c = ctx(request)
     await c.refresh_registry()
     devices = await c.db.run(lambda s: s.list_devices(DeviceFilter(limit=10**9)))
     unknown = set(target.devices) - {d.device_id for d in devices}
     if unknown:
         raise ApiError(400, f"target.devices: unknown device {sorted(unknown)[0]!r}")
-    chosen = resolve_targets(target, devices, release)
-    if not chosen and not spec.continuous:
+    owners = await c.db.run(active_owners)
+    plan = plan_rollout(target, spec, release, devices, owners)
+    if not plan.assignments and not spec.continuous and not dry_run:
         raise ApiError(400, "target matches no registered device")
+    return plan
+
+
+@routes.post("/v1/rollouts")
+@requires("operator")
+async def create(request: web.Request) -> web.Response:
+    """``dry_run``: validate, create nothing, answer the plan; ``force``: create even when
+    other active rollouts hold some of the devices (409 otherwise)."""
+    body = await json_body(request)
+    dry_run = _flag(body, "dry_run")
+    force = _flag(body, "force")
+    if "release" not in body:
+        raise ApiError(400, "release: missing (an id or name@version)")
+    release = await find_release(request, str(body["release"]))
+    target = TargetSpec.from_json(body.get("target"))
+    spec = spec_from_request(body)
+    plan = await _plan(request, release, target, spec, dry_run)
+    if dry_run:
+        return ok(plan.to_json(spec.phases))
+    refused = None if force else conflict(plan)
+    if refused is not None:
+        return refused
+    r = await create_rollout(request, release, target, spec, plan)
+    return ok(await _view(request, r), status=201)
+
+
+async def create_rollout(
+    request: web.Request, release: ReleaseRecord, target: TargetSpec, spec: RolloutSpec,
+    plan: Plan, **audit_detail: object,
+) -> RolloutRecord:  # fmt: skip
+    """Store the rollout as planned, audit it, and wake the engine."""
+    c = ctx(request)
     now = c.clock.now()
-    key = f"{release.id}:{now}"
-    assignments = assign_phases(chosen, key, spec.phases)
     who = principal(request).name
     r = await c.db.run(
         lambda s: s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
-                                   assignments=assignments, now=now, actor=who)
+                                   assignments=plan.assignments, now=now, actor=who)
     )  # fmt: skip
     await audit(request, "rollout.create", f"rollout/{r.id}", release=release.id,
-                target=target.to_json(), spec=spec.to_json(), devices=len(chosen))  # fmt: skip
+                target=target.to_json(), spec=spec.to_json(), devices=len(plan.assignments),
+                forced=sorted(set(plan.conflicts.values())), **audit_detail)  # fmt: skip
     c.engine.wake()
-    return ok(await _view(request, r), status=201)
+    return r
 
 
 @routes.get("/v1/rollouts")
@@ -138,3 +197,51 @@ async def retry(request: web.Request) -> web.Response:
     await audit(request, "rollout.retry", f"rollout/{r.id}", devices=n)
     r = await ctx(request).db.run(lambda s: s.get_rollout(r.id))
     return ok({**await _view(request, r), "retried": n})
+
+
+@routes.post("/v1/rollouts/{rollout_id}/revert")
+@requires("operator")
+async def revert(request: web.Request) -> web.Response:
+    """Put the devices the rollout updated back on the release each ran before: one new
+    rollout per such release, targeting its devices by id. The body takes the settings of
+    a create (``phases``, ``success_pct``, ...), ``dry_run`` and ``force``."""
+    r = await _rollout(request)
+    body = await _optional_body(request)
+    dry_run = _flag(body, "dry_run")
+    force = _flag(body, "force")
+    spec = spec_from_request(body)
+    if r.active:
+        raise ApiError(
+            409, f"rollout {r.id} is {r.state}; cancel it first (its devices stay where "
+            "they are), then revert"
+        )  # fmt: skip
+    c = ctx(request)
+    groups, skipped = await c.db.run(lambda s: revert_groups(s, r))
+    if not groups and not dry_run:
+        reasons = "; ".join(f"{k['device']}: {k['reason']}" for k in skipped[:5])
+        raise ApiError(409, f"rollout {r.id}: no device to revert ({reasons or 'none succeeded'})")
+    plans = []
+    for release, device_ids in groups:
+        target = TargetSpec(devices=tuple(device_ids))
+        plans.append((release, target, await _plan(request, release, target, spec, True)))
+    if dry_run:
+        return ok({"dry_run": True, "reverts": r.id, "skipped": skipped, "rollouts": [
+            {"release": {"id": rel.id, "name": rel.name, "version": rel.version},
+             **plan.to_json(spec.phases)} for rel, _, plan in plans]})  # fmt: skip
+    if not force:
+        merged = Plan(
+            [a for *_, p in plans for a in p.assignments],
+            conflicts={k: v for *_, p in plans for k, v in p.conflicts.items()},
+        )
+        refused = conflict(merged)
+        if refused is not None:
+            return refused
+    created = []
+    for release, target, plan in plans:
+        if not plan.assignments:  # every device left out for its model: see the dry run
+            continue
+        new = await create_rollout(request, release, target, spec, plan, reverts=r.id)
+        created.append(await _view(request, new))
+    await audit(request, "rollout.revert", f"rollout/{r.id}",
+                rollouts=[v["id"] for v in created], skipped=len(skipped))  # fmt: skip
+    return ok({"reverts": r.id, "rollouts": created, "skipped": skipped}, status=201)

@@ -12,8 +12,14 @@ from orchestrator.broker.credentials import (
     render_acl,
     render_passwd,
 )
+from orchestrator.broker.info import INFO_FILE, BrokerInfo, read_info
 from orchestrator.broker.mosquitto import MosquittoBroker
-from orchestrator.broker.process import MosquittoNotFoundError, find_mosquitto, free_port
+from orchestrator.broker.process import (
+    MosquittoNotFoundError,
+    find_mosquitto,
+    free_port,
+    listening,
+)
 from orchestrator.broker.registry import Identity, IdentityRegistry
 from orchestrator.broker.reload import ReloadError
 from orchestrator.broker.render import CONFIG_DIR, AuthFiles, render_auth_files, render_config
@@ -21,7 +27,9 @@ from orchestrator.broker.revocation import RevocationError
 
 __all__ = [
     "CONFIG_DIR",
+    "INFO_FILE",
     "AuthFiles",
+    "BrokerInfo",
     "BrokerUser",
     "Identity",
     "IdentityRegistry",
@@ -33,6 +41,8 @@ __all__ = [
     "find_mosquitto",
     "free_port",
     "hash_password",
+    "listening",
+    "read_info",
     "render_acl",
     "render_auth_files",
     "render_config",

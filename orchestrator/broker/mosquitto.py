@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import json
 import secrets
 import socket
 import time
@@ -45,6 +44,7 @@ from orchestrator.broker.credentials import (
     BrokerUser,
     hash_password,
 )
+from orchestrator.broker.info import write_info
 from orchestrator.broker.process import (
     MosquittoNotFoundError,
     MosquittoProcess,
@@ -340,9 +340,11 @@ class MosquittoBroker:
         self.render_config()
         ports = [p for p in (self.port, self.tls_port) if p is not None]
         self.process.start(self.host, ports, timeout)
-        atomic_write(
-            self.workdir / "broker.json", json.dumps(self.connection_info(), indent=1).encode()
-        )
+        self.record()
+
+    def record(self) -> None:
+        """Write ``broker.json``: the ports to start on next time, and how to log in."""
+        write_info(self.workdir, self.connection_info())
 
     @property
     def pid(self) -> int | None:

@@ -12,16 +12,13 @@ device's own username (its one-time takeover password), which also drops its ses
 from __future__ import annotations
 
 import secrets
-import threading
+import socket
 import time
-from typing import TYPE_CHECKING, Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from typing import TYPE_CHECKING
 
 from orchestrator.broker.process import listening
+from orchestrator.mqtt import codec
+from orchestrator.mqtt.reasons import reason_name
 
 if TYPE_CHECKING:
     from orchestrator.broker.process import MosquittoProcess
@@ -59,36 +56,26 @@ def connect_once(host: str, port: int, username: str, password: str, timeout: fl
     ``use_username_as_clientid``, an accepted CONNECT takes over any session of that
     username: Mosquitto closes the old connection and, with expiry 0, discards the session.
     """
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
-    client.username_pw_set(username, password)
-    done = threading.Event()
-    result = ["no CONNACK"]
-
-    def on_connect(c: mqtt.Client, u: object, f: object, rc: Any, p: object) -> None:
-        result[0] = str(rc)
-        done.set()
-
-    def on_disconnect(c: mqtt.Client, u: object, f: object, rc: Any, p: object) -> None:
-        if not done.is_set():
-            result[0] = f"disconnected: {rc}"
-            done.set()
-
-    client.on_connect = on_connect
-    client.on_disconnect = on_disconnect
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 0
+    decoder = codec.Decoder()
+    deadline = time.monotonic() + max(0.1, timeout)
     try:
-        client.connect(host, port, keepalive=10, clean_start=True, properties=props)
-    except OSError as e:
+        with socket.create_connection((host, port), max(0.1, timeout)) as s:
+            s.sendall(codec.connect(username, username, password, keepalive_s=10))
+            while True:
+                s.settimeout(max(0.1, deadline - time.monotonic()))
+                data = s.recv(4096)
+                if not data:
+                    return "disconnected before CONNACK"
+                for packet in decoder.feed(data):
+                    if isinstance(packet, codec.ConnAck):
+                        if packet.reason:
+                            return reason_name(packet.reason)
+                        s.sendall(codec.disconnect())
+                        return SUCCESS
+    except TimeoutError:
+        return "no CONNACK"
+    except (OSError, codec.MalformedPacketError) as e:
         return f"connect failed: {e}"
-    client.loop_start()
-    try:
-        done.wait(max(0.1, timeout))
-        if result[0] == SUCCESS:
-            client.disconnect()
-    finally:
-        client.loop_stop()
-    return result[0]
 
 
 def wait_for_login(host: str, port: int, username: str, password: str, timeout: float) -> str:

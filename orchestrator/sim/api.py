@@ -41,10 +41,12 @@ class AsyncApi:
                 raise ApiCallError(f"{method} {path}: HTTP {resp.status}: {body}")
             return body
 
-    async def upload(self, name: str, version: str, payload: bytes) -> dict[str, Any]:
+    async def upload(
+        self, name: str, version: str, payload: bytes, handler: str = "directory"
+    ) -> dict[str, Any]:
         result: dict[str, Any] = await self.call(
             "POST", "/v1/releases", data=payload, expect=201,
-            params=[("name", name), ("version", version), ("handler", "directory")],
+            params=[("name", name), ("version", version), ("handler", handler)],
         )  # fmt: skip
         return result
 

@@ -18,10 +18,10 @@ from fleetpush_protocol.atomic import write_secret
 from fleetpush_protocol.topics import Topics
 from orchestrator.auth import hash_token, new_token
 from orchestrator.broker import MosquittoBroker, find_mosquitto, free_port
-from orchestrator.config import OrchestratorConfig, load_config
+from orchestrator.config import DatabaseConfig, OrchestratorConfig, load_config
 from orchestrator.keystore import KeyStore
 from orchestrator.service import Orchestrator
-from orchestrator.store import SQLiteStore
+from orchestrator.store import open_store
 
 __all__ = ["LocalStack", "write_orchestrator_files"]
 
@@ -35,10 +35,12 @@ def write_orchestrator_files(
     tick: str = "100ms",
     batch_interval: str = "20ms",
     key_validity_s: int = 7 * 86400,
+    database_url: str = "",
 ) -> tuple[int, str]:
     """Write ``root/orchestrator.toml`` (HTTP on a free port), its MQTT password file, fresh
     keys (keyring v1, the offline root in ``root/offline-root``) and a migrated database
     holding ``tokens`` (name -> (role, token)); return the HTTP port and the root key (hex).
+    The database is ``database_url`` (an empty one), else SQLite in the data folder.
     """
     port = free_port()
     data = root / "orch"
@@ -51,15 +53,15 @@ def write_orchestrator_files(
         f'[ingest]\nbatch_rows = 500\nbatch_interval = "{batch_interval}"\n'
         f'[rollouts]\ntick = "{tick}"\nnotice_ttl = "1d"\nfollow_every = "1s"\n'
         f'[registry]\nfile = "{broker.registry.path}"\n'
+        + (f'[database]\nurl = "{database_url}"\n' if database_url else "")
     )
     keys = KeyStore(data / "keys")
     keys.init(
         root / "offline-root", roots=1, threshold=1, validity_s=key_validity_s,
         now=int(time.time()),
     )  # fmt: skip
-    store = SQLiteStore(data / "fleetpush.db")
+    store = open_store(DatabaseConfig(url=database_url or f"sqlite:///{data / 'fleetpush.db'}"))
     try:
-        store.migrate()
         for name, (role, token) in tokens.items():
             store.add_token(name, role, hash_token(token), time.time())
     finally:

@@ -1,6 +1,17 @@
-"""Persistent state: the ``Store`` interface, its SQLite backend and the writer thread."""
+"""Persistent state: the ``Store`` interface, its SQLite and PostgreSQL backends, and the
+``Database`` that runs a store on worker threads for async code."""
 
-from orchestrator.store.base import ConflictError, Database, NotFoundError, Store, StoreError
+from orchestrator.store.base import (
+    ConflictError,
+    Database,
+    NotFoundError,
+    SchemaError,
+    Store,
+    StoreCorruptError,
+    StoreError,
+    StoreUnavailableError,
+)
+from orchestrator.store.factory import open_database, open_store
 from orchestrator.store.records import (
     AuditEntry,
     DeviceFilter,
@@ -26,8 +37,13 @@ __all__ = [
     "ReleaseRecord",
     "RolloutRecord",
     "SQLiteStore",
+    "SchemaError",
     "Store",
+    "StoreCorruptError",
     "StoreError",
+    "StoreUnavailableError",
     "TargetRecord",
     "TokenRecord",
+    "open_database",
+    "open_store",
 ]

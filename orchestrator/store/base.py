@@ -1,8 +1,9 @@
-"""The storage interface the service uses, and the thread that runs it.
+"""The storage interface the service uses, its errors, and the threads that run it.
 
-``Store`` is small on purpose: one class per backend (SQLite now, PostgreSQL later). Its
-methods are blocking; ``Database`` runs every call on one dedicated thread, so there is a
-single writer, and async code awaits the result.
+``Store`` is small on purpose: one class per backend (SQLite, PostgreSQL), both built on the
+shared SQL in ``orchestrator.store.sql``. Its methods are blocking; ``Database`` runs them on
+worker threads and async code awaits the result: one thread for SQLite (its single writer),
+as many as the connection pool holds for PostgreSQL.
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ from orchestrator.store.records import (
     TokenRecord,
 )
 
-__all__ = ["ConflictError", "Database", "NotFoundError", "Store", "StoreError"]
+__all__ = [
+    "ConflictError",
+    "Database",
+    "NotFoundError",
+    "SchemaError",
+    "Store",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreUnavailableError",
+]
 
 T = TypeVar("T")
 
@@ -43,8 +53,26 @@ class ConflictError(StoreError):
     """The request conflicts with stored state (duplicate, in use)."""
 
 
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached now (server down, connection lost, pool exhausted):
+    a transport error, worth retrying later."""
+
+
+class StoreCorruptError(StoreError):
+    """The database is unreadable or damaged (not a database file, malformed pages): a
+    content error, never retried."""
+
+
+class SchemaError(StoreError):
+    """The database's schema is newer than this fleetpush, or a migration failed."""
+
+
 class Store(Protocol):
     """Everything the orchestrator persists. All methods block; call them via ``Database``."""
+
+    # how many threads may call this store at once (1: a single connection)
+    @property
+    def threads(self) -> int: ...
 
     def migrate(self) -> int: ...
     def close(self) -> None: ...
@@ -70,6 +98,10 @@ class Store(Protocol):
     def ingest(
         self, batch: Sequence[Report | Presence | Inventory], now: float
     ) -> IngestResult: ...
+    def flag_devices(self, dropped: dict[tuple[str, str], int], now: float) -> None: ...
+    def prune_reports(
+        self, *, keep: int, before: float, after_device: str, limit: int
+    ) -> tuple[int, str | None]: ...
 
     # releases
     def add_release(self, rec: ReleaseRecord) -> ReleaseRecord: ...
@@ -130,18 +162,31 @@ class Store(Protocol):
 
 
 class Database:
-    """Runs a ``Store`` on one dedicated thread: the single writer.
+    """Runs a ``Store`` on worker threads: SQLite's single writer, or PostgreSQL's pool.
 
     Args:
-        factory: builds the store; called on the database thread (SQLite connections
-            belong to the thread that made them).
+        factory: builds the store; called on a database thread (SQLite connections
+            belong to the thread that made them). The store's ``threads`` says how many
+            workers may call it at once.
     """
 
     def __init__(self, factory: Callable[[], Store]) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(
+        first = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="fleetpush-db"
         )
-        self._store: Store = self._pool.submit(factory).result()
+        try:
+            self._store: Store = first.submit(factory).result()
+        except BaseException:
+            first.shutdown(wait=False)
+            raise
+        if self._store.threads > 1:
+            # The store is not bound to the thread that made it: spread calls over as
+            # many threads as it has connections.
+            first.shutdown(wait=True)
+            first = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._store.threads, thread_name_prefix="fleetpush-db"
+            )
+        self._pool = first
 
     def submit(self, fn: Callable[[Store], T]) -> concurrent.futures.Future[T]:
         """Queue ``fn(store)`` on the database thread (from any thread)."""

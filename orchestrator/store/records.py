@@ -42,6 +42,9 @@ class DeviceRecord:
     installed: tuple[dict[str, str], ...]
     client_version: str
     free_bytes: int | None
+    limited: int = 0  # messages ingestion dropped from it (rate limit, size caps)
+    limited_at: float | None = None  # when the last one was dropped
+    limited_reason: str = ""
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -83,6 +86,10 @@ class DeviceRecord:
             "installed": list(self.installed),
             "client_version": self.client_version,
             "free_bytes": self.free_bytes,
+            "flagged": self.limited > 0,
+            "limited": self.limited,
+            "limited_at": self.limited_at,
+            "limited_reason": self.limited_reason,
         }
 
 
@@ -250,3 +257,5 @@ class IngestResult:
     rejected: int = 0  # stored, but about a notice that is not this device's
     presence: int = 0
     inventory: int = 0
+    # counters of each device's reports now stored (new or duplicate), to acknowledge
+    stored: dict[str, list[int]] = field(default_factory=dict)

@@ -127,4 +127,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE devices ADD COLUMN registry_model TEXT NOT NULL DEFAULT '';
     ALTER TABLE devices ADD COLUMN in_registry INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: devices flagged by ingestion (rate limit, size caps)
+    """
+    ALTER TABLE devices ADD COLUMN limited INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN limited_at REAL;
+    ALTER TABLE devices ADD COLUMN limited_reason TEXT NOT NULL DEFAULT '';
+    """,
 )

@@ -64,3 +64,36 @@ export function donut(slices, title) {
   root.append(svg("text", { x: 60, y: 66, "text-anchor": "middle", class: "donut-total" }, String(total)));
   return root;
 }
+
+/**
+ * A stacked area chart of a rollout's device states over time: points of
+ * {at, succeeded, failed, in_flight, canceled, pending}, drawn bottom to top in that order.
+ */
+export function timelineChart(points, title) {
+  const width = 600, height = 170, left = 34, bottom = 22, top = 6, right = 8;
+  const keys = ["succeeded", "failed", "in_flight", "canceled", "pending"];
+  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", class: "chart timeline",
+    "aria-label": title, preserveAspectRatio: "xMinYMin meet" });
+  root.append(svg("title", {}, title));
+  if (points.length < 2) return root;
+  const total = Math.max(1, ...points.map((p) => keys.reduce((a, k) => a + (p[k] || 0), 0)));
+  const t0 = points[0].at, t1 = points[points.length - 1].at;
+  const x = (t) => left + ((t - t0) / Math.max(1e-9, t1 - t0)) * (width - left - right);
+  const y = (n) => top + (1 - n / total) * (height - top - bottom);
+  const below = points.map(() => 0);
+  for (const k of keys) {
+    const upper = points.map((p, i) => below[i] + (p[k] || 0));
+    const line = points.map((p, i) => `${x(p.at).toFixed(1)},${y(upper[i]).toFixed(1)}`);
+    const back = points.map((p, i) => `${x(p.at).toFixed(1)},${y(below[i]).toFixed(1)}`).reverse();
+    root.append(svg("polygon", { points: [...line, ...back].join(" "), class: `area ${k}`, "data-series": k }));
+    upper.forEach((v, i) => { below[i] = v; });
+  }
+  const axis = (tx, ty, text, anchor = "start") =>
+    root.append(svg("text", { x: tx, y: ty, class: "chart-label small-label", "text-anchor": anchor }, text));
+  axis(left - 4, y(total) + 10, String(total), "end");
+  axis(left - 4, y(0), "0", "end");
+  const clock = (t) => new Date(t * 1000).toLocaleTimeString();
+  axis(left, height - 4, clock(t0));
+  axis(width - right, height - 4, clock(t1), "end");
+  return root;
+}

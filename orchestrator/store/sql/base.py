@@ -1,0 +1,136 @@
+"""What every backend gives the shared SQL: a transaction, statements, and its dialect.
+
+The shared methods write SQL once, with ``?`` placeholders and the subset of SQL that
+SQLite >= 3.35 and PostgreSQL >= 13 both run (``ON CONFLICT``, ``RETURNING``, row values);
+the backend binds the values with its driver's placeholders. The few differences (column
+types, how to lock a row, which exceptions mean "duplicate") are the ``Dialect``.
+"""
+
+# SQL text is built only from constant column lists and "?" marks; values are bound.
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from orchestrator.store.base import SchemaError
+from orchestrator.store.schema import MIGRATIONS
+
+__all__ = ["Cursor", "Dialect", "SqlBase", "marks"]
+
+logger = logging.getLogger(__name__)
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the shared SQL uses (sqlite3's and psycopg's agree)."""
+
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """Where the backends' SQL differs.
+
+    Attributes:
+        name: ``sqlite`` or ``postgresql``.
+        for_update: appended to a SELECT whose rows the transaction will change ("" where
+            the transaction already excludes other writers).
+        integrity: the driver's exceptions for a violated unique or foreign key.
+        migration_lock: run first in each migration transaction, so two processes
+            starting together do not both migrate ("" when the transaction is enough).
+    """
+
+    name: str
+    for_update: str
+    integrity: tuple[type[Exception], ...]
+    migration_lock: str = ""
+
+    def ddl(self, sql: str) -> str:
+        """The migration text for this backend; the history itself is SQLite's text."""
+        return sql
+
+
+def marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SqlBase:
+    """The transaction and statement primitives each backend implements."""
+
+    dialect: Dialect
+    threads = 1
+
+    def _tx(self) -> AbstractContextManager[None]:
+        """One transaction; a nested use joins the outer one. Reads need not use it."""
+        raise NotImplementedError
+
+    def _execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
+        raise NotImplementedError
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run ``sql`` once per row; return the number of rows changed in all."""
+        raise NotImplementedError
+
+    def _insert_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run an ``INSERT … RETURNING`` once per row; return the rows it returned (none
+        for a row ``ON CONFLICT DO NOTHING`` skipped)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _where_am_i(self) -> str:
+        """The database, for error messages (never with a password)."""
+        raise NotImplementedError
+
+    # --- schema --------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Apply the migrations this database has not seen; return the schema version.
+
+        Raises:
+            SchemaError: the database is newer than this fleetpush.
+        """
+        with self._tx():
+            if self.dialect.migration_lock:
+                self._execute(self.dialect.migration_lock)
+            self._execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = self._execute("SELECT version FROM schema_version").fetchone()
+            version = int(row[0]) if row else 0
+            if version > len(MIGRATIONS):
+                raise SchemaError(
+                    f"{self._where_am_i()}: schema version {version} is newer than this "
+                    f"fleetpush ({len(MIGRATIONS)}); upgrade fleetpush"
+                )
+            for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+                logger.info("applying schema migration %d", number)
+                # The version row first: it opens the write transaction, so the DDL after
+                # it commits or rolls back with it on both backends.
+                self._execute("DELETE FROM schema_version")
+                self._execute("INSERT INTO schema_version VALUES (?)", (number,))
+                for statement in self.dialect.ddl(sql).split(";"):
+                    if statement.strip():
+                        self._execute(statement)
+        return len(MIGRATIONS)
+
+    # --- counters ------------------------------------------------------------------------
+
+    def _bump(self, name: str, n: int) -> None:
+        if n:
+            self._execute(
+                "INSERT INTO counters VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
+                (name, n),
+            )
+
+    def counters(self) -> dict[str, int]:
+        return {
+            r[0]: int(r[1]) for r in self._execute("SELECT name, value FROM counters").fetchall()
+        }

@@ -1,0 +1,144 @@
+"""Devices: the registry's facts, the operator's labels, the devices' claims."""
+
+# SQL text is built only from constant column lists and "?" marks; values are bound.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from orchestrator.store.base import NotFoundError
+from orchestrator.store.records import DeviceFilter, DeviceRecord
+from orchestrator.store.sql import rows
+from orchestrator.store.sql.base import SqlBase
+
+__all__ = ["DeviceMethods"]
+
+
+class DeviceMethods(SqlBase):
+    def list_devices(self, f: DeviceFilter) -> list[DeviceRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if f.model is not None:
+            where.append("coalesce(nullif(model, ''), registry_model) = ?")
+            args.append(f.model)
+        if f.online is not None:
+            where.append("online = ?")
+            args.append(int(f.online))
+        if f.version is not None:
+            where.append("current_version = ?")
+            args.append(f.version)
+        sql = f"SELECT {rows.DEVICE_COLS} FROM devices"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY device_id"
+        if f.group is None and f.tag is None:
+            # Every filter is in SQL: page there, so a page costs its size, not the fleet's.
+            sql += " LIMIT ? OFFSET ?"
+            return [rows.device(r) for r in self._execute(sql, [*args, f.limit, f.offset])]
+        devices = [rows.device(r) for r in self._execute(sql, args)]
+        if f.group is not None:
+            devices = [d for d in devices if f.group in d.groups]
+        if f.tag is not None:
+            key, sep, value = f.tag.partition("=")
+            devices = [d for d in devices if key in d.tags and (not sep or d.tags[key] == value)]
+        return devices[f.offset : f.offset + f.limit]
+
+    def get_device(self, device_id: str) -> DeviceRecord:
+        row = self._execute(
+            f"SELECT {rows.DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no device {device_id!r}")
+        return rows.device(row)
+
+    def ensure_devices(self, device_ids: Iterable[str], now: float) -> None:
+        """Register devices known from provisioning before they ever connect."""
+        with self._tx():
+            self._executemany(
+                "INSERT INTO devices (device_id, first_seen) VALUES (?, ?) "
+                "ON CONFLICT (device_id) DO NOTHING",
+                [(d, now) for d in device_ids],
+            )
+
+    def set_device_labels(
+        self,
+        device_id: str,
+        groups: Sequence[str] | None,
+        tags: dict[str, str] | None,
+        model: str | None = None,
+    ) -> DeviceRecord:
+        """Set the operator's groups, tags and model (``""`` clears it: the provisioned
+        model applies again); ``None`` leaves a field as it is."""
+        with self._tx():
+            self.get_device(device_id)
+            if model is not None:
+                self._execute(
+                    "UPDATE devices SET model = ? WHERE device_id = ?", (model, device_id)
+                )
+            if groups is not None:
+                self._execute(
+                    "UPDATE devices SET groups_ = ? WHERE device_id = ?",
+                    (json.dumps(sorted(set(groups))), device_id),
+                )
+            if tags is not None:
+                self._execute(
+                    "UPDATE devices SET tags = ? WHERE device_id = ?",
+                    (json.dumps(tags, sort_keys=True), device_id),
+                )
+            return self.get_device(device_id)
+
+    def sync_registry(
+        self, identities: Sequence[tuple[str, Sequence[str], str]], now: float
+    ) -> int:
+        """Make the provisioned groups and model of every device those of ``identities``
+        (``(device_id, groups, model)``, the whole registry); a device no longer in it
+        keeps its row but loses them. Returns how many devices changed."""
+        with self._tx():
+            before = {
+                r[0]: (r[1], r[2])
+                for r in self._execute(
+                    "SELECT device_id, registry_groups, registry_model FROM devices "
+                    "WHERE in_registry = 1" + self.dialect.for_update
+                )
+            }
+            wanted = {d: (json.dumps(sorted(set(g))), m) for d, g, m in identities}
+            gone = [(d,) for d in before if d not in wanted]
+            self._executemany(
+                "UPDATE devices SET registry_groups = '[]', registry_model = '', "
+                "in_registry = 0 WHERE device_id = ?",
+                gone,
+            )
+            changed = [(d, g, m, now) for d, (g, m) in wanted.items() if before.get(d) != (g, m)]
+            self._executemany(
+                "INSERT INTO devices (device_id, registry_groups, registry_model, in_registry, "
+                "first_seen) VALUES (?, ?, ?, 1, ?) ON CONFLICT (device_id) DO UPDATE SET "
+                "registry_groups = excluded.registry_groups, "
+                "registry_model = excluded.registry_model, in_registry = 1",
+                changed,
+            )
+        return len(gone) + len(changed)
+
+    def claims_mismatch_count(self) -> int:
+        """Devices whose inventory claims differ from the registry (see ``DeviceRecord``)."""
+        sql = f"SELECT {rows.DEVICE_COLS} FROM devices WHERE claimed_model != ''"
+        return sum(rows.device(r).claims_mismatch for r in self._execute(sql))
+
+    def device_history(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        found = self._execute(
+            "SELECT counter, notice_id, rollout_id, state, current_version, reported_at, "
+            "received_at, error_code, error_message, accepted FROM reports "
+            "WHERE device_id = ? ORDER BY counter DESC LIMIT ?",
+            (device_id, limit),
+        ).fetchall()
+        keys = (
+            "counter", "notice_id", "rollout_id", "state", "current_version",
+            "reported_at", "received_at", "error_code", "error_message", "accepted",
+        )  # fmt: skip
+        return [dict(zip(keys, r, strict=True)) for r in found]
+
+    def online_count(self) -> int:
+        row = self._execute("SELECT COUNT(*) FROM devices WHERE online = 1").fetchone()
+        return int(row[0])

@@ -1,0 +1,242 @@
+"""Ingestion: device reports, presence and inventory, one transaction per batch."""
+
+# SQL text is built only from constant column lists and "?" marks; values are bound.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from fleetpush_protocol.messages import Inventory, Presence, Report
+from orchestrator.policy import SENT
+from orchestrator.store.records import IngestResult
+from orchestrator.store.rules import StoredPresence, presence_applies, report_accepted
+from orchestrator.store.sql.base import SqlBase, marks
+
+__all__ = ["IngestMethods"]
+
+# Row values per statement in set-based lookups: below SQLite's oldest variable limit (999).
+_CHUNK = 400
+
+
+class IngestMethods(SqlBase):
+    # notice_id -> (device_id, rollout_id); a notice's owner never changes once stored
+    _notice_owner: dict[str, tuple[str, int]]
+
+    def _owner(self, notice_id: str) -> tuple[str, int] | None:
+        owner = self._notice_owner.get(notice_id)
+        if owner is None:
+            row = self._execute(
+                "SELECT device_id, rollout_id FROM notices WHERE notice_id = ?", (notice_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            owner = (row[0], int(row[1]))
+            if len(self._notice_owner) > 200_000:
+                self._notice_owner.clear()
+            self._notice_owner[notice_id] = owner
+        return owner
+
+    def ingest(self, batch: Sequence[Report | Presence | Inventory], now: float) -> IngestResult:
+        """Apply one batch of device messages in one transaction.
+
+        Reports are deduplicated by ``(device_id, counter)``; a report about a notice that
+        was not sent to that device is stored with ``accepted = 0`` and changes nothing
+        (``rules.report_accepted``).
+        """
+        result = IngestResult()
+        reports: list[Report] = []
+        presence: list[Presence] = []
+        with self._tx():
+            for msg in batch:
+                if isinstance(msg, Report):
+                    reports.append(msg)
+                elif isinstance(msg, Presence):
+                    presence.append(msg)
+                    result.presence += 1
+                else:
+                    self._ingest_inventory(msg, now)
+                    result.inventory += 1
+            if presence:
+                self._ingest_presence(presence, now)
+            if reports:
+                self._ingest_reports(reports, now, result)
+            self._bump("reports_ingested", result.accepted)
+            self._bump("reports_duplicate", result.duplicates)
+            self._bump("reports_rejected", result.rejected)
+        return result
+
+    def _ingest_reports(self, reports: list[Report], now: float, result: IngestResult) -> None:
+        batch: dict[tuple[str, int], Report] = {}
+        for r in reports:
+            # stored once this transaction commits, new or not: the broker may be acked
+            result.stored.setdefault(r.device_id, []).append(r.counter)
+            if (r.device_id, r.counter) in batch:
+                result.duplicates += 1  # the same report twice in one batch (redelivery)
+            else:
+                batch[(r.device_id, r.counter)] = r
+        rows = []
+        for r in batch.values():
+            error = r.error
+            accepted = report_accepted(self._owner(r.notice_id), r)
+            rows.append((
+                r.device_id, r.counter, r.notice_id, r.rollout_id, r.state.value,
+                r.current_version, r.reported_at, now, error.code if error else None,
+                error.message if error else None, int(accepted),
+            ))  # fmt: skip
+        # Stored exactly once: what the insert returns is what no one (no earlier batch, no
+        # other replica) stored before; only that counts and moves a target.
+        inserted = {
+            (r[0], int(r[1]))
+            for r in self._insert_returning(
+                f"INSERT INTO reports VALUES ({marks(11)}) ON CONFLICT (device_id, counter) "
+                "DO NOTHING RETURNING device_id, counter",
+                rows,
+            )
+        }
+        updates = []
+        seen: dict[str, tuple[float, str]] = {}
+        for key, r in batch.items():
+            if key not in inserted:
+                result.duplicates += 1
+                continue
+            seen[r.device_id] = (now, r.current_version)
+            owner = self._owner(r.notice_id)
+            if owner is None or not report_accepted(owner, r):
+                result.rejected += 1
+                continue
+            result.accepted += 1
+            error = r.error
+            reason = f"{error.code}: {error.message}"[:500] if error else ""
+            updates.append(
+                (r.state.value, now, r.counter, reason, owner[1], r.device_id, r.notice_id,
+                 r.counter)
+            )  # fmt: skip
+        # Reports of one notice may arrive out of order: only a later counter moves it, so
+        # the rows can be updated in key order (one lock order for concurrent writers).
+        updates.sort(key=lambda u: (u[4], u[5], u[2]))
+        self._executemany(
+            "UPDATE rollout_targets SET state = ?, updated_at = ?, last_counter = ?, "
+            "delivered = 1, reason = ? WHERE rollout_id = ? AND device_id = ? "
+            "AND notice_id = ? AND last_counter < ?",
+            updates,
+        )
+        self._executemany(
+            "INSERT INTO devices (device_id, first_seen, last_seen, current_version) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+            "last_seen = excluded.last_seen, current_version = excluded.current_version",
+            [(d, t, t, v) for d, (t, v) in sorted(seen.items())],
+        )
+
+    def flag_devices(self, dropped: dict[tuple[str, str], int], now: float) -> None:
+        """Record that ingestion dropped ``count`` messages of ``(device, reason)``, and
+        count them by reason (``messages_<reason>``)."""
+        by_reason: dict[str, int] = {}
+        for (_, why), n in dropped.items():
+            by_reason[why] = by_reason.get(why, 0) + n
+        with self._tx():
+            self._executemany(
+                "INSERT INTO devices (device_id, first_seen, last_seen, limited, limited_at, "
+                "limited_reason) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE "
+                "SET limited = devices.limited + excluded.limited, "
+                "limited_at = excluded.limited_at, limited_reason = excluded.limited_reason",
+                [(d, now, now, n, now, why) for (d, why), n in sorted(dropped.items())],
+            )
+            for why, n in sorted(by_reason.items()):
+                self._bump(f"messages_{why}", n)
+
+    def prune_reports(
+        self, *, keep: int, before: float, after_device: str, limit: int
+    ) -> tuple[int, str | None]:
+        """Delete stored reports beyond the newest ``keep`` of each device, and those
+        received before ``before``: at most ``limit`` rows, device by device after
+        ``after_device``. Returns (rows deleted, where to continue; None when done).
+        """
+        deleted = 0
+        cursor = after_device
+        with self._tx():
+            devices = self._execute(
+                "SELECT device_id FROM devices WHERE device_id > ? ORDER BY device_id LIMIT ?",
+                (after_device, limit),
+            ).fetchall()
+            for (device_id,) in devices:
+                row = self._execute(
+                    "SELECT counter FROM reports WHERE device_id = ? ORDER BY counter DESC "
+                    "LIMIT 1 OFFSET ?",
+                    (device_id, keep),
+                ).fetchone()
+                deleted += self._execute(
+                    "DELETE FROM reports WHERE device_id = ? AND counter IN (SELECT counter "
+                    "FROM reports WHERE device_id = ? AND (counter <= ? OR received_at < ?) "
+                    "ORDER BY counter LIMIT ?)",
+                    (device_id, device_id, int(row[0]) if row else 0, before, limit - deleted),
+                ).rowcount
+                if deleted >= limit:
+                    break  # this device may have more: the next call starts with it again
+                cursor = device_id
+            self._bump("reports_pruned", deleted)
+        done = deleted < limit and len(devices) < limit
+        return deleted, None if done else cursor
+
+    def _stored_presence(self, device_ids: list[str]) -> dict[str, StoredPresence]:
+        out: dict[str, StoredPresence] = {}
+        for i in range(0, len(device_ids), _CHUNK):
+            chunk = device_ids[i : i + _CHUNK]
+            for r in self._execute(
+                f"SELECT device_id, online, presence_at FROM devices WHERE device_id IN "
+                f"({marks(len(chunk))}) ORDER BY device_id" + self.dialect.for_update,
+                chunk,
+            ):
+                out[r[0]] = StoredPresence(bool(r[1]), float(r[2]))
+        return out
+
+    def _ingest_presence(self, batch: list[Presence], now: float) -> None:
+        stored = self._stored_presence(sorted({p.device_id for p in batch}))
+        came_online: list[str] = []
+        for p in batch:
+            current = stored.get(p.device_id)
+            if current is None:
+                self._execute(
+                    "INSERT INTO devices (device_id, first_seen) VALUES (?, ?) "
+                    "ON CONFLICT (device_id) DO NOTHING",
+                    (p.device_id, now),
+                )
+            if presence_applies(current, p.at):
+                self._execute(
+                    "UPDATE devices SET online = ?, presence_at = ?, last_seen = ? "
+                    "WHERE device_id = ?",
+                    (int(p.online), p.at, now, p.device_id),
+                )
+                stored[p.device_id] = StoredPresence(p.online, p.at)
+            else:
+                self._execute(
+                    "UPDATE devices SET last_seen = ? WHERE device_id = ?", (now, p.device_id)
+                )
+            if p.online:
+                came_online.append(p.device_id)
+        # Notices sent while a device was offline are delivered now: their timeouts start.
+        self._executemany(
+            "UPDATE rollout_targets SET delivered = 1, updated_at = ? "
+            "WHERE device_id = ? AND state = ? AND delivered = 0",
+            [(now, d, SENT) for d in came_online],
+        )
+
+    def _ingest_inventory(self, inv: Inventory, now: float) -> None:
+        installed = [{"name": r.name, "version": r.version} for r in inv.installed]
+        version = inv.installed[0].version if inv.installed else ""
+        # The groups and model a device states are stored as its claims only: targeting
+        # reads the registry's and the operator's (``DeviceRecord``).
+        self._execute(
+            "INSERT INTO devices (device_id, claimed_model, claimed_groups, installed, "
+            "client_version, free_bytes, current_version, first_seen, last_seen) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+            "claimed_model = excluded.claimed_model, claimed_groups = excluded.claimed_groups, "
+            "installed = excluded.installed, client_version = excluded.client_version, "
+            "free_bytes = excluded.free_bytes, current_version = excluded.current_version, "
+            "last_seen = excluded.last_seen",
+            (
+                inv.device_id, inv.model, json.dumps(sorted(inv.groups)), json.dumps(installed),
+                inv.client_version, inv.free_bytes, version, now, now,
+            ),
+        )  # fmt: skip

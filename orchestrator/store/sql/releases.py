@@ -1,0 +1,100 @@
+"""Releases: what can be rolled out; kept (hidden) while rollouts refer to them."""
+
+# SQL text is built only from constant column lists and "?" marks; values are bound.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+
+from orchestrator.policy import ACTIVE_ROLLOUT_STATES
+from orchestrator.store.base import ConflictError, NotFoundError
+from orchestrator.store.records import ReleaseRecord
+from orchestrator.store.sql import rows
+from orchestrator.store.sql.base import SqlBase, marks
+
+__all__ = ["ReleaseMethods"]
+
+
+class ReleaseMethods(SqlBase):
+    def add_release(self, rec: ReleaseRecord) -> ReleaseRecord:
+        try:
+            with self._tx():
+                row = self._execute(
+                    "INSERT INTO releases (name, version, sha256, size, models, handler, "
+                    "handler_args, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "RETURNING id",
+                    (
+                        rec.name, rec.version, rec.sha256, rec.size, json.dumps(rec.models),
+                        rec.handler, json.dumps(rec.handler_args), json.dumps(rec.metadata),
+                        rec.created_at,
+                    ),
+                ).fetchone()  # fmt: skip
+        except self.dialect.integrity:
+            raise ConflictError(f"release {rec.name} {rec.version} already exists") from None
+        return self.get_release(int(row[0]))
+
+    def get_release(self, release_id: int) -> ReleaseRecord:
+        row = self._execute(
+            f"SELECT {rows.RELEASE_COLS} FROM releases WHERE id = ?", (release_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no release {release_id}")
+        return rows.release(row)
+
+    def find_release(self, name: str, version: str) -> ReleaseRecord:
+        row = self._execute(
+            f"SELECT {rows.RELEASE_COLS} FROM releases WHERE name = ? AND version = ? "
+            "AND deleted_at IS NULL",
+            (name, version),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no release {name} {version}")
+        return rows.release(row)
+
+    def list_releases(self) -> list[ReleaseRecord]:
+        sql = f"SELECT {rows.RELEASE_COLS} FROM releases WHERE deleted_at IS NULL ORDER BY id"
+        return [rows.release(r) for r in self._execute(sql)]
+
+    def delete_release(self, release_id: int, now: float) -> ReleaseRecord:
+        """Delete a release no active rollout uses; return it.
+
+        Raises:
+            NotFoundError: no such release.
+            ConflictError: a scheduled, running or paused rollout uses it.
+        """
+        with self._tx():
+            row = self._execute(
+                f"SELECT {rows.RELEASE_COLS} FROM releases WHERE id = ?" + self.dialect.for_update,
+                (release_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no release {release_id}")
+            rec = rows.release(row)
+            users = [
+                r[0]
+                for r in self._execute(
+                    "SELECT id FROM rollouts WHERE release_id = ? "
+                    f"AND state IN ({marks(len(ACTIVE_ROLLOUT_STATES))}) ORDER BY id",
+                    (release_id, *ACTIVE_ROLLOUT_STATES),
+                )
+            ]
+            if users:
+                raise ConflictError(
+                    f"release {rec.id} is used by active rollout(s) {users}; cancel them first"
+                )
+            if self._execute(
+                "SELECT 1 FROM rollouts WHERE release_id = ? LIMIT 1", (release_id,)
+            ).fetchone():
+                # Finished rollouts keep their history: hide the release, keep the row.
+                self._execute("UPDATE releases SET deleted_at = ? WHERE id = ?", (now, release_id))
+            else:
+                self._execute("DELETE FROM releases WHERE id = ?", (release_id,))
+        return rec
+
+    def sha256_in_use(self, sha256: str) -> bool:
+        row = self._execute(
+            "SELECT 1 FROM releases WHERE sha256 = ? AND deleted_at IS NULL LIMIT 1",
+            (sha256,),
+        ).fetchone()
+        return row is not None

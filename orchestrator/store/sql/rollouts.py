@@ -1,0 +1,218 @@
+"""Rollouts and their targets: one row per device of a rollout, moved by the engine."""
+
+# SQL text is built only from constant column lists and "?" marks; values are bound.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from orchestrator.policy import (
+    ACTIVE_ROLLOUT_STATES,
+    FAILURE_STATES,
+    IN_FLIGHT_STATES,
+    PENDING,
+    TIMED_OUT,
+    PhaseCounts,
+    RolloutSpec,
+)
+from orchestrator.store.base import NotFoundError
+from orchestrator.store.records import RolloutRecord, TargetRecord
+from orchestrator.store.rules import timeout_reason
+from orchestrator.store.sql import rows
+from orchestrator.store.sql.base import marks
+from orchestrator.store.sql.releases import ReleaseMethods
+
+__all__ = ["RolloutMethods"]
+
+_IN_FLIGHT = tuple(sorted(IN_FLIGHT_STATES))
+_FAILURES = tuple(sorted(FAILURE_STATES))
+_UPDATABLE = frozenset({
+    "state", "phase", "phase_started_at", "gate_met_at", "reason", "failure_base",
+    "attempt_base",
+})  # fmt: skip
+
+
+class RolloutMethods(ReleaseMethods):
+    def create_rollout(
+        self,
+        *,
+        release_id: int,
+        target: dict[str, Any],
+        spec: RolloutSpec,
+        assignments: Sequence[tuple[str, int, int]],
+        now: float,
+        actor: str,
+    ) -> RolloutRecord:
+        state = "scheduled" if spec.start_at is not None and spec.start_at > now else "running"
+        with self._tx():
+            self.get_release(release_id)
+            row = self._execute(
+                "INSERT INTO rollouts (release_id, target, spec, state, phase, phase_started_at,"
+                " created_at, updated_at, created_by) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?) "
+                "RETURNING id",
+                (
+                    release_id, json.dumps(target), json.dumps(spec.to_json()), state,
+                    now if state == "running" else None, now, now, actor,
+                ),
+            ).fetchone()  # fmt: skip
+            rid = int(row[0])
+            self._executemany(
+                "INSERT INTO rollout_targets (rollout_id, device_id, position, phase, "
+                "updated_at) VALUES (?, ?, ?, ?, ?)",
+                [(rid, d, pos, ph, now) for d, pos, ph in assignments],
+            )
+            return self.get_rollout(rid)
+
+    def get_rollout(self, rollout_id: int) -> RolloutRecord:
+        row = self._execute(
+            f"SELECT {rows.ROLLOUT_COLS} FROM rollouts WHERE id = ?", (rollout_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no rollout {rollout_id}")
+        return rows.rollout(row)
+
+    def list_rollouts(self, states: Sequence[str] = ()) -> list[RolloutRecord]:
+        sql = f"SELECT {rows.ROLLOUT_COLS} FROM rollouts"
+        if states:
+            sql += f" WHERE state IN ({marks(len(states))})"
+        return [rows.rollout(r) for r in self._execute(sql + " ORDER BY id", tuple(states))]
+
+    def update_rollout(self, rollout_id: int, now: float, **fields: Any) -> RolloutRecord:
+        bad = set(fields) - _UPDATABLE
+        if bad:
+            raise ValueError(f"cannot update rollout fields {sorted(bad)}")
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx():
+            self._execute(
+                f"UPDATE rollouts SET {sets}, updated_at = ? WHERE id = ?",
+                (*fields.values(), now, rollout_id),
+            )
+            return self.get_rollout(rollout_id)
+
+    def phase_counts(self, rollout_id: int) -> dict[int, PhaseCounts]:
+        counts: dict[int, PhaseCounts] = {}
+        for phase, state, delivered, n in self._execute(
+            "SELECT phase, state, delivered, COUNT(*) FROM rollout_targets "
+            "WHERE rollout_id = ? GROUP BY phase, state, delivered",
+            (rollout_id,),
+        ):
+            counts.setdefault(int(phase), PhaseCounts()).add(state, bool(delivered), int(n))
+        return counts
+
+    def state_counts(self, rollout_id: int) -> dict[str, int]:
+        return {
+            r[0]: int(r[1])
+            for r in self._execute(
+                "SELECT state, COUNT(*) FROM rollout_targets WHERE rollout_id = ? GROUP BY state",
+                (rollout_id,),
+            )
+        }
+
+    def rollout_state_counts(self) -> dict[str, int]:
+        return {
+            r[0]: int(r[1])
+            for r in self._execute("SELECT state, COUNT(*) FROM rollouts GROUP BY state")
+        }
+
+    def list_targets(
+        self, rollout_id: int, state: str | None = None, limit: int = 1000
+    ) -> list[TargetRecord]:
+        sql = f"SELECT {rows.TARGET_COLS} FROM rollout_targets WHERE rollout_id = ?"
+        args: list[Any] = [rollout_id]
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state)
+        sql += " ORDER BY position LIMIT ?"
+        args.append(limit)
+        return [rows.target(r) for r in self._execute(sql, args)]
+
+    def pending_targets(
+        self, rollout_id: int, max_phase: int, limit: int
+    ) -> list[tuple[str, bool]]:
+        """Pending devices of phases ``<= max_phase`` in order, with their online flag."""
+        return [
+            (r[0], bool(r[1]))
+            for r in self._execute(
+                "SELECT t.device_id, coalesce(d.online, 0) FROM rollout_targets t "
+                "LEFT JOIN devices d ON d.device_id = t.device_id "
+                "WHERE t.rollout_id = ? AND t.state = ? AND t.phase <= ? "
+                "ORDER BY t.position LIMIT ?",
+                (rollout_id, PENDING, max_phase, limit),
+            )
+        ]
+
+    def active_target_ids(self) -> set[str]:
+        """Devices targeted by any scheduled, running or paused rollout."""
+        found = self._execute(
+            "SELECT DISTINCT t.device_id FROM rollout_targets t JOIN rollouts r "
+            f"ON r.id = t.rollout_id WHERE r.state IN ({marks(len(ACTIVE_ROLLOUT_STATES))})",
+            ACTIVE_ROLLOUT_STATES,
+        )
+        return {r[0] for r in found}
+
+    def add_targets(
+        self, rollout_id: int, device_ids: Sequence[str], phase: int, now: float
+    ) -> int:
+        """Append devices to a rollout in ``phase``, after its last position; devices it
+        already targets are left as they are. Returns how many were added."""
+        with self._tx():
+            (last,) = self._execute(
+                "SELECT coalesce(max(position), -1) FROM rollout_targets WHERE rollout_id = ?",
+                (rollout_id,),
+            ).fetchone()
+            return self._executemany(
+                "INSERT INTO rollout_targets (rollout_id, device_id, position, phase, "
+                "updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (rollout_id, device_id) DO NOTHING",
+                [(rollout_id, d, int(last) + 1 + i, phase, now) for i, d in enumerate(device_ids)],
+            )
+
+    def time_out_targets(self, rollout_id: int, cutoff: float, now: float) -> int:
+        """Delivered, unfinished targets silent since before ``cutoff`` become timed_out,
+        with the reason ``rules.timeout_reason`` gives."""
+        with self._tx():
+            silent = self._execute(
+                "SELECT device_id, state, updated_at FROM rollout_targets WHERE rollout_id = ? "
+                f"AND delivered = 1 AND state IN ({marks(len(_IN_FLIGHT))}) AND updated_at < ? "
+                "ORDER BY position" + self.dialect.for_update,
+                (rollout_id, *_IN_FLIGHT, cutoff),
+            ).fetchall()
+            # The state is compared again: a report that landed since the SELECT wins.
+            return self._executemany(
+                "UPDATE rollout_targets SET reason = ?, state = ?, updated_at = ? "
+                "WHERE rollout_id = ? AND device_id = ? AND state = ? AND updated_at = ?",
+                [
+                    (timeout_reason(state, now - at), TIMED_OUT, now, rollout_id, d, state, at)
+                    for d, state, at in silent
+                ],
+            )
+
+    def retry_failed(self, rollout_id: int, now: float) -> int:
+        with self._tx():
+            return self._execute(
+                "UPDATE rollout_targets SET state = ?, reason = '', attempts = attempts + 1, "
+                f"updated_at = ? WHERE rollout_id = ? AND state IN ({marks(len(_FAILURES))})",
+                (PENDING, now, rollout_id, *_FAILURES),
+            ).rowcount
+
+    def cancel_targets(self, rollout_id: int, now: float, reason: str) -> list[str]:
+        """Cancel every unfinished target; return the devices that had a notice out."""
+        with self._tx():
+            notified = [
+                r[0]
+                for r in self._execute(
+                    "SELECT device_id FROM rollout_targets WHERE rollout_id = ? "
+                    f"AND state IN ({marks(len(_IN_FLIGHT))}) ORDER BY position"
+                    + self.dialect.for_update,
+                    (rollout_id, *_IN_FLIGHT),
+                )
+            ]
+            self._execute(
+                "UPDATE rollout_targets SET state = 'canceled', reason = ?, updated_at = ? "
+                f"WHERE rollout_id = ? AND state IN ({marks(len(_IN_FLIGHT) + 1)})",
+                (reason, now, rollout_id, PENDING, *_IN_FLIGHT),
+            )
+        return notified
