@@ -37,21 +37,33 @@ PAIRS = [
 ]
 DEVICES = 1000
 
-_REBUILD = """
-import resource, sys, time
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the forking parent.
+_HWM = """
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+"""
+_REBUILD = (
+    _HWM
+    + """
+import sys, time
 from fleetpush_protocol import delta
 base = open(sys.argv[1], "rb").read()
 start = time.perf_counter()
 with open(sys.argv[2], "rb") as patch, open(sys.argv[3], "wb") as out:
     delta.apply(base, patch, out, max_output=1 << 34, max_memory=1 << 40)
 elapsed = time.perf_counter() - start
-print(elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(elapsed, hwm())
 """
-_BARE = """
-import resource
+)
+_BARE = (
+    _HWM
+    + """
 from fleetpush_protocol import delta
-print(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(0, hwm())
 """
+)
 
 
 def _fetch(cache: Path, package: str, version: str) -> Path:
