@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from orchestrator.cli_common import fmt_time, table
 from orchestrator.client import ApiClient, ApiClientError
 from orchestrator.config import ConfigError, OrchestratorConfig, load_config
 from orchestrator.keystore import KeyStore, KeyStoreError, describe
-from orchestrator.store import StoreError, open_store
+from orchestrator.store import Store, StoreError, open_store
 from orchestrator.units import parse_duration
 
 __all__ = ["keys", "load", "tokens"]
@@ -169,6 +171,21 @@ def tokens() -> None:
     """API tokens, managed directly in the database (run on the orchestrator host)."""
 
 
+@contextmanager
+def _store(cfg: OrchestratorConfig) -> Iterator[Store]:
+    """The configured store, closed afterwards; its errors become one-line CLI errors."""
+    try:
+        store = open_store(cfg.database)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        yield store
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        store.close()
+
+
 @tokens.command("create")
 @config_option
 @click.argument("name")
@@ -178,16 +195,8 @@ def tokens_create(config_path: Path, name: str, role: str, as_json: bool) -> Non
     """Create a token; it is printed once and only its SHA-256 is stored."""
     cfg = load(config_path)
     token = new_token()
-    try:
-        store = open_store(cfg.database)
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
-    try:
+    with _store(cfg) as store:
         store.add_token(name, role, hash_token(token), time.time())
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        store.close()
     _print({"name": name, "role": role, "token": token}, as_json, token)
 
 
@@ -197,16 +206,8 @@ def tokens_create(config_path: Path, name: str, role: str, as_json: bool) -> Non
 def tokens_list(config_path: Path, as_json: bool) -> None:
     """List tokens: name, role, when created, revoked or not (never the token itself)."""
     cfg = load(config_path)
-    try:
-        store = open_store(cfg.database)
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
-    try:
+    with _store(cfg) as store:
         found = store.list_tokens()
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        store.close()
     data = {"tokens": [t.to_json() for t in found]}
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -222,14 +223,6 @@ def tokens_list(config_path: Path, as_json: bool) -> None:
 def tokens_revoke(config_path: Path, name: str) -> None:
     """Revoke a token by name."""
     cfg = load(config_path)
-    try:
-        store = open_store(cfg.database)
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
-    try:
+    with _store(cfg) as store:
         store.revoke_token(name)
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        store.close()
     click.echo(f"revoked {name}")
