@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics, device_scope, group_scope
+from fleetpush_sim.signing import Signer
 
 REPO = Path(__file__).resolve().parents[1]
 PER_WORKER = 2500  # device agents per worker process

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._verifyproc import cpu_seconds
-from orchestrator.sim.fleet import Behaviour, Observer, SimDevice, SimFleet
-from orchestrator.sim.limits import freeze_heap, raise_open_files
+from fleetpush_sim.fleet import Behaviour, Observer, SimDevice, SimFleet
+from fleetpush_sim.limits import freeze_heap, raise_open_files
 
 
 def _say(obj: dict[str, Any]) -> None:

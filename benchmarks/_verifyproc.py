@@ -27,7 +27,7 @@ from typing import Any
 from benchmarks._mqtt_raw import RawSubscriber, connect_all
 from fleetpush_protocol.driver import Accepted, DeviceTrust
 from fleetpush_protocol.verify import DeviceIdentity, TrustedKeyring
-from orchestrator.sim.limits import freeze_heap, raise_open_files
+from fleetpush_sim.limits import freeze_heap, raise_open_files
 
 
 def verifier(device_id: str, group: str, keyring: bytes, root: bytes) -> Any:

@@ -35,8 +35,8 @@ from benchmarks.device_support import (
     stop_agent,
     write_config,
 )
-from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.signing import Signer
 from orchestrator.broker import MosquittoBroker
 
 DEFAULT_KEEPALIVE_S = 60

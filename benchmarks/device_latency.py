@@ -39,9 +39,9 @@ from benchmarks.device_support import (
     write_config,
 )
 from device_client.handlers.extract import check_archive, unpack
-from fleetpush_protocol.atomic import fsync_dir
-from fleetpush_protocol.testing import Signer
+from fleetpush_common.atomic import fsync_dir
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.signing import Signer
 from orchestrator.broker import MosquittoBroker
 
 SIZE = 10 * 1024 * 1024  # bytes

@@ -1,6 +1,6 @@
 """Shared harness of the device benchmarks: a byte-counting TCP proxy, a payload server, a
 report watcher and an agent started as its own process (the signer is
-``fleetpush_protocol.testing.Signer``). Not a benchmark itself."""
+``fleetpush_sim.signing.Signer``). Not a benchmark itself."""
 
 from __future__ import annotations
 

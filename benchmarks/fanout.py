@@ -7,7 +7,7 @@ raw-socket MQTT subscribers (``benchmarks/_mqtt_raw.py``) that only receive. Two
 - per-device: one notice per device on its own topic, N publishes.
 
 The notices are published at QoS 1 through the orchestrator's own MQTT link
-(``orchestrator.mqtt_link.MqttLink``), not retained. "Verified" means a real
+(``orchestrator.mqtt.link.MqttLink``), not retained. "Verified" means a real
 ``DeviceAgent`` checked the signatures, keyring, expiry, sequence and target, and queued
 its ``notified`` report (the devices hold updates by policy, so nothing is downloaded).
 Agents run in worker processes of 2,500 each (one process holding 10,000 aiomqtt
@@ -32,11 +32,11 @@ from benchmarks._fleet import REPO, BenchSigner, WorkerFleet
 from benchmarks._mqtt_raw import RawSubscriber, connect_all
 from benchmarks._verifyproc import verifier
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.fleet import provision_passwords
+from fleetpush_sim.limits import freeze_heap, raise_open_files
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import MqttConfig
-from orchestrator.mqtt_link import MqttLink
-from orchestrator.sim.fleet import provision_passwords
-from orchestrator.sim.limits import freeze_heap, raise_open_files
+from orchestrator.mqtt.link import MqttLink
 
 GROUP = "bench"
 

@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._mqtt_raw import RawPublisher, RawSubscriber, publish_packets
+from fleetpush_common.clock import SystemClock
 from fleetpush_protocol.envelope import encode_message
 from fleetpush_protocol.messages import Report, ReportState
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
-from orchestrator.clock import SystemClock
 from orchestrator.config import IngestConfig, MqttConfig
 from orchestrator.ingest import Ingestor
-from orchestrator.mqtt_link import MqttLink
+from orchestrator.mqtt.link import MqttLink
 from orchestrator.policy import RolloutSpec
 from orchestrator.store import Database, NoticeRecord, ReleaseRecord, SQLiteStore, Store
 

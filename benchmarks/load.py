@@ -43,10 +43,10 @@ from fleetpush_protocol.messages import (
 )
 from fleetpush_protocol.topics import Topics
 from fleetpush_protocol.verify import DeviceIdentity, TrustedKeyring, VerifyPolicy
+from fleetpush_sim.fleet import provision_passwords
+from fleetpush_sim.release import make_tar
+from fleetpush_sim.stack import LocalStack
 from orchestrator.mqtt import codec
-from orchestrator.sim.fleet import provision_passwords
-from orchestrator.sim.release import make_tar
-from orchestrator.sim.stack import LocalStack
 
 STATES = [
     ReportState.NOTIFIED, ReportState.DOWNLOADING, ReportState.DOWNLOADED,

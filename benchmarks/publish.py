@@ -17,11 +17,11 @@ from typing import Any
 from fleetpush_protocol.topics import Topics, device_scope
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import HttpConfig, MqttConfig
-from orchestrator.keystore import KeyStore
-from orchestrator.mqtt_link import MqttLink
+from orchestrator.mqtt.link import MqttLink
 from orchestrator.notices import NoticeFactory
 from orchestrator.payloads import UrlSigner
 from orchestrator.policy import RolloutSpec
+from orchestrator.security.keystore import KeyStore
 from orchestrator.store import ReleaseRecord, SQLiteStore
 
 

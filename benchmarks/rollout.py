@@ -29,14 +29,14 @@ import aiohttp
 from aiohttp import web
 
 from benchmarks._fleet import BenchSigner, WorkerFleet
+from fleetpush_sim.api import AsyncApi
+from fleetpush_sim.fleet import provision_passwords
+from fleetpush_sim.limits import raise_open_files
+from fleetpush_sim.release import sample_release
+from fleetpush_sim.stack import LocalStack
 from orchestrator.broker import free_port
 from orchestrator.config import MqttConfig
-from orchestrator.mqtt_link import MqttLink
-from orchestrator.sim.api import AsyncApi
-from orchestrator.sim.fleet import provision_passwords
-from orchestrator.sim.limits import raise_open_files
-from orchestrator.sim.release import sample_release
-from orchestrator.sim.stack import LocalStack
+from orchestrator.mqtt.link import MqttLink
 
 MIB = 1 << 20
 GOAL_S = 30

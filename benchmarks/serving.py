@@ -23,11 +23,11 @@ from typing import Any
 
 import aiohttp
 
+from fleetpush_sim.api import AsyncApi
+from fleetpush_sim.limits import raise_open_files
+from fleetpush_sim.stack import LocalStack
 from orchestrator.broker import free_port
 from orchestrator.payloads import UrlSigner
-from orchestrator.sim.api import AsyncApi
-from orchestrator.sim.limits import raise_open_files
-from orchestrator.sim.stack import LocalStack
 
 MIB = 1 << 20
 CLIENTS = 8

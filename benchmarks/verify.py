@@ -12,7 +12,6 @@ from typing import Any
 from nacl.signing import VerifyKey
 
 from fleetpush_protocol.envelope import SIGNING_CONTEXT, decode_envelope, sign_message
-from fleetpush_protocol.testing import BASE_TIME, fixed_key, make_keyring, make_notice
 from fleetpush_protocol.verify import (
     DeviceIdentity,
     TrustedKeyring,
@@ -20,6 +19,7 @@ from fleetpush_protocol.verify import (
     verify_keyring_chain,
     verify_notice,
 )
+from fleetpush_sim.signing import BASE_TIME, fixed_key, make_keyring, make_notice
 
 
 def _rate(fn: Any, seconds: float) -> float:

@@ -38,15 +38,15 @@ from device_client import __version__
 from device_client.commands import run_command
 from device_client.config import DeviceConfig
 from device_client.errors import UpdateError
-from device_client.fetcher import Fetcher, hash_file
 from device_client.handlers import Handler, InstallRequest, make_handler
-from device_client.health import check_health
-from device_client.outbox import Kind
-from device_client.policy import install_blocked
-from device_client.session import MqttSession, Publication
-from device_client.states import CANCELABLE, Job, JobState
+from device_client.jobs.health import check_health
+from device_client.jobs.policy import install_blocked
+from device_client.jobs.states import CANCELABLE, Job, JobState
 from device_client.store import AgentState, StateStore
-from fleetpush_protocol.atomic import make_private_dir
+from device_client.transport.fetcher import Fetcher, hash_file
+from device_client.transport.outbox import Kind
+from device_client.transport.session import MqttSession, Publication
+from fleetpush_common.atomic import make_private_dir
 from fleetpush_protocol.driver import Accepted, DeviceTrust, Ignored, KeyringAccepted, Rejected
 from fleetpush_protocol.envelope import decode_message, encode_message
 from fleetpush_protocol.errors import ContentError, TransportError

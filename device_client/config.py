@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fleetpush_protocol.atomic import ExposedSecretError, check_private
+from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_protocol.fields import NAME_RE
 from fleetpush_protocol.keys import load_public_key
 from fleetpush_protocol.topics import Topics

@@ -18,9 +18,9 @@ from typing import Any
 
 import msgpack
 
-from device_client.outbox import Outbox
-from device_client.states import Job
-from fleetpush_protocol.atomic import atomic_write, make_private_dir
+from device_client.jobs.states import Job
+from device_client.transport.outbox import Outbox
+from fleetpush_common.atomic import atomic_write, make_private_dir
 from fleetpush_protocol.messages import Release
 
 __all__ = ["SCHEMA", "AgentState", "StateStore"]

@@ -1,7 +1,8 @@
 """fleetpush's wire protocol: messages, canonical encoding, signing and verification.
 
 Sans-IO: every function here maps bytes to values or raises; nothing opens a socket or a
-file except the explicit key-file helpers in ``keys`` and ``atomic``.
+file except the explicit key-file helpers in ``keys`` (which write through
+``fleetpush_common.atomic``).
 """
 
 from fleetpush_protocol.driver import Accepted, DeviceTrust, Ignored, KeyringAccepted, Rejected

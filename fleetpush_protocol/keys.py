@@ -13,7 +13,7 @@ from nacl.bindings import crypto_sign_BYTES, crypto_sign_open, crypto_sign_PUBLI
 from nacl.exceptions import BadSignatureError as _NaclBadSignature
 from nacl.signing import SigningKey
 
-from fleetpush_protocol.atomic import atomic_write, check_private
+from fleetpush_common.atomic import atomic_write, check_private
 
 __all__ = ["KeyPair", "load_public_key", "verify_signature"]
 

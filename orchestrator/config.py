@@ -64,10 +64,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fleetpush_protocol.atomic import ExposedSecretError, check_private
+from fleetpush_common.atomic import ExposedSecretError, check_private
+from fleetpush_common.units import parse_duration
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker.info import INFO_FILE, read_info
-from orchestrator.units import parse_duration
 
 __all__ = [
     "AuthConfig",

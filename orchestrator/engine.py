@@ -16,9 +16,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from fleetpush_common.clock import Clock
 from fleetpush_protocol.topics import device_scope
-from orchestrator.clock import Clock
-from orchestrator.keystore import SigningSet
 from orchestrator.notices import NoticeFactory
 from orchestrator.policy import (
     ACTIVE_ROLLOUT_STATES,
@@ -30,6 +29,7 @@ from orchestrator.policy import (
     rate_per_minute,
 )
 from orchestrator.rollouts import TargetSpec, resolve_targets
+from orchestrator.security.keystore import SigningSet
 from orchestrator.store import (
     Database,
     DeviceFilter,

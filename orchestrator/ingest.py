@@ -28,14 +28,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from fleetpush_common.clock import Clock
 from fleetpush_protocol.envelope import decode_message
 from fleetpush_protocol.errors import ContentError, OversizedError
 from fleetpush_protocol.messages import Inventory, Presence, Report
 from fleetpush_protocol.topics import Topics
-from orchestrator.clock import Clock
 from orchestrator.config import IngestConfig
 from orchestrator.ingest_guard import RateLimiter, ack_items
-from orchestrator.mqtt_link import Message
+from orchestrator.mqtt.link import Message
 from orchestrator.store import Database, IngestResult, Store
 
 __all__ = ["IngestStats", "Ingestor"]

@@ -9,8 +9,8 @@ from fleetpush_protocol.envelope import sign_message
 from fleetpush_protocol.messages import CancelNotice, Payload, Release, Target, UpdateNotice
 from fleetpush_protocol.topics import Topics, device_scope
 from orchestrator.config import HttpConfig
-from orchestrator.keystore import SigningSet
 from orchestrator.payloads import UrlSigner
+from orchestrator.security.keystore import SigningSet
 from orchestrator.store import NoticeRecord, ReleaseRecord
 
 __all__ = ["NoticeFactory", "new_notice_id"]

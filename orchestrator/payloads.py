@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlencode
 
-from fleetpush_protocol.atomic import check_private, fsync_dir, make_private_dir, write_secret
+from fleetpush_common.atomic import check_private, fsync_dir, make_private_dir, write_secret
 
 __all__ = ["PayloadError", "PayloadStore", "TooLargeError", "UrlSigner", "check_tar"]
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from fleetpush_protocol.atomic import atomic_write, make_private_dir
+from fleetpush_common.atomic import atomic_write, make_private_dir
 from fleetpush_protocol.fields import check_name
 from fleetpush_protocol.keys import load_public_key
 from fleetpush_protocol.topics import Topics

@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetpush_protocol.atomic import atomic_write, make_private_dir
-from orchestrator.auth import hash_token, new_token
+from fleetpush_common.atomic import atomic_write, make_private_dir
 from orchestrator.broker import MosquittoBroker, find_mosquitto, free_port
-from orchestrator.keystore import KeyStore
 from orchestrator.provisioning import Provisioner, read_root_keys
+from orchestrator.security.auth import hash_token, new_token
+from orchestrator.security.keystore import KeyStore
 from orchestrator.store import SQLiteStore
 
 __all__ = ["CONFIG_NAME", "Quickstart", "init_quickstart"]

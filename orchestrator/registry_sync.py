@@ -18,9 +18,9 @@ import os
 import time
 from pathlib import Path
 
+from fleetpush_common.clock import Clock
 from orchestrator.broker.credentials import DEVICE_ROLE
 from orchestrator.broker.registry import IdentityRegistry
-from orchestrator.clock import Clock
 from orchestrator.store import Database, Store
 
 __all__ = ["RegistrySync", "read_registry"]

@@ -20,7 +20,9 @@ from fleetpush_protocol import canonical
 from fleetpush_protocol.envelope import SIGNING_CONTEXT, decode_envelope, sign_message
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.messages import Delta, Message, Report, ReportState, Target
-from fleetpush_protocol.testing import (
+from fleetpush_protocol.vectors import jsonable, run_case
+from fleetpush_protocol.verify import TrustedKeyring, VerifyPolicy, verify_keyring_chain
+from fleetpush_sim.signing import (
     BASE_TIME,
     DAY,
     fixed_key,
@@ -31,8 +33,6 @@ from fleetpush_protocol.testing import (
     raw_envelope,
     tamper_body,
 )
-from fleetpush_protocol.vectors import jsonable, run_case
-from fleetpush_protocol.verify import TrustedKeyring, VerifyPolicy, verify_keyring_chain
 
 R1, R2, R3, R4 = (fixed_key(i) for i in (1, 2, 3, 4))
 S1, S2, S3 = (fixed_key(i) for i in (11, 12, 13))

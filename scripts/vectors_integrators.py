@@ -36,7 +36,7 @@ from fleetpush_protocol.messages import (
     ReportState,
     SigningKeyInfo,
 )
-from fleetpush_protocol.testing import (
+from fleetpush_sim.signing import (
     BASE_TIME,
     DAY,
     flip_signature_bit,

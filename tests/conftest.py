@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from device_helpers import PayloadServer
 
-from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.signing import Signer
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import DatabaseConfig
 from orchestrator.store import Store, open_store

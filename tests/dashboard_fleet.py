@@ -21,7 +21,7 @@ from device_helpers import make_tar, wait_for, write_config
 from device_client.agent import DeviceAgent
 from device_client.config import load_config
 from fleetpush_protocol.topics import Topics
-from orchestrator.auth import hash_token
+from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker
 from orchestrator.broker.mosquitto import free_port
 from orchestrator.config import (
@@ -32,8 +32,8 @@ from orchestrator.config import (
     OrchestratorConfig,
     RolloutConfig,
 )
-from orchestrator.keystore import KeyStore
-from orchestrator.service import Orchestrator
+from orchestrator.security.auth import hash_token
+from orchestrator.security.keystore import KeyStore
 
 TOKENS = {
     "admin": "fp_test-admin-token-0123456789",

@@ -24,10 +24,10 @@ from aiohttp import web
 
 from fleetpush_protocol.envelope import decode_message, encode_message
 from fleetpush_protocol.messages import Ack, Report
-from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.release import make_tar
+from fleetpush_sim.signing import Signer
 from orchestrator.broker import MosquittoBroker
-from orchestrator.sim.release import make_tar
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,14 +21,14 @@ from device_helpers import make_tar, write_config
 
 from device_client.agent import DeviceAgent
 from device_client.config import load_config as load_device_config
+from fleetpush_common.clock import Clock
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.api import AsyncApi
+from fleetpush_sim.stack import write_orchestrator_files
+from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker
-from orchestrator.clock import Clock
 from orchestrator.config import load_config
-from orchestrator.keystore import KeyStore
-from orchestrator.service import Orchestrator
-from orchestrator.sim.api import AsyncApi
-from orchestrator.sim.stack import write_orchestrator_files
+from orchestrator.security.keystore import KeyStore
 
 TOKENS = {"admin": "fp_test_admin", "operator": "fp_test_operator", "viewer": "fp_test_viewer"}
 PAYLOAD = make_tar({"app/VERSION": b"2.0\n", "app/run.sh": b"#!/bin/sh\necho hi\n"})

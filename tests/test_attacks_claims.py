@@ -30,7 +30,7 @@ from fleetpush_protocol.messages import (
     ReportState,
     UpdateNotice,
 )
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 __all__ = ["setup"]
 

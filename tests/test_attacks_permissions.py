@@ -37,7 +37,7 @@ def fleetpush() -> list[str]:
     script = Path(sys.executable).parent / "fleetpush"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from orchestrator.cli import main; main()"]
+    return [sys.executable, "-c", "from orchestrator.cli.main import main; main()"]
 
 
 def device_cli() -> list[str]:

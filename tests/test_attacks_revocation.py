@@ -18,8 +18,8 @@ from fault_helpers import DeviceRig, release_tar
 
 from fleetpush_protocol.envelope import sign_message
 from fleetpush_protocol.keys import KeyPair
-from fleetpush_protocol.testing import DAY, make_keyring
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.signing import DAY, make_keyring
 from orchestrator.broker import MosquittoBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

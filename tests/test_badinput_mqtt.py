@@ -23,7 +23,7 @@ from orch_helpers import Setup, setup, wait_until
 
 from fleetpush_protocol.envelope import encode_message, sign_message
 from fleetpush_protocol.messages import Inventory, Presence, Report, ReportState
-from fleetpush_protocol.testing import fixed_key, make_keyring, make_notice
+from fleetpush_sim.signing import fixed_key, make_keyring, make_notice
 
 __all__ = ["setup"]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.broker import Probe
 from orchestrator.broker import MosquittoBroker, render_acl
 from orchestrator.broker.credentials import BrokerUser
-from orchestrator.broker.testing import Probe
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.broker import Probe
 from orchestrator.broker import MosquittoBroker
-from orchestrator.broker.testing import Probe
 
 pytestmark = pytest.mark.integration
 

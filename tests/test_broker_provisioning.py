@@ -20,10 +20,10 @@ from click.testing import CliRunner
 
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.broker import Probe, tls_context
 from orchestrator.broker import MosquittoBroker, ReloadError, find_mosquitto
 from orchestrator.broker.process import listening
-from orchestrator.broker.testing import Probe, tls_context
-from orchestrator.cli_broker import provision_command, revoke_command, set_groups_command
+from orchestrator.cli.broker import provision_command, revoke_command, set_groups_command
 from orchestrator.provisioning import DeviceRecord, Provisioner, broker_for_data_dir
 
 pytestmark = pytest.mark.integration
@@ -206,7 +206,7 @@ def test_cli_provision_set_groups_and_revoke_against_a_running_broker(
 
 
 def test_broker_run_prints_connection_info_and_stops_on_sigterm(tmp_path: Path) -> None:
-    code = "from orchestrator.cli_broker import broker; broker()"
+    code = "from orchestrator.cli.broker import broker; broker()"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "run", "--data", str(tmp_path / "data")],
         stdout=subprocess.PIPE,
@@ -273,7 +273,7 @@ def test_revoke_works_when_the_broker_is_reloaded_by_someone_else(
 def _broker_run(cwd: Path, *args: str) -> Iterator[dict[str, Any]]:
     """``fleetpush broker run ARGS`` in its own process started in ``cwd``; its JSON info."""
     root = Path(__file__).resolve().parents[1]
-    code = "from orchestrator.cli_broker import broker; broker()"
+    code = "from orchestrator.cli.broker import broker; broker()"
     cwd.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "run", *args],

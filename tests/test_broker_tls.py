@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.broker import Probe, tls_context
 from orchestrator.broker import MosquittoBroker
-from orchestrator.broker.testing import Probe, tls_context
-from orchestrator.pki import FleetCA
+from orchestrator.security.pki import FleetCA
 
 pytestmark = pytest.mark.integration
 

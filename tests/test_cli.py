@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner, Result
 from orch_helpers import PAYLOAD, TOKENS, Api, Setup, setup, wait_until
 
-from orchestrator.cli import main
-from orchestrator.cli_releases import upload
+from orchestrator.cli.main import main
+from orchestrator.cli.releases import upload
 from orchestrator.client import UPLOAD_CHUNK, ApiClient
 
 __all__ = ["setup"]

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from fleetpush_protocol import delta
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 BIG = 1 << 30
 

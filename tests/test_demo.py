@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -24,7 +24,7 @@ def fleetpush() -> list[str]:
     script = Path(sys.executable).parent / "fleetpush"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from orchestrator.cli import main; main()"]
+    return [sys.executable, "-c", "from orchestrator.cli.main import main; main()"]
 
 
 def mosquittos_under(folder: Path) -> list[int]:
@@ -112,7 +112,7 @@ def test_demo_without_mosquitto_says_how_to_install_it(monkeypatch: pytest.Monke
 def test_the_demo_view_keeps_its_bars_at_80_columns() -> None:
     from rich.console import Console
 
-    from orchestrator.cli_sim import demo_view
+    from fleetpush_sim.cli import demo_view
 
     big = {"failed": 4000, "in_flight": 4000, "pending": 4000, "waiting_offline": 4000,
            "canceled": 0}  # fmt: skip

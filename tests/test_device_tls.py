@@ -23,8 +23,8 @@ from device_helpers import (
 
 from device_client.agent import DeviceAgent
 from device_client.config import load_config
-from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.signing import Signer
 from orchestrator.broker import MosquittoBroker
 
 pytestmark = pytest.mark.integration

@@ -20,11 +20,11 @@ from device_client.handlers.directory import (
     switch_current,
     unpack,
 )
-from device_client.outbox import MAX_PROGRESS_BACKLOG, Kind, Outbox
-from device_client.policy import install_blocked
-from device_client.states import CANCELABLE, Job, JobState, TransitionError, check_transition
+from device_client.jobs.policy import install_blocked
+from device_client.jobs.states import CANCELABLE, Job, JobState, TransitionError, check_transition
 from device_client.store import AgentState, StateStore
-from fleetpush_protocol.backoff import Backoff
+from device_client.transport.outbox import MAX_PROGRESS_BACKLOG, Kind, Outbox
+from fleetpush_common.backoff import Backoff
 from fleetpush_protocol.messages import Ack, Release
 
 ROOT = "ab" * 32
@@ -430,7 +430,7 @@ async def test_the_health_command_gets_the_slot_in_its_arguments_and_environment
     tmp_path: Path,
 ) -> None:
     from device_client.config import HealthConfig
-    from device_client.health import check_health
+    from device_client.jobs.health import check_health
 
     slot = str(tmp_path / "slots" / "slot-n1")
     script = 'test "$1" = "$FLEETPUSH_SLOT" && test "$2" = 2.0'

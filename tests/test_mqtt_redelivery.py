@@ -16,7 +16,7 @@ from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import MqttConfig
 from orchestrator.mqtt import codec
-from orchestrator.mqtt_link import Message, MqttLink
+from orchestrator.mqtt.link import Message, MqttLink
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

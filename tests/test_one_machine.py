@@ -28,14 +28,14 @@ from device_helpers import wait_for, write_config
 
 from device_client.agent import DeviceAgent
 from device_client.config import load_config as load_device_config
-from fleetpush_protocol.testing import Signer
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.signing import Signer
 from orchestrator.broker import MosquittoBroker, free_port
 from orchestrator.config import parse_config
-from orchestrator.keystore import KeyStore
+from orchestrator.security.keystore import KeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = "from orchestrator.cli import main; main()"
+CLI = "from orchestrator.cli.main import main; main()"
 
 
 def _fleetpush(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
@@ -220,7 +220,7 @@ def test_devices_provision_finds_the_data_dir_as_the_readme_writes_it(
 ) -> None:
     from click.testing import CliRunner
 
-    from orchestrator.cli import main
+    from orchestrator.cli.main import main
 
     for name in ("FLEETPUSH_DATA", "FLEETPUSH_CONFIG"):
         monkeypatch.delenv(name, raising=False)

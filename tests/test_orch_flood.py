@@ -24,12 +24,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from device_client.agent import DeviceAgent
 from device_client.config import load_config as load_device_config
+from fleetpush_common.clock import ManualClock
 from fleetpush_protocol.messages import Report, ReportState
 from fleetpush_protocol.topics import Topics
+from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker
-from orchestrator.clock import ManualClock
 from orchestrator.config import OrchestratorConfig, load_config, parse_config
-from orchestrator.service import Orchestrator
 from orchestrator.store import Database, SQLiteStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -17,9 +17,9 @@ from orch_helpers import wait_until, write_orchestrator
 from fleetpush_protocol.envelope import encode_message
 from fleetpush_protocol.messages import Report, ReportState
 from fleetpush_protocol.topics import Topics
+from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import load_config
-from orchestrator.service import Orchestrator
 from orchestrator.store import SQLiteStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

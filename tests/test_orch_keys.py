@@ -14,8 +14,8 @@ from orch_helpers import TOKENS, Api, Setup, setup, wait_until
 
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.verify import VerifyPolicy, verify_keyring_chain
-from orchestrator.cli import main
-from orchestrator.keystore import KeyStore, KeyStoreError
+from orchestrator.cli.main import main
+from orchestrator.security.keystore import KeyStore, KeyStoreError
 
 __all__ = ["setup"]
 

@@ -11,11 +11,11 @@ import pytest
 from device_helpers import orchestrator_client
 from orch_helpers import Setup, running, wait_until
 
+from fleetpush_common.clock import ManualClock
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
-from orchestrator.clock import ManualClock
 from orchestrator.config import MqttConfig
-from orchestrator.mqtt_link import MqttLink
+from orchestrator.mqtt.link import MqttLink
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetpush_common.units import parse_duration, parse_phases
 from orchestrator.config import ConfigError, parse_config
 from orchestrator.payloads import UrlSigner
 from orchestrator.policy import (
@@ -20,7 +21,6 @@ from orchestrator.policy import (
     phase_bounds,
     rate_per_minute,
 )
-from orchestrator.units import parse_duration, parse_phases
 
 T0 = 1_700_000_000.0  # a Tuesday, 22:13 UTC
 

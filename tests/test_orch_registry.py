@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from fleetpush_common.clock import ManualClock
 from fleetpush_protocol.messages import Inventory
 from orchestrator.broker.credentials import ORCHESTRATOR_ROLE
 from orchestrator.broker.registry import Identity, IdentityRegistry
-from orchestrator.clock import ManualClock
 from orchestrator.config import ConfigError, parse_config
 from orchestrator.registry_sync import RegistrySync
 from orchestrator.rollouts import TargetSpec, resolve_targets

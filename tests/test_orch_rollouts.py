@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from orch_helpers import TOKENS, Api, Setup, setup_any_backend, wait_until
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 __all__ = ["setup"]
 

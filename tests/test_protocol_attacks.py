@@ -17,7 +17,15 @@ from fleetpush_protocol import errors
 from fleetpush_protocol.envelope import decode_envelope, sign_message
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.messages import Report, ReportState, Target, UpdateNotice
-from fleetpush_protocol.testing import (
+from fleetpush_protocol.verify import (
+    DeviceIdentity,
+    SeenSequence,
+    TrustedKeyring,
+    VerifyPolicy,
+    verify_keyring_chain,
+    verify_notice,
+)
+from fleetpush_sim.signing import (
     BASE_TIME,
     DAY,
     fixed_key,
@@ -27,14 +35,6 @@ from fleetpush_protocol.testing import (
     make_notice,
     raw_envelope,
     tamper_body,
-)
-from fleetpush_protocol.verify import (
-    DeviceIdentity,
-    SeenSequence,
-    TrustedKeyring,
-    VerifyPolicy,
-    verify_keyring_chain,
-    verify_notice,
 )
 
 ROOT = fixed_key(1)

@@ -6,8 +6,8 @@ from fleetpush_protocol import canonical
 from fleetpush_protocol.driver import Accepted, DeviceTrust, Ignored, KeyringAccepted, Rejected
 from fleetpush_protocol.envelope import sign_message
 from fleetpush_protocol.messages import CancelNotice, Target
-from fleetpush_protocol.testing import BASE_TIME, fixed_key, make_cancel, make_keyring, make_notice
 from fleetpush_protocol.verify import DeviceIdentity, TrustedKeyring, VerifyPolicy
+from fleetpush_sim.signing import BASE_TIME, fixed_key, make_cancel, make_keyring, make_notice
 
 ROOT, S1, S2 = fixed_key(1), fixed_key(11), fixed_key(12)
 DEVICE = DeviceIdentity("dev-1", "m1", frozenset({"g1"}), "1.0.0")

@@ -13,13 +13,13 @@ import pytest
 from fleetpush_protocol import errors
 from fleetpush_protocol.driver import DeviceTrust, Ignored, KeyringAccepted, Rejected
 from fleetpush_protocol.envelope import sign_message
-from fleetpush_protocol.testing import fixed_key, make_keyring
 from fleetpush_protocol.verify import (
     TrustedKeyring,
     VerifyPolicy,
     verify_keyring,
     verify_keyring_chain,
 )
+from fleetpush_sim.signing import fixed_key, make_keyring
 
 SIGNER = fixed_key(100)
 

@@ -24,7 +24,7 @@ from fleetpush_protocol.messages import (
     ReportState,
     Target,
 )
-from fleetpush_protocol.testing import BASE_TIME, fixed_key, make_cancel, make_keyring, make_notice
+from fleetpush_sim.signing import BASE_TIME, fixed_key, make_cancel, make_keyring, make_notice
 
 MESSAGES: list[Message] = [
     make_notice(),

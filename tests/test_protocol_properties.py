@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from fleetpush_protocol import canonical
 from fleetpush_protocol.envelope import decode_message, sign_message
 from fleetpush_protocol.errors import ContentError
-from fleetpush_protocol.testing import BASE_TIME, fixed_key, make_keyring, make_notice
 from fleetpush_protocol.verify import (
     DeviceIdentity,
     TrustedKeyring,
@@ -17,6 +16,7 @@ from fleetpush_protocol.verify import (
     verify_keyring_chain,
     verify_notice,
 )
+from fleetpush_sim.signing import BASE_TIME, fixed_key, make_keyring, make_notice
 
 ROOT, S1 = fixed_key(1), fixed_key(11)
 RING = sign_message(make_keyring(1, [ROOT], [S1]), [ROOT])

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from fleetpush_protocol.errors import ContentError
 from fleetpush_protocol.vectors import run_vectors
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT / "docs" / "protocol" / "test-vectors.json"

@@ -12,8 +12,8 @@ import pytest
 from orch_helpers import Setup, setup, wait_until
 from test_demo import fleetpush
 
-from orchestrator.cli_sim import parse_rate
-from orchestrator.sim.fleet import assign_behaviours
+from fleetpush_sim.cli import parse_rate
+from fleetpush_sim.fleet import assign_behaviours
 
 __all__ = ["setup"]
 

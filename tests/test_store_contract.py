@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from fleetpush_protocol.messages import ErrorInfo, Inventory, Presence, Release, Report, ReportState
 from orchestrator.broker import free_port
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.config import ConfigError, DatabaseConfig, parse_config
 from orchestrator.policy import PhaseCounts, RolloutSpec
 from orchestrator.store import (

@@ -25,7 +25,7 @@ from device_client.errors import UpdateError
 from device_client.handlers.archive import UnsafeMemberError, check_member
 from device_client.handlers.base import InstallOutcome, InstallRequest, StepOptions, run_step
 from device_client.handlers.extract import unpack
-from fleetpush_protocol.atomic import fsync_dir
+from fleetpush_common.atomic import fsync_dir
 from fleetpush_protocol.messages import FailureCode
 
 __all__ = [

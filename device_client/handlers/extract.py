@@ -34,7 +34,7 @@ from device_client.handlers.archive import (
     UnsafeMemberError,
     allowed_bytes,
 )
-from fleetpush_protocol.atomic import fsync_dir
+from fleetpush_common.atomic import fsync_dir
 from fleetpush_protocol.messages import FailureCode
 
 __all__ = ["check_archive", "unpack"]

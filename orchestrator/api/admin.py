@@ -6,8 +6,8 @@ from aiohttp import web
 
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, requires
 from orchestrator.api.context import ApiError
-from orchestrator.auth import ROLES, hash_token, new_token
-from orchestrator.keystore import describe
+from orchestrator.security.auth import ROLES, hash_token, new_token
+from orchestrator.security.keystore import describe
 
 __all__ = ["routes"]
 

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator.api.context import CTX, ApiContext, ApiError
-from orchestrator.auth import Principal, role_allows
+from orchestrator.security.auth import Principal, role_allows
 
 __all__ = ["Handler", "audit", "ctx", "json_body", "ok", "principal", "requires"]
 

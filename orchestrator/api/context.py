@@ -7,13 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.auth import TokenAuth
-from orchestrator.clock import Clock
+from fleetpush_common.clock import Clock
 from orchestrator.config import OrchestratorConfig
 from orchestrator.engine import RolloutEngine
-from orchestrator.keystore import KeyStore
 from orchestrator.payloads import PayloadStore, UrlSigner
 from orchestrator.registry_sync import RegistrySync
+from orchestrator.security.auth import TokenAuth
+from orchestrator.security.keystore import KeyStore
 from orchestrator.store import Database
 
 __all__ = ["CTX", "ApiContext", "ApiError"]

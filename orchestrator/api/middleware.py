@@ -8,7 +8,7 @@ from aiohttp import web
 
 from orchestrator.api.common import PRINCIPAL, Handler, ctx
 from orchestrator.api.context import ApiError
-from orchestrator.keystore import KeyStoreError
+from orchestrator.security.keystore import KeyStoreError
 from orchestrator.store import ConflictError, NotFoundError
 
 __all__ = ["auth_middleware", "error_middleware"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetpush_protocol.atomic import atomic_write
+from fleetpush_common.atomic import atomic_write
 
 __all__ = ["INFO_FILE", "BrokerInfo", "read_info", "write_info"]
 

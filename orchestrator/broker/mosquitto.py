@@ -5,7 +5,7 @@ holds everything the broker reads, generated from the identity registry::
 
     identities.json        the registry (orchestrator.broker.registry)
     passwd, acl            generated from it (orchestrator.broker.render)
-    ca/ca.pem ca/ca.key    the fleet CA (orchestrator.pki), ca/crl.pem its CRL
+    ca/ca.pem ca/ca.key    the fleet CA (orchestrator.security.pki), ca/crl.pem its CRL
     server.pem server.key  the TLS listener's certificate, issued by the fleet CA at start
     certs/ID.pem ID.key    client certificates issued by add_device_cert
     orchestrator.secret    the orchestrator identity's password (mode 0600)
@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from fleetpush_protocol.atomic import atomic_write, make_private_dir
+from fleetpush_common.atomic import atomic_write, make_private_dir
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker.credentials import (
     DEVICE_ROLE,
@@ -55,7 +55,7 @@ from orchestrator.broker.registry import Identity, IdentityRegistry, Transient
 from orchestrator.broker.reload import CANARY_PREFIX, canary_name, signal_and_confirm
 from orchestrator.broker.render import CONFIG_DIR, render_auth_files, render_config
 from orchestrator.broker.revocation import revoke_identity
-from orchestrator.pki import FleetCA
+from orchestrator.security.pki import FleetCA
 
 __all__ = [
     "CONFIG_DIR",

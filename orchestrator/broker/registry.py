@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fleetpush_protocol.atomic import atomic_write, make_private_dir
+from fleetpush_common.atomic import atomic_write, make_private_dir
 from orchestrator.broker.credentials import DEVICE_ROLE, BrokerUser
 
 __all__ = ["FORMAT", "Identity", "IdentityRegistry", "Transient"]

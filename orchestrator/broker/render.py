@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from fleetpush_protocol.topics import Topics
@@ -16,7 +17,7 @@ from orchestrator.broker.credentials import DEVICE_ROLE, BrokerUser, render_acl,
 
 __all__ = ["CONFIG_DIR", "AuthFiles", "render_auth_files", "render_config"]
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "broker_config"
+CONFIG_DIR = Path(str(resources.files("broker_config")))
 _TLS_BLOCK = re.compile(r"^@TLS_BEGIN@\n(.*?)^@TLS_END@\n", re.MULTILINE | re.DOTALL)
 
 

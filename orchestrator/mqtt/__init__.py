@@ -2,5 +2,5 @@
 
 ``codec``: sans-IO packets to and from bytes (shared with ``benchmarks/_mqtt_raw.py`` and
 the test probe); ``protocol``: the ``asyncio.Protocol`` that feeds it for the link
-(``orchestrator.mqtt_link``); ``reasons``: reason codes by name.
+(``orchestrator.mqtt.link``); ``reasons``: reason codes by name.
 """

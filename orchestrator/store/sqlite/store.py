@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fleetpush_protocol.atomic import SECRET_FILE_MODE, make_private_dir
+from fleetpush_common.atomic import SECRET_FILE_MODE, make_private_dir
 from orchestrator.store.base import StoreCorruptError, StoreUnavailableError
 from orchestrator.store.sql import Cursor, Dialect, SqlStore
 

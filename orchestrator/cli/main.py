@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import click
 
-from orchestrator.cli_broker import broker, provision_command, revoke_command, set_groups_command
-from orchestrator.cli_delta import delta
-from orchestrator.cli_keys import config_option, keys, load, tokens
-from orchestrator.cli_ops import audit, devices
-from orchestrator.cli_protocol import protocol
-from orchestrator.cli_quickstart import quickstart
-from orchestrator.cli_releases import release
-from orchestrator.cli_rollouts import rollout
-from orchestrator.cli_sim import demo, simulate
+from orchestrator.app import serve
+from orchestrator.cli.broker import broker, provision_command, revoke_command, set_groups_command
+from orchestrator.cli.delta import delta
+from orchestrator.cli.keys import config_option, keys, load, tokens
+from orchestrator.cli.ops import audit, devices
+from orchestrator.cli.protocol import protocol
+from orchestrator.cli.quickstart import quickstart
+from orchestrator.cli.releases import release
+from orchestrator.cli.rollouts import rollout
 from orchestrator.config import ConfigError
-from orchestrator.keystore import KeyStoreError
-from orchestrator.service import serve
+from orchestrator.security.keystore import KeyStoreError
 from orchestrator.store import StoreError
 
 __all__ = ["main"]
@@ -71,8 +71,21 @@ main.add_command(delta)
 main.add_command(devices)
 main.add_command(rollout)
 main.add_command(audit)
-main.add_command(demo)
-main.add_command(simulate)
 devices.add_command(provision_command)
 devices.add_command(revoke_command)
 devices.add_command(set_groups_command)
+
+
+def _add_plugins() -> None:
+    """Commands other installed packages offer (``fleetpush_sim``: ``demo``, ``simulate``).
+
+    The service never imports the simulator, which imports the device client: the simulator
+    registers its commands under the ``fleetpush.cli`` entry-point group instead.
+    """
+    for ep in entry_points(group="fleetpush.cli"):
+        command = ep.load()
+        if isinstance(command, click.Command):
+            main.add_command(command, ep.name)
+
+
+_add_plugins()

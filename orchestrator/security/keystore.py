@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetpush_protocol.atomic import atomic_write, make_private_dir
+from fleetpush_common.atomic import atomic_write, make_private_dir
 from fleetpush_protocol.envelope import sign_message
 from fleetpush_protocol.errors import ContentError
 from fleetpush_protocol.keys import KeyPair

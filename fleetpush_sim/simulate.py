@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from fleetpush_protocol.topics import Topics
-from orchestrator.broker import MosquittoBroker
-from orchestrator.sim.fleet import (
+from fleetpush_sim.fleet import (
     Observer,
     SimDevice,
     SimFleet,
     assign_behaviours,
     provision_passwords,
 )
-from orchestrator.sim.limits import raise_open_files
-from orchestrator.sim.timing import terminal_times
+from fleetpush_sim.limits import raise_open_files
+from fleetpush_sim.timing import terminal_times
+from orchestrator.broker import MosquittoBroker
 
 __all__ = ["SimOptions", "open_broker", "run_simulation"]
 

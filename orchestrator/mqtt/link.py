@@ -27,7 +27,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fleetpush_protocol.backoff import Backoff
+from fleetpush_common.backoff import Backoff
 from orchestrator.config import MqttConfig
 from orchestrator.mqtt import codec
 from orchestrator.mqtt.protocol import Handlers, MqttProtocol

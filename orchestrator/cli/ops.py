@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from orchestrator.cli_common import api_command, emit, fmt_time, table
+from orchestrator.cli.common import api_command, emit, fmt_time, table
 from orchestrator.client import ApiClient
 
 __all__ = ["audit", "devices"]

@@ -19,13 +19,13 @@ from types import FrameType
 
 import click
 
+from orchestrator.app import serve
 from orchestrator.broker import MosquittoNotFoundError
-from orchestrator.cli_broker import recorded_broker
-from orchestrator.cli_keys import load
+from orchestrator.cli.broker import recorded_broker
+from orchestrator.cli.keys import load
 from orchestrator.config import ConfigError
-from orchestrator.keystore import KeyStoreError
 from orchestrator.quickstart import CONFIG_NAME, init_quickstart
-from orchestrator.service import serve
+from orchestrator.security.keystore import KeyStoreError
 
 __all__ = ["quickstart"]
 

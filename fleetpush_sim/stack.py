@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from fleetpush_protocol.atomic import write_secret
+from fleetpush_common.atomic import write_secret
 from fleetpush_protocol.topics import Topics
-from orchestrator.auth import hash_token, new_token
+from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker, find_mosquitto, free_port
 from orchestrator.config import DatabaseConfig, OrchestratorConfig, load_config
-from orchestrator.keystore import KeyStore
-from orchestrator.service import Orchestrator
+from orchestrator.security.auth import hash_token, new_token
+from orchestrator.security.keystore import KeyStore
 from orchestrator.store import open_store
 
 __all__ = ["LocalStack", "write_orchestrator_files"]

@@ -16,11 +16,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from fleetpush_sim.demo import DemoOptions, run_demo
+from fleetpush_sim.simulate import SimOptions, open_broker, run_simulation
 from orchestrator.broker import MosquittoNotFoundError
-from orchestrator.cli_keys import config_option, load
+from orchestrator.cli.keys import config_option, load
 from orchestrator.provisioning import read_root_keys
-from orchestrator.sim.demo import DemoOptions, run_demo
-from orchestrator.sim.simulate import SimOptions, open_broker, run_simulation
 
 __all__ = ["demo", "simulate"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from fleetpush_protocol.atomic import make_private_dir
+from fleetpush_common.atomic import make_private_dir
 from fleetpush_protocol.topics import DEFAULT_PREFIX, Topics
 from orchestrator.broker import (
     INFO_FILE,

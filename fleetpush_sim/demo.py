@@ -19,18 +19,18 @@ from typing import Any
 
 import aiohttp
 
-from orchestrator.sim.api import AsyncApi
-from orchestrator.sim.fleet import (
+from fleetpush_sim.api import AsyncApi
+from fleetpush_sim.fleet import (
     Observer,
     SimDevice,
     SimFleet,
     assign_behaviours,
     provision_passwords,
 )
-from orchestrator.sim.limits import freeze_heap, raise_open_files
-from orchestrator.sim.release import sample_release
-from orchestrator.sim.stack import LocalStack
-from orchestrator.sim.timing import RolloutClock, phase_summary, terminal_times
+from fleetpush_sim.limits import freeze_heap, raise_open_files
+from fleetpush_sim.release import sample_release
+from fleetpush_sim.stack import LocalStack
+from fleetpush_sim.timing import RolloutClock, phase_summary, terminal_times
 
 __all__ = ["DemoOptions", "run_demo"]
 

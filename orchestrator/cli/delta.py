@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
+from fleetpush_common.atomic import atomic_write
 from fleetpush_protocol import delta as codec
-from fleetpush_protocol.atomic import atomic_write
 
 __all__ = ["delta"]
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fleetpush_protocol.atomic import atomic_write, check_private, make_private_dir
+from fleetpush_common.atomic import atomic_write, check_private, make_private_dir
 
 __all__ = ["CA_CERT", "CA_KEY", "CRL", "FleetCA", "IssuedCert"]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.sim.fleet import TERMINAL_REPORTS, Observer
+from fleetpush_sim.fleet import TERMINAL_REPORTS, Observer
 
 __all__ = ["RolloutClock", "phase_summary", "terminal_times"]
 

@@ -11,18 +11,18 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from fleetpush_protocol.atomic import make_private_dir
+from fleetpush_common.atomic import make_private_dir
+from fleetpush_common.clock import Clock, SystemClock
 from orchestrator.api import ApiContext, build_app
-from orchestrator.auth import TokenAuth, load_tokens_file
-from orchestrator.clock import Clock, SystemClock
 from orchestrator.config import ConfigError, OrchestratorConfig
 from orchestrator.engine import RolloutEngine
 from orchestrator.ingest import Ingestor
-from orchestrator.keystore import KeyStore, SigningSet
-from orchestrator.mqtt_link import MqttLink
+from orchestrator.mqtt.link import MqttLink
 from orchestrator.notices import NoticeFactory
 from orchestrator.payloads import PayloadStore, UrlSigner
 from orchestrator.registry_sync import RegistrySync
+from orchestrator.security.auth import TokenAuth, load_tokens_file
+from orchestrator.security.keystore import KeyStore, SigningSet
 from orchestrator.store import Database, IngestResult, Store, open_database
 
 __all__ = ["Orchestrator", "serve"]

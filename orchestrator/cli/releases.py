@@ -15,7 +15,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from orchestrator.cli_common import api_command, emit, table
+from orchestrator.cli.common import api_command, emit, table
 from orchestrator.client import ApiClient
 
 __all__ = ["release"]

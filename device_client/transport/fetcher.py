@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from device_client.config import DownloadConfig
 from device_client.errors import DownloadError, SlowRetrievalError, UpdateError
-from fleetpush_protocol.backoff import Backoff
+from fleetpush_common.backoff import Backoff
 from fleetpush_protocol.errors import ContentError, PayloadSizeMismatchError
 from fleetpush_protocol.messages import FailureCode, Payload
 from fleetpush_protocol.payload import PayloadCheck

@@ -28,8 +28,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device_client.config import BrokerConfig
-from device_client.outbox import Outbox
-from fleetpush_protocol.backoff import Backoff
+from device_client.transport.outbox import Outbox
+from fleetpush_common.backoff import Backoff
 
 __all__ = ["MqttSession", "Publication"]
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import click
 
+from fleetpush_common.units import parse_duration
 from fleetpush_protocol.keys import KeyPair
-from orchestrator.auth import ROLES, hash_token, new_token
-from orchestrator.cli_common import fmt_time, table
+from orchestrator.cli.common import fmt_time, table
 from orchestrator.client import ApiClient, ApiClientError
 from orchestrator.config import ConfigError, OrchestratorConfig, load_config
-from orchestrator.keystore import KeyStore, KeyStoreError, describe
+from orchestrator.security.auth import ROLES, hash_token, new_token
+from orchestrator.security.keystore import KeyStore, KeyStoreError, describe
 from orchestrator.store import Store, StoreError, open_store
-from orchestrator.units import parse_duration
 
 __all__ = ["keys", "load", "tokens"]
 

@@ -13,11 +13,11 @@ import click
 from rich.console import Console
 from rich.live import Live
 
-from orchestrator.cli_common import api_command, emit, fmt_time, table
-from orchestrator.cli_rollout_views import gate_lines, plan_lines, render_status
+from fleetpush_common.units import parse_duration, parse_percent, parse_phases
+from orchestrator.cli.common import api_command, emit, fmt_time, table
+from orchestrator.cli.rollout_views import gate_lines, plan_lines, render_status
 from orchestrator.client import ApiClient
 from orchestrator.policy import FAILURE_STATES
-from orchestrator.units import parse_duration, parse_percent, parse_phases
 
 __all__ = ["WATCH_EXIT", "rollout"]
 

@@ -1,0 +1,1 @@
+"""The ``fleetpush`` command line."""
