@@ -12,11 +12,11 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from device_client.config_tables import REQUIRED, ConfigError, Table, parse_time
 from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_protocol.fields import NAME_RE
 from fleetpush_protocol.keys import load_public_key
@@ -41,10 +41,6 @@ __all__ = [
 MAX_PAYLOAD = 1 << 48  # bytes; the protocol's own bound on payload.size
 HANDLERS = ("directory", "command")
 _WINDOW_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)")
-
-
-class ConfigError(ValueError):
-    """The configuration file is missing, unreadable or has an invalid field."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,108 +162,7 @@ class DeviceConfig:
     source: str = "device.toml"  # the file name, for messages
 
 
-class _Table:
-    """Typed reads from one TOML table; every error names the file, table and key."""
-
-    def __init__(self, data: Mapping[str, Any], name: str, source: str, base: Path) -> None:
-        self.data = data
-        self.name = name
-        self.source = source
-        self.base = base
-        self.used: set[str] = set()
-
-    def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.source}: [{self.name}] {key}: {problem}")
-
-    def get(self, key: str, default: Any) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if default is _REQUIRED:
-                raise self.fail(key, "missing")
-            return default
-        return self.data[key]
-
-    def string(self, key: str, default: Any = None, *, max_len: int = 4096) -> Any:
-        value = self.get(key, default)
-        if value is default and key not in self.data:
-            return value
-        if not isinstance(value, str) or not value or len(value) > max_len:
-            raise self.fail(key, f"must be a non-empty string of at most {max_len} characters")
-        return value
-
-    def name_(self, key: str, default: Any = None) -> Any:
-        value = self.string(key, default, max_len=128)
-        if value is not None and value is not _REQUIRED and not NAME_RE.fullmatch(value):
-            raise self.fail(key, f"{value!r} must match {NAME_RE.pattern}")
-        return value
-
-    def integer(self, key: str, default: Any, low: int, high: int) -> int:
-        value = self.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise self.fail(key, f"must be {low}..{high}")
-        return value
-
-    def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(key, f"must be a number {low:g}..{high:g}")
-        if not low <= value <= high:
-            raise self.fail(key, f"must be {low:g}..{high:g}")
-        return float(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, "must be true or false")
-        return value
-
-    def strings(self, key: str, *, max_len: int = 64) -> tuple[str, ...]:
-        value = self.get(key, [])
-        if not isinstance(value, list) or len(value) > max_len:
-            raise self.fail(key, f"must be a list of at most {max_len} strings")
-        for item in value:
-            if not isinstance(item, str) or not item:
-                raise self.fail(key, "every entry must be a non-empty string")
-        return tuple(value)
-
-    def argv(self, key: str) -> tuple[str, ...]:
-        return self.strings(key, max_len=256)
-
-    def path(self, key: str, default: Any = None) -> Any:
-        value = self.string(key, default)
-        if not isinstance(value, str):
-            return value
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else self.base / p
-
-    def check_unknown(self) -> None:
-        for key in self.data:
-            if key not in self.used:
-                raise self.fail(key, "unknown setting")
-
-
-_REQUIRED: Any = object()
-
-
-def _parse_time(table: _Table, key: str) -> int | None:
-    value = table.get(key, None)
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise table.fail(key, "must be an RFC 3339 time like 2026-12-01T00:00:00Z") from None
-    else:
-        raise table.fail(key, "must be an RFC 3339 time like 2026-12-01T00:00:00Z")
-    if moment.tzinfo is None:
-        raise table.fail(key, "needs a time zone (for example a trailing Z for UTC)")
-    return int(moment.astimezone(UTC).timestamp())
-
-
-def _parse_window(table: _Table, key: str, text: str) -> Window:
+def _parse_window(table: Table, key: str, text: str) -> Window:
     m = _WINDOW_RE.fullmatch(text.strip())
     if not m:
         raise table.fail(key, f"{text!r} must look like HH:MM-HH:MM (device-local time)")
@@ -280,7 +175,7 @@ def _parse_window(table: _Table, key: str, text: str) -> Window:
 
 def _section(
     raw: Mapping[str, Any], name: str, source: str, base: Path, *, required: bool
-) -> _Table:
+) -> Table:
     value = raw.get(name)
     if value is None:
         if required:
@@ -288,11 +183,11 @@ def _section(
         value = {}
     if not isinstance(value, dict):
         raise ConfigError(f"{source}: [{name}]: must be a table")
-    return _Table(value, name, source, base)
+    return Table(value, name, source, base)
 
 
-def _broker(t: _Table) -> BrokerConfig:
-    url = t.string("url", _REQUIRED)
+def _broker(t: Table) -> BrokerConfig:
+    url = t.string("url", REQUIRED)
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise t.fail("url", f"{url!r} must look like mqtt://host:1883 or mqtts://host:8883")
@@ -345,7 +240,7 @@ def _broker(t: _Table) -> BrokerConfig:
     )
 
 
-def _trust(t: _Table) -> TrustConfig:
+def _trust(t: Table) -> TrustConfig:
     keys_text = t.strings("root_keys", max_len=32)
     if not keys_text:
         raise t.fail("root_keys", "needs at least one root public key (64 hex digits)")
@@ -361,7 +256,7 @@ def _trust(t: _Table) -> TrustConfig:
     return TrustConfig(root_keys=tuple(keys), root_threshold=threshold)
 
 
-def _unpack(t: _Table) -> UnpackLimits:
+def _unpack(t: Table) -> UnpackLimits:
     return UnpackLimits(
         max_bytes=t.integer("max_bytes", 4 << 30, 1, MAX_PAYLOAD),
         max_ratio=t.integer("max_ratio", 100, 1, 1_000_000),
@@ -371,7 +266,7 @@ def _unpack(t: _Table) -> UnpackLimits:
     )
 
 
-def _install(t: _Table, state_dir: Path, unpack: UnpackLimits) -> InstallConfig:
+def _install(t: Table, state_dir: Path, unpack: UnpackLimits) -> InstallConfig:
     handler = t.string("handler", "directory")
     if handler not in HANDLERS:
         raise t.fail("handler", f"must be one of {', '.join(HANDLERS)}")
@@ -411,19 +306,19 @@ def parse_config(
     for name in raw:
         if name not in known:
             raise ConfigError(f"{source}: [{name}]: unknown table")
-    tables: list[_Table] = []
+    tables: list[Table] = []
 
-    def section(name: str, *, required: bool = False) -> _Table:
+    def section(name: str, *, required: bool = False) -> Table:
         t = _section(raw, name, source, base, required=required)
         tables.append(t)
         return t
 
     d = section("device", required=True)
     device = DeviceSection(
-        id=d.name_("id", _REQUIRED),
-        model=d.name_("model", _REQUIRED),
+        id=d.name_("id", REQUIRED),
+        model=d.name_("model", REQUIRED),
         groups=d.strings("groups", max_len=64),
-        state_dir=d.path("state_dir", _REQUIRED),
+        state_dir=d.path("state_dir", REQUIRED),
     )
     for i, g in enumerate(device.groups):
         if not NAME_RE.fullmatch(g):
@@ -453,7 +348,7 @@ def parse_config(
     p = section("policy")
     windows_text = p.strings("maintenance_windows", max_len=24)
     policy = PolicyConfig(
-        hold_until=_parse_time(p, "hold_until"),
+        hold_until=parse_time(p, "hold_until"),
         maintenance_windows=tuple(
             _parse_window(p, f"maintenance_windows[{i}]", w) for i, w in enumerate(windows_text)
         ),

@@ -65,9 +65,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fleetpush_common.atomic import ExposedSecretError, check_private
-from fleetpush_common.units import parse_duration
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker.info import INFO_FILE, read_info
+from orchestrator.config_tables import ConfigError, Table, host_port, http_url, password_file
 
 __all__ = [
     "AuthConfig",
@@ -82,10 +82,6 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the field."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,100 +224,7 @@ class OrchestratorConfig:
 # --- parsing ----------------------------------------------------------------------------
 
 
-class _Table:
-    """Typed reads from one TOML table; errors name ``section.key``."""
-
-    def __init__(self, data: Any, section: str) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"[{section}]: expected a table")
-        self.data: dict[str, Any] = data
-        self.section = section
-        self.used: set[str] = set()
-
-    def name(self, key: str) -> str:
-        return f"{self.section}.{key}" if self.section else key
-
-    def get(self, key: str) -> Any:
-        self.used.add(key)
-        return self.data.get(key)
-
-    def text(self, key: str, default: str) -> str:
-        value = self.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            raise ConfigError(f"{self.name(key)}: expected a string")
-        return value
-
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value = self.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise ConfigError(f"{self.name(key)}: expected an integer in {low}..{high}")
-        return value
-
-    def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self.get(key)
-        if value is None:
-            return default
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not low <= value <= high:
-            raise ConfigError(f"{self.name(key)}: expected a number in {low}..{high}")
-        return float(value)
-
-    def duration(self, key: str, default: float, low: float, high: float) -> float:
-        value = self.get(key)
-        if value is None:
-            return default
-        try:
-            seconds = parse_duration(value, self.name(key))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if not low <= seconds <= high:
-            raise ConfigError(f"{self.name(key)}: must be between {low}s and {high}s")
-        return seconds
-
-    def sub(self, key: str) -> _Table:
-        value = self.get(key)
-        return _Table({} if value is None else value, self.name(key))
-
-    def check_unknown(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise ConfigError(f"{self.name(unknown[0])}: unknown setting")
-
-
-def _host_port(text: str, what: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, default_port
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{what}: expected host:port")
-    return host or "127.0.0.1", int(port)
-
-
-def _http_url(value: str, what: str) -> str:
-    if value and urlsplit(value).scheme not in ("http", "https"):
-        raise ConfigError(f"{what}: must be an http:// or https:// URL")
-    return value.rstrip("/")
-
-
-def _password_file(t: _Table, base: Path, what: str) -> str:
-    """The secret in ``password_file`` ("" when unset); refused unless private."""
-    pw_file = t.text("password_file", "")
-    if not pw_file:
-        return ""
-    try:
-        check_private(base / pw_file, what)
-        return (base / pw_file).read_text().strip()
-    except ExposedSecretError as e:
-        raise ConfigError(f"{t.name('password_file')}: {e}") from None
-    except OSError as e:
-        raise ConfigError(f"{t.name('password_file')}: cannot read ({e.strerror})") from None
-
-
-def _mqtt(t: _Table, base: Path, data_dir: Path) -> MqttConfig:
+def _mqtt(t: Table, base: Path, data_dir: Path) -> MqttConfig:
     url_text = t.text("url", "")
     prefix = t.text("topic_prefix", "")
     try:
@@ -337,7 +240,7 @@ def _mqtt(t: _Table, base: Path, data_dir: Path) -> MqttConfig:
     url = urlsplit(url_text)
     if url.scheme != "mqtt" or not url.hostname:
         raise ConfigError(f"{t.name('url')}: expected mqtt://host:port")
-    password = _password_file(t, base, "MQTT password file") or t.text("password", "")
+    password = password_file(t, base, "MQTT password file") or t.text("password", "")
     return MqttConfig(
         host=url.hostname,
         port=url.port or 1883,
@@ -394,9 +297,9 @@ def _recorded_broker(data_dir: Path, prefix: str, keepalive: int) -> MqttConfig:
     )
 
 
-def _database(t: _Table, base: Path, data_dir: Path) -> DatabaseConfig:
+def _database(t: Table, base: Path, data_dir: Path) -> DatabaseConfig:
     url = t.text("url", "")
-    password = _password_file(t, base, "database password file")
+    password = password_file(t, base, "database password file")
     if not url:
         url = f"sqlite:///{data_dir / 'fleetpush.db'}"
     elif url.startswith("sqlite:///"):
@@ -435,18 +338,18 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     Raises:
         ConfigError: a field is missing, mistyped, out of bounds or unknown.
     """
-    top = _Table(data, "")
+    top = Table(data, "")
     data_dir_text = top.text("data_dir", "")
     if not data_dir_text:
         raise ConfigError("data_dir: missing (where the database and payloads live)")
     data_dir = (base / data_dir_text).resolve()
     h = top.sub("http")
-    host, port = _host_port(h.text("listen", "127.0.0.1:8080"), h.name("listen"), 8080)
+    host, port = host_port(h.text("listen", "127.0.0.1:8080"), h.name("listen"), 8080)
     http = HttpConfig(
         host=host,
         port=port,
-        public_url=_http_url(h.text("public_url", ""), h.name("public_url")),
-        payload_base_url=_http_url(h.text("payload_base_url", ""), h.name("payload_base_url")),
+        public_url=http_url(h.text("public_url", ""), h.name("public_url")),
+        payload_base_url=http_url(h.text("payload_base_url", ""), h.name("payload_base_url")),
         url_ttl_s=h.duration("url_ttl", 86400.0, 60.0, 90 * 86400.0),
         max_upload_bytes=h.integer("max_upload_bytes", 4 * 2**30, 1, 2**48),
         max_json_bytes=h.integer("max_json_bytes", 2**20, 1024, 64 * 2**20),
