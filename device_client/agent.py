@@ -47,6 +47,7 @@ from device_client.transport.fetcher import Fetcher, hash_file
 from device_client.transport.outbox import Kind
 from device_client.transport.session import MqttSession, Publication
 from fleetpush_common.atomic import make_private_dir
+from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.driver import Accepted, DeviceTrust, Ignored, KeyringAccepted, Rejected
 from fleetpush_protocol.envelope import decode_message, encode_message
 from fleetpush_protocol.errors import ContentError, TransportError
@@ -170,9 +171,7 @@ class DeviceAgent:
                 )
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.session.publish(offline), 5)
-            session_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await session_task
+            await cancel_and_wait(session_task)
             # Acks arrive until the session ends; their flush timer must not outlive run():
             # fired later it would write this agent's stale state over the file a restarted
             # agent is using.
@@ -499,10 +498,7 @@ class DeviceAgent:
 
     async def _cancel_job_task(self) -> None:
         task, self._job_task = self._job_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run_jobs(self) -> None:
         while True:

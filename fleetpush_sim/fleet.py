@@ -10,7 +10,6 @@ database in between), which is how the demo and the benchmarks time "verified it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import secrets
@@ -23,6 +22,7 @@ from typing import Any
 
 from device_client.agent import DeviceAgent, ReportHook
 from device_client.config import DeviceConfig, parse_config
+from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.messages import ErrorInfo, ReportState
 from orchestrator.broker import MosquittoBroker
 from orchestrator.broker.credentials import DEVICE_ROLE, hash_password
@@ -225,9 +225,7 @@ class SimFleet:
         try:
             await asyncio.wait_for(asyncio.shield(task), wait_s)
         except (TimeoutError, asyncio.CancelledError):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
         except Exception:
             logger.exception("%s: agent failed", device_id)
 
@@ -253,11 +251,7 @@ class SimFleet:
 
     async def stop(self) -> None:
         """Stop every device (each publishes its offline presence first)."""
-        for t in self._churn:
-            t.cancel()
-        for t in self._churn:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(*self._churn)
         self._churn.clear()
         await asyncio.gather(*(self.stop_device(d) for d in list(self.agents)))
 

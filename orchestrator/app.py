@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import signal
@@ -13,6 +12,7 @@ from aiohttp import web
 
 from fleetpush_common.atomic import make_private_dir
 from fleetpush_common.clock import Clock, SystemClock
+from fleetpush_common.tasks import cancel_and_wait
 from orchestrator.api import ApiContext, build_app
 from orchestrator.config import ConfigError, OrchestratorConfig
 from orchestrator.engine import RolloutEngine
@@ -182,11 +182,7 @@ class Orchestrator:
         """Stop the API and engine, write queued reports, disconnect, close the database."""
         if self._runner is not None:
             await self._runner.cleanup()
-        for task in (self._engine_task, self._prune_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._engine_task, self._prune_task)
         if self.ingestor is not None:
             await asyncio.to_thread(self.ingestor.stop)
         if self.link is not None:

@@ -30,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device_client.config import BrokerConfig
 from device_client.transport.outbox import Outbox
 from fleetpush_common.backoff import Backoff
+from fleetpush_common.tasks import cancel_and_wait
 
 __all__ = ["MqttSession", "Publication"]
 
@@ -178,10 +179,7 @@ class MqttSession:
                 if isinstance(payload, bytes | bytearray):
                     await self._on_message(message.topic.value, bytes(payload))
         finally:
-            tasks = [t for t in (sender, timer, gave_up, nxt) if t is not None]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(sender, timer, gave_up, nxt)
 
     async def _tls_alert(self) -> str:
         """The TLS alert the broker sends this device's certificate, if any ("" if none).

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from fleetpush_common.tasks import cancel_and_wait
 from orchestrator.api.common import ctx, int_param, ok, principal, requires
 from orchestrator.api.context import CTX, ApiContext
 from orchestrator.api.rollout_detail import routes as detail_routes
@@ -230,10 +231,7 @@ class EventHub:
         self.closed = True
         for q in list(self._queues):
             self._put(q, None)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def _put(self, q: asyncio.Queue[bytes | None], item: bytes | None) -> None:
         try:

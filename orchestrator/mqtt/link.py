@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fleetpush_common.backoff import Backoff
+from fleetpush_common.tasks import cancel_and_wait
 from orchestrator.config import MqttConfig
 from orchestrator.mqtt import codec
 from orchestrator.mqtt.protocol import Handlers, MqttProtocol
@@ -192,9 +193,7 @@ class MqttLink:
     async def _shutdown(self) -> None:
         self._stopping = True
         self._flush_acks()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         proto = self._proto
         if proto is not None:
             if self.connected.is_set():
