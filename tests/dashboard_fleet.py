@@ -20,6 +20,7 @@ from device_helpers import make_tar, wait_for, write_config
 
 from device_client.agent import DeviceAgent
 from device_client.config import load_config
+from fleetpush_common.clock import Clock
 from fleetpush_protocol.topics import Topics
 from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker
@@ -53,6 +54,7 @@ class Fleet:
     orch: Orchestrator | None = None
     agents: dict[str, tuple[DeviceAgent, asyncio.Task[None]]] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
+    clock: Clock | None = None  # the orchestrator's (None: the real one)
 
     @property
     def url(self) -> str:
@@ -86,7 +88,7 @@ class Fleet:
             auth=AuthConfig(tokens_file=tokens),
             registry_file=self.broker.registry.path,
         )
-        self.orch = Orchestrator(config)
+        self.orch = Orchestrator(config, clock=self.clock)
         await self.orch.start()
         self.http = aiohttp.ClientSession()
 

@@ -25,7 +25,6 @@ and within the ``[unpack]`` limits (table-driven unit rows: tests/test_device_ar
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -103,6 +102,19 @@ def keyring(
     )
 
 
+async def barrier(c: Ctx) -> None:
+    """Return once the agent handled everything published to its notice topic before.
+
+    A notice signed with a key the device does not know, published after them on the same
+    topic: the broker delivers one topic's messages in order and the agent handles them in
+    order, so its rejection report proves the earlier messages were handled (a fixed sleep
+    would only make that likely).
+    """
+    probe, data = c.v2(key=KeyPair.generate())
+    await c.rig.attack(c.notice_topic, data, retain=False)
+    await c.reports.wait_state("rejected", probe.notice_id)
+
+
 # --- the attacks: each publishes something and returns the notice id to look for -----------
 
 
@@ -145,7 +157,7 @@ async def rollback_lower_seq(c: Ctx) -> str:
 async def replay_superseded(c: Ctx) -> str:
     """The exact bytes of the installed notice, after a cancel moved the sequence on."""
     await publish(c.rig.broker, c.notice_topic, c.signer.cancel(DEV, rollout_id="r-none"))
-    await asyncio.sleep(0.3)
+    await barrier(c)  # the cancel moved the sequence on
     await c.rig.attack(c.notice_topic, c.genuine_bytes, retain=False)
     return c.genuine.notice_id
 
@@ -249,7 +261,8 @@ async def rotation_without_old_root(c: Ctx) -> str:
     await c.rig.attack(c.topics.keyring(2), ring)
     notice, data = c.v2(key=evil_signing)
     await c.rig.attack(c.notice_topic, data)
-    await asyncio.sleep(0.3)
+    # The notice's rejection comes after the keyring was handled (one receive loop, in order).
+    await c.reports.wait_state("rejected", notice.notice_id)
     assert c.rig.agent is not None
     assert c.rig.agent.trust.trusted.keyring.version == 1
     return notice.notice_id
@@ -283,7 +296,7 @@ async def duplicate_qos1(c: Ctx) -> str:
     """The genuine notice delivered again (QoS 1 redelivery): ignored, no report."""
     for _ in range(3):
         await c.rig.attack(c.notice_topic, c.genuine_bytes, retain=False)
-    await asyncio.sleep(0.5)
+    await barrier(c)  # every duplicate was handled: any report it caused has been sent
     return c.genuine.notice_id
 
 
@@ -386,13 +399,11 @@ async def test_attack_installs_nothing(
         try:
             notice_id = await attack.run(ctx)
             if attack.state is None:
-                before = list(reports.reports)
-                await asyncio.sleep(0.5)
+                # The attack ended on a barrier: a report the duplicates caused came before.
                 assert reports.states(notice_id) == [
                     "notified", "downloading", "downloaded", "installing", "installed",
                     "succeeded",
                 ], "a duplicate must not start a second install"  # fmt: skip
-                assert reports.reports == before
             else:
                 got = await reports.wait_state(attack.state, notice_id, within=30)
                 assert got.error is not None

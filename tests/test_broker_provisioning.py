@@ -231,8 +231,7 @@ def test_broker_run_prints_connection_info_and_stops_on_sigterm(tmp_path: Path) 
         finally:
             p.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        assert _terminate(proc) == 0
 
 
 def test_revoke_works_when_the_broker_is_reloaded_by_someone_else(
@@ -291,8 +290,22 @@ def _broker_run(cwd: Path, *args: str) -> Iterator[dict[str, Any]]:
                 break
         yield json.loads(b"".join(lines))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        assert _terminate(proc) == 0
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then read the pipes to their end and close them; the exit status.
+
+    ``communicate`` drains both pipes while waiting (a child blocked writing to a full
+    stderr pipe would never exit) and closes them (no unclosed-file warnings).
+    """
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+    return proc.returncode
 
 
 def _provision_args(device_id: str, data: str, out: str) -> list[str]:

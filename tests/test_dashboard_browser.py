@@ -30,6 +30,8 @@ from browser_helpers import (
 from dashboard_fleet import Fleet
 from device_helpers import wait_async
 
+from fleetpush_common.clock import ManualClock
+from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 
@@ -52,6 +54,45 @@ async def fleet(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> Asyn
         await f.stop()
 
 
+class OrchestratorClock:
+    """The orchestrator's manual clock: stands still until ``run()``, then moves a second
+    every 0.1 s with an engine pass each, until the test ends."""
+
+    def __init__(self, fleet: Fleet, clock: ManualClock) -> None:
+        self.fleet = fleet
+        self.manual = clock
+        self._task: asyncio.Task[None] | None = None
+
+    def run(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self.fleet.orch is not None
+        while True:
+            self.manual.advance(1.0)
+            self.fleet.orch.engine.wake()
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+
+
+@pytest.fixture
+async def clocked_fleet(
+    tmp_path: Path, broker: MosquittoBroker, topics: Topics
+) -> AsyncIterator[tuple[Fleet, OrchestratorClock]]:
+    """A fleet whose orchestrator runs on a manual clock: soaks end when the test says."""
+    manual = ManualClock(time.time())
+    f = Fleet(tmp_path, broker, topics, clock=manual)
+    clock = OrchestratorClock(f, manual)
+    await f.start()
+    try:
+        yield f, clock
+    finally:
+        await clock.stop()
+        await f.stop()
+
+
 async def start_fleet(fleet: Fleet, n: int, failing: set[int]) -> dict[str, Any]:
     for i in range(n):
         await fleet.add_device(f"dev-{i:02d}", healthy=i not in failing)
@@ -60,8 +101,9 @@ async def start_fleet(fleet: Fleet, n: int, failing: set[int]) -> dict[str, Any]
 
 
 async def test_operator_watches_pauses_resumes_and_reads_a_failure(
-    browser: Any, fleet: Fleet, tmp_path: Path
+    browser: Any, clocked_fleet: tuple[Fleet, OrchestratorClock], tmp_path: Path
 ) -> None:
+    fleet, clock = clocked_fleet
     shots = Shots(tmp_path / "screenshots", "operator")
     release = await start_fleet(fleet, 6, failing={3})
     page = await sign_in(browser, fleet, "operator", LAPTOP)
@@ -88,6 +130,7 @@ async def test_operator_watches_pauses_resumes_and_reads_a_failure(
         arg=[phase1, phase1_devices],
     )
     succeeded_after_phase1 = int(await text(page, f"{card} [data-count=succeeded]"))
+    # The orchestrator's clock stands still: the 3 s soak is not over, whatever the load.
     assert succeeded_after_phase1 < 5, "phase 2 must not have started during the soak"
     await shots.take(page, "rollout-phase1-soaking")
 
@@ -97,7 +140,6 @@ async def test_operator_watches_pauses_resumes_and_reads_a_failure(
     assert (await fleet.api("viewer", "GET", f"/v1/rollouts/{rid}"))["state"] == "paused"
     assert await page.locator(f"{card} [data-action=resume]").is_visible()
     assert await page.locator(f"{card} [data-action=pause]").count() == 0
-    paused_at = time.monotonic()
     await shots.take(page, "rollout-paused")
     await page.click("#nav a[data-view=overview]")
     await page.wait_for_selector("[data-stat=active]:has-text('1')")
@@ -107,15 +149,19 @@ async def test_operator_watches_pauses_resumes_and_reads_a_failure(
     await shots.take(page, "overview-paused")
     await page.click("#nav a[data-view=rollouts]")
     await page.wait_for_selector(f"{card}[data-state=paused]")
-    # Longer than the soak: a running rollout would have opened phase 2 by now.
-    await asyncio.sleep(max(0.0, 3.5 - (time.monotonic() - paused_at)))
+    # Past the soak, then a whole engine pass: a running rollout would have opened phase 2.
+    clock.manual.advance(3.5)
+    assert fleet.orch is not None
+    await fleet.orch.engine.tick()
     paused = await fleet.api("viewer", "GET", f"/v1/rollouts/{rid}")
     assert paused["state"] == "paused"
     assert paused["phases"][1]["pending"] == paused["phases"][1]["devices"]
     assert await text(page, f"{card} tr[data-phase='2'] [data-phase-count=succeeded]") == "0"
 
-    # Resume: the page follows the rollout to completion, still without a reload.
+    # Resume: the page follows the rollout to completion, still without a reload (time
+    # runs from here on, so the resumed rollout's soak ends).
     await page.click(f"{card} [data-action=resume]")
+    clock.run()
     await page.wait_for_selector(f"{card}[data-state=completed]", timeout=30_000)
     await page.wait_for_function(
         "sel => document.querySelector(sel)?.textContent === '5'",
@@ -262,8 +308,10 @@ async def test_viewer_on_a_phone_can_look_but_not_pause(
     # The phone layout: every view fits the screen's width.
     for view in ("overview", "devices", "releases"):
         await page.click(f"#nav a[data-view={view}]")
+        # Marked active in the same step that renders the view: the view on screen is this
+        # one, not the previous (scrollWidth then lays the page out before answering).
+        await page.wait_for_selector(f"#nav a.active[data-view={view}]")
         await page.wait_for_selector("#view section")
-        await asyncio.sleep(0.1)
         assert await no_horizontal_scroll(page), f"{view} scrolls sideways on a phone"
     await page.click("#nav a[data-view=overview]")
     await page.wait_for_selector("[data-stat=online]:has-text('3')")

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -46,6 +47,21 @@ def mosquittos_under(folder: Path) -> list[int]:
     return found
 
 
+def rollouts_under(folder: Path) -> int:
+    """Rollouts in the database of the demo running under ``folder`` (0 until it has one)."""
+    for db in folder.glob("fleetpush-demo-*/orch/fleetpush.db"):
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+            try:
+                (n,) = con.execute("SELECT count(*) FROM rollouts").fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error:  # not created or not migrated yet
+            continue
+        return int(n)
+    return 0
+
+
 def demo_env(tmp_path: Path) -> dict[str, str]:
     # The demo's temporary folder goes under tmp_path, so the test can see what is left.
     return {**os.environ, "TMPDIR": str(tmp_path), "PATH": f"/usr/sbin:{os.environ['PATH']}"}
@@ -79,12 +95,14 @@ def test_demo_stops_everything_on_sigterm(tmp_path: Path) -> None:
         env=demo_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while not mosquittos_under(tmp_path):  # wait until the stack is up
-            assert time.monotonic() < deadline, "the demo never started Mosquitto"
+        # Until the rollout exists: with its 30 s soak it is then certainly under way, so
+        # the signal lands while agents, orchestrator and broker all run.
+        deadline = time.monotonic() + 60
+        while not rollouts_under(tmp_path):
+            assert time.monotonic() < deadline, "the demo never started its rollout"
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.1)
-        time.sleep(3)  # the devices are starting or the rollout is soaking
+        assert mosquittos_under(tmp_path)
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     finally:

@@ -49,13 +49,15 @@ def _fleetpush(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM; wait while reading the pipes to their end (a child blocked on a full pipe
+    never exits), then close them."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(20)
+        proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait()
+        proc.communicate()
 
 
 def _read_json(stream: IO[bytes]) -> dict[str, Any]:
