@@ -22,6 +22,7 @@ from typing import Any
 import aiomqtt
 from aiohttp import web
 
+from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.envelope import decode_message, encode_message
 from fleetpush_protocol.messages import Ack, Report
 from fleetpush_protocol.topics import Topics
@@ -181,10 +182,8 @@ class ReportCollector:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # Its loop awaits PUBACKs through aiomqtt's wait_for, which can swallow one cancel.
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         from paho.mqtt.packettypes import PacketTypes

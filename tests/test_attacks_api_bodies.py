@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 from orch_helpers import TOKENS, Setup, setup, wait_until
 
+from fleetpush_common.tasks import cancel_and_wait
+
 __all__ = ["setup"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -82,8 +84,10 @@ async def test_chunked_json_body_over_the_limit_is_413(setup: Setup) -> None:
     try:
         status, body = await _response(reader)
     finally:
-        sender.cancel()
-        writer.close()
+        await cancel_and_wait(sender)
+        # Abort, not close: close() would first flush the unsent megabytes to a server that
+        # stopped reading, keeping the connection (and the server's shutdown) open.
+        writer.transport.abort()
     assert status == 413, body
     assert "http.max_json_bytes" in body["error"]
 

@@ -12,7 +12,6 @@ notice and its ``failed`` report paused the rollout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from orch_helpers import TOKENS, Setup, setup, wait_until
 
+from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.envelope import decode_envelope, encode_message, parse
 from fleetpush_protocol.messages import (
     ErrorInfo,
@@ -168,9 +168,7 @@ async def test_device_claiming_groups_is_not_targeted_notified_or_counted(setup:
             await wait_until(keyring_again, what="the keyring barrier")
             assert hostile.notices == []
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await cancel_and_wait(listener)
 
     db = sqlite3.connect(f"file:{s.orch.config.data_dir / 'fleetpush.db'}?mode=ro", uri=True)
     try:

@@ -28,6 +28,7 @@ from device_helpers import wait_for, write_config
 
 from device_client.agent import DeviceAgent
 from device_client.config import load_config as load_device_config
+from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.signing import Signer
 from orchestrator.broker import MosquittoBroker, free_port
@@ -194,9 +195,7 @@ async def test_a_device_refused_by_the_broker_says_so_at_the_default_level(  # n
         await wait_for(lambda: bool(said()), within=30, what="an error about the refusal")
     finally:
         agent.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
     message = said()[0].getMessage()
     expected = "refused the login" if how == "wrong password" else "TLS with the broker"
     assert expected in message, message

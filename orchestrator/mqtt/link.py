@@ -227,7 +227,9 @@ class MqttLink:
             try:
                 await proto.lost.wait()
             finally:
-                pinger.cancel()
+                # Awaited: a pinger merely cancelled could still be pending when the link's
+                # loop closes ("Task was destroyed but it is pending").
+                await cancel_and_wait(pinger)
             self.connected.clear()
             if self._stopping:
                 return
