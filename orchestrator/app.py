@@ -104,6 +104,11 @@ class Orchestrator:
             on_batch=on_batch, publish=link.publish_many,
         )  # fmt: skip
         link.on_message = ingestor.on_message
+
+        def on_connect() -> None:
+            loop.call_soon_threadsafe(engine.broker_connected)
+
+        link.on_connect = on_connect
         ingestor.start()
         await asyncio.to_thread(link.start)
         await self.publish_keyrings()

@@ -109,11 +109,22 @@ class RolloutEngine:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_republish = -1e18
+        self._resend_sent = False  # the broker (re)connected: its retained notices may be gone
 
     # --- loop ----------------------------------------------------------------------------
 
     def wake(self) -> None:
         """Run the next pass now (thread-safe only via ``loop.call_soon_threadsafe``)."""
+        self._wake.set()
+
+    def broker_connected(self) -> None:
+        """The link (re)connected: next pass, publish again every notice no device answered.
+
+        A PUBACK is not a save: a broker killed before its next autosave comes back without
+        notices it acknowledged, and a device that had not taken its notice would wait until
+        the device timeout. Devices ignore a notice they already have.
+        """
+        self._resend_sent = True
         self._wake.set()
 
     async def run(self) -> None:
@@ -136,6 +147,9 @@ class RolloutEngine:
             if now - self._last_republish >= REPUBLISH_EVERY_S:
                 self._last_republish = now
                 await self.republish(now)
+            if self._resend_sent:
+                self._resend_sent = False
+                await self.resend_sent(now)
             rollouts = await self.db.run(lambda s: s.list_rollouts(ACTIVE_ROLLOUT_STATES))
             if now - self._last_follow >= self.follow_every_s:
                 self._last_follow = now
@@ -360,6 +374,13 @@ class RolloutEngine:
         records = await self.db.run(lambda s: s.unpublished_notices())
         if records:
             logger.info("publishing %d stored notice(s) again", len(records))
+            await self._publish(records, now)
+
+    async def resend_sent(self, now: float) -> None:
+        """Publish again the notices whose devices have not answered (``broker_connected``)."""
+        records = await self.db.run(lambda s: s.sent_notices())
+        if records:
+            logger.info("publishing %d notice(s) no device answered yet again", len(records))
             await self._publish(records, now)
 
     async def cancel(self, r: RolloutRecord, now: float, *, state: str, reason: str) -> int:

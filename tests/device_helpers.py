@@ -137,6 +137,10 @@ class PayloadServer:
 
 
 def orchestrator_client(broker: MosquittoBroker, identifier: str | None = None) -> aiomqtt.Client:
+    """A client logged in as the orchestrator: only while no orchestrator runs (the broker
+    makes the username the client id, so the two would take each other's session over).
+    A test that reads beside a running orchestrator adds an identity of its own
+    (``broker.add_orchestrator``), as ``ReportCollector`` does."""
     return aiomqtt.Client(
         broker.host,
         broker.port,

@@ -77,9 +77,15 @@ async def test_rotation_publishes_every_keyring_retained(setup: Setup, tmp_path:
     done = await Api(s.session, s.api.base, TOKENS["admin"]).call("POST", "/v1/keys/reload")
     assert done == {"version": 2, "published": 2}
     seen: dict[str, bytes] = {}
+    # An identity of its own: the broker makes the username the client id, so logging in as
+    # the orchestrator would take over the running orchestrator's session, and its link
+    # would take it back mid-read (the reader then failed with "[code:128] Unspecified
+    # error" or "[code:142] Session taken over", depending on who read first).
+    password = s.broker.add_orchestrator("keyring-reader")
+    s.broker.reload()
     async with aiomqtt.Client(
-        s.broker.host, s.broker.port, username=s.broker.ORCHESTRATOR_USER,
-        password=s.broker.orchestrator_password, identifier="keyring-reader",
+        s.broker.host, s.broker.port, username="keyring-reader", password=password,
+        identifier="keyring-reader", protocol=aiomqtt.ProtocolVersion.V5,
     ) as client:  # fmt: skip
         await client.subscribe(s.fleet.topics.keyring_filter, qos=1)
 

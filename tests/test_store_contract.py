@@ -417,6 +417,21 @@ def test_notices_supersede_publish_and_wait(store: Store) -> None:
     assert len(store.unpublished_notices(limit=0)) == 0
 
 
+def test_sent_notices_are_the_published_ones_no_device_answered(store: Store) -> None:
+    # What the engine publishes again after a broker reconnect (it may have lost them).
+    store.ensure_devices(["a", "b"], T0)
+    r = _rollout(store, ["a", "b"])
+    store.save_notices([_notice(r.id, "a1", "a", 1), _notice(r.id, "b1", "b", 1)], {})
+    assert store.sent_notices() == []  # never published: the republish path's
+    store.mark_published(["a1"])
+    assert [(n.notice_id, n.envelope) for n in store.sent_notices()] == [("a1", b"\x00env\xff")]
+    store.mark_published(["b1"])
+    assert [n.notice_id for n in store.sent_notices()] == ["a1", "b1"]
+    assert len(store.sent_notices(limit=1)) == 1
+    store.cancel_targets(r.id, T0 + 2, "operator")
+    assert store.sent_notices() == []
+
+
 def test_a_report_about_a_replaced_notice_still_belongs_to_its_device(store: Store) -> None:
     r = _rollout(store, ["a"])
     store.save_notices([_notice(r.id, "a1", "a", 1)], {})

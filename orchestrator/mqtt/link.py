@@ -101,6 +101,7 @@ class MqttLink:
         config: broker address, credentials and topic prefix.
         subscriptions: topic filters subscribed (QoS 1) on every connect.
         on_message: called on the link's thread for every message; must call ``ack``.
+        on_connect: called on the link's thread after each CONNACK (``on_connect`` attribute).
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class MqttLink:
         self.config = config
         self.subscriptions = tuple(subscriptions)
         self.on_message = on_message
+        self.on_connect: Callable[[], None] | None = None
         self.connected = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -269,6 +271,8 @@ class MqttLink:
             self._outbox.extendleft(reversed(entries))
         self.connected.set()
         self._pump()
+        if self.on_connect is not None:
+            self.on_connect()
 
     async def _keepalive(self, proto: MqttProtocol) -> None:
         """PINGREQ at half the keepalive; close the connection if the broker falls silent."""

@@ -129,6 +129,18 @@ class NoticeMethods(SqlBase):
             )
             self._bump("notices_published", len(notice_ids))
 
+    def sent_notices(self, limit: int = 100_000) -> list[NoticeRecord]:
+        """Published notices whose device has not answered yet (its target still sent)."""
+        return [
+            rows.notice(r)
+            for r in self._execute(
+                f"SELECT {rows.NOTICE_COLS} FROM notices WHERE published = 1 AND notice_id IN "
+                "(SELECT notice_id FROM rollout_targets WHERE state = ?) "
+                "ORDER BY issued_at, notice_id LIMIT ?",
+                (SENT, limit),
+            )
+        ]
+
     def unpublished_notices(self, limit: int = 10_000) -> list[NoticeRecord]:
         return [
             rows.notice(r)
