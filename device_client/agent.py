@@ -151,7 +151,7 @@ class DeviceAgent:
         try:
             await self._stop.wait()
         finally:
-            self.runner.stopping = True  # a notice handled while stopping starts no job
+            self.runner.stopping = True
             await cancel_and_wait(inbox)
             await self.runner.cancel()
             self.persisted.flush()
@@ -169,6 +169,7 @@ class DeviceAgent:
 
     def stop(self) -> None:
         """Ask ``run`` to return (safe from a signal handler)."""
+        self.runner.stopping = True  # from now on a notice starts no job: it resumes later
         if self._stop is not None:
             self._stop.set()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from device_client.config import DeviceConfig
 from device_client.jobs.runner import JobRunner
@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 MAX_ACK_UNKNOWN_BYTES = 1024  # an ack is small: unknown fields beyond this are refused
 LANE_SIZE = 256  # keyrings and notices waiting to be handled before the receive loop waits
+
+_Handle = Callable[[bytes], Awaitable[None]]
 
 
 class MessageRouter:
@@ -70,7 +72,7 @@ class MessageRouter:
         self._runner = runner
         self._clock = clock
         self._identity: DeviceIdentity | None = None
-        self._lane: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(LANE_SIZE)
+        self._lane: asyncio.Queue[tuple[_Handle, str, bytes]] = asyncio.Queue(LANE_SIZE)
 
     @property
     def subscriptions(self) -> list[str]:
@@ -95,21 +97,23 @@ class MessageRouter:
         if not payload:
             return  # a cleared retained message
         if topic == self.ack_topic:
-            self._on_ack(payload)
-        elif topic.startswith(self._keyring_prefix) or topic in self.notice_topics:
-            await self._lane.put((topic, payload))
+            try:
+                self._on_ack(payload)
+            except Exception:
+                logger.exception("%s: failed to handle an ack", self.device_id)
+        elif topic.startswith(self._keyring_prefix):
+            await self._lane.put((self._on_keyring, topic, payload))
+        elif topic in self.notice_topics:
+            await self._lane.put((self._on_notice, topic, payload))
         else:
             logger.debug("%s: message on unexpected topic %s", self.device_id, topic)
 
     async def run(self) -> None:
         """Handle the lane's messages one at a time, in order, until cancelled."""
         while True:
-            topic, payload = await self._lane.get()
+            handle, topic, payload = await self._lane.get()
             try:
-                if topic in self.notice_topics:
-                    await self._on_notice(payload)
-                else:
-                    await self._on_keyring(payload)
+                await handle(payload)
             except Exception:
                 logger.exception("%s: failed to handle a message on %s", self.device_id, topic)
             finally:

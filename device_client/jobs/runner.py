@@ -158,7 +158,6 @@ class JobRunner:
         self._wake.set()
 
     async def _run(self) -> None:
-        st = self.persisted.state
         while True:
             st = self.persisted.state
             job = st.job
