@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from agent_sim import AgentSim, running
 
+from device_client.jobs.runner import JobRunner
 from device_client.jobs.states import Job, JobState
 from device_client.store import StateStore
 from fleetpush_common.clock import ManualClock
@@ -287,3 +288,8 @@ async def test_restart_mid_health_check(sim: AgentSim, attempts: int, outcome: s
             assert report is not None
             assert report.error is not None
             assert report.error.code == FailureCode.INTERRUPTED
+
+
+def test_every_state_a_job_can_be_persisted_in_has_one_step() -> None:
+    final = {JobState.SUCCEEDED, JobState.FAILED, JobState.ROLLED_BACK, JobState.CANCELED}
+    assert set(JobRunner.STEPS) == set(JobState) - final
