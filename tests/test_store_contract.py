@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -222,6 +223,31 @@ def test_reports_out_of_order_never_move_a_target_back(store: Store) -> None:
     store.ingest([_report("a", 4, "n", ReportState.DOWNLOADING, r.id)], T0 + 2)
     (t,) = store.list_targets(r.id)
     assert (t.state, t.reason, t.delivered) == ("failed", "E_X: boom", True)
+
+
+def test_a_large_batch_moves_each_target_to_its_latest_report(store: Store) -> None:
+    # More reports than one INSERT statement takes, several per target, out of order, with
+    # redeliveries inside the batch and of an earlier batch.
+    r = _rollout(store, ["a", "b"])
+    store.save_notices([_notice(r.id, "n-a", "a", 1), _notice(r.id, "n-b", "b", 2)],
+                       {"a": True, "b": True})  # fmt: skip
+    store.ingest([_report("a", 150, "n-a", ReportState.DOWNLOADING, r.id)], T0)
+    counters = list(range(1, 301))
+    random.Random(7).shuffle(counters)
+    batch = [_report("a", c, "n-a", ReportState.DOWNLOADING, r.id) for c in counters if c != 300]
+    batch.insert(120, _report("a", 300, "n-a", ReportState.SUCCEEDED, r.id))
+    batch.append(_report("a", 5, "n-a", ReportState.DOWNLOADING, r.id))
+    batch += [_report("b", 3, "n-b", ReportState.FAILED, r.id,
+                      error=ErrorInfo(code="E_X", message="boom")),
+              _report("b", 1, "n-b", ReportState.DOWNLOADING, r.id)]  # fmt: skip
+    result = store.ingest(batch, T0 + 1)
+    assert (result.accepted, result.duplicates, result.rejected) == (301, 2, 0)
+    assert sorted(result.stored["a"]) == sorted([*range(1, 301), 5])
+    targets = {t.device_id: t for t in store.list_targets(r.id)}
+    assert (targets["a"].state, targets["a"].reason) == ("succeeded", "")
+    assert (targets["b"].state, targets["b"].reason) == ("failed", "E_X: boom")
+    assert len(store.device_history("a", limit=1000)) == 300
+    assert store.counters()["reports_ingested"] == 302
 
 
 def test_reports_are_stored_once_under_concurrent_writers(database: DatabaseConfig) -> None:
