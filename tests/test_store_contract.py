@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import random
 import sqlite3
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from orchestrator.store import (
     ReleaseRecord,
     RolloutRecord,
     SchemaError,
+    SQLiteStore,
     Store,
     StoreUnavailableError,
     open_store,
@@ -38,6 +41,7 @@ from orchestrator.store import (
 from orchestrator.store.postgres import redact
 from orchestrator.store.postgres.local import LocalPostgres
 from orchestrator.store.schema import MIGRATIONS
+from orchestrator.store.sqlite.checkpoint import BACKSTOP_PAGES
 
 T0 = 1_700_000_000.0
 pytestmark = pytest.mark.integration
@@ -504,6 +508,30 @@ def test_postgres_restart_is_survived_by_the_pool(postgres: LocalPostgres) -> No
         store.close()
     finally:
         pg.stop()
+
+
+def test_sqlite_checkpoints_on_a_thread_of_their_own(tmp_path: Path) -> None:
+    # Once ingestion starts, the WAL is copied back into the database by the store's
+    # checkpoint thread; the writer's own automatic checkpoint is only a backstop, far
+    # above one batch.
+    path = tmp_path / "db.sqlite"
+    store = SQLiteStore(path)
+    try:
+        store.migrate()
+        r = _rollout(store, ["a"])
+        store.save_notices([_notice(r.id, "n", "a", 1)], {"a": True})
+        before = path.stat().st_size
+        batch = [_report("a", c, "n", ReportState.DOWNLOADING, r.id) for c in range(1, 3001)]
+        assert store.ingest(batch, T0).accepted == 3000
+        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == BACKSTOP_PAGES
+        deadline = time.monotonic() + 60
+        while path.stat().st_size <= before + 100_000:  # the reports' pages, checkpointed
+            assert time.monotonic() < deadline, "nothing was checkpointed"
+            time.sleep(0.05)
+        assert "fleetpush-db-checkpoint" in {t.name for t in threading.enumerate()}
+    finally:
+        store.close()
+    assert "fleetpush-db-checkpoint" not in {t.name for t in threading.enumerate()}
 
 
 # --- configuration -----------------------------------------------------------------------
