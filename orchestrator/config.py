@@ -36,7 +36,7 @@ Example::
     # connect_timeout = "10s"
 
     [ingest]
-    batch_rows = 2000
+    batch_rows = 10000                   # under a backlog; else what came within batch_interval
     batch_interval = "100ms"
     max_report_bytes = 8192              # larger reports are dropped and counted
     max_unknown_bytes = 1024             # unknown fields a device message may carry
@@ -121,7 +121,10 @@ class MqttConfig:
 
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
-    batch_rows: int = 2000  # rows per database transaction at most
+    # Rows per database transaction at most. Batches are this large only under a backlog
+    # (else a batch is what came within batch_interval_s), and then large ones pay: every
+    # batch rewrites a page of the reports table per device (docs/performance.md).
+    batch_rows: int = 10_000
     batch_interval_s: float = 0.1  # seconds a report may wait for its batch
     max_report_bytes: int = 8192  # bytes; a maximal honest report is about 5.5 KiB
     max_unknown_bytes: int = 1024  # bytes of unknown fields per device message
@@ -360,7 +363,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     keys_dir = (base / k.text("dir", str(data_dir / "keys"))).resolve()
     i = top.sub("ingest")
     ingest = IngestConfig(
-        batch_rows=i.integer("batch_rows", 2000, 1, 100_000),
+        batch_rows=i.integer("batch_rows", 10_000, 1, 100_000),
         batch_interval_s=i.duration("batch_interval", 0.1, 0.001, 10.0),
         max_report_bytes=i.integer("max_report_bytes", 8192, 1024, 65536),
         max_unknown_bytes=i.integer("max_unknown_bytes", 1024, 0, 65536),
