@@ -177,8 +177,16 @@ async def test_fuzzed_messages_on_every_topic_change_nothing(setup: Setup) -> No
 
     # Both alive, nothing installed, nothing counted.
     assert s.fleet.tasks["fz-dev"].done() is False
-    assert agent.session is not None
-    assert agent.session.connected.is_set()
+    session = agent.session
+    assert session is not None
+
+    async def connected() -> bool:
+        return session.connected.is_set()
+
+    # Connected again if it had to reconnect: on a loaded machine a report's PUBACK can miss
+    # the session's timeout while the broker relays the flood, and the session then
+    # reconnects by design (alive is what counts, not the state at one instant).
+    await wait_until(connected, within=30, what="the agent connected")
     assert agent.state.job is None
     assert agent.state.installed is None
     assert agent.trust.trusted.keyring.version == 1  # the orchestrator's keyring, only

@@ -420,8 +420,11 @@ async def test_an_accepted_notice_is_one_state_write(rig: Rig) -> None:
     store.save = save  # type: ignore[method-assign]
     notice = await rig.send(RELEASE, [rig.server.add("a.tar", RELEASE)])
     await rig.reports.wait_state("deferred", notice.notice_id)
-    assert written, "the notice was persisted"
-    assert written[0] == ("deferred", 2)  # the notified and deferred reports, one write
+    # Writes without a job (a keyring or ack handled late on a busy machine) are not the
+    # notice's: its first write is the one that holds the job.
+    jobs = [w for w in written if w[0] is not None]
+    assert jobs, "the notice was persisted"
+    assert jobs[0] == ("deferred", 2)  # the notified and deferred reports, one write
     assert all(job_state != "notified" for job_state, _ in written)
     persisted = store.load().job
     assert persisted is not None
