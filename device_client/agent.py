@@ -34,15 +34,18 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
+
 from device_client import __version__
 from device_client.commands import run_command
 from device_client.config import DeviceConfig
 from device_client.errors import UpdateError
 from device_client.handlers import Handler, InstallRequest, make_handler
 from device_client.jobs.health import check_health
-from device_client.jobs.policy import install_blocked
+from device_client.jobs.policy import Blocked, install_blocked
 from device_client.jobs.states import CANCELABLE, Job, JobState
 from device_client.store import AgentState, StateStore
+from device_client.transport.delta_fetch import BaseStore, DeltaFetcher
 from device_client.transport.fetcher import Fetcher, hash_file
 from device_client.transport.outbox import Kind
 from device_client.transport.session import MqttSession, Publication
@@ -115,6 +118,8 @@ class DeviceAgent:
         self.downloads = config.device.state_dir / "downloads"
         self.handler: Handler = make_handler(config.install)
         self.fetcher = Fetcher(config.download, user_agent=f"fleetpush-device/{__version__}")
+        self.bases = BaseStore(config.device.state_dir / "base")
+        self.deltas = DeltaFetcher(self.fetcher, config.download, self.bases)
         self.state = AgentState()
         anchor = TrustedKeyring.anchor(config.trust.root_keys, config.trust.root_threshold)
         self._anchor = anchor
@@ -415,6 +420,7 @@ class DeviceAgent:
         error: ErrorInfo | None = None,
         progress: Progress | None = None,
         detail: str = "",
+        downloaded: int | None = None,
     ) -> None:
         version = self.state.current_version
         at = int(self.clock())
@@ -432,6 +438,8 @@ class DeviceAgent:
                 reported_at=at,
                 progress=progress,
                 error=error,
+                detail=detail[:1024] if detail else msgspec.UNSET,
+                downloaded=msgspec.UNSET if downloaded is None else downloaded,
             )
             return encode_message(report)
 
@@ -453,21 +461,25 @@ class DeviceAgent:
         error: ErrorInfo | None = None,
         progress: Progress | None = None,
         detail: str = "",
+        downloaded: int | None = None,
     ) -> None:
         self._report(
             job.notice_id, job.rollout_id, job.reply_topic, state,
-            error=error, progress=progress, detail=detail,
+            error=error, progress=progress, detail=detail, downloaded=downloaded,
         )  # fmt: skip
 
     # --- the state machine -----------------------------------------------------------------
 
-    def _transition(self, job: Job, state: JobState, *, detail: str = "", **changes: object) -> Job:
+    def _transition(
+        self, job: Job, state: JobState, *, detail: str = "", downloaded: int | None = None,
+        **changes: object,
+    ) -> Job:  # fmt: skip
         """Persist ``job`` in ``state`` together with its report, then return it."""
         job = job.advance(state, **changes)
         logger.debug("%s: %s -> %s", self.device_id, job.notice_id, state.value)
         self.state.job = job
         if (rs := state.report_state) is not None:
-            self._report_job(job, rs, detail=detail)
+            self._report_job(job, rs, detail=detail, downloaded=downloaded)
         self._save()
         return job
 
@@ -576,13 +588,22 @@ class DeviceAgent:
 
     async def _wait_for_policy(self, job: Job) -> None:
         reason = ""
-        while (blocked := install_blocked(self.config.policy, self.clock())) is not None:
+        while (blocked := await self._blocked(job)) is not None:
             if blocked.reason != reason:
                 if reason:  # the reason changed (hold over, now a window): say so
                     job = self._transition(self.state.job or job, JobState.DEFERRED,
                                            detail=blocked.reason)  # fmt: skip
                 reason = blocked.reason
             await self._sleep_until(blocked.until)
+
+    async def _blocked(self, job: Job) -> Blocked | None:
+        if (blocked := install_blocked(self.config.policy, self.clock())) is not None:
+            return blocked
+        if self._files(job)[1].exists():
+            return None  # downloaded already: a metered link no longer matters
+        notice = decode_message(job.notice)
+        assert isinstance(notice, UpdateNotice)  # noqa: S101
+        return await self.deltas.metered_block(notice, self.clock())
 
     async def _sleep_until(self, until: float) -> None:
         assert self._wake is not None  # noqa: S101
@@ -604,6 +625,9 @@ class DeviceAgent:
         return digest == notice.payload.sha256
 
     async def _download(self, job: Job, notice: UpdateNotice) -> None:
+        if (metered := await self.deltas.metered_block(notice, self.clock())) is not None:
+            self._transition(job, JobState.DEFERRED, detail=metered.reason)
+            return
         part, dest = self._files(job)
         interval = self.config.download.progress_interval_s
         self._last_progress = time.monotonic()
@@ -618,7 +642,7 @@ class DeviceAgent:
                 self._save()
 
         try:
-            await self.fetcher.fetch(notice.payload, part, dest, progress)
+            got = await self.deltas.fetch(notice, part, dest, progress)
         except ContentError as e:
             self._finish(job, JobState.FAILED, e.code, str(e))
             return
@@ -629,7 +653,7 @@ class DeviceAgent:
             self._finish(job, JobState.FAILED, e.failure, str(e))
             return
         self._verified = job.notice_id
-        self._transition(job, JobState.DOWNLOADED)
+        self._transition(job, JobState.DOWNLOADED, detail=got.detail, downloaded=got.downloaded)
 
     def _request(self, job: Job, notice: UpdateNotice) -> InstallRequest:
         return InstallRequest(
@@ -703,10 +727,21 @@ class DeviceAgent:
         except OSError as e:  # cleanup only: the release is installed and healthy
             logger.warning("%s: cleanup after install failed: %s", self.device_id, e)
         self.state.installed = notice.release  # persisted by _finish's write
+        self._keep_base(job, notice)
         self._finish(job, JobState.SUCCEEDED, "", "")
         if self.session is not None:
             inv = Publication(self.topics.inventory(self.device_id), self._inventory(), True)
             await self.session.publish(inv)
+
+    def _keep_base(self, job: Job, notice: UpdateNotice) -> None:
+        """The installed payload becomes the base of the next delta (docs/device.md)."""
+        try:
+            if self.config.download.keep_base:
+                self.bases.keep(self._files(job)[1], notice.payload.sha256)
+            else:
+                self.bases.clear()
+        except OSError as e:  # only deltas are lost: the next update downloads in full
+            logger.warning("%s: could not keep the base payload: %s", self.device_id, e)
 
     async def _rollback(self, job: Job, notice: UpdateNotice, code: str, why: str) -> None:
         if not self.handler.can_rollback:

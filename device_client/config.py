@@ -108,6 +108,16 @@ class DownloadConfig:
     max_attempts: int = 5  # per URL, for transport errors
     progress_interval_s: float = 5.0  # seconds between progress reports, at least
     chunk_bytes: int = 65536  # bytes read per iteration
+    # Deltas (docs/device.md, "Delta payloads"): the installed release's payload is kept
+    # as the base the next delta applies to; false saves its disk and always downloads in
+    # full. A rebuild may use at most this much memory (the base plus zstd's window).
+    keep_base: bool = True
+    max_rebuild_memory_bytes: int = 512 << 20  # bytes
+    # Metered links: on one, only deltas are fetched (and full payloads inside
+    # ``metered_windows``). ``metered_command`` exiting 0 says the link is metered now.
+    metered: bool = False
+    metered_command: tuple[str, ...] = ()
+    metered_windows: tuple[Window, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +347,14 @@ def parse_config(
         max_attempts=t.integer("max_attempts", 5, 1, 100),
         progress_interval_s=t.number("progress_interval_s", 5.0, 0.1, 3600),
         chunk_bytes=t.integer("chunk_bytes", 65536, 1024, 16 << 20),
+        keep_base=t.boolean("keep_base", True),
+        max_rebuild_memory_bytes=t.integer("max_rebuild_memory_bytes", 512 << 20, 1 << 20, 1 << 40),
+        metered=t.boolean("metered", False),
+        metered_command=t.argv("metered_command"),
+        metered_windows=tuple(
+            _parse_window(t, f"metered_windows[{i}]", w)
+            for i, w in enumerate(t.strings("metered_windows", max_len=24))
+        ),
     )
     install = _install(section("install"), device.state_dir, _unpack(section("unpack")))
     h = section("health")

@@ -313,7 +313,14 @@ class Report(Message, frozen=True, kw_only=True):
 
     counter: Seq
     current_version: Annotated[str, msgspec.Meta(max_length=128)]
+    # Absent unless set, like UpdateNotice.deltas, so reports without them keep their
+    # bytes. ``detail`` says how a step went when that is not a failure (a delta that
+    # did not apply, so the full payload was fetched); ``downloaded`` is the payload
+    # bytes this device actually received over the wire for the notice (deltas, retries
+    # and fallbacks included), on the ``downloaded`` report.
+    detail: Annotated[str, msgspec.Meta(max_length=1024)] | msgspec.UnsetType = msgspec.UNSET
     device_id: Name
+    downloaded: Bytes | msgspec.UnsetType = msgspec.UNSET
     error: ErrorInfo | None = None
     format: int = FORMAT
     notice_id: Name
