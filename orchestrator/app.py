@@ -15,6 +15,7 @@ from fleetpush_common.clock import Clock, SystemClock
 from fleetpush_common.tasks import cancel_and_wait
 from orchestrator.api import ApiContext, build_app
 from orchestrator.config import ConfigError, OrchestratorConfig
+from orchestrator.deltas import DeltaIndex, DeltaMaker
 from orchestrator.engine import RolloutEngine
 from orchestrator.ingest import Ingestor
 from orchestrator.mqtt.link import MqttLink
@@ -80,7 +81,11 @@ class Orchestrator:
         self.signing(self.clock.now())  # fail early without keys
         urls = UrlSigner.from_file(cfg.data_dir / "url-signing.key")
         topics = cfg.mqtt.topics
-        factory = NoticeFactory(topics, cfg.http, urls, cfg.rollouts.notice_ttl_s)
+        payloads = PayloadStore(cfg.payload_dir)
+        delta_index = DeltaIndex(payloads)
+        factory = NoticeFactory(
+            topics, cfg.http, urls, cfg.rollouts.notice_ttl_s, deltas=delta_index
+        )
         self.link = link = MqttLink(
             cfg.mqtt, [topics.reports_filter, topics.presence_filter, topics.inventory_filter]
         )
@@ -112,7 +117,8 @@ class Orchestrator:
             config=cfg,
             db=db,
             clock=self.clock,
-            payloads=PayloadStore(cfg.payload_dir),
+            payloads=payloads,
+            deltas=DeltaMaker(payloads, delta_index, cfg.deltas),
             urls=urls,
             keys=self.keys,
             auth=TokenAuth(db, file_tokens),

@@ -146,6 +146,17 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeltaConfig:
+    """``[deltas]``: made on upload from the releases the field runs (orchestrator/deltas.py)."""
+
+    on_upload: bool = True  # make deltas when a release is uploaded
+    max_bases: int = 3  # the most common field versions a delta is made from, 0..16
+    level: int = 19  # zstd level, 1..22
+    max_payload_bytes: int = 1 << 30  # bytes; larger payloads get no delta (maker memory)
+    max_ratio: float = 0.9  # a delta larger than this share of the full payload is dropped
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     tokens_file: Path | None = None
 
@@ -187,6 +198,7 @@ class OrchestratorConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
+    deltas: DeltaConfig = field(default_factory=DeltaConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     # The device registry provisioning writes (groups and model); None: the broker state
     # ``fleetpush broker run --data`` keeps next to the database.
@@ -381,6 +393,14 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         notice_ttl_s=r.duration("notice_ttl", 7 * 86400.0, 60.0, 365 * 86400.0),
         follow_every_s=r.duration("follow_every", 30.0, 0.1, 3600.0),
     )
+    e = top.sub("deltas")
+    deltas = DeltaConfig(
+        on_upload=e.boolean("on_upload", True),
+        max_bases=e.integer("max_bases", 3, 0, 16),
+        level=e.integer("level", 19, 1, 22),
+        max_payload_bytes=e.integer("max_payload_bytes", 1 << 30, 1, 1 << 31),
+        max_ratio=e.number("max_ratio", 0.9, 0.01, 1.0),
+    )
     a = top.sub("auth")
     tokens_file = a.text("tokens_file", "")
     auth = AuthConfig(tokens_file=(base / tokens_file).resolve() if tokens_file else None)
@@ -388,7 +408,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     registry_file = g.text("file", "")
     d = top.sub("database")
     database = _database(d, base, data_dir)
-    for table in (h, m, k, i, t, r, a, g, d, top):
+    for table in (h, m, k, i, t, r, e, a, g, d, top):
         table.check_unknown()
     return OrchestratorConfig(
         data_dir=data_dir,
@@ -398,6 +418,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         ingest=ingest,
         retention=retention,
         rollouts=rollouts,
+        deltas=deltas,
         auth=auth,
         registry_file=(base / registry_file).resolve() if registry_file else None,
         database_config=database,

@@ -169,6 +169,7 @@ def status_view(
     release: ReleaseRecord,
     counts: dict[int, PhaseCounts],
     states: dict[str, int],
+    downloads: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
     """The rollout with per-phase progress and per-state counts (API and CLI)."""
     total = sum(c.total for c in counts.values())
@@ -202,6 +203,19 @@ def status_view(
         "states": states,
         "phases": phases,
         "gate": gate_view(upto, r.phase + 1, r.spec.success_pct),
+        "bytes": bytes_view(release.size, *downloads),
+    }
+
+
+def bytes_view(payload_size: int, devices: int, downloaded: int) -> dict[str, int]:
+    """What the devices that reported it downloaded, against the full payload each."""
+    full = devices * payload_size
+    return {
+        "payload_size": payload_size,
+        "devices": devices,
+        "downloaded": downloaded,
+        "full": full,
+        "saved": full - downloaded,
     }
 
 
@@ -225,4 +239,7 @@ def spec_from_request(body: dict[str, Any]) -> RolloutSpec:
 
 def rollout_status(s: Store, r: RolloutRecord) -> dict[str, Any]:
     """``status_view`` of ``r``, read from the store in one go (call it on the DB thread)."""
-    return status_view(r, s.get_release(r.release_id), s.phase_counts(r.id), s.state_counts(r.id))
+    return status_view(
+        r, s.get_release(r.release_id), s.phase_counts(r.id), s.state_counts(r.id),
+        s.download_totals(r.id),
+    )  # fmt: skip

@@ -101,19 +101,25 @@ async def test_device_without_the_base_falls_back(rig: Rig) -> None:
     assert device.current() == f"slot-{notice.notice_id}"
 
 
-@pytest.mark.parametrize("fault", ["corrupt", "other_target"])
+@pytest.mark.parametrize("fault", ["corrupt", "other_target", "over_memory"])
 async def test_bad_delta_falls_back_to_the_full_payload(rig: Rig, fault: str) -> None:
     """A delta whose own hash is right but which does not rebuild the pinned payload:
-    corrupt zstd data, or a valid delta to another release. Neither is a failed update."""
-    v1, v2 = releases()
-    device = await rig.start_device()
+    corrupt zstd data, a valid delta to another release, or one that needs more memory
+    than the device allows. None of them is a failed update."""
+    v1, v2 = releases(1 << 20)
+    limit = {"max_rebuild_memory_bytes": 1 << 20}  # the base alone is 1 MiB
+    device = await rig.start_device(
+        sections={"download": limit} if fault == "over_memory" else None
+    )
     await install_v1(rig, v1)
     if fault == "corrupt":
         patch = bytearray(codec.make(v1, v2))
         patch[len(patch) // 2] ^= 0xFF
         bad = bytes(patch)
-    else:
+    elif fault == "other_target":
         bad = codec.make(v1, v2.replace(b"2.0.0\n", b"6.6.6\n"))
+    else:
+        bad = codec.make(v1, v2)
     entry = delta_entry(v1, bad, [rig.server.add("v2.delta", bad)])
     full = rig.server.add("v2.tar", v2)
     notice, data = delta_notice(rig.signer, "dev-001", v2, [full], [entry], topics=rig.topics)
@@ -128,6 +134,8 @@ async def test_bad_delta_falls_back_to_the_full_payload(rig: Rig, fault: str) ->
     assert rig.server.bytes_sent["v2.tar"] == len(v2)
     assert (device.slots / "current" / "VERSION").read_bytes() == b"2.0.0\n"
     assert not any(device.agent.downloads.iterdir())
+    if fault == "over_memory":
+        assert "memory" in downloaded.detail
 
 
 async def test_metered_device_defers_a_full_download(rig: Rig, tmp_path: Path) -> None:

@@ -1,16 +1,21 @@
-"""``/v1/releases``: upload (raw body, metadata in the query), list, show, delete."""
+"""``/v1/releases``: upload (raw body, metadata in the query), list, show, delete, and
+the deltas to a release (made on upload and on demand)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import re
+from typing import Any
 
 from aiohttp import web
 
-from fleetpush_protocol.messages import NAME_PATTERN
-from orchestrator.api.common import audit, ctx, ok, requires
+from fleetpush_protocol.messages import MAX_DELTAS, NAME_PATTERN
+from orchestrator.api.common import audit, ctx, json_body, ok, requires
 from orchestrator.api.context import ApiError
+from orchestrator.deltas import field_bases
 from orchestrator.payloads import PayloadError, TooLargeError, check_tar
-from orchestrator.store import ReleaseRecord
+from orchestrator.store import ReleaseRecord, Store
 
 __all__ = ["HANDLERS", "routes"]
 
@@ -82,7 +87,68 @@ async def upload(request: web.Request) -> web.Response:
     stored = await c.db.run(lambda s: s.add_release(rec))
     await audit(request, "release.upload", f"release/{stored.id}", name=name, version=version,
                 sha256=sha, size=size)  # fmt: skip
-    return ok(stored.to_json(), status=201)
+    body = stored.to_json()
+    if c.deltas is not None and c.config.deltas.on_upload:
+        body["deltas"] = await make_deltas(request, stored, None)
+    return ok(body, status=201)
+
+
+async def make_deltas(
+    request: web.Request, target: ReleaseRecord, versions: list[str] | None
+) -> dict[str, Any]:
+    """Make deltas to ``target`` from ``versions`` (None: the field's most common ones).
+
+    Runs in a thread: level 19 on a large payload takes seconds to minutes, and the answer
+    waits for it so that the caller knows what the next notices will list.
+    """
+    c = ctx(request)
+    maker = c.deltas
+    if maker is None:
+        raise ApiError(409, "deltas are not available on this server")
+    limit = c.config.deltas.max_bases
+    if versions is None:
+        bases = await c.db.run(lambda s: field_bases(s, target, limit))
+    else:
+        bases = [await c.db.run(functools.partial(_find, target.name, v)) for v in versions]
+    made, skipped = await asyncio.to_thread(maker.make, target, bases)
+    if made:
+        await audit(request, "release.deltas", f"release/{target.id}",
+                    bases=[d.base_version for d in made])  # fmt: skip
+    return {
+        "made": [d.to_json() for d in made],
+        "skipped": [k.to_json() for k in skipped],
+        "stored": [d.to_json() for d in maker.index.records(target.sha256)],
+    }
+
+
+def _find(name: str, version: str, store: Store) -> ReleaseRecord:
+    return store.find_release(name, version)
+
+
+@routes.post("/v1/releases/{ref}/deltas")
+@requires("operator")
+async def post_deltas(request: web.Request) -> web.Response:
+    """Body (optional): ``{"from": [VERSION, ...]}``; without it, the field's versions."""
+    rec = await find_release(request, request.match_info["ref"])
+    body = await json_body(request) if request.can_read_body else {}
+    versions = body.get("from")
+    if versions is not None:
+        if not isinstance(versions, list) or not 1 <= len(versions) <= MAX_DELTAS:
+            raise ApiError(400, f"from: a list of 1..{MAX_DELTAS} versions")
+        if not all(isinstance(v, str) and 1 <= len(v) <= 128 for v in versions):
+            raise ApiError(400, "from: each version is a string of 1..128 characters")
+    if set(body) - {"from"}:
+        raise ApiError(400, f"unknown field {sorted(set(body) - {'from'})[0]!r}")
+    return ok(await make_deltas(request, rec, versions))
+
+
+@routes.get("/v1/releases/{ref}/deltas")
+@requires("viewer")
+async def list_deltas(request: web.Request) -> web.Response:
+    c = ctx(request)
+    rec = await find_release(request, request.match_info["ref"])
+    stored = c.deltas.index.records(rec.sha256) if c.deltas is not None else []
+    return ok({"stored": [d.to_json() for d in stored]})
 
 
 @routes.get("/v1/releases")
@@ -123,6 +189,9 @@ async def delete_release(request: web.Request) -> web.Response:
     await c.db.run(lambda s: s.delete_release(rec.id, now))
     if not await c.db.run(lambda s: s.sha256_in_use(rec.sha256)):
         c.payloads.delete(rec.sha256)
+        if c.deltas is not None:  # the deltas to it lead nowhere now
+            for d in c.deltas.index.remove(rec.sha256):
+                c.payloads.delete(d.sha256)
     await audit(request, "release.delete", f"release/{rec.id}", name=rec.name,
                 version=rec.version)  # fmt: skip
     return ok({"deleted": rec.id})

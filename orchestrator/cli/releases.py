@@ -1,4 +1,4 @@
-"""``fleetpush release``: upload (with progress), list, show and delete releases."""
+"""``fleetpush release``: upload (with progress), list, show and delete releases; deltas."""
 
 from __future__ import annotations
 
@@ -71,9 +71,14 @@ def release_upload(
     params += [("model", m) for m in models] + [("arg", a) for a in args]
     params += [("meta", m) for m in meta]
     data = upload(api, file, params)
-    emit(data, as_json, lambda d: click.echo(
-        f"release {d['id']}: {d['name']} {d['version']} ({d['size']} bytes, sha256 {d['sha256']})"
-    ))  # fmt: skip
+
+    def show(d: dict[str, Any]) -> None:
+        click.echo(f"release {d['id']}: {d['name']} {d['version']} ({d['size']} bytes, "
+                   f"sha256 {d['sha256']})")  # fmt: skip
+        if d.get("deltas"):
+            _delta_lines(d["deltas"], d["size"])
+
+    emit(data, as_json, show)
 
 
 @release.command("list")
@@ -100,3 +105,36 @@ def release_delete(api: ApiClient, as_json: bool, ref: str) -> None:
     """Delete a release no active rollout uses."""
     data = api.request("DELETE", f"/v1/releases/{ref}")
     emit(data, as_json, lambda d: click.echo(f"deleted release {d['deleted']}"))
+
+
+def _delta_lines(d: dict[str, Any], size: int | None = None) -> None:
+    for k in d.get("made", []):
+        share = f" ({100 * k['size'] / size:.1f}% of the full payload)" if size else ""
+        click.echo(f"made: from {k['base_version']}: {k['size']} bytes{share}, "
+                   f"{k['method']}, {k['seconds']:g} s")  # fmt: skip
+    for k in d.get("skipped", []):
+        click.echo(f"skipped: from {k['base_version']}: {k['reason']}")
+    stored = d.get("stored", [])
+    click.echo(f"{len(stored)} delta(s) stored: "
+               + (", ".join(f"from {k['base_version']} ({k['size']} bytes)" for k in stored)
+                  or "none"))  # fmt: skip
+
+
+@release.command("deltas")
+@click.argument("ref")
+@click.option(
+    "--from", "versions", multiple=True,
+    help="Base version; repeat. Default: the versions most devices run ([deltas] max_bases).",
+)  # fmt: skip
+@click.option("--list", "list_only", is_flag=True, help="Only show the stored deltas.")
+@api_command
+def release_deltas(
+    api: ApiClient, as_json: bool, ref: str, versions: tuple[str, ...], list_only: bool
+) -> None:
+    """Make (or list) the deltas to release REF (id or name@version)."""
+    if list_only:
+        data = api.request("GET", f"/v1/releases/{ref}/deltas")
+    else:
+        body = {"from": list(versions)} if versions else {}
+        data = api.request("POST", f"/v1/releases/{ref}/deltas", body=body)
+    emit(data, as_json, _delta_lines)

@@ -46,6 +46,12 @@ def render_status(d: dict[str, Any]) -> Group:
                       total=p["devices"], completed=p["succeeded"], info=info)  # fmt: skip
     states = Text("  ".join(f"{k}: {v}" for k, v in sorted(d["states"].items())) or "no devices")
     parts: list[Any] = [head, bars, states]
+    if (b := d.get("bytes")) and b["devices"]:
+        share = f" ({100 * b['saved'] / b['full']:.1f}%)" if b["full"] else ""
+        parts.append(Text(
+            f"downloaded {b['downloaded']:,} bytes by {b['devices']} device(s), "
+            f"{b['full']:,} in full: saved {b['saved']:,}{share}"
+        ))  # fmt: skip
     gate = d.get("gate")
     if gate and d["state"] in ("running", "paused"):
         parts += [Text(line) for line in gate_lines(gate)]

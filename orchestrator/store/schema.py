@@ -133,4 +133,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE devices ADD COLUMN limited_at REAL;
     ALTER TABLE devices ADD COLUMN limited_reason TEXT NOT NULL DEFAULT '';
     """,
+    # 4: bytes each device actually downloaded for its notice (deltas, issue 15); NULL
+    # until its ``downloaded`` report says, and for devices too old to say
+    """
+    ALTER TABLE rollout_targets ADD COLUMN downloaded_bytes INTEGER;
+    """,
 )

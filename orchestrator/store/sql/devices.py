@@ -139,6 +139,16 @@ class DeviceMethods(SqlBase):
         )  # fmt: skip
         return [dict(zip(keys, r, strict=True)) for r in found]
 
+    def version_counts(self) -> dict[str, int]:
+        """How many devices run each release version (an empty version is left out)."""
+        return {
+            str(v): int(n)
+            for v, n in self._execute(
+                "SELECT current_version, COUNT(*) FROM devices WHERE current_version <> '' "
+                "GROUP BY current_version"
+            )
+        }
+
     def online_count(self) -> int:
         row = self._execute("SELECT COUNT(*) FROM devices WHERE online = 1").fetchone()
         return int(row[0])

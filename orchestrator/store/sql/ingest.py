@@ -96,6 +96,7 @@ class IngestMethods(SqlBase):
             )
         }
         updates = []
+        downloads: list[tuple[int, int]] = []  # (rollout id, bytes downloaded)
         seen: dict[str, tuple[float, str]] = {}
         for key, r in batch.items():
             if key not in inserted:
@@ -109,25 +110,44 @@ class IngestMethods(SqlBase):
             result.accepted += 1
             error = r.error
             reason = f"{error.code}: {error.message}"[:500] if error else ""
+            got = r.downloaded if isinstance(r.downloaded, int) else None
+            if got is not None:
+                downloads.append((owner[1], got))
             updates.append(
-                (r.state.value, now, r.counter, reason, owner[1], r.device_id, r.notice_id,
+                (r.state.value, now, r.counter, reason, got, owner[1], r.device_id, r.notice_id,
                  r.counter)
             )  # fmt: skip
         # Reports of one notice may arrive out of order: only a later counter moves it, so
         # the rows can be updated in key order (one lock order for concurrent writers).
-        updates.sort(key=lambda u: (u[4], u[5], u[2]))
+        updates.sort(key=lambda u: (u[5], u[6], u[2]))
         self._executemany(
             "UPDATE rollout_targets SET state = ?, updated_at = ?, last_counter = ?, "
-            "delivered = 1, reason = ? WHERE rollout_id = ? AND device_id = ? "
-            "AND notice_id = ? AND last_counter < ?",
+            "delivered = 1, reason = ?, downloaded_bytes = COALESCE(?, downloaded_bytes) "
+            "WHERE rollout_id = ? AND device_id = ? AND notice_id = ? AND last_counter < ?",
             updates,
         )
+        self._count_downloads(downloads)
         self._executemany(
             "INSERT INTO devices (device_id, first_seen, last_seen, current_version) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
             "last_seen = excluded.last_seen, current_version = excluded.current_version",
             [(d, t, t, v) for d, (t, v) in sorted(seen.items())],
         )
+
+    def _count_downloads(self, downloads: list[tuple[int, int]]) -> None:
+        """Counters of bytes downloaded, and saved against the full payloads (metrics)."""
+        if not downloads:
+            return
+        sizes: dict[int, int] = {}
+        for rollout_id in sorted({rid for rid, _ in downloads}):
+            row = self._execute(
+                "SELECT releases.size FROM rollouts JOIN releases "
+                "ON releases.id = rollouts.release_id WHERE rollouts.id = ?",
+                (rollout_id,),
+            ).fetchone()
+            sizes[rollout_id] = int(row[0]) if row else 0
+        self._bump("payload_bytes_downloaded", sum(n for _, n in downloads))
+        self._bump("payload_bytes_saved", sum(sizes[rid] - n for rid, n in downloads))
 
     def flag_devices(self, dropped: dict[tuple[str, str], int], now: float) -> None:
         """Record that ingestion dropped ``count`` messages of ``(device, reason)``, and

@@ -111,6 +111,15 @@ class RolloutMethods(ReleaseMethods):
             )
         }
 
+    def download_totals(self, rollout_id: int) -> tuple[int, int]:
+        """(devices that said what they downloaded, the bytes they downloaded together)."""
+        row = self._execute(
+            "SELECT COUNT(downloaded_bytes), COALESCE(SUM(downloaded_bytes), 0) "
+            "FROM rollout_targets WHERE rollout_id = ?",
+            (rollout_id,),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
     def rollout_state_counts(self) -> dict[str, int]:
         return {
             r[0]: int(r[1])

@@ -89,6 +89,15 @@ function scheduleText(r) {
     `${r.spec.soak_s ? `, then a ${duration(r.spec.soak_s)} soak` : ""}).`;
 }
 
+/** Bytes the devices downloaded against the full payload each (deltas save the rest). */
+function bytesLine(b) {
+  if (!b || !b.devices) return null;
+  const pct = b.full ? ` (${((100 * b.saved) / b.full).toFixed(1)}%)` : "";
+  return h("p", { class: "muted small", "data-bytes-saved": b.saved },
+    `Downloaded ${b.downloaded.toLocaleString()} bytes for ${b.devices} device${b.devices === 1 ? "" : "s"}; ` +
+    `saved ${b.saved.toLocaleString()} of ${b.full.toLocaleString()}${pct} with deltas`);
+}
+
 function rolloutCard(r, { detailed = false } = {}) {
   const c = rolloutCounts(r);
   const count = (k, label) => h("span", { class: `count ${k}` }, h("b", { "data-count": k, text: c[k] }), ` ${label}`);
@@ -103,6 +112,7 @@ function rolloutCard(r, { detailed = false } = {}) {
     progressBar(c),
     h("p", { class: "counts" }, count("succeeded", "succeeded"), count("failed", "failed"),
       count("in_flight", "in flight"), count("pending", "pending"), ` of ${c.total}`),
+    bytesLine(r.bytes),
     table(["Phase", ["Target", "wide"], "Devices", ["Pending", "wide"], "In flight", "Succeeded", "Failed"],
       r.phases.map((p) => h("tr", { "data-phase": p.index, class: p.index - 1 === r.phase && r.state === "running" ? "current" : "" },
         h("td", {}, `${p.index} `, p.open ? null : h("span", { class: "muted small", text: "(closed)" })),
