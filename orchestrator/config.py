@@ -67,6 +67,7 @@ from urllib.parse import urlsplit
 from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker.info import INFO_FILE, read_info
+from orchestrator.config_deltas import DeltaConfig, parse_deltas
 from orchestrator.config_tables import ConfigError, Table, host_port, http_url, password_file
 
 __all__ = [
@@ -143,17 +144,6 @@ class RolloutConfig:
     tick_s: float = 1.0  # seconds between two engine passes
     notice_ttl_s: float = 7 * 86400.0  # seconds a notice stays valid (capped by the key)
     follow_every_s: float = 30.0  # seconds between two target checks of a continuous rollout
-
-
-@dataclass(frozen=True, slots=True)
-class DeltaConfig:
-    """``[deltas]``: made on upload from the releases the field runs (orchestrator/deltas.py)."""
-
-    on_upload: bool = True  # make deltas when a release is uploaded
-    max_bases: int = 3  # the most common field versions a delta is made from, 0..16
-    level: int = 19  # zstd level, 1..22
-    max_payload_bytes: int = 1 << 30  # bytes; larger payloads get no delta (maker memory)
-    max_ratio: float = 0.9  # a delta larger than this share of the full payload is dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,13 +384,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         follow_every_s=r.duration("follow_every", 30.0, 0.1, 3600.0),
     )
     e = top.sub("deltas")
-    deltas = DeltaConfig(
-        on_upload=e.boolean("on_upload", True),
-        max_bases=e.integer("max_bases", 3, 0, 16),
-        level=e.integer("level", 19, 1, 22),
-        max_payload_bytes=e.integer("max_payload_bytes", 1 << 30, 1, 1 << 31),
-        max_ratio=e.number("max_ratio", 0.9, 0.01, 1.0),
-    )
+    deltas = parse_deltas(e)
     a = top.sub("auth")
     tokens_file = a.text("tokens_file", "")
     auth = AuthConfig(tokens_file=(base / tokens_file).resolve() if tokens_file else None)

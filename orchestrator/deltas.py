@@ -29,7 +29,7 @@ from typing import Any
 
 from fleetpush_common.atomic import atomic_write, make_private_dir
 from fleetpush_protocol import delta as codec
-from orchestrator.config import DeltaConfig
+from orchestrator.config_deltas import DeltaConfig
 from orchestrator.payloads import PayloadStore
 from orchestrator.store import NotFoundError, ReleaseRecord, Store
 

@@ -20,6 +20,10 @@ from orchestrator.client import ApiClient
 
 __all__ = ["release"]
 
+# The server answers an upload or a deltas request once the deltas are made: level 19 on a
+# payload of tens of MB takes up to a minute or more (docs/performance.md).
+DELTA_TIMEOUT_S = 3600.0
+
 
 @click.group()
 def release() -> None:
@@ -70,6 +74,7 @@ def release_upload(
     params = [("name", name), ("version", version), ("handler", handler)]
     params += [("model", m) for m in models] + [("arg", a) for a in args]
     params += [("meta", m) for m in meta]
+    api.timeout = max(api.timeout, DELTA_TIMEOUT_S)
     data = upload(api, file, params)
 
     def show(d: dict[str, Any]) -> None:
@@ -135,6 +140,7 @@ def release_deltas(
     if list_only:
         data = api.request("GET", f"/v1/releases/{ref}/deltas")
     else:
+        api.timeout = max(api.timeout, DELTA_TIMEOUT_S)
         body = {"from": list(versions)} if versions else {}
         data = api.request("POST", f"/v1/releases/{ref}/deltas", body=body)
     emit(data, as_json, _delta_lines)
