@@ -74,6 +74,11 @@ async def test_delta_rollout_saves_bytes_and_falls_back_without_a_base(setup: Se
         "payload_size": len(v2), "devices": 3, "downloaded": 2 * delta_size + len(v2),
         "full": 3 * len(v2), "saved": 2 * (len(v2) - delta_size),
     }  # fmt: skip
+    # The detail of the device that fell back reaches the operator, in its history.
+    shown = await s.api.call("GET", "/v1/devices/no-base")
+    got = [x for x in shown["reports"] if x["state"] == "downloaded"]
+    assert got[0]["downloaded"] == len(v2)
+    assert "no delta for a base" in got[0]["detail"]
     async with s.session.get(f"{s.api.base}/metrics") as resp:
         text = await resp.text()
     assert f"fleetpush_payload_bytes_saved_total {2 * (len(v2) - delta_size)}" in text

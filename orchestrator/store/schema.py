@@ -134,8 +134,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE devices ADD COLUMN limited_reason TEXT NOT NULL DEFAULT '';
     """,
     # 4: bytes each device actually downloaded for its notice (deltas, issue 15); NULL
-    # until its ``downloaded`` report says, and for devices too old to say
+    # until its ``downloaded`` report says, and for devices too old to say; and the
+    # reports' detail (a delta that fell back, why a download waits)
     """
     ALTER TABLE rollout_targets ADD COLUMN downloaded_bytes INTEGER;
+    ALTER TABLE reports ADD COLUMN detail TEXT;
+    ALTER TABLE reports ADD COLUMN downloaded INTEGER;
     """,
 )

@@ -129,13 +129,14 @@ class DeviceMethods(SqlBase):
     def device_history(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
         found = self._execute(
             "SELECT counter, notice_id, rollout_id, state, current_version, reported_at, "
-            "received_at, error_code, error_message, accepted FROM reports "
+            "received_at, error_code, error_message, accepted, detail, downloaded FROM reports "
             "WHERE device_id = ? ORDER BY counter DESC LIMIT ?",
             (device_id, limit),
         ).fetchall()
         keys = (
             "counter", "notice_id", "rollout_id", "state", "current_version",
-            "reported_at", "received_at", "error_code", "error_message", "accepted",
+            "reported_at", "received_at", "error_code", "error_message", "accepted", "detail",
+            "downloaded",
         )  # fmt: skip
         return [dict(zip(keys, r, strict=True)) for r in found]
 

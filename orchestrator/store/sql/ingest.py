@@ -16,6 +16,10 @@ from orchestrator.store.sql.base import SqlBase, marks
 
 __all__ = ["IngestMethods"]
 
+_REPORT_COLS = (
+    "device_id, counter, notice_id, rollout_id, state, current_version, reported_at, "
+    "received_at, error_code, error_message, accepted, detail, downloaded"
+)
 # Row values per statement in set-based lookups: below SQLite's oldest variable limit (999).
 _CHUNK = 400
 
@@ -84,13 +88,16 @@ class IngestMethods(SqlBase):
                 r.device_id, r.counter, r.notice_id, r.rollout_id, r.state.value,
                 r.current_version, r.reported_at, now, error.code if error else None,
                 error.message if error else None, int(accepted),
+                r.detail if isinstance(r.detail, str) else None,
+                r.downloaded if isinstance(r.downloaded, int) else None,
             ))  # fmt: skip
         # Stored exactly once: what the insert returns is what no one (no earlier batch, no
         # other replica) stored before; only that counts and moves a target.
         inserted = {
             (r[0], int(r[1]))
             for r in self._insert_returning(
-                f"INSERT INTO reports VALUES ({marks(11)}) ON CONFLICT (device_id, counter) "
+                f"INSERT INTO reports ({_REPORT_COLS}) VALUES ({marks(13)}) "
+                "ON CONFLICT (device_id, counter) "
                 "DO NOTHING RETURNING device_id, counter",
                 rows,
             )
