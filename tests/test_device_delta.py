@@ -226,3 +226,9 @@ def _wait_for_file(path: Path, within: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{path.name} never appeared")
         time.sleep(0.0005)
+
+
+def test_the_agent_knows_the_codec_methods_without_importing_it() -> None:
+    from device_client.transport.delta_fetch import KNOWN_METHODS
+
+    assert KNOWN_METHODS == codec.METHODS

@@ -28,6 +28,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from device_client.commands import run_command
 from device_client.config import DownloadConfig, PolicyConfig
@@ -35,14 +36,18 @@ from device_client.errors import UpdateError
 from device_client.jobs.policy import Blocked, install_blocked
 from device_client.transport.fetcher import Fetcher, ProgressCallback, hash_file
 from fleetpush_common.atomic import fsync_dir, make_private_dir
-from fleetpush_protocol import delta as codec
 from fleetpush_protocol.errors import ContentError, PayloadHashMismatchError, TransportError
 from fleetpush_protocol.messages import Delta, Payload, UpdateNotice
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 __all__ = ["BaseStore", "DeltaFetcher", "FetchOutcome"]
 
 logger = logging.getLogger(__name__)
 
+KNOWN_METHODS = frozenset({"zstd-patch"})  # fleetpush_protocol.delta.METHODS, without
+# importing it: zstandard costs an idle agent about 1 MB, so it loads with the first delta
 METERED_RECHECK_S = 60.0  # seconds between two asks of the metered command while waiting
 METERED_COMMAND_TIMEOUT_S = 10.0  # seconds
 
@@ -66,7 +71,7 @@ class BaseStore:
     def find(self, deltas: tuple[Delta, ...]) -> tuple[Delta, Path] | None:
         """The first delta of a known method whose base this device holds."""
         for d in deltas:
-            if d.method in codec.METHODS and self.path(d.base_sha256).is_file():
+            if d.method in KNOWN_METHODS and self.path(d.base_sha256).is_file():
                 return d, self.path(d.base_sha256)
         return None
 
@@ -86,9 +91,16 @@ class BaseStore:
                 f.unlink(missing_ok=True)
 
 
+def _codec() -> ModuleType:
+    from fleetpush_protocol import delta  # noqa: PLC0415 - see KNOWN_METHODS
+
+    return delta
+
+
 def _rebuild(base: Path, delta: Path, out: Path, payload: Payload, max_memory: int) -> None:
-    """Rebuild the payload into ``out`` and check it; raises ``DeltaError`` or a
-    ``ContentError`` when it is not the pinned payload."""
+    """Rebuild the payload into ``out`` and check it; raises ``DeltaError`` (a
+    ``ValueError``) or a ``ContentError`` when it is not the pinned payload."""
+    codec = _codec()
     with delta.open("rb") as patch:
         head = patch.read(codec.HEADER_BYTES)
         base_size = base.stat().st_size
@@ -142,7 +154,8 @@ class DeltaFetcher:
             delta, base = found
             try:
                 await self._via_delta(delta, base, notice.payload, (part, dest), progress)
-            except (ContentError, TransportError, UpdateError, codec.DeltaError, OSError) as e:
+            # ValueError: the codec's DeltaError (a bad, foreign or oversized delta)
+            except (ContentError, TransportError, UpdateError, ValueError, OSError) as e:
                 detail = (
                     f"delta from base {delta.base_sha256.hex()[:12]} not used "
                     f"({type(e).__name__}: {e}); fetched the full payload"
