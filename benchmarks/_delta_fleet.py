@@ -53,9 +53,11 @@ async def _rollout(api: AsyncApi, release: dict[str, Any]) -> dict[str, Any]:
         status = await api.status(r["id"])
     # The downloaded counts come with the `downloaded` reports, which all precede the
     # `succeeded` ones that complete the rollout: nothing is left to arrive.
+    failed = [t for t in await api.targets(r["id"]) if t["state"] not in ("succeeded",)]
     return {
         "state": status["state"],
         "states": status["states"],
+        "not_succeeded": [(t["device_id"], t["state"], t["reason"]) for t in failed[:10]],
         "time_to_complete_s": round(time.perf_counter() - start, 1),
         "bytes": status["bytes"],
     }
