@@ -63,10 +63,13 @@ async def test_delta_rollout_on_a_metered_link(rig: Rig, tmp_path: Path) -> None
     patch = codec.make(v1, v2)
     assert len(patch) < len(v2) // 20
     full = rig.server.add("v2.tar", v2)
-    entry = delta_entry(v1, patch, [rig.server.add("v2.delta", patch)])
+    # The connection is cut halfway through the delta: it resumes like a payload.
+    half = len(patch) // 2
+    entry = delta_entry(v1, patch, [rig.server.add("v2.delta", patch, cut_after=half)])
     notice, data = delta_notice(rig.signer, "dev-001", v2, [full], [entry], topics=rig.topics)
     await rig.publish(data)
     done = await rig.reports.wait_state("succeeded", notice.notice_id)
+    assert ("v2.delta", f"bytes={half}-") in rig.server.ranges
     assert done.current_version == "2.0.0"
     assert rig.reports.states(notice.notice_id) == [
         "notified", "downloading", "downloaded", "installing", "installed", "succeeded",
