@@ -119,7 +119,7 @@ class DeviceAgent:
         self.handler: Handler = make_handler(config.install)
         self.fetcher = Fetcher(config.download, user_agent=f"fleetpush-device/{__version__}")
         self.bases = BaseStore(config.device.state_dir / "base")
-        self.deltas = DeltaFetcher(self.fetcher, config.download, self.bases)
+        self.deltas = DeltaFetcher(self.fetcher, config.download, self.bases, clock)
         self.state = AgentState()
         anchor = TrustedKeyring.anchor(config.trust.root_keys, config.trust.root_threshold)
         self._anchor = anchor
@@ -603,7 +603,7 @@ class DeviceAgent:
             return None  # downloaded already: a metered link no longer matters
         notice = decode_message(job.notice)
         assert isinstance(notice, UpdateNotice)  # noqa: S101
-        return await self.deltas.metered_block(notice, self.clock())
+        return await self.deltas.metered_block(notice, self._files(job)[0])
 
     async def _sleep_until(self, until: float) -> None:
         assert self._wake is not None  # noqa: S101
@@ -625,7 +625,7 @@ class DeviceAgent:
         return digest == notice.payload.sha256
 
     async def _download(self, job: Job, notice: UpdateNotice) -> None:
-        if (metered := await self.deltas.metered_block(notice, self.clock())) is not None:
+        if (metered := await self.deltas.metered_block(notice, self._files(job)[0])) is not None:
             self._transition(job, JobState.DEFERRED, detail=metered.reason)
             return
         part, dest = self._files(job)
@@ -651,6 +651,9 @@ class DeviceAgent:
             return
         except UpdateError as e:
             self._finish(job, JobState.FAILED, e.failure, str(e))
+            return
+        if got.deferred is not None:  # a delta failed; a metered link holds the full one
+            self._transition(job, JobState.DEFERRED, detail=got.detail)
             return
         self._verified = job.notice_id
         self._transition(job, JobState.DOWNLOADED, detail=got.detail, downloaded=got.downloaded)

@@ -235,3 +235,34 @@ def test_the_agent_knows_the_codec_methods_without_importing_it() -> None:
     from device_client.transport.delta_fetch import KNOWN_METHODS
 
     assert KNOWN_METHODS == codec.METHODS
+
+
+async def test_a_failed_delta_on_a_metered_link_defers_the_full_payload(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """The fallback is a full download: a metered link holds it like any other, and the
+    delta is not tried again once the link is free."""
+    v1, v2 = releases()
+    flag = tmp_path / "metered"
+    device = await rig.start_device(sections=metered_while(flag))
+    await install_v1(rig, v1)
+    flag.touch()
+    bad = bytearray(codec.make(v1, v2))
+    bad[len(bad) // 2] ^= 0xFF
+    entry = delta_entry(v1, bytes(bad), [rig.server.add("v2.delta", bytes(bad))])
+    full = rig.server.add("v2.tar", v2)
+    notice, data = delta_notice(rig.signer, "dev-001", v2, [full], [entry], topics=rig.topics)
+    await rig.publish(data)
+    deferred = await rig.reports.wait_state("deferred", notice.notice_id)
+    assert isinstance(deferred.detail, str)
+    assert "not used" in deferred.detail
+    assert "metered link" in deferred.detail
+    assert "v2.tar" not in rig.server.bytes_sent
+    flag.unlink()
+    device.agent.wake()
+    await rig.reports.wait_state("succeeded", notice.notice_id)
+    downloaded = await rig.reports.wait_state("downloaded", notice.notice_id)
+    assert downloaded.downloaded == len(bad) + len(v2)  # the failed delta is counted too
+    assert rig.server.bytes_sent["v2.delta"] == len(bad)  # tried once
+    assert rig.server.bytes_sent["v2.tar"] == len(v2)
+    assert not any(device.agent.downloads.iterdir())

@@ -26,6 +26,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +59,11 @@ class FetchOutcome:
     downloaded: int  # bytes received over the wire for this payload, by this process
     via_delta: bool
     detail: str  # why a delta was not used, or which one was; "" when there were none
+    deferred: Blocked | None = None  # a delta failed and the link holds the full payload
+
+
+def _failed_marker(part: Path) -> Path:
+    return part.with_name(part.name.removesuffix(".part") + ".nodelta")
 
 
 class BaseStore:
@@ -131,36 +138,55 @@ class DeltaFetcher:
         fetcher: the device's payload fetcher (its bandwidth cap applies to deltas too).
         config: the download settings (memory limit, metered link).
         bases: where the kept base lives.
+        clock: Unix time in seconds (metered windows).
     """
 
-    def __init__(self, fetcher: Fetcher, config: DownloadConfig, bases: BaseStore) -> None:
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        config: DownloadConfig,
+        bases: BaseStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.fetcher = fetcher
         self.config = config
         self.bases = bases
+        self.clock = clock
+        self._spent: dict[str, int] = {}  # bytes of a notice fetched before a deferral
 
-    def usable(self, notice: UpdateNotice) -> Delta | None:
+    def usable(self, notice: UpdateNotice, part: Path) -> Delta | None:
+        """The delta this device would use, unless one already failed for this notice."""
+        if _failed_marker(part).exists():
+            return None
         found = self.bases.find(notice.deltas or ())
         return found[0] if found else None
 
     async def fetch(
         self, notice: UpdateNotice, part: Path, dest: Path, progress: ProgressCallback
     ) -> FetchOutcome:
-        """Make ``dest`` hold the verified payload; raises as ``Fetcher.fetch`` does, for
-        the full payload only."""
-        start = self.fetcher.bytes_received
+        """Make ``dest`` hold the verified payload, unless a failed delta leaves a full
+        download that a metered link defers (``FetchOutcome.deferred``); raises as
+        ``Fetcher.fetch`` does, for the full payload only."""
+        start = self.fetcher.bytes_received - self._spent.pop(notice.notice_id, 0)
+        failed = _failed_marker(part)
         detail = ""
-        found = self.bases.find(notice.deltas or ())
-        if found is not None:
+        found = None if failed.exists() else self.bases.find(notice.deltas or ())
+        if failed.exists():
+            detail = "a delta failed for this notice before; fetched the full payload"
+        elif found is not None:
             delta, base = found
             try:
                 await self._via_delta(delta, base, notice.payload, (part, dest), progress)
             # ValueError: the codec's DeltaError (a bad, foreign or oversized delta)
             except (ContentError, TransportError, UpdateError, ValueError, OSError) as e:
-                detail = (
-                    f"delta from base {delta.base_sha256.hex()[:12]} not used "
-                    f"({type(e).__name__}: {e}); fetched the full payload"
-                )[:1024]
-                logger.warning("%s", detail)
+                failed.touch()  # never again for this notice, across restarts too
+                base_hex = delta.base_sha256.hex()[:12]
+                why = f"delta from base {base_hex} not used ({type(e).__name__}: {e})"
+                logger.warning("%s", why)
+                if (blocked := await self.metered_block(notice, part)) is not None:
+                    self._spent[notice.notice_id] = self.fetcher.bytes_received - start
+                    return FetchOutcome(0, False, f"{why}; {blocked.reason}"[:1024], blocked)
+                detail = f"{why}; fetched the full payload"[:1024]
             else:
                 got = self.fetcher.bytes_received - start
                 base_hex = delta.base_sha256.hex()[:12]
@@ -169,6 +195,7 @@ class DeltaFetcher:
         elif notice.deltas:
             detail = "no delta for a base this device holds; fetched the full payload"
         await self.fetcher.fetch(notice.payload, part, dest, progress)
+        _remove(failed)
         return FetchOutcome(self.fetcher.bytes_received - start, False, detail)
 
     async def _via_delta(
@@ -198,14 +225,15 @@ class DeltaFetcher:
         # Not on cancel (the agent stopping): a partial delta resumes at the next start.
         _remove(dpart, dfile, out)
 
-    async def metered_block(self, notice: UpdateNotice, now: float) -> Blocked | None:
+    async def metered_block(self, notice: UpdateNotice, part: Path) -> Blocked | None:
         """Why a full download must wait on a metered link, or None to go ahead.
 
         Deltas are always allowed; full payloads only inside ``metered_windows``.
         """
         cfg = self.config
-        if not (cfg.metered or cfg.metered_command) or self.usable(notice) is not None:
+        if not (cfg.metered or cfg.metered_command) or self.usable(notice, part) is not None:
             return None
+        now = self.clock()
         if not await self._link_metered():
             return None
         if cfg.metered_windows:
