@@ -82,7 +82,8 @@ async def test_delta_rollout_on_a_metered_link(rig: Rig, tmp_path: Path) -> None
     assert rig.server.bytes_sent["v2.delta"] == len(patch)
     assert (device.slots / "current" / "VERSION").read_bytes() == b"2.0.0\n"
     # The installed payload is the next base; the old one is gone.
-    bases = device.agent.bases.folder
+    assert device.agent.deltas is not None
+    bases = device.agent.deltas.bases.folder
     assert [p.name for p in bases.iterdir()] == [hashlib.sha256(v2).hexdigest()]
     assert not any(device.agent.downloads.iterdir())
 

@@ -154,6 +154,17 @@ class DeltaFetcher:
         self.clock = clock
         self._spent: dict[str, int] = {}  # bytes of a notice fetched before a deferral
 
+    def keep_base(self, payload_file: Path, sha256: bytes) -> None:
+        """After a successful install: keep its payload as the next base, or none when
+        ``keep_base`` is off. Never fails the update: only deltas are lost."""
+        try:
+            if self.config.keep_base:
+                self.bases.keep(payload_file, sha256)
+            else:
+                self.bases.clear()
+        except OSError as e:
+            logger.warning("could not keep the base payload: %s", e)
+
     def usable(self, notice: UpdateNotice, part: Path) -> Delta | None:
         """The delta this device would use, unless one already failed for this notice."""
         if _failed_marker(part).exists():
