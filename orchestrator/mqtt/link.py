@@ -328,6 +328,11 @@ class MqttLink:
         refused = [f for f, r in zip(self.subscriptions, s.reasons, strict=False) if r >= 0x80]
         if refused:
             logger.warning("broker refused subscriptions: %s", ", ".join(refused))
+        if 0x9E in s.reasons:  # Shared Subscriptions not supported
+            logger.error(
+                'this broker has no shared subscriptions: set [mqtt] share_group = "" '
+                "(every replica then receives every device message; each is stored once)"
+            )
 
     # --- acks ----------------------------------------------------------------------------
 
