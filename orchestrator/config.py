@@ -17,6 +17,7 @@ Example::
     username = "fleetpush-orchestrator"
     password_file = "/var/lib/fleetpush/broker/orchestrator.secret"
     topic_prefix = "fleetpush"
+    share_group = "fleetpush"            # replicas share device messages ("": a broker without)
 
     [keys]
     dir = "/var/lib/fleetpush/keys"      # default: <data_dir>/keys
