@@ -56,6 +56,7 @@ class Orchestrator:
         self.ingestor: Ingestor | None = None
         self.engine: RolloutEngine | None = None
         self.port = config.http.port
+        self.shared = False  # device messages on a shared subscription (replicas)
 
     def signing(self, now: float) -> SigningSet:
         """The signing set valid at ``now``, reloaded from disk when it ran out."""
@@ -91,11 +92,17 @@ class Orchestrator:
         topics = cfg.mqtt.topics
         factory = NoticeFactory(topics, cfg.http, urls, cfg.rollouts.notice_ttl_s)
         filters = [topics.reports_filter, topics.presence_filter, topics.inventory_filter]
-        if cfg.mqtt.share_group:
+        self.shared = bool(cfg.mqtt.share_group) and cfg.database.backend == "postgresql"
+        if self.shared:
             # Each device message goes to one replica of the group (MQTT 5 shared
-            # subscriptions); the store accepts a report once whoever gets it.
+            # subscriptions); the store accepts a report once whoever gets it. The broker
+            # feeds a member while its session lives, even offline: a dead replica's
+            # session ends after a lease, and what it held its devices send again.
             filters = [f"$share/{cfg.mqtt.share_group}/{f}" for f in filters]
-        self.link = link = MqttLink(cfg.mqtt, filters)
+            expiry = max(1, int(cfg.rollouts.lease_s))
+            self.link = link = MqttLink(cfg.mqtt, filters, session_expiry_s=expiry)
+        else:
+            self.link = link = MqttLink(cfg.mqtt, filters)
         self.engine = engine = RolloutEngine(
             db,
             notices=factory,
@@ -153,7 +160,7 @@ class Orchestrator:
             "replica %s (host %s, pid %d): MQTT client id %s, device messages %s, rollout "
             "leases of %gs", self.replica.replica_id, self.replica.host, self.replica.pid,
             cfg.mqtt.username,
-            f"shared in group {cfg.mqtt.share_group!r}" if cfg.mqtt.share_group else "unshared",
+            f"shared in group {cfg.mqtt.share_group!r}" if self.shared else "unshared",
             cfg.rollouts.lease_s,
         )  # fmt: skip
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from device_helpers import write_config
 from orch_helpers import TOKENS, Api, Fleet, root_hex, running, wait_until
-from replica_helpers import Balancer, write_replicas
+from replica_helpers import Balancer, health, write_replicas
 
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
@@ -56,16 +56,16 @@ async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
     for d in ids:
         fleet.provision(d)
     broker.reload()
-    reps.start_all()
+    reps.set.start()
     try:
         async with aiohttp.ClientSession() as session:
             for r in reps.items:
-                await wait_until(lambda r=r: r.health(session), what=f"{r.name} healthy")
+                await wait_until(lambda r=r: health(r, session), what=f"{r.name} healthy")
             # The API answers from each replica, each as itself.
             for r in reps.items:
-                health = await r.health(session)
-                assert health is not None
-                assert health["replica"] == r.name
+                body = await health(r, session)
+                assert body is not None
+                assert body["replica"] == r.name
             apis = [Api(session, r.base, TOKENS["operator"]) for r in reps.items]
             for d in ids:
                 fleet.start(d)
@@ -87,8 +87,8 @@ async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
                 return bool(st["phases"][0]["pending"] == 0)
 
             await wait_until(phase_one_notified, what="phase 1 notified")
-            killed = reps.by_name(holder)
-            killed.serve.kill()  # SIGKILL, mid-phase: its reports and its lease are in flight
+            killed = reps.set.by_name(holder)
+            killed.kill()  # SIGKILL, mid-phase: its reports and its lease are in flight
             live = [a for a, x in zip(apis, reps.items, strict=True) if x is not killed]
 
             async def taken_over() -> str | None:
@@ -111,6 +111,16 @@ async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
                 (rid,),
             )
             assert sorted(notices) == [(d, 1) for d in ids]
+            # ... and both drivers sent some: the killed one phase 1, its successor the rest.
+            sent = dict(
+                reps.query(
+                    "SELECT sent_by, count(*) FROM notices WHERE rollout_id = %s AND "
+                    "kind = 'notice' GROUP BY sent_by",
+                    (rid,),
+                )
+            )
+            assert sum(sent.values()) == len(ids), sent
+            assert 0 < sent[killed.name] < len(ids), sent
 
             # Every report stored once and none lost: each device's counters come to be
             # 1..n with no gap (the key (device, counter) admits no second copy), the last
@@ -134,7 +144,7 @@ async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
                 assert (await a.status(rid))["states"] == {"succeeded": len(ids)}
     finally:
         await fleet.stop_all()
-        reps.stop_all()
+        reps.set.stop()
         await balancer.stop()
 
 

@@ -68,6 +68,7 @@ def test_notices_are_saved_only_under_the_lease_and_for_pending_targets(store: S
     )
     assert [n.notice_id for n in again] == ["n3"]
     assert {n.notice_id for n in store.unpublished_notices()} == {"n1", "n2", "n3"}
+    assert store.notices_by_replica(r.id) == {"r1": 3}
     # Past the lease: nothing, even for a pending target.
     with pytest.raises(LeaseLostError):
         store.save_notices_leased("r1", r.id, [_notice(r.id, "n4", "d3", 3)], {}, T0 + 11)
@@ -146,6 +147,8 @@ def test_two_replicas_racing_for_one_rollout_notify_each_target_once(
         everyone = stored["r1"] + stored["r2"]
         assert sorted(everyone) == devices  # each once, by one of the two
         assert first.state_counts(r.id) == {"sent": len(devices)}
+        by = first.notices_by_replica(r.id)
+        assert by == {n: len(v) for n, v in stored.items() if v}
     finally:
         first.close()
         second.close()

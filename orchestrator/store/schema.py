@@ -134,7 +134,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE devices ADD COLUMN limited_reason TEXT NOT NULL DEFAULT '';
     """,
     # 4: replicas on one database: who drives which rollout (a lease that expires), and the
-    # replicas alive (each renews its row; a live replica's id is not taken twice)
+    # replicas alive (each renews its row; a live replica's id is not taken twice), and which
+    # replica stored each update notice
     """
     CREATE TABLE rollout_leases (
         rollout_id INTEGER PRIMARY KEY,
@@ -148,5 +149,6 @@ MIGRATIONS: tuple[str, ...] = (
         started_at REAL NOT NULL,
         seen_at REAL NOT NULL
     );
+    ALTER TABLE notices ADD COLUMN sent_by TEXT NOT NULL DEFAULT '';
     """,
 )

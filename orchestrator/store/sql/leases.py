@@ -133,7 +133,23 @@ class LeaseMethods(NoticeMethods):
                 )
             keep = [n for n in notices if n.device_id in pending and n.rollout_id == rollout_id]
             self.save_notices(keep, delivered)
+            self._executemany(
+                "UPDATE notices SET sent_by = ? WHERE notice_id = ?",
+                [(holder, n.notice_id) for n in keep],
+            )
         return keep
+
+    def notices_by_replica(self, rollout_id: int) -> dict[str, int]:
+        """Update notices of the rollout each replica stored (and so sent): replica -> n
+        ("" for notices stored outside a lease, e.g. by a fleetpush before replicas)."""
+        return {
+            r[0]: int(r[1])
+            for r in self._execute(
+                "SELECT sent_by, COUNT(*) FROM notices WHERE rollout_id = ? AND kind = 'notice' "
+                "GROUP BY sent_by ORDER BY sent_by",
+                (rollout_id,),
+            )
+        }
 
     # --- replicas ------------------------------------------------------------------------
 
