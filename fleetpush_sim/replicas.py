@@ -158,6 +158,6 @@ class Balancer:
                     body = await up.read()
                     out = {k: v for k, v in up.headers.items() if k.lower() in keep}
                     return web.Response(status=up.status, body=body, headers=out)
-            except aiohttp.ClientConnectionError:
-                continue  # that replica is down: the next one
+            except aiohttp.ClientError:
+                continue  # that replica is down (or died answering): the next one
         return web.Response(status=502, text="no replica answers")
