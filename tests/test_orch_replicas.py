@@ -11,13 +11,16 @@ from typing import TypeVar
 
 import aiohttp
 import pytest
+from click.testing import CliRunner
 from device_helpers import write_config
 from orch_helpers import TOKENS, Api, Fleet, root_hex, running, wait_until
 from replica_helpers import Balancer, health, write_replicas
 
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
+from orchestrator.cli.main import main
 from orchestrator.config import DatabaseConfig
+from orchestrator.provisioning import broker_for_data_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -188,3 +191,25 @@ async def test_a_second_process_with_one_replica_identity_is_refused(
         assert "its own" in stderr
         assert s.orch.link is not None
         assert s.orch.link.connected.is_set()
+
+
+def test_add_orchestrator_makes_one_identity_per_replica(tmp_path: Path) -> None:
+    """``fleetpush broker add-orchestrator``: an orchestrator identity, its password 0600;
+    a device's name is refused (it would gain the orchestrator's rights)."""
+    broker_for_data_dir(tmp_path).add_device("dev-1")
+    runner = CliRunner()
+    pw = tmp_path / "r2.mqtt"
+    args = ["broker", "add-orchestrator", "fleetpush-r2", "--data", str(tmp_path)]
+    result = runner.invoke(main, [*args, "--password-file", str(pw)])
+    assert result.exit_code == 0, result.output
+    assert pw.stat().st_mode & 0o777 == 0o600
+    ident = broker_for_data_dir(tmp_path).registry.get("fleetpush-r2")
+    assert ident is not None
+    assert ident.role == "orchestrator"
+    refused = runner.invoke(
+        main, ["broker", "add-orchestrator", "dev-1", "--data", str(tmp_path),
+               "--password-file", str(tmp_path / "x")],
+    )  # fmt: skip
+    assert refused.exit_code == 1
+    assert "device identity" in refused.output
+    assert not (tmp_path / "x").exists()
