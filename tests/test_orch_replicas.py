@@ -14,13 +14,15 @@ import pytest
 from click.testing import CliRunner
 from device_helpers import write_config
 from orch_helpers import TOKENS, Api, Fleet, root_hex, running, wait_until
-from replica_helpers import Balancer, health, write_replicas
+from replica_helpers import Balancer, Replicas, health, write_replicas
 
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.api import ApiCallError
 from orchestrator.broker import MosquittoBroker
 from orchestrator.cli.main import main
 from orchestrator.config import DatabaseConfig
 from orchestrator.provisioning import broker_for_data_dir
+from orchestrator.store.postgres.local import LocalPostgres
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -107,13 +109,7 @@ async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
             done = await wait_until(finished, within=120, what="rollout finished")
             assert done["state"] == "completed", done
             assert done["states"] == {"succeeded": len(ids)}
-            # Every device was notified once, by whichever replica: one update notice each.
-            notices = reps.query(
-                "SELECT device_id, count(*) FROM notices WHERE rollout_id = %s AND "
-                "kind = 'notice' GROUP BY device_id",
-                (rid,),
-            )
-            assert sorted(notices) == [(d, 1) for d in ids]
+            _one_notice_each(reps, rid, ids)
             # ... and both drivers sent some: the killed one phase 1, its successor the rest.
             sent = dict(
                 reps.query(
@@ -125,23 +121,7 @@ async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
             assert sum(sent.values()) == len(ids), sent
             assert 0 < sent[killed.name] < len(ids), sent
 
-            # Every report stored once and none lost: each device's counters come to be
-            # 1..n with no gap (the key (device, counter) admits no second copy), the last
-            # one succeeded. A report the broker had handed to the killed replica comes
-            # again from its device (unconfirmed) to a live one, maybe after the outcome.
-            def gaps() -> dict[str, list[int]]:
-                out = {}
-                for d in ids:
-                    rows = reps.query(
-                        "SELECT counter, state FROM reports WHERE device_id = %s ORDER BY counter",
-                        (d,),
-                    )
-                    counters = [c for c, _ in rows]
-                    if counters != list(range(1, len(rows) + 1)) or rows[-1][1] != "succeeded":
-                        out[d] = counters
-                return out
-
-            await wait_until(lambda: _async(not gaps()), within=30, what=f"no gaps: {gaps()}")
+            await _no_report_lost(reps, ids)
             # The live replicas answer with the same view.
             for a in live:
                 assert (await a.status(rid))["states"] == {"succeeded": len(ids)}
@@ -149,6 +129,36 @@ async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
         await fleet.stop_all()
         reps.set.stop()
         await balancer.stop()
+
+
+def _one_notice_each(reps: Replicas, rid: int, ids: list[str]) -> None:
+    """Every device was notified once, by whichever replica: one update notice each."""
+    notices = reps.query(
+        "SELECT device_id, count(*) FROM notices WHERE rollout_id = %s AND kind = 'notice' "
+        "GROUP BY device_id",
+        (rid,),
+    )
+    assert sorted(notices) == [(d, 1) for d in ids]
+
+
+async def _no_report_lost(reps: Replicas, ids: list[str]) -> None:
+    """Every report stored once and none lost: each device's counters come to be 1..n with
+    no gap (the key (device, counter) admits no second copy), the last one succeeded. A
+    report the broker had handed a killed replica comes again from its device (it was not
+    confirmed) to a live one, maybe after the rollout's outcome."""
+
+    def gaps() -> dict[str, list[int]]:
+        out = {}
+        for d in ids:
+            rows = reps.query(
+                "SELECT counter, state FROM reports WHERE device_id = %s ORDER BY counter", (d,)
+            )
+            counters = [c for c, _ in rows]
+            if counters != list(range(1, len(rows) + 1)) or rows[-1][1] != "succeeded":
+                out[d] = counters
+        return out
+
+    await wait_until(lambda: _async(not gaps()), within=30, what=f"no gaps: {gaps()}")
 
 
 async def _async(value: _T) -> _T:
@@ -191,6 +201,72 @@ async def test_a_second_process_with_one_replica_identity_is_refused(
         assert "its own" in stderr
         assert s.orch.link is not None
         assert s.orch.link.connected.is_set()
+
+
+async def test_two_replicas_finish_a_rollout_across_a_postgresql_restart(
+    tmp_path: Path, broker: MosquittoBroker, topics: Topics, postgres: LocalPostgres,
+    postgres_database: DatabaseConfig,
+) -> None:  # fmt: skip
+    """PostgreSQL restarted (every connection dropped) once phase 1 is notified: both
+    replicas' pools reconnect, ingestion retries its batches, the engine its pass; the
+    rollout completes with one notice per device and no report lost."""
+    balancer = Balancer()
+    reps = write_replicas(
+        tmp_path, broker, topics, n=2, database_url=postgres_database.url, lease="3s",
+        public_url=balancer.url,
+    )  # fmt: skip
+    balancer.backends = [r.base for r in reps.items]
+    await balancer.start()
+    (tmp_path / "devices").mkdir()
+    fleet = QuickAckFleet(tmp_path / "devices", broker, topics, root_hex(tmp_path))
+    ids = [f"pg-{i:02d}" for i in range(6)]
+    for d in ids:
+        fleet.provision(d)
+    broker.reload()
+    reps.set.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for r in reps.items:
+                await wait_until(lambda r=r: health(r, session), what=f"{r.name} healthy")
+            api = Api(session, balancer.url, TOKENS["operator"])
+            for d in ids:
+                fleet.start(d)
+
+            async def registered() -> bool:
+                devs = await api.call("GET", "/v1/devices", params={"online": "true"})
+                return len(devs["devices"]) == len(ids)
+
+            await wait_until(registered, what="devices registered")
+            rel = await api.upload("app", "9.1")
+            r = await api.rollout(rel["id"], target={"devices": ids}, phases=[50, 100],
+                                  soak_s=1)  # fmt: skip
+            rid = r["id"]
+
+            async def phase_one_notified() -> bool:
+                st = await api.status(rid)
+                return bool(st["phases"][0]["pending"] == 0)
+
+            await wait_until(phase_one_notified, what="phase 1 notified")
+            await asyncio.to_thread(postgres.restart)
+
+            async def finished() -> dict | None:
+                try:
+                    st = await api.status(rid)
+                except ApiCallError:  # a 5xx while the database is down
+                    return None
+                return st if st["state"] in ("completed", "paused", "aborted") else None
+
+            done = await wait_until(finished, within=120, what="rollout finished")
+            assert done["state"] == "completed", done
+            assert done["states"] == {"succeeded": len(ids)}
+            _one_notice_each(reps, rid, ids)
+            await _no_report_lost(reps, ids)
+            for x in reps.items:
+                assert x.running, f"{x.name} died; see {x.log}"
+    finally:
+        await fleet.stop_all()
+        reps.set.stop()
+        await balancer.stop()
 
 
 def test_add_orchestrator_makes_one_identity_per_replica(tmp_path: Path) -> None:
