@@ -17,6 +17,7 @@ Example::
     username = "fleetpush-orchestrator"
     password_file = "/var/lib/fleetpush/broker/orchestrator.secret"
     topic_prefix = "fleetpush"
+    share_group = "fleetpush"            # replicas share device messages ("": a broker without)
 
     [keys]
     dir = "/var/lib/fleetpush/keys"      # default: <data_dir>/keys
@@ -54,12 +55,13 @@ Example::
     tick = "1s"
     notice_ttl = "7d"
     follow_every = "30s"                 # continuous rollouts look for new devices
+    lease = "15s"                        # replicas: a dead one's rollouts move on after it
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -107,6 +109,9 @@ class MqttConfig:
     password: str = field(default="", repr=False)
     topic_prefix: str = "fleetpush"
     keepalive_s: int = 30  # seconds
+    # MQTT 5 shared subscription group for device messages ("": plain subscriptions): the
+    # broker hands each report to one replica of the group
+    share_group: str = "fleetpush"
     source: str = "settings"  # where host and login came from, said at start
     missing: str = ""  # why no broker is configured: ``serve`` refuses to start with it
 
@@ -146,6 +151,7 @@ class RolloutConfig:
     tick_s: float = 1.0  # seconds between two engine passes
     notice_ttl_s: float = 7 * 86400.0  # seconds a notice stays valid (capped by the key)
     follow_every_s: float = 30.0  # seconds between two target checks of a continuous rollout
+    lease_s: float = 15.0  # seconds a replica's claim on a rollout lasts without renewal
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +365,10 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     )
     m = top.sub("mqtt")
     mqtt = _mqtt(m, base, data_dir)
+    share_group = m.text("share_group", "fleetpush")
+    if share_group and not share_group.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f'{m.name("share_group")}: letters, digits, - and _ only (or "")')
+    mqtt = replace(mqtt, share_group=share_group)
     k = top.sub("keys")
     keys_dir = (base / k.text("dir", str(data_dir / "keys"))).resolve()
     i = top.sub("ingest")
@@ -383,7 +393,10 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         tick_s=r.duration("tick", 1.0, 0.05, 60.0),
         notice_ttl_s=r.duration("notice_ttl", 7 * 86400.0, 60.0, 365 * 86400.0),
         follow_every_s=r.duration("follow_every", 30.0, 0.1, 3600.0),
+        lease_s=r.duration("lease", 15.0, 1.0, 3600.0),
     )
+    if rollouts.lease_s < 3 * rollouts.tick_s:
+        raise ConfigError("rollouts.lease: must be at least 3 ticks (renewed once per tick)")
     a = top.sub("auth")
     tokens_file = a.text("tokens_file", "")
     auth = AuthConfig(tokens_file=(base / tokens_file).resolve() if tokens_file else None)

@@ -20,7 +20,8 @@ async def healthz(request: web.Request) -> web.Response:
     mqtt_up = bool(c.extra_metrics.get("mqtt_connected", lambda: False)())
     await c.db.run(lambda s: s.counters())  # the database answers
     return ok({"status": "ok" if mqtt_up else "degraded", "mqtt_connected": mqtt_up,
-               "database": "ok"}, status=200 if mqtt_up else 503)  # fmt: skip
+               "database": "ok", "replica": c.engine.holder},
+              status=200 if mqtt_up else 503)  # fmt: skip
 
 
 def _metric(lines: list[str], name: str, kind: str, help_: str, values: dict[str, float]) -> None:

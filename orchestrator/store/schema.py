@@ -133,4 +133,22 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE devices ADD COLUMN limited_at REAL;
     ALTER TABLE devices ADD COLUMN limited_reason TEXT NOT NULL DEFAULT '';
     """,
+    # 4: replicas on one database: who drives which rollout (a lease that expires), and the
+    # replicas alive (each renews its row; a live replica's id is not taken twice), and which
+    # replica stored each update notice
+    """
+    CREATE TABLE rollout_leases (
+        rollout_id INTEGER PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE replicas (
+        replica_id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        seen_at REAL NOT NULL
+    );
+    ALTER TABLE notices ADD COLUMN sent_by TEXT NOT NULL DEFAULT '';
+    """,
 )

@@ -18,7 +18,7 @@ from orchestrator.policy import (
     PhaseCounts,
     RolloutSpec,
 )
-from orchestrator.store.base import NotFoundError
+from orchestrator.store.base import ConflictError, NotFoundError
 from orchestrator.store.records import RolloutRecord, TargetRecord
 from orchestrator.store.rules import timeout_reason
 from orchestrator.store.sql import rows
@@ -80,17 +80,45 @@ class RolloutMethods(ReleaseMethods):
             sql += f" WHERE state IN ({marks(len(states))})"
         return [rows.rollout(r) for r in self._execute(sql + " ORDER BY id", tuple(states))]
 
-    def update_rollout(self, rollout_id: int, now: float, **fields: Any) -> RolloutRecord:
+    def update_rollout(
+        self,
+        rollout_id: int,
+        now: float,
+        *,
+        expect: tuple[str, int | None] | None = None,
+        **fields: Any,
+    ) -> RolloutRecord:
+        """Set ``fields``; with ``expect`` = (state, phase), only if the rollout is still
+        in that state and phase (phase None: any), a compare-and-set: another replica or an
+        operator may have moved it since it was read.
+
+        Raises:
+            ConflictError: ``expect`` no longer holds; nothing was changed.
+        """
         bad = set(fields) - _UPDATABLE
         if bad:
             raise ValueError(f"cannot update rollout fields {sorted(bad)}")
         sets = ", ".join(f"{k} = ?" for k in fields)
+        where = "id = ?"
+        args: list[Any] = [rollout_id]
+        if expect is not None:
+            where += " AND state = ?"
+            args.append(expect[0])
+            if expect[1] is not None:
+                where += " AND phase = ?"
+                args.append(expect[1])
         with self._tx():
-            self._execute(
-                f"UPDATE rollouts SET {sets}, updated_at = ? WHERE id = ?",
-                (*fields.values(), now, rollout_id),
-            )
-            return self.get_rollout(rollout_id)
+            changed = self._execute(
+                f"UPDATE rollouts SET {sets}, updated_at = ? WHERE {where}",
+                (*fields.values(), now, *args),
+            ).rowcount
+            r = self.get_rollout(rollout_id)
+            if not changed:
+                raise ConflictError(
+                    f"rollout {rollout_id} changed meanwhile: it is {r.state} in phase "
+                    f"{r.phase + 1} now"
+                )
+            return r
 
     def phase_counts(self, rollout_id: int) -> dict[int, PhaseCounts]:
         counts: dict[int, PhaseCounts] = {}
