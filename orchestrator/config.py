@@ -54,6 +54,7 @@ Example::
     tick = "1s"
     notice_ttl = "7d"
     follow_every = "30s"                 # continuous rollouts look for new devices
+    require_approval = false             # four-eyes: another operator approves each rollout
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class RolloutConfig:
     tick_s: float = 1.0  # seconds between two engine passes
     notice_ttl_s: float = 7 * 86400.0  # seconds a notice stays valid (capped by the key)
     follow_every_s: float = 30.0  # seconds between two target checks of a continuous rollout
+    require_approval: bool = False  # every rollout waits for a second operator's approval
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +382,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         tick_s=r.duration("tick", 1.0, 0.05, 60.0),
         notice_ttl_s=r.duration("notice_ttl", 7 * 86400.0, 60.0, 365 * 86400.0),
         follow_every_s=r.duration("follow_every", 30.0, 0.1, 3600.0),
+        require_approval=r.flag("require_approval", False),
     )
     a = top.sub("auth")
     tokens_file = a.text("tokens_file", "")

@@ -18,9 +18,11 @@ from typing import Protocol
 
 from fleetpush_common.clock import Clock
 from fleetpush_protocol.topics import device_scope
+from orchestrator.approval import state_after_approval
 from orchestrator.notices import NoticeFactory
 from orchestrator.policy import (
     ACTIVE_ROLLOUT_STATES,
+    AWAITING_APPROVAL,
     PhaseCounts,
     RateLimiter,
     failure_tripped,
@@ -45,6 +47,7 @@ logger = logging.getLogger(__name__)
 MAX_NOTICES_PER_PASS = 5000  # devices notified per rollout per pass, at most
 REPUBLISH_EVERY_S = 30.0  # seconds between retries of unacknowledged notices
 REFRESH_EVERY_S = 60.0  # seconds between two looks for notices about to go stale
+_MOVING = ("running", "paused")  # started: a continuous one takes in new devices
 REFRESH_AT = 0.75  # share of a notice's usable life after which an offline device gets anew
 
 
@@ -142,7 +145,7 @@ class RolloutEngine:
                 # All together, newest first: a device that matches several continuous
                 # rollouts joins the newest only (each leaves out devices another active
                 # rollout targets).
-                following = [r for r in rollouts if r.spec.continuous and r.state != "scheduled"]
+                following = [r for r in rollouts if r.spec.continuous and r.state in _MOVING]
                 if following:
                     if self.refresh_registry is not None:
                         await self.refresh_registry()
@@ -168,6 +171,8 @@ class RolloutEngine:
 
     async def _step(self, r: RolloutRecord, now: float) -> None:
         spec = r.spec
+        if r.state == AWAITING_APPROVAL:  # nothing moves until someone approves it
+            return
         if r.state == "scheduled":
             if spec.start_at is not None and now < spec.start_at:
                 return
@@ -407,6 +412,30 @@ class RolloutEngine:
             await self._rebase(r, now)
         self.wake()
         return n
+
+    async def decide(
+        self, rollout_id: int, check: Callable[[RolloutRecord], None], *, approve: bool,
+        actor: str, reason: str,
+    ) -> RolloutRecord:  # fmt: skip
+        """Approve (it starts, or waits for its start time) or reject (it ends, its
+        devices free) a rollout awaiting approval. ``check`` sees the rollout as stored,
+        under the engine's lock, and raises to refuse: of two deciders at once, the
+        second finds it decided."""
+        async with self._lock:
+            now = self.clock.now()
+            r = await self.db.run(lambda s: s.get_rollout(rollout_id))
+            check(r)
+            if not approve:
+                await self.cancel(r, now, state="rejected", reason=reason)
+                return await self._update(r, now, approval="rejected", decided_by=actor,
+                                          decided_at=now)  # fmt: skip
+            state = state_after_approval(r, now)
+            r = await self._update(
+                r, now, state=state, approval="approved", decided_by=actor, decided_at=now,
+                phase_started_at=now if state == "running" else None,
+            )  # fmt: skip
+        self.wake()
+        return r
 
     async def cancel_by_operator(self, r: RolloutRecord, reason: str) -> int:
         async with self._lock:

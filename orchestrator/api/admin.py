@@ -6,6 +6,7 @@ from aiohttp import web
 
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, requires
 from orchestrator.api.context import ApiError
+from orchestrator.policy import ROLLOUT_STATES
 from orchestrator.security.auth import ROLES, hash_token, new_token
 from orchestrator.security.keystore import describe
 
@@ -45,7 +46,7 @@ async def metrics(request: web.Request) -> web.Response:
     _metric(lines, "fleetpush_devices_claims_mismatch", "gauge",
             "Devices whose inventory claims groups or a model the registry does not give them.",
             {"": mismatched})  # fmt: skip
-    states = ("scheduled", "running", "paused", "completed", "canceled", "aborted")
+    states = ROLLOUT_STATES
     _metric(lines, "fleetpush_rollouts", "gauge", "Rollouts by state.",
             {f'{{state="{s}"}}': rollouts.get(s, 0) for s in states})  # fmt: skip
     for key, help_ in (

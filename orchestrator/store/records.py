@@ -140,7 +140,7 @@ class RolloutRecord:
     release_id: int
     target: dict[str, Any]
     spec: RolloutSpec
-    state: str  # scheduled, running, paused, completed, canceled, aborted
+    state: str  # policy.ROLLOUT_STATES
     phase: int
     phase_started_at: float | None
     gate_met_at: float | None
@@ -150,6 +150,11 @@ class RolloutRecord:
     created_at: float
     updated_at: float
     created_by: str
+    # Four-eyes approval: "" (not required), "pending", "approved" or "rejected"; who
+    # approved or rejected it, and when.
+    approval: str = ""
+    decided_by: str = ""
+    decided_at: float | None = None
 
     @property
     def active(self) -> bool:
@@ -169,6 +174,12 @@ class RolloutRecord:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "created_by": self.created_by,
+            "approval": {
+                "required": bool(self.approval),
+                "state": self.approval,
+                "decided_by": self.decided_by,
+                "decided_at": self.decided_at,
+            },
         }
 
 

@@ -133,4 +133,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE devices ADD COLUMN limited_at REAL;
     ALTER TABLE devices ADD COLUMN limited_reason TEXT NOT NULL DEFAULT '';
     """,
+    # 4: four-eyes approval: '' (not required), 'pending', 'approved' or 'rejected', and
+    # who decided when
+    """
+    ALTER TABLE rollouts ADD COLUMN approval TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rollouts ADD COLUMN decided_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rollouts ADD COLUMN decided_at REAL;
+    """,
 )

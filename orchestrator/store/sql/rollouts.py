@@ -11,6 +11,7 @@ from typing import Any
 
 from orchestrator.policy import (
     ACTIVE_ROLLOUT_STATES,
+    AWAITING_APPROVAL,
     FAILURE_STATES,
     IN_FLIGHT_STATES,
     PENDING,
@@ -31,7 +32,7 @@ _IN_FLIGHT = tuple(sorted(IN_FLIGHT_STATES))
 _FAILURES = tuple(sorted(FAILURE_STATES))
 _UPDATABLE = frozenset({
     "state", "phase", "phase_started_at", "gate_met_at", "reason", "failure_base",
-    "attempt_base",
+    "attempt_base", "approval", "decided_by", "decided_at",
 })  # fmt: skip
 
 
@@ -45,17 +46,24 @@ class RolloutMethods(ReleaseMethods):
         assignments: Sequence[tuple[str, int, int]],
         now: float,
         actor: str,
+        approval: bool = False,
     ) -> RolloutRecord:
-        state = "scheduled" if spec.start_at is not None and spec.start_at > now else "running"
+        if approval:
+            state = AWAITING_APPROVAL
+        elif spec.start_at is not None and spec.start_at > now:
+            state = "scheduled"
+        else:
+            state = "running"
         with self._tx():
             self.get_release(release_id)
             row = self._execute(
                 "INSERT INTO rollouts (release_id, target, spec, state, phase, phase_started_at,"
-                " created_at, updated_at, created_by) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?) "
-                "RETURNING id",
+                " created_at, updated_at, created_by, approval) "
+                "VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     release_id, json.dumps(target), json.dumps(spec.to_json()), state,
                     now if state == "running" else None, now, now, actor,
+                    "pending" if approval else "",
                 ),
             ).fetchone()  # fmt: skip
             rid = int(row[0])

@@ -37,7 +37,8 @@ RELEASE_COLS = (
 )
 ROLLOUT_COLS = (
     "id, release_id, target, spec, state, phase, phase_started_at, gate_met_at, reason, "
-    "failure_base, attempt_base, created_at, updated_at, created_by"
+    "failure_base, attempt_base, created_at, updated_at, created_by, approval, decided_by, "
+    "decided_at"
 )
 TARGET_COLS = (
     "rollout_id, device_id, position, phase, state, delivered, notice_id, notified_at, "
@@ -102,6 +103,9 @@ def rollout(row: Any) -> RolloutRecord:
         created_at=row[11],
         updated_at=row[12],
         created_by=row[13],
+        approval=row[14],
+        decided_by=row[15],
+        decided_at=row[16],
     )
 
 

@@ -4,7 +4,7 @@ import { flash } from "./dom.js";
 
 export const FAILED = ["failed", "rolled_back", "rejected", "timed_out"];
 export const IN_FLIGHT = ["sent", "notified", "deferred", "downloading", "downloaded", "installing", "installed"];
-export const ACTIVE = ["scheduled", "running", "paused"];
+export const ACTIVE = ["awaiting_approval", "scheduled", "running", "paused"];
 
 export const state = {
   me: null,
