@@ -23,7 +23,9 @@ import msgspec
 __all__ = [
     "ERROR_STATES",
     "FORMAT",
+    "SECURITY",
     "Ack",
+    "Advisory",
     "CancelNotice",
     "Delta",
     "ErrorInfo",
@@ -186,6 +188,27 @@ class Delta(_Struct, frozen=True, kw_only=True):
                 raise ValueError("deltas.urls: only http and https URLs are allowed")
 
 
+CveId = Annotated[str, msgspec.Meta(pattern=r"\ACVE-\d{4}-\d{4,19}\Z")]
+SECURITY = "security"  # the update class of a security update (``UpdateNotice.update_class``)
+
+
+class Advisory(_Struct, frozen=True, kw_only=True):
+    """What a security update fixes, signed with its notice (issue 17): the CVE ids (none
+    for a fix without one), the severity (CVSS v3 words), a short text to show a user,
+    whether installing it disrupts the device's function (a restart, a service stop), and
+    the longest a device may postpone it (seconds after the notice's ``issued_at``; the
+    device's own bound applies when smaller). Every field is always written."""
+
+    cves: Annotated[tuple[CveId, ...], msgspec.Meta(max_length=64)]
+    disruptive: bool
+    max_postpone_s: Annotated[int, msgspec.Meta(ge=0, le=365 * 86400)]
+    severity: Literal["none", "low", "medium", "high", "critical"]
+    summary: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+
+    def __post_init__(self) -> None:
+        _unique(self.cves, "advisory.cves")
+
+
 class Target(_Struct, frozen=True, kw_only=True):
     """Who a notice is for: any listed device or member of a listed group, and then only
     if its model is listed (when any are) and its current version is listed (when any are).
@@ -208,6 +231,8 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "notice"
 
+    # Absent unless a security update (issue 17), like ``deltas`` and ``update_class``.
+    advisory: Advisory | msgspec.UnsetType = msgspec.UNSET
     # Absent (not nil, not empty) when there are none, so that a notice without deltas
     # keeps the bytes it had before the field existed and has one encoding either way.
     deltas: (
@@ -228,6 +253,21 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
     seq: Seq
     target: Target
     type: Literal["notice"] = "notice"
+    # Absent for a feature update; "security" with an ``advisory``. A class this reader
+    # does not know is treated as a feature update, never refused.
+    update_class: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
+
+    def __post_init__(self) -> None:
+        has_advisory = not isinstance(self.advisory, msgspec.UnsetType)
+        if (self.update_class == SECURITY) != has_advisory:
+            raise ValueError("a security notice (update_class 'security') needs an advisory, "
+                             "and only it carries one")  # fmt: skip
+
+    @property
+    def security(self) -> bool:
+        return self.update_class == SECURITY
 
 
 class CancelNotice(Message, frozen=True, kw_only=True):

@@ -11,6 +11,7 @@ Example::
     url_ttl = "24h"
     max_upload_bytes = 4294967296        # release uploads, streamed to disk
     max_json_bytes = 1048576             # every JSON request body; larger is a 413
+    max_sbom_bytes = 16777216            # a release's SBOM (SPDX or CycloneDX JSON)
 
     [mqtt]                               # omit: the broker `fleetpush broker run` recorded
     url = "mqtt://127.0.0.1:1883"        #   in <data_dir>/broker/broker.json
@@ -94,6 +95,7 @@ class HttpConfig:
     url_ttl_s: float = 86400.0  # seconds a signed payload URL stays valid
     max_upload_bytes: int = 4 * 2**30  # bytes; the release upload, streamed to disk
     max_json_bytes: int = 2**20  # bytes; any JSON request body (read into memory)
+    max_sbom_bytes: int = 16 * 2**20  # bytes; a release's SBOM (read into memory, checked)
 
     @property
     def base_url(self) -> str:
@@ -355,6 +357,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         url_ttl_s=h.duration("url_ttl", 86400.0, 60.0, 90 * 86400.0),
         max_upload_bytes=h.integer("max_upload_bytes", 4 * 2**30, 1, 2**48),
         max_json_bytes=h.integer("max_json_bytes", 2**20, 1024, 64 * 2**20),
+        max_sbom_bytes=h.integer("max_sbom_bytes", 16 * 2**20, 1024, 256 * 2**20),
     )
     m = top.sub("mqtt")
     mqtt = _mqtt(m, base, data_dir)

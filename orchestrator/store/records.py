@@ -118,6 +118,12 @@ class ReleaseRecord:
     handler_args: dict[str, str]
     metadata: dict[str, str]
     created_at: float
+    update_class: str = "feature"  # or "security" (issue 17)
+    advisory: dict[str, Any] | None = None  # a security release's, as its notices carry it
+
+    @property
+    def security(self) -> bool:
+        return self.update_class == "security"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -131,6 +137,8 @@ class ReleaseRecord:
             "handler_args": dict(self.handler_args),
             "metadata": dict(self.metadata),
             "created_at": self.created_at,
+            "update_class": self.update_class,
+            "advisory": self.advisory,
         }
 
 

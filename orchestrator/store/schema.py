@@ -140,4 +140,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE rollouts ADD COLUMN decided_by TEXT NOT NULL DEFAULT '';
     ALTER TABLE rollouts ADD COLUMN decided_at REAL;
     """,
+    # 5: security releases (issue 17): the update class and the advisory the notices carry;
+    # a release's SBOM, stored as uploaded, with the components it lists
+    """
+    ALTER TABLE releases ADD COLUMN update_class TEXT NOT NULL DEFAULT 'feature';
+    ALTER TABLE releases ADD COLUMN advisory TEXT;
+    CREATE TABLE release_sboms (
+        release_id INTEGER PRIMARY KEY REFERENCES releases (id),
+        format TEXT NOT NULL,
+        spec_version TEXT NOT NULL,
+        components TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 )

@@ -33,7 +33,8 @@ DEVICE_COLS = (
     "limited, limited_at, limited_reason"
 )
 RELEASE_COLS = (
-    "id, name, version, sha256, size, models, handler, handler_args, metadata, created_at"
+    "id, name, version, sha256, size, models, handler, handler_args, metadata, created_at, "
+    "update_class, advisory"
 )
 ROLLOUT_COLS = (
     "id, release_id, target, spec, state, phase, phase_started_at, gate_met_at, reason, "
@@ -84,6 +85,8 @@ def release(row: Any) -> ReleaseRecord:
         handler_args=json.loads(row[7]),
         metadata=json.loads(row[8]),
         created_at=row[9],
+        update_class=row[10],
+        advisory=json.loads(row[11]) if row[11] else None,
     )
 
 
