@@ -39,8 +39,9 @@ from device_client.commands import run_command
 from device_client.config import DeviceConfig
 from device_client.errors import UpdateError
 from device_client.handlers import Handler, InstallRequest, make_handler
+from device_client.hooks import NotifyHook
 from device_client.jobs.health import check_health
-from device_client.jobs.policy import install_blocked
+from device_client.jobs.security import update_blocked
 from device_client.jobs.states import CANCELABLE, Job, JobState
 from device_client.store import AgentState, StateStore
 from device_client.transport.fetcher import Fetcher, hash_file
@@ -114,6 +115,7 @@ class DeviceAgent:
         self.store = StateStore(config.device.state_dir, durable=durable, clock=clock)
         self.downloads = config.device.state_dir / "downloads"
         self.handler: Handler = make_handler(config.install)
+        self.notify = NotifyHook(config)  # [security] notify_command, once per notice
         self.fetcher = Fetcher(config.download, user_agent=f"fleetpush-device/{__version__}")
         self.state = AgentState()
         anchor = TrustedKeyring.anchor(config.trust.root_keys, config.trust.root_threshold)
@@ -523,10 +525,12 @@ class DeviceAgent:
         s = job.state
         notice = decode_message(job.notice)
         assert isinstance(notice, UpdateNotice)  # noqa: S101 - only verified notices are stored
+        if s in (JobState.DEFERRED, JobState.DOWNLOADING, JobState.DOWNLOADED):
+            await self.notify.announce(notice)  # before it installs; once per notice
         if s is JobState.NOTIFIED:  # persisted by an agent older than _decide
             self._decide(job, notice)
         elif s is JobState.DEFERRED:
-            await self._wait_for_policy(job)
+            await self._wait_for_policy(job, notice)
             job = self.state.job or job
             if await self._downloaded(job, notice):
                 await self._install(job, notice)
@@ -535,7 +539,7 @@ class DeviceAgent:
         elif s is JobState.DOWNLOADING:
             await self._download(job, notice)
         elif s is JobState.DOWNLOADED:
-            blocked = install_blocked(self.config.policy, self.clock())
+            blocked = update_blocked(self.config, notice, self.clock())
             if blocked is not None:
                 self._transition(job, JobState.DEFERRED, detail=blocked.reason)
             elif await self._downloaded(job, notice):
@@ -568,15 +572,15 @@ class DeviceAgent:
                 f"notice wants handler {notice.handler!r}, device has {self.handler.name!r}",
             )  # fmt: skip
             return
-        blocked = install_blocked(self.config.policy, self.clock())
+        blocked = update_blocked(self.config, notice, self.clock())
         if blocked is not None and not self.config.policy.download_ahead:
             self._transition(job, JobState.DEFERRED, detail=blocked.reason)
         else:
             self._transition(job, JobState.DOWNLOADING)
 
-    async def _wait_for_policy(self, job: Job) -> None:
+    async def _wait_for_policy(self, job: Job, notice: UpdateNotice) -> None:
         reason = ""
-        while (blocked := install_blocked(self.config.policy, self.clock())) is not None:
+        while (blocked := update_blocked(self.config, notice, self.clock())) is not None:
             if blocked.reason != reason:
                 if reason:  # the reason changed (hold over, now a window): say so
                     job = self._transition(self.state.job or job, JobState.DEFERRED,
