@@ -10,11 +10,24 @@ tokens of one person must not share a name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from orchestrator.policy import AWAITING_APPROVAL
 from orchestrator.security.auth import Principal, role_allows
 from orchestrator.store import RolloutRecord
+from orchestrator.supersede import take_over
 
-__all__ = ["ApprovalRefusedError", "check_decider", "needs_approval", "state_after_approval"]
+if TYPE_CHECKING:
+    from orchestrator.engine import RolloutEngine
+
+__all__ = [
+    "ApprovalRefusedError",
+    "check_decider",
+    "decide",
+    "needs_approval",
+    "state_after_approval",
+]
 
 
 class ApprovalRefusedError(Exception):
@@ -62,3 +75,35 @@ def state_after_approval(r: RolloutRecord, now: float) -> str:
     """``scheduled`` when its start time is still ahead, else ``running``."""
     start_at = r.spec.start_at
     return "scheduled" if start_at is not None and start_at > now else "running"
+
+
+async def decide(
+    engine: RolloutEngine, rollout_id: int, check: Callable[[RolloutRecord], None], *,
+    approve: bool, actor: str, reason: str,
+) -> tuple[RolloutRecord, dict[int, list[str]]]:  # fmt: skip
+    """Approve (it starts, or waits for its start time) or reject (it ends, its devices
+    free) a rollout awaiting approval. ``check`` sees the rollout as stored, under the
+    engine's lock, and raises to refuse: of two deciders at once, the second finds it
+    decided. An approved security rollout takes its devices from feature rollouts
+    (``supersede.take_over``): returned, feature rollout id -> devices."""
+    async with engine.lock:
+        now = engine.clock.now()
+        r = await engine.db.run(lambda s: s.get_rollout(rollout_id))
+        check(r)
+        if approve:
+            state = state_after_approval(r, now)
+            fields: dict[str, object] = {
+                "state": state, "approval": "approved",
+                "phase_started_at": now if state == "running" else None,
+            }  # fmt: skip
+        else:
+            await engine.cancel(r, now, state="rejected", reason=reason)
+            fields = {"approval": "rejected"}
+        r = await engine.db.run(
+            lambda s: s.update_rollout(rollout_id, now, decided_by=actor, decided_at=now, **fields)
+        )
+        taken: dict[int, list[str]] = {}
+        if approve and (await engine.db.run(lambda s: s.get_release(r.release_id))).security:
+            taken = await take_over(engine, r, now)
+    engine.wake()
+    return r, taken

@@ -18,7 +18,6 @@ from typing import Protocol
 
 from fleetpush_common.clock import Clock
 from fleetpush_protocol.topics import device_scope
-from orchestrator.approval import state_after_approval
 from orchestrator.notices import NoticeFactory
 from orchestrator.policy import (
     ACTIVE_ROLLOUT_STATES,
@@ -371,17 +370,27 @@ class RolloutEngine:
         """Cancel the rollout: pending devices are dropped, notified ones get a cancel."""
         devices = await self.db.run(lambda s: s.cancel_targets(r.id, now, reason))
         await self._update(r, now, state=state, reason=reason)
+        return await self.send_cancels(r.id, devices, now)
+
+    async def send_cancels(self, rollout_id: int, devices: Sequence[str], now: float) -> int:
+        """Sign, store and publish a cancel of ``rollout_id`` for each of ``devices`` (under
+        ``lock``); returns how many were sent."""
         if not devices:
             return 0
         records = await self._sign(
             devices, now,
             lambda signing, seqs: self.notices.cancels(
-                signing, rollout_id=r.id, device_ids=devices, seqs=seqs, now=int(now)
+                signing, rollout_id=rollout_id, device_ids=devices, seqs=seqs, now=int(now)
             ),
         )  # fmt: skip
         await self.db.run(lambda s: s.save_notices(records, {}))
         await self._publish(records, now)
         return len(records)
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held for each pass; an operator action that changes rollouts holds it too."""
+        return self._lock
 
     # --- operator actions ----------------------------------------------------------------
 
@@ -412,30 +421,6 @@ class RolloutEngine:
             await self._rebase(r, now)
         self.wake()
         return n
-
-    async def decide(
-        self, rollout_id: int, check: Callable[[RolloutRecord], None], *, approve: bool,
-        actor: str, reason: str,
-    ) -> RolloutRecord:  # fmt: skip
-        """Approve (it starts, or waits for its start time) or reject (it ends, its
-        devices free) a rollout awaiting approval. ``check`` sees the rollout as stored,
-        under the engine's lock, and raises to refuse: of two deciders at once, the
-        second finds it decided."""
-        async with self._lock:
-            now = self.clock.now()
-            r = await self.db.run(lambda s: s.get_rollout(rollout_id))
-            check(r)
-            if not approve:
-                await self.cancel(r, now, state="rejected", reason=reason)
-                return await self._update(r, now, approval="rejected", decided_by=actor,
-                                          decided_at=now)  # fmt: skip
-            state = state_after_approval(r, now)
-            r = await self._update(
-                r, now, state=state, approval="approved", decided_by=actor, decided_at=now,
-                phase_started_at=now if state == "running" else None,
-            )  # fmt: skip
-        self.wake()
-        return r
 
     async def cancel_by_operator(self, r: RolloutRecord, reason: str) -> int:
         async with self._lock:

@@ -75,10 +75,11 @@ class Fleet:
         self.configs: dict[str, Path] = {}
 
     def provision(
-        self, device_id: str, *, groups: tuple[str, ...] = (), healthy: bool = True
-    ) -> None:
+        self, device_id: str, *, groups: tuple[str, ...] = (), healthy: bool = True,
+        sections: dict[str, dict[str, Any]] | None = None,
+    ) -> None:  # fmt: skip
         password = self.broker.add_device(device_id, groups)
-        sections: dict[str, dict[str, Any]] = {}
+        sections = dict(sections or {})
         if not healthy:
             sections["health"] = {"command": ["/bin/false"], "timeout_s": 5}
         self.configs[device_id] = write_config(

@@ -8,7 +8,7 @@ from aiohttp import web
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, principal, requires
 from orchestrator.api.context import ApiError
 from orchestrator.api.releases import find_release
-from orchestrator.approval import ApprovalRefusedError, check_decider, needs_approval
+from orchestrator.approval import ApprovalRefusedError, check_decider, decide, needs_approval
 from orchestrator.policy import AWAITING_APPROVAL, RolloutSpec
 from orchestrator.revert import revert_groups
 from orchestrator.rollouts import (
@@ -20,6 +20,7 @@ from orchestrator.rollouts import (
     spec_from_request,
 )
 from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord
+from orchestrator.supersede import security_conflicts, take_over
 
 __all__ = ["routes"]
 
@@ -104,6 +105,9 @@ async def create(request: web.Request) -> web.Response:
     plan = await _plan(request, release, target, spec, dry_run)
     if dry_run:
         return ok({**plan.to_json(spec.phases), "requires_approval": approval})
+    if release.security and plan.conflicts:  # feature rollouts' devices are superseded
+        kept = await ctx(request).db.run(lambda s: security_conflicts(s, plan.conflicts))
+        plan = Plan(plan.assignments, plan.held, kept)
     refused = None if force else conflict(plan)
     if refused is not None:
         return refused
@@ -120,17 +124,27 @@ async def create_rollout(
     c = ctx(request)
     now = c.clock.now()
     who = principal(request).name
-    r = await c.db.run(
-        lambda s: s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
-                                   assignments=plan.assignments, now=now, actor=who,
-                                   approval=approval)
-    )  # fmt: skip
+    async with c.engine.lock:  # a security rollout's take-over precedes its first notice
+        r = await c.db.run(
+            lambda s: s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
+                                       assignments=plan.assignments, now=now, actor=who,
+                                       approval=approval)
+        )  # fmt: skip
+        taken = await take_over(c.engine, r, now) if release.security and not approval else {}
     await audit(request, "rollout.create", f"rollout/{r.id}", release=release.id,
                 target=target.to_json(), spec=spec.to_json(), devices=len(plan.assignments),
                 forced=sorted(set(plan.conflicts.values())), requires_approval=approval,
                 **audit_detail)  # fmt: skip
+    await superseded(request, r, taken)
     c.engine.wake()
     return r
+
+
+async def superseded(request: web.Request, r: RolloutRecord, taken: dict[int, list[str]]) -> None:
+    """Audit what a starting security rollout took from feature rollouts."""
+    for rollout_id, devices in taken.items():
+        await audit(request, "rollout.supersede", f"rollout/{rollout_id}", by=r.id,
+                    devices=len(devices), device_ids=devices[:100])  # fmt: skip
 
 
 @routes.get("/v1/rollouts")
@@ -185,8 +199,8 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
             raise ApiError(e.status, str(e)) from None
 
     try:
-        r = await ctx(request).engine.decide(
-            r.id, check, approve=approve, actor=who.name,
+        r, taken = await decide(
+            ctx(request).engine, r.id, check, approve=approve, actor=who.name,
             reason=reason or f"rejected by {who.name}",
         )  # fmt: skip
     except ApiError as e:
@@ -195,6 +209,7 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
         raise
     await audit(request, f"rollout.{action}", f"rollout/{r.id}", reason=reason,
                 created_by=r.created_by, state=r.state)  # fmt: skip
+    await superseded(request, r, taken)
     return ok(await _view(request, r))
 
 

@@ -152,6 +152,18 @@ class RolloutMethods(ReleaseMethods):
             )
         ]
 
+    def succeeded_releases(self) -> dict[str, dict[str, int]]:
+        """Device -> release name -> the highest release id it succeeded on (accepted
+        reports only: a target's state moves on those)."""
+        out: dict[str, dict[str, int]] = {}
+        for device_id, name, release_id in self._execute(
+            "SELECT t.device_id, rel.name, max(rel.id) FROM rollout_targets t "
+            "JOIN rollouts r ON r.id = t.rollout_id JOIN releases rel ON rel.id = r.release_id "
+            "WHERE t.state = 'succeeded' GROUP BY t.device_id, rel.name"
+        ):
+            out.setdefault(device_id, {})[name] = int(release_id)
+        return out
+
     def active_target_ids(self) -> set[str]:
         """Devices targeted by any scheduled, running or paused rollout."""
         found = self._execute(
@@ -205,6 +217,30 @@ class RolloutMethods(ReleaseMethods):
                 f"updated_at = ? WHERE rollout_id = ? AND state IN ({marks(len(_FAILURES))})",
                 (PENDING, now, rollout_id, *_FAILURES),
             ).rowcount
+
+    def cancel_device_targets(
+        self, rollout_id: int, device_ids: Sequence[str], now: float, reason: str
+    ) -> list[str]:
+        """Cancel the unfinished targets of ``device_ids`` in the rollout (the rest of it
+        goes on); return those that had a notice out."""
+        notified: list[str] = []
+        with self._tx():
+            for d in device_ids:
+                row = self._execute(
+                    "SELECT state FROM rollout_targets WHERE rollout_id = ? AND device_id = ?"
+                    + self.dialect.for_update,
+                    (rollout_id, d),
+                ).fetchone()
+                if row is None or (row[0] != PENDING and row[0] not in IN_FLIGHT_STATES):
+                    continue
+                if row[0] != PENDING:
+                    notified.append(d)
+                self._execute(
+                    "UPDATE rollout_targets SET state = 'canceled', reason = ?, updated_at = ? "
+                    "WHERE rollout_id = ? AND device_id = ?",
+                    (reason, now, rollout_id, d),
+                )
+        return notified
 
     def cancel_targets(self, rollout_id: int, now: float, reason: str) -> list[str]:
         """Cancel every unfinished target; return the devices that had a notice out."""
