@@ -44,6 +44,7 @@ from device_client.jobs.health import check_health
 from device_client.jobs.security import update_blocked
 from device_client.jobs.states import CANCELABLE, Job, JobState
 from device_client.store import AgentState, StateStore
+from device_client.support import SupportStatus
 from device_client.transport.fetcher import Fetcher, hash_file
 from device_client.transport.outbox import Kind
 from device_client.transport.session import MqttSession, Publication
@@ -116,6 +117,7 @@ class DeviceAgent:
         self.downloads = config.device.state_dir / "downloads"
         self.handler: Handler = make_handler(config.install)
         self.notify = NotifyHook(config)  # [security] notify_command, once per notice
+        self.support = SupportStatus(config, durable=durable)  # {prefix}/support, verified
         self.fetcher = Fetcher(config.download, user_agent=f"fleetpush-device/{__version__}")
         self.state = AgentState()
         anchor = TrustedKeyring.anchor(config.trust.root_keys, config.trust.root_threshold)
@@ -149,6 +151,7 @@ class DeviceAgent:
             client_id=self.device_id,
             subscriptions=[
                 self.topics.keyring_filter,
+                self.topics.support,
                 self._ack_topic,
                 *sorted(self._notice_topics),
             ],
@@ -276,6 +279,8 @@ class DeviceAgent:
                 await self._on_keyring(payload)
             elif topic in self._notice_topics:
                 await self._on_notice(payload)
+            elif topic == self.topics.support:
+                self.support.on_message(payload, self.trust, int(self.clock()))
             else:
                 logger.debug("%s: message on unexpected topic %s", self.device_id, topic)
         except Exception:
@@ -297,6 +302,7 @@ class DeviceAgent:
         ):
             self._save()
         if accepted:
+            self.support.retry(self.trust, int(self.clock()))
             for parked in self.trust.take_parked():
                 await self._on_notice(parked)
 

@@ -40,6 +40,7 @@ __all__ = [
     "Report",
     "ReportState",
     "SigningKeyInfo",
+    "SupportPeriods",
     "Target",
     "UpdateNotice",
     "message_class",
@@ -189,15 +190,14 @@ class Delta(_Struct, frozen=True, kw_only=True):
 
 
 CveId = Annotated[str, msgspec.Meta(pattern=r"\ACVE-\d{4}-\d{4,19}\Z")]
+ClassName = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 SECURITY = "security"  # the update class of a security update (``UpdateNotice.update_class``)
 
 
 class Advisory(_Struct, frozen=True, kw_only=True):
-    """What a security update fixes, signed with its notice (issue 17): the CVE ids (none
-    for a fix without one), the severity (CVSS v3 words), a short text to show a user,
-    whether installing it disrupts the device's function (a restart, a service stop), and
-    the longest a device may postpone it (seconds after the notice's ``issued_at``; the
-    device's own bound applies when smaller). Every field is always written."""
+    """What a security update fixes (issue 17; docs/protocol.md): CVE ids, severity, a
+    short text, whether installing disrupts function, the longest postponement (seconds
+    after ``issued_at``). Every field is always written."""
 
     cves: Annotated[tuple[CveId, ...], msgspec.Meta(max_length=64)]
     disruptive: bool
@@ -253,17 +253,13 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
     seq: Seq
     target: Target
     type: Literal["notice"] = "notice"
-    # Absent for a feature update; "security" with an ``advisory``. A class this reader
-    # does not know is treated as a feature update, never refused.
-    update_class: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | msgspec.UnsetType = (
-        msgspec.UNSET
-    )
+    # Absent: a feature update; "security" with an advisory; unknown: a feature update.
+    update_class: ClassName | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:
         has_advisory = not isinstance(self.advisory, msgspec.UnsetType)
         if (self.update_class == SECURITY) != has_advisory:
-            raise ValueError("a security notice (update_class 'security') needs an advisory, "
-                             "and only it carries one")  # fmt: skip
+            raise ValueError("update_class 'security' goes with an advisory, and only it")
 
     @property
     def security(self) -> bool:
@@ -285,6 +281,19 @@ class CancelNotice(Message, frozen=True, kw_only=True):
     seq: Seq
     target: Target
     type: Literal["cancel"] = "cancel"
+
+
+class SupportPeriods(Message, frozen=True, kw_only=True):
+    """Until when each hardware model gets security updates (issue 17): model -> end of
+    its last day (Unix seconds); signed like notices, retained on ``{prefix}/support``."""
+
+    TYPE: ClassVar[str] = "support"
+
+    expires_at: Time
+    format: int = FORMAT
+    issued_at: Time
+    models: Annotated[dict[Name, Time], msgspec.Meta(max_length=MAX_TARGETS)]
+    type: Literal["support"] = "support"
 
 
 class SigningKeyInfo(_Struct, frozen=True, kw_only=True):
@@ -431,9 +440,8 @@ class Ack(Message, frozen=True, kw_only=True):
         return any(first <= counter <= last for first, last in self.stored)
 
 
-_CLASSES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (UpdateNotice, CancelNotice, Keyring, Report, Presence, Inventory, Ack)
-}
+_KNOWN = (UpdateNotice, CancelNotice, Keyring, Report, Presence, Inventory, Ack, SupportPeriods)
+_CLASSES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _KNOWN}
 
 
 def message_class(type_tag: str) -> type[Message] | None:

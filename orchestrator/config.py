@@ -56,10 +56,13 @@ Example::
     notice_ttl = "7d"
     follow_every = "30s"                 # continuous rollouts look for new devices
     require_approval = false             # four-eyes: another operator approves each rollout
+
+    [support]                            # per hardware model: rpi4 = 2030-12-31
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +73,7 @@ from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker.info import INFO_FILE, read_info
 from orchestrator.config_tables import ConfigError, Table, host_port, http_url, password_file
+from orchestrator.support import parse_support
 
 __all__ = [
     "AuthConfig",
@@ -196,6 +200,7 @@ class OrchestratorConfig:
     # ``fleetpush broker run --data`` keeps next to the database.
     registry_file: Path | None = None
     database_config: DatabaseConfig = field(default_factory=DatabaseConfig)
+    support: dict[str, dt.date] = field(default_factory=dict)  # model -> security updates until
 
     @property
     def registry_path(self) -> Path:
@@ -394,6 +399,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     registry_file = g.text("file", "")
     d = top.sub("database")
     database = _database(d, base, data_dir)
+    support = parse_support(top.sub("support"))  # before top.check_unknown()
     for table in (h, m, k, i, t, r, a, g, d, top):
         table.check_unknown()
     return OrchestratorConfig(
@@ -407,6 +413,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         auth=auth,
         registry_file=(base / registry_file).resolve() if registry_file else None,
         database_config=database,
+        support=support,
     )
 
 

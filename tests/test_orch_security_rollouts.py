@@ -1,18 +1,29 @@
 """Security rollouts against a real orchestrator (real Mosquitto, HTTP API, SQLite) and
 real device agents: a security rollout supersedes a running feature rollout for the same
-devices; which devices miss which security release (API, CLI, metric)."""
+devices; which devices miss which security release (API, CLI, metric); support periods
+published signed and retained, verified by an agent, shown, and warned about."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from orch_helpers import PAYLOAD, TOKENS, Api, Setup, setup, wait_until
+from orch_helpers import PAYLOAD, TOKENS, Api, Setup, running, setup, wait_until
 
+from fleetpush_protocol.envelope import sign_message
+from fleetpush_protocol.errors import ContentError
+from fleetpush_protocol.topics import Topics
+from fleetpush_protocol.verify import TrustedKeyring, VerifyPolicy, verify_keyring, verify_support
+from fleetpush_sim.signing import BASE_TIME, DAY, fixed_key, make_keyring, tamper_body
+from orchestrator.broker import MosquittoBroker
 from orchestrator.cli.main import main
+from orchestrator.security.keystore import SigningSet
+from orchestrator.support import day_end, signed_periods
 
 __all__ = ["setup"]
 
@@ -97,10 +108,11 @@ async def test_a_security_rollout_supersedes_a_running_feature_rollout(setup: Se
     assert old["sec-1"]["state"] == "canceled"
     assert old["sec-2"]["state"] == "succeeded"  # finished there: left as it was
 
-    async def feature_over() -> bool:
-        return bool((await s.api.status(running["id"]))["state"] == "completed")
+    async def both_over() -> bool:
+        states = [(await s.api.status(r["id"]))["state"] for r in (running, sec)]
+        return states == ["completed", "completed"]
 
-    await wait_until(feature_over, what="the feature rollout completes with the rest")
+    await wait_until(both_over, what="the feature rollout completes with the rest")
     admin = Api(s.session, s.api.base, TOKENS["admin"])
     entries = (await admin.call("GET", "/v1/audit", params={"limit": "50"}))["entries"]
     taken = [e for e in entries if e["action"] == "rollout.supersede"]
@@ -122,3 +134,73 @@ async def test_a_security_rollout_supersedes_a_running_feature_rollout(setup: Se
     refused = await s.api.call("POST", "/v1/rollouts", expect=409, json={
         "release": other["id"], "target": {"devices": ["sec-3"]}})  # fmt: skip
     assert refused["rollouts"] == [first["id"]]
+
+
+async def test_support_periods_are_published_signed_shown_and_warned_about(
+    tmp_path: Path, broker: MosquittoBroker, topics: Topics
+) -> None:
+    extra = '[support]\nrpi4 = 2031-06-30\nold-board = "2020-01-31"\n'
+    async with running(tmp_path, broker, topics, extra_toml=extra) as s:
+        await start(s, "sup-1")  # a real agent, model rpi4
+        agent = s.fleet.agents["sup-1"]
+
+        # The agent verified the retained, signed message and kept it.
+        async def verified() -> bool:
+            return agent.support.until is not None
+
+        await wait_until(verified, what="support periods verified by the agent")
+        assert agent.support.until == day_end(dt.date(2031, 6, 30))
+        kept = json.loads((agent.config.device.state_dir / "support.json").read_text())
+        assert kept["models"] == {"old-board": day_end(dt.date(2020, 1, 31)),
+                                  "rpi4": day_end(dt.date(2031, 6, 30))}  # fmt: skip
+        # Shown by the API and the CLI.
+        shown = (await s.api.call("GET", "/v1/support"))["models"]
+        assert shown == [
+            {"model": "old-board", "security_updates_until": "2020-01-31", "ended": True},
+            {"model": "rpi4", "security_updates_until": "2031-06-30", "ended": False},
+        ]
+        text = await cli(s, "support")
+        assert "old-board" in text.output
+        assert "ended" in text.output
+        # A release for a model past its period warns (and is still stored).
+        payload = tmp_path / "app.tar"
+        payload.write_bytes(PAYLOAD)
+        made = await cli(s, "release", "upload", str(payload), "--name", "app", "--version",
+                         "9.0", "--model", "old-board", "--model", "rpi4")  # fmt: skip
+        assert made.exit_code == 0, made.output
+        assert ("warning: model 'old-board' is past its support period (security updates "
+                "until 2020-01-31") in made.output  # fmt: skip
+        assert "'rpi4'" not in made.output
+        ok = await s.api.call(
+            "POST",
+            "/v1/releases",
+            data=PAYLOAD,
+            expect=201,
+            params=[("name", "app"), ("version", "9.1"), ("model", "rpi4")],
+        )
+        assert ok["warnings"] == []
+
+
+def test_a_forged_or_stale_support_message_is_refused() -> None:
+    root, key, stranger_key = fixed_key(1), fixed_key(11), fixed_key(99)
+    signing = SigningSet(keys=(key,), not_after=BASE_TIME + 30 * DAY)
+    good = signed_periods({"m1": dt.date(2030, 1, 1)}, signing, BASE_TIME)
+    anchor = TrustedKeyring.anchor([root.public_key])
+    keyring = sign_message(make_keyring(1, [root], [key]), [root])
+    trusted = anchor.then(verify_keyring(keyring, trusted=anchor, policy=VerifyPolicy()))
+    args = {"keyring": trusted, "trusted_time": 0, "now": BASE_TIME + 60,
+            "policy": VerifyPolicy()}  # fmt: skip
+    assert verify_support(good, last_issued_at=0, **args).message.models == {
+        "m1": day_end(dt.date(2030, 1, 1))
+    }
+    with pytest.raises(ContentError) as e:
+        verify_support(good, last_issued_at=BASE_TIME + 1, **args)
+    assert e.value.code == "rollback"
+    with pytest.raises(ContentError) as e:
+        verify_support(tamper_body(good, models={"m1": 2**40}), last_issued_at=0, **args)
+    assert e.value.code == "bad_signature"
+    other = SigningSet(keys=(stranger_key,), not_after=BASE_TIME + DAY)
+    stranger = signed_periods({"m1": dt.date(2030, 1, 1)}, other, BASE_TIME)
+    with pytest.raises(ContentError) as e:
+        verify_support(stranger, last_issued_at=0, **args)
+    assert e.value.code == "unknown_key"

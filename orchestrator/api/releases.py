@@ -14,6 +14,7 @@ from orchestrator.api.context import ApiError
 from orchestrator.payloads import PayloadError, TooLargeError, check_tar
 from orchestrator.sbom import SbomError, parse_sbom
 from orchestrator.store import ReleaseRecord
+from orchestrator.support import release_warnings, support_view
 
 __all__ = ["HANDLERS", "routes"]
 
@@ -87,10 +88,19 @@ async def upload(request: web.Request) -> web.Response:
         update_class="security" if advisory else "feature", advisory=advisory,
     )  # fmt: skip
     stored = await c.db.run(lambda s: s.add_release(rec))
+    warnings = release_warnings(c.config.support, models, c.clock.now())
     await audit(request, "release.upload", f"release/{stored.id}", name=name, version=version,
                 sha256=sha, size=size, update_class=rec.update_class,
-                cves=advisory["cves"] if advisory else [])  # fmt: skip
-    return ok(stored.to_json(), status=201)
+                cves=advisory["cves"] if advisory else [], warnings=warnings)  # fmt: skip
+    return ok({**stored.to_json(), "warnings": warnings}, status=201)
+
+
+@routes.get("/v1/support")
+@requires("viewer")
+async def support(request: web.Request) -> web.Response:
+    """Until when each hardware model gets security updates ([support])."""
+    c = ctx(request)
+    return ok({"models": support_view(c.config.support, c.clock.now())})
 
 
 def _advisory(security: str, text: str | None) -> dict[str, object] | None:

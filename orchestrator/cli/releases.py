@@ -21,7 +21,7 @@ from orchestrator.cli.common import api_command, emit, table
 from orchestrator.client import ApiClient
 from orchestrator.sbom import SbomError, parse_sbom
 
-__all__ = ["release"]
+__all__ = ["release", "support"]
 
 
 @click.group()
@@ -93,6 +93,8 @@ def release_upload(
         params += [("security", "true"), ("advisory", advisory.read_text())]
     sbom_bytes = _checked_sbom(sbom) if sbom is not None else None
     data = upload(api, file, params)
+    for warning in data.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
     if sbom_bytes is not None:
         try:
             data["sbom"] = api.request("PUT", f"/v1/releases/{data['id']}/sbom", raw=sbom_bytes)
@@ -134,6 +136,17 @@ def _notes(d: dict[str, Any]) -> list[str]:
         count = sbom.get("component_count", sbom.get("components"))
         lines.append(f"sbom: {sbom['format']} {sbom['spec_version']}, {count} component(s)")
     return lines
+
+
+@click.command("support")
+@api_command
+def support(api: ApiClient, as_json: bool) -> None:
+    """Until when each hardware model gets security updates ([support] in the config)."""
+    data = api.request("GET", "/v1/support")
+    emit(data, as_json, lambda d: table(
+        ["model", "security updates until", "status"],
+        [[m["model"], m["security_updates_until"], "ended" if m["ended"] else "supported"]
+         for m in d["models"]]))  # fmt: skip
 
 
 @release.command("sbom")
