@@ -204,3 +204,26 @@ def test_a_forged_or_stale_support_message_is_refused() -> None:
     with pytest.raises(ContentError) as e:
         verify_support(stranger, last_issued_at=0, **args)
     assert e.value.code == "unknown_key"
+
+
+async def test_a_security_rollout_awaiting_approval_supersedes_only_once_approved(
+    setup: Setup,
+) -> None:
+    s = setup
+    await start(s, "ap-1", sections={"policy": {"hold_until": "2999-01-01T00:00:00Z"}})
+    feature = await s.api.upload("app", "2.0")
+    running = await s.api.rollout(feature["id"], target={"devices": ["ap-1"]})
+    await until(s, running["id"], {"ap-1": "deferred"})
+    params = [("name", "app"), ("version", "2.1"), ("security", "true"),
+              ("advisory", json.dumps(ADVISORY))]  # fmt: skip
+    fix = await s.api.call("POST", "/v1/releases", data=PAYLOAD, params=params, expect=201)
+    sec = await s.api.rollout(fix["id"], target={"devices": ["ap-1"]}, require_approval=True)
+    assert sec["state"] == "awaiting_approval"
+    # The take-over happens in the request that starts it, so this read is conclusive: the
+    # feature rollout keeps its device while the security one waits.
+    assert (await target_states(s, running["id"])) == {"ap-1": "deferred"}
+    admin = Api(s.session, s.api.base, TOKENS["admin"])
+    approved = await admin.call("POST", f"/v1/rollouts/{sec['id']}/approve")
+    assert approved["state"] == "running"
+    assert (await target_states(s, running["id"])) == {"ap-1": "canceled"}
+    await until(s, sec["id"], {"ap-1": "succeeded"})
