@@ -19,7 +19,7 @@ from orchestrator.rollouts import (
     rollout_status,
     spec_from_request,
 )
-from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord
+from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord, Store
 from orchestrator.supersede import security_conflicts, take_over
 
 __all__ = ["routes"]
@@ -124,13 +124,19 @@ async def create_rollout(
     c = ctx(request)
     now = c.clock.now()
     who = principal(request).name
-    async with c.engine.lock:  # a security rollout's take-over precedes its first notice
-        r = await c.db.run(
-            lambda s: s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
-                                       assignments=plan.assignments, now=now, actor=who,
-                                       approval=approval)
-        )  # fmt: skip
-        taken = await take_over(c.engine, r, now) if release.security and not approval else {}
+
+    def store(s: Store) -> RolloutRecord:
+        return s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
+                                assignments=plan.assignments, now=now, actor=who,
+                                approval=approval)  # fmt: skip
+
+    taken: dict[int, list[str]] = {}
+    if release.security and not approval:
+        async with c.engine.lock:  # the take-over's cancels precede its first notice
+            r = await c.db.run(store)
+            taken = await take_over(c.engine, r, now)
+    else:
+        r = await c.db.run(store)
     await audit(request, "rollout.create", f"rollout/{r.id}", release=release.id,
                 target=target.to_json(), spec=spec.to_json(), devices=len(plan.assignments),
                 forced=sorted(set(plan.conflicts.values())), requires_approval=approval,
