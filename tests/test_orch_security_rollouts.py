@@ -96,6 +96,16 @@ async def test_a_security_rollout_supersedes_a_running_feature_rollout(setup: Se
         assert word in listed.output
     assert await missing_metric(s) == 'fleetpush_devices_missing_security{release="app@2.1"} 3'
 
+    # The dry run says which devices it would take from the feature rollout.
+    body = {"release": fix["id"], "target": {"devices": ["sec-1", "sec-2", "sec-3"]}}
+    plan = await s.api.call("POST", "/v1/rollouts", json={**body, "dry_run": True})
+    held = {h["device"]: h for h in plan["held"]}
+    assert held["sec-1"]["superseded"] is True
+    assert held["sec-1"]["rollout_id"] == running["id"]
+    text = await cli(s, "rollout", "create", str(fix["id"]), "--target",
+                     "device:sec-1,device:sec-2,device:sec-3", "--dry-run")  # fmt: skip
+    assert f"other_rollout (rollout {running['id']}, a feature rollout: taken from it)" \
+        in text.output  # fmt: skip
     # No --force needed: the feature rollout's devices are taken, not a conflict.
     sec = await s.api.rollout(fix["id"], target={"devices": ["sec-1", "sec-2", "sec-3"]})
     assert sec["state"] == "running"

@@ -103,11 +103,15 @@ async def create(request: web.Request) -> web.Response:
     target = TargetSpec.from_json(body.get("target"))
     spec = spec_from_request(body)
     plan = await _plan(request, release, target, spec, dry_run)
-    if dry_run:
-        return ok({**plan.to_json(spec.phases), "requires_approval": approval})
+    kept = plan.conflicts
     if release.security and plan.conflicts:  # feature rollouts' devices are superseded
         kept = await ctx(request).db.run(lambda s: security_conflicts(s, plan.conflicts))
-        plan = Plan(plan.assignments, plan.held, kept)
+    if dry_run:
+        out = plan.to_json(spec.phases)
+        for h in out["held"] if release.security else ():  # taken, not waited for
+            h["superseded"] = h["device"] in plan.conflicts and h["device"] not in kept
+        return ok({**out, "requires_approval": approval})
+    plan = Plan(plan.assignments, plan.held, kept)
     refused = None if force else conflict(plan)
     if refused is not None:
         return refused

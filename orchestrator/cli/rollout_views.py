@@ -82,7 +82,11 @@ def plan_lines(plan: dict[str, Any]) -> list[str]:
     for h in plan["held"]:
         where = f"phase {h['phase']}" if h["phase"] is not None else "left out"
         why = ", ".join(
-            f"other_rollout (rollout {h['rollout_id']})" if r == "other_rollout" else r
+            f"other_rollout (rollout {h['rollout_id']}"
+            + (", a feature rollout: taken from it" if h.get("superseded") else "")
+            + ")"
+            if r == "other_rollout"
+            else r
             for r in h["reasons"]
         )
         lines.append(f"held: {h['device']} ({where}): {why}")
