@@ -156,10 +156,10 @@ async def test_support_periods_are_published_signed_shown_and_warned_about(
 
         # The agent verified the retained, signed message and kept it.
         async def verified() -> bool:
-            return agent.support.until is not None
+            return agent.router.support.until is not None
 
         await wait_until(verified, what="support periods verified by the agent")
-        assert agent.support.until == day_end(dt.date(2031, 6, 30))
+        assert agent.router.support.until == day_end(dt.date(2031, 6, 30))
         kept = json.loads((agent.config.device.state_dir / "support.json").read_text())
         assert kept["models"] == {"old-board": day_end(dt.date(2020, 1, 31)),
                                   "rpi4": day_end(dt.date(2031, 6, 30))}  # fmt: skip
