@@ -25,6 +25,7 @@ from orchestrator.replicas import ReplicaIdentity, SqliteServeLock
 from orchestrator.security.auth import TokenAuth, load_tokens_file
 from orchestrator.security.keystore import KeyStore, SigningSet
 from orchestrator.store import Database, IngestResult, Store, open_database
+from orchestrator.support import signed_periods
 
 __all__ = ["Orchestrator", "serve"]
 
@@ -209,7 +210,12 @@ class Orchestrator:
         assert self.link is not None  # noqa: S101 - called after start
         topics = self.config.mqtt.topics
         blobs = self.keys.keyring_blobs()
-        await self.link.publish_many([(topics.keyring(v), b, True) for v, b in blobs])
+        items = [(topics.keyring(v), b, True) for v, b in blobs]
+        if self.config.support:  # signed with the keys just published, so after them
+            now = int(self.clock.now())
+            items.append((topics.support, signed_periods(self.config.support,
+                                                        self.signing(now), now), True))  # fmt: skip
+        await self.link.publish_many(items)
         return len(blobs)
 
     async def reload_keys(self) -> int:

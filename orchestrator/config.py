@@ -11,6 +11,7 @@ Example::
     url_ttl = "24h"
     max_upload_bytes = 4294967296        # release uploads, streamed to disk
     max_json_bytes = 1048576             # every JSON request body; larger is a 413
+    max_sbom_bytes = 16777216            # a release's SBOM (SPDX or CycloneDX JSON)
 
     [mqtt]                               # omit: the broker `fleetpush broker run` recorded
     url = "mqtt://127.0.0.1:1883"        #   in <data_dir>/broker/broker.json
@@ -56,10 +57,14 @@ Example::
     notice_ttl = "7d"
     follow_every = "30s"                 # continuous rollouts look for new devices
     lease = "15s"                        # replicas: a dead one's rollouts move on after it
+    require_approval = false             # four-eyes: another operator approves each rollout
+
+    [support]                            # per hardware model: rpi4 = 2030-12-31
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -70,6 +75,7 @@ from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker.info import INFO_FILE, read_info
 from orchestrator.config_tables import ConfigError, Table, host_port, http_url, password_file
+from orchestrator.support import parse_support
 
 __all__ = [
     "AuthConfig",
@@ -95,6 +101,7 @@ class HttpConfig:
     url_ttl_s: float = 86400.0  # seconds a signed payload URL stays valid
     max_upload_bytes: int = 4 * 2**30  # bytes; the release upload, streamed to disk
     max_json_bytes: int = 2**20  # bytes; any JSON request body (read into memory)
+    max_sbom_bytes: int = 16 * 2**20  # bytes; a release's SBOM (read into memory, checked)
 
     @property
     def base_url(self) -> str:
@@ -152,6 +159,7 @@ class RolloutConfig:
     notice_ttl_s: float = 7 * 86400.0  # seconds a notice stays valid (capped by the key)
     follow_every_s: float = 30.0  # seconds between two target checks of a continuous rollout
     lease_s: float = 15.0  # seconds a replica's claim on a rollout lasts without renewal
+    require_approval: bool = False  # every rollout waits for a second operator's approval
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +209,7 @@ class OrchestratorConfig:
     # ``fleetpush broker run --data`` keeps next to the database.
     registry_file: Path | None = None
     database_config: DatabaseConfig = field(default_factory=DatabaseConfig)
+    support: dict[str, dt.date] = field(default_factory=dict)  # model -> security updates until
 
     @property
     def registry_path(self) -> Path:
@@ -362,6 +371,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         url_ttl_s=h.duration("url_ttl", 86400.0, 60.0, 90 * 86400.0),
         max_upload_bytes=h.integer("max_upload_bytes", 4 * 2**30, 1, 2**48),
         max_json_bytes=h.integer("max_json_bytes", 2**20, 1024, 64 * 2**20),
+        max_sbom_bytes=h.integer("max_sbom_bytes", 16 * 2**20, 1024, 256 * 2**20),
     )
     m = top.sub("mqtt")
     mqtt = _mqtt(m, base, data_dir)
@@ -394,6 +404,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         notice_ttl_s=r.duration("notice_ttl", 7 * 86400.0, 60.0, 365 * 86400.0),
         follow_every_s=r.duration("follow_every", 30.0, 0.1, 3600.0),
         lease_s=r.duration("lease", 15.0, 1.0, 3600.0),
+        require_approval=r.flag("require_approval", False),
     )
     if rollouts.lease_s < 3 * rollouts.tick_s:
         raise ConfigError("rollouts.lease: must be at least 3 ticks (renewed once per tick)")
@@ -404,6 +415,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     registry_file = g.text("file", "")
     d = top.sub("database")
     database = _database(d, base, data_dir)
+    support = parse_support(top.sub("support"))  # before top.check_unknown()
     for table in (h, m, k, i, t, r, a, g, d, top):
         table.check_unknown()
     return OrchestratorConfig(
@@ -417,6 +429,7 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         auth=auth,
         registry_file=(base / registry_file).resolve() if registry_file else None,
         database_config=database,
+        support=support,
     )
 
 

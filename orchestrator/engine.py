@@ -32,6 +32,7 @@ from orchestrator.engine_notices import (
 from orchestrator.notices import NoticeFactory
 from orchestrator.policy import (
     ACTIVE_ROLLOUT_STATES,
+    AWAITING_APPROVAL,
     PhaseCounts,
     RateLimiter,
     failure_tripped,
@@ -55,6 +56,7 @@ __all__ = ["Publisher", "RolloutEngine"]
 logger = logging.getLogger(__name__)
 
 REPUBLISH_EVERY_S = 30.0  # seconds between retries of unacknowledged notices
+_MOVING = ("running", "paused")  # started: a continuous one takes in new devices
 
 
 def _totals(counts: dict[int, PhaseCounts]) -> PhaseCounts:
@@ -150,7 +152,7 @@ class RolloutEngine(NoticeSending):
                 # All together, newest first: a device that matches several continuous
                 # rollouts joins the newest only (each leaves out devices another active
                 # rollout targets).
-                following = [r for r in rollouts if r.spec.continuous and r.state != "scheduled"]
+                following = [r for r in rollouts if r.spec.continuous and r.state in _MOVING]
                 if following:
                     if self.refresh_registry is not None:
                         await self.refresh_registry()
@@ -202,6 +204,8 @@ class RolloutEngine(NoticeSending):
 
     async def _step(self, r: RolloutRecord, now: float) -> None:
         spec = r.spec
+        if r.state == AWAITING_APPROVAL:  # nothing moves until someone approves it
+            return
         if r.state == "scheduled":
             if spec.start_at is not None and now < spec.start_at:
                 return
@@ -317,17 +321,27 @@ class RolloutEngine(NoticeSending):
         # notices are fenced on the state), and what it did notify is canceled below.
         await self._update(r, now, state=state, reason=reason)
         devices = await self.db.run(lambda s: s.cancel_targets(r.id, now, reason))
+        return await self.send_cancels(r.id, devices, now)
+
+    async def send_cancels(self, rollout_id: int, devices: Sequence[str], now: float) -> int:
+        """Sign, store and publish a cancel of ``rollout_id`` for each of ``devices`` (under
+        ``lock``); returns how many were sent."""
         if not devices:
             return 0
         records = await self._sign(
             devices, now,
             lambda signing, seqs: self.notices.cancels(
-                signing, rollout_id=r.id, device_ids=devices, seqs=seqs, now=int(now)
+                signing, rollout_id=rollout_id, device_ids=devices, seqs=seqs, now=int(now)
             ),
         )  # fmt: skip
         await self.db.run(lambda s: s.save_notices(records, {}))
         await self._publish(records, now)
         return len(records)
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held for each pass; an operator action that changes rollouts holds it too."""
+        return self._lock
 
     # --- operator actions ----------------------------------------------------------------
 

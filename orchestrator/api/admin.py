@@ -6,6 +6,8 @@ from aiohttp import web
 
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, requires
 from orchestrator.api.context import ApiError
+from orchestrator.api.devices import security_report
+from orchestrator.policy import ROLLOUT_STATES
 from orchestrator.security.auth import ROLES, hash_token, new_token
 from orchestrator.security.keystore import describe
 
@@ -46,9 +48,14 @@ async def metrics(request: web.Request) -> web.Response:
     _metric(lines, "fleetpush_devices_claims_mismatch", "gauge",
             "Devices whose inventory claims groups or a model the registry does not give them.",
             {"": mismatched})  # fmt: skip
-    states = ("scheduled", "running", "paused", "completed", "canceled", "aborted")
+    states = ROLLOUT_STATES
     _metric(lines, "fleetpush_rollouts", "gauge", "Rollouts by state.",
             {f'{{state="{s}"}}': rollouts.get(s, 0) for s in states})  # fmt: skip
+    security = await security_report(request)
+    _metric(lines, "fleetpush_devices_missing_security", "gauge",
+            "Devices with no record of installing a security release (or a later one).",
+            {f'{{release="{e["release"]["name"]}@{e["release"]["version"]}"}}': e["count"]
+             for e in security})  # fmt: skip
     for key, help_ in (
         ("reports_ingested", "Reports accepted and stored."),
         ("reports_duplicate", "Reports dropped as duplicates (same device and counter)."),

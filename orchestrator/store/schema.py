@@ -151,4 +151,25 @@ MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE notices ADD COLUMN sent_by TEXT NOT NULL DEFAULT '';
     """,
+    # 5: four-eyes approval: '' (not required), 'pending', 'approved' or 'rejected', and
+    # who decided when
+    """
+    ALTER TABLE rollouts ADD COLUMN approval TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rollouts ADD COLUMN decided_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rollouts ADD COLUMN decided_at REAL;
+    """,
+    # 6: security releases (issue 17): the update class and the advisory the notices carry;
+    # a release's SBOM, stored as uploaded, with the components it lists
+    """
+    ALTER TABLE releases ADD COLUMN update_class TEXT NOT NULL DEFAULT 'feature';
+    ALTER TABLE releases ADD COLUMN advisory TEXT;
+    CREATE TABLE release_sboms (
+        release_id INTEGER PRIMARY KEY REFERENCES releases (id),
+        format TEXT NOT NULL,
+        spec_version TEXT NOT NULL,
+        components TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 )
