@@ -31,6 +31,7 @@ __all__ = [
     "HealthConfig",
     "InstallConfig",
     "PolicyConfig",
+    "SecurityConfig",
     "TrustConfig",
     "UnpackLimits",
     "Window",
@@ -159,6 +160,17 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """How security updates (notices with ``update_class = "security"``) are treated."""
+
+    automatic: bool = True  # installed on their own schedule; false: like any other update
+    outside_windows: bool = True  # may install outside the maintenance windows
+    max_postpone_s: float = 3 * 86400.0  # seconds a hold may put one off (the notice caps it)
+    notify_command: tuple[str, ...] = ()  # run with the update's advisory, JSON on stdin
+    notify_timeout_s: float = 30.0  # seconds the notify command may take
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceConfig:
     """The whole configuration of one device agent."""
 
@@ -170,6 +182,7 @@ class DeviceConfig:
     health: HealthConfig
     policy: PolicyConfig
     source: str = "device.toml"  # the file name, for messages
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
 
 def _parse_window(table: Table, key: str, text: str) -> Window:
@@ -312,7 +325,8 @@ def parse_config(
     Raises:
         ConfigError: a field is missing, of the wrong type or out of range.
     """
-    known = {"device", "broker", "trust", "download", "install", "unpack", "health", "policy"}
+    known = {"device", "broker", "trust", "download", "install", "unpack", "health", "policy",
+             "security"}  # fmt: skip
     for name in raw:
         if name not in known:
             raise ConfigError(f"{source}: [{name}]: unknown table")
@@ -372,6 +386,14 @@ def parse_config(
         ),
         download_ahead=p.boolean("download_ahead", True),
     )
+    sec = section("security")
+    security = SecurityConfig(
+        automatic=sec.boolean("automatic", True),
+        outside_windows=sec.boolean("outside_windows", True),
+        max_postpone_s=sec.number("max_postpone_s", 3 * 86400.0, 0.0, 30 * 86400.0),
+        notify_command=sec.argv("notify_command"),
+        notify_timeout_s=sec.number("notify_timeout_s", 30.0, 0.1, 3600.0),
+    )
     for table in tables:
         table.check_unknown()
     return DeviceConfig(
@@ -383,6 +405,7 @@ def parse_config(
         health=health,
         policy=policy,
         source=source,
+        security=security,
     )
 
 

@@ -58,6 +58,14 @@ class Table:
             raise ConfigError(f"{self.name(key)}: expected an integer in {low}..{high}")
         return value
 
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.name(key)}: expected true or false")
+        return value
+
     def number(self, key: str, default: float, low: float, high: float) -> float:
         value = self.get(key)
         if value is None:

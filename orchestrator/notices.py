@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgspec
 
 from fleetpush_protocol.envelope import sign_message
 from fleetpush_protocol.messages import (
     MAX_DELTAS,
+    SECURITY,
     CancelNotice,
     Delta,
     Payload,
@@ -18,6 +20,7 @@ from fleetpush_protocol.messages import (
     UpdateNotice,
 )
 from fleetpush_protocol.topics import Topics, device_scope
+from orchestrator.advisories import to_advisory
 from orchestrator.config import HttpConfig
 from orchestrator.deltas import DeltaIndex
 from orchestrator.payloads import UrlSigner
@@ -119,6 +122,11 @@ class NoticeFactory:
         )
         rel = Release(name=release.name, version=release.version)
         deltas = self.delta_list(release, expires, now)
+        # A security release's notices carry its class and advisory (issue 17); a feature
+        # release's leave both out, so their bytes are what they were before the fields.
+        extra: dict[str, Any] = {}
+        if release.security and release.advisory is not None:
+            extra = {"update_class": SECURITY, "advisory": to_advisory(release.advisory)}
         out = []
         for device_id in device_ids:
             scope = device_scope(device_id)
@@ -136,6 +144,7 @@ class NoticeFactory:
                 scope=scope,
                 seq=seqs[scope],
                 reply_topic=self.topics.report(device_id),
+                **extra,
             )
             out.append(self._record(notice, device_id, rollout_id, "notice", signing))
         return out

@@ -21,8 +21,10 @@ from typing import ClassVar
 from device_client.config import DeviceConfig
 from device_client.errors import UpdateError
 from device_client.handlers import Handler
+from device_client.hooks import NotifyHook
 from device_client.jobs.install import Installer
-from device_client.jobs.policy import Blocked, install_blocked
+from device_client.jobs.policy import Blocked
+from device_client.jobs.security import update_blocked
 from device_client.jobs.states import Job, JobState
 from device_client.persisted import Persisted
 from device_client.reports import Reporter
@@ -81,6 +83,7 @@ class JobRunner:
         self.handler = handler
         self.clock = clock
         self.installer = Installer(self, on_succeeded)
+        self.notify = NotifyHook(config)  # [security] notify_command, once per notice
         self.stopping = False  # set when the agent stops: no new job task starts
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -93,7 +96,7 @@ class JobRunner:
         self.decide(job, notice)  # persisted by an agent older than decide()
 
     async def _deferred(self, job: Job, notice: Notice) -> None:
-        await self.wait_for_policy(job)
+        await self.wait_for_policy(job, notice)
         job = self.persisted.state.job or job
         if await self._downloaded_ok(job, notice):
             await self.installer.install(job, notice)
@@ -104,7 +107,7 @@ class JobRunner:
         await self.download(job, notice)
 
     async def _downloaded(self, job: Job, notice: Notice) -> None:
-        blocked = install_blocked(self.config.policy, self.clock())
+        blocked = update_blocked(self.config, notice, self.clock())
         if blocked is not None:
             self.transition(job, JobState.DEFERRED, detail=blocked.reason)
         elif await self._downloaded_ok(job, notice):
@@ -153,6 +156,11 @@ class JobRunner:
         task, self._task = self._task, None
         await cancel_and_wait(task)
 
+    @property
+    def busy(self) -> bool:
+        """A job step runs or waits now."""
+        return self._task is not None and not self._task.done()
+
     async def idle(self) -> None:
         """Return once no job step runs or waits (the fast tests' barrier)."""
         while self._task is not None and not self._task.done():
@@ -177,6 +185,8 @@ class JobRunner:
             try:
                 notice = decode_message(job.notice)
                 assert isinstance(notice, Notice)  # noqa: S101 - only verified notices stored
+                if job.state in (JobState.DEFERRED, JobState.DOWNLOADING, JobState.DOWNLOADED):
+                    await self.notify.announce(notice)  # before it installs; once per notice
                 await self.STEPS[job.state](self, job, notice)
             except Exception as e:
                 logger.exception("%s: internal error in %s", self.device_id, job.state.value)
@@ -249,7 +259,7 @@ class JobRunner:
                 f"notice wants handler {notice.handler!r}, device has {self.handler.name!r}",
             )  # fmt: skip
             return
-        blocked = install_blocked(self.config.policy, self.clock())
+        blocked = update_blocked(self.config, notice, self.clock())
         if blocked is not None and not self.config.policy.download_ahead:
             self.transition(job, JobState.DEFERRED, detail=blocked.reason)
         else:
@@ -266,10 +276,11 @@ class JobRunner:
 
     # --- the policy wait and the download ----------------------------------------------------
 
-    async def wait_for_policy(self, job: Job) -> None:
-        """Return when the update policy allows installing (the one place that waits)."""
+    async def wait_for_policy(self, job: Job, notice: Notice) -> None:
+        """Return when the update policy allows installing (the one place that waits); a
+        security update's own rules in ``device_client.jobs.security``."""
         reason = ""
-        while (blocked := await self._blocked(job)) is not None:
+        while (blocked := await self._blocked(job, notice)) is not None:
             if blocked.reason != reason:
                 if reason:  # the reason changed (hold over, now a window): say so
                     job = self.transition(self.persisted.state.job or job, JobState.DEFERRED,
@@ -277,14 +288,12 @@ class JobRunner:
                 reason = blocked.reason
             await self._sleep_until(blocked.until)
 
-    async def _blocked(self, job: Job) -> Blocked | None:
-        if (blocked := install_blocked(self.config.policy, self.clock())) is not None:
+    async def _blocked(self, job: Job, notice: Notice) -> Blocked | None:
+        if (blocked := update_blocked(self.config, notice, self.clock())) is not None:
             return blocked
         part, dest = self.files(job)
         if self.deltas is None or dest.exists():
             return None  # downloaded already: a metered link no longer matters
-        notice = decode_message(job.notice)
-        assert isinstance(notice, Notice)  # noqa: S101
         return await self.deltas.metered_block(notice, part)
 
     def keep_base(self, job: Job, notice: Notice) -> None:

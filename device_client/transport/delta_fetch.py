@@ -39,7 +39,7 @@ from device_client.jobs.policy import Blocked, install_blocked
 from device_client.transport.fetcher import Fetcher, ProgressCallback, hash_file
 from fleetpush_common.atomic import fsync_dir, make_private_dir
 from fleetpush_protocol.errors import ContentError, PayloadHashMismatchError, TransportError
-from fleetpush_protocol.messages import Delta, Payload, UpdateNotice
+from fleetpush_protocol.messages import SECURITY, Delta, Payload, UpdateNotice
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -239,10 +239,13 @@ class DeltaFetcher:
     async def metered_block(self, notice: UpdateNotice, part: Path) -> Blocked | None:
         """Why a full download must wait on a metered link, or None to go ahead.
 
-        Deltas are always allowed; full payloads only inside ``metered_windows``.
+        Deltas and security updates are always allowed; other full payloads only inside
+        ``metered_windows``.
         """
         cfg = self.config
         if not (cfg.metered or cfg.metered_command) or self.usable(notice, part) is not None:
+            return None
+        if notice.update_class == SECURITY:  # urgent: a security update is not held
             return None
         now = self.clock()
         if not await self._link_metered():

@@ -6,7 +6,8 @@ from aiohttp import web
 
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, requires
 from orchestrator.api.context import ApiError
-from orchestrator.policy import ACTIVE_ROLLOUT_STATES
+from orchestrator.api.devices import security_report
+from orchestrator.policy import ACTIVE_ROLLOUT_STATES, ROLLOUT_STATES
 from orchestrator.security.auth import ROLES, hash_token, new_token
 from orchestrator.security.keystore import describe
 from orchestrator.store import Store
@@ -22,7 +23,8 @@ async def healthz(request: web.Request) -> web.Response:
     mqtt_up = bool(c.extra_metrics.get("mqtt_connected", lambda: False)())
     await c.db.run(lambda s: s.counters())  # the database answers
     return ok({"status": "ok" if mqtt_up else "degraded", "mqtt_connected": mqtt_up,
-               "database": "ok"}, status=200 if mqtt_up else 503)  # fmt: skip
+               "database": "ok", "replica": c.engine.holder},
+              status=200 if mqtt_up else 503)  # fmt: skip
 
 
 def _metric(lines: list[str], name: str, kind: str, help_: str, values: dict[str, float]) -> None:
@@ -55,13 +57,18 @@ async def metrics(request: web.Request) -> web.Response:
     _metric(lines, "fleetpush_devices_claims_mismatch", "gauge",
             "Devices whose inventory claims groups or a model the registry does not give them.",
             {"": mismatched})  # fmt: skip
-    states = ("scheduled", "running", "paused", "completed", "canceled", "aborted")
+    states = ROLLOUT_STATES
     _metric(lines, "fleetpush_rollouts", "gauge", "Rollouts by state.",
             {f'{{state="{s}"}}': rollouts.get(s, 0) for s in states})  # fmt: skip
     saved = await c.db.run(_bytes_saved)
     _metric(lines, "fleetpush_rollout_bytes_saved", "gauge",
             "Bytes an active rollout's devices did not download thanks to deltas.",
             {f'{{rollout="{rid}"}}': n for rid, n in saved})  # fmt: skip
+    security = await security_report(request)
+    _metric(lines, "fleetpush_devices_missing_security", "gauge",
+            "Devices with no record of installing a security release (or a later one).",
+            {f'{{release="{e["release"]["name"]}@{e["release"]["version"]}"}}': e["count"]
+             for e in security})  # fmt: skip
     for key, help_ in (
         ("reports_ingested", "Reports accepted and stored."),
         ("reports_duplicate", "Reports dropped as duplicates (same device and counter)."),
