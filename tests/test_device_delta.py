@@ -27,8 +27,10 @@ from device_helpers import (
     wait_for,
 )
 from test_device_agent import Rig
+from test_device_security import advisory
 
 from fleetpush_protocol import delta as codec
+from fleetpush_protocol.messages import SECURITY
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 
@@ -267,3 +269,16 @@ async def test_a_failed_delta_on_a_metered_link_defers_the_full_payload(
     assert rig.server.bytes_sent["v2.delta"] == len(bad)  # tried once
     assert rig.server.bytes_sent["v2.tar"] == len(v2)
     assert not any(device.agent.downloads.iterdir())
+
+
+async def test_a_security_update_is_not_held_by_a_metered_link(rig: Rig, tmp_path: Path) -> None:
+    """Urgent releases download on a metered link, in full when no delta applies."""
+    flag = tmp_path / "metered"
+    flag.touch()
+    v1, _ = releases()
+    await rig.start_device(sections=metered_while(flag))
+    url = rig.server.add("v1.tar", v1)
+    notice = await rig.send(v1, [url], update_class=SECURITY, advisory=advisory())
+    await rig.reports.wait_state("succeeded", notice.notice_id)
+    assert "deferred" not in rig.reports.states(notice.notice_id)
+    assert rig.server.bytes_sent["v1.tar"] == len(v1)
