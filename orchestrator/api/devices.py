@@ -28,7 +28,7 @@ def _filter(q: dict[str, str]) -> DeviceFilter:
         if q["online"].lower() not in _BOOL:
             raise ApiError(400, "online: expected true or false")
         online = _BOOL[q["online"].lower()]
-    unknown = set(q) - {"group", "model", "online", "version", "tag", "limit", "offset"}
+    unknown = set(q) - {"group", "model", "online", "version", "tag", "limit", "offset", "after"}
     if unknown:
         raise ApiError(400, f"unknown filter {sorted(unknown)[0]!r}")
     return DeviceFilter(
@@ -39,6 +39,7 @@ def _filter(q: dict[str, str]) -> DeviceFilter:
         tag=q.get("tag"),
         limit=min(int_param(q.get("limit", "1000"), "limit"), 100_000),
         offset=int_param(q.get("offset", "0"), "offset"),
+        after=q.get("after") or None,
     )
 
 
@@ -48,7 +49,11 @@ async def list_devices(request: web.Request) -> web.Response:
     f = _filter(dict(request.query))
     await ctx(request).refresh_registry()
     devices = await ctx(request).db.run(lambda s: s.list_devices(f))
-    return ok({"devices": [d.to_json() for d in devices]})
+    # ``next``: the cursor of the following page (pass it as ``after``); null on the last
+    # page. A full page may be followed by an empty one.
+    full = bool(devices) and len(devices) == f.limit
+    return ok({"devices": [d.to_json() for d in devices],
+               "next": devices[-1].device_id if full else None})  # fmt: skip
 
 
 @routes.get("/v1/devices/{device_id}")

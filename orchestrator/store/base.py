@@ -23,7 +23,9 @@ from orchestrator.store.records import (
     NoticeRecord,
     ReleaseRecord,
     RolloutRecord,
+    TargetPreview,
     TargetRecord,
+    TargetSelector,
     TokenRecord,
 )
 
@@ -122,6 +124,23 @@ class Store(Protocol):
         now: float,
         actor: str,
     ) -> RolloutRecord: ...
+    def create_rollout_for(
+        self,
+        *,
+        release_id: int,
+        target: dict[str, Any],
+        spec: RolloutSpec,
+        selector: TargetSelector,
+        key: str,
+        now: float,
+        actor: str,
+    ) -> RolloutRecord: ...
+    def preview_targets(self, sel: TargetSelector) -> TargetPreview: ...
+    def missing_devices(self, device_ids: Sequence[str]) -> list[str]: ...
+    def follow_targets(
+        self, rollout_id: int, selector: TargetSelector, skip_version: str, phase: int,
+        now: float,
+    ) -> int: ...  # fmt: skip
     def get_rollout(self, rollout_id: int) -> RolloutRecord: ...
     def list_rollouts(self, states: Sequence[str] = ()) -> list[RolloutRecord]: ...
     def update_rollout(self, rollout_id: int, now: float, **fields: Any) -> RolloutRecord: ...

@@ -8,6 +8,8 @@ types, how to lock a row, which exceptions mean "duplicate") are the ``Dialect``
 
 # SQL text is built only from constant column lists and "?" marks; values are bound.
 
+# ruff: noqa: S608
+
 from __future__ import annotations
 
 import logging
@@ -45,16 +47,35 @@ class Dialect:
         integrity: the driver's exceptions for a violated unique or foreign key.
         migration_lock: run first in each migration transaction, so two processes
             starting together do not both migrate ("" when the transaction is enough).
+        registry_lock: run first in a registry sync, so two syncs (two replicas) apply
+            one after the other, without locking every device row.
     """
 
     name: str
     for_update: str
     integrity: tuple[type[Exception], ...]
     migration_lock: str = ""
+    registry_lock: str = ""
 
     def ddl(self, sql: str) -> str:
         """The migration text for this backend; the history itself is SQLite's text."""
         return sql
+
+    # JSON held in TEXT columns (groups, tags), read where a query filters by it. Both
+    # forms give rows with a ``value`` column (and ``key`` for an object).
+
+    def json_array(self, expr: str, alias: str) -> str:
+        """A FROM item: one row per element of the JSON array ``expr``."""
+        return f"json_each({expr}) AS {alias}"
+
+    def json_object(self, expr: str, alias: str) -> str:
+        """A FROM item: one row (key, value) per member of the JSON object ``expr``."""
+        return f"json_each({expr}) AS {alias}"
+
+    def order_key(self, key: str, device_id: str) -> str:
+        """``policy.order_key(key, device_id)`` in SQL: a rollout's device order. SQLite
+        has no SHA-256: its store registers the Python function under this name."""
+        return f"fleetpush_order_key({key}, {device_id})"
 
 
 def marks(n: int) -> str:
@@ -77,6 +98,17 @@ class SqlBase:
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """Run ``sql`` once per row; return the number of rows changed in all."""
         raise NotImplementedError
+
+    def _bulk_insert(
+        self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]], suffix: str = ""
+    ) -> int:
+        """``INSERT INTO table (cols) … suffix`` (an ``ON CONFLICT`` clause) for many rows
+        at once; returns the rows inserted or updated. On SQLite one prepared statement in
+        the writer's transaction is the fast way; PostgreSQL overrides it with COPY."""
+        return self._executemany(
+            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks(len(cols))}) {suffix}",
+            rows,
+        )
 
     def _insert_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
         """Run an ``INSERT … RETURNING`` once per row; return the rows it returned (none
