@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from orchestrator.store.base import SchemaError
 from orchestrator.store.schema import MIGRATIONS
 
-__all__ = ["Cursor", "Dialect", "SqlBase", "marks"]
+__all__ = ["Cursor", "Dialect", "SqlBase", "listed", "marks"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,12 @@ class Dialect:
 
 def marks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def listed(dialect: Dialect, alias: str = "l") -> str:
+    """A sub-select of the elements of the JSON array bound to its one ``?``: a batch of
+    ids in one value, so one statement serves a batch of any size on every driver."""
+    return f"SELECT {alias}.value FROM {dialect.json_array('?', alias)}"
 
 
 class SqlBase:
