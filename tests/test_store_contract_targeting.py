@@ -22,7 +22,7 @@ T0 = 1_700_000_000.0
 pytestmark = pytest.mark.integration
 
 MODELS = ("rpi4", "rpi3", "x86", "")
-GROUPS = ("eu", "us", "beta", "prod", "a.b:c-d_e")
+GROUPS = ("eu", "EU", "us", "beta", "prod", "a.b:c-d_e", "axb:c-d_e", "grüppe")
 
 
 def _fleet(store: Store, n: int = 120, seed: int = 7) -> None:
@@ -55,6 +55,7 @@ TARGETS = [
     TargetSpec(all=True),
     TargetSpec(groups=("eu",)),
     TargetSpec(groups=("beta", "a.b:c-d_e"), models=("x86",)),
+    TargetSpec(groups=("grüppe", "EU")),
     TargetSpec(devices=("d-001", "d-050", "Z", "é-1"), groups=("prod",)),
     TargetSpec(devices=("d-002",)),
     TargetSpec(groups=("nobody",)),

@@ -73,6 +73,10 @@ POSTGRES = _PostgresDialect(
     integrity=(psycopg.errors.IntegrityError,),
     migration_lock=f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})",
     registry_lock=f"SELECT pg_advisory_xact_lock({_REGISTRY_LOCK})",
+    analyze="ANALYZE {table}",
+    # A million devices ordered by their 32-byte keys take about 100 MB; with the default
+    # 4 MB the sort spills to disk and the create takes twice as long (measured at 1M).
+    sort_memory="SET LOCAL work_mem = '256MB'",
 )
 
 

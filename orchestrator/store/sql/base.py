@@ -49,6 +49,10 @@ class Dialect:
             starting together do not both migrate ("" when the transaction is enough).
         registry_lock: run first in a registry sync, so two syncs (two replicas) apply
             one after the other, without locking every device row.
+        analyze: refreshes a table's planner statistics (``{table}``), run after a bulk
+            write; "" where the planner keeps none.
+        sort_memory: run in a transaction that sorts a whole fleet (rollout creation), so
+            the sort stays in memory ("" where the default is enough).
     """
 
     name: str
@@ -56,6 +60,8 @@ class Dialect:
     integrity: tuple[type[Exception], ...]
     migration_lock: str = ""
     registry_lock: str = ""
+    analyze: str = ""
+    sort_memory: str = ""
 
     def ddl(self, sql: str) -> str:
         """The migration text for this backend; the history itself is SQLite's text."""
@@ -76,6 +82,9 @@ class Dialect:
         """``policy.order_key(key, device_id)`` in SQL: a rollout's device order. SQLite
         has no SHA-256: its store registers the Python function under this name."""
         return f"fleetpush_order_key({key}, {device_id})"
+
+
+BULK_ROWS = 10_000  # rows written at once from which the planner's statistics are renewed
 
 
 def marks(n: int) -> str:
@@ -115,6 +124,13 @@ class SqlBase:
             f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks(len(cols))}) {suffix}",
             rows,
         )
+
+    def _analyzed(self, table: str, changed: int) -> None:
+        """After a bulk write of ``changed`` rows, refresh the planner's statistics: until
+        autovacuum gets to it (a minute or more), PostgreSQL plans the next engine pass
+        for the table as it was, e.g. an empty one."""
+        if self.dialect.analyze and changed >= BULK_ROWS:
+            self._execute(self.dialect.analyze.format(table=table))
 
     def _insert_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
         """Run an ``INSERT … RETURNING`` once per row; return the rows it returned (none

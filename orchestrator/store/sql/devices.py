@@ -37,8 +37,9 @@ class DeviceMethods(SqlBase):
             where.append("current_version = ?")
             args.append(f.version)
         if f.group is not None:
-            where.append(in_groups(self.dialect))
-            args += [json.dumps([f.group])] * 2
+            sql, values = in_groups(self.dialect, [f.group])
+            where.append(sql)
+            args += values
         if f.tag is not None:
             key, sep, value = f.tag.partition("=")
             tag = f"SELECT 1 FROM {self.dialect.json_object('devices.tags', 't')} WHERE t.key = ?"
@@ -132,6 +133,7 @@ class DeviceMethods(SqlBase):
                 "OR devices.registry_model <> excluded.registry_model "
                 "OR devices.in_registry <> 1",
             )
+            self._analyzed("devices", changed)
         return len(gone) + changed
 
     def claims_mismatch_count(self) -> int:

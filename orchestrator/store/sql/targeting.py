@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator.policy import ACTIVE_ROLLOUT_STATES, RolloutSpec
 from orchestrator.store.records import RolloutRecord, TargetPreview, TargetSelector
-from orchestrator.store.sql.base import Dialect, marks
+from orchestrator.store.sql.base import Dialect, listed, marks
 from orchestrator.store.sql.rollouts import RolloutMethods
 
 __all__ = ["MODEL", "TargetingMethods", "in_groups", "selector_where"]
@@ -28,15 +28,28 @@ MODEL = "coalesce(nullif(devices.model, ''), devices.registry_model)"
 _ACTIVE = f"r.state IN ({marks(len(ACTIVE_ROLLOUT_STATES))})"
 
 
-def in_groups(dialect: Dialect) -> str:
-    """True when the device is in one of the groups of the JSON array bound to its one
-    ``?`` (its registry groups or the operator's)."""
-    wanted = f"SELECT w.value FROM {dialect.json_array('?', 'w')}"
-    return (
+def in_groups(dialect: Dialect, groups: Sequence[str]) -> tuple[str, list[Any]]:
+    """True when the device is in one of ``groups`` (its registry groups or the
+    operator's), and the values to bind.
+
+    The exact test reads the JSON; a LIKE on the stored text (each group is stored as
+    ``json.dumps`` writes it, quotes included) first skips the rows that cannot match, so
+    a group of 10% of a million devices parses about 100k arrays, not a million. LIKE is
+    only a pre-filter (``_`` is a wildcard, SQLite folds case); a name whose JSON form
+    holds a backslash, LIKE's escape, goes without it.
+    """
+    wanted = json.dumps(list(groups))
+    exact = (
         f"(EXISTS (SELECT 1 FROM {dialect.json_array('devices.registry_groups', 'g')} "
-        f"WHERE g.value IN ({wanted})) OR EXISTS (SELECT 1 FROM "
-        f"{dialect.json_array('devices.groups_', 'g')} WHERE g.value IN ({wanted})))"
+        f"WHERE g.value IN ({listed(dialect, 'w')})) OR EXISTS (SELECT 1 FROM "
+        f"{dialect.json_array('devices.groups_', 'g')} WHERE g.value IN "
+        f"({listed(dialect, 'w')})))"
     )
+    quoted = [json.dumps(g) for g in groups]
+    if any("\\" in q for q in quoted):
+        return exact, [wanted, wanted]
+    like = " OR ".join("devices.registry_groups LIKE ? OR devices.groups_ LIKE ?" for _ in quoted)
+    return f"(({like}) AND {exact})", [*(f"%{q}%" for q in quoted for _ in (0, 1)), wanted, wanted]
 
 
 def selector_where(dialect: Dialect, sel: TargetSelector) -> tuple[str, list[Any]]:
@@ -56,9 +69,9 @@ def selector_where(dialect: Dialect, sel: TargetSelector) -> tuple[str, list[Any
             )
             args.append(json.dumps(list(sel.devices)))
         if sel.groups:
-            parts.append(in_groups(dialect))
-            groups = json.dumps(list(sel.groups))
-            args += [groups, groups]
+            sql, values = in_groups(dialect, sel.groups)
+            parts.append(sql)
+            args += values
         match = "(" + " OR ".join(parts) + ")" if parts else "1 = 0"
     if not sel.models:
         return match, args
@@ -126,14 +139,17 @@ class TargetingMethods(RolloutMethods):
             )  # fmt: skip
             where, args = selector_where(self.dialect, selector)
             case, case_args = _phase_case(spec.phases)
-            self._execute(
+            if self.dialect.sort_memory:
+                self._execute(self.dialect.sort_memory)
+            added = self._execute(
                 "INSERT INTO rollout_targets (rollout_id, device_id, position, phase, "
                 f"updated_at) SELECT ?, device_id, pos, {case}, ? FROM (SELECT device_id, "
                 "row_number() OVER (ORDER BY k) - 1 AS pos, COUNT(*) OVER () AS total FROM "
                 f"(SELECT devices.device_id, {self.dialect.order_key('?', 'devices.device_id')}"
                 f" AS k FROM devices WHERE {where}) AS s) AS o",
                 (r.id, *case_args, now, key, *args),
-            )
+            ).rowcount
+            self._analyzed("rollout_targets", added)
             return r
 
     def follow_targets(
