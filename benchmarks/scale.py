@@ -16,7 +16,9 @@ For N registered devices, on PostgreSQL (a private server, fsync off) and SQLite
   notices, mark them published); ``counts``: its phase-count aggregate alone;
 - page: a page of 100 devices by key (``after`` = a random device id), p50 and p99; search:
   the same in group ``canary``; offset: the old OFFSET paging, for comparison;
-- RSS of this process (it is the orchestrator's store side: no device list in memory).
+- RSS: of this process (which also holds the benchmark's own lists of N devices), and on
+  PostgreSQL of a fresh process doing what the orchestrator does with the fleet
+  (``benchmarks._scale_rss``: create a rollout for all, one pass, 100 pages).
 
 ``notices``: ``benchmarks._scale_notices`` (the real engine over PostgreSQL publishing to a
 real Mosquitto, against the bare link's publish rate).
@@ -32,6 +34,7 @@ import contextlib
 import json
 import random
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -134,7 +137,7 @@ class _Raw:
             return time.perf_counter() - t
 
 
-def _create(
+def create_like_api(
     store: Store, rel: ReleaseRecord, target: TargetSpec, spec: RolloutSpec
 ) -> tuple[int, int]:
     """What ``POST /v1/rollouts`` does with the database: count, then create."""
@@ -146,7 +149,7 @@ def _create(
     return r.id, preview.total
 
 
-def _engine_pass(store: Store, rid: int) -> int:
+def engine_pass(store: Store, rid: int, prefix: str = "n") -> int:
     store.list_rollouts(ACTIVE_ROLLOUT_STATES)
     store.time_out_targets(rid, T0 - 600, T0 + 1)
     store.phase_counts(rid)
@@ -154,7 +157,7 @@ def _engine_pass(store: Store, rid: int) -> int:
     scopes = [f"device/{d}" for d, _ in batch]
     seqs = store.reserve_seqs(scopes, int(T0 * 1000))
     notices = [
-        NoticeRecord(f"n-{d}", d, rid, "notice", f"device/{d}", seqs[f"device/{d}"],
+        NoticeRecord(f"{prefix}-{d}", d, rid, "notice", f"device/{d}", seqs[f"device/{d}"],
                      f"t/{d}", T0 + 1, T0 + 86400, b"x" * 300)
         for d, _ in batch
     ]  # fmt: skip
@@ -203,12 +206,12 @@ def _one(database: DatabaseConfig, n: int, pages: int) -> dict[str, Any]:
         )
         out["create_ceiling_s"] = round(raw.insert_targets(), 2)
         spec = RolloutSpec(phases=(1.0, 10.0, 100.0))
-        t, (rid, total) = _timed(lambda: _create(store, rel, TargetSpec(all=True), spec))
+        t, (rid, total) = _timed(lambda: create_like_api(store, rel, TargetSpec(all=True), spec))
         assert total == n
         out["create_s"] = round(t, 2)
         out["create_ratio"] = round(out["create_ceiling_s"] / t, 2)
         out["rss_after_create_mb"] = _rss_mb()
-        t, notified = _timed(lambda: _engine_pass(store, rid))
+        t, notified = _timed(lambda: engine_pass(store, rid))
         out["pass_s"] = round(t, 3)
         out["pass_notified"] = notified
         out["pass_counts_s"] = round(_timed(lambda: store.phase_counts(rid))[0], 3)
@@ -222,12 +225,21 @@ def _one(database: DatabaseConfig, n: int, pages: int) -> dict[str, Any]:
         out["search_ms"] = {"p50": _pct(search, 0.5), "p99": _pct(search, 0.99)}
         out["offset_page_ms"] = {"p50": _pct(offset, 0.5), "p99": _pct(offset, 0.99)}
         out["pages_sampled"] = pages
-        t, (_, canary) = _timed(lambda: _create(store, rel, TargetSpec(groups=("canary",)), spec))
+        canary_target = TargetSpec(groups=("canary",))
+        t, (_, canary) = _timed(lambda: create_like_api(store, rel, canary_target, spec))
         out["create_canary_s"] = round(t, 2)
         out["canary_devices"] = canary
         out["rss_mb"] = _rss_mb()
     finally:
         store.close()
+    if database.backend == "postgresql":
+        probe = subprocess.run(
+            [sys.executable, "-m", "benchmarks._scale_rss", database.url],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if probe.returncode != 0:
+            raise RuntimeError(f"RSS probe failed: {probe.stderr[-2000:]}")
+        out["orchestrator_rss_mb"] = json.loads(probe.stdout)
     return out
 
 
