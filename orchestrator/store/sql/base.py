@@ -53,6 +53,9 @@ class Dialect:
             write; "" where the planner keeps none.
         sort_memory: run in a transaction that sorts a whole fleet (rollout creation), so
             the sort stays in memory ("" where the default is enough).
+        snapshot: first statement of a transaction whose statements must all see the
+            same data (a count, then the rows counted); "" where a transaction already
+            excludes every other writer.
     """
 
     name: str
@@ -62,6 +65,7 @@ class Dialect:
     registry_lock: str = ""
     analyze: str = ""
     sort_memory: str = ""
+    snapshot: str = ""
 
     def ddl(self, sql: str) -> str:
         """The migration text for this backend; the history itself is SQLite's text."""

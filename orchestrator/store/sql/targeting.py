@@ -1,8 +1,8 @@
 """Which devices a rollout covers, resolved and inserted by the database.
 
 A rollout for a million devices must not bring a million records into Python: the
-selector becomes a WHERE clause, the device order (``policy.order_key``) and the phases
-(``policy.phase_bounds``) become window functions, and the targets go in with one
+selector becomes a WHERE clause, the device order (``policy.order_key``) a window
+function, the phases (``policy.phase_bounds`` of a COUNT) a CASE, and the targets go in with one
 ``INSERT … SELECT``. ``orchestrator.rollouts.select_targets`` and ``assign_phases`` state
 the same rules over records; the contract suite checks that both agree.
 """
@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.policy import ACTIVE_ROLLOUT_STATES, RolloutSpec
+from orchestrator.policy import ACTIVE_ROLLOUT_STATES, RolloutSpec, phase_bounds
 from orchestrator.store.records import RolloutRecord, TargetPreview, TargetSelector
 from orchestrator.store.sql.base import Dialect, listed, marks
 from orchestrator.store.sql.rollouts import RolloutMethods
@@ -79,17 +79,14 @@ def selector_where(dialect: Dialect, sel: TargetSelector) -> tuple[str, list[Any
     return f"{match} AND {fits}", [*args, json.dumps(sorted(set(sel.models)))]
 
 
-def _phase_case(phases: Sequence[float]) -> tuple[str, list[Any]]:
-    """The 0-based phase of ``pos`` among ``total`` devices, as ``assign_phases`` gives
-    it: the first phase whose bound ``ceil(p * total / 100 - 1e-9)`` exceeds ``pos``. For an
-    integer ``pos``, ``pos < ceil(y)`` is ``pos < y``: no ceil, the same float arithmetic."""
-    if len(phases) == 1:
+def _phase_case(total: int, phases: Sequence[float]) -> tuple[str, list[Any]]:
+    """The 0-based phase of ``pos`` as ``assign_phases`` gives it: the first phase whose
+    cumulative bound (``phase_bounds``, from the count) exceeds the position."""
+    bounds = phase_bounds(total, phases)
+    if len(bounds) == 1:
         return "0", []
-    whens = " ".join(f"WHEN pos < ? * total / ? - ? THEN {i}" for i in range(len(phases) - 1))
-    args: list[Any] = []
-    for p in phases[:-1]:
-        args += [float(p), 100.0, 1e-9]
-    return f"CASE {whens} ELSE {len(phases) - 1} END", args
+    whens = " ".join(f"WHEN pos < ? THEN {i}" for i in range(len(bounds) - 1))
+    return f"CASE {whens} ELSE {len(bounds) - 1} END", bounds[:-1]
 
 
 class TargetingMethods(RolloutMethods):
@@ -131,20 +128,27 @@ class TargetingMethods(RolloutMethods):
     ) -> RolloutRecord:
         """``create_rollout`` with the targets resolved by the database: the devices
         ``selector`` covers, ordered by ``policy.order_key(key, device)`` and split into
-        ``spec.phases`` as ``policy.assign_phases`` does, in one ``INSERT … SELECT``."""
+        ``spec.phases`` as ``policy.assign_phases`` does, in one ``INSERT … SELECT``.
+
+        The phase bounds come from a COUNT in the same snapshot (``Dialect.snapshot``):
+        a window count over the whole fleet cost as much as the rest of the create (a
+        million rows kept aside to be counted). Opens its own transaction."""
         with self._tx():
+            if self.dialect.snapshot:
+                self._execute(self.dialect.snapshot)
             r = self.create_rollout(
                 release_id=release_id, target=target, spec=spec, assignments=(), now=now,
                 actor=actor,
             )  # fmt: skip
             where, args = selector_where(self.dialect, selector)
-            case, case_args = _phase_case(spec.phases)
+            (total,) = self._execute(f"SELECT COUNT(*) FROM devices WHERE {where}", args).fetchone()
+            case, case_args = _phase_case(int(total), spec.phases)
             if self.dialect.sort_memory:
                 self._execute(self.dialect.sort_memory)
             added = self._execute(
                 "INSERT INTO rollout_targets (rollout_id, device_id, position, phase, "
                 f"updated_at) SELECT ?, device_id, pos, {case}, ? FROM (SELECT device_id, "
-                "row_number() OVER (ORDER BY k) - 1 AS pos, COUNT(*) OVER () AS total FROM "
+                "row_number() OVER (ORDER BY k) - 1 AS pos FROM "
                 f"(SELECT devices.device_id, {self.dialect.order_key('?', 'devices.device_id')}"
                 f" AS k FROM devices WHERE {where}) AS s) AS o",
                 (r.id, *case_args, now, key, *args),
