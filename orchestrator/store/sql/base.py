@@ -51,8 +51,8 @@ class Dialect:
             one after the other, without locking every device row.
         analyze: refreshes a table's planner statistics (``{table}``), run after a bulk
             write; "" where the planner keeps none.
-        sort_memory: run in a transaction that sorts a whole fleet (rollout creation), so
-            the sort stays in memory ("" where the default is enough).
+        fleet_settings: run first in a transaction that reads or sorts the whole fleet
+            (target resolution), for its duration only.
         snapshot: first statement of a transaction whose statements must all see the
             same data (a count, then the rows counted); "" where a transaction already
             excludes every other writer.
@@ -64,7 +64,7 @@ class Dialect:
     migration_lock: str = ""
     registry_lock: str = ""
     analyze: str = ""
-    sort_memory: str = ""
+    fleet_settings: tuple[str, ...] = ()
     snapshot: str = ""
 
     def ddl(self, sql: str) -> str:
@@ -128,6 +128,11 @@ class SqlBase:
             f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks(len(cols))}) {suffix}",
             rows,
         )
+
+    def _fleet_wide(self) -> None:
+        """Settings for this transaction, which reads the whole fleet (``Dialect``)."""
+        for statement in self.dialect.fleet_settings:
+            self._execute(statement)
 
     def _analyzed(self, table: str, changed: int) -> None:
         """After a bulk write of ``changed`` rows, refresh the planner's statistics: until

@@ -104,16 +104,25 @@ class TargetingMethods(RolloutMethods):
     def preview_targets(self, sel: TargetSelector) -> TargetPreview:
         """How many devices ``sel`` covers, and how many of them other active rollouts hold
         (each device counted for the oldest one), without reading them into Python."""
-        where, args = selector_where(self.dialect, sel)
-        (total,) = self._execute(f"SELECT COUNT(*) FROM devices WHERE {where}", args).fetchone()
-        held = self._execute(
-            "SELECT owner, COUNT(*) FROM (SELECT t.device_id, MIN(t.rollout_id) AS owner "
-            f"FROM rollout_targets t JOIN rollouts r ON r.id = t.rollout_id WHERE {_ACTIVE} "
-            f"AND t.device_id IN (SELECT devices.device_id FROM devices WHERE {where}) "
-            "GROUP BY t.device_id) AS o GROUP BY owner",
-            (*ACTIVE_ROLLOUT_STATES, *args),
-        )
-        return TargetPreview(int(total), {int(r[0]): int(r[1]) for r in held})
+        with self._tx():
+            self._fleet_wide()
+            where, args = selector_where(self.dialect, sel)
+            (total,) = self._execute(f"SELECT COUNT(*) FROM devices WHERE {where}", args).fetchone()
+            active = self._execute(
+                f"SELECT 1 FROM rollouts r WHERE {_ACTIVE} LIMIT 1", ACTIVE_ROLLOUT_STATES
+            ).fetchone()
+            if active is None:  # nothing can hold a device: the common case, no second pass
+                return TargetPreview(int(total))
+            # Driven from the selected devices, one index probe each (rollout_targets_device),
+            # not by joining every target of every active rollout.
+            held = self._execute(
+                "SELECT owner, COUNT(*) FROM (SELECT (SELECT MIN(t.rollout_id) FROM "
+                "rollout_targets t JOIN rollouts r ON r.id = t.rollout_id WHERE "
+                f"t.device_id = devices.device_id AND {_ACTIVE}) AS owner FROM devices "
+                f"WHERE {where}) AS o WHERE owner IS NOT NULL GROUP BY owner",
+                (*ACTIVE_ROLLOUT_STATES, *args),
+            )
+            return TargetPreview(int(total), {int(r[0]): int(r[1]) for r in held})
 
     def create_rollout_for(
         self,
@@ -143,8 +152,7 @@ class TargetingMethods(RolloutMethods):
             where, args = selector_where(self.dialect, selector)
             (total,) = self._execute(f"SELECT COUNT(*) FROM devices WHERE {where}", args).fetchone()
             case, case_args = _phase_case(int(total), spec.phases)
-            if self.dialect.sort_memory:
-                self._execute(self.dialect.sort_memory)
+            self._fleet_wide()
             added = self._execute(
                 "INSERT INTO rollout_targets (rollout_id, device_id, position, phase, "
                 f"updated_at) SELECT ?, device_id, pos, {case}, ? FROM (SELECT device_id, "
@@ -165,6 +173,7 @@ class TargetingMethods(RolloutMethods):
         ``skip_version`` and that no active rollout targets. Returns how many joined."""
         where, args = selector_where(self.dialect, selector)
         with self._tx():
+            self._fleet_wide()
             (last,) = self._execute(
                 "SELECT coalesce(max(position), -1) FROM rollout_targets WHERE rollout_id = ?",
                 (rollout_id,),
