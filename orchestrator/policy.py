@@ -28,6 +28,7 @@ __all__ = [
     "gate_met",
     "gate_view",
     "in_windows",
+    "order_key",
     "parse_window",
     "phase_bounds",
     "rate_per_minute",
@@ -216,7 +217,9 @@ def phase_bounds(total: int, phases: Sequence[float]) -> list[int]:
     return bounds
 
 
-def _order_key(rollout_key: str, device_id: str) -> bytes:
+def order_key(rollout_key: str, device_id: str) -> bytes:
+    """A device's place in a rollout's order; the database computes the same bytes when it
+    resolves a target (``Dialect.order_key``)."""
     return hashlib.sha256(f"{rollout_key}\x00{device_id}".encode()).digest()
 
 
@@ -228,7 +231,7 @@ def assign_phases(
     Returns:
         ``(device_id, position, phase_index)`` in notification order.
     """
-    ordered = sorted(set(device_ids), key=lambda d: _order_key(rollout_key, d))
+    ordered = sorted(set(device_ids), key=lambda d: order_key(rollout_key, d))
     bounds = phase_bounds(len(ordered), phases)
     out = []
     phase = 0
