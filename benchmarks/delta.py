@@ -12,6 +12,9 @@ The rebuild runs in a fresh child process (``_rebuild``) so its peak RSS is the 
 alone; the bare interpreter's peak RSS is measured the same way and reported beside it.
 Needs apt-get, dpkg-deb and the zstd, bsdiff and xdelta3 tools (a missing tool's column
 is null). Run: ``python -m benchmarks delta`` (``FLEETPUSH_DEB_CACHE`` picks the cache).
+
+Then bytes over the wire for a 1,000-device rollout in full and by delta, on a real stack
+(``benchmarks/_delta_fleet.py``); ``FLEETPUSH_DELTA_PART=fleet`` runs that part alone.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _delta_fleet
 from fleetpush_protocol import delta
 
 PAIRS = [
@@ -48,6 +52,7 @@ _REBUILD = (
     _HWM
     + """
 import sys, time
+from benchmarks import _delta_fleet
 from fleetpush_protocol import delta
 base = open(sys.argv[1], "rb").read()
 start = time.perf_counter()
@@ -60,6 +65,7 @@ print(elapsed, hwm())
 _BARE = (
     _HWM
     + """
+from benchmarks import _delta_fleet
 from fleetpush_protocol import delta
 print(0, hwm())
 """
@@ -176,10 +182,13 @@ def _pair(work: Path, cache: Path, pair: tuple[str, str, str, str]) -> dict[str,
 
 
 def run(quick: bool = False) -> dict[str, Any]:
+    if os.environ.get("FLEETPUSH_DELTA_PART") == "fleet":  # the fleet alone (no apt-get)
+        return {"fleet": _delta_fleet.run(quick)}
     cache = Path(os.environ.get("FLEETPUSH_DEB_CACHE", Path(tempfile.gettempdir()) / "fp-debs"))
     cache.mkdir(parents=True, exist_ok=True)
     pairs = PAIRS[:1] if quick else PAIRS
     with tempfile.TemporaryDirectory() as tmp:
         rows = [_pair(Path(tmp), cache, pair) for pair in pairs]
     _, bare = _child(_BARE)
-    return {"interpreter_peak_rss_mb": round(bare / 2**20, 1), "pairs": rows}
+    fleet = _delta_fleet.run(quick)
+    return {"interpreter_peak_rss_mb": round(bare / 2**20, 1), "pairs": rows, "fleet": fleet}

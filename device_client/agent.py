@@ -53,6 +53,7 @@ from device_client.transport.base import (
     SessionFactory,
     SessionWiring,
 )
+from device_client.transport.delta_fetch import DeltaFetcher
 from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.driver import DeviceTrust
 from fleetpush_protocol.envelope import encode_message
@@ -79,6 +80,7 @@ class DeviceAgent:
         clock: Unix time in seconds; injected so tests can move time.
         on_report: called with each state report as it is queued; the simulator times
             devices with it, straight from the agent rather than through broker and database.
+        deltas: delta payloads and metered links (None: full payloads only).
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class DeviceAgent:
         handler: Handler,
         clock: Clock = time.time,
         on_report: ReportHook | None = None,
+        deltas: DeltaFetcher | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -106,8 +109,9 @@ class DeviceAgent:
         self.reporter = Reporter(self.device_id, self.topics, self.persisted, clock, on_report)
         self.runner = JobRunner(
             config, persisted=self.persisted, reporter=self.reporter, fetcher=fetcher,
-            handler=handler, clock=clock, on_succeeded=self._publish_inventory,
+            handler=handler, clock=clock, on_succeeded=self._publish_inventory, deltas=deltas,
         )  # fmt: skip
+        self.deltas = deltas
         self.router = MessageRouter(config, self.persisted, self.reporter, self.runner, clock)
         self._session_factory = session_factory
         self._stop: asyncio.Event | None = None

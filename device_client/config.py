@@ -31,6 +31,7 @@ __all__ = [
     "HealthConfig",
     "InstallConfig",
     "PolicyConfig",
+    "SecurityConfig",
     "TrustConfig",
     "UnpackLimits",
     "Window",
@@ -108,6 +109,16 @@ class DownloadConfig:
     max_attempts: int = 5  # per URL, for transport errors
     progress_interval_s: float = 5.0  # seconds between progress reports, at least
     chunk_bytes: int = 65536  # bytes read per iteration
+    # Deltas (docs/device.md, "Delta payloads"): the installed release's payload is kept
+    # as the base the next delta applies to; false saves its disk and always downloads in
+    # full. A rebuild may use at most this much memory (the base plus zstd's window).
+    keep_base: bool = True
+    max_rebuild_memory_bytes: int = 512 << 20  # bytes
+    # Metered links: on one, only deltas are fetched (and full payloads inside
+    # ``metered_windows``). ``metered_command`` exiting 0 says the link is metered now.
+    metered: bool = False
+    metered_command: tuple[str, ...] = ()
+    metered_windows: tuple[Window, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +160,17 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """How security updates (notices with ``update_class = "security"``) are treated."""
+
+    automatic: bool = True  # installed on their own schedule; false: like any other update
+    outside_windows: bool = True  # may install outside the maintenance windows
+    max_postpone_s: float = 3 * 86400.0  # seconds a hold may put one off (the notice caps it)
+    notify_command: tuple[str, ...] = ()  # run with the update's advisory, JSON on stdin
+    notify_timeout_s: float = 30.0  # seconds the notify command may take
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceConfig:
     """The whole configuration of one device agent."""
 
@@ -160,6 +182,7 @@ class DeviceConfig:
     health: HealthConfig
     policy: PolicyConfig
     source: str = "device.toml"  # the file name, for messages
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
 
 def _parse_window(table: Table, key: str, text: str) -> Window:
@@ -302,7 +325,8 @@ def parse_config(
     Raises:
         ConfigError: a field is missing, of the wrong type or out of range.
     """
-    known = {"device", "broker", "trust", "download", "install", "unpack", "health", "policy"}
+    known = {"device", "broker", "trust", "download", "install", "unpack", "health", "policy",
+             "security"}  # fmt: skip
     for name in raw:
         if name not in known:
             raise ConfigError(f"{source}: [{name}]: unknown table")
@@ -337,6 +361,14 @@ def parse_config(
         max_attempts=t.integer("max_attempts", 5, 1, 100),
         progress_interval_s=t.number("progress_interval_s", 5.0, 0.1, 3600),
         chunk_bytes=t.integer("chunk_bytes", 65536, 1024, 16 << 20),
+        keep_base=t.boolean("keep_base", True),
+        max_rebuild_memory_bytes=t.integer("max_rebuild_memory_bytes", 512 << 20, 1 << 20, 1 << 40),
+        metered=t.boolean("metered", False),
+        metered_command=t.argv("metered_command"),
+        metered_windows=tuple(
+            _parse_window(t, f"metered_windows[{i}]", w)
+            for i, w in enumerate(t.strings("metered_windows", max_len=24))
+        ),
     )
     install = _install(section("install"), device.state_dir, _unpack(section("unpack")))
     h = section("health")
@@ -354,6 +386,14 @@ def parse_config(
         ),
         download_ahead=p.boolean("download_ahead", True),
     )
+    sec = section("security")
+    security = SecurityConfig(
+        automatic=sec.boolean("automatic", True),
+        outside_windows=sec.boolean("outside_windows", True),
+        max_postpone_s=sec.number("max_postpone_s", 3 * 86400.0, 0.0, 30 * 86400.0),
+        notify_command=sec.argv("notify_command"),
+        notify_timeout_s=sec.number("notify_timeout_s", 30.0, 0.1, 3600.0),
+    )
     for table in tables:
         table.check_unknown()
     return DeviceConfig(
@@ -365,6 +405,7 @@ def parse_config(
         health=health,
         policy=policy,
         source=source,
+        security=security,
     )
 
 

@@ -10,6 +10,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+import msgspec
+
 from device_client.jobs.states import Job
 from device_client.persisted import Persisted
 from device_client.transport.outbox import Kind
@@ -74,6 +76,7 @@ class Reporter:
         error: ErrorInfo | None = None,
         progress: Progress | None = None,
         detail: str = "",
+        downloaded: int | None = None,
     ) -> None:
         """Queue one report; it leaves with the next state write."""
         st = self._persisted.state
@@ -94,6 +97,8 @@ class Reporter:
                 reported_at=at,
                 progress=progress,
                 error=error,
+                detail=detail[:1024] if detail else msgspec.UNSET,
+                downloaded=msgspec.UNSET if downloaded is None else downloaded,
             )
             return encode_message(report)
 
@@ -115,9 +120,10 @@ class Reporter:
         error: ErrorInfo | None = None,
         progress: Progress | None = None,
         detail: str = "",
+        downloaded: int | None = None,
     ) -> None:
         """Queue a report about ``job`` on its reply topic."""
         self.report(
             job.notice_id, job.rollout_id, job.reply_topic, state,
-            error=error, progress=progress, detail=detail,
+            error=error, progress=progress, detail=detail, downloaded=downloaded,
         )  # fmt: skip

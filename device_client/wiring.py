@@ -15,6 +15,7 @@ from device_client.handlers import make_handler
 from device_client.reports import ReportHook
 from device_client.store import StateStore
 from device_client.transport.base import SessionFactory, SessionWiring
+from device_client.transport.delta_fetch import BaseStore, DeltaFetcher
 from device_client.transport.fetcher import Fetcher
 from device_client.transport.session import MqttSession
 
@@ -54,10 +55,13 @@ def build_agent(
         durable: fsync state writes (False only for simulations of many devices).
         on_report: told of each state report as it is queued (the simulator's timing).
     """
+    fetcher = Fetcher(config.download, user_agent=f"fleetpush-device/{__version__}")
+    bases = BaseStore(config.device.state_dir / "base")
     return DeviceAgent(
         config,
         store=StateStore(config.device.state_dir, durable=durable, clock=clock),
-        fetcher=Fetcher(config.download, user_agent=f"fleetpush-device/{__version__}"),
+        fetcher=fetcher,
+        deltas=DeltaFetcher(fetcher, config.download, bases, clock),
         session_factory=mqtt_session_factory(config),
         handler=make_handler(config.install),
         clock=clock,

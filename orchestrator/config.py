@@ -11,12 +11,14 @@ Example::
     url_ttl = "24h"
     max_upload_bytes = 4294967296        # release uploads, streamed to disk
     max_json_bytes = 1048576             # every JSON request body; larger is a 413
+    max_sbom_bytes = 16777216            # a release's SBOM (SPDX or CycloneDX JSON)
 
     [mqtt]                               # omit: the broker `fleetpush broker run` recorded
     url = "mqtt://127.0.0.1:1883"        #   in <data_dir>/broker/broker.json
     username = "fleetpush-orchestrator"
     password_file = "/var/lib/fleetpush/broker/orchestrator.secret"
     topic_prefix = "fleetpush"
+    share_group = "fleetpush"            # replicas share device messages ("": a broker without)
 
     [keys]
     dir = "/var/lib/fleetpush/keys"      # default: <data_dir>/keys
@@ -54,12 +56,17 @@ Example::
     tick = "1s"
     notice_ttl = "7d"
     follow_every = "30s"                 # continuous rollouts look for new devices
+    lease = "15s"                        # replicas: a dead one's rollouts move on after it
+    require_approval = false             # four-eyes: another operator approves each rollout
+
+    [support]                            # per hardware model: rpi4 = 2030-12-31
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,7 +74,9 @@ from urllib.parse import urlsplit
 from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker.info import INFO_FILE, read_info
+from orchestrator.config_deltas import DeltaConfig, parse_deltas
 from orchestrator.config_tables import ConfigError, Table, host_port, http_url, password_file
+from orchestrator.support import parse_support
 
 __all__ = [
     "AuthConfig",
@@ -93,6 +102,7 @@ class HttpConfig:
     url_ttl_s: float = 86400.0  # seconds a signed payload URL stays valid
     max_upload_bytes: int = 4 * 2**30  # bytes; the release upload, streamed to disk
     max_json_bytes: int = 2**20  # bytes; any JSON request body (read into memory)
+    max_sbom_bytes: int = 16 * 2**20  # bytes; a release's SBOM (read into memory, checked)
 
     @property
     def base_url(self) -> str:
@@ -107,6 +117,9 @@ class MqttConfig:
     password: str = field(default="", repr=False)
     topic_prefix: str = "fleetpush"
     keepalive_s: int = 30  # seconds
+    # MQTT 5 shared subscription group for device messages ("": plain subscriptions): the
+    # broker hands each report to one replica of the group
+    share_group: str = "fleetpush"
     source: str = "settings"  # where host and login came from, said at start
     missing: str = ""  # why no broker is configured: ``serve`` refuses to start with it
 
@@ -146,6 +159,8 @@ class RolloutConfig:
     tick_s: float = 1.0  # seconds between two engine passes
     notice_ttl_s: float = 7 * 86400.0  # seconds a notice stays valid (capped by the key)
     follow_every_s: float = 30.0  # seconds between two target checks of a continuous rollout
+    lease_s: float = 15.0  # seconds a replica's claim on a rollout lasts without renewal
+    require_approval: bool = False  # every rollout waits for a second operator's approval
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,11 +205,13 @@ class OrchestratorConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
+    deltas: DeltaConfig = field(default_factory=DeltaConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     # The device registry provisioning writes (groups and model); None: the broker state
     # ``fleetpush broker run --data`` keeps next to the database.
     registry_file: Path | None = None
     database_config: DatabaseConfig = field(default_factory=DatabaseConfig)
+    support: dict[str, dt.date] = field(default_factory=dict)  # model -> security updates until
 
     @property
     def registry_path(self) -> Path:
@@ -356,9 +373,14 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         url_ttl_s=h.duration("url_ttl", 86400.0, 60.0, 90 * 86400.0),
         max_upload_bytes=h.integer("max_upload_bytes", 4 * 2**30, 1, 2**48),
         max_json_bytes=h.integer("max_json_bytes", 2**20, 1024, 64 * 2**20),
+        max_sbom_bytes=h.integer("max_sbom_bytes", 16 * 2**20, 1024, 256 * 2**20),
     )
     m = top.sub("mqtt")
     mqtt = _mqtt(m, base, data_dir)
+    share_group = m.text("share_group", "fleetpush")
+    if share_group and not share_group.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f'{m.name("share_group")}: letters, digits, - and _ only (or "")')
+    mqtt = replace(mqtt, share_group=share_group)
     k = top.sub("keys")
     keys_dir = (base / k.text("dir", str(data_dir / "keys"))).resolve()
     i = top.sub("ingest")
@@ -383,7 +405,13 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         tick_s=r.duration("tick", 1.0, 0.05, 60.0),
         notice_ttl_s=r.duration("notice_ttl", 7 * 86400.0, 60.0, 365 * 86400.0),
         follow_every_s=r.duration("follow_every", 30.0, 0.1, 3600.0),
+        lease_s=r.duration("lease", 15.0, 1.0, 3600.0),
+        require_approval=r.flag("require_approval", False),
     )
+    if rollouts.lease_s < 3 * rollouts.tick_s:
+        raise ConfigError("rollouts.lease: must be at least 3 ticks (renewed once per tick)")
+    e = top.sub("deltas")
+    deltas = parse_deltas(e)
     a = top.sub("auth")
     tokens_file = a.text("tokens_file", "")
     auth = AuthConfig(tokens_file=(base / tokens_file).resolve() if tokens_file else None)
@@ -391,7 +419,8 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
     registry_file = g.text("file", "")
     d = top.sub("database")
     database = _database(d, base, data_dir)
-    for table in (h, m, k, i, t, r, a, g, d, top):
+    support = parse_support(top.sub("support"))  # before top.check_unknown()
+    for table in (h, m, k, i, t, r, e, a, g, d, top):
         table.check_unknown()
     return OrchestratorConfig(
         data_dir=data_dir,
@@ -401,9 +430,11 @@ def parse_config(data: dict[str, Any], base: Path) -> OrchestratorConfig:
         ingest=ingest,
         retention=retention,
         rollouts=rollouts,
+        deltas=deltas,
         auth=auth,
         registry_file=(base / registry_file).resolve() if registry_file else None,
         database_config=database,
+        support=support,
     )
 
 

@@ -42,12 +42,28 @@ class Table:
             raise ConfigError(f"{self.name(key)}: expected a string")
         return value
 
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.name(key)}: expected true or false")
+        return value
+
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         value = self.get(key)
         if value is None:
             return default
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise ConfigError(f"{self.name(key)}: expected an integer in {low}..{high}")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.name(key)}: expected true or false")
         return value
 
     def number(self, key: str, default: float, low: float, high: float) -> float:

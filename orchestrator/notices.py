@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
 
 from fleetpush_protocol.envelope import sign_message
-from fleetpush_protocol.messages import CancelNotice, Payload, Release, Target, UpdateNotice
+from fleetpush_protocol.messages import (
+    MAX_DELTAS,
+    SECURITY,
+    CancelNotice,
+    Delta,
+    Payload,
+    Release,
+    Target,
+    UpdateNotice,
+)
 from fleetpush_protocol.topics import Topics, device_scope
+from orchestrator.advisories import to_advisory
 from orchestrator.config import HttpConfig
+from orchestrator.deltas import DeltaIndex
 from orchestrator.payloads import UrlSigner
 from orchestrator.security.keystore import SigningSet
 from orchestrator.store import NoticeRecord, ReleaseRecord
@@ -28,15 +42,22 @@ class NoticeFactory:
         http: where payload URLs point (signed orchestrator URLs, or an external base).
         urls: signs orchestrator payload URLs.
         notice_ttl_s: how long a notice stays valid, capped by the signing key's window.
+        deltas: the stored deltas each notice lists; None lists none.
     """
 
     def __init__(
-        self, topics: Topics, http: HttpConfig, urls: UrlSigner, notice_ttl_s: float
+        self,
+        topics: Topics,
+        http: HttpConfig,
+        urls: UrlSigner,
+        notice_ttl_s: float,
+        deltas: DeltaIndex | None = None,
     ) -> None:
         self.topics = topics
         self.http = http
         self.urls = urls
         self.notice_ttl_s = notice_ttl_s
+        self.deltas = deltas
 
     def usable_until(self, notice: NoticeRecord) -> float:
         """When ``notice`` (or its payload URL) stops being usable, in Unix seconds."""
@@ -56,10 +77,31 @@ class NoticeFactory:
         return max(now, min(now + int(self.notice_ttl_s), signing.not_after))
 
     def payload_urls(self, release: ReleaseRecord, expires_at: int, now: int) -> tuple[str, ...]:
+        return self._urls(release.sha256, expires_at, now)
+
+    def _urls(self, sha256_hex: str, expires_at: int, now: int) -> tuple[str, ...]:
         if self.http.payload_base_url:
-            return (f"{self.http.payload_base_url}/{release.sha256}",)
+            return (f"{self.http.payload_base_url}/{sha256_hex}",)
         url_expiry = min(expires_at, now + int(self.http.url_ttl_s))
-        return (self.urls.sign(self.http.base_url, release.sha256, url_expiry),)
+        return (self.urls.sign(self.http.base_url, sha256_hex, url_expiry),)
+
+    def delta_list(
+        self, release: ReleaseRecord, expires_at: int, now: int
+    ) -> tuple[Delta, ...] | msgspec.UnsetType:
+        """The release's stored deltas as notice entries (served like payloads)."""
+        if self.deltas is None:
+            return msgspec.UNSET
+        entries = tuple(
+            Delta(
+                base_sha256=bytes.fromhex(d.base_sha256),
+                method=d.method,
+                sha256=bytes.fromhex(d.sha256),
+                size=d.size,
+                urls=self._urls(d.sha256, expires_at, now),
+            )
+            for d in self.deltas.records(release.sha256)[:MAX_DELTAS]
+        )
+        return entries or msgspec.UNSET
 
     def updates(
         self,
@@ -79,6 +121,12 @@ class NoticeFactory:
             sha256=bytes.fromhex(release.sha256),
         )
         rel = Release(name=release.name, version=release.version)
+        deltas = self.delta_list(release, expires, now)
+        # A security release's notices carry its class and advisory (issue 17); a feature
+        # release's leave both out, so their bytes are what they were before the fields.
+        extra: dict[str, Any] = {}
+        if release.security and release.advisory is not None:
+            extra = {"update_class": SECURITY, "advisory": to_advisory(release.advisory)}
         out = []
         for device_id in device_ids:
             scope = device_scope(device_id)
@@ -87,6 +135,7 @@ class NoticeFactory:
                 rollout_id=str(rollout_id),
                 release=rel,
                 payload=payload,
+                deltas=deltas,
                 handler=release.handler,
                 handler_args=dict(release.handler_args),
                 target=Target(devices=(device_id,), models=release.models),
@@ -95,6 +144,7 @@ class NoticeFactory:
                 scope=scope,
                 seq=seqs[scope],
                 reply_topic=self.topics.report(device_id),
+                **extra,
             )
             out.append(self._record(notice, device_id, rollout_id, "notice", signing))
         return out

@@ -14,9 +14,11 @@ from typing import Any
 
 __all__ = [
     "ACTIVE_ROLLOUT_STATES",
+    "AWAITING_APPROVAL",
     "FAILURE_STATES",
     "IN_FLIGHT_STATES",
     "TERMINAL_STATES",
+    "ROLLOUT_STATES",
     "PhaseCounts",
     "RateLimiter",
     "RolloutSpec",
@@ -26,12 +28,17 @@ __all__ = [
     "gate_met",
     "gate_view",
     "in_windows",
+    "order_key",
     "parse_window",
     "phase_bounds",
     "rate_per_minute",
 ]
 
-ACTIVE_ROLLOUT_STATES = ("scheduled", "running", "paused")  # a rollout not yet over
+# A rollout not yet over. One awaiting approval holds its devices too (a conflict for
+# another rollout, its release cannot be deleted) but notifies nobody until approved.
+AWAITING_APPROVAL = "awaiting_approval"
+ACTIVE_ROLLOUT_STATES = (AWAITING_APPROVAL, "scheduled", "running", "paused")
+ROLLOUT_STATES = (*ACTIVE_ROLLOUT_STATES, "completed", "canceled", "aborted", "rejected")
 
 PENDING = "pending"  # not notified yet
 SENT = "sent"  # notice published, no report yet
@@ -210,7 +217,9 @@ def phase_bounds(total: int, phases: Sequence[float]) -> list[int]:
     return bounds
 
 
-def _order_key(rollout_key: str, device_id: str) -> bytes:
+def order_key(rollout_key: str, device_id: str) -> bytes:
+    """A device's place in a rollout's order; the database computes the same bytes when it
+    resolves a target (``Dialect.order_key``)."""
     return hashlib.sha256(f"{rollout_key}\x00{device_id}".encode()).digest()
 
 
@@ -222,7 +231,7 @@ def assign_phases(
     Returns:
         ``(device_id, position, phase_index)`` in notification order.
     """
-    ordered = sorted(set(device_ids), key=lambda d: _order_key(rollout_key, d))
+    ordered = sorted(set(device_ids), key=lambda d: order_key(rollout_key, d))
     bounds = phase_bounds(len(ordered), phases)
     out = []
     phase = 0

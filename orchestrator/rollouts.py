@@ -8,13 +8,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.policy import (
+    ACTIVE_ROLLOUT_STATES,
     PhaseCounts,
     RolloutSpec,
     assign_phases,
     gate_view,
     phase_bounds,
 )
-from orchestrator.store import DeviceRecord, ReleaseRecord, RolloutRecord, Store
+from orchestrator.store import (
+    DeviceRecord,
+    ReleaseRecord,
+    RolloutRecord,
+    Store,
+    TargetSelector,
+)
 
 __all__ = [
     "Plan",
@@ -25,6 +32,7 @@ __all__ = [
     "resolve_targets",
     "rollout_status",
     "select_targets",
+    "selector",
     "status_view",
 ]
 
@@ -89,6 +97,17 @@ def select_targets(
     return out, mismatch
 
 
+def selector(spec: TargetSpec, release: ReleaseRecord) -> TargetSelector:
+    """The rule of ``select_targets`` for the database to resolve (``create_rollout_for``,
+    ``follow_targets``): the same devices, without reading them."""
+    return TargetSelector(
+        devices=spec.devices,
+        groups=spec.groups,
+        models=tuple(sorted(set(spec.models) | set(release.models))),
+        all=spec.all,
+    )
+
+
 def resolve_targets(
     spec: TargetSpec, devices: Sequence[DeviceRecord], release: ReleaseRecord
 ) -> list[str]:
@@ -103,9 +122,10 @@ def phase_key(release_id: int, target: TargetSpec) -> str:
 
 
 def active_owners(s: Store) -> dict[str, int]:
-    """Device -> the oldest scheduled, running or paused rollout that targets it."""
+    """Device -> the oldest active rollout (awaiting approval, scheduled, running or
+    paused) that targets it."""
     owners: dict[str, int] = {}
-    for r in s.list_rollouts(("scheduled", "running", "paused")):
+    for r in s.list_rollouts(ACTIVE_ROLLOUT_STATES):
         for t in s.list_targets(r.id, limit=10**9):
             owners.setdefault(t.device_id, r.id)
     return owners
@@ -169,6 +189,7 @@ def status_view(
     release: ReleaseRecord,
     counts: dict[int, PhaseCounts],
     states: dict[str, int],
+    downloads: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
     """The rollout with per-phase progress and per-state counts (API and CLI)."""
     total = sum(c.total for c in counts.values())
@@ -202,6 +223,19 @@ def status_view(
         "states": states,
         "phases": phases,
         "gate": gate_view(upto, r.phase + 1, r.spec.success_pct),
+        "bytes": bytes_view(release.size, *downloads),
+    }
+
+
+def bytes_view(payload_size: int, devices: int, downloaded: int) -> dict[str, int]:
+    """What the devices that reported it downloaded, against the full payload each."""
+    full = devices * payload_size
+    return {
+        "payload_size": payload_size,
+        "devices": devices,
+        "downloaded": downloaded,
+        "full": full,
+        "saved": full - downloaded,
     }
 
 
@@ -212,9 +246,10 @@ def _phase_status(r: RolloutRecord, i: int) -> str:
     aborted before)."""
     if i < r.phase or (i == r.phase and r.state == "completed"):
         return "done"
-    if i > r.phase:
-        return "skipped" if r.state in ("canceled", "aborted") else "waiting"
-    return "stopped" if r.state in ("canceled", "aborted") else "open"
+    ended = ("canceled", "aborted", "rejected")
+    if i > r.phase or r.state == "awaiting_approval":
+        return "skipped" if r.state in ended else "waiting"
+    return "stopped" if r.state in ended else "open"
 
 
 def spec_from_request(body: dict[str, Any]) -> RolloutSpec:
@@ -225,4 +260,7 @@ def spec_from_request(body: dict[str, Any]) -> RolloutSpec:
 
 def rollout_status(s: Store, r: RolloutRecord) -> dict[str, Any]:
     """``status_view`` of ``r``, read from the store in one go (call it on the DB thread)."""
-    return status_view(r, s.get_release(r.release_id), s.phase_counts(r.id), s.state_counts(r.id))
+    return status_view(
+        r, s.get_release(r.release_id), s.phase_counts(r.id), s.state_counts(r.id),
+        s.download_totals(r.id),
+    )  # fmt: skip

@@ -100,6 +100,13 @@ BAD = {
     "naive hold": Bad({"policy": {"hold_until": "2026-12-01T00:00:00"}}, "time zone"),
     "unknown key": Bad({"download": {"max_bytes": 1}}, "[download] max_bytes: unknown setting"),
     "keepalive too short": Bad({"broker": {"keepalive_s": 1}}, "[broker] keepalive_s: must be"),
+    "rebuild memory too small": Bad(
+        {"download": {"max_rebuild_memory_bytes": 1000}}, "[download] max_rebuild_memory_bytes"
+    ),
+    "metered not a bool": Bad({"download": {"metered": "yes"}}, "[download] metered"),
+    "bad metered window": Bad(
+        {"download": {"metered_windows": ["soon"]}}, "[download] metered_windows[0]"
+    ),
 }
 
 
@@ -222,6 +229,7 @@ ALLOWED = [
     (S.DEFERRED, S.INSTALLING), (S.INSTALLING, S.INSTALLED), (S.INSTALLED, S.HEALTH_CHECK),
     (S.HEALTH_CHECK, S.SUCCEEDED), (S.HEALTH_CHECK, S.ROLLED_BACK), (S.INSTALLING, S.ROLLED_BACK),
     (S.DOWNLOADING, S.CANCELED), (S.DOWNLOADING, S.FAILED), (S.HEALTH_CHECK, S.HEALTH_CHECK),
+    (S.DOWNLOADING, S.DEFERRED),
 ]  # fmt: skip
 FORBIDDEN = [
     (S.NOTIFIED, S.INSTALLING), (S.DOWNLOADING, S.INSTALLING), (S.INSTALLING, S.CANCELED),

@@ -157,6 +157,9 @@ def test_url_signing() -> None:
         ({"data_dir": "d", "http": {"public_url": "ftp://x"}}, "http.public_url"),
         ({"data_dir": "d", "typo": 1}, "typo"),
         ({"data_dir": "d", "http": {"lisen": "x"}}, "http.lisen"),
+        ({"data_dir": "d", "deltas": {"max_bases": 17}}, "deltas.max_bases"),
+        ({"data_dir": "d", "deltas": {"on_upload": 1}}, "deltas.on_upload"),
+        ({"data_dir": "d", "deltas": {"level": 0}}, "deltas.level"),
     ],
 )
 def test_invalid_config_names_the_field(data: dict, field: str, tmp_path: Path) -> None:

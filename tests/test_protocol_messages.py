@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from fleetpush_protocol import canonical
 from fleetpush_protocol.envelope import (
     decode_envelope,
     decode_message,
+    encode_body,
     encode_message,
     parse,
     sign_message,
@@ -50,6 +52,17 @@ MESSAGES: list[Message] = [
         counter=8,
         reported_at=BASE_TIME,
         error=ErrorInfo(code="hash_mismatch", message="payload SHA-256 differs"),
+    ),
+    Report(
+        device_id="dev-1",
+        notice_id="n-1",
+        rollout_id="r-1",
+        state=ReportState.DOWNLOADED,
+        current_version="1.0.0",
+        counter=9,
+        reported_at=BASE_TIME,
+        detail="rebuilt from a 927-byte delta",
+        downloaded=927,
     ),
     Presence(device_id="dev-1", online=False, at=BASE_TIME),
     Inventory(
@@ -127,3 +140,20 @@ def test_keyring_threshold_cannot_exceed_keys() -> None:
     body["root_threshold"] = 2
     with pytest.raises(MalformedError, match="threshold"):
         decode_message(_envelope(body))
+
+
+def test_report_without_detail_or_downloaded_keeps_its_bytes() -> None:
+    """The optional report fields (issue 15) are left out, never nil, when not set: an
+    older device's report and a new one without them are the same bytes, and an older
+    orchestrator reading a new one ignores the unknown fields."""
+    plain = Report(
+        device_id="dev-1", notice_id="n-1", rollout_id="r-1", state=ReportState.DOWNLOADED,
+        current_version="1.0.0", counter=9, reported_at=BASE_TIME,
+    )  # fmt: skip
+    body = canonical.decode(encode_body(plain), max_bytes=1 << 16)
+    assert "detail" not in body
+    assert "downloaded" not in body
+    full = msgspec.structs.replace(plain, detail="fell back", downloaded=5)
+    decoded = decode_message(encode_message(full))
+    assert isinstance(decoded, Report)
+    assert (decoded.detail, decoded.downloaded) == ("fell back", 5)

@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -217,6 +218,30 @@ def test_reports_dedupe_check_the_notice_owner_and_count(store: Store) -> None:
     assert history[1]["received_at"] == T0 + 1
     assert [h["counter"] for h in store.device_history("a", limit=1)] == [3]
     assert store.get_device("b").current_version == "2"  # a rejected report still says so
+
+
+def test_downloaded_bytes_detail_and_field_versions(store: Store) -> None:
+    """Issue 15: what devices downloaded, per rollout and in the counters; the detail in the
+    history; how many devices run each version (the bases deltas are made from)."""
+    r = _rollout(store, ["a", "b", "c"])  # its release is 10 bytes
+    store.save_notices([_notice(r.id, f"n-{d}", d, 1) for d in "abc"], dict.fromkeys("abc", True))
+    assert store.download_totals(r.id) == (0, 0)
+    store.ingest([
+        msgspec.structs.replace(_report("a", 1, "n-a", ReportState.DOWNLOADED, r.id),
+                                downloaded=3, detail="rebuilt from a delta"),
+        msgspec.structs.replace(_report("b", 1, "n-b", ReportState.DOWNLOADED, r.id),
+                                downloaded=10),
+        _report("c", 1, "n-c", ReportState.DOWNLOADED, r.id),  # an older device: no figure
+    ], T0 + 1)  # fmt: skip
+    store.ingest([_inventory("a", (), "m", version="2"), _inventory("b", (), "m", version="2"),
+                  _inventory("c", (), "m", version="1")], T0 + 2)  # fmt: skip
+    assert store.download_totals(r.id) == (2, 13)
+    counters = store.counters()
+    assert (counters["payload_bytes_downloaded"], counters["payload_bytes_saved"]) == (13, 7)
+    (first,) = store.device_history("a")
+    assert (first["downloaded"], first["detail"]) == (3, "rebuilt from a delta")
+    assert store.device_history("c")[0]["downloaded"] is None
+    assert store.version_counts() == {"2": 2, "1": 1}
 
 
 def test_reports_out_of_order_never_move_a_target_back(store: Store) -> None:

@@ -115,6 +115,7 @@ class Installer:
         except OSError as e:  # cleanup only: the release is installed and healthy
             logger.warning("%s: cleanup after install failed: %s", r.device_id, e)
         r.persisted.state.installed = notice.release  # persisted by finish's write
+        r.keep_base(job, notice)
         r.finish(job, JobState.SUCCEEDED, "", "")
         await self._on_succeeded()
 

@@ -21,12 +21,15 @@ from typing import ClassVar
 from device_client.config import DeviceConfig
 from device_client.errors import UpdateError
 from device_client.handlers import Handler
+from device_client.hooks import NotifyHook
 from device_client.jobs.install import Installer
-from device_client.jobs.policy import install_blocked
+from device_client.jobs.policy import Blocked
+from device_client.jobs.security import update_blocked
 from device_client.jobs.states import Job, JobState
 from device_client.persisted import Persisted
 from device_client.reports import Reporter
 from device_client.transport.base import PayloadFetcher
+from device_client.transport.delta_fetch import DeltaFetcher, FetchOutcome
 from device_client.transport.fetcher import hash_file
 from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.envelope import decode_message
@@ -55,6 +58,8 @@ class JobRunner:
         handler: installs them.
         clock: Unix time in seconds (the policy's time).
         on_succeeded: awaited after a job succeeded (the agent publishes its inventory).
+        deltas: fetches through deltas and holds full downloads on a metered link
+            (device_client/transport/delta_fetch.py); None: the fetcher alone.
     """
 
     def __init__(
@@ -67,15 +72,18 @@ class JobRunner:
         handler: Handler,
         clock: Callable[[], float],
         on_succeeded: Callable[[], Awaitable[None]],
+        deltas: DeltaFetcher | None = None,
     ) -> None:
         self.config = config
         self.device_id = config.device.id
         self.persisted = persisted
         self.reporter = reporter
         self.fetcher = fetcher
+        self.deltas = deltas  # None: full payloads only (no base kept, no metered link)
         self.handler = handler
         self.clock = clock
         self.installer = Installer(self, on_succeeded)
+        self.notify = NotifyHook(config)  # [security] notify_command, once per notice
         self.stopping = False  # set when the agent stops: no new job task starts
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -88,7 +96,7 @@ class JobRunner:
         self.decide(job, notice)  # persisted by an agent older than decide()
 
     async def _deferred(self, job: Job, notice: Notice) -> None:
-        await self.wait_for_policy(job)
+        await self.wait_for_policy(job, notice)
         job = self.persisted.state.job or job
         if await self._downloaded_ok(job, notice):
             await self.installer.install(job, notice)
@@ -99,7 +107,7 @@ class JobRunner:
         await self.download(job, notice)
 
     async def _downloaded(self, job: Job, notice: Notice) -> None:
-        blocked = install_blocked(self.config.policy, self.clock())
+        blocked = update_blocked(self.config, notice, self.clock())
         if blocked is not None:
             self.transition(job, JobState.DEFERRED, detail=blocked.reason)
         elif await self._downloaded_ok(job, notice):
@@ -177,6 +185,8 @@ class JobRunner:
             try:
                 notice = decode_message(job.notice)
                 assert isinstance(notice, Notice)  # noqa: S101 - only verified notices stored
+                if job.state in (JobState.DEFERRED, JobState.DOWNLOADING, JobState.DOWNLOADED):
+                    await self.notify.announce(notice)  # before it installs; once per notice
                 await self.STEPS[job.state](self, job, notice)
             except Exception as e:
                 logger.exception("%s: internal error in %s", self.device_id, job.state.value)
@@ -185,13 +195,16 @@ class JobRunner:
 
     # --- moving a job ----------------------------------------------------------------------
 
-    def transition(self, job: Job, state: JobState, *, detail: str = "", **changes: object) -> Job:
+    def transition(
+        self, job: Job, state: JobState, *, detail: str = "", downloaded: int | None = None,
+        **changes: object,
+    ) -> Job:  # fmt: skip
         """Persist ``job`` in ``state`` together with its report, then return it."""
         job = job.advance(state, **changes)
         logger.debug("%s: %s -> %s", self.device_id, job.notice_id, state.value)
         self.persisted.state.job = job
         if (rs := state.report_state) is not None:
-            self.reporter.job(job, rs, detail=detail)
+            self.reporter.job(job, rs, detail=detail, downloaded=downloaded)
         self.persisted.save()
         return job
 
@@ -246,7 +259,7 @@ class JobRunner:
                 f"notice wants handler {notice.handler!r}, device has {self.handler.name!r}",
             )  # fmt: skip
             return
-        blocked = install_blocked(self.config.policy, self.clock())
+        blocked = update_blocked(self.config, notice, self.clock())
         if blocked is not None and not self.config.policy.download_ahead:
             self.transition(job, JobState.DEFERRED, detail=blocked.reason)
         else:
@@ -263,16 +276,30 @@ class JobRunner:
 
     # --- the policy wait and the download ----------------------------------------------------
 
-    async def wait_for_policy(self, job: Job) -> None:
-        """Return when the update policy allows installing (the one place that waits)."""
+    async def wait_for_policy(self, job: Job, notice: Notice) -> None:
+        """Return when the update policy allows installing (the one place that waits); a
+        security update's own rules in ``device_client.jobs.security``."""
         reason = ""
-        while (blocked := install_blocked(self.config.policy, self.clock())) is not None:
+        while (blocked := await self._blocked(job, notice)) is not None:
             if blocked.reason != reason:
                 if reason:  # the reason changed (hold over, now a window): say so
                     job = self.transition(self.persisted.state.job or job, JobState.DEFERRED,
                                           detail=blocked.reason)  # fmt: skip
                 reason = blocked.reason
             await self._sleep_until(blocked.until)
+
+    async def _blocked(self, job: Job, notice: Notice) -> Blocked | None:
+        if (blocked := update_blocked(self.config, notice, self.clock())) is not None:
+            return blocked
+        part, dest = self.files(job)
+        if self.deltas is None or dest.exists():
+            return None  # downloaded already: a metered link no longer matters
+        return await self.deltas.metered_block(notice, part)
+
+    def keep_base(self, job: Job, notice: Notice) -> None:
+        """The installed payload becomes the base of the next delta (docs/device.md)."""
+        if self.deltas is not None:
+            self.deltas.keep_base(self.files(job)[1], notice.payload.sha256)
 
     async def _sleep_until(self, until: float) -> None:
         timeout = max(0.05, min(until - self.clock(), MAX_WAIT_S))
@@ -295,6 +322,10 @@ class JobRunner:
     async def download(self, job: Job, notice: Notice) -> None:
         """Fetch the payload to the job's file, verified (the one place that downloads)."""
         part, dest = self.files(job)
+        deltas = self.deltas
+        if deltas is not None and (metered := await deltas.metered_block(notice, part)):
+            self.transition(job, JobState.DEFERRED, detail=metered.reason)
+            return
         interval = self.config.download.progress_interval_s
         self._last_progress = time.monotonic()
 
@@ -308,7 +339,11 @@ class JobRunner:
                 self.persisted.save()
 
         try:
-            await self.fetcher.fetch(notice.payload, part, dest, progress)
+            if deltas is not None:
+                got = await deltas.fetch(notice, part, dest, progress)
+            else:
+                await self.fetcher.fetch(notice.payload, part, dest, progress)
+                got = FetchOutcome(notice.payload.size, False, "")
         except ContentError as e:
             self.finish(job, JobState.FAILED, e.code, str(e))
             return
@@ -318,5 +353,8 @@ class JobRunner:
         except UpdateError as e:
             self.finish(job, JobState.FAILED, e.failure, str(e))
             return
+        if got.deferred is not None:  # a delta failed; a metered link holds the full one
+            self.transition(job, JobState.DEFERRED, detail=got.detail)
+            return
         self._verified = job.notice_id
-        self.transition(job, JobState.DOWNLOADED)
+        self.transition(job, JobState.DOWNLOADED, detail=got.detail, downloaded=got.downloaded)

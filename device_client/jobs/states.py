@@ -60,7 +60,8 @@ _S = JobState
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
     _S.NOTIFIED: frozenset({_S.DEFERRED, _S.DOWNLOADING, _S.FAILED, _S.CANCELED}),
     _S.DEFERRED: frozenset({_S.DOWNLOADING, _S.INSTALLING, _S.DEFERRED, _S.FAILED, _S.CANCELED}),
-    _S.DOWNLOADING: frozenset({_S.DOWNLOADED, _S.FAILED, _S.CANCELED}),
+    # -> deferred: a metered link holds a full download (issue 15)
+    _S.DOWNLOADING: frozenset({_S.DOWNLOADED, _S.DEFERRED, _S.FAILED, _S.CANCELED}),
     _S.DOWNLOADED: frozenset({_S.DEFERRED, _S.DOWNLOADING, _S.INSTALLING, _S.FAILED, _S.CANCELED}),
     _S.INSTALLING: frozenset({_S.INSTALLED, _S.FAILED, _S.ROLLED_BACK}),
     _S.INSTALLED: frozenset({_S.HEALTH_CHECK, _S.SUCCEEDED, _S.FAILED, _S.ROLLED_BACK}),

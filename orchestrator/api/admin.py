@@ -6,8 +6,11 @@ from aiohttp import web
 
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, requires
 from orchestrator.api.context import ApiError
+from orchestrator.api.devices import security_report
+from orchestrator.policy import ACTIVE_ROLLOUT_STATES, ROLLOUT_STATES
 from orchestrator.security.auth import ROLES, hash_token, new_token
 from orchestrator.security.keystore import describe
+from orchestrator.store import Store
 
 __all__ = ["routes"]
 
@@ -20,7 +23,8 @@ async def healthz(request: web.Request) -> web.Response:
     mqtt_up = bool(c.extra_metrics.get("mqtt_connected", lambda: False)())
     await c.db.run(lambda s: s.counters())  # the database answers
     return ok({"status": "ok" if mqtt_up else "degraded", "mqtt_connected": mqtt_up,
-               "database": "ok"}, status=200 if mqtt_up else 503)  # fmt: skip
+               "database": "ok", "replica": c.engine.holder},
+              status=200 if mqtt_up else 503)  # fmt: skip
 
 
 def _metric(lines: list[str], name: str, kind: str, help_: str, values: dict[str, float]) -> None:
@@ -28,6 +32,14 @@ def _metric(lines: list[str], name: str, kind: str, help_: str, values: dict[str
     lines.append(f"# TYPE {name} {kind}")
     for labels, value in values.items():
         lines.append(f"{name}{labels} {value:g}")
+
+
+def _bytes_saved(s: Store) -> list[tuple[int, int]]:
+    out = []
+    for r in s.list_rollouts(sorted(ACTIVE_ROLLOUT_STATES)):
+        devices, downloaded = s.download_totals(r.id)
+        out.append((r.id, devices * s.get_release(r.release_id).size - downloaded))
+    return out
 
 
 @routes.get("/metrics")
@@ -45,9 +57,18 @@ async def metrics(request: web.Request) -> web.Response:
     _metric(lines, "fleetpush_devices_claims_mismatch", "gauge",
             "Devices whose inventory claims groups or a model the registry does not give them.",
             {"": mismatched})  # fmt: skip
-    states = ("scheduled", "running", "paused", "completed", "canceled", "aborted")
+    states = ROLLOUT_STATES
     _metric(lines, "fleetpush_rollouts", "gauge", "Rollouts by state.",
             {f'{{state="{s}"}}': rollouts.get(s, 0) for s in states})  # fmt: skip
+    saved = await c.db.run(_bytes_saved)
+    _metric(lines, "fleetpush_rollout_bytes_saved", "gauge",
+            "Bytes an active rollout's devices did not download thanks to deltas.",
+            {f'{{rollout="{rid}"}}': n for rid, n in saved})  # fmt: skip
+    security = await security_report(request)
+    _metric(lines, "fleetpush_devices_missing_security", "gauge",
+            "Devices with no record of installing a security release (or a later one).",
+            {f'{{release="{e["release"]["name"]}@{e["release"]["version"]}"}}': e["count"]
+             for e in security})  # fmt: skip
     for key, help_ in (
         ("reports_ingested", "Reports accepted and stored."),
         ("reports_duplicate", "Reports dropped as duplicates (same device and counter)."),
@@ -56,6 +77,12 @@ async def metrics(request: web.Request) -> web.Response:
         ("messages_rate_limited", "Device messages dropped over the device's rate limit."),
         ("messages_oversized", "Device messages dropped over the size or unknown-field cap."),
         ("reports_pruned", "Stored reports deleted by the retention policy."),
+        ("payload_bytes_downloaded", "Payload and delta bytes devices said they downloaded."),
+        (
+            "payload_bytes_saved",
+            "Bytes devices did not download thanks to deltas (full minus "
+            "downloaded; negative when a delta failed and the full payload followed).",
+        ),
     ):
         _metric(lines, f"fleetpush_{key}_total", "counter", help_, {"": counters.get(key, 0)})
     for key, fn in c.extra_metrics.items():

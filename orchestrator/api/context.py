@@ -9,6 +9,7 @@ from aiohttp import web
 
 from fleetpush_common.clock import Clock
 from orchestrator.config import OrchestratorConfig
+from orchestrator.deltas import DeltaMaker
 from orchestrator.engine import RolloutEngine
 from orchestrator.payloads import PayloadStore, UrlSigner
 from orchestrator.registry_sync import RegistrySync
@@ -41,6 +42,7 @@ class ApiContext:
     extra_metrics: dict[str, Any] = field(default_factory=dict)
     reload_keys: Any = None  # async callable: reload keys and publish keyrings
     registry: RegistrySync | None = None  # provisioned groups and models
+    deltas: DeltaMaker | None = None  # makes and lists delta payloads
 
     async def refresh_registry(self) -> None:
         """Bring provisioned groups and models up to date before reading devices."""

@@ -7,13 +7,15 @@ device's inventory says is shown as its claims (``claimed_*``, ``claims_mismatch
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from aiohttp import web
 
 from fleetpush_protocol.messages import NAME_PATTERN
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, requires
 from orchestrator.api.context import ApiError
-from orchestrator.store import DeviceFilter
+from orchestrator.security_status import missing_security
+from orchestrator.store import DeviceFilter, Store
 
 __all__ = ["routes"]
 
@@ -28,7 +30,8 @@ def _filter(q: dict[str, str]) -> DeviceFilter:
         if q["online"].lower() not in _BOOL:
             raise ApiError(400, "online: expected true or false")
         online = _BOOL[q["online"].lower()]
-    unknown = set(q) - {"group", "model", "online", "version", "tag", "limit", "offset"}
+    unknown = set(q) - {"group", "model", "online", "version", "tag", "limit", "offset",
+                        "after", "missing_security"}  # fmt: skip
     if unknown:
         raise ApiError(400, f"unknown filter {sorted(unknown)[0]!r}")
     return DeviceFilter(
@@ -39,16 +42,55 @@ def _filter(q: dict[str, str]) -> DeviceFilter:
         tag=q.get("tag"),
         limit=min(int_param(q.get("limit", "1000"), "limit"), 100_000),
         offset=int_param(q.get("offset", "0"), "offset"),
+        after=q.get("after") or None,
     )
 
 
 @routes.get("/v1/devices")
 @requires("viewer")
 async def list_devices(request: web.Request) -> web.Response:
+    """``missing_security=true``: only devices missing a security release, each with
+    ``missing_security`` (the releases it misses)."""
     f = _filter(dict(request.query))
+    missing_only = request.query.get("missing_security", "false").lower()
+    if missing_only not in _BOOL:
+        raise ApiError(400, "missing_security: expected true or false")
     await ctx(request).refresh_registry()
     devices = await ctx(request).db.run(lambda s: s.list_devices(f))
-    return ok({"devices": [d.to_json() for d in devices]})
+    # ``next``: the cursor of the following page (pass it as ``after``); null on the last
+    # page. A full page may be followed by an empty one. With ``missing_security`` a page
+    # holds those of the page's devices that miss one (it may be empty, and not the last).
+    full = bool(devices) and len(devices) == f.limit
+    after = devices[-1].device_id if full else None
+    if not _BOOL[missing_only]:
+        return ok({"devices": [d.to_json() for d in devices], "next": after})
+    by_device: dict[str, list[dict[str, object]]] = {}
+    for entry in await security_report(request):
+        for device_id in entry["missing"]:
+            by_device.setdefault(device_id, []).append(
+                {**entry["release"], "cves": (entry["advisory"] or {}).get("cves", [])}
+            )
+    return ok({"devices": [{**d.to_json(), "missing_security": by_device[d.device_id]}
+                           for d in devices if d.device_id in by_device],
+               "next": after})  # fmt: skip
+
+
+async def security_report(request: web.Request) -> list[dict[str, Any]]:
+    """``missing_security`` over every registered device (on the DB thread)."""
+
+    def run(s: Store) -> list[dict[str, Any]]:
+        return missing_security(s.list_releases(), s.list_devices(DeviceFilter(limit=10**9)),
+                                s.succeeded_releases())  # fmt: skip
+
+    return await ctx(request).db.run(run)
+
+
+@routes.get("/v1/security/missing")
+@requires("viewer")
+async def missing(request: web.Request) -> web.Response:
+    """Per security release: its advisory and the devices that miss it."""
+    await ctx(request).refresh_registry()
+    return ok({"releases": await security_report(request)})
 
 
 @routes.get("/v1/devices/{device_id}")

@@ -1,24 +1,31 @@
-"""``/v1/rollouts``: create (or dry-run), list, status, targets, pause, resume, cancel,
-retry, revert."""
+"""``/v1/rollouts``: create (or dry-run), list, status, targets, approve, reject, pause,
+resume, cancel, retry, revert."""
 
 from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
 
 from aiohttp import web
 
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, principal, requires
 from orchestrator.api.context import ApiError
 from orchestrator.api.releases import find_release
-from orchestrator.policy import RolloutSpec
+from orchestrator.approval import ApprovalRefusedError, check_decider, decide, needs_approval
+from orchestrator.policy import AWAITING_APPROVAL, RolloutSpec
 from orchestrator.revert import revert_groups
 from orchestrator.rollouts import (
     Plan,
     TargetSpec,
     active_owners,
+    phase_key,
     plan_rollout,
     rollout_status,
+    selector,
     spec_from_request,
 )
-from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord
+from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord, Store, TargetPreview
+from orchestrator.supersede import security_conflicts, security_held, take_over
 
 __all__ = ["routes"]
 
@@ -41,14 +48,27 @@ def _flag(body: dict[str, object], name: str) -> bool:
     return value
 
 
-def conflict(plan: Plan) -> web.Response | None:
-    """The 409 for a plan whose devices other active rollouts hold (None when none do)."""
-    if not plan.conflicts:
+def _approval(request: web.Request, body: dict[str, object]) -> bool:
+    """Whether the rollout being created waits for approval (body ``require_approval``,
+    or the installation's ``[rollouts] require_approval``)."""
+    value = body.pop("require_approval", None)
+    if value is not None and not isinstance(value, bool):
+        raise ApiError(400, "require_approval: expected true or false")
+    try:
+        return needs_approval(ctx(request).config.rollouts.require_approval, value)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+
+
+def conflict(held: Mapping[int, int], total: int) -> web.Response | None:
+    """The 409 for a target of ``total`` devices, ``held[r]`` of them by other active
+    rollout ``r`` (None when none are)."""
+    if not held:
         return None
-    others = sorted(set(plan.conflicts.values()))
-    n = len(plan.conflicts)
+    others = sorted(held)
+    n = sum(held.values())
     reason = (
-        f"{n} of the {len(plan.assignments)} targeted device(s) are held by active "
+        f"{n} of the {total} targeted device(s) are held by active "
         f"rollout(s) {', '.join(map(str, others))}: cancel or finish those first, or pass "
         "force (CLI --force) to target them anyway"
     )
@@ -82,38 +102,97 @@ async def create(request: web.Request) -> web.Response:
     body = await json_body(request)
     dry_run = _flag(body, "dry_run")
     force = _flag(body, "force")
+    approval = _approval(request, body)
     if "release" not in body:
         raise ApiError(400, "release: missing (an id or name@version)")
     release = await find_release(request, str(body["release"]))
     target = TargetSpec.from_json(body.get("target"))
     spec = spec_from_request(body)
-    plan = await _plan(request, release, target, spec, dry_run)
     if dry_run:
-        return ok(plan.to_json(spec.phases))
-    refused = None if force else conflict(plan)
+        plan = await _plan(request, release, target, spec, dry_run)
+        kept = plan.conflicts
+        if release.security and plan.conflicts:  # feature rollouts' devices are superseded
+            kept = await ctx(request).db.run(lambda s: security_conflicts(s, plan.conflicts))
+        out = plan.to_json(spec.phases)
+        for h in out["held"] if release.security else ():  # taken, not waited for
+            h["superseded"] = h["device"] in plan.conflicts and h["device"] not in kept
+        return ok({**out, "requires_approval": approval})
+    preview = await _preview(request, release, target, spec)
+    held = preview.held
+    if release.security and held:  # feature rollouts' devices are superseded
+        held = await ctx(request).db.run(lambda s: security_held(s, preview.held))
+    refused = None if force else conflict(held, preview.total)
     if refused is not None:
         return refused
-    r = await create_rollout(request, release, target, spec, plan)
+    r = await create_rollout(request, release, target, spec, preview, approval=approval)
     return ok(await _view(request, r), status=201)
+
+
+async def _preview(
+    request: web.Request, release: ReleaseRecord, target: TargetSpec, spec: RolloutSpec
+) -> TargetPreview:
+    """What a create will target, counted by the database (no device is read here: a
+    million-device fleet stays in SQL)."""
+    c = ctx(request)
+    await c.refresh_registry()
+    unknown = await c.db.run(lambda s: s.missing_devices(target.devices))
+    if unknown:
+        raise ApiError(400, f"target.devices: unknown device {unknown[0]!r}")
+    preview = await c.db.run(lambda s: s.preview_targets(selector(target, release)))
+    if not preview.total and not spec.continuous:
+        raise ApiError(400, "target matches no registered device")
+    return preview
 
 
 async def create_rollout(
     request: web.Request, release: ReleaseRecord, target: TargetSpec, spec: RolloutSpec,
-    plan: Plan, **audit_detail: object,
+    preview: TargetPreview | Plan, *, approval: bool, **audit_detail: object,
 ) -> RolloutRecord:  # fmt: skip
-    """Store the rollout as planned, audit it, and wake the engine."""
+    """Store the rollout (awaiting approval when ``approval``), audit it, and wake the
+    engine. A ``Plan`` (revert: devices by id) is stored as planned; a ``TargetPreview``'s
+    target is resolved by the database in the same order and phases ``plan_rollout``
+    gives."""
     c = ctx(request)
     now = c.clock.now()
     who = principal(request).name
-    r = await c.db.run(
-        lambda s: s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
-                                   assignments=plan.assignments, now=now, actor=who)
-    )  # fmt: skip
+    if isinstance(preview, Plan):
+        plan = preview
+
+        def store(s: Store) -> RolloutRecord:
+            return s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
+                                    assignments=plan.assignments, now=now, actor=who,
+                                    approval=approval)  # fmt: skip
+
+        devices, forced = len(plan.assignments), sorted(set(plan.conflicts.values()))
+    else:
+        sel, key = selector(target, release), phase_key(release.id, target)
+
+        def store(s: Store) -> RolloutRecord:
+            return s.create_rollout_for(release_id=release.id, target=target.to_json(),
+                                        spec=spec, selector=sel, key=key, now=now, actor=who,
+                                        approval=approval)  # fmt: skip
+
+        devices, forced = preview.total, sorted(preview.held)
+    taken: dict[int, list[str]] = {}
+    if release.security and not approval:
+        async with c.engine.lock:  # the take-over's cancels precede its first notice
+            r = await c.db.run(store)
+            taken = await take_over(c.engine, r, now)
+    else:
+        r = await c.db.run(store)
     await audit(request, "rollout.create", f"rollout/{r.id}", release=release.id,
-                target=target.to_json(), spec=spec.to_json(), devices=len(plan.assignments),
-                forced=sorted(set(plan.conflicts.values())), **audit_detail)  # fmt: skip
+                target=target.to_json(), spec=spec.to_json(), devices=devices,
+                forced=forced, requires_approval=approval, **audit_detail)  # fmt: skip
+    await superseded(request, r, taken)
     c.engine.wake()
     return r
+
+
+async def superseded(request: web.Request, r: RolloutRecord, taken: dict[int, list[str]]) -> None:
+    """Audit what a starting security rollout took from feature rollouts."""
+    for rollout_id, devices in taken.items():
+        await audit(request, "rollout.supersede", f"rollout/{rollout_id}", by=r.id,
+                    devices=len(devices), device_ids=devices[:100])  # fmt: skip
 
 
 @routes.get("/v1/rollouts")
@@ -149,6 +228,49 @@ def _reason(body: dict[str, object]) -> str:
 
 async def _optional_body(request: web.Request) -> dict[str, object]:
     return await json_body(request) if request.can_read_body else {}
+
+
+async def _decide(request: web.Request, approve: bool) -> web.Response:
+    """Approve or reject a rollout awaiting approval; never its creator's own."""
+    r = await _rollout(request)
+    body = await _optional_body(request)
+    reason = _reason(body)
+    action = "approve" if approve else "reject"
+    if not approve and not reason.strip():
+        raise ApiError(400, "reason: say why the rollout is rejected (CLI --reason)")
+    who = principal(request)
+
+    def check(stored: RolloutRecord) -> None:
+        try:
+            check_decider(stored, who, action)
+        except ApprovalRefusedError as e:
+            raise ApiError(e.status, str(e)) from None
+
+    try:
+        r, taken = await decide(
+            ctx(request).engine, r.id, check, approve=approve, actor=who.name,
+            reason=reason or f"rejected by {who.name}",
+        )  # fmt: skip
+    except ApiError as e:
+        # A refused decision is an event about a pending rollout too: who tried what.
+        await audit(request, f"rollout.{action}_refused", f"rollout/{r.id}", error=e.reason)
+        raise
+    await audit(request, f"rollout.{action}", f"rollout/{r.id}", reason=reason,
+                created_by=r.created_by, state=r.state)  # fmt: skip
+    await superseded(request, r, taken)
+    return ok(await _view(request, r))
+
+
+@routes.post("/v1/rollouts/{rollout_id}/approve")
+@requires("operator")
+async def approve(request: web.Request) -> web.Response:
+    return await _decide(request, True)
+
+
+@routes.post("/v1/rollouts/{rollout_id}/reject")
+@requires("operator")
+async def reject(request: web.Request) -> web.Response:
+    return await _decide(request, False)
 
 
 @routes.post("/v1/rollouts/{rollout_id}/pause")
@@ -191,8 +313,10 @@ async def cancel(request: web.Request) -> web.Response:
 @requires("operator")
 async def retry(request: web.Request) -> web.Response:
     r = await _rollout(request)
-    if r.state in ("canceled", "aborted"):
+    if r.state in ("canceled", "aborted", "rejected"):
         raise ApiError(409, f"rollout {r.id} is {r.state}; create a new rollout instead")
+    if r.state == AWAITING_APPROVAL:  # a retry restarts it: that would skip the approval
+        raise ApiError(409, f"rollout {r.id} is awaiting approval; nothing to retry yet")
     n = await ctx(request).engine.retry_failed(r)
     await audit(request, "rollout.retry", f"rollout/{r.id}", devices=n)
     r = await ctx(request).db.run(lambda s: s.get_rollout(r.id))
@@ -209,6 +333,7 @@ async def revert(request: web.Request) -> web.Response:
     body = await _optional_body(request)
     dry_run = _flag(body, "dry_run")
     force = _flag(body, "force")
+    approval = _approval(request, body)
     spec = spec_from_request(body)
     if r.active:
         raise ApiError(
@@ -229,18 +354,16 @@ async def revert(request: web.Request) -> web.Response:
             {"release": {"id": rel.id, "name": rel.name, "version": rel.version},
              **plan.to_json(spec.phases)} for rel, _, plan in plans]})  # fmt: skip
     if not force:
-        merged = Plan(
-            [a for *_, p in plans for a in p.assignments],
-            conflicts={k: v for *_, p in plans for k, v in p.conflicts.items()},
-        )
-        refused = conflict(merged)
+        held = Counter(v for *_, p in plans for v in p.conflicts.values())
+        refused = conflict(held, sum(len(p.assignments) for *_, p in plans))
         if refused is not None:
             return refused
     created = []
     for release, target, plan in plans:
         if not plan.assignments:  # every device left out for its model: see the dry run
             continue
-        new = await create_rollout(request, release, target, spec, plan, reverts=r.id)
+        new = await create_rollout(request, release, target, spec, plan, approval=approval,
+                                   reverts=r.id)  # fmt: skip
         created.append(await _view(request, new))
     await audit(request, "rollout.revert", f"rollout/{r.id}",
                 rollouts=[v["id"] for v in created], skipped=len(skipped))  # fmt: skip

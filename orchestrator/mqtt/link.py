@@ -101,6 +101,9 @@ class MqttLink:
         config: broker address, credentials and topic prefix.
         subscriptions: topic filters subscribed (QoS 1) on every connect.
         on_message: called on the link's thread for every message; must call ``ack``.
+        session_expiry_s: how long the broker keeps the session while we are away. Long
+            for a lone orchestrator (reports wait for it); short for a replica on a shared
+            subscription, which the broker goes on feeding while its session lives.
         on_connect: called on the link's thread after each CONNACK (``on_connect`` attribute).
     """
 
@@ -109,11 +112,14 @@ class MqttLink:
         config: MqttConfig,
         subscriptions: Sequence[str] = (),
         on_message: Callable[[Message], None] | None = None,
+        *,
+        session_expiry_s: int = SESSION_EXPIRY_S,
     ) -> None:
         self.config = config
+        self.session_expiry_s = session_expiry_s
         self.subscriptions = tuple(subscriptions)
         self.on_message = on_message
-        self.on_connect: Callable[[], None] | None = None
+        self.on_connect: Callable[[], object] | None = None
         self.connected = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -244,7 +250,7 @@ class MqttLink:
         self._proto = proto
         hello = codec.connect(cfg.username, cfg.username, cfg.password,
                               keepalive_s=cfg.keepalive_s, clean_start=False,
-                              session_expiry_s=SESSION_EXPIRY_S,
+                              session_expiry_s=self.session_expiry_s,
                               receive_maximum=RECEIVE_MAXIMUM)  # fmt: skip
         proto.write(hello)
         ack = await proto.connack
@@ -334,6 +340,11 @@ class MqttLink:
         refused = [f for f, r in zip(self.subscriptions, s.reasons, strict=False) if r >= 0x80]
         if refused:
             logger.warning("broker refused subscriptions: %s", ", ".join(refused))
+        if 0x9E in s.reasons:  # Shared Subscriptions not supported
+            logger.error(
+                'this broker has no shared subscriptions: set [mqtt] share_group = "" '
+                "(every replica then receives every device message; each is stored once)"
+            )
 
     # --- acks ----------------------------------------------------------------------------
 

@@ -20,9 +20,12 @@ from orchestrator.store.records import (
     NoticeRecord,
     ReleaseRecord,
     RolloutRecord,
+    TargetPreview,
     TargetRecord,
+    TargetSelector,
     TokenRecord,
 )
+from orchestrator.store.sql.leases import LeaseLostError, ReplicaRecord
 from orchestrator.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -32,9 +35,11 @@ __all__ = [
     "DeviceFilter",
     "DeviceRecord",
     "IngestResult",
+    "LeaseLostError",
     "NotFoundError",
     "NoticeRecord",
     "ReleaseRecord",
+    "ReplicaRecord",
     "RolloutRecord",
     "SQLiteStore",
     "SchemaError",
@@ -42,7 +47,9 @@ __all__ = [
     "StoreCorruptError",
     "StoreError",
     "StoreUnavailableError",
+    "TargetPreview",
     "TargetRecord",
+    "TargetSelector",
     "TokenRecord",
     "open_database",
     "open_store",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from fleetpush_protocol.messages import Inventory, Presence, Report
 from orchestrator.policy import PhaseCounts, RolloutSpec
@@ -23,7 +23,9 @@ from orchestrator.store.records import (
     NoticeRecord,
     ReleaseRecord,
     RolloutRecord,
+    TargetPreview,
     TargetRecord,
+    TargetSelector,
     TokenRecord,
 )
 
@@ -37,6 +39,9 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
 ]
+
+if TYPE_CHECKING:
+    from orchestrator.store.sql.leases import ReplicaRecord
 
 T = TypeVar("T")
 
@@ -95,6 +100,7 @@ class Store(Protocol):
     def claims_mismatch_count(self) -> int: ...
     def device_history(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]: ...
     def online_count(self) -> int: ...
+    def version_counts(self) -> dict[str, int]: ...
     def ingest(
         self, batch: Sequence[Report | Presence | Inventory], now: float
     ) -> IngestResult: ...
@@ -109,6 +115,11 @@ class Store(Protocol):
     def find_release(self, name: str, version: str) -> ReleaseRecord: ...
     def list_releases(self) -> list[ReleaseRecord]: ...
     def delete_release(self, release_id: int, now: float) -> ReleaseRecord: ...
+    def put_sbom(
+        self, release_id: int, *, format: str, spec_version: str,
+        components: list[dict[str, str]], body: str, now: float,
+    ) -> None: ...  # fmt: skip
+    def get_sbom(self, release_id: int) -> tuple[dict[str, Any], str] | None: ...
     def sha256_in_use(self, sha256: str) -> bool: ...
 
     # rollouts
@@ -121,12 +132,39 @@ class Store(Protocol):
         assignments: Sequence[tuple[str, int, int]],
         now: float,
         actor: str,
+        approval: bool = False,
     ) -> RolloutRecord: ...
+    def create_rollout_for(
+        self,
+        *,
+        release_id: int,
+        target: dict[str, Any],
+        spec: RolloutSpec,
+        selector: TargetSelector,
+        key: str,
+        now: float,
+        actor: str,
+        approval: bool = False,
+    ) -> RolloutRecord: ...
+    def preview_targets(self, sel: TargetSelector) -> TargetPreview: ...
+    def missing_devices(self, device_ids: Sequence[str]) -> list[str]: ...
+    def follow_targets(
+        self, rollout_id: int, selector: TargetSelector, skip_version: str, phase: int,
+        now: float,
+    ) -> int: ...  # fmt: skip
     def get_rollout(self, rollout_id: int) -> RolloutRecord: ...
     def list_rollouts(self, states: Sequence[str] = ()) -> list[RolloutRecord]: ...
-    def update_rollout(self, rollout_id: int, now: float, **fields: Any) -> RolloutRecord: ...
+    def update_rollout(
+        self,
+        rollout_id: int,
+        now: float,
+        *,
+        expect: tuple[str, int | None] | None = None,
+        **fields: Any,
+    ) -> RolloutRecord: ...
     def phase_counts(self, rollout_id: int) -> dict[int, PhaseCounts]: ...
     def state_counts(self, rollout_id: int) -> dict[str, int]: ...
+    def download_totals(self, rollout_id: int) -> tuple[int, int]: ...
     def rollout_state_counts(self) -> dict[str, int]: ...
     def list_targets(
         self, rollout_id: int, state: str | None = None, limit: int = 1000
@@ -135,6 +173,10 @@ class Store(Protocol):
         self, rollout_id: int, max_phase: int, limit: int
     ) -> list[tuple[str, bool]]: ...
     def active_target_ids(self) -> set[str]: ...
+    def succeeded_releases(self) -> dict[str, dict[str, int]]: ...
+    def cancel_device_targets(
+        self, rollout_id: int, device_ids: Sequence[str], now: float, reason: str
+    ) -> list[str]: ...
     def add_targets(
         self, rollout_id: int, device_ids: Sequence[str], phase: int, now: float
     ) -> int: ...
@@ -150,6 +192,28 @@ class Store(Protocol):
     def mark_published(self, notice_ids: Sequence[str]) -> None: ...
     def unpublished_notices(self, limit: int = 10_000) -> list[NoticeRecord]: ...
     def sent_notices(self, limit: int = 100_000) -> list[NoticeRecord]: ...
+
+    # replicas (orchestrator.store.sql.leases)
+    def claim_rollouts(
+        self, holder: str, rollout_ids: Sequence[int], now: float, expires_at: float
+    ) -> list[int]: ...
+    def release_rollouts(self, holder: str, rollout_ids: Sequence[int] | None = None) -> int: ...
+    def rollout_leases(self) -> dict[int, tuple[str, float]]: ...
+    def save_notices_leased(
+        self,
+        holder: str,
+        rollout_id: int,
+        notices: Sequence[NoticeRecord],
+        delivered: dict[str, bool],
+        now: float,
+    ) -> list[NoticeRecord]: ...
+    def notices_by_replica(self, rollout_id: int) -> dict[str, int]: ...
+    def register_replica(
+        self, replica_id: str, host: str, pid: int, now: float, *, live_after: float
+    ) -> ReplicaRecord | None: ...
+    def beat_replica(self, replica_id: str, now: float) -> None: ...
+    def drop_replica(self, replica_id: str, pid: int) -> None: ...
+    def list_replicas(self) -> list[ReplicaRecord]: ...
 
     # audit and tokens
     def add_audit(

@@ -15,7 +15,9 @@ __all__ = [
     "NoticeRecord",
     "ReleaseRecord",
     "RolloutRecord",
+    "TargetPreview",
     "TargetRecord",
+    "TargetSelector",
     "TokenRecord",
 ]
 
@@ -104,6 +106,36 @@ class DeviceFilter:
     tag: str | None = None
     limit: int = 1000
     offset: int = 0
+    # keyset paging: only devices whose id sorts after this one (the last of the previous
+    # page), so a page costs its size wherever it is in the fleet; ``offset`` walks the
+    # rows it skips and stays for older clients
+    after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSelector:
+    """Which registered devices a rollout covers, resolved by the database.
+
+    A device is chosen when ``all`` is set, it is listed in ``devices``, or it is in one of
+    ``groups`` (registry or operator groups); then it is left out when ``models`` is not
+    empty, its model is known, and it is not among them (the release's models together
+    with the target's). ``orchestrator.rollouts.select_targets`` is the same rule over
+    records.
+    """
+
+    devices: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    all: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPreview:
+    """What creating a rollout for a selector would take: how many devices it covers, and
+    per other active rollout (the oldest that targets a device) how many of them it holds."""
+
+    total: int
+    held: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +150,12 @@ class ReleaseRecord:
     handler_args: dict[str, str]
     metadata: dict[str, str]
     created_at: float
+    update_class: str = "feature"  # or "security" (issue 17)
+    advisory: dict[str, Any] | None = None  # a security release's, as its notices carry it
+
+    @property
+    def security(self) -> bool:
+        return self.update_class == "security"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -131,6 +169,8 @@ class ReleaseRecord:
             "handler_args": dict(self.handler_args),
             "metadata": dict(self.metadata),
             "created_at": self.created_at,
+            "update_class": self.update_class,
+            "advisory": self.advisory,
         }
 
 
@@ -140,7 +180,7 @@ class RolloutRecord:
     release_id: int
     target: dict[str, Any]
     spec: RolloutSpec
-    state: str  # scheduled, running, paused, completed, canceled, aborted
+    state: str  # policy.ROLLOUT_STATES
     phase: int
     phase_started_at: float | None
     gate_met_at: float | None
@@ -150,6 +190,11 @@ class RolloutRecord:
     created_at: float
     updated_at: float
     created_by: str
+    # Four-eyes approval: "" (not required), "pending", "approved" or "rejected"; who
+    # approved or rejected it, and when.
+    approval: str = ""
+    decided_by: str = ""
+    decided_at: float | None = None
 
     @property
     def active(self) -> bool:
@@ -169,6 +214,12 @@ class RolloutRecord:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "created_by": self.created_by,
+            "approval": {
+                "required": bool(self.approval),
+                "state": self.approval,
+                "decided_by": self.decided_by,
+                "decided_at": self.decided_at,
+            },
         }
 
 

@@ -20,7 +20,7 @@ __all__ = ["IngestMethods"]
 _CHUNK = 400
 # Reports per INSERT: 11 values each, within that oldest limit too.
 _INSERT_CHUNK = 90
-_REPORT_MARKS = f"({marks(11)})"
+_REPORT_MARKS = f"({marks(13)})"  # the columns in table order, detail and downloaded last
 
 
 class IngestMethods(SqlBase):
@@ -91,7 +91,11 @@ class IngestMethods(SqlBase):
                 r.device_id, r.counter, r.notice_id, r.rollout_id, r.state.value,
                 r.current_version, r.reported_at, now, error.code if error else None,
                 error.message if error else None, 0 if owners[-1] is None else 1,
+                r.detail if isinstance(r.detail, str) else None,
+                r.downloaded if isinstance(r.downloaded, int) else None,
             ))  # fmt: skip
+        # In key order: replicas inserting overlapping batches lock in one order.
+        rows.sort(key=lambda row: (row[0], row[1]))
         # Stored exactly once: what the insert returns is what no one (no earlier batch, no
         # other replica) stored before; only that counts and moves a target. Many rows per
         # statement: the statement, not the row, is what costs on this path.
@@ -110,6 +114,7 @@ class IngestMethods(SqlBase):
         # out of order and only a later counter moves it (``last_counter < ?``), so applying
         # the batch's highest counter alone leaves the row as applying each in turn would.
         latest: dict[tuple[int, str, str], Report] = {}
+        downloads: dict[tuple[int, str, str], int] = {}  # bytes a device says it downloaded
         seen: dict[str, str] = {}
         for (key, r), owner in zip(batch.items(), owners, strict=True):
             if key not in inserted:
@@ -121,6 +126,8 @@ class IngestMethods(SqlBase):
                 continue
             result.accepted += 1
             target = (owner[1], r.device_id, r.notice_id)
+            if isinstance(r.downloaded, int):
+                downloads[target] = r.downloaded
             prev = latest.get(target)
             if prev is None or prev.counter < r.counter:
                 latest[target] = r
@@ -138,12 +145,34 @@ class IngestMethods(SqlBase):
             "AND notice_id = ? AND last_counter < ?",
             updates,
         )
+        # Apart from the state: the `downloaded` report is rarely a batch's latest.
+        self._executemany(
+            "UPDATE rollout_targets SET downloaded_bytes = ? "
+            "WHERE rollout_id = ? AND device_id = ? AND notice_id = ?",
+            [(n, *t) for t, n in sorted(downloads.items())],
+        )
+        self._count_downloads([(t[0], n) for t, n in sorted(downloads.items())])
         self._executemany(
             "INSERT INTO devices (device_id, first_seen, last_seen, current_version) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
             "last_seen = excluded.last_seen, current_version = excluded.current_version",
             [(d, now, now, v) for d, v in sorted(seen.items())],
         )
+
+    def _count_downloads(self, downloads: list[tuple[int, int]]) -> None:
+        """Counters of bytes downloaded, and saved against the full payloads (metrics)."""
+        if not downloads:
+            return
+        sizes: dict[int, int] = {}
+        for rollout_id in sorted({rid for rid, _ in downloads}):
+            row = self._execute(
+                "SELECT releases.size FROM rollouts JOIN releases "
+                "ON releases.id = rollouts.release_id WHERE rollouts.id = ?",
+                (rollout_id,),
+            ).fetchone()
+            sizes[rollout_id] = int(row[0]) if row else 0
+        self._bump("payload_bytes_downloaded", sum(n for _, n in downloads))
+        self._bump("payload_bytes_saved", sum(sizes[rid] - n for rid, n in downloads))
 
     def flag_devices(self, dropped: dict[tuple[str, str], int], now: float) -> None:
         """Record that ingestion dropped ``count`` messages of ``(device, reason)``, and
@@ -210,7 +239,9 @@ class IngestMethods(SqlBase):
     def _ingest_presence(self, batch: list[Presence], now: float) -> None:
         stored = self._stored_presence(sorted({p.device_id for p in batch}))
         came_online: list[str] = []
-        for p in batch:
+        # Device order (stable: each device's messages keep theirs), so replicas writing
+        # overlapping batches lock the rows in one order.
+        for p in sorted(batch, key=lambda p: p.device_id):
             current = stored.get(p.device_id)
             if current is None:
                 self._execute(
