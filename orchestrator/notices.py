@@ -57,7 +57,7 @@ class NoticeFactory:
 
     def payload_urls(self, release: ReleaseRecord, expires_at: int, now: int) -> tuple[str, ...]:
         if self.http.payload_base_url:
-            return (f"{self.http.payload_base_url}/{release.sha256}",)
+            return (f"{self.http.payload_base_url.rstrip('/')}/{release.sha256}",)
         url_expiry = min(expires_at, now + int(self.http.url_ttl_s))
         return (self.urls.sign(self.http.base_url, release.sha256, url_expiry),)
 

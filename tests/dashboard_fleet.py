@@ -73,10 +73,9 @@ class Fleet:
         config = OrchestratorConfig(
             data_dir=data,
             keys_dir=data / "keys",
-            http=HttpConfig(host="127.0.0.1", port=port),
+            http=HttpConfig(listen=f"127.0.0.1:{port}"),
             mqtt=MqttConfig(
-                host=self.broker.host,
-                port=self.broker.port,
+                url=self.broker.url,
                 username=MosquittoBroker.ORCHESTRATOR_USER,
                 password=self.broker.orchestrator_password,
                 topic_prefix=self.topics.prefix,

@@ -96,7 +96,7 @@ ORCH_CASES: dict[str, tuple[str, str, str]] = {
     # name: (text replaced, replacement, what the message must name)
     "listen port out of range": ('listen = "127.0.0.1:', 'listen = "127.0.0.1:9', "listen"),
     "ttl without unit": ('url_ttl = "1h"', 'url_ttl = "an hour"', "url_ttl"),
-    "mqtt url scheme": ('url = "mqtt://', 'url = "http://', "mqtt.url"),
+    "mqtt url scheme": ('url = "mqtt://', 'url = "http://', "[mqtt] url"),
     "batch rows zero": ("batch_rows = 500", "batch_rows = 0", "batch_rows"),
     "batch interval negative": ('batch_interval = "20ms"', 'batch_interval = "-1s"', "batch"),
     "tick a number": ('tick = "200ms"', 'tick = "fast"', "tick"),

@@ -160,7 +160,8 @@ def test_url_signing() -> None:
     ],
 )
 def test_invalid_config_names_the_field(data: dict, field: str, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    table, _, key = field.rpartition(".")
+    with pytest.raises(ConfigError, match=rf"\[{table}\] {key}" if table else key):
         parse_config(data, tmp_path)
 
 

@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 
 from fleetpush_common.backoff import Backoff
 from fleetpush_common.tasks import cancel_and_wait
-from orchestrator.config import MqttConfig
 from orchestrator.mqtt import codec
 from orchestrator.mqtt.protocol import Handlers, MqttProtocol
 from orchestrator.mqtt.reasons import reason_name
+from orchestrator.mqtt.settings import DEFAULT_USER, MqttConfig
 
 __all__ = ["Message", "MqttLink", "PublishTimeoutError"]
 
@@ -236,9 +236,12 @@ class MqttLink:
 
     async def _connect(self, proto: MqttProtocol) -> None:
         cfg = self.config
-        await asyncio.get_running_loop().create_connection(lambda: proto, cfg.host, cfg.port)
+        await asyncio.get_running_loop().create_connection(
+            lambda: proto, cfg.host, cfg.port, ssl=cfg.tls_context()
+        )
         self._proto = proto
-        hello = codec.connect(cfg.username, cfg.username, cfg.password,
+        user = cfg.username or DEFAULT_USER
+        hello = codec.connect(user, user, cfg.password,
                               keepalive_s=cfg.keepalive_s, clean_start=False,
                               session_expiry_s=SESSION_EXPIRY_S,
                               receive_maximum=RECEIVE_MAXIMUM)  # fmt: skip
