@@ -187,9 +187,7 @@ def _prepare(
             problem = str(e).removeprefix(f"{f.encode_name}: ")
             raise ConfigError(problem, source=source, table=table, key=f.encode_name) from None
         if _is_struct(base):
-            out[f.encode_name] = _prepare(
-                base, value, (*where, f.encode_name), source, renames
-            )
+            out[f.encode_name] = _prepare(base, value, (*where, f.encode_name), source, renames)
     for name in getattr(tp, "internal", ()):
         if name in out:
             raise ConfigError("unknown setting", source=source, table=table, key=name)
