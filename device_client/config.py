@@ -20,10 +20,9 @@ from msgspec import Meta, field
 
 from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_common.broker_settings import BrokerSettings
-from fleetpush_common.config import DURATION, SIZE, TIME, ConfigError, decode
+from fleetpush_common.config import DURATION, SIZE, TIME, ConfigError, Name, decode
 from fleetpush_common.windows import Window
 from fleetpush_protocol.keys import load_public_key
-from fleetpush_protocol.messages import NAME_PATTERN
 
 __all__ = [
     "BrokerConfig",
@@ -43,7 +42,6 @@ __all__ = [
 
 MAX_PAYLOAD = 1 << 48  # bytes; the protocol's own bound on payload.size
 
-Name = Annotated[str, Meta(pattern=NAME_PATTERN, max_length=128)]
 Arg = Annotated[str, Meta(min_length=1, max_length=4096)]
 Argv = Annotated[tuple[Arg, ...], Meta(max_length=256)]
 

@@ -26,12 +26,14 @@ import msgspec
 from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_common.units import parse_duration
 from fleetpush_common.windows import Window, parse_window
+from fleetpush_protocol.messages import NAME_PATTERN
 
 __all__ = [
     "DURATION",
     "SIZE",
     "TIME",
     "ConfigError",
+    "Name",
     "decode",
     "parse_size",
     "read_secret",
@@ -39,6 +41,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# Device ids, groups, models: they end up in topic levels and broker ACLs.
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN, max_length=128)]
 
 
 class _Marker:
@@ -59,18 +63,20 @@ _SIZE_UNITS = {None: 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10*
 
 
 class ConfigError(ValueError):
-    """The configuration is invalid: ``FILE: [table] key: problem``."""
+    """The configuration is invalid: ``FILE: [table] key: problem`` for a file, and
+    ``table.key: problem`` for a JSON body (no ``source``)."""
 
     def __init__(self, problem: str, *, source: str = "", table: str = "", key: str = "") -> None:
         self.source, self.table, self.key, self.problem = source, table, key, problem
-        where = [source] if source else []
-        if table and key:
-            where.append(f"[{table}] {key}")
+        if not source:
+            where = [".".join(p for p in (table, key) if p)]
+        elif table and key:
+            where = [source, f"[{table}] {key}"]
         elif table:
-            where.append(f"[{table}]")
-        elif key:
-            where.append(key)
-        super().__init__(": ".join([*where, problem]))
+            where = [source, f"[{table}]"]
+        else:
+            where = [source, key]
+        super().__init__(": ".join([*(w for w in where if w), problem]))
 
     @classmethod
     def at(cls, e: ValueError, source: str, table: str) -> ConfigError:
@@ -215,7 +221,7 @@ def _whole(seconds: float, what: str) -> int:
 _NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
           "array": "a list", "object": "a table", "null": "nothing"}  # fmt: skip
 _MSG_RE = re.compile(r"^(.*?)(?: - at `\$(.*)`)?$", re.DOTALL)
-_STEP_RE = re.compile(r"\.([^.\[]+)|(\[\d+\])")
+_STEP_RE = re.compile(r"\.([^.\[]+)|(\[[^\]]*\])")
 
 
 def _field_at(tp: Any, steps: list[str]) -> tuple[Any, list[Any]] | None:
@@ -246,37 +252,51 @@ def _bounds(extras: list[Any]) -> tuple[Any, Any]:
 
 
 def _seconds(value: float) -> str:
+    if value == 0:
+        return "0s"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if value >= size and value % size == 0:
             return f"{int(value // size)}{unit}"
     return f"{value * 1000:g}ms" if value < 1 else f"{value:g}s"
 
 
-def _explain(problem: str, field: tuple[Any, list[Any]] | None) -> str:
-    if field is not None:
-        base, extras = field
-        lo, hi = _bounds(extras)
-        if problem.startswith("Expected") and (lo is not None or hi is not None):
-            if DURATION in extras and hi is not None:
-                return f"must be a duration {_seconds(lo or 0)}..{_seconds(hi)}"
-            if DURATION in extras:
-                return f"must be a duration of at least {_seconds(lo)}"
-            unit = " bytes, or a size like '64KiB'" if SIZE in extras else ""
-            return f"must be {lo}..{hi}{unit}" if hi is not None else f"must be at least {lo}"
-        if DURATION in extras:
-            return "expected a duration like '30s', '5m', '2h' or '1d'"
-        if TIME in extras:
-            return "must be an RFC 3339 time like 2026-12-01T00:00:00Z"
-        if problem.startswith("Invalid enum value") and get_origin(base) is Literal:
-            return f"{problem.removeprefix('Invalid enum value ')}: one of " + ", ".join(
-                map(str, get_args(base)))  # fmt: skip
+def _number(value: Any) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _explain(problem: str, field: tuple[Any, list[Any]] | None, json: bool) -> str:
+    """msgspec's words for a bad value, in ours (with the field's unit and range)."""
+    base, extras = field if field is not None else (None, [])
+    lo, hi = _bounds(extras)
+    wrong = re.match(r"Expected `([^`]+)`, got `([^`]+)`$", problem)
+    if DURATION in extras:
+        span = f" {_seconds(lo or 0)}..{_seconds(hi)}" if hi is not None else ""
+        span = f" of at least {_seconds(lo)}" if hi is None and lo else span
+        return f"must be a duration{span}, like '30s', '5m', '2h' or '1d' (or seconds)"
+    if TIME in extras:
+        return "must be an RFC 3339 time like 2026-12-01T00:00:00Z"
+    if problem.startswith("Expected") and (lo is not None or hi is not None):
+        span = f"{_number(lo)}..{_number(hi)}" if lo is not None and hi is not None else ""
+        span = span or (f"at least {_number(lo)}" if lo is not None else f"at most {_number(hi)}")
+        unit = " bytes, or a size like '64KiB'" if SIZE in extras else ""
+        if wrong:
+            return (
+                f"expected {_wanted(wrong[1])} {span}{unit}, got {_NAMES.get(wrong[2], wrong[2])}"
+            )
+        return f"must be {span}{unit}"
+    if problem.startswith("Invalid enum value") and get_origin(base) is Literal:
+        choices = ", ".join(map(str, get_args(base)))
+        return f"{problem.removeprefix('Invalid enum value ')}: one of {choices}"
     if "matching regex" in problem:  # the names (ids, groups, models) are the patterns used
         return "must be a name: 1-128 of A-Z a-z 0-9 _ . : -, starting with a letter or digit"
-    m = re.match(r"Expected `([^`]+)`, got `([^`]+)`$", problem)
-    if m:
-        wanted = " or ".join(_NAMES.get(w.strip(), w.strip()) for w in m[1].split("|"))
-        return f"expected {wanted}, got {_NAMES.get(m[2], m[2])}"
+    if wrong:
+        text = f"expected {_wanted(wrong[1])}, got {_NAMES.get(wrong[2], wrong[2])}"
+        return text.replace("a table", "an object") if json else text
     return problem
+
+
+def _wanted(types: str) -> str:
+    return " or ".join(_NAMES.get(w.strip(), w.strip()) for w in types.split("|"))
 
 
 def _translate(
@@ -290,16 +310,17 @@ def _translate(
     extra = re.match(r"Object (contains unknown|missing required) field `([^`]+)`$", problem)
     if extra:
         steps.append(extra[2])
-        problem = "unknown setting" if extra[1] == "contains unknown" else "missing"
+        unknown = "unknown setting" if source else "unknown field"
+        problem = unknown if extra[1] == "contains unknown" else "missing"
     field = _field_at(tp, steps)
-    if problem == "missing" and field is not None and _is_struct(field[0]):
+    if problem == "missing" and source and field is not None and _is_struct(field[0]):
         return ConfigError("missing table", source=source, table=".".join(steps))
     own = re.match(r"^([A-Za-z_]\w*(?:\[\d+\])?): (.*)$", problem, re.DOTALL)
     if own and not extra and _is_struct(field[0] if field else None):
         steps.append(own[1])  # a struct's own check (__post_init__) names its key
         problem = own[2]
     elif not extra:
-        problem = _explain(problem, field)
+        problem = _explain(problem, field, json=not source)
     # The table is every step up to the last struct; the rest (``key[0]``) names the key.
     split = len(steps) - 1
     while split > 0 and steps[split].startswith("["):

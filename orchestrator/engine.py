@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from fleetpush_common.clock import Clock
+from fleetpush_common.windows import in_windows
 from fleetpush_protocol.topics import device_scope
 from orchestrator.notices import NoticeFactory
 from orchestrator.policy import (
@@ -25,7 +26,6 @@ from orchestrator.policy import (
     RateLimiter,
     failure_tripped,
     gate_met,
-    in_windows,
     rate_per_minute,
 )
 from orchestrator.rollouts import TargetSpec, resolve_targets

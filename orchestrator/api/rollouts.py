@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from orchestrator.api.bodies import CreateRollout, Reason, RevertRollout, decode_body, spec_of
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, principal, requires
 from orchestrator.api.context import ApiError
 from orchestrator.api.releases import find_release
@@ -16,7 +17,6 @@ from orchestrator.rollouts import (
     active_owners,
     plan_rollout,
     rollout_status,
-    spec_from_request,
 )
 from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord
 
@@ -32,13 +32,6 @@ async def _rollout(request: web.Request) -> RolloutRecord:
 
 async def _view(request: web.Request, r: RolloutRecord) -> dict[str, object]:
     return await ctx(request).db.run(lambda s: rollout_status(s, r))
-
-
-def _flag(body: dict[str, object], name: str) -> bool:
-    value = body.pop(name, False)
-    if not isinstance(value, bool):
-        raise ApiError(400, f"{name}: expected true or false")
-    return value
 
 
 def conflict(plan: Plan) -> web.Response | None:
@@ -79,18 +72,13 @@ async def _plan(
 async def create(request: web.Request) -> web.Response:
     """``dry_run``: validate, create nothing, answer the plan; ``force``: create even when
     other active rollouts hold some of the devices (409 otherwise)."""
-    body = await json_body(request)
-    dry_run = _flag(body, "dry_run")
-    force = _flag(body, "force")
-    if "release" not in body:
-        raise ApiError(400, "release: missing (an id or name@version)")
-    release = await find_release(request, str(body["release"]))
-    target = TargetSpec.from_json(body.get("target"))
-    spec = spec_from_request(body)
-    plan = await _plan(request, release, target, spec, dry_run)
-    if dry_run:
+    body = decode_body(CreateRollout, await json_body(request))
+    release = await find_release(request, str(body.release))
+    target, spec = body.target, spec_of(body)
+    plan = await _plan(request, release, target, spec, body.dry_run)
+    if body.dry_run:
         return ok(plan.to_json(spec.phases))
-    refused = None if force else conflict(plan)
+    refused = None if body.force else conflict(plan)
     if refused is not None:
         return refused
     r = await create_rollout(request, release, target, spec, plan)
@@ -140,22 +128,19 @@ async def targets(request: web.Request) -> web.Response:
     return ok({"targets": [t.to_json() for t in rows]})
 
 
-def _reason(body: dict[str, object]) -> str:
-    reason = body.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > 500:
-        raise ApiError(400, "reason: a string of at most 500 characters")
-    return reason
-
-
 async def _optional_body(request: web.Request) -> dict[str, object]:
     return await json_body(request) if request.can_read_body else {}
+
+
+async def _reason(request: web.Request) -> str:
+    return decode_body(Reason, await _optional_body(request)).reason
 
 
 @routes.post("/v1/rollouts/{rollout_id}/pause")
 @requires("operator")
 async def pause(request: web.Request) -> web.Response:
     r = await _rollout(request)
-    reason = _reason(await _optional_body(request)) or "paused by operator"
+    reason = await _reason(request) or "paused by operator"
     if r.state not in ("running", "scheduled"):
         raise ApiError(409, f"rollout {r.id} is {r.state}; only running rollouts pause")
     r = await ctx(request).engine.pause(r, reason)
@@ -178,7 +163,7 @@ async def resume(request: web.Request) -> web.Response:
 @requires("operator")
 async def cancel(request: web.Request) -> web.Response:
     r = await _rollout(request)
-    reason = _reason(await _optional_body(request)) or "canceled by operator"
+    reason = await _reason(request) or "canceled by operator"
     if not r.active:
         raise ApiError(409, f"rollout {r.id} is already {r.state}")
     sent = await ctx(request).engine.cancel_by_operator(r, reason)
@@ -206,10 +191,8 @@ async def revert(request: web.Request) -> web.Response:
     rollout per such release, targeting its devices by id. The body takes the settings of
     a create (``phases``, ``success_pct``, ...), ``dry_run`` and ``force``."""
     r = await _rollout(request)
-    body = await _optional_body(request)
-    dry_run = _flag(body, "dry_run")
-    force = _flag(body, "force")
-    spec = spec_from_request(body)
+    body = decode_body(RevertRollout, await _optional_body(request))
+    dry_run, force, spec = body.dry_run, body.force, spec_of(body)
     if r.active:
         raise ApiError(
             409, f"rollout {r.id} is {r.state}; cancel it first (its devices stay where "

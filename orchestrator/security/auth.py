@@ -7,12 +7,14 @@ import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from orchestrator.store import Database
 
-__all__ = ["ROLES", "Principal", "TokenAuth", "hash_token", "new_token", "role_allows"]
+__all__ = ["ROLES", "Principal", "Role", "TokenAuth", "hash_token", "new_token", "role_allows"]
 
-ROLES = ("viewer", "operator", "admin")
+Role = Literal["viewer", "operator", "admin"]  # lowest first
+ROLES: tuple[str, ...] = get_args(Role)
 
 
 def role_allows(role: str, needed: str) -> bool:
