@@ -18,6 +18,7 @@ for the old copy is dropped and the new copy is acked when its own batch commits
 from __future__ import annotations
 
 import asyncio
+import ssl
 import contextlib
 import logging
 import threading
@@ -217,6 +218,10 @@ class MqttLink:
             except (OSError, TimeoutError, codec.MalformedPacketError) as e:
                 if isinstance(e, _RefusedError) and e.reason in _PERMANENT_REFUSALS:
                     self._start_error = f"refused: {e}"
+                    self._start_failed.set()
+                elif isinstance(e, ssl.SSLCertVerificationError):  # retrying will not help
+                    self._start_error = (f"the broker's TLS certificate: {e.verify_message} "
+                                         "(is [mqtt] ca_file the CA that signed it?)")  # fmt: skip
                     self._start_failed.set()
                 logger.warning("cannot connect to MQTT broker: %s", e or type(e).__name__)
                 await proto.close()
