@@ -18,9 +18,9 @@ for the old copy is dropped and the new copy is acked when its own batch commits
 from __future__ import annotations
 
 import asyncio
-import ssl
 import contextlib
 import logging
+import ssl
 import threading
 import time
 from collections import deque
