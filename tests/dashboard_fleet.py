@@ -99,7 +99,7 @@ class Fleet:
         self.broker.set_model(device_id, "rpi4")  # as provisioning does: the registry's fact
         self.broker.reload()
         root = self.orch.keys.anchor().keyring.root_keys[0].hex()
-        health = {"command": ["/bin/true" if healthy else "/bin/false"], "timeout_s": 10}
+        health = {"command": ["/bin/true" if healthy else "/bin/false"], "timeout": "10s"}
         path = write_config(
             self.tmp / f"{device_id}.toml", broker=self.broker, topics=self.topics,
             device_id=device_id, password=password, root_hex=root, groups=claims,
