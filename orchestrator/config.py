@@ -82,8 +82,10 @@ __all__ = [
     "DatabaseConfig",
     "HttpConfig",
     "IngestConfig",
+    "KeysSection",
     "MqttConfig",
     "OrchestratorConfig",
+    "RegistrySection",
     "RetentionConfig",
     "RolloutConfig",
     "load_config",
@@ -226,8 +228,9 @@ class DatabaseConfig(_Section, frozen=True, kw_only=True):
         return Path(self.url.removeprefix("sqlite:///"))
 
 
-class _File(_Section, frozen=True, kw_only=True):
-    """``orchestrator.toml`` as written."""
+class OrchestratorConfig(_Section, frozen=True, kw_only=True):
+    """Everything ``fleetpush serve`` needs: ``orchestrator.toml`` as decoded, its paths
+    absolute, the broker login and database resolved (``parse_config``)."""
 
     data_dir: Path
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -237,29 +240,18 @@ class _File(_Section, frozen=True, kw_only=True):
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     rollouts: RolloutConfig = field(default_factory=RolloutConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
-    registry: RegistrySection = field(default_factory=RegistrySection)
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
-
-
-class OrchestratorConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything ``fleetpush serve`` needs."""
-
-    data_dir: Path
-    keys_dir: Path
-    http: HttpConfig = field(default_factory=HttpConfig)
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    retention: RetentionConfig = field(default_factory=RetentionConfig)
-    rollouts: RolloutConfig = field(default_factory=RolloutConfig)
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    # The device registry provisioning writes (groups and model); None: the broker state
+    # The device registry provisioning writes (groups and model); none: the broker state
     # ``fleetpush broker run --data`` keeps next to the database.
-    registry_file: Path | None = None
-    database_config: DatabaseConfig = field(default_factory=DatabaseConfig)
+    registry: RegistrySection = field(default_factory=RegistrySection)
+    database_config: DatabaseConfig = field(default_factory=DatabaseConfig, name="database")
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.keys.dir or self.data_dir / "keys"
 
     @property
     def registry_path(self) -> Path:
-        return self.registry_file or self.data_dir / "broker" / "identities.json"
+        return self.registry.file or self.data_dir / "broker" / "identities.json"
 
     @property
     def database(self) -> DatabaseConfig:
@@ -311,19 +303,15 @@ def parse_config(
     if not data.get("data_dir"):
         raise ConfigError("missing (where the database and payloads live)", source=source,
                           key="data_dir")  # fmt: skip
-    f = decode(_File, data, source, base.resolve())
-    data_dir = f.data_dir.resolve()
-    return OrchestratorConfig(
+    c = decode(OrchestratorConfig, data, source, base.resolve())
+    data_dir = c.data_dir.resolve()
+    return msgspec.structs.replace(
+        c,
         data_dir=data_dir,
-        keys_dir=(f.keys.dir or data_dir / "keys").resolve(),
-        http=f.http,
-        mqtt=resolve_mqtt(f.mqtt, data_dir, source),
-        ingest=f.ingest,
-        retention=f.retention,
-        rollouts=f.rollouts,
-        auth=f.auth,
-        registry_file=f.registry.file.resolve() if f.registry.file else None,
-        database_config=_database(f.database, data_dir, source),
+        keys=KeysSection(dir=(c.keys.dir or data_dir / "keys").resolve()),
+        mqtt=resolve_mqtt(c.mqtt, data_dir, source),
+        registry=RegistrySection(file=c.registry.file.resolve() if c.registry.file else None),
+        database_config=_database(c.database_config, data_dir, source),
     )
 
 

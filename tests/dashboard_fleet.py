@@ -30,6 +30,7 @@ from orchestrator.config import (
     IngestConfig,
     MqttConfig,
     OrchestratorConfig,
+    RegistrySection,
     RolloutConfig,
 )
 from orchestrator.security.auth import hash_token
@@ -72,7 +73,6 @@ class Fleet:
         port = free_port()
         config = OrchestratorConfig(
             data_dir=data,
-            keys_dir=data / "keys",
             http=HttpConfig(listen=f"127.0.0.1:{port}"),
             mqtt=MqttConfig(
                 url=self.broker.url,
@@ -83,7 +83,7 @@ class Fleet:
             ingest=IngestConfig(batch_interval_s=0.05),
             rollouts=RolloutConfig(tick_s=0.2),
             auth=AuthConfig(tokens_file=tokens),
-            registry_file=self.broker.registry.path,
+            registry=RegistrySection(file=self.broker.registry.path),
         )
         self.orch = Orchestrator(config)
         await self.orch.start()
