@@ -6,7 +6,11 @@ when the Python name carries the unit (``keepalive_s`` is written ``keepalive = 
 Two markers widen what a number field accepts before msgspec checks it:
 
 - ``DURATION``: ``"100ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"`` or a number of seconds;
-- ``SIZE``: ``"64KiB"``, ``"1GiB"``, ``"4MB"`` or a number of bytes.
+- ``SIZE``: ``"64KiB"``, ``"1GiB"``, ``"4MB"`` or a number of bytes;
+- ``TIME`` (an int of Unix seconds): an RFC 3339 time with a zone, as string or TOML datetime.
+
+``Window`` values are strings in the one window syntax (fleetpush_common.windows), ``Path``
+values are relative to the file's folder.
 
 A struct may name older spellings of its keys in a ``renamed`` class variable (old -> new);
 they are still read, so deployed files keep working. Every error is a ``ConfigError``

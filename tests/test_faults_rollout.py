@@ -218,7 +218,7 @@ async def test_devices_sigkilled_at_random_points(rig: Rig) -> None:
     rng = random.Random(SEED)
     ids = [f"k-{i:02d}" for i in range(N)]
     killed = ids[:6]
-    slow_health = {"health": {"command": ["/bin/sh", "-c", "sleep 0.5"], "timeout_s": 10}}
+    slow_health = {"health": {"command": ["/bin/sh", "-c", "sleep 0.5"], "timeout": "10s"}}
     for d in ids:
         rig.provision(d, {**FAST, **slow_health})
     for d in killed:

@@ -12,9 +12,8 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
-from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_common.broker_settings import BrokerSettings
-from fleetpush_common.config import DURATION, ConfigError
+from fleetpush_common.config import DURATION, ConfigError, read_secret
 from orchestrator.broker.info import INFO_FILE, read_info
 
 __all__ = ["DEFAULT_USER", "MqttConfig", "resolve_mqtt"]
@@ -84,15 +83,10 @@ def _recorded_broker(m: MqttConfig, data_dir: Path, source: str) -> MqttConfig:
         raise ConfigError(f"{prefix!r}, but the broker in {workdir} uses {info.topic_prefix!r}",
                           source=source, table="mqtt", key="topic_prefix")  # fmt: skip
     try:
-        check_private(info.password_file, "MQTT password file")
-        password = info.password_file.read_text().strip()
-    except ExposedSecretError as e:
+        password = read_secret(info.password_file, "MQTT password file")
+    except ValueError as e:
         raise ConfigError(
             f"(from {workdir / INFO_FILE}): {e}", source=source, table="mqtt"
-        ) from None
-    except OSError as e:
-        raise ConfigError(
-            f"{info.password_file}: cannot read the orchestrator's broker password ({e.strerror})"
         ) from None
     host = info.connect_host
     return MqttConfig(
