@@ -330,7 +330,7 @@ def _translate(
     split = len(steps) - 1
     while split > 0 and steps[split].startswith("["):
         split -= 1
-    table = ".".join(steps[:split])
+    table = ".".join(steps[:split]).replace(".[", "[")
     key = "".join(steps[split:]) if steps else ""
     key = renames.get(f"{table}.{key}", key)
     return ConfigError(problem, source=source, table=table, key=key)

@@ -14,6 +14,7 @@ from msgspec import Meta, field
 from fleetpush_common.broker_settings import BrokerSettings
 from fleetpush_common.config import DURATION, SIZE, TIME, ConfigError, decode, parse_size
 from fleetpush_common.windows import Window, parse_window
+from orchestrator.security.auth import Principal, load_tokens_file
 
 
 class Inner(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -104,3 +105,16 @@ def test_broker_settings_one_struct_for_both_sides(tmp_path: Path) -> None:
     (tmp_path / "pw").chmod(0o600)
     read = BrokerSettings(url="mqtt://h", password_file=tmp_path / "pw").with_password_file()
     assert read.password == "s3cret"
+
+
+def test_tokens_file_through_the_same_layer(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    sha = "AB" * 32
+    path.write_text(f'[[token]]\nname = "ci"\nrole = "operator"\nsha256 = "{sha}"\n')
+    assert load_tokens_file(path) == {sha.lower(): Principal("ci", "operator")}
+    path.write_text(f'[[token]]\nname = "ci"\nrole = "root"\nsha256 = "{sha}"\n')
+    with pytest.raises(ConfigError, match=r"tokens\.toml: \[token\[0\]\] role: 'root': one of"):
+        load_tokens_file(path)
+    path.write_text(f'[[token]]\nname = "ci"\nrole = "admin"\nsha = "{sha}"\n')
+    with pytest.raises(ConfigError, match=r"\[token\[0\]\] sha: unknown setting"):
+        load_tokens_file(path)
