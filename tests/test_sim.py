@@ -93,11 +93,13 @@ async def test_offline_and_slow_devices_finish_after_they_return(
     proc = await asyncio.create_subprocess_exec(
         *fleetpush(), "simulate", "--config", str(tmp_path / "orchestrator.toml"),
         "--broker-data", str(s.broker.workdir), "--devices", "6", "--prefix", "churn",
-        "--offline-share", "0.5", "--offline-after", "0.5", "--offline-for", "4",
+        "--offline-share", "0.5", "--offline-after", "0.5", "--offline-for", "12",
         "--slow-share", "0.5", "--bandwidth", "8KiB", "--seed", "5", "--json",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
+        # The three must be seen offline together, and the rollout created while they are:
+        # 12 s away leaves room for a busy machine (4 s was missed under a load of 10).
 
         async def three_offline() -> bool:
             devices = await s.api.call("GET", "/v1/devices", params={"online": "false"})
