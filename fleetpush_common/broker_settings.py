@@ -72,7 +72,7 @@ class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
     def _check_prefix(self) -> None:
         try:
-            Topics(self.topic_prefix)
+            self.topics  # noqa: B018 - builds the topics, checking the prefix
         except ValueError as e:
             raise ValueError(f"topic_prefix: {e}") from None
 
@@ -93,7 +93,7 @@ class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
     @property
     def topics(self) -> Topics:
-        return Topics(self.topic_prefix)
+        return Topics(self.topic_prefix or "fleetpush")  # empty: not given (orchestrator)
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The TLS context for an ``mqtts://`` URL, else None."""

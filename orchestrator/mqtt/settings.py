@@ -19,6 +19,7 @@ from orchestrator.broker.info import INFO_FILE, read_info
 __all__ = ["DEFAULT_USER", "MqttConfig", "resolve_mqtt"]
 
 DEFAULT_USER = "fleetpush-orchestrator"
+DEFAULT_PREFIX = "fleetpush"
 
 
 class MqttConfig(BrokerSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -30,6 +31,8 @@ class MqttConfig(BrokerSettings, frozen=True, forbid_unknown_fields=True, kw_onl
     keepalive_s: Annotated[int, DURATION, msgspec.Meta(ge=5, le=3600)] = msgspec.field(
         default=30, name="keepalive"
     )  # seconds between two pings
+    # Empty: "fleetpush", or the recorded broker's (a prefix given must match that one).
+    topic_prefix: Annotated[str, msgspec.Meta(max_length=128)] = ""
     source: str = "settings"  # where host and login came from, said at start
     missing: str = ""  # why no broker is configured: ``serve`` refuses to start with it
 
@@ -37,7 +40,8 @@ class MqttConfig(BrokerSettings, frozen=True, forbid_unknown_fields=True, kw_onl
         if self.url:
             super().__post_init__()
             return
-        self._check_prefix()
+        if self.topic_prefix:
+            self._check_prefix()
         for key in ("username", "password", "password_file"):
             if getattr(self, key) is not None:
                 raise ValueError(f"{key}: give it with url, or neither")
@@ -55,8 +59,9 @@ def resolve_mqtt(m: MqttConfig, data_dir: Path, source: str) -> MqttConfig:
         except ValueError as e:
             raise ConfigError.at(e, source, "mqtt") from None
         return msgspec.structs.replace(
-            m, username=m.username or DEFAULT_USER, source="mqtt.url in the configuration"
-        )
+            m, username=m.username or DEFAULT_USER, topic_prefix=m.topic_prefix or DEFAULT_PREFIX,
+            source="mqtt.url in the configuration",
+        )  # fmt: skip
     return _recorded_broker(m, data_dir, source)
 
 
@@ -72,14 +77,14 @@ def _recorded_broker(m: MqttConfig, data_dir: Path, source: str) -> MqttConfig:
     except ValueError as e:
         raise ConfigError(str(e), source=source, table="mqtt") from None
     if info is None:
-        return msgspec.structs.replace(m, source="", missing=(
+        return msgspec.structs.replace(m, topic_prefix=DEFAULT_PREFIX, source="", missing=(
             f"no broker configured: orchestrator.toml has no [mqtt] url and "
             f"{workdir / INFO_FILE} does not exist. Start the broker first with "
             f"`fleetpush broker run --data {data_dir}` (it records its ports there), "
             "or set [mqtt] url, username and password_file"
         ))  # fmt: skip
     prefix = m.topic_prefix
-    if prefix not in ("fleetpush", info.topic_prefix):
+    if prefix and prefix != info.topic_prefix:
         raise ConfigError(f"{prefix!r}, but the broker in {workdir} uses {info.topic_prefix!r}",
                           source=source, table="mqtt", key="topic_prefix")  # fmt: skip
     try:
