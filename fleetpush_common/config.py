@@ -12,9 +12,10 @@ Two markers widen what a number field accepts before msgspec checks it:
 ``Window`` values are strings in the one window syntax (fleetpush_common.windows), ``Path``
 values are relative to the file's folder.
 
-A struct may name older spellings of its keys in a ``renamed`` class variable (old -> new);
-they are still read, so deployed files keep working. Every error is a ``ConfigError``
-naming the file, the table and the key.
+Class variables a struct may set: ``renamed`` (older spellings of its keys, old -> new;
+still read, so deployed files keep working), ``internal`` (fields filled in after decoding,
+refused in a file) and ``missing_hints`` (what a required key takes). Every error is a
+``ConfigError`` naming the file, the table and the key.
 """
 
 from __future__ import annotations
@@ -320,6 +321,10 @@ def _translate(
     field = _field_at(tp, steps)
     if problem == "missing" and source and field is not None and _is_struct(field[0]):
         return ConfigError("missing table", source=source, table=".".join(steps))
+    if problem == "missing":  # a struct may say what the key takes (``missing_hints``)
+        owner = _field_at(tp, steps[:-1])
+        hint = getattr(owner[0], "missing_hints", {}).get(steps[-1]) if owner else None
+        problem = f"missing ({hint})" if hint else problem
     own = re.match(r"^([A-Za-z_]\w*(?:\[\d+\])?): (.*)$", problem, re.DOTALL)
     if own and not extra and _is_struct(field[0] if field else None):
         steps.append(own[1])  # a struct's own check (__post_init__) names its key

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -49,6 +49,11 @@ class RevertRollout(RolloutSpec, frozen=True, kw_only=True):
 
 class CreateRollout(RevertRollout, frozen=True, kw_only=True):
     """``POST /v1/rollouts``."""
+
+    missing_hints: ClassVar[dict[str, str]] = {
+        "release": "an id or name@version",
+        "target": "an object with devices, groups or all=true",
+    }
 
     release: int | Annotated[str, Meta(min_length=1, max_length=300)]  # id or name@version
     target: TargetSpec
