@@ -100,6 +100,7 @@ handler = "directory"
 command = {health!r}
 """.replace("'", '"')
     )
+    path.chmod(0o600)  # it holds the broker password: the agent refuses it otherwise
 
 
 def spawn_agent(config: Path) -> subprocess.Popen[bytes]:

@@ -1,6 +1,7 @@
 """fleetpush's device agent: ``fleetpush-device --config device.toml``.
 
-``DeviceAgent`` runs one device; many can share one event loop for simulations.
+``device_client.wiring.build_agent(config)`` makes the ``DeviceAgent`` of one device; many
+can share one event loop for simulations.
 """
 
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ from pathlib import Path
 from device_client import __version__
 from device_client.agent import DeviceAgent
 from device_client.config import ConfigError, load_config
+from device_client.wiring import build_agent
 
 __all__ = ["main"]
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok")
         return 0
     try:
-        asyncio.run(_serve(DeviceAgent(config)))
+        asyncio.run(_serve(build_agent(config)))
     except KeyboardInterrupt:
         pass
     except OSError as e:

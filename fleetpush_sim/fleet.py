@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_client.agent import DeviceAgent, ReportHook
+from device_client.agent import DeviceAgent
 from device_client.config import DeviceConfig, parse_config
+from device_client.reports import ReportHook
+from device_client.wiring import build_agent
 from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.messages import ErrorInfo, ReportState
 from orchestrator.broker import MosquittoBroker
@@ -210,7 +212,7 @@ class SimFleet:
 
     def start_device(self, device_id: str) -> None:
         device = self.devices[device_id]
-        agent = DeviceAgent(
+        agent = build_agent(
             self._config(device), durable=False, on_report=self.observer.hook(device_id)
         )
         self.agents[device_id] = agent

@@ -20,6 +20,7 @@ from device_helpers import make_tar, wait_for, write_config
 
 from device_client.agent import DeviceAgent
 from device_client.config import load_config
+from device_client.wiring import build_agent
 from fleetpush_protocol.topics import Topics
 from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker
@@ -105,7 +106,7 @@ class Fleet:
             device_id=device_id, password=password, root_hex=root, groups=claims,
             sections={"health": health},
         )  # fmt: skip
-        agent = DeviceAgent(load_config(path))
+        agent = build_agent(load_config(path))
         self.agents[device_id] = (agent, asyncio.create_task(agent.run()))
 
     async def wait_registered(self, n: int) -> None:

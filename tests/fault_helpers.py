@@ -38,6 +38,7 @@ from device_helpers import Signer, make_tar, wait_for, write_config
 from device_client.agent import DeviceAgent
 from device_client.config import load_config as load_device_config
 from device_client.store import StateStore
+from device_client.wiring import build_agent
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 
@@ -78,7 +79,7 @@ class DeviceRig:
 
     async def start(self) -> DeviceAgent:
         assert self.config_path is not None
-        agent = DeviceAgent(load_device_config(self.config_path))
+        agent = build_agent(load_device_config(self.config_path))
         self.agent = agent
         self.task = asyncio.create_task(agent.run())
         await wait_for(

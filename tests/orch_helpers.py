@@ -21,6 +21,7 @@ from device_helpers import make_tar, write_config
 
 from device_client.agent import DeviceAgent
 from device_client.config import load_config as load_device_config
+from device_client.wiring import build_agent
 from fleetpush_common.clock import Clock
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.api import AsyncApi
@@ -88,7 +89,7 @@ class Fleet:
         )  # fmt: skip
 
     def start(self, device_id: str) -> None:
-        agent = DeviceAgent(load_device_config(self.configs[device_id]), durable=False)
+        agent = build_agent(load_device_config(self.configs[device_id]), durable=False)
         self.agents[device_id] = agent
         self.tasks[device_id] = asyncio.create_task(agent.run(), name=device_id)
 

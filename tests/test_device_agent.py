@@ -24,6 +24,7 @@ from device_helpers import (
 
 from device_client.agent import DeviceAgent
 from device_client.config import load_config
+from device_client.wiring import build_agent
 from fleetpush_protocol.envelope import sign_message
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.messages import Payload, Release, Target, UpdateNotice
@@ -85,7 +86,7 @@ async def start_device(
             password=password, root_hex=signer.root_hex, groups=groups, sections=sections,
         )  # fmt: skip
         config = load_config(path)
-        agent = DeviceAgent(config, clock=clock) if clock else DeviceAgent(config)
+        agent = build_agent(config, clock=clock) if clock else build_agent(config)
         task = asyncio.create_task(agent.run())
         device = Device(device_id, agent, path, task)
         devices.append(device)
@@ -472,7 +473,7 @@ async def test_command_handler_reboot_then_health_confirms(rig: Rig) -> None:
     # "Reboot": stop the agent and start it again on the same state.
     device.agent.stop()
     await asyncio.wait_for(device.task, 15)
-    again = DeviceAgent(load_config(device.config_path))
+    again = build_agent(load_config(device.config_path))
     task = asyncio.create_task(again.run())
     try:
         done = await rig.reports.wait_state("succeeded", notice.notice_id)

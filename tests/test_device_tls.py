@@ -21,8 +21,8 @@ from device_helpers import (
     write_config,
 )
 
-from device_client.agent import DeviceAgent
 from device_client.config import load_config
+from device_client.wiring import build_agent
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.signing import Signer
 from orchestrator.broker import MosquittoBroker
@@ -55,7 +55,7 @@ async def test_agent_installs_over_client_certificate_tls(
     assert "mqtts://" in text
     async with ReportCollector(b, topics) as reports:
         await publish(b, topics.keyring(1), signer.keyring(1))
-        agent = DeviceAgent(load_config(path))
+        agent = build_agent(load_config(path))
         task = asyncio.create_task(agent.run())
         try:
             await wait_for(

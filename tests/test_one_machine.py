@@ -26,8 +26,8 @@ from typing import IO, Any
 import pytest
 from device_helpers import wait_for, write_config
 
-from device_client.agent import DeviceAgent
 from device_client.config import load_config as load_device_config
+from device_client.wiring import build_agent
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.signing import Signer
 from orchestrator.broker import MosquittoBroker, free_port
@@ -178,7 +178,7 @@ async def test_a_device_refused_by_the_broker_says_so_at_the_default_level(  # n
         tmp_path / "device.toml", broker=tls_broker, topics=topics, device_id="dev-r",
         password="wrong", root_hex=signer.root_hex, sections={"broker": broker},
     )  # fmt: skip
-    agent = DeviceAgent(load_device_config(path), durable=False)
+    agent = build_agent(load_device_config(path), durable=False)
     task = asyncio.create_task(agent.run())
 
     def said() -> list[logging.LogRecord]:

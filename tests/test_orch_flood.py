@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from device_client.agent import DeviceAgent
 from device_client.config import load_config as load_device_config
+from device_client.wiring import build_agent
 from fleetpush_common.clock import ManualClock
 from fleetpush_protocol.messages import Report, ReportState
 from fleetpush_protocol.topics import Topics
@@ -82,7 +83,7 @@ async def _agent(
         password=password, root_hex=root_hex(tmp_path),
         sections={"broker": {"ack_timeout": "500ms"}},
     )  # fmt: skip
-    agent = DeviceAgent(load_device_config(cfg_path))
+    agent = build_agent(load_device_config(cfg_path))
     task = asyncio.create_task(agent.run())
     try:
         await wait_for(

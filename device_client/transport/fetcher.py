@@ -23,12 +23,12 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from device_client.config import DownloadConfig
 from device_client.errors import DownloadError, SlowRetrievalError, UpdateError
+from device_client.transport.base import ProgressCallback
 from fleetpush_common.backoff import Backoff
 from fleetpush_protocol.errors import ContentError, PayloadSizeMismatchError
 from fleetpush_protocol.messages import FailureCode, Payload
@@ -41,7 +41,6 @@ __all__ = ["Fetcher", "ProgressCallback", "hash_file"]
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], Awaitable[None]]
 RETRY_BASE_S = 0.5  # seconds; the first retry waits up to this, then doubling
 RETRY_CAP_S = 30.0  # seconds
 _BLOCK = 1 << 20  # bytes read at a time when hashing a file

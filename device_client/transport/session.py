@@ -19,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -28,6 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device_client.config import BrokerConfig
+from device_client.transport.base import MessageHandler, Publication
 from device_client.transport.outbox import Outbox
 from fleetpush_common.backoff import Backoff
 from fleetpush_common.broker_settings import client_tls_context
@@ -41,15 +41,7 @@ logger = logging.getLogger(__name__)
 # password, not authorized, banned, bad authentication method.
 _REFUSED = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
 
-MessageHandler = Callable[[str, bytes], Awaitable[None]]
 ACK_TIMEOUT_CAP_S = 600.0  # seconds: the longest wait before resending unconfirmed reports
-
-
-@dataclass(frozen=True, slots=True)
-class Publication:
-    topic: str
-    payload: bytes
-    retain: bool = False
 
 
 class MqttSession:
@@ -61,7 +53,8 @@ class MqttSession:
         subscriptions: topic filters to subscribe to with QoS 1 on every connect.
         will: the retained message the broker publishes if the device vanishes.
         on_connect: returns what to publish (retained presence, inventory) on each connect.
-        on_message: called for each received message, one at a time, in order.
+        on_message: called for each received message, one at a time, in order; the receive
+            loop waits for it, so it hands the message on and returns (``MessageRouter``).
         outbox: the reports to publish, in order.
         ack_timeout_s: resend unconfirmed reports after this long without a confirmation
             (the first wait; it doubles, jittered, up to ``ACK_TIMEOUT_CAP_S``).

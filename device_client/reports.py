@@ -1,0 +1,123 @@
+"""Reports: each state change becomes a numbered ``Report`` in the outbox.
+
+The outbox (``device_client.transport.outbox``) holds reports until the orchestrator
+confirms them; a report is published only after the state write that holds it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from device_client.jobs.states import Job
+from device_client.persisted import Persisted
+from device_client.transport.outbox import Kind
+from fleetpush_protocol.envelope import encode_message
+from fleetpush_protocol.messages import ErrorInfo, Progress, Report, ReportState
+from fleetpush_protocol.topics import Topics
+
+__all__ = ["ReportHook", "Reporter"]
+
+logger = logging.getLogger(__name__)
+
+
+class ReportHook(Protocol):
+    def __call__(self, rollout_id: str, state: ReportState, error: ErrorInfo | None) -> None:
+        """Told of each state report (not progress) as it is queued for the broker."""
+        ...
+
+
+class Reporter:
+    """Queues the device's reports in the persisted outbox.
+
+    Args:
+        device_id: the device's id.
+        topics: the topic layout (the device's own report topic).
+        persisted: the state whose outbox and current version the reports carry.
+        clock: Unix time in seconds.
+        on_report: told of each state report; the simulator times devices with it.
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        topics: Topics,
+        persisted: Persisted,
+        clock: Callable[[], float],
+        on_report: ReportHook | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self.own_topic = topics.report(device_id)
+        self._persisted = persisted
+        self._clock = clock
+        self._on_report = on_report
+
+    def reply_topic(self, template: str) -> str:
+        """Where to report on a notice: always the device's own report topic.
+
+        The broker's ACL lets a device publish reports on its own report topic only, so
+        anything else would be lost: report there whatever the notice says.
+        """
+        if template.replace("{device_id}", self.device_id) != self.own_topic:
+            logger.warning("%s: reply_topic %r ignored; reporting on %s",
+                           self.device_id, template[:128], self.own_topic)  # fmt: skip
+        return self.own_topic
+
+    def report(
+        self,
+        notice_id: str,
+        rollout_id: str,
+        topic: str,
+        state: ReportState,
+        *,
+        error: ErrorInfo | None = None,
+        progress: Progress | None = None,
+        detail: str = "",
+    ) -> None:
+        """Queue one report; it leaves with the next state write."""
+        st = self._persisted.state
+        version = st.current_version
+        at = int(self._clock())
+        if detail:
+            logger.info("%s: %s %s: %s", self.device_id, notice_id, state.value, detail)
+        device_id = self.device_id
+
+        def build(counter: int) -> bytes:
+            report = Report(
+                device_id=device_id,
+                notice_id=notice_id,
+                rollout_id=rollout_id,
+                state=state,
+                current_version=version,
+                counter=counter,
+                reported_at=at,
+                progress=progress,
+                error=error,
+            )
+            return encode_message(report)
+
+        if progress is not None:
+            kind = Kind.PROGRESS
+        elif state.terminal and state is not ReportState.REJECTED:
+            kind = Kind.OUTCOME
+        else:
+            kind = Kind.STATE
+        st.outbox.append(topic, build, kind=kind)
+        if self._on_report is not None and progress is None:
+            self._on_report(rollout_id, state, error)
+
+    def job(
+        self,
+        job: Job,
+        state: ReportState,
+        *,
+        error: ErrorInfo | None = None,
+        progress: Progress | None = None,
+        detail: str = "",
+    ) -> None:
+        """Queue a report about ``job`` on its reply topic."""
+        self.report(
+            job.notice_id, job.rollout_id, job.reply_topic, state,
+            error=error, progress=progress, detail=detail,
+        )  # fmt: skip
