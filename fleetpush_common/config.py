@@ -20,6 +20,7 @@ refused in a file) and ``missing_hints`` (what a required key takes). Every erro
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -162,6 +163,17 @@ def _unwrap(tp: Any) -> tuple[Any, list[Any]]:
         return tp, extras
 
 
+@functools.cache
+def _fields(tp: type) -> tuple[tuple[str, str, Any, tuple[Any, ...]], ...]:
+    """``(name, key, type, annotations)`` of each field of struct ``tp``, resolved once
+    (msgspec.structs.fields evaluates the annotations at every call: milliseconds)."""
+    out = []
+    for f in msgspec.structs.fields(tp):
+        base, extras = _unwrap(f.type)
+        out.append((f.name, f.encode_name, base, tuple(extras)))
+    return tuple(out)
+
+
 def _is_struct(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
 
@@ -182,24 +194,23 @@ def _prepare(
                                   source=source, table=table, key=old)  # fmt: skip
             out[new] = out.pop(old)
             renames[f"{table}.{new}"] = old
-    for f in msgspec.structs.fields(tp):
-        if f.encode_name not in out or f.name in getattr(tp, "internal", ()):
+    for name, key, base, extras in _fields(tp):
+        if key not in out or name in getattr(tp, "internal", ()):
             continue
-        value = out[f.encode_name]
-        base, extras = _unwrap(f.type)
+        value = out[key]
         try:
             if DURATION in extras and isinstance(value, str):
-                seconds = parse_duration(value, f.encode_name)
-                out[f.encode_name] = _whole(seconds, f.encode_name) if base is int else seconds
+                seconds = parse_duration(value, key)
+                out[key] = _whole(seconds, key) if base is int else seconds
             elif SIZE in extras and isinstance(value, str):
-                out[f.encode_name] = parse_size(value, f.encode_name)
+                out[key] = parse_size(value, key)
             elif TIME in extras and isinstance(value, str | datetime):
-                out[f.encode_name] = _unix(value)
+                out[key] = _unix(value)
         except ValueError as e:
-            problem = str(e).removeprefix(f"{f.encode_name}: ")
-            raise ConfigError(problem, source=source, table=table, key=f.encode_name) from None
+            problem = str(e).removeprefix(f"{key}: ")
+            raise ConfigError(problem, source=source, table=table, key=key) from None
         if _is_struct(base):
-            out[f.encode_name] = _prepare(base, value, (*where, f.encode_name), source, renames)
+            out[key] = _prepare(base, value, (*where, key), source, renames)
     for name in getattr(tp, "internal", ()):
         if name in out:
             raise ConfigError("unknown setting", source=source, table=table, key=name)
@@ -243,10 +254,10 @@ def _field_at(tp: Any, steps: list[str]) -> tuple[Any, list[Any]] | None:
             continue
         if not _is_struct(base):
             return None
-        found = [f for f in msgspec.structs.fields(base) if f.encode_name == step]
+        found = [(b, list(x)) for _, key, b, x in _fields(base) if key == step]
         if not found:
             return None
-        base, extras = _unwrap(found[0].type)
+        base, extras = found[0]
     return base, extras
 
 
