@@ -78,6 +78,11 @@ class Persisted:
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(ACK_FLUSH_S, self.save)
 
+    @property
+    def save_pending(self) -> bool:
+        """A coalesced save is scheduled and not yet written."""
+        return self._flush is not None
+
     def flush(self) -> None:
         """Write now if a coalesced write is pending (at shutdown)."""
         if self._flush is not None:

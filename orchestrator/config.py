@@ -42,7 +42,7 @@ Example::
     # connect_timeout = "10s"
 
     [ingest]
-    batch_rows = 2000
+    batch_rows = 10000                   # under a backlog; else what came within batch_interval
     batch_interval = "100ms"
     max_report_bytes = 8192              # larger reports are dropped and counted
     max_unknown_bytes = 1024             # unknown fields a device message may carry
@@ -136,7 +136,10 @@ class HttpConfig(_Section, frozen=True, kw_only=True):
 
 
 class IngestConfig(_Section, frozen=True, kw_only=True):
-    batch_rows: Annotated[int, Meta(ge=1, le=100_000)] = 2000  # rows per transaction
+    # Rows per database transaction at most. Batches are this large only under a backlog
+    # (else a batch is what came within batch_interval_s), and then large ones pay: every
+    # batch rewrites a page of the reports table per device (docs/performance.md).
+    batch_rows: Annotated[int, Meta(ge=1, le=100_000)] = 10_000
     batch_interval_s: Annotated[float, DURATION, Meta(ge=0.001, le=10.0)] = field(
         default=0.1, name="batch_interval")  # fmt: skip  # a report waits for its batch
     # Bytes; a maximal honest report is about 5.5 KiB.

@@ -236,8 +236,8 @@ async def test_devices_sigkilled_at_random_points(rig: Rig) -> None:
         await asyncio.sleep(rng.uniform(0.1, 1.5))
         old = rig.fleet.agents[device_id]
         await rig.fleet.stop(device_id)
-        assert old._job_task is None or old._job_task.done(), device_id  # noqa: SLF001
-        assert old._ack_flush is None, device_id  # noqa: SLF001
+        assert not old.runner.busy, device_id
+        assert not old.persisted.save_pending, device_id
         rig.fleet.start(device_id)
 
     await asyncio.gather(*(chaos(d) for d in killed),

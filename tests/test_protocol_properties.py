@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetpush_protocol import canonical
-from fleetpush_protocol.envelope import decode_message, sign_message
+from fleetpush_protocol.envelope import (
+    decode_envelope,
+    decode_message,
+    encode_message,
+    parse,
+    sign_message,
+)
 from fleetpush_protocol.errors import ContentError
+from fleetpush_protocol.messages import ErrorInfo, Report, ReportState
 from fleetpush_protocol.verify import (
     DeviceIdentity,
     TrustedKeyring,
@@ -51,8 +60,8 @@ def test_random_bytes_never_crash_and_never_verify(data: bytes) -> None:
 
 
 @st.composite
-def mutations(draw: st.DrawFn) -> bytes:
-    data = bytearray(GOOD)
+def mutations(draw: st.DrawFn, base: bytes = GOOD) -> bytes:
+    data = bytearray(base)
     kind = draw(st.sampled_from(["flip", "truncate", "insert", "delete", "overwrite"]))
     pos = draw(st.integers(0, len(data) - 1))
     if kind == "flip":
@@ -79,6 +88,33 @@ def test_mutated_notice_never_verifies(data: bytes) -> None:
     except ContentError:
         return
     raise AssertionError("a mutated notice verified")
+
+
+REPORTS = [
+    encode_message(Report(device_id="dev-1", notice_id="n-1", rollout_id="1", counter=3,
+                          state=ReportState.DOWNLOADING, current_version="1.0", reported_at=5)),
+    # a body over 255 bytes: its envelope holds it as bin 16
+    encode_message(Report(device_id="dev-1", notice_id="n-1", rollout_id="1", counter=3,
+                          state=ReportState.FAILED, current_version="1.0", reported_at=5,
+                          error=ErrorInfo(code="E_X", message="x" * 300))),
+]  # fmt: skip
+
+
+def _outcome(decode: Callable[[bytes], object], data: bytes) -> object:
+    try:
+        return decode(data)
+    except ContentError as e:
+        return type(e), str(e)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(REPORTS).flatmap(mutations))
+def test_device_message_fast_path_agrees_with_the_envelope_path(data: bytes) -> None:
+    # decode_message reads a canonical unsigned envelope by its bytes; the result, or the
+    # error, is the one the generic envelope decode and parse give.
+    generic = _outcome(lambda d: parse(decode_envelope(d, max_unknown_bytes=8),
+                                       max_unknown_bytes=8), data)  # fmt: skip
+    assert _outcome(lambda d: decode_message(d, max_unknown_bytes=8), data) == generic
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -111,3 +147,15 @@ def test_canonical_round_trip(value: dict[str, object]) -> None:
         return  # deeper than MAX_DEPTH
     assert canonical.decode(data, max_bytes=1 << 20) == value
     assert canonical.encode(canonical.decode(data, max_bytes=1 << 20)) == data
+
+
+def test_device_message_fast_path_refuses_a_non_canonical_envelope() -> None:
+    # The short report's body written as bin 16 (canonical is bin 8), and the long one's
+    # with one byte cut: refused, with the generic path's error.
+    short, long = REPORTS
+    widened = short[:6] + b"\xc5\x00" + short[7:]
+    cut = long[:-13] + long[-12:]
+    for data in (widened, cut):
+        outcome = _outcome(decode_message, data)
+        assert isinstance(outcome, tuple), "a non-canonical envelope was accepted"
+        assert outcome == _outcome(lambda d: parse(decode_envelope(d)), data)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import sqlite3
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from orchestrator.store import (
     ReleaseRecord,
     RolloutRecord,
     SchemaError,
+    SQLiteStore,
     Store,
     StoreUnavailableError,
     open_store,
@@ -37,6 +41,7 @@ from orchestrator.store import (
 from orchestrator.store.postgres import redact
 from orchestrator.store.postgres.local import LocalPostgres
 from orchestrator.store.schema import MIGRATIONS
+from orchestrator.store.sqlite.checkpoint import BACKSTOP_PAGES
 
 T0 = 1_700_000_000.0
 pytestmark = pytest.mark.integration
@@ -222,6 +227,31 @@ def test_reports_out_of_order_never_move_a_target_back(store: Store) -> None:
     store.ingest([_report("a", 4, "n", ReportState.DOWNLOADING, r.id)], T0 + 2)
     (t,) = store.list_targets(r.id)
     assert (t.state, t.reason, t.delivered) == ("failed", "E_X: boom", True)
+
+
+def test_a_large_batch_moves_each_target_to_its_latest_report(store: Store) -> None:
+    # More reports than one INSERT statement takes, several per target, out of order, with
+    # redeliveries inside the batch and of an earlier batch.
+    r = _rollout(store, ["a", "b"])
+    store.save_notices([_notice(r.id, "n-a", "a", 1), _notice(r.id, "n-b", "b", 2)],
+                       {"a": True, "b": True})  # fmt: skip
+    store.ingest([_report("a", 150, "n-a", ReportState.DOWNLOADING, r.id)], T0)
+    counters = list(range(1, 301))
+    random.Random(7).shuffle(counters)
+    batch = [_report("a", c, "n-a", ReportState.DOWNLOADING, r.id) for c in counters if c != 300]
+    batch.insert(120, _report("a", 300, "n-a", ReportState.SUCCEEDED, r.id))
+    batch.append(_report("a", 5, "n-a", ReportState.DOWNLOADING, r.id))
+    batch += [_report("b", 3, "n-b", ReportState.FAILED, r.id,
+                      error=ErrorInfo(code="E_X", message="boom")),
+              _report("b", 1, "n-b", ReportState.DOWNLOADING, r.id)]  # fmt: skip
+    result = store.ingest(batch, T0 + 1)
+    assert (result.accepted, result.duplicates, result.rejected) == (301, 2, 0)
+    assert sorted(result.stored["a"]) == sorted([*range(1, 301), 5])
+    targets = {t.device_id: t for t in store.list_targets(r.id)}
+    assert (targets["a"].state, targets["a"].reason) == ("succeeded", "")
+    assert (targets["b"].state, targets["b"].reason) == ("failed", "E_X: boom")
+    assert len(store.device_history("a", limit=1000)) == 300
+    assert store.counters()["reports_ingested"] == 302
 
 
 def test_reports_are_stored_once_under_concurrent_writers(database: DatabaseConfig) -> None:
@@ -478,6 +508,30 @@ def test_postgres_restart_is_survived_by_the_pool(postgres: LocalPostgres) -> No
         store.close()
     finally:
         pg.stop()
+
+
+def test_sqlite_checkpoints_on_a_thread_of_their_own(tmp_path: Path) -> None:
+    # Once ingestion starts, the WAL is copied back into the database by the store's
+    # checkpoint thread; the writer's own automatic checkpoint is only a backstop, far
+    # above one batch.
+    path = tmp_path / "db.sqlite"
+    store = SQLiteStore(path)
+    try:
+        store.migrate()
+        r = _rollout(store, ["a"])
+        store.save_notices([_notice(r.id, "n", "a", 1)], {"a": True})
+        before = path.stat().st_size
+        batch = [_report("a", c, "n", ReportState.DOWNLOADING, r.id) for c in range(1, 3001)]
+        assert store.ingest(batch, T0).accepted == 3000
+        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == BACKSTOP_PAGES
+        deadline = time.monotonic() + 60
+        while path.stat().st_size <= before + 100_000:  # the reports' pages, checkpointed
+            assert time.monotonic() < deadline, "nothing was checkpointed"
+            time.sleep(0.05)
+        assert "fleetpush-db-checkpoint" in {t.name for t in threading.enumerate()}
+    finally:
+        store.close()
+    assert "fleetpush-db-checkpoint" not in {t.name for t in threading.enumerate()}
 
 
 # --- configuration -----------------------------------------------------------------------

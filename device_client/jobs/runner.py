@@ -148,6 +148,11 @@ class JobRunner:
         task, self._task = self._task, None
         await cancel_and_wait(task)
 
+    @property
+    def busy(self) -> bool:
+        """A job step runs or waits now."""
+        return self._task is not None and not self._task.done()
+
     async def idle(self) -> None:
         """Return once no job step runs or waits (the fast tests' barrier)."""
         while self._task is not None and not self._task.done():

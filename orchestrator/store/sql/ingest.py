@@ -18,6 +18,9 @@ __all__ = ["IngestMethods"]
 
 # Row values per statement in set-based lookups: below SQLite's oldest variable limit (999).
 _CHUNK = 400
+# Reports per INSERT: 11 values each, within that oldest limit too.
+_INSERT_CHUNK = 90
+_REPORT_MARKS = f"({marks(11)})"
 
 
 class IngestMethods(SqlBase):
@@ -69,53 +72,66 @@ class IngestMethods(SqlBase):
 
     def _ingest_reports(self, reports: list[Report], now: float, result: IngestResult) -> None:
         batch: dict[tuple[str, int], Report] = {}
+        stored = result.stored
         for r in reports:
             # stored once this transaction commits, new or not: the broker may be acked
-            result.stored.setdefault(r.device_id, []).append(r.counter)
-            if (r.device_id, r.counter) in batch:
+            key = (r.device_id, r.counter)
+            stored.setdefault(key[0], []).append(key[1])
+            if key in batch:
                 result.duplicates += 1  # the same report twice in one batch (redelivery)
             else:
-                batch[(r.device_id, r.counter)] = r
+                batch[key] = r
         rows = []
+        owners: list[tuple[str, int] | None] = []
         for r in batch.values():
             error = r.error
-            accepted = report_accepted(self._owner(r.notice_id), r)
+            owner = self._owner(r.notice_id)
+            owners.append(owner if report_accepted(owner, r) else None)
             rows.append((
                 r.device_id, r.counter, r.notice_id, r.rollout_id, r.state.value,
                 r.current_version, r.reported_at, now, error.code if error else None,
-                error.message if error else None, int(accepted),
+                error.message if error else None, 0 if owners[-1] is None else 1,
             ))  # fmt: skip
         # Stored exactly once: what the insert returns is what no one (no earlier batch, no
-        # other replica) stored before; only that counts and moves a target.
-        inserted = {
-            (r[0], int(r[1]))
-            for r in self._insert_returning(
-                f"INSERT INTO reports VALUES ({marks(11)}) ON CONFLICT (device_id, counter) "
-                "DO NOTHING RETURNING device_id, counter",
-                rows,
+        # other replica) stored before; only that counts and moves a target. Many rows per
+        # statement: the statement, not the row, is what costs on this path.
+        inserted: set[tuple[str, int]] = set()
+        for i in range(0, len(rows), _INSERT_CHUNK):
+            chunk = rows[i : i + _INSERT_CHUNK]
+            inserted.update(
+                (r[0], int(r[1]))
+                for r in self._execute(
+                    f"INSERT INTO reports VALUES {','.join([_REPORT_MARKS] * len(chunk))} "
+                    "ON CONFLICT (device_id, counter) DO NOTHING RETURNING device_id, counter",
+                    [v for row in chunk for v in row],
+                ).fetchall()
             )
-        }
-        updates = []
-        seen: dict[str, tuple[float, str]] = {}
-        for key, r in batch.items():
+        # Per target, only the latest new report matters: reports of one notice may arrive
+        # out of order and only a later counter moves it (``last_counter < ?``), so applying
+        # the batch's highest counter alone leaves the row as applying each in turn would.
+        latest: dict[tuple[int, str, str], Report] = {}
+        seen: dict[str, str] = {}
+        for (key, r), owner in zip(batch.items(), owners, strict=True):
             if key not in inserted:
                 result.duplicates += 1
                 continue
-            seen[r.device_id] = (now, r.current_version)
-            owner = self._owner(r.notice_id)
-            if owner is None or not report_accepted(owner, r):
+            seen[r.device_id] = r.current_version
+            if owner is None:
                 result.rejected += 1
                 continue
             result.accepted += 1
+            target = (owner[1], r.device_id, r.notice_id)
+            prev = latest.get(target)
+            if prev is None or prev.counter < r.counter:
+                latest[target] = r
+        updates = []
+        for (rollout_id, device_id, notice_id), r in sorted(latest.items()):  # one lock order
             error = r.error
             reason = f"{error.code}: {error.message}"[:500] if error else ""
             updates.append(
-                (r.state.value, now, r.counter, reason, owner[1], r.device_id, r.notice_id,
+                (r.state.value, now, r.counter, reason, rollout_id, device_id, notice_id,
                  r.counter)
             )  # fmt: skip
-        # Reports of one notice may arrive out of order: only a later counter moves it, so
-        # the rows can be updated in key order (one lock order for concurrent writers).
-        updates.sort(key=lambda u: (u[4], u[5], u[2]))
         self._executemany(
             "UPDATE rollout_targets SET state = ?, updated_at = ?, last_counter = ?, "
             "delivered = 1, reason = ? WHERE rollout_id = ? AND device_id = ? "
@@ -126,7 +142,7 @@ class IngestMethods(SqlBase):
             "INSERT INTO devices (device_id, first_seen, last_seen, current_version) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
             "last_seen = excluded.last_seen, current_version = excluded.current_version",
-            [(d, t, t, v) for d, (t, v) in sorted(seen.items())],
+            [(d, now, now, v) for d, v in sorted(seen.items())],
         )
 
     def flag_devices(self, dropped: dict[tuple[str, str], int], now: float) -> None:

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from fleetpush_common.atomic import SECRET_FILE_MODE, make_private_dir
+from fleetpush_protocol.messages import Inventory, Presence, Report
 from orchestrator.store.base import StoreCorruptError, StoreUnavailableError
+from orchestrator.store.records import IngestResult
 from orchestrator.store.sql import Cursor, Dialect, SqlStore
+from orchestrator.store.sqlite.checkpoint import BACKSTOP_PAGES, Checkpointer
 
 __all__ = ["SQLITE", "SQLiteStore"]
 
@@ -72,6 +75,7 @@ class SQLiteStore(SqlStore):
         _make_private_db(path)
         self.path = path
         self._depth = 0
+        self._checkpointer: Checkpointer | None = None
         with self._errors():
             # isolation_level: the driver opens each transaction (BEGIN IMMEDIATE) before
             # its first write; _tx commits or rolls it back through the driver.
@@ -85,6 +89,13 @@ class SQLiteStore(SqlStore):
             self.db.execute("PRAGMA cache_size=-65536")
             self.db.execute("PRAGMA temp_store=MEMORY")
             self.db.execute("PRAGMA wal_autocheckpoint=4096")
+
+    def ingest(self, batch: Sequence[Report | Presence | Inventory], now: float) -> IngestResult:
+        if self._checkpointer is None:
+            # The ingestion writer hands its checkpoints to a thread of their own.
+            self._checkpointer = Checkpointer(self.path)
+            self._execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+        return super().ingest(batch, now)
 
     def _where_am_i(self) -> str:
         return str(self.path)
@@ -138,4 +149,6 @@ class SQLiteStore(SqlStore):
         return out
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self.db.close()
