@@ -33,6 +33,7 @@ __all__ = [
     "HealthConfig",
     "InstallConfig",
     "PolicyConfig",
+    "SecurityConfig",
     "TrustConfig",
     "UnpackLimits",
     "Window",
@@ -175,6 +176,22 @@ class PolicyConfig(_Section, frozen=True, kw_only=True):
     download_ahead: bool = True
 
 
+class SecurityConfig(_Section, frozen=True, kw_only=True):
+    """How security updates (notices with ``update_class = "security"``) are treated."""
+
+    renamed: ClassVar[dict[str, str]] = {
+        "max_postpone_s": "max_postpone", "notify_timeout_s": "notify_timeout"}  # fmt: skip
+
+    automatic: bool = True  # installed on their own schedule; false: like any other update
+    outside_windows: bool = True  # may install outside the maintenance windows
+    # A hold may put one off this long (the notice caps it).
+    max_postpone_s: Annotated[float, DURATION, Meta(ge=0.0, le=30 * 86400.0)] = field(
+        default=3 * 86400.0, name="max_postpone")  # fmt: skip
+    notify_command: Argv = ()  # run with the update's advisory, JSON on stdin
+    notify_timeout_s: Annotated[float, DURATION, Meta(ge=0.1, le=3600.0)] = field(
+        default=30.0, name="notify_timeout")  # fmt: skip
+
+
 class DeviceConfig(_Section, frozen=True, kw_only=True):
     """The whole configuration of one device agent."""
 
@@ -188,6 +205,7 @@ class DeviceConfig(_Section, frozen=True, kw_only=True):
     unpack: UnpackLimits = field(default_factory=UnpackLimits)
     health: HealthConfig = field(default_factory=HealthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     source: str = "device.toml"  # the file name, for messages
 
 

@@ -21,6 +21,7 @@ from device_client.jobs.runner import JobRunner
 from device_client.jobs.states import CANCELABLE, JobState
 from device_client.persisted import Persisted
 from device_client.reports import Reporter
+from device_client.support import SupportStatus
 from fleetpush_protocol.driver import Accepted, Ignored, KeyringAccepted, Rejected
 from fleetpush_protocol.envelope import decode_message
 from fleetpush_protocol.errors import ContentError
@@ -67,6 +68,8 @@ class MessageRouter:
         self.keyring_filter = topics.keyring_filter
         self._keyring_prefix = topics.keyring_filter[:-1]
         self.ack_topic = topics.ack(self.device_id)
+        self.support_topic = topics.support
+        self.support = SupportStatus(config)  # the support periods, verified (issue 17)
         self._persisted = persisted
         self._reporter = reporter
         self._runner = runner
@@ -77,7 +80,8 @@ class MessageRouter:
     @property
     def subscriptions(self) -> list[str]:
         """Every topic filter the device listens on."""
-        return [self.keyring_filter, self.ack_topic, *sorted(self.notice_topics)]
+        return [self.keyring_filter, self.support_topic, self.ack_topic,
+                *sorted(self.notice_topics)]  # fmt: skip
 
     @property
     def identity(self) -> DeviceIdentity:
@@ -105,6 +109,8 @@ class MessageRouter:
             await self._lane.put((self._on_keyring, topic, payload))
         elif topic in self.notice_topics:
             await self._lane.put((self._on_notice, topic, payload))
+        elif topic == self.support_topic:
+            await self._lane.put((self._on_support, topic, payload))
         else:
             logger.debug("%s: message on unexpected topic %s", self.device_id, topic)
 
@@ -158,8 +164,12 @@ class MessageRouter:
         ):
             self._persisted.save()
         if accepted:
+            self.support.retry(trust, int(self._clock()))
             for parked in trust.take_parked():
                 await self._on_notice(parked)
+
+    async def _on_support(self, data: bytes) -> None:
+        self.support.on_message(data, self._persisted.trust, int(self._clock()))
 
     async def _on_notice(self, data: bytes) -> None:
         outcome = self._persisted.trust.on_notice(data, self.identity, int(self._clock()))

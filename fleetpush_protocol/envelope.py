@@ -72,6 +72,18 @@ class _Header(msgspec.Struct, frozen=True):
 
 
 _ENCODER = msgspec.msgpack.Encoder(order="deterministic")
+
+
+def _encode(value: Any) -> bytes:
+    """``value`` in canonical form. msgspec writes the map header of a struct with more
+    than 15 fields as a map16 even when it writes 15 or fewer (the unset optional fields
+    of a notice are left out), where the canonical form is the shortest one: a fixmap."""
+    data = _ENCODER.encode(value)
+    if len(data) >= 3 and data[0] == 0xDE and data[1] == 0 and data[2] <= 15:
+        return bytes((0x80 | data[2],)) + data[3:]
+    return data
+
+
 _WIRE = msgspec.msgpack.Decoder(_Wire)
 _HEADER = msgspec.msgpack.Decoder(_Header)
 _DECODERS: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
@@ -99,7 +111,7 @@ def _typed(
         # Prefer naming a canonical-form violation, which is the more basic failure.
         canonical.decode(data, max_bytes=max_bytes)
         raise MalformedError(f"{what}: {e}") from None
-    known = _ENCODER.encode(value)
+    known = _encode(value)
     if known != data:
         if max_unknown is not None and len(data) - len(known) > max_unknown:
             raise OversizedError(
@@ -193,7 +205,7 @@ def parse(
 
 def encode_body(message: Message) -> bytes:
     """The canonical body bytes of ``message``."""
-    return _ENCODER.encode(message)
+    return _encode(message)
 
 
 def sign_message(message: Message, keys: Sequence[KeyPair]) -> bytes:
@@ -201,7 +213,7 @@ def sign_message(message: Message, keys: Sequence[KeyPair]) -> bytes:
     body = encode_body(message)
     signed = SIGNING_CONTEXT + body
     sigs = tuple(Signature(key=k.public_key, sig=k.sign(signed)) for k in keys)
-    return _ENCODER.encode(_Wire(body=body, signatures=sigs))
+    return _encode(_Wire(body=body, signatures=sigs))
 
 
 def encode_message(message: Message) -> bytes:

@@ -23,7 +23,9 @@ import msgspec
 __all__ = [
     "ERROR_STATES",
     "FORMAT",
+    "SECURITY",
     "Ack",
+    "Advisory",
     "CancelNotice",
     "Delta",
     "ErrorInfo",
@@ -38,6 +40,7 @@ __all__ = [
     "Report",
     "ReportState",
     "SigningKeyInfo",
+    "SupportPeriods",
     "Target",
     "UpdateNotice",
     "message_class",
@@ -186,6 +189,26 @@ class Delta(_Struct, frozen=True, kw_only=True):
                 raise ValueError("deltas.urls: only http and https URLs are allowed")
 
 
+CveId = Annotated[str, msgspec.Meta(pattern=r"\ACVE-\d{4}-\d{4,19}\Z")]
+ClassName = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+SECURITY = "security"  # the update class of a security update (``UpdateNotice.update_class``)
+
+
+class Advisory(_Struct, frozen=True, kw_only=True):
+    """What a security update fixes (issue 17; docs/protocol.md): CVE ids, severity, a
+    short text, whether installing disrupts function, the longest postponement (seconds
+    after ``issued_at``). Every field is always written."""
+
+    cves: Annotated[tuple[CveId, ...], msgspec.Meta(max_length=64)]
+    disruptive: bool
+    max_postpone_s: Annotated[int, msgspec.Meta(ge=0, le=365 * 86400)]
+    severity: Literal["none", "low", "medium", "high", "critical"]
+    summary: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+
+    def __post_init__(self) -> None:
+        _unique(self.cves, "advisory.cves")
+
+
 class Target(_Struct, frozen=True, kw_only=True):
     """Who a notice is for: any listed device or member of a listed group, and then only
     if its model is listed (when any are) and its current version is listed (when any are).
@@ -208,6 +231,8 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "notice"
 
+    # Absent unless a security update (issue 17), like ``deltas`` and ``update_class``.
+    advisory: Advisory | msgspec.UnsetType = msgspec.UNSET
     # Absent (not nil, not empty) when there are none, so that a notice without deltas
     # keeps the bytes it had before the field existed and has one encoding either way.
     deltas: (
@@ -228,6 +253,17 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
     seq: Seq
     target: Target
     type: Literal["notice"] = "notice"
+    # Absent: a feature update; "security" with an advisory; unknown: a feature update.
+    update_class: ClassName | msgspec.UnsetType = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        has_advisory = not isinstance(self.advisory, msgspec.UnsetType)
+        if (self.update_class == SECURITY) != has_advisory:
+            raise ValueError("update_class 'security' goes with an advisory, and only it")
+
+    @property
+    def security(self) -> bool:
+        return self.update_class == SECURITY
 
 
 class CancelNotice(Message, frozen=True, kw_only=True):
@@ -245,6 +281,19 @@ class CancelNotice(Message, frozen=True, kw_only=True):
     seq: Seq
     target: Target
     type: Literal["cancel"] = "cancel"
+
+
+class SupportPeriods(Message, frozen=True, kw_only=True):
+    """Until when each hardware model gets security updates (issue 17): model -> end of
+    its last day (Unix seconds); signed like notices, retained on ``{prefix}/support``."""
+
+    TYPE: ClassVar[str] = "support"
+
+    expires_at: Time
+    format: int = FORMAT
+    issued_at: Time
+    models: Annotated[dict[Name, Time], msgspec.Meta(max_length=MAX_TARGETS)]
+    type: Literal["support"] = "support"
 
 
 class SigningKeyInfo(_Struct, frozen=True, kw_only=True):
@@ -391,9 +440,8 @@ class Ack(Message, frozen=True, kw_only=True):
         return any(first <= counter <= last for first, last in self.stored)
 
 
-_CLASSES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (UpdateNotice, CancelNotice, Keyring, Report, Presence, Inventory, Ack)
-}
+_KNOWN = (UpdateNotice, CancelNotice, Keyring, Report, Presence, Inventory, Ack, SupportPeriods)
+_CLASSES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _KNOWN}
 
 
 def message_class(type_tag: str) -> type[Message] | None:

@@ -1,6 +1,7 @@
 """Topic names under a configurable prefix, and the scopes sequences are counted in.
 
 {prefix}/keyring/{version}          orchestrator -> all   retained  QoS 1
+{prefix}/support                    orchestrator -> all   retained  QoS 1 (support periods)
 {prefix}/device/{id}/notice         orchestrator -> id    retained  QoS 1
 {prefix}/group/{group}/notice       orchestrator -> group retained  QoS 1
 {prefix}/device/{id}/report         id -> orchestrator    -         QoS 1
@@ -41,6 +42,10 @@ class Topics:
 
     def keyring(self, version: int) -> str:
         return f"{self.prefix}/keyring/{version}"
+
+    @property
+    def support(self) -> str:
+        return f"{self.prefix}/support"
 
     @property
     def keyring_filter(self) -> str:

@@ -60,7 +60,13 @@ from fleetpush_protocol.errors import (
     WrongModelError,
 )
 from fleetpush_protocol.keys import verify_signature
-from fleetpush_protocol.messages import CancelNotice, Keyring, Message, UpdateNotice
+from fleetpush_protocol.messages import (
+    CancelNotice,
+    Keyring,
+    Message,
+    SupportPeriods,
+    UpdateNotice,
+)
 from fleetpush_protocol.topics import device_scope, group_scope
 
 __all__ = [
@@ -72,6 +78,7 @@ __all__ = [
     "verify_keyring",
     "verify_keyring_chain",
     "verify_notice",
+    "verify_support",
 ]
 
 M = TypeVar("M", bound=Message)
@@ -281,6 +288,28 @@ def verify_notice(
                 f"payload is {msg.payload.size} bytes, device limit is {policy.max_payload_bytes}",
             )
     return Verified(message=msg, digest=digest)
+
+
+def verify_support(
+    data: bytes, *, keyring: TrustedKeyring, last_issued_at: int, trusted_time: int,
+    now: int, policy: VerifyPolicy,
+) -> Verified[SupportPeriods]:  # fmt: skip
+    """Verify the support periods (``{prefix}/support``): signed by the keyring's signing
+    keys as a notice is, not expired, and newer than the last accepted (``rollback``
+    otherwise; the same ``issued_at`` again is a ``duplicate``)."""
+    env, msg = _decode(data, policy.max_message_bytes, (SupportPeriods.TYPE,))
+    assert isinstance(msg, SupportPeriods)  # noqa: S101 - parse follows the tag
+    if msg.expires_at < msg.issued_at:
+        raise MalformedError("expires_at is before issued_at")
+    effective_now = max(now, trusted_time)
+    _check_notice_signatures(env, keyring, msg.issued_at, effective_now, policy.clock_skew_s)
+    if effective_now > msg.expires_at + policy.clock_skew_s:
+        raise ExpiredError(f"expired at {msg.expires_at}, now {effective_now}")
+    if msg.issued_at < last_issued_at:
+        raise RollbackError(f"issued {msg.issued_at}, older than the last ({last_issued_at})")
+    if msg.issued_at == last_issued_at:
+        raise DuplicateMessageError(f"support periods of {msg.issued_at} already seen")
+    return Verified(msg, hashlib.sha256(env.body).digest())
 
 
 def _count_valid(env: Envelope, keys: frozenset[bytes]) -> int:

@@ -21,6 +21,7 @@ from fleetpush_sim.simulate import SimOptions, open_broker, run_simulation
 from orchestrator.broker import MosquittoNotFoundError
 from orchestrator.cli.keys import config_option, load
 from orchestrator.provisioning import read_root_keys
+from orchestrator.store.postgres.local import PostgresNotFoundError
 
 __all__ = ["demo", "simulate"]
 
@@ -117,6 +118,13 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     if done is not None:
         console.print(f"rollout complete after {done:.2f}s; "
                       f"{summary['reports_ingested']} reports ingested")  # fmt: skip
+    if summary.get("replicas"):
+        killed = summary["killed_replica"]
+        console.print(
+            f"{summary['replicas']} replicas on PostgreSQL; notices sent: "
+            + ", ".join(f"{k} {v}" for k, v in summary["notices_by_replica"].items())
+            + (f"; {killed} was SIGKILLed mid-rollout" if killed else "")
+        )
     console.print("everything stopped; temporary files removed.")
 
 
@@ -127,13 +135,34 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
 @click.option("--fail-share", default=0.0, callback=_share,
               help="Share of devices whose health check fails.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary.")
-def demo(n: int, soak: float, fail_share: float, as_json: bool) -> None:
+@click.option("--replicas", default=0, type=click.IntRange(0, 8),
+              help="Run N `fleetpush serve` replicas on PostgreSQL instead of one in-process "
+              "orchestrator on SQLite.")  # fmt: skip
+@click.option(
+    "--kill-replica",
+    is_flag=True,
+    help="SIGKILL the replica driving the rollout mid-rollout (needs --replicas 2+).",
+)
+@click.option("--database", default="",
+              help="An empty PostgreSQL database for --replicas (default: the demo starts "
+              "its own server with initdb and pg_ctl).")  # fmt: skip
+def demo(  # noqa: PLR0917 - click passes options as parameters
+    n: int, soak: float, fail_share: float, as_json: bool, replicas: int, kill_replica: bool,
+    database: str,
+) -> None:  # fmt: skip
     """Watch a real rollout: Mosquitto, the orchestrator and N devices in one process.
 
     Uploads a small release and rolls it out in three gated phases (10%, 50%, 100%),
-    then stops everything and removes its temporary folder.
+    then stops everything and removes its temporary folder. With --replicas the
+    orchestrator is several real `fleetpush serve` processes on one PostgreSQL database
+    (docs/scaling.md), and --kill-replica shows the others finishing the rollout.
     """
-    options = DemoOptions(devices=n, soak_s=soak, fail_share=fail_share)
+    if kill_replica and replicas < 2:
+        raise click.UsageError("--kill-replica needs --replicas 2 or more")
+    if database and not database.startswith(("postgresql://", "postgres://")):
+        raise click.UsageError("--database: expected a postgresql:// URL")
+    options = DemoOptions(devices=n, soak_s=soak, fail_share=fail_share, replicas=replicas,
+                          kill_replica=kill_replica, database=database)  # fmt: skip
     console = Console()
     try:
         if as_json:
@@ -152,6 +181,10 @@ def demo(n: int, soak: float, fail_share: float, as_json: bool) -> None:
             _print_summary(console, summary)
     except MosquittoNotFoundError as e:
         _no_mosquitto(e, as_json)
+    except PostgresNotFoundError as e:
+        if as_json:
+            click.echo(json.dumps({"error": str(e)}))
+        raise click.ClickException(f"{e}; or give --database postgresql://...") from None
     except (KeyboardInterrupt, asyncio.CancelledError):
         click.echo("interrupted; everything stopped.", err=True)
         sys.exit(130)

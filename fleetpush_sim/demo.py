@@ -4,6 +4,11 @@ Mosquitto (a child process), the orchestrator (SQLite in a temporary folder, the
 a free port) and N devices running the real device agent start; a small release is uploaded
 and rolled out in three gated phases while progress bars show each phase; then everything
 stops and the folder is removed.
+
+With ``replicas`` > 0 the orchestrator is that many real ``fleetpush serve`` processes on
+PostgreSQL (the one at ``database``, or a private server the demo starts with ``initdb`` and
+``pg_ctl``), behind a small load balancer for the payloads; ``kill_replica`` SIGKILLs the
+replica driving the rollout once its first phase is notified, and the others finish it.
 """
 
 from __future__ import annotations
@@ -29,8 +34,12 @@ from fleetpush_sim.fleet import (
 )
 from fleetpush_sim.limits import freeze_heap, raise_open_files
 from fleetpush_sim.release import sample_release
+from fleetpush_sim.replicas import Balancer, ReplicaSet
 from fleetpush_sim.stack import LocalStack
 from fleetpush_sim.timing import RolloutClock, phase_summary, terminal_times
+from orchestrator.config import DatabaseConfig
+from orchestrator.store import open_store
+from orchestrator.store.postgres.local import LocalPostgres
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -51,6 +60,9 @@ class DemoOptions:
     health_check: bool = True  # each device runs /bin/true as its health check
     timeout_s: float = 300.0  # give up on the rollout after this long
     poll_s: float = 0.1  # seconds between status polls
+    replicas: int = 0  # 0: one in-process orchestrator on SQLite; N: N serve processes
+    kill_replica: bool = False  # SIGKILL the rollout's driver mid-rollout (with replicas)
+    database: str = ""  # postgresql://... for the replicas; "": a private server
 
 
 def _rollout_body(o: DemoOptions) -> dict[str, Any]:
@@ -66,14 +78,80 @@ def _rollout_body(o: DemoOptions) -> dict[str, Any]:
     }
 
 
+_Sent = dict[str, int]  # update notices each replica sent
+
+
+class _Replicas:
+    """The demo's replicas: the set, its balancer, and the one killed."""
+
+    def __init__(self, stack: LocalStack, o: DemoOptions) -> None:
+        assert stack.broker is not None  # noqa: S101 - started by LocalStack
+        self.balancer = Balancer()
+        self.set = ReplicaSet(stack.root, stack.broker, o.replicas, public_url=self.balancer.url)
+        self.balancer.backends = [r.base for r in self.set.items]
+        self.url = stack.database_url
+        self.kill = o.kill_replica
+        self.killed = ""
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        await self.balancer.start()
+        self.set.start()
+        deadline = time.monotonic() + 60
+        for r in self.set.items:
+            while not await _healthy(session, r.base):
+                if not r.running or time.monotonic() > deadline:
+                    raise RuntimeError(f"replica {r.name} did not start; see {r.log}")
+                await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.set.stop)
+        await self.balancer.stop()
+
+    def _db(
+        self, rollout_id: int
+    ) -> tuple[dict[int, tuple[str, float]], dict[str, int], dict[str, int]]:
+        store = open_store(DatabaseConfig(url=self.url), migrate=False)
+        try:
+            return store.rollout_leases(), store.counters(), store.notices_by_replica(rollout_id)
+        finally:
+            store.close()
+
+    async def counters(self, rollout_id: int) -> tuple[dict[str, int], dict[str, int]]:
+        """The store's counters, and the update notices each replica sent."""
+        _, counters, sent = await asyncio.to_thread(self._db, rollout_id)
+        return counters, sent
+
+    async def maybe_kill(self, rollout_id: int, status: dict[str, Any]) -> None:
+        """SIGKILL the rollout's driver once its first phase is all notified (once)."""
+        if not self.kill or self.killed or status["phases"][0]["pending"]:
+            return
+        leases, _, _ = await asyncio.to_thread(self._db, rollout_id)
+        holder = leases.get(rollout_id, ("", 0.0))[0]
+        if holder:
+            self.killed = holder
+            await asyncio.to_thread(self.set.by_name(holder).kill)
+            logger.warning("demo: SIGKILLed replica %s, which drove rollout %d", holder,
+                           rollout_id)  # fmt: skip
+
+
+async def _healthy(session: aiohttp.ClientSession, base: str) -> bool:
+    try:
+        async with session.get(base + "/healthz") as resp:
+            return resp.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
 async def _watch(
     api: AsyncApi, rollout_id: int, clock: RolloutClock, o: DemoOptions, *,
-    observer: Observer, on_status: StatusHook | None,
+    observer: Observer, on_status: StatusHook | None, replicas: _Replicas | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Poll the rollout until it ends (or pauses with nothing left in flight)."""
     deadline = time.monotonic() + o.timeout_s
     while True:
         status = await api.status(rollout_id)
+        if replicas is not None:
+            await replicas.maybe_kill(rollout_id, status)
         clock.seen(status)
         if on_status is not None:
             on_status(status, len(observer.notified(str(rollout_id))))
@@ -94,7 +172,8 @@ async def _run(stack: LocalStack, o: DemoOptions, on_status: StatusHook | None) 
     loop = asyncio.get_running_loop()
     if task is not None:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    orch = await stack.start_orchestrator()
+    replicas = _Replicas(stack, o) if o.replicas else None
+    orch = None if replicas else await stack.start_orchestrator()
     assert stack.broker is not None  # noqa: S101 - started by LocalStack
     ids = [f"demo-{i:05d}" for i in range(1, o.devices + 1)]
     passwords = provision_passwords(stack.broker, ids, groups=("demo",))
@@ -109,7 +188,11 @@ async def _run(stack: LocalStack, o: DemoOptions, on_status: StatusHook | None) 
     )
     try:
         async with aiohttp.ClientSession() as session:
-            api = AsyncApi(session, stack.api_url, stack.token)
+            api_url = stack.api_url
+            if replicas is not None:
+                await replicas.start(session)
+                api_url = replicas.balancer.url  # any replica answers; one will be killed
+            api = AsyncApi(session, api_url, stack.token)
             t = time.perf_counter()
             await fleet.start()
             await api.wait_online(o.devices, within=60 + o.devices * 0.02)
@@ -120,9 +203,14 @@ async def _run(stack: LocalStack, o: DemoOptions, on_status: StatusHook | None) 
             clock = RolloutClock()
             created = await api.rollout(release["id"], **_rollout_body(o))
             rid = int(created["id"])
-            status = await _watch(api, rid, clock, o, observer=observer, on_status=on_status)
+            status = await _watch(api, rid, clock, o, observer=observer, on_status=on_status,
+                                  replicas=replicas)  # fmt: skip
             targets = await api.targets(rid)
-            counters = await orch.db.run(lambda s: s.counters()) if orch.db else {}
+            sent: dict[str, int] = {}
+            if replicas is not None:
+                counters, sent = await replicas.counters(rid)
+            else:
+                counters = await orch.db.run(lambda s: s.counters()) if orch and orch.db else {}
             notified = observer.notified(str(rid))
             last_notified = max(notified.values()) if len(notified) == o.devices else None
             done = terminal_times(observer, str(rid))
@@ -143,12 +231,24 @@ async def _run(stack: LocalStack, o: DemoOptions, on_status: StatusHook | None) 
                 "notices_published": counters.get("notices_published", 0),
                 "soak_s": o.soak_s,
                 "error_codes": dict(observer.errors),
+                "devices_succeeded": status["states"].get("succeeded", 0),
+                **(_replica_summary(replicas, sent) if replicas else {}),
             }
     finally:
         await fleet.stop()
+        if replicas is not None:
+            await replicas.stop()
         await stack.stop_orchestrator()
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _replica_summary(replicas: _Replicas, sent: dict[str, int]) -> dict[str, Any]:
+    return {
+        "replicas": len(replicas.set.items),
+        "killed_replica": replicas.killed or None,
+        "notices_by_replica": {r.name: sent.get(r.name, 0) for r in replicas.set.items},
+    }
 
 
 def run_demo(o: DemoOptions, on_status: StatusHook | None = None) -> dict[str, Any]:
@@ -156,8 +256,17 @@ def run_demo(o: DemoOptions, on_status: StatusHook | None = None) -> dict[str, A
 
     Raises:
         MosquittoNotFoundError: Mosquitto is not installed.
+        PostgresNotFoundError: replicas without ``database``, and no initdb/pg_ctl.
         KeyboardInterrupt, asyncio.CancelledError: interrupted (SIGINT, SIGTERM).
     """
     raise_open_files()
-    with LocalStack() as stack:
+    if not o.replicas:
+        with LocalStack() as stack:
+            return asyncio.run(_run(stack, o, on_status))
+    with contextlib.ExitStack() as stop:
+        url = o.database
+        if not url:
+            pg = stop.enter_context(LocalPostgres())
+            url = pg.create_database("demo")
+        stack = stop.enter_context(LocalStack(database_url=url))
         return asyncio.run(_run(stack, o, on_status))

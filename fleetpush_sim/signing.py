@@ -177,8 +177,10 @@ class Signer:
         key: KeyPair | None = None,
         size: int | None = None,
         topics: Topics | None = None,
+        **fields: Any,
     ) -> tuple[UpdateNotice, bytes]:
-        """A notice of ``payload`` for ``device_id`` (or ``targets`` and ``groups``), signed."""
+        """A notice of ``payload`` for ``device_id`` (or ``targets`` and ``groups``), signed;
+        ``fields`` sets other notice fields (``update_class``, ``advisory``...)."""
         scope = scope or f"device/{device_id}"
         seq = seq if seq is not None else self.next_seq(scope)
         now = int(self.clock())
@@ -200,6 +202,7 @@ class Signer:
             scope=scope,
             seq=seq,
             reply_topic=f"{prefix}/device/{{device_id}}/report",
+            **fields,
         )
         return notice, sign_message(notice, [key or self.signing])
 

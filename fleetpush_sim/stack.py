@@ -81,8 +81,11 @@ class LocalStack:
         MosquittoNotFoundError: on entry, when Mosquitto is not installed.
     """
 
-    def __init__(self, *, tick: str = "100ms", batch_interval: str = "20ms") -> None:
+    def __init__(
+        self, *, tick: str = "100ms", batch_interval: str = "20ms", database_url: str = ""
+    ) -> None:
         self.tick = tick
+        self.database_url = database_url
         self.batch_interval = batch_interval
         self.root = Path()
         self.topics = Topics()
@@ -144,7 +147,7 @@ class LocalStack:
     def _write_orchestrator(self, broker: MosquittoBroker) -> None:
         self.port, self.root_key = write_orchestrator_files(
             self.root, broker, self.topics, tokens={"demo": ("operator", self.token)},
-            tick=self.tick, batch_interval=self.batch_interval,
+            tick=self.tick, batch_interval=self.batch_interval, database_url=self.database_url,
         )  # fmt: skip
 
     # --- orchestrator --------------------------------------------------------------------

@@ -21,9 +21,11 @@ from orchestrator.mqtt.link import MqttLink
 from orchestrator.notices import NoticeFactory
 from orchestrator.payloads import PayloadStore, UrlSigner
 from orchestrator.registry_sync import RegistrySync
+from orchestrator.replicas import ReplicaIdentity, SqliteServeLock
 from orchestrator.security.auth import TokenAuth, load_tokens_file
 from orchestrator.security.keystore import KeyStore, SigningSet
 from orchestrator.store import Database, IngestResult, Store, open_database
+from orchestrator.support import signed_periods
 
 __all__ = ["Orchestrator", "serve"]
 
@@ -46,11 +48,16 @@ class Orchestrator:
         self._runner: web.AppRunner | None = None
         self._engine_task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
+        self._beat_task: asyncio.Task[None] | None = None
+        self._sqlite_lock: SqliteServeLock | None = None
+        # this process among the replicas: its id is its MQTT identity (client id)
+        self.replica = ReplicaIdentity(config.mqtt.login, self.clock, config.rollouts.lease_s)
         self.db: Database | None = None
         self.link: MqttLink | None = None
         self.ingestor: Ingestor | None = None
         self.engine: RolloutEngine | None = None
         self.port = config.http.port
+        self.shared = False  # device messages on a shared subscription (replicas)
 
     def signing(self, now: float) -> SigningSet:
         """The signing set valid at ``now``, reloaded from disk when it ran out."""
@@ -73,17 +80,30 @@ class Orchestrator:
             raise ConfigError(cfg.mqtt.missing)
         loop = asyncio.get_running_loop()
         make_private_dir(cfg.data_dir)
+        if cfg.database.backend == "sqlite":
+            self._sqlite_lock = SqliteServeLock(cfg.database.sqlite_path)
+            self._sqlite_lock.acquire()
 
         self.db = db = await asyncio.to_thread(open_database, cfg.database)
+        await self.replica.register(db)
         registry = RegistrySync(db, cfg.registry_path, self.clock)
         await registry.refresh()
         self.signing(self.clock.now())  # fail early without keys
         urls = UrlSigner.from_file(cfg.data_dir / "url-signing.key")
         topics = cfg.mqtt.topics
         factory = NoticeFactory(topics, cfg.http, urls, cfg.rollouts.notice_ttl_s)
-        self.link = link = MqttLink(
-            cfg.mqtt, [topics.reports_filter, topics.presence_filter, topics.inventory_filter]
-        )
+        filters = [topics.reports_filter, topics.presence_filter, topics.inventory_filter]
+        self.shared = bool(cfg.mqtt.share_group) and cfg.database.backend == "postgresql"
+        if self.shared:
+            # Each device message goes to one replica of the group (MQTT 5 shared
+            # subscriptions); the store accepts a report once whoever gets it. The broker
+            # feeds a member while its session lives, even offline: a dead replica's
+            # session ends after a lease, and what it held its devices send again.
+            filters = [f"$share/{cfg.mqtt.share_group}/{f}" for f in filters]
+            expiry = max(1, int(cfg.rollouts.lease_s))
+            self.link = link = MqttLink(cfg.mqtt, filters, session_expiry_s=expiry)
+        else:
+            self.link = link = MqttLink(cfg.mqtt, filters)
         self.engine = engine = RolloutEngine(
             db,
             notices=factory,
@@ -93,6 +113,8 @@ class Orchestrator:
             tick_s=cfg.rollouts.tick_s,
             follow_every_s=cfg.rollouts.follow_every_s,
             refresh_registry=registry.refresh,
+            holder=self.replica.replica_id,
+            lease_s=cfg.rollouts.lease_s,
         )
 
         def on_batch(result: IngestResult) -> None:
@@ -120,6 +142,7 @@ class Orchestrator:
             extra_metrics={
                 "mqtt_connected": link.connected.is_set,
                 "ingest_queue": ingestor.pending,
+                "rollouts_driven": lambda: len(engine.held),
             },
             reload_keys=self.reload_keys,
             registry=registry,
@@ -132,7 +155,25 @@ class Orchestrator:
             self.port = int(self._runner.addresses[0][1])
         self._engine_task = asyncio.create_task(engine.run(), name="fleetpush-engine")
         self._prune_task = asyncio.create_task(self._prune_forever(), name="fleetpush-prune")
+        self._beat_task = asyncio.create_task(self._beat_forever(), name="fleetpush-beat")
         logger.info("fleetpush orchestrator listening on %s:%d", cfg.http.host, self.port)
+        logger.info(
+            "replica %s (host %s, pid %d): MQTT client id %s, device messages %s, rollout "
+            "leases of %gs", self.replica.replica_id, self.replica.host, self.replica.pid,
+            cfg.mqtt.login,
+            f"shared in group {cfg.mqtt.share_group!r}" if self.shared else "unshared",
+            cfg.rollouts.lease_s,
+        )  # fmt: skip
+
+    async def _beat_forever(self) -> None:
+        """Renew this replica's row, so a second process with its identity is refused."""
+        assert self.db is not None  # noqa: S101 - started after the database
+        while True:
+            await asyncio.sleep(self.config.rollouts.lease_s / 3)
+            try:
+                await self.replica.beat(self.db)
+            except Exception:
+                logger.exception("renewing this replica's row failed")
 
     async def prune_reports(self) -> int:
         """Apply the retention policy once; return the stored reports deleted.
@@ -169,7 +210,12 @@ class Orchestrator:
         assert self.link is not None  # noqa: S101 - called after start
         topics = self.config.mqtt.topics
         blobs = self.keys.keyring_blobs()
-        await self.link.publish_many([(topics.keyring(v), b, True) for v, b in blobs])
+        items = [(topics.keyring(v), b, True) for v, b in blobs]
+        if self.config.support:  # signed with the keys just published, so after them
+            now = int(self.clock.now())
+            items.append((topics.support, signed_periods(self.config.support,
+                                                        self.signing(now), now), True))  # fmt: skip
+        await self.link.publish_many(items)
         return len(blobs)
 
     async def reload_keys(self) -> int:
@@ -182,13 +228,21 @@ class Orchestrator:
         """Stop the API and engine, write queued reports, disconnect, close the database."""
         if self._runner is not None:
             await self._runner.cleanup()
-        await cancel_and_wait(self._engine_task, self._prune_task)
+        await cancel_and_wait(self._engine_task, self._prune_task, self._beat_task)
         if self.ingestor is not None:
             await asyncio.to_thread(self.ingestor.stop)
         if self.link is not None:
             await asyncio.to_thread(self.link.stop)
         if self.db is not None:
+            try:  # other replicas take over at once rather than after the lease
+                if self.engine is not None:
+                    await self.engine.release()
+                await self.replica.leave(self.db)
+            except Exception:
+                logger.exception("giving up this replica's leases failed")
             self.db.close()
+        if self._sqlite_lock is not None:
+            self._sqlite_lock.release()
 
 
 def _prune_step(

@@ -67,11 +67,13 @@ class ApiClient:
         params: list[tuple[str, str]] | None = None,
         upload: Path | None = None,
         on_upload: Callable[[int], None] | None = None,
+        raw: bytes | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON answer.
 
         ``upload`` is sent as the body straight from the file, ``UPLOAD_CHUNK`` bytes at a
-        time; ``on_upload`` is called with the size of each chunk sent.
+        time; ``on_upload`` is called with the size of each chunk sent. ``raw`` is a JSON
+        document sent as it is (an SBOM).
 
         Raises:
             ApiClientError: a 4xx/5xx answer (with the API's reason) or no connection.
@@ -89,6 +91,9 @@ class ApiClient:
             data = _Reader(f, on_upload)
             headers["Content-Type"] = "application/octet-stream"
             headers["Content-Length"] = str(upload.stat().st_size)
+        elif raw is not None:
+            data = raw
+            headers["Content-Type"] = "application/json"
         elif body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"

@@ -12,6 +12,7 @@ Example::
     url_ttl = "24h"
     max_upload_bytes = 4294967296        # release uploads, streamed to disk
     max_json_bytes = 1048576             # every JSON request body; larger is a 413
+    max_sbom_bytes = 16777216            # a release's SBOM (SPDX or CycloneDX JSON)
 
     [mqtt]                               # omit: the broker `fleetpush broker run` recorded
     url = "mqtt://127.0.0.1:1883"        #   in <data_dir>/broker/broker.json
@@ -19,6 +20,7 @@ Example::
     password_file = "/var/lib/fleetpush/broker/orchestrator.secret"
     topic_prefix = "fleetpush"
     keepalive = "30s"
+    share_group = "fleetpush"            # replicas share device messages ("": a broker without)
     # url = "mqtts://broker.example.net:8883"   # TLS: the CA of the broker's certificate,
     # ca_file = "/etc/fleetpush/broker-ca.pem"  # and optionally a client certificate
     # cert_file = "/etc/fleetpush/orchestrator.pem"
@@ -60,10 +62,15 @@ Example::
     tick = "1s"
     notice_ttl = "7d"
     follow_every = "30s"                 # continuous rollouts look for new devices
+    lease = "15s"                        # replicas: a dead one's rollouts move on after it
+    require_approval = false             # four-eyes: another operator approves each rollout
+
+    [support]                            # per hardware model: rpi4 = 2030-12-31
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -73,7 +80,7 @@ import msgspec
 from msgspec import Meta, field
 
 from fleetpush_common.atomic import ExposedSecretError, check_private
-from fleetpush_common.config import DURATION, SIZE, ConfigError, decode, read_secret
+from fleetpush_common.config import DURATION, SIZE, ConfigError, Name, decode, read_secret
 from orchestrator.mqtt.settings import MqttConfig, resolve_mqtt
 
 __all__ = [
@@ -112,6 +119,8 @@ class HttpConfig(_Section, frozen=True, kw_only=True):
         default=_DAY, name="url_ttl")  # fmt: skip  # a signed payload URL stays valid
     max_upload_bytes: Annotated[int, SIZE, Meta(ge=1, le=2**48)] = 4 * 2**30  # streamed
     max_json_bytes: Annotated[int, SIZE, Meta(ge=1024, le=64 * 2**20)] = 2**20  # in memory
+    # A release's SBOM (read into memory, checked).
+    max_sbom_bytes: Annotated[int, SIZE, Meta(ge=1024, le=256 * 2**20)] = 16 * 2**20
 
     def __post_init__(self) -> None:
         _host, sep, port = self.listen.rpartition(":")
@@ -170,6 +179,14 @@ class RolloutConfig(_Section, frozen=True, kw_only=True):
     # Between two target checks of a continuous rollout.
     follow_every_s: Annotated[float, DURATION, Meta(ge=0.1, le=3600.0)] = field(
         default=30.0, name="follow_every")  # fmt: skip
+    # A replica's claim on a rollout lasts this long without renewal.
+    lease_s: Annotated[float, DURATION, Meta(ge=1.0, le=3600.0)] = field(
+        default=15.0, name="lease")  # fmt: skip
+    require_approval: bool = False  # every rollout waits for a second operator's approval
+
+    def __post_init__(self) -> None:
+        if self.lease_s < 3 * self.tick_s:
+            raise ValueError("lease: must be at least 3 ticks (renewed once per tick)")
 
 
 class AuthConfig(_Section, frozen=True, kw_only=True):
@@ -247,6 +264,8 @@ class OrchestratorConfig(_Section, frozen=True, kw_only=True):
     # ``fleetpush broker run --data`` keeps next to the database.
     registry: RegistrySection = field(default_factory=RegistrySection)
     database_config: DatabaseConfig = field(default_factory=DatabaseConfig, name="database")
+    # Per hardware model, the last day it gets security updates (orchestrator/support.py).
+    support: dict[Name, dt.date] = field(default_factory=dict)
 
     @property
     def keys_dir(self) -> Path:

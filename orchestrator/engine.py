@@ -6,6 +6,13 @@ the failure threshold; advance a phase once its success gate held for the soak t
 then, inside a maintenance window, notify the next devices of the open phases at the
 rollout's rate. Everything it decides is written to the database before it acts, so
 a restarted orchestrator continues where it stopped.
+
+Several replicas may run an engine on one database: each pass first claims the lease of
+every active rollout that is free, expired or its own (``orchestrator.store.sql.leases``)
+and steps only those. State changes are compare-and-set on the state and phase it read,
+notices are stored under the lease, so a replica that stalled past its lease writes
+nothing (docs/scaling.md). The rate limiter lives with the lease holder: a replica taking
+over starts a fresh bucket (one tick's burst at most).
 """
 
 from __future__ import annotations
@@ -14,14 +21,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
 
 from fleetpush_common.clock import Clock
 from fleetpush_common.windows import in_windows
-from fleetpush_protocol.topics import device_scope
+from orchestrator.engine_notices import (
+    MAX_NOTICES_PER_PASS,
+    REFRESH_EVERY_S,
+    NoticeSending,
+    Publisher,
+)
 from orchestrator.notices import NoticeFactory
 from orchestrator.policy import (
     ACTIVE_ROLLOUT_STATES,
+    AWAITING_APPROVAL,
     PhaseCounts,
     RateLimiter,
     failure_tripped,
@@ -31,10 +43,11 @@ from orchestrator.policy import (
 from orchestrator.rollouts import TargetSpec, resolve_targets
 from orchestrator.security.keystore import SigningSet
 from orchestrator.store import (
+    ConflictError,
     Database,
     DeviceFilter,
     DeviceRecord,
-    NoticeRecord,
+    LeaseLostError,
     RolloutRecord,
 )
 
@@ -42,20 +55,8 @@ __all__ = ["Publisher", "RolloutEngine"]
 
 logger = logging.getLogger(__name__)
 
-MAX_NOTICES_PER_PASS = 5000  # devices notified per rollout per pass, at most
 REPUBLISH_EVERY_S = 30.0  # seconds between retries of unacknowledged notices
-REFRESH_EVERY_S = 60.0  # seconds between two looks for notices about to go stale
-REFRESH_AT = 0.75  # share of a notice's usable life after which an offline device gets anew
-
-
-class Publisher(Protocol):
-    async def publish_many(
-        self,
-        items: Sequence[tuple[str, bytes, bool]],
-        timeout: float = 30.0,  # noqa: ASYNC109
-        *,
-        expiry_s: int = 0,
-    ) -> None: ...
+_MOVING = ("running", "paused")  # started: a continuous one takes in new devices
 
 
 def _totals(counts: dict[int, PhaseCounts]) -> PhaseCounts:
@@ -67,7 +68,7 @@ def _totals(counts: dict[int, PhaseCounts]) -> PhaseCounts:
     return total
 
 
-class RolloutEngine:
+class RolloutEngine(NoticeSending):
     """Drives rollouts from the database.
 
     Args:
@@ -81,6 +82,9 @@ class RolloutEngine:
             reads the device registry).
         refresh_registry: brings the provisioned groups and models up to date before such
             a check (``RegistrySync.refresh``).
+        holder: this replica's id, the holder name of its rollout leases.
+        lease_s: seconds a claimed rollout stays this replica's without a renewal; another
+            replica takes over a dead one's rollouts after it.
     """
 
     def __init__(
@@ -94,8 +98,13 @@ class RolloutEngine:
         tick_s: float = 1.0,
         follow_every_s: float = 30.0,
         refresh_registry: Callable[[], Awaitable[object]] | None = None,
+        holder: str = "engine",
+        lease_s: float = 15.0,
     ) -> None:
         self.db = db
+        self.holder = holder
+        self.lease_s = lease_s
+        self.held: set[int] = set()  # rollouts whose lease this replica holds now
         self.refresh_registry = refresh_registry
         self.follow_every_s = follow_every_s
         self.notices = notices
@@ -136,13 +145,14 @@ class RolloutEngine:
             if now - self._last_republish >= REPUBLISH_EVERY_S:
                 self._last_republish = now
                 await self.republish(now)
-            rollouts = await self.db.run(lambda s: s.list_rollouts(ACTIVE_ROLLOUT_STATES))
+            active = await self.db.run(lambda s: s.list_rollouts(ACTIVE_ROLLOUT_STATES))
+            rollouts = await self._claim(active, now)
             if now - self._last_follow >= self.follow_every_s:
                 self._last_follow = now
                 # All together, newest first: a device that matches several continuous
                 # rollouts joins the newest only (each leaves out devices another active
                 # rollout targets).
-                following = [r for r in rollouts if r.spec.continuous and r.state != "scheduled"]
+                following = [r for r in rollouts if r.spec.continuous and r.state in _MOVING]
                 if following:
                     if self.refresh_registry is not None:
                         await self.refresh_registry()
@@ -151,12 +161,38 @@ class RolloutEngine:
                     for r in sorted(following, key=lambda r: r.id, reverse=True):
                         await self._follow(r, now, devices, have)
             for r in rollouts:
-                await self._step(r, now)
+                try:
+                    await self._step(r, now)
+                except (ConflictError, LeaseLostError) as e:
+                    # Another replica or an operator moved it: the next pass reads it anew.
+                    logger.info("rollout %d: step given up (%s)", r.id, e)
+
+    async def _claim(self, active: Sequence[RolloutRecord], now: float) -> list[RolloutRecord]:
+        """Take or renew the leases of ``active``; return the rollouts this replica holds."""
+        ids = [r.id for r in active]
+        until = now + self.lease_s
+        got = set(await self.db.run(lambda s: s.claim_rollouts(self.holder, ids, now, until)))
+        for rid in sorted(got - self.held):
+            logger.info("rollout %d: this replica (%s) drives it now", rid, self.holder)
+        for rid in sorted(self.held - got):
+            self._limiters.pop(rid, None)
+            if rid in ids:
+                logger.info("rollout %d: driven by another replica now", rid)
+        self.held = got
+        return [r for r in active if r.id in got]
+
+    async def release(self) -> None:
+        """Give up every lease (at a clean stop), so other replicas take over at once."""
+        await self.db.run(lambda s: s.release_rollouts(self.holder))
+        self.held = set()
 
     # --- one rollout ---------------------------------------------------------------------
 
     async def _update(self, r: RolloutRecord, now: float, **fields: object) -> RolloutRecord:
-        return await self.db.run(lambda s: s.update_rollout(r.id, now, **fields))
+        """Compare-and-set from the state and phase ``r`` has (``ConflictError`` when they
+        changed since it was read)."""
+        expect = (r.state, r.phase)
+        return await self.db.run(lambda s: s.update_rollout(r.id, now, expect=expect, **fields))
 
     async def _audit(self, r: RolloutRecord, now: float, action: str, reason: str) -> None:
         await self.db.run(
@@ -168,6 +204,8 @@ class RolloutEngine:
 
     async def _step(self, r: RolloutRecord, now: float) -> None:
         spec = r.spec
+        if r.state == AWAITING_APPROVAL:  # nothing moves until someone approves it
+            return
         if r.state == "scheduled":
             if spec.start_at is not None and now < spec.start_at:
                 return
@@ -277,106 +315,33 @@ class RolloutEngine:
             return
         await self.send_updates(r, chosen, set(online[:granted]), now)
 
-    # --- notices -------------------------------------------------------------------------
-
-    async def _sign(
-        self,
-        device_ids: Sequence[str],
-        now: float,
-        build: Callable[[SigningSet, dict[str, int]], list[NoticeRecord]],
-    ) -> list[NoticeRecord]:
-        """Reserve a sequence per device scope, then sign off the event loop."""
-        signing = self.signing(now)
-        scopes = [device_scope(d) for d in device_ids]
-        seqs = await self.db.run(lambda s: s.reserve_seqs(scopes, int(now * 1000)))
-        return await asyncio.to_thread(build, signing, seqs)
-
-    async def _sign_updates(
-        self, r: RolloutRecord, device_ids: Sequence[str], now: float
-    ) -> list[NoticeRecord]:
-        """One signed update notice per device."""
-        release = await self.db.run(lambda s: s.get_release(r.release_id))
-        return await self._sign(
-            device_ids, now,
-            lambda signing, seqs: self.notices.updates(
-                signing, release, rollout_id=r.id, device_ids=device_ids, seqs=seqs, now=int(now)
-            ),
-        )  # fmt: skip
-
-    async def send_updates(
-        self, r: RolloutRecord, device_ids: Sequence[str], online: set[str], now: float
-    ) -> int:
-        """Reserve sequences, sign, store, then publish update notices."""
-        records = await self._sign_updates(r, device_ids, now)
-        delivered = {d: d in online for d in device_ids}
-        await self.db.run(lambda s: s.save_notices(records, delivered))
-        await self._publish(records, now)
-        logger.info("rollout %d: notified %d device(s)", r.id, len(records))
-        return len(records)
-
-    async def _refresh(self, r: RolloutRecord, now: float) -> None:
-        """Give devices still offline a new notice once theirs is 3/4 through its usable
-        time (until it, or its payload URL, expires); the broker drops the old copy when
-        it expires. Not when the new one would not live longer (the signing key's end)."""
-        waiting = await self.db.run(lambda s: s.waiting_notices(r.id))
-        if not waiting:
-            return
-        fresh_until = self.notices.update_usable_until(
-            now, self.notices.expiry(self.signing(now), int(now))
-        )
-        usable = self.notices.update_usable_until
-        due = [
-            d for d, issued, expires in waiting
-            if now >= issued + REFRESH_AT * (usable(issued, expires) - issued)
-            and fresh_until > usable(issued, expires) + REFRESH_EVERY_S
-        ][:MAX_NOTICES_PER_PASS]  # fmt: skip
-        if not due:
-            return
-        records = await self._sign_updates(r, due, now)
-        replaced = await self.db.run(lambda s: s.replace_notices(records))
-        # A device that came online meanwhile keeps the notice it is working on.
-        await self._publish([n for n in records if n.device_id in replaced], now)
-        logger.info("rollout %d: renewed the notice of %d offline device(s)", r.id, len(replaced))
-
-    async def _publish(self, records: Sequence[NoticeRecord], now: float) -> None:
-        by_expiry: dict[int, list[NoticeRecord]] = {}
-        for n in records:
-            left = max(1, int(self.notices.usable_until(n) - now))
-            by_expiry.setdefault(left, []).append(n)
-        published: list[str] = []
-        try:
-            for expiry_s, group in sorted(by_expiry.items()):
-                items = [(n.topic, n.envelope, True) for n in group]
-                await self.publisher.publish_many(items, expiry_s=expiry_s)
-                published += [n.notice_id for n in group]
-        except (TimeoutError, ConnectionError) as e:
-            left = len(records) - len(published)
-            logger.warning("%d notice(s) not acknowledged yet (%s); will retry", left, e)
-        if published:
-            await self.db.run(lambda s: s.mark_published(published))
-
-    async def republish(self, now: float) -> None:
-        """Publish notices stored but never acknowledged (e.g. killed before the PUBACK)."""
-        records = await self.db.run(lambda s: s.unpublished_notices())
-        if records:
-            logger.info("publishing %d stored notice(s) again", len(records))
-            await self._publish(records, now)
-
     async def cancel(self, r: RolloutRecord, now: float, *, state: str, reason: str) -> int:
         """Cancel the rollout: pending devices are dropped, notified ones get a cancel."""
-        devices = await self.db.run(lambda s: s.cancel_targets(r.id, now, reason))
+        # The state first, compare-and-set: a lease holder elsewhere stops notifying (its
+        # notices are fenced on the state), and what it did notify is canceled below.
         await self._update(r, now, state=state, reason=reason)
+        devices = await self.db.run(lambda s: s.cancel_targets(r.id, now, reason))
+        return await self.send_cancels(r.id, devices, now)
+
+    async def send_cancels(self, rollout_id: int, devices: Sequence[str], now: float) -> int:
+        """Sign, store and publish a cancel of ``rollout_id`` for each of ``devices`` (under
+        ``lock``); returns how many were sent."""
         if not devices:
             return 0
         records = await self._sign(
             devices, now,
             lambda signing, seqs: self.notices.cancels(
-                signing, rollout_id=r.id, device_ids=devices, seqs=seqs, now=int(now)
+                signing, rollout_id=rollout_id, device_ids=devices, seqs=seqs, now=int(now)
             ),
         )  # fmt: skip
         await self.db.run(lambda s: s.save_notices(records, {}))
         await self._publish(records, now)
         return len(records)
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held for each pass; an operator action that changes rollouts holds it too."""
+        return self._lock
 
     # --- operator actions ----------------------------------------------------------------
 

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fleetpush_protocol.envelope import sign_message
-from fleetpush_protocol.messages import CancelNotice, Payload, Release, Target, UpdateNotice
+from fleetpush_protocol.messages import (
+    SECURITY,
+    CancelNotice,
+    Payload,
+    Release,
+    Target,
+    UpdateNotice,
+)
 from fleetpush_protocol.topics import Topics, device_scope
+from orchestrator.advisories import to_advisory
 from orchestrator.config import HttpConfig
 from orchestrator.payloads import UrlSigner
 from orchestrator.security.keystore import SigningSet
@@ -79,6 +88,11 @@ class NoticeFactory:
             sha256=bytes.fromhex(release.sha256),
         )
         rel = Release(name=release.name, version=release.version)
+        # A security release's notices carry its class and advisory (issue 17); a feature
+        # release's leave both out, so their bytes are what they were before the fields.
+        extra: dict[str, Any] = {}
+        if release.security and release.advisory is not None:
+            extra = {"update_class": SECURITY, "advisory": to_advisory(release.advisory)}
         out = []
         for device_id in device_ids:
             scope = device_scope(device_id)
@@ -95,6 +109,7 @@ class NoticeFactory:
                 scope=scope,
                 seq=seqs[scope],
                 reply_topic=self.topics.report(device_id),
+                **extra,
             )
             out.append(self._record(notice, device_id, rollout_id, "notice", signing))
         return out

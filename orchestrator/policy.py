@@ -20,9 +20,11 @@ from fleetpush_common.windows import Window
 
 __all__ = [
     "ACTIVE_ROLLOUT_STATES",
+    "AWAITING_APPROVAL",
     "FAILURE_STATES",
     "IN_FLIGHT_STATES",
     "TERMINAL_STATES",
+    "ROLLOUT_STATES",
     "PhaseCounts",
     "RateLimiter",
     "RolloutSpec",
@@ -34,7 +36,11 @@ __all__ = [
     "rate_per_minute",
 ]
 
-ACTIVE_ROLLOUT_STATES = ("scheduled", "running", "paused")  # a rollout not yet over
+# A rollout not yet over. One awaiting approval holds its devices too (a conflict for
+# another rollout, its release cannot be deleted) but notifies nobody until approved.
+AWAITING_APPROVAL = "awaiting_approval"
+ACTIVE_ROLLOUT_STATES = (AWAITING_APPROVAL, "scheduled", "running", "paused")
+ROLLOUT_STATES = (*ACTIVE_ROLLOUT_STATES, "completed", "canceled", "aborted", "rejected")
 
 PENDING = "pending"  # not notified yet
 SENT = "sent"  # notice published, no report yet

@@ -11,6 +11,7 @@ import msgspec
 
 from fleetpush_common.config import ConfigError, decode
 from orchestrator.policy import (
+    ACTIVE_ROLLOUT_STATES,
     PhaseCounts,
     RolloutSpec,
     assign_phases,
@@ -96,9 +97,10 @@ def phase_key(release_id: int, target: TargetSpec) -> str:
 
 
 def active_owners(s: Store) -> dict[str, int]:
-    """Device -> the oldest scheduled, running or paused rollout that targets it."""
+    """Device -> the oldest active rollout (awaiting approval, scheduled, running or
+    paused) that targets it."""
     owners: dict[str, int] = {}
-    for r in s.list_rollouts(("scheduled", "running", "paused")):
+    for r in s.list_rollouts(ACTIVE_ROLLOUT_STATES):
         for t in s.list_targets(r.id, limit=10**9):
             owners.setdefault(t.device_id, r.id)
     return owners
@@ -205,9 +207,10 @@ def _phase_status(r: RolloutRecord, i: int) -> str:
     aborted before)."""
     if i < r.phase or (i == r.phase and r.state == "completed"):
         return "done"
-    if i > r.phase:
-        return "skipped" if r.state in ("canceled", "aborted") else "waiting"
-    return "stopped" if r.state in ("canceled", "aborted") else "open"
+    ended = ("canceled", "aborted", "rejected")
+    if i > r.phase or r.state == "awaiting_approval":
+        return "skipped" if r.state in ended else "waiting"
+    return "stopped" if r.state in ended else "open"
 
 
 def rollout_status(s: Store, r: RolloutRecord) -> dict[str, Any]:

@@ -402,6 +402,9 @@ def build() -> list[dict[str, Any]]:
     from vectors_integrators import integrator_cases  # noqa: PLC0415 - it imports this module
 
     cases += integrator_cases()
+    from vectors_security import security_cases  # noqa: PLC0415 - it imports this module
+
+    cases += security_cases()
     return cases
 
 

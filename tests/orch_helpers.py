@@ -42,14 +42,19 @@ def write_orchestrator(
     *,
     tick: str = "200ms",
     database_url: str = "",
+    extra_toml: str = "",
 ) -> tuple[Path, int]:
-    """Write orchestrator.toml, keys (keyring v1) and role tokens; return (config, port).
-    The store is SQLite in the data folder, or the (empty) database at ``database_url``."""
+    """Write orchestrator.toml (``extra_toml`` appended), keys (keyring v1) and role tokens;
+    return (config, port). The store is SQLite in the data folder, or the (empty)
+    database at ``database_url``."""
     port, _ = write_orchestrator_files(
         root, broker, topics, tokens={role: (role, token) for role, token in TOKENS.items()},
         tick=tick, key_validity_s=30 * 86400, database_url=database_url,
     )  # fmt: skip
-    return root / "orchestrator.toml", port
+    config = root / "orchestrator.toml"
+    if extra_toml:
+        config.write_text(config.read_text() + extra_toml)
+    return config, port
 
 
 def root_hex(config_dir: Path) -> str:
@@ -76,10 +81,11 @@ class Fleet:
         self.configs: dict[str, Path] = {}
 
     def provision(
-        self, device_id: str, *, groups: tuple[str, ...] = (), healthy: bool = True
-    ) -> None:
+        self, device_id: str, *, groups: tuple[str, ...] = (), healthy: bool = True,
+        sections: dict[str, dict[str, Any]] | None = None,
+    ) -> None:  # fmt: skip
         password = self.broker.add_device(device_id, groups)
-        sections: dict[str, dict[str, Any]] = {}
+        sections = dict(sections or {})
         if not healthy:
             sections["health"] = {"command": ["/bin/false"], "timeout": "5s"}
         self.configs[device_id] = write_config(
@@ -136,10 +142,13 @@ async def running(
     clock: Clock | None = None,
     *,
     database_url: str = "",
+    extra_toml: str = "",
 ) -> AsyncIterator[Setup]:
     """An orchestrator (on ``clock``, the real one by default), its API and a fleet; on
-    SQLite, or on the database at ``database_url``."""
-    config_path, port = write_orchestrator(root, broker, topics, database_url=database_url)
+    SQLite, or on the database at ``database_url``; ``extra_toml`` adds configuration."""
+    config_path, port = write_orchestrator(
+        root, broker, topics, database_url=database_url, extra_toml=extra_toml
+    )
     orch = Orchestrator(load_config(config_path), clock=clock)
     await orch.start()
     fleet = Fleet(root / "devices", broker, topics, root_hex(root))

@@ -73,6 +73,7 @@ def test_acl_has_no_patterns_and_lists_every_identity(topics: Topics) -> None:
     assert block_b == [
         f"topic read {p}/device/dev-b/notice",
         f"topic read {p}/keyring/+",
+        f"topic read {p}/support",
         f"topic read {p}/device/dev-b/ack",
         f"topic write {p}/device/dev-b/report",
         f"topic write {p}/device/dev-b/presence",

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,6 +72,38 @@ def test_demo_rolls_out_to_every_device_and_leaves_nothing_running(tmp_path: Pat
     assert summary["reports_ingested"] >= 20 * 5  # notified ... succeeded, per device
     assert mosquittos_under(tmp_path) == []
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+def test_demo_with_replicas_finishes_when_one_is_sigkilled() -> None:
+    """``--replicas 2 --kill-replica``: two serve processes on a private PostgreSQL; the
+    rollout's driver is SIGKILLed after phase 1 is notified, the other finishes it. Each
+    device got one notice, from one of the two; nothing is left running or on disk."""
+    # PostgreSQL runs as the postgres user when the tests run as root: its folder must be
+    # reachable, and pytest's own folders are 0700.
+    tmp = Path(tempfile.mkdtemp(prefix="demo-replicas-", dir="/tmp"))
+    tmp.chmod(0o755)
+    try:
+        result = subprocess.run(
+            [*fleetpush(), "demo", "--devices", "10", "--replicas", "2", "--kill-replica",
+             "--json"],
+            env=demo_env(tmp), capture_output=True, timeout=280, check=False,
+        )  # fmt: skip
+        left = list(tmp.iterdir())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["rollout_state"] == "completed"
+    assert summary["devices_succeeded"] == 10
+    assert summary["replicas"] == 2
+    killed = summary["killed_replica"]
+    sent = summary["notices_by_replica"]
+    assert killed in sent
+    assert sum(sent.values()) == 10  # one notice per device, across the replicas
+    assert 0 < sent[killed] < 10  # the killed one sent phase 1, the other the rest
+    assert mosquittos_under(tmp) == []
+    assert left == []
 
 
 def test_demo_stops_everything_on_sigterm(tmp_path: Path) -> None:

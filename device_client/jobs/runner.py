@@ -21,8 +21,9 @@ from typing import ClassVar
 from device_client.config import DeviceConfig
 from device_client.errors import UpdateError
 from device_client.handlers import Handler
+from device_client.hooks import NotifyHook
 from device_client.jobs.install import Installer
-from device_client.jobs.policy import install_blocked
+from device_client.jobs.security import update_blocked
 from device_client.jobs.states import Job, JobState
 from device_client.persisted import Persisted
 from device_client.reports import Reporter
@@ -76,6 +77,7 @@ class JobRunner:
         self.handler = handler
         self.clock = clock
         self.installer = Installer(self, on_succeeded)
+        self.notify = NotifyHook(config)  # [security] notify_command, once per notice
         self.stopping = False  # set when the agent stops: no new job task starts
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -88,7 +90,7 @@ class JobRunner:
         self.decide(job, notice)  # persisted by an agent older than decide()
 
     async def _deferred(self, job: Job, notice: Notice) -> None:
-        await self.wait_for_policy(job)
+        await self.wait_for_policy(job, notice)
         job = self.persisted.state.job or job
         if await self._downloaded_ok(job, notice):
             await self.installer.install(job, notice)
@@ -99,7 +101,7 @@ class JobRunner:
         await self.download(job, notice)
 
     async def _downloaded(self, job: Job, notice: Notice) -> None:
-        blocked = install_blocked(self.config.policy, self.clock())
+        blocked = update_blocked(self.config, notice, self.clock())
         if blocked is not None:
             self.transition(job, JobState.DEFERRED, detail=blocked.reason)
         elif await self._downloaded_ok(job, notice):
@@ -177,6 +179,8 @@ class JobRunner:
             try:
                 notice = decode_message(job.notice)
                 assert isinstance(notice, Notice)  # noqa: S101 - only verified notices stored
+                if job.state in (JobState.DEFERRED, JobState.DOWNLOADING, JobState.DOWNLOADED):
+                    await self.notify.announce(notice)  # before it installs; once per notice
                 await self.STEPS[job.state](self, job, notice)
             except Exception as e:
                 logger.exception("%s: internal error in %s", self.device_id, job.state.value)
@@ -246,7 +250,7 @@ class JobRunner:
                 f"notice wants handler {notice.handler!r}, device has {self.handler.name!r}",
             )  # fmt: skip
             return
-        blocked = install_blocked(self.config.policy, self.clock())
+        blocked = update_blocked(self.config, notice, self.clock())
         if blocked is not None and not self.config.policy.download_ahead:
             self.transition(job, JobState.DEFERRED, detail=blocked.reason)
         else:
@@ -263,10 +267,11 @@ class JobRunner:
 
     # --- the policy wait and the download ----------------------------------------------------
 
-    async def wait_for_policy(self, job: Job) -> None:
-        """Return when the update policy allows installing (the one place that waits)."""
+    async def wait_for_policy(self, job: Job, notice: Notice) -> None:
+        """Return when the update policy allows installing (the one place that waits); a
+        security update's own rules in ``device_client.jobs.security``."""
         reason = ""
-        while (blocked := install_blocked(self.config.policy, self.clock())) is not None:
+        while (blocked := update_blocked(self.config, notice, self.clock())) is not None:
             if blocked.reason != reason:
                 if reason:  # the reason changed (hold over, now a window): say so
                     job = self.transition(self.persisted.state.job or job, JobState.DEFERRED,

@@ -7,6 +7,8 @@ from aiohttp import web
 from orchestrator.api.bodies import NewToken, decode_body
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, requires
 from orchestrator.api.context import ApiError
+from orchestrator.api.devices import security_report
+from orchestrator.policy import ROLLOUT_STATES
 from orchestrator.security.auth import hash_token, new_token
 from orchestrator.security.keystore import describe
 
@@ -21,7 +23,8 @@ async def healthz(request: web.Request) -> web.Response:
     mqtt_up = bool(c.extra_metrics.get("mqtt_connected", lambda: False)())
     await c.db.run(lambda s: s.counters())  # the database answers
     return ok({"status": "ok" if mqtt_up else "degraded", "mqtt_connected": mqtt_up,
-               "database": "ok"}, status=200 if mqtt_up else 503)  # fmt: skip
+               "database": "ok", "replica": c.engine.holder},
+              status=200 if mqtt_up else 503)  # fmt: skip
 
 
 def _metric(lines: list[str], name: str, kind: str, help_: str, values: dict[str, float]) -> None:
@@ -46,9 +49,14 @@ async def metrics(request: web.Request) -> web.Response:
     _metric(lines, "fleetpush_devices_claims_mismatch", "gauge",
             "Devices whose inventory claims groups or a model the registry does not give them.",
             {"": mismatched})  # fmt: skip
-    states = ("scheduled", "running", "paused", "completed", "canceled", "aborted")
+    states = ROLLOUT_STATES
     _metric(lines, "fleetpush_rollouts", "gauge", "Rollouts by state.",
             {f'{{state="{s}"}}': rollouts.get(s, 0) for s in states})  # fmt: skip
+    security = await security_report(request)
+    _metric(lines, "fleetpush_devices_missing_security", "gauge",
+            "Devices with no record of installing a security release (or a later one).",
+            {f'{{release="{e["release"]["name"]}@{e["release"]["version"]}"}}': e["count"]
+             for e in security})  # fmt: skip
     for key, help_ in (
         ("reports_ingested", "Reports accepted and stored."),
         ("reports_duplicate", "Reports dropped as duplicates (same device and counter)."),

@@ -45,6 +45,7 @@ class RevertRollout(RolloutSpec, frozen=True, kw_only=True):
 
     dry_run: bool = False  # validate, create nothing, answer the plan
     force: bool = False  # create even when other active rollouts hold some devices
+    require_approval: bool | None = None  # none: the installation's [rollouts] setting
 
 
 class CreateRollout(RevertRollout, frozen=True, kw_only=True):

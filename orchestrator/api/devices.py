@@ -6,12 +6,15 @@ device's inventory says is shown as its claims (``claimed_*``, ``claims_mismatch
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from orchestrator.api.bodies import LabelDevice, decode_body
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, requires
 from orchestrator.api.context import ApiError
-from orchestrator.store import DeviceFilter
+from orchestrator.security_status import missing_security
+from orchestrator.store import DeviceFilter, Store
 
 __all__ = ["routes"]
 
@@ -26,7 +29,8 @@ def _filter(q: dict[str, str]) -> DeviceFilter:
         if q["online"].lower() not in _BOOL:
             raise ApiError(400, "online: expected true or false")
         online = _BOOL[q["online"].lower()]
-    unknown = set(q) - {"group", "model", "online", "version", "tag", "limit", "offset"}
+    unknown = set(q) - {"group", "model", "online", "version", "tag", "limit", "offset",
+                        "missing_security"}  # fmt: skip
     if unknown:
         raise ApiError(400, f"unknown filter {sorted(unknown)[0]!r}")
     return DeviceFilter(
@@ -43,10 +47,42 @@ def _filter(q: dict[str, str]) -> DeviceFilter:
 @routes.get("/v1/devices")
 @requires("viewer")
 async def list_devices(request: web.Request) -> web.Response:
+    """``missing_security=true``: only devices missing a security release, each with
+    ``missing_security`` (the releases it misses)."""
     f = _filter(dict(request.query))
+    missing_only = request.query.get("missing_security", "false").lower()
+    if missing_only not in _BOOL:
+        raise ApiError(400, "missing_security: expected true or false")
     await ctx(request).refresh_registry()
     devices = await ctx(request).db.run(lambda s: s.list_devices(f))
-    return ok({"devices": [d.to_json() for d in devices]})
+    if not _BOOL[missing_only]:
+        return ok({"devices": [d.to_json() for d in devices]})
+    by_device: dict[str, list[dict[str, object]]] = {}
+    for entry in await security_report(request):
+        for device_id in entry["missing"]:
+            by_device.setdefault(device_id, []).append(
+                {**entry["release"], "cves": (entry["advisory"] or {}).get("cves", [])}
+            )
+    return ok({"devices": [{**d.to_json(), "missing_security": by_device[d.device_id]}
+                           for d in devices if d.device_id in by_device]})  # fmt: skip
+
+
+async def security_report(request: web.Request) -> list[dict[str, Any]]:
+    """``missing_security`` over every registered device (on the DB thread)."""
+
+    def run(s: Store) -> list[dict[str, Any]]:
+        return missing_security(s.list_releases(), s.list_devices(DeviceFilter(limit=10**9)),
+                                s.succeeded_releases())  # fmt: skip
+
+    return await ctx(request).db.run(run)
+
+
+@routes.get("/v1/security/missing")
+@requires("viewer")
+async def missing(request: web.Request) -> web.Response:
+    """Per security release: its advisory and the devices that miss it."""
+    await ctx(request).refresh_registry()
+    return ok({"releases": await security_report(request)})
 
 
 @routes.get("/v1/devices/{device_id}")

@@ -1,4 +1,5 @@
-"""``/v1/releases``: upload (raw body, metadata in the query), list, show, delete."""
+"""``/v1/releases``: upload (raw body, metadata in the query), list, show, delete; a
+release's SBOM (``PUT``/``GET /v1/releases/{ref}/sbom``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import re
 from aiohttp import web
 
 from fleetpush_protocol.messages import NAME_PATTERN
+from orchestrator.advisories import AdvisoryError, parse_advisory
 from orchestrator.api.common import audit, ctx, ok, requires
 from orchestrator.api.context import ApiError
 from orchestrator.payloads import PayloadError, TooLargeError, check_tar
+from orchestrator.sbom import SbomError, parse_sbom
 from orchestrator.store import ReleaseRecord
+from orchestrator.support import release_warnings, support_view
 
 __all__ = ["HANDLERS", "routes"]
 
@@ -39,9 +43,11 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 @requires("operator")
 async def upload(request: web.Request) -> web.Response:
     """Query: ``name``, ``version``, ``model`` (repeatable), ``handler``, ``arg`` (k=v,
-    repeatable), ``meta`` (k=v, repeatable). Body: the payload bytes."""
+    repeatable), ``meta`` (k=v, repeatable), ``security=true`` with ``advisory`` (its
+    JSON). Body: the payload bytes."""
     q = request.query
-    unknown = set(q) - {"name", "version", "model", "handler", "arg", "meta"}
+    unknown = set(q) - {"name", "version", "model", "handler", "arg", "meta", "security",
+                        "advisory"}  # fmt: skip
     if unknown:
         raise ApiError(400, f"unknown parameter {sorted(unknown)[0]!r}")
     name = _name(q.get("name", ""), "name")
@@ -54,6 +60,7 @@ async def upload(request: web.Request) -> web.Response:
         raise ApiError(400, f"handler: one of {', '.join(HANDLERS)}")
     args = _pairs(q.getall("arg", []), "arg")
     meta = _pairs(q.getall("meta", []), "meta")
+    advisory = _advisory(q.get("security", ""), q.get("advisory"))
     c = ctx(request)
     limit = c.config.http.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -78,11 +85,39 @@ async def upload(request: web.Request) -> web.Response:
     rec = ReleaseRecord(
         id=0, name=name, version=version, sha256=sha, size=size, models=models,
         handler=handler, handler_args=args, metadata=meta, created_at=c.clock.now(),
+        update_class="security" if advisory else "feature", advisory=advisory,
     )  # fmt: skip
     stored = await c.db.run(lambda s: s.add_release(rec))
+    warnings = release_warnings(c.config.support, models, c.clock.now())
     await audit(request, "release.upload", f"release/{stored.id}", name=name, version=version,
-                sha256=sha, size=size)  # fmt: skip
-    return ok(stored.to_json(), status=201)
+                sha256=sha, size=size, update_class=rec.update_class,
+                cves=advisory["cves"] if advisory else [], warnings=warnings)  # fmt: skip
+    return ok({**stored.to_json(), "warnings": warnings}, status=201)
+
+
+@routes.get("/v1/support")
+@requires("viewer")
+async def support(request: web.Request) -> web.Response:
+    """Until when each hardware model gets security updates ([support])."""
+    c = ctx(request)
+    return ok({"models": support_view(c.config.support, c.clock.now())})
+
+
+def _advisory(security: str, text: str | None) -> dict[str, object] | None:
+    """The checked advisory of a security upload; None for a feature release."""
+    if security not in ("", "true", "false"):
+        raise ApiError(400, "security: true or false")
+    if security != "true":
+        if text is not None:
+            raise ApiError(400, "advisory: only a security release (security=true) has one")
+        return None
+    if text is None:
+        raise ApiError(400, "advisory: a security release needs one (CLI --advisory FILE): "
+                            "cves, severity, summary")  # fmt: skip
+    try:
+        return parse_advisory(text)
+    except AdvisoryError as e:
+        raise ApiError(400, str(e)) from None
 
 
 @routes.get("/v1/releases")
@@ -111,7 +146,49 @@ async def find_release(request: web.Request, ref: str) -> ReleaseRecord:
 @requires("viewer")
 async def show_release(request: web.Request) -> web.Response:
     rec = await find_release(request, request.match_info["ref"])
-    return ok(rec.to_json())
+    found = await ctx(request).db.run(lambda s: s.get_sbom(rec.id))
+    return ok({**rec.to_json(), "sbom": found[0] if found else None})
+
+
+@routes.put("/v1/releases/{ref}/sbom")
+@requires("operator")
+async def put_sbom(request: web.Request) -> web.Response:
+    """Attach (or replace) the release's SBOM: SPDX or CycloneDX JSON, checked to be
+    well-formed, stored byte for byte; at most ``http.max_sbom_bytes``."""
+    c = ctx(request)
+    rec = await find_release(request, request.match_info["ref"])
+    limit = c.config.http.max_sbom_bytes
+    too_large = f"sbom is larger than {limit} bytes (http.max_sbom_bytes)"
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, too_large)
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 20):  # not bound by the JSON limit
+        data += chunk
+        if len(data) > limit:
+            raise ApiError(413, too_large)
+    try:
+        sbom = parse_sbom(bytes(data))
+    except SbomError as e:
+        raise ApiError(400, str(e)) from None
+    components = [x.to_json() for x in sbom.components]
+    now = c.clock.now()
+    await c.db.run(
+        lambda s: s.put_sbom(rec.id, format=sbom.format, spec_version=sbom.spec_version,
+                             components=components, body=data.decode(), now=now)
+    )  # fmt: skip
+    await audit(request, "release.sbom", f"release/{rec.id}", **sbom.summary())
+    return ok({"release": rec.id, **sbom.summary()})
+
+
+@routes.get("/v1/releases/{ref}/sbom")
+@requires("viewer")
+async def get_sbom(request: web.Request) -> web.Response:
+    """The SBOM as uploaded."""
+    rec = await find_release(request, request.match_info["ref"])
+    found = await ctx(request).db.run(lambda s: s.get_sbom(rec.id))
+    if found is None:
+        raise ApiError(404, f"release {rec.id} has no SBOM (fleetpush release sbom REF FILE)")
+    return web.Response(text=found[1], content_type="application/json")
 
 
 @routes.delete("/v1/releases/{ref}")

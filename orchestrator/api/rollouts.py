@@ -1,5 +1,5 @@
-"""``/v1/rollouts``: create (or dry-run), list, status, targets, pause, resume, cancel,
-retry, revert."""
+"""``/v1/rollouts``: create (or dry-run), list, status, targets, approve, reject, pause,
+resume, cancel, retry, revert."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from orchestrator.api.bodies import CreateRollout, Reason, RevertRollout, decode
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, principal, requires
 from orchestrator.api.context import ApiError
 from orchestrator.api.releases import find_release
-from orchestrator.policy import RolloutSpec
+from orchestrator.approval import ApprovalRefusedError, check_decider, decide, needs_approval
+from orchestrator.policy import AWAITING_APPROVAL, RolloutSpec
 from orchestrator.revert import revert_groups
 from orchestrator.rollouts import (
     Plan,
@@ -18,7 +19,8 @@ from orchestrator.rollouts import (
     plan_rollout,
     rollout_status,
 )
-from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord
+from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord, Store
+from orchestrator.supersede import security_conflicts, take_over
 
 __all__ = ["routes"]
 
@@ -32,6 +34,15 @@ async def _rollout(request: web.Request) -> RolloutRecord:
 
 async def _view(request: web.Request, r: RolloutRecord) -> dict[str, object]:
     return await ctx(request).db.run(lambda s: rollout_status(s, r))
+
+
+def _approval(request: web.Request, value: bool | None) -> bool:
+    """Whether the rollout being created waits for approval (body ``require_approval``,
+    or the installation's ``[rollouts] require_approval``)."""
+    try:
+        return needs_approval(ctx(request).config.rollouts.require_approval, value)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
 
 
 def conflict(plan: Plan) -> web.Response | None:
@@ -73,35 +84,63 @@ async def create(request: web.Request) -> web.Response:
     """``dry_run``: validate, create nothing, answer the plan; ``force``: create even when
     other active rollouts hold some of the devices (409 otherwise)."""
     body = decode_body(CreateRollout, await json_body(request))
+    dry_run, force = body.dry_run, body.force
+    approval = _approval(request, body.require_approval)
     release = await find_release(request, str(body.release))
     target, spec = body.target, spec_of(body)
-    plan = await _plan(request, release, target, spec, body.dry_run)
-    if body.dry_run:
-        return ok(plan.to_json(spec.phases))
-    refused = None if body.force else conflict(plan)
+    plan = await _plan(request, release, target, spec, dry_run)
+    kept = plan.conflicts
+    if release.security and plan.conflicts:  # feature rollouts' devices are superseded
+        kept = await ctx(request).db.run(lambda s: security_conflicts(s, plan.conflicts))
+    if dry_run:
+        out = plan.to_json(spec.phases)
+        for h in out["held"] if release.security else ():  # taken, not waited for
+            h["superseded"] = h["device"] in plan.conflicts and h["device"] not in kept
+        return ok({**out, "requires_approval": approval})
+    plan = Plan(plan.assignments, plan.held, kept)
+    refused = None if force else conflict(plan)
     if refused is not None:
         return refused
-    r = await create_rollout(request, release, target, spec, plan)
+    r = await create_rollout(request, release, target, spec, plan, approval=approval)
     return ok(await _view(request, r), status=201)
 
 
 async def create_rollout(
     request: web.Request, release: ReleaseRecord, target: TargetSpec, spec: RolloutSpec,
-    plan: Plan, **audit_detail: object,
+    plan: Plan, *, approval: bool, **audit_detail: object,
 ) -> RolloutRecord:  # fmt: skip
-    """Store the rollout as planned, audit it, and wake the engine."""
+    """Store the rollout as planned (awaiting approval when ``approval``), audit it, and
+    wake the engine."""
     c = ctx(request)
     now = c.clock.now()
     who = principal(request).name
-    r = await c.db.run(
-        lambda s: s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
-                                   assignments=plan.assignments, now=now, actor=who)
-    )  # fmt: skip
+
+    def store(s: Store) -> RolloutRecord:
+        return s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
+                                assignments=plan.assignments, now=now, actor=who,
+                                approval=approval)  # fmt: skip
+
+    taken: dict[int, list[str]] = {}
+    if release.security and not approval:
+        async with c.engine.lock:  # the take-over's cancels precede its first notice
+            r = await c.db.run(store)
+            taken = await take_over(c.engine, r, now)
+    else:
+        r = await c.db.run(store)
     await audit(request, "rollout.create", f"rollout/{r.id}", release=release.id,
                 target=target.to_json(), spec=spec.to_json(), devices=len(plan.assignments),
-                forced=sorted(set(plan.conflicts.values())), **audit_detail)  # fmt: skip
+                forced=sorted(set(plan.conflicts.values())), requires_approval=approval,
+                **audit_detail)  # fmt: skip
+    await superseded(request, r, taken)
     c.engine.wake()
     return r
+
+
+async def superseded(request: web.Request, r: RolloutRecord, taken: dict[int, list[str]]) -> None:
+    """Audit what a starting security rollout took from feature rollouts."""
+    for rollout_id, devices in taken.items():
+        await audit(request, "rollout.supersede", f"rollout/{rollout_id}", by=r.id,
+                    devices=len(devices), device_ids=devices[:100])  # fmt: skip
 
 
 @routes.get("/v1/rollouts")
@@ -134,6 +173,48 @@ async def _optional_body(request: web.Request) -> dict[str, object]:
 
 async def _reason(request: web.Request) -> str:
     return decode_body(Reason, await _optional_body(request)).reason
+
+
+async def _decide(request: web.Request, approve: bool) -> web.Response:
+    """Approve or reject a rollout awaiting approval; never its creator's own."""
+    r = await _rollout(request)
+    reason = await _reason(request)
+    action = "approve" if approve else "reject"
+    if not approve and not reason.strip():
+        raise ApiError(400, "reason: say why the rollout is rejected (CLI --reason)")
+    who = principal(request)
+
+    def check(stored: RolloutRecord) -> None:
+        try:
+            check_decider(stored, who, action)
+        except ApprovalRefusedError as e:
+            raise ApiError(e.status, str(e)) from None
+
+    try:
+        r, taken = await decide(
+            ctx(request).engine, r.id, check, approve=approve, actor=who.name,
+            reason=reason or f"rejected by {who.name}",
+        )  # fmt: skip
+    except ApiError as e:
+        # A refused decision is an event about a pending rollout too: who tried what.
+        await audit(request, f"rollout.{action}_refused", f"rollout/{r.id}", error=e.reason)
+        raise
+    await audit(request, f"rollout.{action}", f"rollout/{r.id}", reason=reason,
+                created_by=r.created_by, state=r.state)  # fmt: skip
+    await superseded(request, r, taken)
+    return ok(await _view(request, r))
+
+
+@routes.post("/v1/rollouts/{rollout_id}/approve")
+@requires("operator")
+async def approve(request: web.Request) -> web.Response:
+    return await _decide(request, True)
+
+
+@routes.post("/v1/rollouts/{rollout_id}/reject")
+@requires("operator")
+async def reject(request: web.Request) -> web.Response:
+    return await _decide(request, False)
 
 
 @routes.post("/v1/rollouts/{rollout_id}/pause")
@@ -176,8 +257,10 @@ async def cancel(request: web.Request) -> web.Response:
 @requires("operator")
 async def retry(request: web.Request) -> web.Response:
     r = await _rollout(request)
-    if r.state in ("canceled", "aborted"):
+    if r.state in ("canceled", "aborted", "rejected"):
         raise ApiError(409, f"rollout {r.id} is {r.state}; create a new rollout instead")
+    if r.state == AWAITING_APPROVAL:  # a retry restarts it: that would skip the approval
+        raise ApiError(409, f"rollout {r.id} is awaiting approval; nothing to retry yet")
     n = await ctx(request).engine.retry_failed(r)
     await audit(request, "rollout.retry", f"rollout/{r.id}", devices=n)
     r = await ctx(request).db.run(lambda s: s.get_rollout(r.id))
@@ -193,6 +276,7 @@ async def revert(request: web.Request) -> web.Response:
     r = await _rollout(request)
     body = decode_body(RevertRollout, await _optional_body(request))
     dry_run, force, spec = body.dry_run, body.force, spec_of(body)
+    approval = _approval(request, body.require_approval)
     if r.active:
         raise ApiError(
             409, f"rollout {r.id} is {r.state}; cancel it first (its devices stay where "
@@ -223,7 +307,8 @@ async def revert(request: web.Request) -> web.Response:
     for release, target, plan in plans:
         if not plan.assignments:  # every device left out for its model: see the dry run
             continue
-        new = await create_rollout(request, release, target, spec, plan, reverts=r.id)
+        new = await create_rollout(request, release, target, spec, plan, approval=approval,
+                                   reverts=r.id)  # fmt: skip
         created.append(await _view(request, new))
     await audit(request, "rollout.revert", f"rollout/{r.id}",
                 rollouts=[v["id"] for v in created], skipped=len(skipped))  # fmt: skip

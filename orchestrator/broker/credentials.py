@@ -67,6 +67,7 @@ def device_grants(user: BrokerUser, topics: Topics) -> list[tuple[str, str]]:
     grants += [("read", topics.group_notice(g)) for g in sorted(set(user.groups))]
     grants += [
         ("read", topics.keyring_filter),
+        ("read", topics.support),
         ("read", topics.ack(d)),
         ("write", topics.report(d)),
         ("write", topics.presence(d)),

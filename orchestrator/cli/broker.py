@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from fleetpush_common.atomic import make_private_dir
+from fleetpush_common.atomic import make_private_dir, write_secret
 from fleetpush_protocol.topics import DEFAULT_PREFIX, Topics
 from orchestrator.broker import (
     INFO_FILE,
@@ -30,6 +30,7 @@ from orchestrator.broker import (
     listening,
     read_info,
 )
+from orchestrator.broker.credentials import ORCHESTRATOR_ROLE
 from orchestrator.config import ConfigError, load_config
 from orchestrator.provisioning import (
     DEFAULT_STATE_DIR,
@@ -187,6 +188,39 @@ def refresh_command(data_dir: Path) -> None:
     except ReloadError as e:
         raise click.ClickException(f"files written, but {e}") from None
     click.echo(f"wrote {b.passwd_path}, {b.acl_path} and {b.ca.crl_path}")
+
+
+@broker.command("add-orchestrator")
+@click.argument("name")
+@_data_option
+@click.option(
+    "--password-file",
+    "password_file",
+    type=click.Path(dir_okay=False, path_type=Path, resolve_path=True),
+    required=True,
+    help="Where to write its password (0600), for that replica's [mqtt] password_file.",
+)
+def add_orchestrator_command(name: str, data_dir: Path, password_file: Path) -> None:
+    """Add a broker identity with the orchestrator's rights, for one more replica.
+
+    Each `fleetpush serve` replica logs in with its own identity: the broker makes the
+    username the client id, and two connections with one client id knock each other off
+    (docs/scaling.md). Reloads a running broker.
+    """
+    b = broker_for_data_dir(data_dir)
+    existing = b.registry.get(name)
+    if existing is not None and existing.role != ORCHESTRATOR_ROLE:
+        raise click.ClickException(f"{name!r} is a {existing.role} identity, not a replica's")
+    try:
+        password = b.add_orchestrator(name)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    write_secret(password_file, password.encode() + b"\n")
+    try:
+        b.reload()
+    except ReloadError as e:
+        raise click.ClickException(f"identity added, but {e}") from None
+    click.echo(f"added orchestrator identity {name}; password in {password_file}")
 
 
 @broker.command("identities")

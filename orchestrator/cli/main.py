@@ -16,7 +16,7 @@ from orchestrator.cli.keys import config_option, keys, load, tokens
 from orchestrator.cli.ops import audit, devices
 from orchestrator.cli.protocol import protocol
 from orchestrator.cli.quickstart import quickstart
-from orchestrator.cli.releases import release
+from orchestrator.cli.releases import release, support
 from orchestrator.cli.rollouts import rollout
 from orchestrator.config import ConfigError
 from orchestrator.security.keystore import KeyStoreError
@@ -67,6 +67,7 @@ main.add_command(broker)
 main.add_command(keys)
 main.add_command(tokens)
 main.add_command(release)
+main.add_command(support)
 main.add_command(delta)
 main.add_command(devices)
 main.add_command(rollout)

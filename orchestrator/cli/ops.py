@@ -44,14 +44,26 @@ def _device_rows(items: list[dict[str, Any]]) -> None:
 @click.option("--version", "version")
 @click.option("--tag", help="key or key=value")
 @click.option("--limit", default=1000, show_default=True)
+@click.option("--missing-security", is_flag=True,
+              help="Only devices missing a security release, and which.")  # fmt: skip
 @api_command
 def devices_list(
     *,
     api: ApiClient, as_json: bool, group: str | None, model: str | None,
                  online: bool | None, version: str | None, tag: str | None,
-                 limit: int) -> None:  # fmt: skip
+                 limit: int, missing_security: bool) -> None:  # fmt: skip
     """List devices, filtered."""
     params = [("limit", str(limit))]
+    if missing_security:
+        params.append(("missing_security", "true"))
+        data = api.request("GET", "/v1/devices", params=params)
+        emit(data, as_json, lambda d: table(
+            ["device", "model", "version", "missing security release", "cves"],
+            [[x["device_id"], x["model"], x["current_version"],
+              ", ".join(f"{m['name']} {m['version']}" for m in x["missing_security"]),
+              ", ".join(c for m in x["missing_security"] for c in m["cves"])]
+             for x in d["devices"]]))  # fmt: skip
+        return
     for key, value in (("group", group), ("model", model), ("version", version), ("tag", tag)):
         if value is not None:
             params.append((key, value))

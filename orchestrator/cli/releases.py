@@ -1,4 +1,5 @@
-"""``fleetpush release``: upload (with progress), list, show and delete releases."""
+"""``fleetpush release``: upload (with progress, an SBOM, a security advisory), list, show
+(with the SBOM's components), attach an SBOM, delete."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from orchestrator.advisories import AdvisoryError, parse_advisory
 from orchestrator.cli.common import api_command, emit, table
 from orchestrator.client import ApiClient
+from orchestrator.sbom import SbomError, parse_sbom
 
-__all__ = ["release"]
+__all__ = ["release", "support"]
 
 
 @click.group()
@@ -60,19 +63,102 @@ def upload(api: ApiClient, file: Path, params: list[tuple[str, str]]) -> Any:
 )  # fmt: skip
 @click.option("--arg", "args", multiple=True, help="Handler argument key=value; repeat.")
 @click.option("--meta", "meta", multiple=True, help="Metadata key=value; repeat.")
+@click.option("--sbom", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="SBOM: SPDX or CycloneDX JSON, checked before uploading.")  # fmt: skip
+@click.option("--security", is_flag=True,
+              help="A security update: devices install it automatically, outside maintenance "
+                   "windows; needs --advisory.")  # fmt: skip
+@click.option("--advisory", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON: cves, severity, summary, disruptive, max_postpone (signed into "
+                   "every notice).")  # fmt: skip
 @api_command
 def release_upload(
     *,
     api: ApiClient, as_json: bool, file: Path, name: str, version: str,
                    models: tuple[str, ...], handler: str, args: tuple[str, ...],
-                   meta: tuple[str, ...]) -> None:  # fmt: skip
+                   meta: tuple[str, ...], sbom: Path | None, security: bool,
+                   advisory: Path | None) -> None:  # fmt: skip
     """Upload FILE as a release (stored by SHA-256)."""
     params = [("name", name), ("version", version), ("handler", handler)]
     params += [("model", m) for m in models] + [("arg", a) for a in args]
     params += [("meta", m) for m in meta]
+    # Both documents are checked before anything is sent: a bad one uploads nothing.
+    if security != (advisory is not None):
+        raise click.UsageError("--security and --advisory FILE go together")
+    if advisory is not None:
+        try:
+            parse_advisory(advisory.read_bytes())
+        except AdvisoryError as e:
+            raise click.UsageError(f"{advisory}: {e}") from None
+        params += [("security", "true"), ("advisory", advisory.read_text())]
+    sbom_bytes = _checked_sbom(sbom) if sbom is not None else None
     data = upload(api, file, params)
+    for warning in data.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+    if sbom_bytes is not None:
+        try:
+            data["sbom"] = api.request("PUT", f"/v1/releases/{data['id']}/sbom", raw=sbom_bytes)
+        except Exception:
+            click.echo(f"release {data['id']} was uploaded, its SBOM was not: attach it with "
+                       f"`fleetpush release sbom {data['id']} {sbom}`", err=True)  # fmt: skip
+            raise
+
+    def render(d: dict[str, Any]) -> None:
+        click.echo(f"release {d['id']}: {d['name']} {d['version']} ({d['size']} bytes, "
+                   f"sha256 {d['sha256']})")  # fmt: skip
+        for line in _notes(d):
+            click.echo(line)
+
+    emit(data, as_json, render)
+
+
+def _checked_sbom(path: Path) -> bytes:
+    data = path.read_bytes()
+    try:
+        parse_sbom(data)
+    except SbomError as e:
+        raise click.UsageError(f"{path}: {e}") from None
+    return data
+
+
+def _notes(d: dict[str, Any]) -> list[str]:
+    """The security class, advisory and SBOM summary of a release, for people."""
+    lines = []
+    a = d.get("advisory")
+    if d.get("update_class") == "security" and a:
+        cves = ", ".join(a["cves"]) or "no CVE id"
+        lines.append(f"security update ({a['severity']}): {cves}")
+        lines.append(f"  {a['summary']}")
+        lines.append(f"  disrupts function: {'yes' if a['disruptive'] else 'no'}; postponable "
+                     f"for at most {a['max_postpone_s']} s")  # fmt: skip
+    sbom = d.get("sbom")
+    if sbom:
+        count = sbom.get("component_count", sbom.get("components"))
+        lines.append(f"sbom: {sbom['format']} {sbom['spec_version']}, {count} component(s)")
+    return lines
+
+
+@click.command("support")
+@api_command
+def support(api: ApiClient, as_json: bool) -> None:
+    """Until when each hardware model gets security updates ([support] in the config)."""
+    data = api.request("GET", "/v1/support")
+    emit(data, as_json, lambda d: table(
+        ["model", "security updates until", "status"],
+        [[m["model"], m["security_updates_until"], "ended" if m["ended"] else "supported"]
+         for m in d["models"]]))  # fmt: skip
+
+
+@release.command("sbom")
+@click.argument("ref")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@api_command
+def release_sbom(api: ApiClient, as_json: bool, ref: str, file: Path) -> None:
+    """Attach (or replace) the SBOM of release REF: SPDX or CycloneDX JSON FILE."""
+    data = api.request("PUT", f"/v1/releases/{ref}/sbom", raw=_checked_sbom(file))
     emit(data, as_json, lambda d: click.echo(
-        f"release {d['id']}: {d['name']} {d['version']} ({d['size']} bytes, sha256 {d['sha256']})"
+        f"release {d['release']}: sbom {d['format']} {d['spec_version']}, "
+        f"{d['components']} component(s)"
     ))  # fmt: skip
 
 
@@ -88,9 +174,18 @@ def release_list(api: ApiClient, as_json: bool) -> None:
 @click.argument("ref")
 @api_command
 def release_show(api: ApiClient, as_json: bool, ref: str) -> None:
-    """Show a release (id or name@version)."""
+    """Show a release (id or name@version), its advisory and its SBOM's components."""
     data = api.request("GET", f"/v1/releases/{ref}")
-    emit(data, as_json, lambda d: _release_rows([d]))
+
+    def render(d: dict[str, Any]) -> None:
+        _release_rows([d])
+        for line in _notes(d):
+            click.echo(line)
+        if d.get("sbom"):
+            rows = [[c["name"], c["version"], c["purl"]] for c in d["sbom"]["components"]]
+            table(["component", "version", "purl"], rows)
+
+    emit(data, as_json, render)
 
 
 @release.command("delete")

@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.text import Text
 
-__all__ = ["gate_lines", "plan_lines", "render_status"]
+__all__ = ["approval_line", "gate_lines", "plan_lines", "render_status"]
 
 
 def gate_lines(gate: dict[str, Any]) -> list[str]:
@@ -46,10 +46,27 @@ def render_status(d: dict[str, Any]) -> Group:
                       total=p["devices"], completed=p["succeeded"], info=info)  # fmt: skip
     states = Text("  ".join(f"{k}: {v}" for k, v in sorted(d["states"].items())) or "no devices")
     parts: list[Any] = [head, bars, states]
+    line = approval_line(d)
+    if line:
+        parts.append(Text(line))
     gate = d.get("gate")
     if gate and d["state"] in ("running", "paused"):
         parts += [Text(line) for line in gate_lines(gate)]
     return Group(*parts)
+
+
+def approval_line(d: dict[str, Any]) -> str:
+    """Who created the rollout and where its four-eyes approval stands ("" when it needs
+    none)."""
+    a = d.get("approval") or {}
+    if not a.get("required"):
+        return ""
+    if a["state"] == "pending":
+        return (
+            f"awaiting approval: created by {d['created_by']}; another operator or an admin "
+            f"approves it (fleetpush rollout approve {d['id']}) or rejects it"
+        )
+    return f"{a['state']} by {a['decided_by']} (created by {d['created_by']})"
 
 
 def plan_lines(plan: dict[str, Any]) -> list[str]:
@@ -60,10 +77,16 @@ def plan_lines(plan: dict[str, Any]) -> list[str]:
         more = f" (+{len(p['devices']) - 20} more)" if len(p["devices"]) > 20 else ""
         lines.append(f"phase {p['phase']} ({p['percent']:g}%): {len(p['devices'])} device(s)"
                      f"{': ' + shown + more if shown else ''}")  # fmt: skip
+    if plan.get("requires_approval"):
+        lines.append("needs approval: another operator or an admin must approve it")
     for h in plan["held"]:
         where = f"phase {h['phase']}" if h["phase"] is not None else "left out"
         why = ", ".join(
-            f"other_rollout (rollout {h['rollout_id']})" if r == "other_rollout" else r
+            f"other_rollout (rollout {h['rollout_id']}"
+            + (", a feature rollout: taken from it" if h.get("superseded") else "")
+            + ")"
+            if r == "other_rollout"
+            else r
             for r in h["reasons"]
         )
         lines.append(f"held: {h['device']} ({where}): {why}")

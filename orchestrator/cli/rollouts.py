@@ -1,5 +1,5 @@
-"""``fleetpush rollout``: create (or dry-run), list, status and watch, targets, pause,
-resume, cancel, retry, revert."""
+"""``fleetpush rollout``: create (or dry-run), list, status and watch, targets, approve,
+reject, pause, resume, cancel, retry, revert."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from rich.live import Live
 
 from fleetpush_common.units import parse_duration, parse_percent, parse_phases
 from orchestrator.cli.common import api_command, emit, fmt_time, table
-from orchestrator.cli.rollout_views import gate_lines, plan_lines, render_status
+from orchestrator.cli.rollout_views import approval_line, gate_lines, plan_lines, render_status
 from orchestrator.client import ApiClient
 from orchestrator.policy import FAILURE_STATES
 
 __all__ = ["WATCH_EXIT", "rollout"]
 
 # ``rollout status --watch`` ends when the rollout stops moving, with one code per way.
-WATCH_EXIT = {"completed": 0, "paused": 3, "aborted": 4, "canceled": 5}
+WATCH_EXIT = {"completed": 0, "paused": 3, "aborted": 4, "canceled": 5, "rejected": 6}
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
@@ -103,6 +103,9 @@ def _start_at(text: str | None) -> float | None:
                    "would be held back.")  # fmt: skip
 @click.option("--force", is_flag=True,
               help="Create even when other active rollouts hold some of the devices.")  # fmt: skip
+@click.option("--require-approval", is_flag=True,
+              help="Start only once another operator or an admin approves it (the "
+                   "installation may require this for every rollout).")  # fmt: skip
 @api_command
 def rollout_create(
     *,
@@ -111,7 +114,8 @@ def rollout_create(
                    min_attempts: int, on_failure: str, rate: float, rate_mode: str,
                    rate_factor: float, rate_every: int, rate_max: float, device_timeout: str,
                    start_at: str | None, windows: tuple[str, ...],
-                   continuous: bool, dry_run: bool, force: bool) -> None:  # fmt: skip
+                   continuous: bool, dry_run: bool, force: bool,
+                   require_approval: bool) -> None:  # fmt: skip
     """Roll RELEASE (NAME@VERSION or id) out to --target in --phases."""
     try:
         body = {
@@ -127,16 +131,23 @@ def rollout_create(
             "start_at": _start_at(start_at), "windows": list(windows),
             "continuous": continuous, "dry_run": dry_run, "force": force,
         }  # fmt: skip
+        if require_approval:  # else the installation's setting decides
+            body["require_approval"] = True
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     data = api.request("POST", "/v1/rollouts", body=body)
     if dry_run:
         emit(data, as_json, lambda d: click.echo("\n".join(plan_lines(d))))
         return
-    emit(data, as_json, lambda d: click.echo(
-        f"rollout {d['id']}: {d['release']['name']} {d['release']['version']} to "
-        f"{d['devices']} device(s), {d['state']}"
-    ))  # fmt: skip
+
+    def created(d: dict[str, Any]) -> None:
+        click.echo(f"rollout {d['id']}: {d['release']['name']} {d['release']['version']} to "
+                   f"{d['devices']} device(s), {d['state']}")  # fmt: skip
+        line = approval_line(d)
+        if line:
+            click.echo(line)
+
+    emit(data, as_json, created)
 
 
 @rollout.command("list")
@@ -164,7 +175,7 @@ def _watch_end(data: dict[str, Any]) -> int | None:
 @click.argument("rollout_id", type=int)
 @click.option("--watch", is_flag=True,
               help="Refresh until the rollout stops moving; the exit code says how: 0 "
-                   "completed, 3 paused, 4 aborted, 5 canceled.")  # fmt: skip
+                   "completed, 3 paused, 4 aborted, 5 canceled, 6 rejected.")  # fmt: skip
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
 @api_command
 def rollout_status(api: ApiClient, as_json: bool, rollout_id: int, watch: bool,
@@ -216,15 +227,22 @@ def _acted(d: dict[str, Any]) -> None:
     pauses a rollout again whose phase finished below it)."""
     extra = f" ({d['retried']} device(s) to notify again)" if "retried" in d else ""
     click.echo(f"rollout {d['id']}: {d['state']}{extra}")
+    line = approval_line(d)
+    if line and d["approval"]["state"] != "pending":
+        click.echo(line)
     if d["state"] == "running":
         for line in gate_lines(d["gate"]):
             click.echo(line)
 
 
-def _action(name: str, help_: str, with_reason: bool) -> None:
+def _action(name: str, help_: str, with_reason: bool, *, reason_required: bool = False) -> None:
+    # No default at all when required: click 8.5 takes default=None as a given value.
+    extra: dict[str, Any] = {} if reason_required else {"default": ""}
+
     @rollout.command(name, help=help_)
     @click.argument("rollout_id", type=int)
-    @click.option("--reason", default="", help="Recorded in the audit log.")
+    @click.option("--reason", required=reason_required, help="Recorded in the audit log.",
+                  **extra)  # fmt: skip
     @api_command
     def command(api: ApiClient, as_json: bool, rollout_id: int, reason: str) -> None:
         body = {"reason": reason} if with_reason and reason else None
@@ -232,6 +250,9 @@ def _action(name: str, help_: str, with_reason: bool) -> None:
         emit(data, as_json, _acted)
 
 
+_action("approve", "Approve a rollout awaiting approval (not your own): it starts.", True)
+_action("reject", "Reject a rollout awaiting approval (not your own): it ends, devices free.",
+        True, reason_required=True)  # fmt: skip
 _action("pause", "Stop notifying devices (in-flight ones continue).", True)
 _action("resume", "Continue a paused rollout; failures so far stop counting.", False)
 _action("cancel", "Cancel: pending devices are dropped, notified ones get a cancel notice.", True)

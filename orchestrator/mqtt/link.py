@@ -33,7 +33,7 @@ from fleetpush_common.tasks import cancel_and_wait
 from orchestrator.mqtt import codec
 from orchestrator.mqtt.protocol import Handlers, MqttProtocol
 from orchestrator.mqtt.reasons import reason_name
-from orchestrator.mqtt.settings import DEFAULT_USER, MqttConfig
+from orchestrator.mqtt.settings import MqttConfig
 
 __all__ = ["Message", "MqttLink", "PublishTimeoutError"]
 
@@ -102,6 +102,9 @@ class MqttLink:
         config: broker address, credentials and topic prefix.
         subscriptions: topic filters subscribed (QoS 1) on every connect.
         on_message: called on the link's thread for every message; must call ``ack``.
+        session_expiry_s: how long the broker keeps the session while we are away. Long
+            for a lone orchestrator (reports wait for it); short for a replica on a shared
+            subscription, which the broker goes on feeding while its session lives.
     """
 
     def __init__(
@@ -109,8 +112,11 @@ class MqttLink:
         config: MqttConfig,
         subscriptions: Sequence[str] = (),
         on_message: Callable[[Message], None] | None = None,
+        *,
+        session_expiry_s: int = SESSION_EXPIRY_S,
     ) -> None:
         self.config = config
+        self.session_expiry_s = session_expiry_s
         self.subscriptions = tuple(subscriptions)
         self.on_message = on_message
         self.connected = threading.Event()
@@ -245,10 +251,10 @@ class MqttLink:
             lambda: proto, cfg.host, cfg.port, ssl=cfg.tls_context()
         )
         self._proto = proto
-        user = cfg.username or DEFAULT_USER
+        user = cfg.login
         hello = codec.connect(user, user, cfg.password,
                               keepalive_s=cfg.keepalive_s, clean_start=False,
-                              session_expiry_s=SESSION_EXPIRY_S,
+                              session_expiry_s=self.session_expiry_s,
                               receive_maximum=RECEIVE_MAXIMUM)  # fmt: skip
         proto.write(hello)
         ack = await proto.connack
@@ -336,6 +342,11 @@ class MqttLink:
         refused = [f for f, r in zip(self.subscriptions, s.reasons, strict=False) if r >= 0x80]
         if refused:
             logger.warning("broker refused subscriptions: %s", ", ".join(refused))
+        if 0x9E in s.reasons:  # Shared Subscriptions not supported
+            logger.error(
+                'this broker has no shared subscriptions: set [mqtt] share_group = "" '
+                "(every replica then receives every device message; each is stored once)"
+            )
 
     # --- acks ----------------------------------------------------------------------------
 

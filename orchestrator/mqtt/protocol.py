@@ -93,5 +93,12 @@ class MqttProtocol(asyncio.Protocol):
             elif isinstance(p, codec.SubAck):
                 h.on_suback(p)
             elif isinstance(p, codec.Disconnect):
-                logger.warning("MQTT broker disconnected us: reason 0x%02x", p.reason)
+                if p.reason == 0x8E:  # Session taken over
+                    logger.error(
+                        "MQTT broker disconnected us: another client logged in with our "
+                        "client id (another fleetpush serve with this [mqtt] username? each "
+                        "replica needs its own identity, docs/scaling.md)"
+                    )
+                else:
+                    logger.warning("MQTT broker disconnected us: reason 0x%02x", p.reason)
                 self.abort()

@@ -33,10 +33,20 @@ class MqttConfig(BrokerSettings, frozen=True, forbid_unknown_fields=True, kw_onl
     )  # seconds between two pings
     # Empty: "fleetpush", or the recorded broker's (a prefix given must match that one).
     topic_prefix: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    # MQTT 5 shared subscription group for device messages ("": plain subscriptions): the
+    # broker hands each report to one replica of the group.
+    share_group: Annotated[str, msgspec.Meta(max_length=128)] = "fleetpush"
     source: str = "settings"  # where host and login came from, said at start
     missing: str = ""  # why no broker is configured: ``serve`` refuses to start with it
 
+    @property
+    def login(self) -> str:
+        """The username (also the client id and the replica's id)."""
+        return self.username or DEFAULT_USER
+
     def __post_init__(self) -> None:
+        if self.share_group and not self.share_group.replace("-", "").replace("_", "").isalnum():
+            raise ValueError('share_group: letters, digits, - and _ only (or "")')
         if self.url:
             super().__post_init__()
             return
@@ -100,5 +110,6 @@ def _recorded_broker(m: MqttConfig, data_dir: Path, source: str) -> MqttConfig:
         password=password,
         topic_prefix=info.topic_prefix,
         keepalive_s=m.keepalive_s,
+        share_group=m.share_group,
         source=str(workdir / INFO_FILE),
     )

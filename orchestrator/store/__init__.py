@@ -23,6 +23,7 @@ from orchestrator.store.records import (
     TargetRecord,
     TokenRecord,
 )
+from orchestrator.store.sql.leases import LeaseLostError, ReplicaRecord
 from orchestrator.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -32,9 +33,11 @@ __all__ = [
     "DeviceFilter",
     "DeviceRecord",
     "IngestResult",
+    "LeaseLostError",
     "NotFoundError",
     "NoticeRecord",
     "ReleaseRecord",
+    "ReplicaRecord",
     "RolloutRecord",
     "SQLiteStore",
     "SchemaError",

@@ -118,6 +118,12 @@ class ReleaseRecord:
     handler_args: dict[str, str]
     metadata: dict[str, str]
     created_at: float
+    update_class: str = "feature"  # or "security" (issue 17)
+    advisory: dict[str, Any] | None = None  # a security release's, as its notices carry it
+
+    @property
+    def security(self) -> bool:
+        return self.update_class == "security"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -131,6 +137,8 @@ class ReleaseRecord:
             "handler_args": dict(self.handler_args),
             "metadata": dict(self.metadata),
             "created_at": self.created_at,
+            "update_class": self.update_class,
+            "advisory": self.advisory,
         }
 
 
@@ -140,7 +148,7 @@ class RolloutRecord:
     release_id: int
     target: dict[str, Any]
     spec: RolloutSpec
-    state: str  # scheduled, running, paused, completed, canceled, aborted
+    state: str  # policy.ROLLOUT_STATES
     phase: int
     phase_started_at: float | None
     gate_met_at: float | None
@@ -150,6 +158,11 @@ class RolloutRecord:
     created_at: float
     updated_at: float
     created_by: str
+    # Four-eyes approval: "" (not required), "pending", "approved" or "rejected"; who
+    # approved or rejected it, and when.
+    approval: str = ""
+    decided_by: str = ""
+    decided_at: float | None = None
 
     @property
     def active(self) -> bool:
@@ -169,6 +182,12 @@ class RolloutRecord:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "created_by": self.created_by,
+            "approval": {
+                "required": bool(self.approval),
+                "state": self.approval,
+                "decided_by": self.decided_by,
+                "decided_at": self.decided_at,
+            },
         }
 
 

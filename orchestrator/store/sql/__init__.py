@@ -6,13 +6,13 @@ from orchestrator.store.sql.admin import AdminMethods
 from orchestrator.store.sql.base import Cursor, Dialect, SqlBase
 from orchestrator.store.sql.devices import DeviceMethods
 from orchestrator.store.sql.ingest import IngestMethods
-from orchestrator.store.sql.notices import NoticeMethods
+from orchestrator.store.sql.leases import LeaseMethods
 from orchestrator.store.sql.rollouts import RolloutMethods
 
 __all__ = ["Cursor", "Dialect", "SqlBase", "SqlStore"]
 
 
-class SqlStore(DeviceMethods, IngestMethods, RolloutMethods, NoticeMethods, AdminMethods):
+class SqlStore(DeviceMethods, IngestMethods, RolloutMethods, LeaseMethods, AdminMethods):
     """Every ``Store`` method; a backend subclass supplies ``_tx``, ``_execute``,
     ``_executemany``, ``close`` and its ``Dialect``."""
 

@@ -92,6 +92,8 @@ class IngestMethods(SqlBase):
                 r.current_version, r.reported_at, now, error.code if error else None,
                 error.message if error else None, 0 if owners[-1] is None else 1,
             ))  # fmt: skip
+        # In key order: replicas inserting overlapping batches lock in one order.
+        rows.sort(key=lambda row: (row[0], row[1]))
         # Stored exactly once: what the insert returns is what no one (no earlier batch, no
         # other replica) stored before; only that counts and moves a target. Many rows per
         # statement: the statement, not the row, is what costs on this path.
@@ -210,7 +212,9 @@ class IngestMethods(SqlBase):
     def _ingest_presence(self, batch: list[Presence], now: float) -> None:
         stored = self._stored_presence(sorted({p.device_id for p in batch}))
         came_online: list[str] = []
-        for p in batch:
+        # Device order (stable: each device's messages keep theirs), so replicas writing
+        # overlapping batches lock the rows in one order.
+        for p in sorted(batch, key=lambda p: p.device_id):
             current = stored.get(p.device_id)
             if current is None:
                 self._execute(

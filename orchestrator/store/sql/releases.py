@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from orchestrator.policy import ACTIVE_ROLLOUT_STATES
 from orchestrator.store.base import ConflictError, NotFoundError
@@ -22,12 +23,13 @@ class ReleaseMethods(SqlBase):
             with self._tx():
                 row = self._execute(
                     "INSERT INTO releases (name, version, sha256, size, models, handler, "
-                    "handler_args, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "RETURNING id",
+                    "handler_args, metadata, created_at, update_class, advisory) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         rec.name, rec.version, rec.sha256, rec.size, json.dumps(rec.models),
                         rec.handler, json.dumps(rec.handler_args), json.dumps(rec.metadata),
-                        rec.created_at,
+                        rec.created_at, rec.update_class,
+                        json.dumps(rec.advisory, sort_keys=True) if rec.advisory else None,
                     ),
                 ).fetchone()  # fmt: skip
         except self.dialect.integrity:
@@ -89,8 +91,36 @@ class ReleaseMethods(SqlBase):
                 # Finished rollouts keep their history: hide the release, keep the row.
                 self._execute("UPDATE releases SET deleted_at = ? WHERE id = ?", (now, release_id))
             else:
+                self._execute("DELETE FROM release_sboms WHERE release_id = ?", (release_id,))
                 self._execute("DELETE FROM releases WHERE id = ?", (release_id,))
         return rec
+
+    def put_sbom(
+        self, release_id: int, *, format: str, spec_version: str,
+        components: list[dict[str, str]], body: str, now: float,
+    ) -> None:  # fmt: skip
+        """Store (or replace) the SBOM of a release."""
+        with self._tx():
+            self.get_release(release_id)
+            self._execute("DELETE FROM release_sboms WHERE release_id = ?", (release_id,))
+            self._execute(
+                "INSERT INTO release_sboms (release_id, format, spec_version, components, body,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (release_id, format, spec_version, json.dumps(components), body, now),
+            )
+
+    def get_sbom(self, release_id: int) -> tuple[dict[str, Any], str] | None:
+        """``(summary with its components, the document as uploaded)``, or None."""
+        row = self._execute(
+            "SELECT format, spec_version, components, body, created_at FROM release_sboms "
+            "WHERE release_id = ?",
+            (release_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        components = json.loads(row[2])
+        return {"format": row[0], "spec_version": row[1], "components": components,
+                "component_count": len(components), "uploaded_at": row[4]}, row[3]  # fmt: skip
 
     def sha256_in_use(self, sha256: str) -> bool:
         row = self._execute(

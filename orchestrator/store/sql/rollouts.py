@@ -11,6 +11,7 @@ from typing import Any
 
 from orchestrator.policy import (
     ACTIVE_ROLLOUT_STATES,
+    AWAITING_APPROVAL,
     FAILURE_STATES,
     IN_FLIGHT_STATES,
     PENDING,
@@ -18,7 +19,7 @@ from orchestrator.policy import (
     PhaseCounts,
     RolloutSpec,
 )
-from orchestrator.store.base import NotFoundError
+from orchestrator.store.base import ConflictError, NotFoundError
 from orchestrator.store.records import RolloutRecord, TargetRecord
 from orchestrator.store.rules import timeout_reason
 from orchestrator.store.sql import rows
@@ -31,7 +32,7 @@ _IN_FLIGHT = tuple(sorted(IN_FLIGHT_STATES))
 _FAILURES = tuple(sorted(FAILURE_STATES))
 _UPDATABLE = frozenset({
     "state", "phase", "phase_started_at", "gate_met_at", "reason", "failure_base",
-    "attempt_base",
+    "attempt_base", "approval", "decided_by", "decided_at",
 })  # fmt: skip
 
 
@@ -45,17 +46,24 @@ class RolloutMethods(ReleaseMethods):
         assignments: Sequence[tuple[str, int, int]],
         now: float,
         actor: str,
+        approval: bool = False,
     ) -> RolloutRecord:
-        state = "scheduled" if spec.start_at is not None and spec.start_at > now else "running"
+        if approval:
+            state = AWAITING_APPROVAL
+        elif spec.start_at is not None and spec.start_at > now:
+            state = "scheduled"
+        else:
+            state = "running"
         with self._tx():
             self.get_release(release_id)
             row = self._execute(
                 "INSERT INTO rollouts (release_id, target, spec, state, phase, phase_started_at,"
-                " created_at, updated_at, created_by) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?) "
-                "RETURNING id",
+                " created_at, updated_at, created_by, approval) "
+                "VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     release_id, json.dumps(target), json.dumps(spec.to_json()), state,
                     now if state == "running" else None, now, now, actor,
+                    "pending" if approval else "",
                 ),
             ).fetchone()  # fmt: skip
             rid = int(row[0])
@@ -80,17 +88,45 @@ class RolloutMethods(ReleaseMethods):
             sql += f" WHERE state IN ({marks(len(states))})"
         return [rows.rollout(r) for r in self._execute(sql + " ORDER BY id", tuple(states))]
 
-    def update_rollout(self, rollout_id: int, now: float, **fields: Any) -> RolloutRecord:
+    def update_rollout(
+        self,
+        rollout_id: int,
+        now: float,
+        *,
+        expect: tuple[str, int | None] | None = None,
+        **fields: Any,
+    ) -> RolloutRecord:
+        """Set ``fields``; with ``expect`` = (state, phase), only if the rollout is still
+        in that state and phase (phase None: any), a compare-and-set: another replica or an
+        operator may have moved it since it was read.
+
+        Raises:
+            ConflictError: ``expect`` no longer holds; nothing was changed.
+        """
         bad = set(fields) - _UPDATABLE
         if bad:
             raise ValueError(f"cannot update rollout fields {sorted(bad)}")
         sets = ", ".join(f"{k} = ?" for k in fields)
+        where = "id = ?"
+        args: list[Any] = [rollout_id]
+        if expect is not None:
+            where += " AND state = ?"
+            args.append(expect[0])
+            if expect[1] is not None:
+                where += " AND phase = ?"
+                args.append(expect[1])
         with self._tx():
-            self._execute(
-                f"UPDATE rollouts SET {sets}, updated_at = ? WHERE id = ?",
-                (*fields.values(), now, rollout_id),
-            )
-            return self.get_rollout(rollout_id)
+            changed = self._execute(
+                f"UPDATE rollouts SET {sets}, updated_at = ? WHERE {where}",
+                (*fields.values(), now, *args),
+            ).rowcount
+            r = self.get_rollout(rollout_id)
+            if not changed:
+                raise ConflictError(
+                    f"rollout {rollout_id} changed meanwhile: it is {r.state} in phase "
+                    f"{r.phase + 1} now"
+                )
+            return r
 
     def phase_counts(self, rollout_id: int) -> dict[int, PhaseCounts]:
         counts: dict[int, PhaseCounts] = {}
@@ -143,6 +179,18 @@ class RolloutMethods(ReleaseMethods):
                 (rollout_id, PENDING, max_phase, limit),
             )
         ]
+
+    def succeeded_releases(self) -> dict[str, dict[str, int]]:
+        """Device -> release name -> the highest release id it succeeded on (accepted
+        reports only: a target's state moves on those)."""
+        out: dict[str, dict[str, int]] = {}
+        for device_id, name, release_id in self._execute(
+            "SELECT t.device_id, rel.name, max(rel.id) FROM rollout_targets t "
+            "JOIN rollouts r ON r.id = t.rollout_id JOIN releases rel ON rel.id = r.release_id "
+            "WHERE t.state = 'succeeded' GROUP BY t.device_id, rel.name"
+        ):
+            out.setdefault(device_id, {})[name] = int(release_id)
+        return out
 
     def active_target_ids(self) -> set[str]:
         """Devices targeted by any scheduled, running or paused rollout."""
@@ -197,6 +245,30 @@ class RolloutMethods(ReleaseMethods):
                 f"updated_at = ? WHERE rollout_id = ? AND state IN ({marks(len(_FAILURES))})",
                 (PENDING, now, rollout_id, *_FAILURES),
             ).rowcount
+
+    def cancel_device_targets(
+        self, rollout_id: int, device_ids: Sequence[str], now: float, reason: str
+    ) -> list[str]:
+        """Cancel the unfinished targets of ``device_ids`` in the rollout (the rest of it
+        goes on); return those that had a notice out."""
+        notified: list[str] = []
+        with self._tx():
+            for d in device_ids:
+                row = self._execute(
+                    "SELECT state FROM rollout_targets WHERE rollout_id = ? AND device_id = ?"
+                    + self.dialect.for_update,
+                    (rollout_id, d),
+                ).fetchone()
+                if row is None or (row[0] != PENDING and row[0] not in IN_FLIGHT_STATES):
+                    continue
+                if row[0] != PENDING:
+                    notified.append(d)
+                self._execute(
+                    "UPDATE rollout_targets SET state = 'canceled', reason = ?, updated_at = ? "
+                    "WHERE rollout_id = ? AND device_id = ?",
+                    (reason, now, rollout_id, d),
+                )
+        return notified
 
     def cancel_targets(self, rollout_id: int, now: float, reason: str) -> list[str]:
         """Cancel every unfinished target; return the devices that had a notice out."""

@@ -33,11 +33,13 @@ DEVICE_COLS = (
     "limited, limited_at, limited_reason"
 )
 RELEASE_COLS = (
-    "id, name, version, sha256, size, models, handler, handler_args, metadata, created_at"
+    "id, name, version, sha256, size, models, handler, handler_args, metadata, created_at, "
+    "update_class, advisory"
 )
 ROLLOUT_COLS = (
     "id, release_id, target, spec, state, phase, phase_started_at, gate_met_at, reason, "
-    "failure_base, attempt_base, created_at, updated_at, created_by"
+    "failure_base, attempt_base, created_at, updated_at, created_by, approval, decided_by, "
+    "decided_at"
 )
 TARGET_COLS = (
     "rollout_id, device_id, position, phase, state, delivered, notice_id, notified_at, "
@@ -83,6 +85,8 @@ def release(row: Any) -> ReleaseRecord:
         handler_args=json.loads(row[7]),
         metadata=json.loads(row[8]),
         created_at=row[9],
+        update_class=row[10],
+        advisory=json.loads(row[11]) if row[11] else None,
     )
 
 
@@ -102,6 +106,9 @@ def rollout(row: Any) -> RolloutRecord:
         created_at=row[11],
         updated_at=row[12],
         created_by=row[13],
+        approval=row[14],
+        decided_by=row[15],
+        decided_at=row[16],
     )
 
 

@@ -140,6 +140,7 @@ export function rolloutForm(onCreated) {
     windows: input("windows", "", { placeholder: "02:00-04:00; sat,sun 00:00-06:00 (UTC)" }),
     continuous: h("input", { type: "checkbox", name: "continuous" }),
     force: h("input", { type: "checkbox", name: "force" }),
+    require_approval: h("input", { type: "checkbox", name: "require_approval" }),
   };
   const values = () => Object.fromEntries(Object.entries(el).map(([k, x]) => [k, x.type === "checkbox" ? x.checked : x.value]));
   const showScope = () => {
@@ -155,6 +156,7 @@ export function rolloutForm(onCreated) {
   const body = () => {
     const b = rolloutRequest(values());
     if (el.force.checked) b.force = true;
+    if (el.require_approval.checked) b.require_approval = true; // else the installation decides
     return b;
   };
   const changed = () => {
@@ -193,6 +195,7 @@ export function rolloutForm(onCreated) {
     field("Min attempts", el.min_attempts, "before the threshold applies"),
     field("On failure", el.on_failure), field("Rate (devices/min)", el.rate_per_min, "0: unlimited"),
     field("Windows", el.windows, "UTC, separated by ;"), field("Continuous", el.continuous, "new matching devices join"),
+    field("Require approval", el.require_approval, "another operator or an admin starts it"),
     forceRow),
   h("div", { class: "form-actions" }, h("button", { type: "submit", "data-action": "preview", text: "Preview devices" }), start),
   preview);

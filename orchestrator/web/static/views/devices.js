@@ -12,7 +12,7 @@ export function devicesView() {
     h("input", { type: "search", placeholder: "Search id, model, version, group", value: f.q,
       "aria-label": "Search devices", "data-filter": "q",
       oninput: (e) => { f.q = e.target.value; update(); } }));
-  for (const [key, label] of [["online", "presence"], ["version", "version"], ["group", "group"], ["model", "model"]]) {
+  for (const [key, label] of [["online", "presence"], ["version", "version"], ["group", "group"], ["model", "model"], ["security", "security updates"]]) {
     selects[key] = h("select", { "aria-label": `Filter by ${label}`, "data-filter": key,
       onchange: (e) => { f[key] = e.target.value; update(); } });
     toolbar.append(selects[key]);
@@ -28,6 +28,8 @@ export function devicesView() {
     selects.group.replaceChildren(option("", "any group", f.group), ...s.groups.map((g) => option(g, g, f.group)));
     selects.model.replaceChildren(option("", "any model", f.model),
       ...Object.keys(s.models).map((m) => option(m, m, f.model)));
+    selects.security.replaceChildren(option("", "any security state", f.security),
+      option("missing", `missing a security update (${state.missingSecurity.size})`, f.security));
   }
 
   function matches(d) {
@@ -36,6 +38,7 @@ export function devicesView() {
     if (f.online && String(d.online) !== f.online) return false;
     if (f.version && (d.current_version || "unknown") !== f.version) return false;
     if (f.group && !d.groups.includes(f.group)) return false;
+    if (f.security === "missing" && !state.missingSecurity.has(d.device_id)) return false;
     return !(f.model && (d.model || "unknown") !== f.model);
   }
 
@@ -48,7 +51,8 @@ export function devicesView() {
       rows.slice(0, 1000).map((d) => h("tr", { "data-device-id": d.device_id },
         h("td", {}, h("a", { href: `#/devices/${encodeURIComponent(d.device_id)}`, text: d.device_id })),
         h("td", {}, badge(d.online ? "online" : "offline")),
-        h("td", { text: d.current_version || "unknown" }),
+        h("td", {}, d.current_version || "unknown", state.missingSecurity.has(d.device_id)
+          ? h("span", { class: "badge failed", "data-missing-security": "", title: `misses ${state.missingSecurity.get(d.device_id).join(", ")}`, text: " security update missing" }) : null),
         h("td", { class: "wide", text: d.model || "—" }),
         h("td", { class: "wide" }, d.groups.join(", ") || "—", d.claims_mismatch ? " " : null, claimsBadge(d)),
         h("td", { title: when(d.last_seen), text: ago(d.last_seen) }))),

@@ -19,8 +19,14 @@ export function progressBar(c) {
 
 async function act(r, action) {
   if (action === "cancel" && !confirm(`Cancel rollout #${r.id}? Devices not yet updated are left as they are.`)) return;
+  const body = {};
+  if (action === "reject") {
+    const reason = prompt(`Reject rollout #${r.id}: why? (recorded in the audit log)`);
+    if (!reason || !reason.trim()) return;
+    body.reason = reason.trim();
+  }
   try {
-    await api("POST", `/v1/rollouts/${r.id}/${action}`, {});
+    await api("POST", `/v1/rollouts/${r.id}/${action}`, body);
     const fresh = await api("GET", `/v1/dashboard/rollouts/${r.id}`);
     state.rollouts.set(fresh.id, fresh);
     state.view?.update("rollout", fresh);
@@ -35,10 +41,17 @@ function actions(r) {
   const failed = rolloutCounts(r).failed;
   const button = (action, label, enabled, cls = "") => enabled
     ? h("button", { type: "button", class: cls, "data-action": action, onclick: () => act(r, action) }, label) : null;
+  // Four-eyes: the creator sees no approve/reject buttons (the API refuses them too).
+  const decides = r.state === "awaiting_approval" && state.me?.name !== r.created_by;
+  const waiting = r.state === "awaiting_approval" && !decides
+    ? h("p", { class: "muted small", "data-approval": "own", text: "Awaiting approval by another operator or an admin." }) : null;
   return h("div", { class: "actions" },
+    waiting,
+    button("approve", "Approve", decides, "primary"),
+    button("reject", "Reject", decides, "danger"),
     button("pause", "Pause", r.state === "running" || r.state === "scheduled"),
     button("resume", "Resume", r.state === "paused", "primary"),
-    button("retry", `Retry ${failed} failed`, failed > 0 && !["canceled", "aborted"].includes(r.state)),
+    button("retry", `Retry ${failed} failed`, failed > 0 && !["canceled", "aborted", "rejected", "awaiting_approval"].includes(r.state)),
     button("cancel", "Cancel", ACTIVE.includes(r.state), "danger"));
 }
 
