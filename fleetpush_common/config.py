@@ -304,6 +304,8 @@ def _explain(problem: str, field: tuple[Any, list[Any]] | None, json: bool) -> s
     if problem.startswith("Invalid enum value") and get_origin(base) is Literal:
         choices = ", ".join(map(str, get_args(base)))
         return f"{problem.removeprefix('Invalid enum value ')}: one of {choices}"
+    if problem.startswith("Invalid RFC3339 encoded date"):
+        return "expected a date like 2030-12-31"
     if "matching regex" in problem:  # the names (ids, groups, models) are the patterns used
         return "must be a name: 1-128 of A-Z a-z 0-9 _ . : -, starting with a letter or digit"
     if wrong:

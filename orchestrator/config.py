@@ -71,6 +71,7 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -80,7 +81,8 @@ import msgspec
 from msgspec import Meta, field
 
 from fleetpush_common.atomic import ExposedSecretError, check_private
-from fleetpush_common.config import DURATION, SIZE, ConfigError, Name, decode, read_secret
+from fleetpush_common.config import DURATION, SIZE, ConfigError, decode, read_secret
+from fleetpush_protocol.messages import NAME_PATTERN
 from orchestrator.mqtt.settings import MqttConfig, resolve_mqtt
 
 __all__ = [
@@ -265,7 +267,12 @@ class OrchestratorConfig(_Section, frozen=True, kw_only=True):
     registry: RegistrySection = field(default_factory=RegistrySection)
     database_config: DatabaseConfig = field(default_factory=DatabaseConfig, name="database")
     # Per hardware model, the last day it gets security updates (orchestrator/support.py).
-    support: dict[Name, dt.date] = field(default_factory=dict)
+    support: dict[str, dt.date] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for model in self.support:  # checked here, so that the message names the model
+            if not re.fullmatch(NAME_PATTERN, model):
+                raise ValueError(f"support: {model!r} is not a valid model name ([A-Za-z0-9_.:-])")
 
     @property
     def keys_dir(self) -> Path:
