@@ -40,13 +40,11 @@ from orchestrator.policy import (
     gate_met,
     rate_per_minute,
 )
-from orchestrator.rollouts import TargetSpec, resolve_targets
+from orchestrator.rollouts import TargetSpec, selector
 from orchestrator.security.keystore import SigningSet
 from orchestrator.store import (
     ConflictError,
     Database,
-    DeviceFilter,
-    DeviceRecord,
     LeaseLostError,
     RolloutRecord,
 )
@@ -156,10 +154,8 @@ class RolloutEngine(NoticeSending):
                 if following:
                     if self.refresh_registry is not None:
                         await self.refresh_registry()
-                    devices = await self.db.run(lambda s: s.list_devices(DeviceFilter(limit=10**9)))
-                    have = await self.db.run(lambda s: s.active_target_ids())
                     for r in sorted(following, key=lambda r: r.id, reverse=True):
-                        await self._follow(r, now, devices, have)
+                        await self._follow(r, now)
             for r in rollouts:
                 try:
                     await self._step(r, now)
@@ -278,24 +274,20 @@ class RolloutEngine(NoticeSending):
             await self._audit(r, now, "rollout.complete", "every device finished")
         return r
 
-    async def _follow(
-        self, r: RolloutRecord, now: float, devices: Sequence[DeviceRecord], have: set[str]
-    ) -> None:
+    async def _follow(self, r: RolloutRecord, now: float) -> None:
         """Add the devices that match a continuous rollout's target now but are not in it
         (registered since, or moved into a targeted group), to its last phase. Devices
-        already running the release, or in ``have`` (targeted by an active rollout), are
-        left out; those added join ``have``."""
+        already running the release, or targeted by an active rollout (one followed just
+        before included), are left out. The database resolves the target: the fleet is
+        never read into memory."""
         release = await self.db.run(lambda s: s.get_release(r.release_id))
-        running = {d.device_id for d in devices if d.current_version == release.version}
-        joined = [
-            d for d in resolve_targets(TargetSpec.from_json(r.target), devices, release)
-            if d not in have and d not in running
-        ]  # fmt: skip
-        if not joined:
-            return
+        sel = selector(TargetSpec.from_json(r.target), release)
         last_phase = len(r.spec.phases) - 1
-        added = await self.db.run(lambda s: s.add_targets(r.id, joined, last_phase, now))
-        have.update(joined)
+        added = await self.db.run(
+            lambda s: s.follow_targets(r.id, sel, release.version, last_phase, now)
+        )
+        if not added:
+            return
         logger.info("rollout %d: %d device(s) joined its target", r.id, added)
         await self._audit(r, now, "rollout.follow", f"{added} device(s) joined the target")
 

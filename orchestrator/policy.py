@@ -32,6 +32,7 @@ __all__ = [
     "failure_tripped",
     "gate_met",
     "gate_view",
+    "order_key",
     "phase_bounds",
     "rate_per_minute",
 ]
@@ -114,7 +115,9 @@ def phase_bounds(total: int, phases: Sequence[float]) -> list[int]:
     return bounds
 
 
-def _order_key(rollout_key: str, device_id: str) -> bytes:
+def order_key(rollout_key: str, device_id: str) -> bytes:
+    """A device's place in a rollout's order; the database computes the same bytes when it
+    resolves a target (``Dialect.order_key``)."""
     return hashlib.sha256(f"{rollout_key}\x00{device_id}".encode()).digest()
 
 
@@ -126,7 +129,7 @@ def assign_phases(
     Returns:
         ``(device_id, position, phase_index)`` in notification order.
     """
-    ordered = sorted(set(device_ids), key=lambda d: _order_key(rollout_key, d))
+    ordered = sorted(set(device_ids), key=lambda d: order_key(rollout_key, d))
     bounds = phase_bounds(len(ordered), phases)
     out = []
     phase = 0

@@ -18,7 +18,13 @@ from orchestrator.policy import (
     gate_view,
     phase_bounds,
 )
-from orchestrator.store import DeviceRecord, ReleaseRecord, RolloutRecord, Store
+from orchestrator.store import (
+    DeviceRecord,
+    ReleaseRecord,
+    RolloutRecord,
+    Store,
+    TargetSelector,
+)
 
 __all__ = [
     "Plan",
@@ -29,6 +35,7 @@ __all__ = [
     "resolve_targets",
     "rollout_status",
     "select_targets",
+    "selector",
     "status_view",
 ]
 
@@ -81,6 +88,17 @@ def select_targets(
             continue
         out.append(d.device_id)
     return out, mismatch
+
+
+def selector(spec: TargetSpec, release: ReleaseRecord) -> TargetSelector:
+    """The rule of ``select_targets`` for the database to resolve (``create_rollout_for``,
+    ``follow_targets``): the same devices, without reading them."""
+    return TargetSelector(
+        devices=spec.devices,
+        groups=spec.groups,
+        models=tuple(sorted(set(spec.models) | set(release.models))),
+        all=spec.all,
+    )
 
 
 def resolve_targets(

@@ -28,12 +28,22 @@ __all__ = ["feature_held", "security_conflicts", "take_over"]
 _UNFINISHED = IN_FLIGHT_STATES | {PENDING}
 
 
+def _security_rollouts(s: Store) -> set[int]:
+    return {r.id for r in s.list_rollouts(ACTIVE_ROLLOUT_STATES)
+            if s.get_release(r.release_id).security}  # fmt: skip
+
+
 def security_conflicts(s: Store, conflicts: Mapping[str, int]) -> dict[str, int]:
     """The conflicts a security rollout cannot supersede: devices held by rollouts of
     security releases (the others will be taken from their feature rollouts)."""
-    security = {r.id for r in s.list_rollouts(ACTIVE_ROLLOUT_STATES)
-                if s.get_release(r.release_id).security}  # fmt: skip
+    security = _security_rollouts(s)
     return {d: r for d, r in conflicts.items() if r in security}
+
+
+def security_held(s: Store, held: Mapping[int, int]) -> dict[int, int]:
+    """``security_conflicts`` for counts per holding rollout (``TargetPreview.held``)."""
+    security = _security_rollouts(s)
+    return {r: n for r, n in held.items() if r in security}
 
 
 def feature_held(s: Store, r: RolloutRecord) -> dict[int, list[str]]:

@@ -353,3 +353,35 @@ def test_version_and_shell_completion() -> None:
             env={"_FLEETPUSH_COMPLETE": f"{shell}_source", "PATH": str(exe.parent)},
         )  # fmt: skip
         assert marker in script.stdout, (shell, script.stdout[:200])
+
+
+async def test_device_list_pages_by_cursor(setup: Setup) -> None:
+    """``/v1/devices`` pages by key: ``next`` is the last id of a full page, ``after`` starts
+    past it; the CLI shows the cursor and ``--all`` follows it to the end."""
+    s = setup
+    ids = [f"p-{i}" for i in range(5)]
+    for d in ids:
+        s.fleet.provision(d, groups=("odd",) if int(d[-1]) % 2 else ())
+    seen, after = [], None
+    while True:
+        params = {"limit": "2", **({"after": after} if after else {})}
+        page = await s.api.call("GET", "/v1/devices", params=params)
+        seen += [d["device_id"] for d in page["devices"]]
+        after = page["next"]
+        if after is None:
+            break
+        assert after == seen[-1]
+    assert seen == ids
+    odd = await s.api.call("GET", "/v1/devices", params={"group": "odd", "after": "p-1"})
+    assert ([d["device_id"] for d in odd["devices"]], odd["next"]) == (["p-3"], None)
+    first = await cli(s, "devices", "list", "--limit", "2")
+    assert first.exit_code == 0, first.output
+    assert "p-1" in first.output
+    assert "p-2" not in first.output
+    assert "more: --after p-1" in first.output
+    rest = await cli(s, "devices", "list", "--limit", "2", "--after", "p-1", "--json")
+    assert [d["device_id"] for d in json.loads(rest.output)["devices"]] == ["p-2", "p-3"]
+    every = await cli(s, "devices", "list", "--limit", "2", "--all", "--json")
+    assert [d["device_id"] for d in json.loads(every.output)["devices"]] == ids
+    bad = await s.api.call("GET", "/v1/devices", params={"cursor": "x"}, expect=400)
+    assert "cursor" in bad["error"]

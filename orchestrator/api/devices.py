@@ -30,7 +30,7 @@ def _filter(q: dict[str, str]) -> DeviceFilter:
             raise ApiError(400, "online: expected true or false")
         online = _BOOL[q["online"].lower()]
     unknown = set(q) - {"group", "model", "online", "version", "tag", "limit", "offset",
-                        "missing_security"}  # fmt: skip
+                        "after", "missing_security"}  # fmt: skip
     if unknown:
         raise ApiError(400, f"unknown filter {sorted(unknown)[0]!r}")
     return DeviceFilter(
@@ -41,6 +41,7 @@ def _filter(q: dict[str, str]) -> DeviceFilter:
         tag=q.get("tag"),
         limit=min(int_param(q.get("limit", "1000"), "limit"), 100_000),
         offset=int_param(q.get("offset", "0"), "offset"),
+        after=q.get("after") or None,
     )
 
 
@@ -55,8 +56,13 @@ async def list_devices(request: web.Request) -> web.Response:
         raise ApiError(400, "missing_security: expected true or false")
     await ctx(request).refresh_registry()
     devices = await ctx(request).db.run(lambda s: s.list_devices(f))
+    # ``next``: the cursor of the following page (pass it as ``after``); null on the last
+    # page. A full page may be followed by an empty one. With ``missing_security`` a page
+    # holds those of the page's devices that miss one (it may be empty, and not the last).
+    full = bool(devices) and len(devices) == f.limit
+    after = devices[-1].device_id if full else None
     if not _BOOL[missing_only]:
-        return ok({"devices": [d.to_json() for d in devices]})
+        return ok({"devices": [d.to_json() for d in devices], "next": after})
     by_device: dict[str, list[dict[str, object]]] = {}
     for entry in await security_report(request):
         for device_id in entry["missing"]:
@@ -64,7 +70,8 @@ async def list_devices(request: web.Request) -> web.Response:
                 {**entry["release"], "cves": (entry["advisory"] or {}).get("cves", [])}
             )
     return ok({"devices": [{**d.to_json(), "missing_security": by_device[d.device_id]}
-                           for d in devices if d.device_id in by_device]})  # fmt: skip
+                           for d in devices if d.device_id in by_device],
+               "next": after})  # fmt: skip
 
 
 async def security_report(request: web.Request) -> list[dict[str, Any]]:

@@ -3,6 +3,9 @@ resume, cancel, retry, revert."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from orchestrator.api.bodies import CreateRollout, Reason, RevertRollout, decode_body, spec_of
@@ -16,11 +19,13 @@ from orchestrator.rollouts import (
     Plan,
     TargetSpec,
     active_owners,
+    phase_key,
     plan_rollout,
     rollout_status,
+    selector,
 )
-from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord, Store
-from orchestrator.supersede import security_conflicts, take_over
+from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord, Store, TargetPreview
+from orchestrator.supersede import security_conflicts, security_held, take_over
 
 __all__ = ["routes"]
 
@@ -45,14 +50,15 @@ def _approval(request: web.Request, value: bool | None) -> bool:
         raise ApiError(400, str(e)) from None
 
 
-def conflict(plan: Plan) -> web.Response | None:
-    """The 409 for a plan whose devices other active rollouts hold (None when none do)."""
-    if not plan.conflicts:
+def conflict(held: Mapping[int, int], total: int) -> web.Response | None:
+    """The 409 for a target of ``total`` devices, ``held[r]`` of them by other active
+    rollout ``r`` (None when none are)."""
+    if not held:
         return None
-    others = sorted(set(plan.conflicts.values()))
-    n = len(plan.conflicts)
+    others = sorted(held)
+    n = sum(held.values())
     reason = (
-        f"{n} of the {len(plan.assignments)} targeted device(s) are held by active "
+        f"{n} of the {total} targeted device(s) are held by active "
         f"rollout(s) {', '.join(map(str, others))}: cancel or finish those first, or pass "
         "force (CLI --force) to target them anyway"
     )
@@ -88,38 +94,71 @@ async def create(request: web.Request) -> web.Response:
     approval = _approval(request, body.require_approval)
     release = await find_release(request, str(body.release))
     target, spec = body.target, spec_of(body)
-    plan = await _plan(request, release, target, spec, dry_run)
-    kept = plan.conflicts
-    if release.security and plan.conflicts:  # feature rollouts' devices are superseded
-        kept = await ctx(request).db.run(lambda s: security_conflicts(s, plan.conflicts))
     if dry_run:
+        plan = await _plan(request, release, target, spec, dry_run)
+        kept = plan.conflicts
+        if release.security and plan.conflicts:  # feature rollouts' devices are superseded
+            kept = await ctx(request).db.run(lambda s: security_conflicts(s, plan.conflicts))
         out = plan.to_json(spec.phases)
         for h in out["held"] if release.security else ():  # taken, not waited for
             h["superseded"] = h["device"] in plan.conflicts and h["device"] not in kept
         return ok({**out, "requires_approval": approval})
-    plan = Plan(plan.assignments, plan.held, kept)
-    refused = None if force else conflict(plan)
+    preview = await _preview(request, release, target, spec)
+    held = preview.held
+    if release.security and held:  # feature rollouts' devices are superseded
+        held = await ctx(request).db.run(lambda s: security_held(s, preview.held))
+    refused = None if force else conflict(held, preview.total)
     if refused is not None:
         return refused
-    r = await create_rollout(request, release, target, spec, plan, approval=approval)
+    r = await create_rollout(request, release, target, spec, preview, approval=approval)
     return ok(await _view(request, r), status=201)
+
+
+async def _preview(
+    request: web.Request, release: ReleaseRecord, target: TargetSpec, spec: RolloutSpec
+) -> TargetPreview:
+    """What a create will target, counted by the database (no device is read here: a
+    million-device fleet stays in SQL)."""
+    c = ctx(request)
+    await c.refresh_registry()
+    unknown = await c.db.run(lambda s: s.missing_devices(target.devices))
+    if unknown:
+        raise ApiError(400, f"target.devices: unknown device {unknown[0]!r}")
+    preview = await c.db.run(lambda s: s.preview_targets(selector(target, release)))
+    if not preview.total and not spec.continuous:
+        raise ApiError(400, "target matches no registered device")
+    return preview
 
 
 async def create_rollout(
     request: web.Request, release: ReleaseRecord, target: TargetSpec, spec: RolloutSpec,
-    plan: Plan, *, approval: bool, **audit_detail: object,
+    preview: TargetPreview | Plan, *, approval: bool, **audit_detail: object,
 ) -> RolloutRecord:  # fmt: skip
-    """Store the rollout as planned (awaiting approval when ``approval``), audit it, and
-    wake the engine."""
+    """Store the rollout (awaiting approval when ``approval``), audit it, and wake the
+    engine. A ``Plan`` (revert: devices by id) is stored as planned; a ``TargetPreview``'s
+    target is resolved by the database in the same order and phases ``plan_rollout``
+    gives."""
     c = ctx(request)
     now = c.clock.now()
     who = principal(request).name
+    if isinstance(preview, Plan):
+        plan = preview
 
-    def store(s: Store) -> RolloutRecord:
-        return s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
-                                assignments=plan.assignments, now=now, actor=who,
-                                approval=approval)  # fmt: skip
+        def store(s: Store) -> RolloutRecord:
+            return s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
+                                    assignments=plan.assignments, now=now, actor=who,
+                                    approval=approval)  # fmt: skip
 
+        devices, forced = len(plan.assignments), sorted(set(plan.conflicts.values()))
+    else:
+        sel, key = selector(target, release), phase_key(release.id, target)
+
+        def store(s: Store) -> RolloutRecord:
+            return s.create_rollout_for(release_id=release.id, target=target.to_json(),
+                                        spec=spec, selector=sel, key=key, now=now, actor=who,
+                                        approval=approval)  # fmt: skip
+
+        devices, forced = preview.total, sorted(preview.held)
     taken: dict[int, list[str]] = {}
     if release.security and not approval:
         async with c.engine.lock:  # the take-over's cancels precede its first notice
@@ -128,9 +167,8 @@ async def create_rollout(
     else:
         r = await c.db.run(store)
     await audit(request, "rollout.create", f"rollout/{r.id}", release=release.id,
-                target=target.to_json(), spec=spec.to_json(), devices=len(plan.assignments),
-                forced=sorted(set(plan.conflicts.values())), requires_approval=approval,
-                **audit_detail)  # fmt: skip
+                target=target.to_json(), spec=spec.to_json(), devices=devices,
+                forced=forced, requires_approval=approval, **audit_detail)  # fmt: skip
     await superseded(request, r, taken)
     c.engine.wake()
     return r
@@ -296,11 +334,8 @@ async def revert(request: web.Request) -> web.Response:
             {"release": {"id": rel.id, "name": rel.name, "version": rel.version},
              **plan.to_json(spec.phases)} for rel, _, plan in plans]})  # fmt: skip
     if not force:
-        merged = Plan(
-            [a for *_, p in plans for a in p.assignments],
-            conflicts={k: v for *_, p in plans for k, v in p.conflicts.items()},
-        )
-        refused = conflict(merged)
+        held = Counter(v for *_, p in plans for v in p.conflicts.values())
+        refused = conflict(held, sum(len(p.assignments) for *_, p in plans))
         if refused is not None:
             return refused
     created = []

@@ -43,7 +43,9 @@ def _device_rows(items: list[dict[str, Any]]) -> None:
 @click.option("--online/--offline", default=None)
 @click.option("--version", "version")
 @click.option("--tag", help="key or key=value")
-@click.option("--limit", default=1000, show_default=True)
+@click.option("--limit", default=1000, show_default=True, help="devices per page")
+@click.option("--after", help="start after this device id (the previous page's next)")
+@click.option("--all", "every", is_flag=True, help="follow the pages to the end")
 @click.option("--missing-security", is_flag=True,
               help="Only devices missing a security release, and which.")  # fmt: skip
 @api_command
@@ -51,26 +53,43 @@ def devices_list(
     *,
     api: ApiClient, as_json: bool, group: str | None, model: str | None,
                  online: bool | None, version: str | None, tag: str | None,
-                 limit: int, missing_security: bool) -> None:  # fmt: skip
-    """List devices, filtered."""
+                 limit: int, after: str | None, every: bool,
+                 missing_security: bool) -> None:  # fmt: skip
+    """List devices, filtered, in id order, one page (--limit) at a time: the answer's
+    ``next`` (shown last) is the --after of the following page."""
     params = [("limit", str(limit))]
     if missing_security:
         params.append(("missing_security", "true"))
-        data = api.request("GET", "/v1/devices", params=params)
-        emit(data, as_json, lambda d: table(
-            ["device", "model", "version", "missing security release", "cves"],
-            [[x["device_id"], x["model"], x["current_version"],
-              ", ".join(f"{m['name']} {m['version']}" for m in x["missing_security"]),
-              ", ".join(c for m in x["missing_security"] for c in m["cves"])]
-             for x in d["devices"]]))  # fmt: skip
-        return
     for key, value in (("group", group), ("model", model), ("version", version), ("tag", tag)):
         if value is not None:
             params.append((key, value))
     if online is not None:
         params.append(("online", "true" if online else "false"))
-    data = api.request("GET", "/v1/devices", params=params)
-    emit(data, as_json, lambda d: _device_rows(d["devices"]))
+    data = api.request("GET", "/v1/devices", params=[*params, *_after(after)])
+    while every and data.get("next"):
+        more = api.request("GET", "/v1/devices", params=[*params, *_after(data["next"])])
+        data = {"devices": [*data["devices"], *more["devices"]], "next": more.get("next")}
+    emit(data, as_json, _missing_page if missing_security else _device_page)
+
+
+def _missing_page(data: dict[str, Any]) -> None:
+    table(["device", "model", "version", "missing security release", "cves"],
+          [[x["device_id"], x["model"], x["current_version"],
+            ", ".join(f"{m['name']} {m['version']}" for m in x["missing_security"]),
+            ", ".join(c for m in x["missing_security"] for c in m["cves"])]
+           for x in data["devices"]])  # fmt: skip
+    if data.get("next"):
+        click.echo(f"more: --after {data['next']}")
+
+
+def _after(cursor: str | None) -> list[tuple[str, str]]:
+    return [("after", cursor)] if cursor else []
+
+
+def _device_page(data: dict[str, Any]) -> None:
+    _device_rows(data["devices"])
+    if data.get("next"):
+        click.echo(f"more: --after {data['next']}")
 
 
 @devices.command("show")

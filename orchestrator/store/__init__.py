@@ -20,7 +20,9 @@ from orchestrator.store.records import (
     NoticeRecord,
     ReleaseRecord,
     RolloutRecord,
+    TargetPreview,
     TargetRecord,
+    TargetSelector,
     TokenRecord,
 )
 from orchestrator.store.sql.leases import LeaseLostError, ReplicaRecord
@@ -45,7 +47,9 @@ __all__ = [
     "StoreCorruptError",
     "StoreError",
     "StoreUnavailableError",
+    "TargetPreview",
     "TargetRecord",
+    "TargetSelector",
     "TokenRecord",
     "open_database",
     "open_store",

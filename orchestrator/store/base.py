@@ -23,7 +23,9 @@ from orchestrator.store.records import (
     NoticeRecord,
     ReleaseRecord,
     RolloutRecord,
+    TargetPreview,
     TargetRecord,
+    TargetSelector,
     TokenRecord,
 )
 
@@ -131,6 +133,24 @@ class Store(Protocol):
         actor: str,
         approval: bool = False,
     ) -> RolloutRecord: ...
+    def create_rollout_for(
+        self,
+        *,
+        release_id: int,
+        target: dict[str, Any],
+        spec: RolloutSpec,
+        selector: TargetSelector,
+        key: str,
+        now: float,
+        actor: str,
+        approval: bool = False,
+    ) -> RolloutRecord: ...
+    def preview_targets(self, sel: TargetSelector) -> TargetPreview: ...
+    def missing_devices(self, device_ids: Sequence[str]) -> list[str]: ...
+    def follow_targets(
+        self, rollout_id: int, selector: TargetSelector, skip_version: str, phase: int,
+        now: float,
+    ) -> int: ...  # fmt: skip
     def get_rollout(self, rollout_id: int) -> RolloutRecord: ...
     def list_rollouts(self, states: Sequence[str] = ()) -> list[RolloutRecord]: ...
     def update_rollout(

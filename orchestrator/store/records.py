@@ -15,7 +15,9 @@ __all__ = [
     "NoticeRecord",
     "ReleaseRecord",
     "RolloutRecord",
+    "TargetPreview",
     "TargetRecord",
+    "TargetSelector",
     "TokenRecord",
 ]
 
@@ -104,6 +106,36 @@ class DeviceFilter:
     tag: str | None = None
     limit: int = 1000
     offset: int = 0
+    # keyset paging: only devices whose id sorts after this one (the last of the previous
+    # page), so a page costs its size wherever it is in the fleet; ``offset`` walks the
+    # rows it skips and stays for older clients
+    after: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSelector:
+    """Which registered devices a rollout covers, resolved by the database.
+
+    A device is chosen when ``all`` is set, it is listed in ``devices``, or it is in one of
+    ``groups`` (registry or operator groups); then it is left out when ``models`` is not
+    empty, its model is known, and it is not among them (the release's models together
+    with the target's). ``orchestrator.rollouts.select_targets`` is the same rule over
+    records.
+    """
+
+    devices: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    all: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPreview:
+    """What creating a rollout for a selector would take: how many devices it covers, and
+    per other active rollout (the oldest that targets a device) how many of them it holds."""
+
+    total: int
+    held: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

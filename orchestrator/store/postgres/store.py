@@ -4,6 +4,9 @@ Each transaction takes a connection from the pool for its duration (a thread-loc
 it for nested calls), so ``Database`` may run as many threads as the pool has connections.
 """
 
+# Statement text is built only from constant table and column names; values are bound.
+# ruff: noqa: S608
+
 from __future__ import annotations
 
 import functools
@@ -39,6 +42,7 @@ _DDL = (
 )
 # Any fixed number: every fleetpush process on the database agrees on it.
 _MIGRATION_LOCK = 0x666C70  # "flp"
+_REGISTRY_LOCK = 0x666C72  # "flr"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +52,38 @@ class _PostgresDialect(Dialect):
             sql = pattern.sub(replacement, sql)
         return sql
 
+    def json_array(self, expr: str, alias: str) -> str:
+        return f"jsonb_array_elements_text(CAST({expr} AS jsonb)) AS {alias}(value)"
+
+    def json_object(self, expr: str, alias: str) -> str:
+        return f"jsonb_each_text(CAST({expr} AS jsonb)) AS {alias}(key, value)"
+
+    def order_key(self, key: str, device_id: str) -> str:
+        # policy.order_key hashes key, a NUL byte, device id (UTF-8); text holds no NUL,
+        # so the bytes are joined as bytea. bytea sorts bytewise, as Python's bytes do.
+        return (
+            f"sha256(convert_to(CAST({key} AS TEXT), 'UTF8') || decode('00', 'hex') || "
+            f"convert_to({device_id}, 'UTF8'))"
+        )
+
 
 POSTGRES = _PostgresDialect(
     name="postgresql",
     for_update=" FOR UPDATE",
     integrity=(psycopg.errors.IntegrityError,),
     migration_lock=f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})",
+    registry_lock=f"SELECT pg_advisory_xact_lock({_REGISTRY_LOCK})",
+    analyze="ANALYZE {table}",
+    fleet_settings=(
+        # A million devices ordered by their 32-byte keys take about 100 MB; with the
+        # default 4 MB the sort spills to disk and the create takes twice as long (1M).
+        "SET LOCAL work_mem = '256MB'",
+        # The JSON functions' row estimates make these plans look costly enough for JIT,
+        # whose compiling was 1.06 of a 1.33 s conflict count (10k of 100k devices).
+        "SET LOCAL jit = off",
+    ),
+    # Only new rows are written under it, so it never fails with a serialization error.
+    snapshot="SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
 )
 
 
@@ -187,6 +217,33 @@ class PostgresStore(SqlStore):
                 return self._executemany(sql, rows)
         with self._errors(), conn.cursor() as cur:
             cur.executemany(_placeholders(sql), rows)
+            return cur.rowcount
+
+    def _bulk_insert(
+        self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]], suffix: str = ""
+    ) -> int:
+        """COPY the rows into a staging table dropped at commit, then one ``INSERT …
+        SELECT``: a million rows cost one statement instead of a million."""
+        if not rows:
+            return 0
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._tx():
+                return self._bulk_insert(table, cols, rows, suffix)
+        names = ", ".join(cols)
+        with self._errors(), conn.cursor() as cur:
+            cur.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS fleetpush_stage_{table} ON COMMIT DROP "
+                f"AS SELECT {names} FROM {table} WITH NO DATA"
+            )
+            cur.execute(f"TRUNCATE fleetpush_stage_{table}")
+            with cur.copy(f"COPY fleetpush_stage_{table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM fleetpush_stage_{table} "
+                + suffix
+            )
             return cur.rowcount
 
     def _insert_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:

@@ -7,12 +7,12 @@ from orchestrator.store.sql.base import Cursor, Dialect, SqlBase
 from orchestrator.store.sql.devices import DeviceMethods
 from orchestrator.store.sql.ingest import IngestMethods
 from orchestrator.store.sql.leases import LeaseMethods
-from orchestrator.store.sql.rollouts import RolloutMethods
+from orchestrator.store.sql.targeting import TargetingMethods
 
 __all__ = ["Cursor", "Dialect", "SqlBase", "SqlStore"]
 
 
-class SqlStore(DeviceMethods, IngestMethods, RolloutMethods, LeaseMethods, AdminMethods):
+class SqlStore(DeviceMethods, IngestMethods, TargetingMethods, LeaseMethods, AdminMethods):
     """Every ``Store`` method; a backend subclass supplies ``_tx``, ``_execute``,
     ``_executemany``, ``close`` and its ``Dialect``."""
 

@@ -8,6 +8,8 @@ types, how to lock a row, which exceptions mean "duplicate") are the ``Dialect``
 
 # SQL text is built only from constant column lists and "?" marks; values are bound.
 
+# ruff: noqa: S608
+
 from __future__ import annotations
 
 import logging
@@ -19,7 +21,7 @@ from typing import Any, Protocol
 from orchestrator.store.base import SchemaError
 from orchestrator.store.schema import MIGRATIONS
 
-__all__ = ["Cursor", "Dialect", "SqlBase", "marks"]
+__all__ = ["Cursor", "Dialect", "SqlBase", "listed", "marks"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,20 +47,58 @@ class Dialect:
         integrity: the driver's exceptions for a violated unique or foreign key.
         migration_lock: run first in each migration transaction, so two processes
             starting together do not both migrate ("" when the transaction is enough).
+        registry_lock: run first in a registry sync, so two syncs (two replicas) apply
+            one after the other, without locking every device row.
+        analyze: refreshes a table's planner statistics (``{table}``), run after a bulk
+            write; "" where the planner keeps none.
+        fleet_settings: run first in a transaction that reads or sorts the whole fleet
+            (target resolution), for its duration only.
+        snapshot: first statement of a transaction whose statements must all see the
+            same data (a count, then the rows counted); "" where a transaction already
+            excludes every other writer.
     """
 
     name: str
     for_update: str
     integrity: tuple[type[Exception], ...]
     migration_lock: str = ""
+    registry_lock: str = ""
+    analyze: str = ""
+    fleet_settings: tuple[str, ...] = ()
+    snapshot: str = ""
 
     def ddl(self, sql: str) -> str:
         """The migration text for this backend; the history itself is SQLite's text."""
         return sql
 
+    # JSON held in TEXT columns (groups, tags), read where a query filters by it. Both
+    # forms give rows with a ``value`` column (and ``key`` for an object).
+
+    def json_array(self, expr: str, alias: str) -> str:
+        """A FROM item: one row per element of the JSON array ``expr``."""
+        return f"json_each({expr}) AS {alias}"
+
+    def json_object(self, expr: str, alias: str) -> str:
+        """A FROM item: one row (key, value) per member of the JSON object ``expr``."""
+        return f"json_each({expr}) AS {alias}"
+
+    def order_key(self, key: str, device_id: str) -> str:
+        """``policy.order_key(key, device_id)`` in SQL: a rollout's device order. SQLite
+        has no SHA-256: its store registers the Python function under this name."""
+        return f"fleetpush_order_key({key}, {device_id})"
+
+
+BULK_ROWS = 10_000  # rows written at once from which the planner's statistics are renewed
+
 
 def marks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def listed(dialect: Dialect, alias: str = "l") -> str:
+    """A sub-select of the elements of the JSON array bound to its one ``?``: a batch of
+    ids in one value, so one statement serves a batch of any size on every driver."""
+    return f"SELECT {alias}.value FROM {dialect.json_array('?', alias)}"
 
 
 class SqlBase:
@@ -77,6 +117,29 @@ class SqlBase:
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """Run ``sql`` once per row; return the number of rows changed in all."""
         raise NotImplementedError
+
+    def _bulk_insert(
+        self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]], suffix: str = ""
+    ) -> int:
+        """``INSERT INTO table (cols) … suffix`` (an ``ON CONFLICT`` clause) for many rows
+        at once; returns the rows inserted or updated. On SQLite one prepared statement in
+        the writer's transaction is the fast way; PostgreSQL overrides it with COPY."""
+        return self._executemany(
+            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks(len(cols))}) {suffix}",
+            rows,
+        )
+
+    def _fleet_wide(self) -> None:
+        """Settings for this transaction, which reads the whole fleet (``Dialect``)."""
+        for statement in self.dialect.fleet_settings:
+            self._execute(statement)
+
+    def _analyzed(self, table: str, changed: int) -> None:
+        """After a bulk write of ``changed`` rows, refresh the planner's statistics: until
+        autovacuum gets to it (a minute or more), PostgreSQL plans the next engine pass
+        for the table as it was, e.g. an empty one."""
+        if self.dialect.analyze and changed >= BULK_ROWS:
+            self._execute(self.dialect.analyze.format(table=table))
 
     def _insert_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
         """Run an ``INSERT … RETURNING`` once per row; return the rows it returned (none

@@ -5,17 +5,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from orchestrator.policy import PENDING, SENT
 from orchestrator.store.records import NoticeRecord
 from orchestrator.store.rules import supersedes
 from orchestrator.store.sql import rows
-from orchestrator.store.sql.base import SqlBase, marks
+from orchestrator.store.sql.base import SqlBase, listed
 
 __all__ = ["NoticeMethods"]
-
-_CHUNK = 400
 
 
 class NoticeMethods(SqlBase):
@@ -27,12 +26,18 @@ class NoticeMethods(SqlBase):
         A scope never seen starts at ``floor`` (the issue time in milliseconds), so a
         reinstalled orchestrator with an empty database still moves forward.
         """
+        if not scopes:
+            return {}
+        # One statement for the batch. "WHERE true": SQLite's grammar needs it between an
+        # INSERT's SELECT and its ON CONFLICT. A scope listed twice would be one upsert
+        # hitting its row twice (PostgreSQL refuses): each appears once.
         with self._tx():
-            returned = self._insert_returning(
-                "INSERT INTO scope_seq VALUES (?, ?) ON CONFLICT (scope) DO UPDATE "
-                "SET seq = scope_seq.seq + 1 RETURNING scope, seq",
-                [(scope, floor) for scope in scopes],
-            )
+            returned = self._execute(
+                "INSERT INTO scope_seq (scope, seq) SELECT DISTINCT l.value, CAST(? AS BIGINT) "
+                f"FROM {self.dialect.json_array('?', 'l')} WHERE true ON CONFLICT (scope) DO "
+                "UPDATE SET seq = scope_seq.seq + 1 RETURNING scope, seq",
+                (floor, json.dumps(list(scopes))),
+            ).fetchall()
         return {r[0]: int(r[1]) for r in returned}
 
     def _supersede(self, notices: Sequence[NoticeRecord]) -> None:
@@ -42,30 +47,28 @@ class NoticeMethods(SqlBase):
         newest: dict[str, int] = {}
         for n in notices:
             newest[n.topic] = max(n.seq, newest.get(n.topic, n.seq))
-        topics = sorted(newest)
-        old: list[tuple[str, str, int]] = []
-        for i in range(0, len(topics), _CHUNK):
-            chunk = topics[i : i + _CHUNK]
-            old.extend(
-                (r[0], r[1], int(r[2]))
-                for r in self._execute(
-                    "SELECT notice_id, topic, seq FROM notices WHERE published = 0 "
-                    f"AND topic IN ({marks(len(chunk))}) ORDER BY notice_id"
-                    + self.dialect.for_update,
-                    chunk,
-                )
-            )
-        self._executemany(
-            "UPDATE notices SET published = 1 WHERE notice_id = ?",
-            [(nid,) for nid, topic, seq in old if supersedes(newest[topic], seq)],
-        )
+        old = self._execute(
+            "SELECT notice_id, topic, seq FROM notices WHERE published = 0 "
+            f"AND topic IN ({listed(self.dialect)}) ORDER BY notice_id" + self.dialect.for_update,
+            (json.dumps(sorted(newest)),),
+        ).fetchall()
+        self._published([nid for nid, topic, seq in old if supersedes(newest[topic], int(seq))])
+
+    def _published(self, notice_ids: Sequence[str]) -> int:
+        if not notice_ids:
+            return 0
+        return self._execute(
+            f"UPDATE notices SET published = 1 WHERE notice_id IN ({listed(self.dialect)})",
+            (json.dumps(list(notice_ids)),),
+        ).rowcount
 
     def _insert_notices(self, notices: Sequence[NoticeRecord]) -> None:
         if not notices:
             return
         self._supersede(notices)
-        self._executemany(
-            f"INSERT INTO notices ({rows.NOTICE_COLS}) VALUES ({marks(10)})",
+        self._bulk_insert(
+            "notices",
+            rows.NOTICE_COLS.split(", "),
             [
                 (n.notice_id, n.device_id, n.rollout_id, n.kind, n.scope, n.seq, n.topic,
                  n.issued_at, n.expires_at, n.envelope)
@@ -76,20 +79,27 @@ class NoticeMethods(SqlBase):
             self._notice_owner[n.notice_id] = (n.device_id, n.rollout_id)
 
     def save_notices(self, notices: Sequence[NoticeRecord], delivered: dict[str, bool]) -> None:
-        """Store signed notices; their targets become ``sent`` (or canceled for cancels)."""
+        """Store signed notices; the pending targets of update notices become ``sent``.
+
+        Two statements for the batch, whatever its size (COPY on PostgreSQL, then one
+        UPDATE per delivered flag joining the notices just stored)."""
         with self._tx():
             self._insert_notices(notices)
-            self._executemany(
-                "UPDATE rollout_targets SET state = ?, notice_id = ?, notified_at = ?, "
-                "updated_at = ?, delivered = ?, last_counter = 0 "
-                "WHERE rollout_id = ? AND device_id = ? AND state = ?",
-                [
-                    (SENT, n.notice_id, n.issued_at, n.issued_at,
-                     int(delivered.get(n.device_id, False)), n.rollout_id, n.device_id, PENDING)
-                    for n in notices
-                    if n.kind == "notice"
-                ],
-            )  # fmt: skip
+            for flag in (0, 1):
+                ids = [
+                    n.notice_id for n in notices
+                    if n.kind == "notice" and int(delivered.get(n.device_id, False)) == flag
+                ]  # fmt: skip
+                if not ids:
+                    continue
+                self._execute(
+                    "UPDATE rollout_targets SET state = ?, notice_id = n.notice_id, "
+                    "notified_at = n.issued_at, updated_at = n.issued_at, delivered = ?, "
+                    "last_counter = 0 FROM notices n WHERE n.notice_id IN "
+                    f"({listed(self.dialect)}) AND rollout_targets.rollout_id = n.rollout_id "
+                    "AND rollout_targets.device_id = n.device_id AND rollout_targets.state = ?",
+                    (SENT, flag, json.dumps(ids), PENDING),
+                )
 
     def waiting_notices(self, rollout_id: int) -> list[tuple[str, float, float]]:
         """``(device_id, issued_at, expires_at)`` of each update notice that still waits
@@ -123,10 +133,7 @@ class NoticeMethods(SqlBase):
 
     def mark_published(self, notice_ids: Sequence[str]) -> None:
         with self._tx():
-            self._executemany(
-                "UPDATE notices SET published = 1 WHERE notice_id = ?",
-                [(n,) for n in notice_ids],
-            )
+            self._published(notice_ids)
             self._bump("notices_published", len(notice_ids))
 
     def unpublished_notices(self, limit: int = 10_000) -> list[NoticeRecord]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from fleetpush_common.atomic import SECRET_FILE_MODE, make_private_dir
 from fleetpush_protocol.messages import Inventory, Presence, Report
+from orchestrator.policy import order_key
 from orchestrator.store.base import StoreCorruptError, StoreUnavailableError
 from orchestrator.store.records import IngestResult
 from orchestrator.store.sql import Cursor, Dialect, SqlStore
@@ -89,6 +90,8 @@ class SQLiteStore(SqlStore):
             self.db.execute("PRAGMA cache_size=-65536")
             self.db.execute("PRAGMA temp_store=MEMORY")
             self.db.execute("PRAGMA wal_autocheckpoint=4096")
+            # Rollout creation orders devices in SQL (Dialect.order_key) by this hash.
+            self.db.create_function("fleetpush_order_key", 2, order_key, deterministic=True)
 
     def ingest(self, batch: Sequence[Report | Presence | Inventory], now: float) -> IngestResult:
         if self._checkpointer is None:
