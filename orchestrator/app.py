@@ -52,7 +52,7 @@ class Orchestrator:
         self._beat_task: asyncio.Task[None] | None = None
         self._sqlite_lock: SqliteServeLock | None = None
         # this process among the replicas: its id is its MQTT identity (client id)
-        self.replica = ReplicaIdentity(config.mqtt.username, self.clock, config.rollouts.lease_s)
+        self.replica = ReplicaIdentity(config.mqtt.login, self.clock, config.rollouts.lease_s)
         self.db: Database | None = None
         self.link: MqttLink | None = None
         self.ingestor: Ingestor | None = None
@@ -166,7 +166,7 @@ class Orchestrator:
         logger.info(
             "replica %s (host %s, pid %d): MQTT client id %s, device messages %s, rollout "
             "leases of %gs", self.replica.replica_id, self.replica.host, self.replica.pid,
-            cfg.mqtt.username,
+            cfg.mqtt.login,
             f"shared in group {cfg.mqtt.share_group!r}" if self.shared else "unshared",
             cfg.rollouts.lease_s,
         )  # fmt: skip
