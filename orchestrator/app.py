@@ -80,6 +80,9 @@ class Orchestrator:
         if cfg.mqtt.missing:
             raise ConfigError(cfg.mqtt.missing)
         loop = asyncio.get_running_loop()
+        # Keys first: a start that fails on them must leave the database as it found it
+        # (the replica registration below writes to it).
+        self.signing(self.clock.now())
         make_private_dir(cfg.data_dir)
         if cfg.database.backend == "sqlite":
             self._sqlite_lock = SqliteServeLock(cfg.database.sqlite_path)
@@ -89,7 +92,6 @@ class Orchestrator:
         await self.replica.register(db)
         registry = RegistrySync(db, cfg.registry_path, self.clock)
         await registry.refresh()
-        self.signing(self.clock.now())  # fail early without keys
         urls = UrlSigner.from_file(cfg.data_dir / "url-signing.key")
         topics = cfg.mqtt.topics
         payloads = PayloadStore(cfg.payload_dir)
