@@ -84,14 +84,14 @@ state_dir = "{state}"
 url = "mqtt://127.0.0.1:{port}"
 username = "bench-dev"
 password = "{password}"
-keepalive_s = {keepalive}
+keepalive = "{keepalive}s"
 topic_prefix = "{prefix}"
 
 [trust]
 root_keys = ["{root.hex()}"]
 
 [download]
-progress_interval_s = 5
+progress_interval = "5s"
 
 [install]
 handler = "directory"

@@ -206,7 +206,7 @@ async def _one(n: int, root: Path, shm: Path | None) -> dict[str, Any]:
     cpu = BrokerCpu(broker)
     signer = BenchSigner()
     link = MqttLink(
-        MqttConfig(host=broker.host, port=broker.port, username=broker.ORCHESTRATOR_USER,
+        MqttConfig(url=broker.url, username=broker.ORCHESTRATOR_USER,
                    password=broker.orchestrator_password, topic_prefix=topics.prefix), [],
     )  # fmt: skip
     out: dict[str, Any] = {"devices": n, "cpus": os.cpu_count()}

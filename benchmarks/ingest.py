@@ -103,7 +103,7 @@ def _orchestrator(  # noqa: PLR0917 - one run of one receiver
     broker: MosquittoBroker, user: str, topics: Topics, packets: list[bytes], n: int,
     pub: RawPublisher, db: Database, acks: bool,
 ) -> tuple[float, int, int, int, float]:  # fmt: skip
-    cfg = MqttConfig(host=broker.host, port=broker.port, username=user,
+    cfg = MqttConfig(url=broker.url, username=user,
                      password=broker.password(user), topic_prefix=topics.prefix)  # fmt: skip
     link = MqttLink(cfg, [topics.reports_filter])
     ingestor = Ingestor(db, topics=topics, clock=SystemClock(),

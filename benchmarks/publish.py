@@ -57,8 +57,7 @@ async def _run(tmp: Path, n: int) -> dict[str, Any]:
 
         def link(user: str) -> MqttLink:
             cfg = MqttConfig(
-                host=broker.host,
-                port=broker.port,
+                url=broker.url,
                 username=user,
                 password=broker.password(user),
                 topic_prefix=topics.prefix,

@@ -75,7 +75,7 @@ async def _ceiling(stack: LocalStack, n: int, payload: bytes) -> dict[str, Any]:
     stack.broker.add_orchestrator(user)
     stack.broker.reload()
     link = MqttLink(
-        MqttConfig(host=stack.broker.host, port=stack.broker.port, username=user,
+        MqttConfig(url=stack.broker.url, username=user,
                    password=stack.broker.password(user), topic_prefix=stack.topics.prefix)
     )  # fmt: skip
     link.start()

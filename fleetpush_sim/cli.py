@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from fleetpush_common.config import parse_size
 from fleetpush_sim.demo import DemoOptions, run_demo
 from fleetpush_sim.simulate import SimOptions, open_broker, run_simulation
 from orchestrator.broker import MosquittoNotFoundError
@@ -25,17 +25,15 @@ from orchestrator.store.postgres.local import PostgresNotFoundError
 
 __all__ = ["demo", "simulate"]
 
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(|b|k|kb|kib|m|mb|mib)\s*(?:/s)?\s*$", re.I)
-_RATE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6,
-               "mib": 1 << 20}  # fmt: skip
-
 
 def parse_rate(text: str) -> int:
-    """Bytes per second from ``"65536"``, ``"64KiB"``, ``"1MB/s"``."""
-    m = _RATE_RE.match(text)
-    if m is None:
-        raise click.BadParameter(f"{text!r}: expected bytes per second like 65536, 64KiB, 1MB")
-    return int(float(m.group(1)) * _RATE_UNITS[m.group(2).lower()])
+    """Bytes per second from ``"65536"``, ``"64KiB"``, ``"1MB/s"`` (the configuration's sizes)."""
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: expected bytes per second like 65536, 64KiB, 1MB"
+        ) from None
 
 
 def _share(_ctx: click.Context, _param: click.Parameter, value: float) -> float:

@@ -100,17 +100,17 @@ def device_config(
 ) -> DeviceConfig:
     """The configuration a provisioned device would read from its ``device.toml``."""
     b = device.behaviour
-    health: dict[str, Any] = {"timeout_s": 10}
+    health: dict[str, Any] = {"timeout": "10s"}
     if b.health_check or not b.healthy:
         health["command"] = ["/bin/true" if b.healthy else "/bin/false"]
     raw: dict[str, Any] = {
         "device": {"id": device.device_id, "model": model, "groups": list(groups),
                    "state_dir": str(state_dir)},
         "broker": {"url": broker_url, "username": device.device_id, "password": device.password,
-                   "keepalive_s": 60, "session_expiry_s": 3600, "topic_prefix": topic_prefix},
+                   "keepalive": "60s", "session_expiry": "1h", "topic_prefix": topic_prefix},
         "trust": {"root_keys": list(root_keys), "root_threshold": 1},
-        "download": {"bandwidth_bytes_per_s": b.bandwidth, "connect_timeout_s": 10,
-                     "read_timeout_s": 30, "progress_interval_s": 2.0},
+        "download": {"bandwidth_bytes_per_s": b.bandwidth, "connect_timeout": "10s",
+                     "read_timeout": "30s", "progress_interval": "2s"},
         "install": {"handler": "directory"},
         "health": health,
     }  # fmt: skip

@@ -52,7 +52,7 @@ class Orchestrator:
         self._beat_task: asyncio.Task[None] | None = None
         self._sqlite_lock: SqliteServeLock | None = None
         # this process among the replicas: its id is its MQTT identity (client id)
-        self.replica = ReplicaIdentity(config.mqtt.username, self.clock, config.rollouts.lease_s)
+        self.replica = ReplicaIdentity(config.mqtt.login, self.clock, config.rollouts.lease_s)
         self.db: Database | None = None
         self.link: MqttLink | None = None
         self.ingestor: Ingestor | None = None
@@ -80,6 +80,9 @@ class Orchestrator:
         if cfg.mqtt.missing:
             raise ConfigError(cfg.mqtt.missing)
         loop = asyncio.get_running_loop()
+        # Keys first: a start that fails on them must leave the database as it found it
+        # (the replica registration below writes to it).
+        self.signing(self.clock.now())
         make_private_dir(cfg.data_dir)
         if cfg.database.backend == "sqlite":
             self._sqlite_lock = SqliteServeLock(cfg.database.sqlite_path)
@@ -89,7 +92,6 @@ class Orchestrator:
         await self.replica.register(db)
         registry = RegistrySync(db, cfg.registry_path, self.clock)
         await registry.refresh()
-        self.signing(self.clock.now())  # fail early without keys
         urls = UrlSigner.from_file(cfg.data_dir / "url-signing.key")
         topics = cfg.mqtt.topics
         payloads = PayloadStore(cfg.payload_dir)
@@ -167,7 +169,7 @@ class Orchestrator:
         logger.info(
             "replica %s (host %s, pid %d): MQTT client id %s, device messages %s, rollout "
             "leases of %gs", self.replica.replica_id, self.replica.host, self.replica.pid,
-            cfg.mqtt.username,
+            cfg.mqtt.login,
             f"shared in group {cfg.mqtt.share_group!r}" if self.shared else "unshared",
             cfg.rollouts.lease_s,
         )  # fmt: skip

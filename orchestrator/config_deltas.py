@@ -3,29 +3,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
-from orchestrator.config_tables import Table
+import msgspec
+from msgspec import Meta
 
-__all__ = ["DeltaConfig", "parse_deltas"]
+from fleetpush_common.config import SIZE
+
+__all__ = ["DeltaConfig"]
 
 
-@dataclass(frozen=True, slots=True)
-class DeltaConfig:
+class DeltaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``[deltas]``: made on upload from the releases the field runs (orchestrator/deltas.py)."""
 
     on_upload: bool = True  # make deltas when a release is uploaded
-    max_bases: int = 3  # the most common field versions a delta is made from, 0..16
-    level: int = 19  # zstd level, 1..22
-    max_payload_bytes: int = 1 << 30  # bytes; larger payloads get no delta (maker memory)
-    max_ratio: float = 0.9  # a delta larger than this share of the full payload is dropped
-
-
-def parse_deltas(t: Table) -> DeltaConfig:
-    return DeltaConfig(
-        on_upload=t.boolean("on_upload", True),
-        max_bases=t.integer("max_bases", 3, 0, 16),
-        level=t.integer("level", 19, 1, 22),
-        max_payload_bytes=t.integer("max_payload_bytes", 1 << 30, 1, 1 << 31),
-        max_ratio=t.number("max_ratio", 0.9, 0.01, 1.0),
-    )
+    # The most common field versions a delta is made from.
+    max_bases: Annotated[int, Meta(ge=0, le=16)] = 3
+    level: Annotated[int, Meta(ge=1, le=22)] = 19  # zstd level
+    # Larger payloads get no delta (the maker's memory).
+    max_payload_bytes: Annotated[int, SIZE, Meta(ge=1, le=1 << 31)] = 1 << 30
+    # A delta larger than this share of the full payload is dropped.
+    max_ratio: Annotated[float, Meta(ge=0.01, le=1.0)] = 0.9

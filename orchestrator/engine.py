@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from fleetpush_common.clock import Clock
+from fleetpush_common.windows import in_windows
 from orchestrator.engine_notices import (
     MAX_NOTICES_PER_PASS,
     REFRESH_EVERY_S,
@@ -37,7 +38,6 @@ from orchestrator.policy import (
     RateLimiter,
     failure_tripped,
     gate_met,
-    in_windows,
     rate_per_minute,
 )
 from orchestrator.rollouts import TargetSpec, selector

@@ -81,7 +81,7 @@ class NoticeFactory:
 
     def _urls(self, sha256_hex: str, expires_at: int, now: int) -> tuple[str, ...]:
         if self.http.payload_base_url:
-            return (f"{self.http.payload_base_url}/{sha256_hex}",)
+            return (f"{self.http.payload_base_url.rstrip('/')}/{sha256_hex}",)
         url_expiry = min(expires_at, now + int(self.http.url_ttl_s))
         return (self.urls.sign(self.http.base_url, sha256_hex, url_expiry),)
 

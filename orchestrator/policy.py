@@ -1,4 +1,4 @@
-"""Pure rollout logic: phase sizes, gates, failure thresholds, rate limits, windows.
+"""Pure rollout logic: the rollout settings, phase sizes, gates, failure thresholds, rate limits.
 
 Nothing here reads a clock or a database; the engine passes ``now`` and counts in.
 """
@@ -6,11 +6,17 @@ Nothing here reads a clock or a database; the engine passes ``now`` and counts i
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from fleetpush_common.config import DURATION, decode
+from fleetpush_common.windows import Window
 
 __all__ = [
     "ACTIVE_ROLLOUT_STATES",
@@ -22,14 +28,11 @@ __all__ = [
     "PhaseCounts",
     "RateLimiter",
     "RolloutSpec",
-    "Window",
     "assign_phases",
     "failure_tripped",
     "gate_met",
     "gate_view",
-    "in_windows",
     "order_key",
-    "parse_window",
     "phase_bounds",
     "rate_per_minute",
 ]
@@ -50,125 +53,45 @@ TERMINAL_STATES = FAILURE_STATES | {SUCCEEDED, CANCELED}
 IN_FLIGHT_STATES = frozenset(
     {SENT, "notified", "deferred", "downloading", "downloaded", "installing", "installed"}
 )
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_DAY = 86400.0
+Pct = Annotated[float, Meta(ge=0.0, le=100.0)]
+PerMinute = Annotated[float, Meta(ge=0.0, le=1e7)]  # devices per minute
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
-    """A daily maintenance window in UTC, minutes after midnight; may cross midnight."""
+class RolloutSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a rollout proceeds: the settings of a create request, stored with the rollout.
 
-    start_min: int
-    end_min: int
-    days: tuple[int, ...] = ()  # 0 = Monday; empty = every day
-
-    def contains(self, unix: float) -> bool:
-        day = (int(unix // 86400) + 3) % 7  # 1970-01-01 was a Thursday
-        minute = int(unix % 86400) // 60
-        if self.start_min <= self.end_min:
-            inside = self.start_min <= minute < self.end_min
-            start_day = day
-        else:
-            inside = minute >= self.start_min or minute < self.end_min
-            start_day = day if minute >= self.start_min else (day - 1) % 7
-        return inside and (not self.days or start_day in self.days)
-
-    def __str__(self) -> str:
-        days = ",".join(_DAYS[d] for d in self.days)
-        span = (
-            f"{self.start_min // 60:02d}:{self.start_min % 60:02d}-"
-            f"{self.end_min // 60:02d}:{self.end_min % 60:02d}"
-        )
-        return f"{days} {span}" if days else span
-
-
-_WINDOW_RE = re.compile(r"^(?:([a-z,]+)\s+)?(\d\d):(\d\d)-(\d\d):(\d\d)$")
-
-
-def parse_window(text: str) -> Window:
-    """``"02:00-04:00"`` or ``"mon,tue 22:00-02:00"`` (UTC).
-
-    Raises:
-        ValueError: not a window.
-    """
-    m = _WINDOW_RE.match(text.strip().lower())
-    if m is None:
-        raise ValueError(f"window {text!r}: expected '[mon,tue ]HH:MM-HH:MM' (UTC)")
-    days_text, h1, m1, h2, m2 = m.groups()
-    if int(h1) > 23 or int(h2) > 24 or int(m1) > 59 or int(m2) > 59:
-        raise ValueError(f"window {text!r}: invalid time")
-    days: tuple[int, ...] = ()
-    if days_text:
-        try:
-            days = tuple(sorted({_DAYS.index(d) for d in days_text.split(",") if d}))
-        except ValueError:
-            raise ValueError(f"window {text!r}: days are mon..sun") from None
-    start, end = int(h1) * 60 + int(m1), int(h2) * 60 + int(m2)
-    if start == end:
-        raise ValueError(f"window {text!r}: empty")
-    return Window(start, end, days)
-
-
-def in_windows(windows: Sequence[Window], unix: float) -> bool:
-    """True when there are no windows or ``unix`` falls in one."""
-    return not windows or any(w.contains(unix) for w in windows)
-
-
-@dataclass(frozen=True, slots=True)
-class RolloutSpec:
-    """How a rollout proceeds; stored with the rollout as JSON.
-
-    Percentages are 0..100; durations are seconds; rates are devices per minute.
+    Percentages are 0..100; durations are seconds (or ``"30m"``); rates are devices per
+    minute; windows are UTC (fleetpush_common.windows).
     """
 
-    phases: tuple[float, ...] = (100.0,)  # cumulative % of the targets
-    success_pct: float = 100.0  # gate: % of a phase's reachable devices that succeeded
-    soak_s: float = 0.0  # gate must hold this long before the next phase
-    failure_pct: float = 20.0  # threshold: failures / attempts above this trips
-    min_attempts: int = 5  # ... once at least this many devices finished
-    on_failure: str = "pause"  # "pause" or "abort"
-    rate_per_min: float = 0.0  # online devices notified per minute; 0 = unlimited
-    rate_mode: str = "constant"  # "constant" or "exponential"
-    rate_factor: float = 2.0  # exponential: multiply the rate by this ...
-    rate_every: int = 10  # ... every this many successes
-    rate_max_per_min: float = 0.0  # exponential cap; 0 = none
-    device_timeout_s: float = 3600.0  # silent for this long after delivery -> timed_out
+    phases: Annotated[tuple[Pct, ...], Meta(min_length=1, max_length=20)] = (100.0,)
+    success_pct: Pct = 100.0  # gate: % of a phase's reachable devices that succeeded
+    soak_s: Annotated[float, DURATION, Meta(ge=0.0, le=365 * _DAY)] = 0.0  # gate holds so long
+    failure_pct: Pct = 20.0  # threshold: failures / attempts above this trips
+    min_attempts: Annotated[int, Meta(ge=0, le=10**9)] = 5  # ... once this many finished
+    on_failure: Literal["pause", "abort"] = "pause"
+    rate_per_min: PerMinute = 0.0  # online devices notified per minute; 0 = unlimited
+    rate_mode: Literal["constant", "exponential"] = "constant"
+    rate_factor: Annotated[float, Meta(ge=1.0, le=100.0)] = 2.0  # exponential: x this ...
+    rate_every: Annotated[int, Meta(ge=1, le=10**9)] = 10  # ... every this many successes
+    rate_max_per_min: PerMinute = 0.0  # exponential cap; 0 = none
+    # Silent for this long after delivery -> timed_out.
+    device_timeout_s: Annotated[float, DURATION, Meta(ge=1.0, le=365 * _DAY)] = 3600.0
     start_at: float | None = None  # Unix seconds; None = now
-    windows: tuple[Window, ...] = ()
+    windows: Annotated[tuple[Window, ...], Meta(max_length=64)] = ()
     # Devices that come to match the target later (registered, or moved into a targeted
     # group) join the last phase; the rollout then never completes on its own.
     continuous: bool = False
 
     def __post_init__(self) -> None:
-        if not self.phases or self.phases[-1] != 100.0:
+        if self.phases[-1] != 100.0:
             raise ValueError("phases: the last phase must be 100%")
-        if any(b <= a for a, b in zip(self.phases, self.phases[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(self.phases)):
             raise ValueError("phases: must be strictly increasing")
-        for name in ("success_pct", "failure_pct"):
-            if not 0.0 <= getattr(self, name) <= 100.0:
-                raise ValueError(f"{name}: must be 0..100")
-        if self.on_failure not in ("pause", "abort"):
-            raise ValueError("on_failure: 'pause' or 'abort'")
-        if self.rate_mode not in ("constant", "exponential"):
-            raise ValueError("rate_mode: 'constant' or 'exponential'")
-        if not 0 <= self.rate_per_min <= 1e7 or not 0 <= self.rate_max_per_min <= 1e7:
-            raise ValueError("rate_per_min: must be 0..10,000,000 devices per minute")
-        if not 1.0 <= self.rate_factor <= 100.0:
-            raise ValueError("rate_factor: must be 1..100")
-        if not 1 <= self.rate_every <= 10**9:
-            raise ValueError("rate_every: must be at least 1")
-        if not 0 <= self.min_attempts <= 10**9:
-            raise ValueError("min_attempts: must be 0 or more")
-        if not 1.0 <= self.device_timeout_s <= 365 * 86400.0:
-            raise ValueError("device_timeout: must be 1s..365d")
-        if not 0.0 <= self.soak_s <= 365 * 86400.0:
-            raise ValueError("soak: must be 0..365d")
-        if not isinstance(self.continuous, bool):
-            raise ValueError("continuous: expected true or false")  # noqa: TRY004
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["phases"] = list(self.phases)
-        data["windows"] = [str(w) for w in self.windows]
+        data: dict[str, Any] = msgspec.to_builtins(self, enc_hook=str)
         return data
 
     @classmethod
@@ -176,34 +99,9 @@ class RolloutSpec:
         """Build from the JSON form (API input or stored).
 
         Raises:
-            ValueError: a field is invalid; the message names it.
-            TypeError: a field has the wrong type.
+            ConfigError: a field is unknown or invalid; the message names it.
         """
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{unknown[0]}: unknown rollout setting")
-        args: dict[str, Any] = dict(data)
-        if "phases" in args:
-            args["phases"] = tuple(float(p) for p in args["phases"])
-        if "windows" in args:
-            args["windows"] = tuple(parse_window(str(w)) for w in args["windows"])
-        for name in ("success_pct", "soak_s", "failure_pct", "rate_per_min", "rate_factor",
-                     "rate_max_per_min", "device_timeout_s"):  # fmt: skip
-            if name in args:
-                args[name] = _number(args[name], name)
-        for name in ("min_attempts", "rate_every"):
-            if name in args and (not isinstance(args[name], int) or isinstance(args[name], bool)):
-                raise ValueError(f"{name}: expected an integer")
-        if args.get("start_at") is not None:
-            args["start_at"] = _number(args["start_at"], "start_at")
-        return cls(**args)
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name}: expected a number")  # noqa: TRY004
-    return float(value)
+        return decode(cls, data, "")
 
 
 def phase_bounds(total: int, phases: Sequence[float]) -> list[int]:

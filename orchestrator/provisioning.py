@@ -132,8 +132,8 @@ def render_device_config(
         if value is not None:
             lines.append(f"{name} = {_toml_str(value)}")
     lines += [
-        f"keepalive_s = {keepalive_s}",
-        f"session_expiry_s = {session_expiry_s}",
+        f'keepalive = "{keepalive_s}s"',
+        f'session_expiry = "{session_expiry_s}s"',
         f"topic_prefix = {_toml_str(topic_prefix)}",
         "",
         "[trust]",

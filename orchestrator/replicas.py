@@ -25,7 +25,7 @@ import socket
 from pathlib import Path
 
 from fleetpush_common.clock import Clock
-from orchestrator.config_tables import ConfigError
+from fleetpush_common.config import ConfigError
 from orchestrator.store import Database
 
 __all__ = ["ReplicaIdentity", "ReplicaInUseError", "SqliteServeLock"]

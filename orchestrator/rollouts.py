@@ -7,6 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+from fleetpush_common.config import ConfigError, decode
 from orchestrator.policy import (
     ACTIVE_ROLLOUT_STATES,
     PhaseCounts,
@@ -37,8 +40,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class TargetSpec:
+class TargetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Devices listed, members of groups, or every device; then narrowed by model."""
 
     devices: tuple[str, ...] = ()
@@ -46,32 +48,23 @@ class TargetSpec:
     models: tuple[str, ...] = ()
     all: bool = False
 
+    def __post_init__(self) -> None:
+        if not (self.devices or self.groups or self.all):
+            raise ValueError("give devices, groups, or all=true")
+
     @classmethod
     def from_json(cls, data: Any) -> TargetSpec:
-        """Raises ValueError naming the bad field."""
+        """Raises ValueError naming the bad field (``target.devices: ...``)."""
         if not isinstance(data, dict):
             raise ValueError("target: expected an object")  # noqa: TRY004
-        unknown = set(data) - {"devices", "groups", "models", "all"}
-        if unknown:
-            raise ValueError(f"target.{sorted(unknown)[0]}: unknown field")
-        lists = {}
-        for key in ("devices", "groups", "models"):
-            value = data.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"target.{key}: expected a list of strings")
-            lists[key] = tuple(value)
-        everything = data.get("all", False)
-        if not isinstance(everything, bool):
-            raise ValueError("target.all: expected true or false")  # noqa: TRY004
-        spec = cls(devices=lists["devices"], groups=lists["groups"], models=lists["models"],
-                   all=everything)  # fmt: skip
-        if not (spec.devices or spec.groups or spec.all):
-            raise ValueError("target: give devices, groups, or all=true")
-        return spec
+        try:
+            return decode(cls, data, "")
+        except ConfigError as e:
+            raise ValueError(f"target.{e}" if e.key else f"target: {e.problem}") from None
 
     def to_json(self) -> dict[str, Any]:
-        return {"devices": list(self.devices), "groups": list(self.groups),
-                "models": list(self.models), "all": self.all}  # fmt: skip
+        data: dict[str, Any] = msgspec.to_builtins(self)
+        return data
 
 
 def select_targets(
@@ -250,12 +243,6 @@ def _phase_status(r: RolloutRecord, i: int) -> str:
     if i > r.phase or r.state == "awaiting_approval":
         return "skipped" if r.state in ended else "waiting"
     return "stopped" if r.state in ended else "open"
-
-
-def spec_from_request(body: dict[str, Any]) -> RolloutSpec:
-    """The rollout settings in a create request (everything but release and target)."""
-    settings = {k: v for k, v in body.items() if k not in ("release", "target")}
-    return RolloutSpec.from_json(settings)
 
 
 def rollout_status(s: Store, r: RolloutRecord) -> dict[str, Any]:

@@ -8,36 +8,17 @@ period gets a warning (in the upload's answer and on the CLI's stderr).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fleetpush_protocol.envelope import sign_message
-from fleetpush_protocol.messages import NAME_PATTERN, SupportPeriods
-from orchestrator.config_tables import ConfigError, Table
+from fleetpush_protocol.messages import SupportPeriods
 
 if TYPE_CHECKING:
     from orchestrator.security.keystore import SigningSet
 
-__all__ = ["day_end", "parse_support", "release_warnings", "signed_periods", "support_view"]
-
-
-def parse_support(t: Table) -> dict[str, dt.date]:
-    """``[support]``: ``model = 2030-12-31`` (a TOML date, or the same as a string)."""
-    out = {}
-    for model in list(t.data):
-        value = t.get(model)
-        if not re.match(NAME_PATTERN, model):
-            raise ConfigError(f"{t.name(model)}: not a valid model name ([A-Za-z0-9_.:-])")
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):  # refused below, naming the key
-                value = dt.date.fromisoformat(value)
-        if not isinstance(value, dt.date) or isinstance(value, dt.datetime):
-            raise ConfigError(f"{t.name(model)}: expected a date like 2030-12-31")
-        out[model] = value
-    return out
+__all__ = ["day_end", "release_warnings", "signed_periods", "support_view"]
 
 
 def day_end(day: dt.date) -> int:

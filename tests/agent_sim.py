@@ -188,9 +188,9 @@ def sim_config(state_dir: Path, signer: Signer, **sections: dict[str, Any]) -> D
             "password": "unused",
         },
         "trust": {"root_keys": [signer.root_hex], "root_threshold": 1},
-        "download": {"progress_interval_s": 0.1},
+        "download": {"progress_interval": "100ms"},
         "install": {"handler": "directory", "slots_dir": str(state_dir / "slots")},
-        "health": {"command": ["/bin/true"], "timeout_s": 10},
+        "health": {"command": ["/bin/true"], "timeout": "10s"},
         "policy": {"download_ahead": True},
     }
     for name, values in sections.items():

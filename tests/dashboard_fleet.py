@@ -32,6 +32,7 @@ from orchestrator.config import (
     IngestConfig,
     MqttConfig,
     OrchestratorConfig,
+    RegistrySection,
     RolloutConfig,
 )
 from orchestrator.security.auth import hash_token
@@ -75,11 +76,9 @@ class Fleet:
         port = free_port()
         config = OrchestratorConfig(
             data_dir=data,
-            keys_dir=data / "keys",
-            http=HttpConfig(host="127.0.0.1", port=port),
+            http=HttpConfig(listen=f"127.0.0.1:{port}"),
             mqtt=MqttConfig(
-                host=self.broker.host,
-                port=self.broker.port,
+                url=self.broker.url,
                 username=MosquittoBroker.ORCHESTRATOR_USER,
                 password=self.broker.orchestrator_password,
                 topic_prefix=self.topics.prefix,
@@ -87,7 +86,7 @@ class Fleet:
             ingest=IngestConfig(batch_interval_s=0.05),
             rollouts=RolloutConfig(tick_s=0.2),
             auth=AuthConfig(tokens_file=tokens),
-            registry_file=self.broker.registry.path,
+            registry=RegistrySection(file=self.broker.registry.path),
         )
         self.orch = Orchestrator(config, clock=self.clock)
         await self.orch.start()
@@ -103,7 +102,7 @@ class Fleet:
         self.broker.set_model(device_id, "rpi4")  # as provisioning does: the registry's fact
         self.broker.reload()
         root = self.orch.keys.anchor().keyring.root_keys[0].hex()
-        health = {"command": ["/bin/true" if healthy else "/bin/false"], "timeout_s": 10}
+        health = {"command": ["/bin/true" if healthy else "/bin/false"], "timeout": "10s"}
         path = write_config(
             self.tmp / f"{device_id}.toml", broker=self.broker, topics=self.topics,
             device_id=device_id, password=password, root_hex=root, groups=claims,

@@ -87,7 +87,7 @@ class Fleet:
         password = self.broker.add_device(device_id, groups)
         sections = dict(sections or {})
         if not healthy:
-            sections["health"] = {"command": ["/bin/false"], "timeout_s": 5}
+            sections["health"] = {"command": ["/bin/false"], "timeout": "5s"}
         self.configs[device_id] = write_config(
             self.root / f"{device_id}.toml", broker=self.broker, topics=self.topics,
             device_id=device_id, password=password, root_hex=self.root_key, groups=groups,

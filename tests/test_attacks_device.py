@@ -331,13 +331,13 @@ ATTACKS: dict[str, Attack] = {
         slow_stall,
         "failed",
         "download_failed",
-        download_config={"read_timeout_s": 1, "max_attempts": 1},
+        download_config={"read_timeout": "1s", "max_attempts": 1},
     ),
     "slow retrieval: trickle": Attack(
         slow_trickle,
         "failed",
         "download_failed",
-        download_config={"read_timeout_s": 1, "max_attempts": 1, "min_bytes_per_s": 1024},
+        download_config={"read_timeout": "1s", "max_attempts": 1, "min_bytes_per_s": 1024},
     ),
     "revoked signing key": Attack(revoked_key, "rejected", "key_revoked"),
     "root rotation without the old root": Attack(

@@ -1,7 +1,10 @@
-"""The client-certificate listener: certificate CN = device id = username = client id."""
+"""The client-certificate listener: certificate CN = device id = username = client id; the
+orchestrator's link over TLS."""
 
 from __future__ import annotations
 
+import asyncio
+import queue
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +13,8 @@ import pytest
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.broker import Probe, tls_context
 from orchestrator.broker import MosquittoBroker
+from orchestrator.config import MqttConfig, parse_config
+from orchestrator.mqtt.link import Message, MqttLink
 from orchestrator.security.pki import FleetCA
 
 pytestmark = pytest.mark.integration
@@ -106,3 +111,51 @@ def test_revoked_certificate_is_dropped_and_cannot_reconnect(
     assert _cert_probe(b, probes, cert, key).connack != OK  # the CRL refuses the handshake
     assert other.connected.is_set()
     assert _cert_probe(b, probes, cert_b, key_b).connack == OK
+
+
+async def test_orchestrator_link_reaches_the_broker_over_tls(
+    tls_broker: MosquittoBroker, topics: Topics, probes: list[Probe], tmp_path: Path
+) -> None:
+    """``[mqtt] url = "mqtts://..."`` with ca_file and a client certificate: the link
+    checks the broker's certificate against the CA, logs in with its own, and carries
+    notices and reports both ways."""
+    b = tls_broker
+    assert b.tls_url is not None
+    b.ca.issue_client(b.ORCHESTRATOR_USER).write(tmp_path / "o.pem", tmp_path / "o.key")
+    cert, key = b.add_device_cert("dev-a")
+    b.reload()
+    cfg = parse_config(
+        {"data_dir": "data", "mqtt": {
+            "url": b.tls_url, "username": b.ORCHESTRATOR_USER, "ca_file": str(b.ca_file),
+            "cert_file": "o.pem", "key_file": "o.key", "topic_prefix": topics.prefix}},
+        tmp_path,
+    )  # fmt: skip
+    assert (cfg.mqtt.tls, cfg.mqtt.port) == (True, b.tls_port)
+    received: queue.Queue[Message] = queue.Queue()
+    link = MqttLink(cfg.mqtt, [topics.reports_filter], on_message=received.put)
+    await asyncio.to_thread(link.start)
+    try:
+        device = _cert_probe(b, probes, cert, key)
+        assert device.connack == OK
+        device.subscribe(topics.device_notice("dev-a"))
+        await link.publish_many([(topics.device_notice("dev-a"), b"notice", False)])
+        assert device.wait_for(topics.device_notice("dev-a")).payload == b"notice"
+        assert device.publish(topics.report("dev-a"), b"report") == OK
+        got = await asyncio.to_thread(received.get, timeout=15)
+        assert (got.topic, got.payload) == (topics.report("dev-a"), b"report")
+        link.ack(got.mid, got.qos)
+    finally:
+        await asyncio.to_thread(link.stop)
+
+
+def test_orchestrator_link_refuses_a_broker_its_ca_did_not_sign(
+    tls_broker: MosquittoBroker, topics: Topics, tmp_path: Path
+) -> None:
+    b = tls_broker
+    assert b.tls_url is not None
+    rogue = FleetCA.create(tmp_path / "rogue")
+    cfg = MqttConfig(url=b.tls_url, username=b.ORCHESTRATOR_USER, ca_file=rogue.cert_path,
+                     topic_prefix=topics.prefix)  # fmt: skip
+    link = MqttLink(cfg)
+    with pytest.raises(ConnectionError, match="certificate"):
+        link.start(timeout=10)

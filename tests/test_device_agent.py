@@ -343,7 +343,7 @@ async def test_disk_full_fails_and_keeps_the_old_release(rig: Rig) -> None:
 
 
 async def test_failing_health_check_rolls_back(rig: Rig) -> None:
-    health = {"command": ["/bin/sh", "-c", 'test "$FLEETPUSH_VERSION" != 3.0.0'], "timeout_s": 10}
+    health = {"command": ["/bin/sh", "-c", 'test "$FLEETPUSH_VERSION" != 3.0.0'], "timeout": "10s"}
     device = await rig.start_device(sections={"health": health})
     url = rig.server.add("v2.tar", RELEASE)
     good = await rig.send(RELEASE, [url])
@@ -360,7 +360,7 @@ async def test_failing_health_check_rolls_back(rig: Rig) -> None:
 
 
 async def test_health_check_timeout_rolls_back(rig: Rig) -> None:
-    health = {"command": ["/bin/sleep", "30"], "timeout_s": 0.5}
+    health = {"command": ["/bin/sleep", "30"], "timeout": "500ms"}
     device = await rig.start_device(sections={"health": health})
     notice = await rig.send(RELEASE, [rig.server.add("v2.tar", RELEASE)])
     rolled = await rig.reports.wait_state("rolled_back", notice.notice_id)

@@ -169,7 +169,7 @@ async def test_sigkill_during_health_check_reruns_it(
     check = f"if [ -f {killme} ]; then echo $$ > {mark}; exec sleep 60; fi; exit 0"
     config = device_config(
         tmp_path, broker, topics, signer,
-        health={"command": ["/bin/sh", "-c", check], "timeout_s": 120},
+        health={"command": ["/bin/sh", "-c", check], "timeout": "2m"},
     )  # fmt: skip
     state = tmp_path / "state-dev-001"
     killme.touch()

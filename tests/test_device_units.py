@@ -88,7 +88,7 @@ BAD = {
         {"download": {"max_payload_bytes": 0}}, "[download] max_payload_bytes: must be 1.."
     ),
     "negative bandwidth": Bad({"download": {"bandwidth_bytes_per_s": -1}}, "bandwidth"),
-    "string timeout": Bad({"download": {"read_timeout_s": "30"}}, "[download] read_timeout_s"),
+    "string timeout": Bad({"download": {"read_timeout": "30 parsecs"}}, "[download] read_timeout"),
     "bad url": Bad({"broker": {"url": "http://x"}}, "[broker] url:"),
     "no username": Bad({"broker": {"username": None}}, "[broker] username: missing"),
     "tls file on plain url": Bad({"broker": {"ca_file": "ca.pem"}}, "use mqtts://"),
@@ -99,7 +99,10 @@ BAD = {
     "bad window": Bad({"policy": {"maintenance_windows": ["2-4"]}}, "maintenance_windows[0]"),
     "naive hold": Bad({"policy": {"hold_until": "2026-12-01T00:00:00"}}, "time zone"),
     "unknown key": Bad({"download": {"max_bytes": 1}}, "[download] max_bytes: unknown setting"),
-    "keepalive too short": Bad({"broker": {"keepalive_s": 1}}, "[broker] keepalive_s: must be"),
+    "keepalive too short": Bad({"broker": {"keepalive": "1s"}}, "[broker] keepalive: must be"),
+    "old and new spelling": Bad(
+        {"broker": {"keepalive": "1m", "keepalive_s": 60}}, "[broker] keepalive_s: give keepalive"
+    ),
     "rebuild memory too small": Bad(
         {"download": {"max_rebuild_memory_bytes": 1000}}, "[download] max_rebuild_memory_bytes"
     ),
@@ -402,9 +405,9 @@ def local_ts(hour: int, minute: int = 0) -> float:
 
 def test_window_contains_and_wraps_midnight() -> None:
     w = Window(22 * 60, 2 * 60)
-    assert w.contains(23 * 60)
-    assert w.contains(60)
-    assert not w.contains(12 * 60)
+    assert w.contains(local_ts(23), tz=None)
+    assert w.contains(local_ts(1), tz=None)
+    assert not w.contains(local_ts(12), tz=None)
     assert str(w) == "22:00-02:00"
 
 

@@ -51,12 +51,12 @@ PAYLOAD = release_tar("5.0", filler=200_000)
 # ~1 s per download (loopback would finish the whole rollout before any fault lands)
 FAST = {
     "download": {
-        "max_attempts": 20, "read_timeout_s": 2, "connect_timeout_s": 1,
+        "max_attempts": 20, "read_timeout": "2s", "connect_timeout": "1s",
         "bandwidth_bytes_per_s": 200_000,
     },
     # Reports stored by an orchestrator killed before its next ack round are confirmed
     # only when the device resends them: after this timeout rather than the default 30 s.
-    "broker": {"ack_timeout_s": 2},
+    "broker": {"ack_timeout": "2s"},
 }  # fmt: skip
 
 
@@ -218,7 +218,7 @@ async def test_devices_sigkilled_at_random_points(rig: Rig) -> None:
     rng = random.Random(SEED)
     ids = [f"k-{i:02d}" for i in range(N)]
     killed = ids[:6]
-    slow_health = {"health": {"command": ["/bin/sh", "-c", "sleep 0.5"], "timeout_s": 10}}
+    slow_health = {"health": {"command": ["/bin/sh", "-c", "sleep 0.5"], "timeout": "10s"}}
     for d in ids:
         rig.provision(d, {**FAST, **slow_health})
     for d in killed:

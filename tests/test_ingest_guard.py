@@ -92,7 +92,7 @@ def test_ingest_and_retention_settings_are_bounded(tmp_path: Path) -> None:
         ("retention", "reports_per_device", 1),
         ("retention", "max_report_age", "1s"),
     ]:
-        with pytest.raises(ConfigError, match=f"{section}.{key}"):
+        with pytest.raises(ConfigError, match=rf"\[{section}\] {key}"):
             parse_config({"data_dir": "d", section: {key: value}}, tmp_path)
 
 

@@ -92,7 +92,7 @@ async def test_the_link_gets_a_report_again_after_a_reconnect_until_it_acks(
     broker.add_orchestrator("rd-orch")
     broker.add_device("rd-1")
     broker.reload()
-    cfg = MqttConfig(host=broker.host, port=broker.port, username="rd-orch",
+    cfg = MqttConfig(url=broker.url, username="rd-orch",
                      password=broker.password("rd-orch"), topic_prefix=topics.prefix)  # fmt: skip
     received: queue.Queue[Message] = queue.Queue()
     link = MqttLink(cfg, [topics.reports_filter], on_message=received.put)  # never acks

@@ -170,7 +170,7 @@ def test_the_installation_setting_and_a_rollout_cannot_turn_it_off(tmp_path: Pat
     config = parse_config({"data_dir": ".", "rollouts": {"require_approval": True}}, tmp_path)
     assert config.rollouts.require_approval is True
     assert parse_config({"data_dir": "."}, tmp_path).rollouts.require_approval is False
-    with pytest.raises(ConfigError, match=r"rollouts.require_approval: expected true or false"):
+    with pytest.raises(ConfigError, match=r"\[rollouts\] require_approval: expected true or false"):
         parse_config({"data_dir": ".", "rollouts": {"require_approval": "yes"}}, tmp_path)
     assert needs_approval(True, None) is True
     assert needs_approval(False, True) is True

@@ -81,7 +81,7 @@ async def _agent(
     cfg_path = write_config(
         tmp_path / f"{device_id}.toml", broker=broker, topics=topics, device_id=device_id,
         password=password, root_hex=root_hex(tmp_path),
-        sections={"broker": {"ack_timeout_s": 0.5}},
+        sections={"broker": {"ack_timeout": "500ms"}},
     )  # fmt: skip
     agent = build_agent(load_device_config(cfg_path))
     task = asyncio.create_task(agent.run())

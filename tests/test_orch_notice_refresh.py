@@ -44,7 +44,7 @@ async def test_the_broker_drops_a_notice_once_its_expiry_passes(
     broker: MosquittoBroker, topics: Topics
 ) -> None:
     link = MqttLink(
-        MqttConfig(host=broker.host, port=broker.port, username=broker.ORCHESTRATOR_USER,
+        MqttConfig(url=broker.url, username=broker.ORCHESTRATOR_USER,
                    password=broker.orchestrator_password, topic_prefix=topics.prefix), [],
     )  # fmt: skip
     await asyncio.to_thread(link.start)

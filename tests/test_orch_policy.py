@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fleetpush_common.units import parse_duration, parse_phases
+from fleetpush_common.windows import in_windows, parse_window
 from orchestrator.config import ConfigError, parse_config
 from orchestrator.payloads import UrlSigner
 from orchestrator.policy import (
@@ -16,8 +17,6 @@ from orchestrator.policy import (
     assign_phases,
     failure_tripped,
     gate_met,
-    in_windows,
-    parse_window,
     phase_bounds,
     rate_per_minute,
 )
@@ -96,6 +95,10 @@ def test_maintenance_windows() -> None:
     assert not weekdays.contains(T0)  # Tuesday
     assert weekdays.contains(T0 + 86400)  # Wednesday 22:13
     assert in_windows((), T0)
+    workdays = parse_window("Mon-Fri 02:00-04:00")  # day ranges, any case
+    assert workdays.days == (0, 1, 2, 3, 4)
+    assert str(workdays) == "mon,tue,wed,thu,fri 02:00-04:00"
+    assert parse_window("fri-mon 22:00-02:00").days == (0, 4, 5, 6)
     for bad in ("25:00-01:00", "0200-0400", "xyz 01:00-02:00", "01:00-01:00"):
         with pytest.raises(ValueError, match="window"):
             parse_window(bad)
@@ -163,7 +166,8 @@ def test_url_signing() -> None:
     ],
 )
 def test_invalid_config_names_the_field(data: dict, field: str, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    table, _, key = field.rpartition(".")
+    with pytest.raises(ConfigError, match=rf"\[{table}\] {key}" if table else key):
         parse_config(data, tmp_path)
 
 

@@ -133,5 +133,5 @@ def test_registry_file_setting(tmp_path: Path) -> None:
     assert cfg.registry_path == tmp_path / "data" / "broker" / "identities.json"
     cfg = parse_config({"data_dir": "data", "registry": {"file": "b/ids.json"}}, tmp_path)
     assert cfg.registry_path == tmp_path / "b" / "ids.json"
-    with pytest.raises(ConfigError, match=r"registry\.path: unknown setting"):
+    with pytest.raises(ConfigError, match=r"\[registry\] path: unknown setting"):
         parse_config({"data_dir": "data", "registry": {"path": "x"}}, tmp_path)

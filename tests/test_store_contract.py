@@ -585,7 +585,7 @@ def test_database_setting(tmp_path: Path) -> None:
     assert cfg.db_path == tmp_path / "data" / "x" / "f.db"  # relative to the data folder
     (tmp_path / "pw").write_text("s3cret\n")
     (tmp_path / "pw").chmod(0o644)
-    with pytest.raises(ConfigError, match=r"database\.password_file: .*chmod 600"):
+    with pytest.raises(ConfigError, match=r"\[database\] password_file: .*chmod 600"):
         parse_config({"data_dir": "data", "database": {"password_file": "pw"}}, tmp_path)
     (tmp_path / "pw").chmod(0o600)
     cfg = parse_config({"data_dir": "data", "database": {
@@ -596,13 +596,13 @@ def test_database_setting(tmp_path: Path) -> None:
         "postgresql", "s3cret", 2, 20, 3.0)  # fmt: skip
     assert "s3cret" not in repr(d)
     bad = [
-        ({"url": "mysql://x"}, r"database\.url: expected sqlite"),
-        ({"url": "sqlite:///"}, r"database\.url: sqlite:/// needs a file name"),
-        ({"url": "postgresql:///fleet"}, r"database\.url: expected postgresql://"),
+        ({"url": "mysql://x"}, r"\[database\] url: expected sqlite"),
+        ({"url": "sqlite:///"}, r"\[database\] url: sqlite:/// needs a file name"),
+        ({"url": "postgresql:///fleet"}, r"\[database\] url: expected postgresql://"),
         ({"url": "postgresql://h/d", "pool_min": 5, "pool_max": 2}, r"pool_max: must be at"),
-        ({"pool_max": 0}, r"database\.pool_max: expected an integer"),
-        ({"password_file": "missing"}, r"database\.password_file: cannot read"),
-        ({"pool": 1}, r"database\.pool: unknown setting"),
+        ({"pool_max": 0}, r"\[database\] pool_max: must be 1..1000"),
+        ({"password_file": "missing"}, r"\[database\] password_file: cannot read"),
+        ({"pool": 1}, r"\[database\] pool: unknown setting"),
     ]
     for table, message in bad:
         with pytest.raises(ConfigError, match=message):

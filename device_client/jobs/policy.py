@@ -1,4 +1,4 @@
-"""When an install may happen: hold-until dates and daily maintenance windows.
+"""When an install may happen: hold-until dates and maintenance windows.
 
 Pure functions of the configuration and an injected time; windows are in device-local
 time (the system time zone, as ``time.localtime`` sees it).
@@ -7,9 +7,10 @@ time (the system time zone, as ``time.localtime`` sees it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from device_client.config import PolicyConfig
+from fleetpush_common.windows import in_windows
 
 __all__ = ["Blocked", "install_blocked"]
 
@@ -27,16 +28,9 @@ def install_blocked(policy: PolicyConfig, now: float) -> Blocked | None:
         return Blocked(float(policy.hold_until), f"held until {when}")
     if not policy.maintenance_windows:
         return None
-    local = datetime.fromtimestamp(now).astimezone()
-    minute = local.hour * 60 + local.minute
-    if any(w.contains(minute) for w in policy.maintenance_windows):
+    # tz=None: the system zone, read at each call (a device's zone may change).
+    if in_windows(policy.maintenance_windows, now, tz=None):
         return None
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    starts = []
-    for w in policy.maintenance_windows:
-        start = midnight + timedelta(minutes=w.start)
-        if start.timestamp() <= now:
-            start += timedelta(days=1)
-        starts.append((start.timestamp(), w))
+    starts = [(w.next_start(now, tz=None), w) for w in policy.maintenance_windows]
     until, window = min(starts, key=lambda s: s[0])
     return Blocked(until, f"waiting for maintenance window {window} (device-local time)")

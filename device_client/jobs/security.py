@@ -12,8 +12,9 @@ other. Pure functions of the configuration, the verified notice and an injected 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
+
+from msgspec.structs import replace
 
 from device_client.config import DeviceConfig
 from device_client.jobs.policy import Blocked, install_blocked

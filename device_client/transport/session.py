@@ -30,6 +30,7 @@ from device_client.config import BrokerConfig
 from device_client.transport.base import MessageHandler, Publication
 from device_client.transport.outbox import Outbox
 from fleetpush_common.backoff import Backoff
+from fleetpush_common.broker_settings import client_tls_context
 from fleetpush_common.tasks import cancel_and_wait
 
 __all__ = ["MqttSession", "Publication"]
@@ -111,10 +112,7 @@ class MqttSession:
 
     def _tls_context(self) -> ssl.SSLContext:
         b = self._broker
-        context = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
-        if b.cert_file and b.key_file:
-            context.load_cert_chain(str(b.cert_file), str(b.key_file))
-        return context
+        return client_tls_context(b.ca_file, b.cert_file, b.key_file)
 
     async def run(self) -> None:
         """Connect and serve forever; returns only when cancelled."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from orchestrator.api.bodies import NewToken, decode_body
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, requires
 from orchestrator.api.context import ApiError
 from orchestrator.api.devices import security_report
 from orchestrator.policy import ACTIVE_ROLLOUT_STATES, ROLLOUT_STATES
-from orchestrator.security.auth import ROLES, hash_token, new_token
+from orchestrator.security.auth import hash_token, new_token
 from orchestrator.security.keystore import describe
 from orchestrator.store import Store
 
@@ -152,12 +153,8 @@ async def list_tokens(request: web.Request) -> web.Response:
 @routes.post("/v1/tokens")
 @requires("admin")
 async def create_token(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    name, role = body.get("name"), body.get("role")
-    if not isinstance(name, str) or not 1 <= len(name) <= 64:
-        raise ApiError(400, "name: 1..64 characters")
-    if role not in ROLES:
-        raise ApiError(400, f"role: one of {', '.join(ROLES)}")
+    body = decode_body(NewToken, await json_body(request))
+    name, role = body.name, body.role
     token = new_token()
     c = ctx(request)
     now = c.clock.now()

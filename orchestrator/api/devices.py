@@ -6,12 +6,11 @@ device's inventory says is shown as its claims (``claimed_*``, ``claims_mismatch
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
 
-from fleetpush_protocol.messages import NAME_PATTERN
+from orchestrator.api.bodies import LabelDevice, decode_body
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, requires
 from orchestrator.api.context import ApiError
 from orchestrator.security_status import missing_security
@@ -104,38 +103,15 @@ async def show_device(request: web.Request) -> web.Response:
     return ok({**device.to_json(), "reports": history})
 
 
-def _names(value: object, what: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ApiError(400, f"{what}: expected a list of names")
-    for v in value:
-        if not re.match(NAME_PATTERN, v):
-            raise ApiError(400, f"{what}: {v!r} is not a valid name ([A-Za-z0-9_.:-], 1-128)")
-    return list(value)
-
-
 @routes.patch("/v1/devices/{device_id}")
 @requires("operator")
 async def label_device(request: web.Request) -> web.Response:
     """Set operator groups (``groups``), model (``model``; ``""`` falls back to the
     provisioned one) and/or tags (``tags``: string map)."""
     device_id = request.match_info["device_id"]
-    body = await json_body(request)
-    unknown = set(body) - {"groups", "tags", "model"}
-    if unknown:
-        raise ApiError(400, f"unknown field {sorted(unknown)[0]!r}")
-    groups = _names(body["groups"], "groups") if "groups" in body else None
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise ApiError(400, 'model: expected a name, or "" to use the provisioned model')
-    if model:
-        _names([model], "model")
-    tags = body.get("tags")
-    if tags is not None and (
-        not isinstance(tags, dict)
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
-        or len(tags) > 64
-    ):
-        raise ApiError(400, "tags: expected an object of at most 64 string values")
+    body = decode_body(LabelDevice, await json_body(request))
+    groups = list(body.groups) if body.groups is not None else None
+    model, tags = body.model, body.tags
     c = ctx(request)
     await c.refresh_registry()
     device = await c.db.run(lambda s: s.set_device_labels(device_id, groups, tags, model))

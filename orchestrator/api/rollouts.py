@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from orchestrator.api.bodies import CreateRollout, Reason, RevertRollout, decode_body, spec_of
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, principal, requires
 from orchestrator.api.context import ApiError
 from orchestrator.api.releases import find_release
@@ -22,7 +23,6 @@ from orchestrator.rollouts import (
     plan_rollout,
     rollout_status,
     selector,
-    spec_from_request,
 )
 from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord, Store, TargetPreview
 from orchestrator.supersede import security_conflicts, security_held, take_over
@@ -41,19 +41,9 @@ async def _view(request: web.Request, r: RolloutRecord) -> dict[str, object]:
     return await ctx(request).db.run(lambda s: rollout_status(s, r))
 
 
-def _flag(body: dict[str, object], name: str) -> bool:
-    value = body.pop(name, False)
-    if not isinstance(value, bool):
-        raise ApiError(400, f"{name}: expected true or false")
-    return value
-
-
-def _approval(request: web.Request, body: dict[str, object]) -> bool:
+def _approval(request: web.Request, value: bool | None) -> bool:
     """Whether the rollout being created waits for approval (body ``require_approval``,
     or the installation's ``[rollouts] require_approval``)."""
-    value = body.pop("require_approval", None)
-    if value is not None and not isinstance(value, bool):
-        raise ApiError(400, "require_approval: expected true or false")
     try:
         return needs_approval(ctx(request).config.rollouts.require_approval, value)
     except ValueError as e:
@@ -99,15 +89,11 @@ async def _plan(
 async def create(request: web.Request) -> web.Response:
     """``dry_run``: validate, create nothing, answer the plan; ``force``: create even when
     other active rollouts hold some of the devices (409 otherwise)."""
-    body = await json_body(request)
-    dry_run = _flag(body, "dry_run")
-    force = _flag(body, "force")
-    approval = _approval(request, body)
-    if "release" not in body:
-        raise ApiError(400, "release: missing (an id or name@version)")
-    release = await find_release(request, str(body["release"]))
-    target = TargetSpec.from_json(body.get("target"))
-    spec = spec_from_request(body)
+    body = decode_body(CreateRollout, await json_body(request))
+    dry_run, force = body.dry_run, body.force
+    approval = _approval(request, body.require_approval)
+    release = await find_release(request, str(body.release))
+    target, spec = body.target, spec_of(body)
     if dry_run:
         plan = await _plan(request, release, target, spec, dry_run)
         kept = plan.conflicts
@@ -219,22 +205,18 @@ async def targets(request: web.Request) -> web.Response:
     return ok({"targets": [t.to_json() for t in rows]})
 
 
-def _reason(body: dict[str, object]) -> str:
-    reason = body.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > 500:
-        raise ApiError(400, "reason: a string of at most 500 characters")
-    return reason
-
-
 async def _optional_body(request: web.Request) -> dict[str, object]:
     return await json_body(request) if request.can_read_body else {}
+
+
+async def _reason(request: web.Request) -> str:
+    return decode_body(Reason, await _optional_body(request)).reason
 
 
 async def _decide(request: web.Request, approve: bool) -> web.Response:
     """Approve or reject a rollout awaiting approval; never its creator's own."""
     r = await _rollout(request)
-    body = await _optional_body(request)
-    reason = _reason(body)
+    reason = await _reason(request)
     action = "approve" if approve else "reject"
     if not approve and not reason.strip():
         raise ApiError(400, "reason: say why the rollout is rejected (CLI --reason)")
@@ -277,7 +259,7 @@ async def reject(request: web.Request) -> web.Response:
 @requires("operator")
 async def pause(request: web.Request) -> web.Response:
     r = await _rollout(request)
-    reason = _reason(await _optional_body(request)) or "paused by operator"
+    reason = await _reason(request) or "paused by operator"
     if r.state not in ("running", "scheduled"):
         raise ApiError(409, f"rollout {r.id} is {r.state}; only running rollouts pause")
     r = await ctx(request).engine.pause(r, reason)
@@ -300,7 +282,7 @@ async def resume(request: web.Request) -> web.Response:
 @requires("operator")
 async def cancel(request: web.Request) -> web.Response:
     r = await _rollout(request)
-    reason = _reason(await _optional_body(request)) or "canceled by operator"
+    reason = await _reason(request) or "canceled by operator"
     if not r.active:
         raise ApiError(409, f"rollout {r.id} is already {r.state}")
     sent = await ctx(request).engine.cancel_by_operator(r, reason)
@@ -330,11 +312,9 @@ async def revert(request: web.Request) -> web.Response:
     rollout per such release, targeting its devices by id. The body takes the settings of
     a create (``phases``, ``success_pct``, ...), ``dry_run`` and ``force``."""
     r = await _rollout(request)
-    body = await _optional_body(request)
-    dry_run = _flag(body, "dry_run")
-    force = _flag(body, "force")
-    approval = _approval(request, body)
-    spec = spec_from_request(body)
+    body = decode_body(RevertRollout, await _optional_body(request))
+    dry_run, force, spec = body.dry_run, body.force, spec_of(body)
+    approval = _approval(request, body.require_approval)
     if r.active:
         raise ApiError(
             409, f"rollout {r.id} is {r.state}; cancel it first (its devices stay where "

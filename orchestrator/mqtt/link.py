@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 import time
 from collections import deque
@@ -29,10 +30,10 @@ from typing import Any, TypeVar
 
 from fleetpush_common.backoff import Backoff
 from fleetpush_common.tasks import cancel_and_wait
-from orchestrator.config import MqttConfig
 from orchestrator.mqtt import codec
 from orchestrator.mqtt.protocol import Handlers, MqttProtocol
 from orchestrator.mqtt.reasons import reason_name
+from orchestrator.mqtt.settings import MqttConfig
 
 __all__ = ["Message", "MqttLink", "PublishTimeoutError"]
 
@@ -226,6 +227,10 @@ class MqttLink:
                 if isinstance(e, _RefusedError) and e.reason in _PERMANENT_REFUSALS:
                     self._start_error = f"refused: {e}"
                     self._start_failed.set()
+                elif isinstance(e, ssl.SSLCertVerificationError):  # retrying will not help
+                    self._start_error = (f"the broker's TLS certificate: {e.verify_message} "
+                                         "(is [mqtt] ca_file the CA that signed it?)")  # fmt: skip
+                    self._start_failed.set()
                 logger.warning("cannot connect to MQTT broker: %s", e or type(e).__name__)
                 await proto.close()
                 await asyncio.sleep(backoff.next_delay())
@@ -246,9 +251,12 @@ class MqttLink:
 
     async def _connect(self, proto: MqttProtocol) -> None:
         cfg = self.config
-        await asyncio.get_running_loop().create_connection(lambda: proto, cfg.host, cfg.port)
+        await asyncio.get_running_loop().create_connection(
+            lambda: proto, cfg.host, cfg.port, ssl=cfg.tls_context()
+        )
         self._proto = proto
-        hello = codec.connect(cfg.username, cfg.username, cfg.password,
+        user = cfg.login
+        hello = codec.connect(user, user, cfg.password,
                               keepalive_s=cfg.keepalive_s, clean_start=False,
                               session_expiry_s=self.session_expiry_s,
                               receive_maximum=RECEIVE_MAXIMUM)  # fmt: skip

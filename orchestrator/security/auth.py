@@ -7,12 +7,18 @@ import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, get_args
 
+import msgspec
+from msgspec import Meta
+
+from fleetpush_common.config import decode
 from orchestrator.store import Database
 
-__all__ = ["ROLES", "Principal", "TokenAuth", "hash_token", "new_token", "role_allows"]
+__all__ = ["ROLES", "Principal", "Role", "TokenAuth", "hash_token", "new_token", "role_allows"]
 
-ROLES = ("viewer", "operator", "admin")
+Role = Literal["viewer", "operator", "admin"]  # lowest first
+ROLES: tuple[str, ...] = get_args(Role)
 
 
 def role_allows(role: str, needed: str) -> bool:
@@ -34,23 +40,28 @@ class Principal:
     role: str
 
 
+class _FileToken(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    role: Role
+    sha256: Annotated[str, Meta(pattern="^[0-9a-fA-F]{64}$")]  # of the token
+
+
+class _TokensFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    token: tuple[_FileToken, ...] = ()
+
+
 def load_tokens_file(path: Path) -> dict[str, Principal]:
     """``[[token]]`` tables with ``name``, ``role`` and ``sha256`` (of the token).
 
     Raises:
-        ValueError: unreadable or invalid; the message names the entry.
+        ValueError: unreadable or invalid; the message names the entry and key.
     """
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"{path}: cannot read tokens ({e})") from None
-    out = {}
-    for i, entry in enumerate(data.get("token", [])):
-        name, role, sha = entry.get("name"), entry.get("role"), entry.get("sha256")
-        if not isinstance(name, str) or role not in ROLES or not isinstance(sha, str):
-            raise ValueError(f"{path}: token[{i}] needs name, role ({'/'.join(ROLES)}), sha256")
-        out[sha.lower()] = Principal(name, role)
-    return out
+    tokens = decode(_TokensFile, data, str(path)).token
+    return {t.sha256.lower(): Principal(t.name, t.role) for t in tokens}
 
 
 class TokenAuth:
