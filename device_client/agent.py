@@ -159,17 +159,28 @@ class DeviceAgent:
             await cancel_and_wait(inbox)
             await self.runner.cancel()
             self.persisted.flush()
-            if session.connected.is_set():
-                offline = Publication(
-                    self.topics.presence(self.device_id), self._presence(False), True
-                )
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(session.publish(offline), OFFLINE_PUBLISH_S)
+            await self._say_offline(session)
             await cancel_and_wait(session_task)
             # Acks arrive until the session ends; their flush timer must not outlive run():
             # fired later it would write this agent's stale state over the file a restarted
             # agent is using.
             self.persisted.flush()
+
+    async def _say_offline(self, session: AgentSession) -> None:
+        """Publish the retained offline presence before the session ends.
+
+        Also when the session is between two connections: it left the last one with a
+        normal DISCONNECT (a reconnect it chose, such as for unconfirmed reports), which
+        makes the broker discard the will, so nothing else would say the device is gone.
+        """
+        offline = Publication(self.topics.presence(self.device_id), self._presence(False), True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(OFFLINE_PUBLISH_S):
+                while not await session.publish(offline):
+                    if session.connected.is_set():
+                        await asyncio.sleep(0.1)  # refused while connected: it is closing
+                    else:
+                        await session.connected.wait()
 
     def stop(self) -> None:
         """Ask ``run`` to return (safe from a signal handler)."""
