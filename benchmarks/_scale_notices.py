@@ -25,8 +25,8 @@ from orchestrator.engine import RolloutEngine
 from orchestrator.mqtt.link import MqttLink
 from orchestrator.notices import NoticeFactory
 from orchestrator.payloads import UrlSigner
-from orchestrator.policy import RolloutSpec
 from orchestrator.rollouts import TargetSpec, phase_key, selector
+from orchestrator.rules import RolloutSpec
 from orchestrator.security.keystore import KeyStore
 from orchestrator.store import Database, ReleaseRecord, Store, open_store
 

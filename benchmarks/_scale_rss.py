@@ -14,8 +14,8 @@ from pathlib import Path
 
 from benchmarks.scale import create_like_api, engine_pass
 from orchestrator.config import DatabaseConfig
-from orchestrator.policy import RolloutSpec
 from orchestrator.rollouts import TargetSpec
+from orchestrator.rules import RolloutSpec
 from orchestrator.store import DeviceFilter, open_store
 
 

@@ -33,7 +33,7 @@ from orchestrator.broker import MosquittoBroker
 from orchestrator.config import IngestConfig, MqttConfig
 from orchestrator.ingest import Ingestor
 from orchestrator.mqtt.link import MqttLink
-from orchestrator.policy import RolloutSpec
+from orchestrator.rules import RolloutSpec
 from orchestrator.store import Database, NoticeRecord, ReleaseRecord, SQLiteStore, Store
 
 DEVICES = 1000

@@ -20,7 +20,7 @@ from orchestrator.config import HttpConfig, MqttConfig
 from orchestrator.mqtt.link import MqttLink
 from orchestrator.notices import NoticeFactory
 from orchestrator.payloads import UrlSigner
-from orchestrator.policy import RolloutSpec
+from orchestrator.rules import RolloutSpec
 from orchestrator.security.keystore import KeyStore
 from orchestrator.store import ReleaseRecord, SQLiteStore
 

@@ -32,7 +32,7 @@ from orchestrator.broker import MosquittoBroker
 from orchestrator.config import DatabaseConfig, IngestConfig, MqttConfig
 from orchestrator.ingest import Ingestor
 from orchestrator.mqtt.link import MqttLink
-from orchestrator.policy import RolloutSpec
+from orchestrator.rules import RolloutSpec
 from orchestrator.store import Database, NoticeRecord, ReleaseRecord, open_store
 from orchestrator.store.postgres.local import LocalPostgres
 

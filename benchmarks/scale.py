@@ -47,8 +47,8 @@ import psycopg
 
 from orchestrator.config import DatabaseConfig
 from orchestrator.engine import MAX_NOTICES_PER_PASS
-from orchestrator.policy import ACTIVE_ROLLOUT_STATES, RolloutSpec
 from orchestrator.rollouts import TargetSpec, phase_key, selector
+from orchestrator.rules import ACTIVE_ROLLOUT_STATES, RolloutSpec
 from orchestrator.store import DeviceFilter, NoticeRecord, ReleaseRecord, Store, open_store
 from orchestrator.store.postgres.local import LocalPostgres
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.policy import AWAITING_APPROVAL
+from orchestrator.rules import AWAITING_APPROVAL
 from orchestrator.security.auth import Principal, role_allows
 from orchestrator.store import RolloutRecord
 from orchestrator.supersede import take_over

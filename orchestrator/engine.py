@@ -31,7 +31,8 @@ from orchestrator.engine_notices import (
     Publisher,
 )
 from orchestrator.notices import NoticeFactory
-from orchestrator.policy import (
+from orchestrator.rollouts import TargetSpec, selector
+from orchestrator.rules import (
     ACTIVE_ROLLOUT_STATES,
     AWAITING_APPROVAL,
     PhaseCounts,
@@ -40,7 +41,6 @@ from orchestrator.policy import (
     gate_met,
     rate_per_minute,
 )
-from orchestrator.rollouts import TargetSpec, selector
 from orchestrator.security.keystore import SigningSet
 from orchestrator.store import (
     ConflictError,

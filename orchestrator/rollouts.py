@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from fleetpush_common.config import ConfigError, decode
-from orchestrator.policy import (
+from orchestrator.rules import (
     ACTIVE_ROLLOUT_STATES,
     PhaseCounts,
     RolloutSpec,

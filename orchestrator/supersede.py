@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from orchestrator.policy import ACTIVE_ROLLOUT_STATES, IN_FLIGHT_STATES, PENDING
+from orchestrator.rules import ACTIVE_ROLLOUT_STATES, IN_FLIGHT_STATES, PENDING
 from orchestrator.store import RolloutRecord, Store
 
 if TYPE_CHECKING:

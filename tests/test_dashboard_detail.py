@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from orchestrator.api.rollout_detail import failure_groups, schedule, timeline
-from orchestrator.policy import RolloutSpec
+from orchestrator.rules import RolloutSpec
 from orchestrator.store import RolloutRecord, TargetRecord
 
 

@@ -13,9 +13,9 @@ import pytest
 
 from fleetpush_sim.release import make_tar
 from orchestrator.payloads import PayloadError, check_tar
-from orchestrator.policy import PhaseCounts, RolloutSpec, assign_phases, gate_view
 from orchestrator.revert import version_before
 from orchestrator.rollouts import TargetSpec, phase_key, plan_rollout
+from orchestrator.rules import PhaseCounts, RolloutSpec, assign_phases, gate_view
 from orchestrator.store import DeviceRecord, ReleaseRecord
 
 

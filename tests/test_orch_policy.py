@@ -10,7 +10,7 @@ from fleetpush_common.units import parse_duration, parse_phases
 from fleetpush_common.windows import in_windows, parse_window
 from orchestrator.config import ConfigError, parse_config
 from orchestrator.payloads import UrlSigner
-from orchestrator.policy import (
+from orchestrator.rules import (
     PhaseCounts,
     RateLimiter,
     RolloutSpec,

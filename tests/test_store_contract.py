@@ -24,7 +24,7 @@ from fleetpush_protocol.messages import ErrorInfo, Inventory, Presence, Release,
 from orchestrator.broker import free_port
 from orchestrator.cli.main import main
 from orchestrator.config import ConfigError, DatabaseConfig, parse_config
-from orchestrator.policy import PhaseCounts, RolloutSpec
+from orchestrator.rules import PhaseCounts, RolloutSpec
 from orchestrator.store import (
     ConflictError,
     Database,

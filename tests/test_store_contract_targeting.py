@@ -14,8 +14,8 @@ from collections import Counter
 
 import pytest
 
-from orchestrator.policy import RolloutSpec, assign_phases
 from orchestrator.rollouts import TargetSpec, active_owners, phase_key, select_targets, selector
+from orchestrator.rules import RolloutSpec, assign_phases
 from orchestrator.store import DeviceFilter, ReleaseRecord, Store, TargetSelector
 
 T0 = 1_700_000_000.0

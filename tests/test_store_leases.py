@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from orchestrator.config import DatabaseConfig
-from orchestrator.policy import RolloutSpec
+from orchestrator.rules import RolloutSpec
 from orchestrator.store import (
     ConflictError,
     LeaseLostError,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.policy import RolloutSpec
+from orchestrator.rules import RolloutSpec
 from orchestrator.store import ReleaseRecord, Store
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from orchestrator.api.bodies import NewToken, decode_body
 from orchestrator.api.common import audit, ctx, int_param, json_body, ok, requires
 from orchestrator.api.context import ApiError
 from orchestrator.api.devices import security_report
-from orchestrator.policy import ACTIVE_ROLLOUT_STATES, ROLLOUT_STATES
+from orchestrator.rules import ACTIVE_ROLLOUT_STATES, ROLLOUT_STATES
 from orchestrator.security.auth import hash_token, new_token
 from orchestrator.security.keystore import describe
 from orchestrator.store import Store

@@ -11,8 +11,8 @@ from msgspec import Meta
 from fleetpush_common.config import ConfigError, Name, decode
 from fleetpush_protocol.messages import NAME_PATTERN
 from orchestrator.api.context import ApiError
-from orchestrator.policy import RolloutSpec
 from orchestrator.rollouts import TargetSpec
+from orchestrator.rules import RolloutSpec
 from orchestrator.security.auth import Role
 
 __all__ = [

@@ -33,8 +33,8 @@ from orchestrator.api.common import ctx, int_param, ok, principal, requires
 from orchestrator.api.context import CTX, ApiContext
 from orchestrator.api.rollout_detail import routes as detail_routes
 from orchestrator.api.rollout_detail import schedule
-from orchestrator.policy import FAILURE_STATES
 from orchestrator.rollouts import rollout_status
+from orchestrator.rules import FAILURE_STATES
 from orchestrator.security.auth import role_allows
 from orchestrator.store import DeviceFilter, DeviceRecord, RolloutRecord, Store
 

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator.api.common import ctx, int_param, ok, requires
-from orchestrator.policy import CANCELED, FAILURE_STATES, SUCCEEDED, TERMINAL_STATES
+from orchestrator.rules import CANCELED, FAILURE_STATES, SUCCEEDED, TERMINAL_STATES
 from orchestrator.store import RolloutRecord, Store, TargetRecord
 
 __all__ = ["failure_groups", "routes", "schedule", "timeline"]

@@ -13,7 +13,6 @@ from orchestrator.api.common import audit, ctx, int_param, json_body, ok, princi
 from orchestrator.api.context import ApiError
 from orchestrator.api.releases import find_release
 from orchestrator.approval import ApprovalRefusedError, check_decider, decide, needs_approval
-from orchestrator.policy import AWAITING_APPROVAL, RolloutSpec
 from orchestrator.revert import revert_groups
 from orchestrator.rollouts import (
     Plan,
@@ -24,6 +23,7 @@ from orchestrator.rollouts import (
     rollout_status,
     selector,
 )
+from orchestrator.rules import AWAITING_APPROVAL, RolloutSpec
 from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord, Store, TargetPreview
 from orchestrator.supersede import security_conflicts, security_held, take_over
 

@@ -17,7 +17,7 @@ from fleetpush_common.units import parse_duration, parse_percent, parse_phases
 from orchestrator.cli.common import api_command, emit, fmt_time, table
 from orchestrator.cli.rollout_views import approval_line, gate_lines, plan_lines, render_status
 from orchestrator.client import ApiClient
-from orchestrator.policy import FAILURE_STATES
+from orchestrator.rules import FAILURE_STATES
 
 __all__ = ["WATCH_EXIT", "rollout"]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from fleetpush_protocol.messages import Inventory, Presence, Report
-from orchestrator.policy import PhaseCounts, RolloutSpec
+from orchestrator.rules import PhaseCounts, RolloutSpec
 from orchestrator.store.records import (
     AuditEntry,
     DeviceFilter,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.policy import ACTIVE_ROLLOUT_STATES, RolloutSpec
+from orchestrator.rules import ACTIVE_ROLLOUT_STATES, RolloutSpec
 
 __all__ = [
     "AuditEntry",

@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 
 from fleetpush_protocol.messages import Inventory, Presence, Report
-from orchestrator.policy import SENT
+from orchestrator.rules import SENT
 from orchestrator.store.records import IngestResult
 from orchestrator.store.rules import StoredPresence, presence_applies, report_accepted
 from orchestrator.store.sql.base import SqlBase, marks

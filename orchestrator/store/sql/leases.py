@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.policy import PENDING
+from orchestrator.rules import PENDING
 from orchestrator.store.base import StoreError
 from orchestrator.store.records import NoticeRecord
 from orchestrator.store.sql.base import marks

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from orchestrator.policy import PENDING, SENT
+from orchestrator.rules import PENDING, SENT
 from orchestrator.store.records import NoticeRecord
 from orchestrator.store.rules import supersedes
 from orchestrator.store.sql import rows

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from orchestrator.policy import ACTIVE_ROLLOUT_STATES
+from orchestrator.rules import ACTIVE_ROLLOUT_STATES
 from orchestrator.store.base import ConflictError, NotFoundError
 from orchestrator.store.records import ReleaseRecord
 from orchestrator.store.sql import rows

@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.policy import (
+from orchestrator.rules import (
     ACTIVE_ROLLOUT_STATES,
     AWAITING_APPROVAL,
     FAILURE_STATES,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from orchestrator.policy import RolloutSpec
+from orchestrator.rules import RolloutSpec
 from orchestrator.store.records import (
     DeviceRecord,
     NoticeRecord,

@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.policy import ACTIVE_ROLLOUT_STATES, RolloutSpec, phase_bounds
+from orchestrator.rules import ACTIVE_ROLLOUT_STATES, RolloutSpec, phase_bounds
 from orchestrator.store.records import RolloutRecord, TargetPreview, TargetSelector
 from orchestrator.store.sql.base import Dialect, listed, marks
 from orchestrator.store.sql.rollouts import RolloutMethods

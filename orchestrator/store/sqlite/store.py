@@ -12,7 +12,7 @@ from typing import Any
 
 from fleetpush_common.atomic import SECRET_FILE_MODE, make_private_dir
 from fleetpush_protocol.messages import Inventory, Presence, Report
-from orchestrator.policy import order_key
+from orchestrator.rules import order_key
 from orchestrator.store.base import StoreCorruptError, StoreUnavailableError
 from orchestrator.store.records import IngestResult
 from orchestrator.store.sql import Cursor, Dialect, SqlStore
