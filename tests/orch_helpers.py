@@ -134,6 +134,33 @@ class Setup:
     session: aiohttp.ClientSession
 
 
+async def start_devices(s: Setup, *ids: str, **provision: Any) -> None:
+    """Provision ``ids`` (with ``Fleet.provision``'s options), start their agents, and wait
+    until the API lists every one online."""
+    for d in ids:
+        s.fleet.provision(d, **provision)
+    s.broker.reload()
+    for d in ids:
+        s.fleet.start(d)
+
+    async def online() -> bool:
+        devices = (await s.api.call("GET", "/v1/devices", params={"online": "true"}))["devices"]
+        return {d["device_id"] for d in devices} >= set(ids)
+
+    await wait_until(online, what=f"{ids} online")
+
+
+async def rollout_in(s: Setup, rollout_id: int, *states: str, within: float = 90) -> dict[str, Any]:
+    """The rollout's status once it is in one of ``states``."""
+
+    async def check() -> dict[str, Any] | None:
+        st = await s.api.status(rollout_id)
+        return st if st["state"] in states else None
+
+    found: dict[str, Any] = await wait_until(check, within=within, what=f"rollout in {states}")
+    return found
+
+
 @contextlib.asynccontextmanager
 async def running(
     root: Path,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from orch_helpers import PAYLOAD, TOKENS, Api, Setup, setup, wait_until
+from orch_helpers import PAYLOAD, TOKENS, Api, Setup, rollout_in, setup, start_devices, wait_until
 
 from orchestrator.cli.main import main
 from orchestrator.cli.releases import upload
@@ -33,37 +33,14 @@ async def cli(s: Setup, *args: str, token: str = TOKENS["operator"]) -> Result:
     return await asyncio.to_thread(CliRunner().invoke, main, full, env=ENV)
 
 
-async def start(s: Setup, *ids: str, healthy: bool = True) -> None:
-    for d in ids:
-        s.fleet.provision(d, healthy=healthy)
-    s.broker.reload()
-    for d in ids:
-        s.fleet.start(d)
-
-    async def online() -> bool:
-        devices = (await s.api.call("GET", "/v1/devices", params={"online": "true"}))["devices"]
-        return {d["device_id"] for d in devices} >= set(ids)
-
-    await wait_until(online, what=f"{ids} online")
-
-
-async def until(s: Setup, rollout_id: int, *states: str) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        st = await s.api.status(rollout_id)
-        return st if st["state"] in states else None
-
-    found: dict[str, Any] = await wait_until(check, within=90, what=f"rollout in {states}")
-    return found
-
-
 def devices_arg(*ids: str) -> str:
     return ",".join(f"device:{d}" for d in ids)
 
 
 async def test_watch_exit_codes_say_how_the_rollout_stopped(setup: Setup) -> None:
     s = setup
-    await start(s, "ok-1", "ok-2")
-    await start(s, "bad-1", "bad-2", "bad-3", "bad-4", healthy=False)
+    await start_devices(s, "ok-1", "ok-2")
+    await start_devices(s, "bad-1", "bad-2", "bad-3", "bad-4", healthy=False)
     rel = await s.api.upload("app", "2.0")
     # 0: completed. Four phases on two devices: two of them are empty (0/0, not 0/1).
     done = await cli(s, "rollout", "create", "app@2.0", "--target", devices_arg("ok-1", "ok-2"),
@@ -124,7 +101,7 @@ async def test_watch_exit_codes_say_how_the_rollout_stopped(setup: Setup) -> Non
 async def test_dry_run_shows_the_phases_create_takes_and_what_holds_devices(setup: Setup) -> None:
     s = setup
     ids = [f"d-{i}" for i in range(6)]
-    await start(s, *ids)
+    await start_devices(s, *ids)
     await s.fleet.stop("d-5")
 
     async def offline() -> bool:
@@ -185,12 +162,12 @@ async def test_dry_run_shows_the_phases_create_takes_and_what_holds_devices(setu
 
 async def test_resume_says_the_gate_is_unmet_and_what_lets_it_go_on(setup: Setup) -> None:
     s = setup
-    await start(s, "g-1")
-    await start(s, "g-2", healthy=False)
+    await start_devices(s, "g-1")
+    await start_devices(s, "g-2", healthy=False)
     rel = await s.api.upload("app", "2.0")
     r = await s.api.rollout(rel["id"], target={"devices": ["g-1", "g-2"]}, phases=[50, 100],
                             success_pct=100, failure_pct=100)  # fmt: skip
-    paused = await until(s, r["id"], "paused")
+    paused = await rollout_in(s, r["id"], "paused")
     assert "below its success gate" in paused["reason"]
     resumed = await cli(s, "rollout", "resume", str(r["id"]))
     assert resumed.exit_code == 0, resumed.output
@@ -200,7 +177,7 @@ async def test_resume_says_the_gate_is_unmet_and_what_lets_it_go_on(setup: Setup
     assert "pauses the rollout again" in lines[2]
     assert "rollout retry" in lines[2]
     # The engine does pause it again, as said; the JSON carries the same gate.
-    again = await until(s, r["id"], "paused")
+    again = await rollout_in(s, r["id"], "paused")
     assert again["gate"]["met"] is False
     assert again["gate"]["stalled"] is True
     retried = await cli(s, "rollout", "retry", str(r["id"]), "--json")
@@ -209,14 +186,14 @@ async def test_resume_says_the_gate_is_unmet_and_what_lets_it_go_on(setup: Setup
 
 async def test_revert_puts_devices_back_on_the_release_each_ran_before(setup: Setup) -> None:
     s = setup
-    await start(s, "v-1", "v-2")
+    await start_devices(s, "v-1", "v-2")
     first = await s.api.upload("app", "2.0")
     r1 = await s.api.rollout(first["id"], target={"devices": ["v-1", "v-2"]})
-    await until(s, r1["id"], "completed")
+    await rollout_in(s, r1["id"], "completed")
     second = await s.api.upload("app", "3.0")
     r2 = await s.api.rollout(second["id"], target={"devices": ["v-1", "v-2"]})
     # Refused while it is active (scheduled ones too).
-    await until(s, r2["id"], "completed")
+    await rollout_in(s, r2["id"], "completed")
     dry = await cli(s, "rollout", "revert", str(r2["id"]), "--dry-run", "--json")
     plan = json.loads(dry.output)
     assert [r["release"]["version"] for r in plan["rollouts"]] == ["2.0"]
@@ -229,7 +206,7 @@ async def test_revert_puts_devices_back_on_the_release_each_ran_before(setup: Se
     back = rollouts[-1]
     assert back["release"]["version"] == "2.0"
     assert back["target"]["devices"] == ["v-1", "v-2"]
-    await until(s, back["id"], "completed")
+    await rollout_in(s, back["id"], "completed")
     devices = (await s.api.call("GET", "/v1/devices"))["devices"]
     assert {d["current_version"] for d in devices} == {"2.0"}
     # Nothing left to revert for the first rollout: its devices came from no release.

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from orch_helpers import TOKENS, Api, Setup, setup, wait_until
+from orch_helpers import TOKENS, Api, Setup, rollout_in, setup, start_devices
 
 from orchestrator.approval import needs_approval
 from orchestrator.cli.main import main
@@ -28,34 +27,11 @@ async def cli(s: Setup, token: str, *args: str) -> Result:
     return await asyncio.to_thread(CliRunner().invoke, main, full, env=ENV)
 
 
-async def start(s: Setup, *ids: str) -> None:
-    for d in ids:
-        s.fleet.provision(d)
-    s.broker.reload()
-    for d in ids:
-        s.fleet.start(d)
-
-    async def online() -> bool:
-        devices = (await s.api.call("GET", "/v1/devices", params={"online": "true"}))["devices"]
-        return {d["device_id"] for d in devices} >= set(ids)
-
-    await wait_until(online, what=f"{ids} online")
-
-
-async def state_of(s: Setup, rollout_id: int, *states: str) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        st = await s.api.status(rollout_id)
-        return st if st["state"] in states else None
-
-    found: dict[str, Any] = await wait_until(check, within=90, what=f"rollout in {states}")
-    return found
-
-
 async def test_the_creator_cannot_approve_their_own_rollout_another_operator_can(
     setup: Setup,
 ) -> None:
     s = setup
-    await start(s, "ap-1", "ap-2")
+    await start_devices(s, "ap-1", "ap-2")
     admin = Api(s.session, s.api.base, TOKENS["admin"])
     viewer = Api(s.session, s.api.base, TOKENS["viewer"])
     # A second operator with a token of their own, made the way an installation makes one.
@@ -91,7 +67,7 @@ async def test_the_creator_cannot_approve_their_own_rollout_another_operator_can
     # the pending one many times; its device was never notified.
     rel2 = await s.api.upload("app", "2.1")
     other = await bob.rollout(rel2["id"], target={"devices": ["ap-2"]})
-    await state_of(s, other["id"], "completed")
+    await rollout_in(s, other["id"], "completed")
     assert [t["state"] for t in await s.api.targets(rid)] == ["pending"]
     assert (await s.api.status(rid))["state"] == "awaiting_approval"
 
@@ -102,7 +78,7 @@ async def test_the_creator_cannot_approve_their_own_rollout_another_operator_can
     assert approved.exit_code == 0, approved.output
     assert f"rollout {rid}: running" in approved.output
     assert "approved by bob (created by operator)" in approved.output
-    done = await state_of(s, rid, "completed")
+    done = await rollout_in(s, rid, "completed")
     assert done["approval"]["state"] == "approved"
     assert done["approval"]["decided_by"] == "bob"
     assert [t["state"] for t in await s.api.targets(rid)] == ["succeeded"]
@@ -129,7 +105,7 @@ async def test_a_rejected_rollout_ends_and_frees_its_devices_an_admin_approves_n
     setup: Setup,
 ) -> None:
     s = setup
-    await start(s, "rj-1")
+    await start_devices(s, "rj-1")
     admin = Api(s.session, s.api.base, TOKENS["admin"])
     rel = await s.api.upload("app", "3.0")
     pending = await admin.rollout(rel["id"], target={"devices": ["rj-1"]}, require_approval=True)
@@ -161,7 +137,7 @@ async def test_a_rejected_rollout_ends_and_frees_its_devices_an_admin_approves_n
     # Its device is free again: a rollout without approval takes it at once.
     free = await s.api.rollout(rel["id"], target={"devices": ["rj-1"]})
     assert free["approval"]["required"] is False
-    await state_of(s, free["id"], "completed")
+    await rollout_in(s, free["id"], "completed")
     metrics = await s.session.get(s.api.base + "/metrics")
     assert 'fleetpush_rollouts{state="rejected"} 1' in await metrics.text()
 

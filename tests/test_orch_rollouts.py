@@ -8,7 +8,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from orch_helpers import TOKENS, Api, Setup, setup_any_backend, wait_until
+from orch_helpers import TOKENS, Api, Setup, rollout_in, setup_any_backend, wait_until
 
 from orchestrator.cli.main import main
 
@@ -28,15 +28,6 @@ async def _online(s: Setup, ids: list[str]) -> None:
     await wait_until(check, what=f"devices {ids} online")
 
 
-async def _state(s: Setup, rollout_id: int, *states: str, within: float = 60) -> dict:
-    async def check() -> dict | None:
-        st = await s.api.status(rollout_id)
-        return st if st["state"] in states else None
-
-    result: dict = await wait_until(check, within=within, what=f"rollout in {states}")
-    return result
-
-
 async def test_three_phase_rollout_advances_on_its_gates(setup: Setup) -> None:
     s = setup
     ids = [f"dev-{i}" for i in range(6)]
@@ -52,7 +43,7 @@ async def test_three_phase_rollout_advances_on_its_gates(setup: Setup) -> None:
         soak_s=0.5, failure_pct=50, min_attempts=3,
     )  # fmt: skip
     assert [p["devices"] for p in r["phases"]] == [2, 1, 3]
-    done = await _state(s, r["id"], "completed", "paused")
+    done = await rollout_in(s, r["id"], "completed", "paused")
     assert done["state"] == "completed", done
     assert done["states"] == {"succeeded": 6}
     actions = [e["action"] for e in (await Api(s.session, s.api.base, TOKENS["admin"]).call(
@@ -76,7 +67,7 @@ async def test_rollout_pauses_on_its_failure_threshold(setup: Setup) -> None:
     r = await s.api.rollout(
         rel["id"], target={"devices": ids}, phases=[50, 100], failure_pct=10, min_attempts=2
     )
-    paused = await _state(s, r["id"], "paused", "completed")
+    paused = await rollout_in(s, r["id"], "paused", "completed")
     assert paused["state"] == "paused"
     assert "failure threshold" in paused["reason"]
     assert paused["phase"] == 0
@@ -116,7 +107,7 @@ async def test_offline_devices_catch_up_on_reconnect(setup: Setup) -> None:
     assert st["state"] == "running"
     for d in ids[2:]:
         s.fleet.start(d)
-    done = await _state(s, r["id"], "completed")
+    done = await rollout_in(s, r["id"], "completed")
     assert done["states"] == {"succeeded": 4}
 
 

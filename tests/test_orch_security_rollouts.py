@@ -9,11 +9,10 @@ import asyncio
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from orch_helpers import PAYLOAD, TOKENS, Api, Setup, running, setup, wait_until
+from orch_helpers import PAYLOAD, TOKENS, Api, Setup, running, setup, start_devices, wait_until
 
 from fleetpush_protocol.envelope import sign_message
 from fleetpush_protocol.errors import ContentError
@@ -39,20 +38,6 @@ async def cli(s: Setup, *args: str) -> Result:
     return await asyncio.to_thread(CliRunner().invoke, main, full, env=ENV)
 
 
-async def start(s: Setup, *ids: str, sections: dict[str, dict[str, Any]] | None = None) -> None:
-    for d in ids:
-        s.fleet.provision(d, sections=sections)
-    s.broker.reload()
-    for d in ids:
-        s.fleet.start(d)
-
-    async def online() -> bool:
-        devices = (await s.api.call("GET", "/v1/devices", params={"online": "true"}))["devices"]
-        return {d["device_id"] for d in devices} >= set(ids)
-
-    await wait_until(online, what=f"{ids} online")
-
-
 async def target_states(s: Setup, rollout_id: int) -> dict[str, str]:
     return {t["device_id"]: t["state"] for t in await s.api.targets(rollout_id)}
 
@@ -75,8 +60,8 @@ async def missing_metric(s: Setup) -> str:
 async def test_a_security_rollout_supersedes_a_running_feature_rollout(setup: Setup) -> None:
     s = setup
     # sec-1 holds every update (its user postponed them); sec-2 installs at once.
-    await start(s, "sec-1", sections={"policy": {"hold_until": "2999-01-01T00:00:00Z"}})
-    await start(s, "sec-2", "sec-3")
+    await start_devices(s, "sec-1", sections={"policy": {"hold_until": "2999-01-01T00:00:00Z"}})
+    await start_devices(s, "sec-2", "sec-3")
     feature = await s.api.upload("app", "2.0")
     running = await s.api.rollout(feature["id"], target={"devices": ["sec-1", "sec-2"]})
     await until(s, running["id"], {"sec-1": "deferred", "sec-2": "succeeded"})
@@ -151,7 +136,7 @@ async def test_support_periods_are_published_signed_shown_and_warned_about(
 ) -> None:
     extra = '[support]\nrpi4 = 2031-06-30\nold-board = "2020-01-31"\n'
     async with running(tmp_path, broker, topics, extra_toml=extra) as s:
-        await start(s, "sup-1")  # a real agent, model rpi4
+        await start_devices(s, "sup-1")  # a real agent, model rpi4
         agent = s.fleet.agents["sup-1"]
 
         # The agent verified the retained, signed message and kept it.
@@ -220,7 +205,7 @@ async def test_a_security_rollout_awaiting_approval_supersedes_only_once_approve
     setup: Setup,
 ) -> None:
     s = setup
-    await start(s, "ap-1", sections={"policy": {"hold_until": "2999-01-01T00:00:00Z"}})
+    await start_devices(s, "ap-1", sections={"policy": {"hold_until": "2999-01-01T00:00:00Z"}})
     feature = await s.api.upload("app", "2.0")
     running = await s.api.rollout(feature["id"], target={"devices": ["ap-1"]})
     await until(s, running["id"], {"ap-1": "deferred"})
