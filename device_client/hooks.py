@@ -104,7 +104,7 @@ class NotifyHook:
                 *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE, env=env,
             )  # fmt: skip
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a NUL in a signed value
             logger.warning("notify_command %s could not start: %s", self.command[0], e)
             return
         try:

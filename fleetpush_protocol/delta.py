@@ -116,9 +116,11 @@ def apply(base: bytes, patch: BinaryIO, out: BinaryIO, *, max_output: int, max_m
     if need > max_memory:
         raise DeltaError(f"delta needs {need} bytes of memory to apply, limit is {max_memory}")
     reference = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    decompressor = zstandard.ZstdDecompressor(
-        dict_data=reference, max_window_size=1 << MAX_WINDOW_LOG
-    )
+    # The decoder's own window limit, from what may be spent: the check above reads only
+    # the first frame's header, and decoding would go on into a second frame asking for
+    # a larger window (found by tests/test_attacks_delta.py).
+    window_limit = min(1 << MAX_WINDOW_LOG, 1 << max(10, (max_memory - len(base)).bit_length() - 1))
+    decompressor = zstandard.ZstdDecompressor(dict_data=reference, max_window_size=window_limit)
     written = 0
     try:
         reader = decompressor.stream_reader(patch, read_across_frames=False)
@@ -130,7 +132,7 @@ def apply(base: bytes, patch: BinaryIO, out: BinaryIO, *, max_output: int, max_m
                 out.write(chunk)
     except zstandard.ZstdError as e:
         raise DeltaError(f"delta does not apply to this base: {e}") from None
-    # zstd writes 0 for an unknown size; a delta we make always declares it.
+    # An unknown size comes back as 2**64 - 1 and was refused above (over max_output).
     if frame.content_size and written != frame.content_size:
         raise DeltaError("delta ended before its declared size")
     return written

@@ -73,8 +73,7 @@ def check_decider(r: RolloutRecord, who: Principal, action: str) -> None:
 
 def state_after_approval(r: RolloutRecord, now: float) -> str:
     """``scheduled`` when its start time is still ahead, else ``running``."""
-    start_at = r.spec.start_at
-    return "scheduled" if start_at is not None and start_at > now else "running"
+    return r.spec.start_state(now)
 
 
 async def decide(
@@ -107,7 +106,9 @@ async def decide(
             )
         )
         taken: dict[int, list[str]] = {}
-        if approve and (await engine.db.run(lambda s: s.get_release(r.release_id))).security:
+        # One approved for a later start takes its devices when it starts (the engine).
+        security = (await engine.db.run(lambda s: s.get_release(r.release_id))).security
+        if approve and security and r.state == "running":
             taken = await take_over(engine, r, now)
     engine.wake()
     return r, taken

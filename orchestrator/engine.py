@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from fleetpush_common.clock import Clock
 from fleetpush_common.windows import in_windows
@@ -47,7 +48,9 @@ from orchestrator.store import (
     Database,
     LeaseLostError,
     RolloutRecord,
+    Store,
 )
+from orchestrator.supersede import take_over
 
 __all__ = ["Publisher", "RolloutEngine"]
 
@@ -204,6 +207,16 @@ class RolloutEngine(NoticeSending):
         expect = (r.state, r.phase)
         return await self.db.run(lambda s: s.update_rollout(r.id, now, expect=expect, **fields))
 
+    async def _supersede(self, r: RolloutRecord, now: float) -> None:
+        for rollout_id, devices in (await take_over(self, r, now)).items():
+            detail = {"by": r.id, "devices": len(devices), "device_ids": devices[:100]}
+
+            def audit(s: Store, rid: int = rollout_id, d: dict[str, Any] = detail) -> None:
+                s.add_audit(at=now, actor="engine", action="rollout.supersede",
+                            subject=f"rollout/{rid}", detail=d)  # fmt: skip
+
+            await self.db.run(audit)
+
     async def _audit(self, r: RolloutRecord, now: float, action: str, reason: str) -> None:
         await self.db.run(
             lambda s: s.add_audit(
@@ -221,6 +234,11 @@ class RolloutEngine(NoticeSending):
                 return
             r = await self._update(r, now, state="running", phase_started_at=now)
             await self._audit(r, now, "rollout.start", "scheduled start reached")
+            if (await self.db.run(lambda s: s.get_release(r.release_id))).security:
+                # A security rollout takes its devices from feature rollouts when it starts,
+                # not when it is created or approved for a later time; this pass holds the
+                # lock, so the cancels go out before its first notice.
+                await self._supersede(r, now)
         timed_out = await self.db.run(
             lambda s: s.time_out_targets(r.id, now - spec.device_timeout_s, now)
         )
@@ -356,10 +374,12 @@ class RolloutEngine(NoticeSending):
             return await self._update(r, self.clock.now(), state="paused", reason=reason)
 
     async def _rebase(self, r: RolloutRecord, now: float) -> RolloutRecord:
-        """Running again; failures so far no longer count against the threshold."""
+        """Running again (or scheduled again, while its start time is ahead: a pause and
+        resume, or a retry, never starts a rollout before the time it was approved for);
+        failures so far no longer count against the threshold."""
         total = _totals(await self.db.run(lambda s: s.phase_counts(r.id)))
         return await self._update(
-            r, now, state="running", reason="", gate_met_at=None,
+            r, now, state=r.spec.start_state(now), reason="", gate_met_at=None,
             failure_base=total.failed, attempt_base=total.failed + total.succeeded,
         )  # fmt: skip
 

@@ -1,8 +1,9 @@
 """Which devices miss which security release (issue 17).
 
-A device *has* a security release when the orchestrator's own records show it: an accepted
-``succeeded`` report in a rollout of that release, or of a later release of the same name
-(uploaded after it, so it carries the fix). It *misses* it when it does not, and the
+A device *has* a security release when the orchestrator's own records show it: its most
+recent accepted ``succeeded`` report for that release name is in a rollout of that release,
+or of a later release of the same name (uploaded after it, so it carries the fix). A
+device reverted to an older release misses it again. It *misses* it when it does not, and the
 release is for its model (or for any model). What a device claims to run (its inventory)
 is never used: a device could claim a fixed version to hide from this list. A device
 freshly imaged with the fix and never updated through fleetpush shows as missing until a
@@ -26,7 +27,7 @@ def missing_security(
 ) -> list[dict[str, Any]]:
     """Per security release (oldest first): its advisory and the devices missing it.
 
-    ``succeeded`` maps device -> release name -> the highest release id it succeeded on.
+    ``succeeded`` maps device -> release name -> the release id of its most recent success.
     """
     out = []
     for rel in sorted((r for r in releases if r.security), key=lambda r: r.id):

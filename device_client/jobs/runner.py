@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -219,8 +220,11 @@ class JobRunner:
         st.job = None
         st.last_job = job
         self.persisted.save()
-        for f in self.files(job):
-            f.unlink(missing_ok=True)
+        # Every file of the job: the payload's, and a delta's (.delta, .delta.part,
+        # .rebuild, .nodelta), which would otherwise wait for the next start.
+        for f in self.persisted.downloads.glob(f"{glob.escape(job.notice_id)}.*"):
+            if f.is_file():
+                f.unlink(missing_ok=True)
         logger.info("%s: %s %s %s", self.device_id, job.notice_id, state.value, code)
 
     def files(self, job: Job) -> tuple[Path, Path]:

@@ -59,6 +59,8 @@ async def upload(request: web.Request) -> web.Response:
     version = q.get("version", "")
     if not 1 <= len(version) <= 128:
         raise ApiError(400, "version: 1..128 characters")
+    if not version.isprintable():  # it reaches devices' environments and terminals
+        raise ApiError(400, "version: printable characters only (no control characters)")
     models = tuple(_name(m, "model") for m in q.getall("model", []))
     handler = q.get("handler", "directory")
     if handler not in HANDLERS:

@@ -163,7 +163,8 @@ async def create_rollout(
     if release.security and not approval:
         async with c.engine.lock:  # the take-over's cancels precede its first notice
             r = await c.db.run(store)
-            taken = await take_over(c.engine, r, now)
+            if r.state == "running":  # a scheduled one takes them when it starts (engine)
+                taken = await take_over(c.engine, r, now)
     else:
         r = await c.db.run(store)
     await audit(request, "rollout.create", f"rollout/{r.id}", release=release.id,

@@ -53,6 +53,11 @@ class RolloutSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         if any(b <= a for a, b in itertools.pairwise(self.phases)):
             raise ValueError("phases: must be strictly increasing")
 
+    def start_state(self, now: float) -> str:
+        """The state a rollout with these settings starts in: ``scheduled`` while
+        ``start_at`` is ahead, else ``running``."""
+        return "scheduled" if self.start_at is not None and self.start_at > now else "running"
+
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = msgspec.to_builtins(self, enc_hook=str)
         return data

@@ -190,15 +190,21 @@ class RolloutMethods(ReleaseMethods):
         ]
 
     def succeeded_releases(self) -> dict[str, dict[str, int]]:
-        """Device -> release name -> the highest release id it succeeded on (accepted
-        reports only: a target's state moves on those)."""
-        out: dict[str, dict[str, int]] = {}
-        for device_id, name, release_id in self._execute(
-            "SELECT t.device_id, rel.name, max(rel.id) FROM rollout_targets t "
+        """Device -> release name -> the release id of its most recent success (accepted
+        reports only: a target's state moves on those). The most recent, not the highest:
+        a device reverted to an older release runs that one again."""
+        latest: dict[tuple[str, str], tuple[float, int]] = {}
+        for device_id, name, release_id, at in self._execute(
+            "SELECT t.device_id, rel.name, rel.id, t.updated_at FROM rollout_targets t "
             "JOIN rollouts r ON r.id = t.rollout_id JOIN releases rel ON rel.id = r.release_id "
-            "WHERE t.state = 'succeeded' GROUP BY t.device_id, rel.name"
+            "WHERE t.state = 'succeeded'"
         ):
-            out.setdefault(device_id, {})[name] = int(release_id)
+            key, seen = (device_id, name), (float(at), int(release_id))
+            if key not in latest or seen > latest[key]:
+                latest[key] = seen
+        out: dict[str, dict[str, int]] = {}
+        for (device_id, name), (_, release_id) in latest.items():
+            out.setdefault(device_id, {})[name] = release_id
         return out
 
     def active_target_ids(self) -> set[str]:
