@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -23,23 +22,17 @@ from aiohttp import web
 from fleetpush_common.atomic import write_secret
 from orchestrator.broker import MosquittoBroker, free_port
 
-__all__ = ["Balancer", "Replica", "ReplicaSet"]
+__all__ = ["Balancer", "Replica", "ReplicaSet", "ServeProcess"]
 
 
-@dataclass
-class Replica:
-    name: str  # broker identity = MQTT client id = replica id
-    config: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
+class ServeProcess:
+    """``fleetpush -v serve --config CONFIG`` in its own process group, its output in
+    ``log``: started, SIGTERMed or SIGKILLed at will (the replicas, the fault tests)."""
 
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> Path:
-        return self.config.with_suffix(".log")
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         argv = [str(Path(sys.executable).with_name("fleetpush")), "-v", "serve", "--config",
@@ -58,13 +51,26 @@ class Replica:
             self.proc.wait()
 
     def stop(self) -> None:
-        """SIGTERM (the replica gives up its leases), SIGKILL after 15 s."""
+        """SIGTERM (a replica gives up its leases), SIGKILL after 15 s."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class Replica(ServeProcess):
+    """One replica: its broker identity (= MQTT client id = replica id) and HTTP port."""
+
+    def __init__(self, name: str, config: Path, port: int) -> None:
+        super().__init__(config, config.with_suffix(".log"))
+        self.name = name
+        self.port = port
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 class ReplicaSet:

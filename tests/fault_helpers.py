@@ -392,40 +392,6 @@ __all__ = [
 # --- a rollout under faults: `fleetpush serve` as a process, real agents ---------------------
 
 
-class ServeProcess:
-    """``fleetpush serve`` in its own process group, SIGKILL-able and restartable."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        import sys
-
-        self.argv = [str(Path(sys.executable).with_name("fleetpush")), "-v", "serve",
-                     "--config", str(config)]  # fmt: skip
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=out, start_new_session=True)
-
-    def kill(self) -> None:
-        import signal
-
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        import signal
-
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
 async def healthy(session: aiohttp.ClientSession, base: str) -> bool:
     try:
         async with session.get(base + "/healthz") as resp:

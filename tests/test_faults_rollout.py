@@ -30,7 +30,6 @@ from device_helpers import AgentProcess, write_config
 from fault_helpers import (
     TERMINAL,
     FlakyProxy,
-    ServeProcess,
     can_mount_tmpfs,
     check_fleet,
     healthy,
@@ -40,6 +39,7 @@ from fault_helpers import (
 from orch_helpers import TOKENS, Api, Fleet, root_hex, wait_until, write_orchestrator
 
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.replicas import ServeProcess
 from orchestrator.broker import MosquittoBroker
 from orchestrator.broker.mosquitto import free_port
 
