@@ -5,7 +5,9 @@ a second ``serve`` on one SQLite database, a second process with one replica ide
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,19 +47,22 @@ class QuickAckFleet(Fleet):
         )  # fmt: skip
 
 
-async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
-    tmp_path: Path, broker: MosquittoBroker, topics: Topics, postgres_database: DatabaseConfig
-) -> None:
+@contextlib.asynccontextmanager
+async def replicas_up(
+    tmp_path: Path, broker: MosquittoBroker, topics: Topics, database_url: str, *, n: int,
+    ids: list[str],
+) -> AsyncIterator[tuple[Replicas, QuickAckFleet, aiohttp.ClientSession, Balancer]]:  # fmt: skip
+    """``n`` replicas behind a balancer, every one healthy, and ``ids`` provisioned (not
+    started); all stopped on the way out."""
     balancer = Balancer()
     reps = write_replicas(
-        tmp_path, broker, topics, n=3, database_url=postgres_database.url, lease="3s",
+        tmp_path, broker, topics, n=n, database_url=database_url, lease="3s",
         public_url=balancer.url,
     )  # fmt: skip
     balancer.backends = [r.base for r in reps.items]
     await balancer.start()
     (tmp_path / "devices").mkdir()
     fleet = QuickAckFleet(tmp_path / "devices", broker, topics, root_hex(tmp_path))
-    ids = [f"rp-{i:02d}" for i in range(9)]
     for d in ids:
         fleet.provision(d)
     broker.reload()
@@ -66,69 +71,78 @@ async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
         async with aiohttp.ClientSession() as session:
             for r in reps.items:
                 await wait_until(lambda r=r: health(r, session), what=f"{r.name} healthy")
-            # The API answers from each replica, each as itself.
-            for r in reps.items:
-                body = await health(r, session)
-                assert body is not None
-                assert body["replica"] == r.name
-            apis = [Api(session, r.base, TOKENS["operator"]) for r in reps.items]
-            for d in ids:
-                fleet.start(d)
-
-            async def registered() -> bool:
-                devs = await apis[2].call("GET", "/v1/devices", params={"online": "true"})
-                return len(devs["devices"]) == len(ids)
-
-            await wait_until(registered, what="devices registered")
-            # Uploaded through one replica, fetched through the balancer from any.
-            rel = await apis[0].upload("app", "9.0")
-            r = await apis[1].rollout(rel["id"], target={"devices": ids}, phases=[34, 100],
-                                      soak_s=1)  # fmt: skip
-            rid = r["id"]
-            holder = await wait_until(lambda: _async(reps.lease_holder(rid)), what="a lease")
-
-            async def phase_one_notified() -> bool:
-                st = await apis[2].status(rid)
-                return bool(st["phases"][0]["pending"] == 0)
-
-            await wait_until(phase_one_notified, what="phase 1 notified")
-            killed = reps.set.by_name(holder)
-            killed.kill()  # SIGKILL, mid-phase: its reports and its lease are in flight
-            live = [a for a, x in zip(apis, reps.items, strict=True) if x is not killed]
-
-            async def taken_over() -> str | None:
-                h = reps.lease_holder(rid)
-                return h if h not in (None, killed.name) else None
-
-            await wait_until(taken_over, within=30, what="another replica drives the rollout")
-
-            async def finished() -> dict | None:
-                st = await live[0].status(rid)
-                return st if st["state"] in ("completed", "paused", "aborted") else None
-
-            done = await wait_until(finished, within=120, what="rollout finished")
-            assert done["state"] == "completed", done
-            assert done["states"] == {"succeeded": len(ids)}
-            _one_notice_each(reps, rid, ids)
-            # ... and both drivers sent some: the killed one phase 1, its successor the rest.
-            sent = dict(
-                reps.query(
-                    "SELECT sent_by, count(*) FROM notices WHERE rollout_id = %s AND "
-                    "kind = 'notice' GROUP BY sent_by",
-                    (rid,),
-                )
-            )
-            assert sum(sent.values()) == len(ids), sent
-            assert 0 < sent[killed.name] < len(ids), sent
-
-            await _no_report_lost(reps, ids)
-            # The live replicas answer with the same view.
-            for a in live:
-                assert (await a.status(rid))["states"] == {"succeeded": len(ids)}
+            yield reps, fleet, session, balancer
     finally:
         await fleet.stop_all()
         reps.set.stop()
         await balancer.stop()
+
+
+async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
+    tmp_path: Path, broker: MosquittoBroker, topics: Topics, postgres_database: DatabaseConfig
+) -> None:
+    ids = [f"rp-{i:02d}" for i in range(9)]
+    up = replicas_up(tmp_path, broker, topics, postgres_database.url, n=3, ids=ids)
+    async with up as (reps, fleet, session, _):
+        # The API answers from each replica, each as itself.
+        for r in reps.items:
+            body = await health(r, session)
+            assert body is not None
+            assert body["replica"] == r.name
+        apis = [Api(session, r.base, TOKENS["operator"]) for r in reps.items]
+        for d in ids:
+            fleet.start(d)
+
+        async def registered() -> bool:
+            devs = await apis[2].call("GET", "/v1/devices", params={"online": "true"})
+            return len(devs["devices"]) == len(ids)
+
+        await wait_until(registered, what="devices registered")
+        # Uploaded through one replica, fetched through the balancer from any.
+        rel = await apis[0].upload("app", "9.0")
+        r = await apis[1].rollout(rel["id"], target={"devices": ids}, phases=[34, 100],
+                                  soak_s=1)  # fmt: skip
+        rid = r["id"]
+        holder = await wait_until(lambda: _async(reps.lease_holder(rid)), what="a lease")
+
+        async def phase_one_notified() -> bool:
+            st = await apis[2].status(rid)
+            return bool(st["phases"][0]["pending"] == 0)
+
+        await wait_until(phase_one_notified, what="phase 1 notified")
+        killed = reps.set.by_name(holder)
+        killed.kill()  # SIGKILL, mid-phase: its reports and its lease are in flight
+        live = [a for a, x in zip(apis, reps.items, strict=True) if x is not killed]
+
+        async def taken_over() -> str | None:
+            h = reps.lease_holder(rid)
+            return h if h not in (None, killed.name) else None
+
+        await wait_until(taken_over, within=30, what="another replica drives the rollout")
+
+        async def finished() -> dict | None:
+            st = await live[0].status(rid)
+            return st if st["state"] in ("completed", "paused", "aborted") else None
+
+        done = await wait_until(finished, within=120, what="rollout finished")
+        assert done["state"] == "completed", done
+        assert done["states"] == {"succeeded": len(ids)}
+        _one_notice_each(reps, rid, ids)
+        # ... and both drivers sent some: the killed one phase 1, its successor the rest.
+        sent = dict(
+            reps.query(
+                "SELECT sent_by, count(*) FROM notices WHERE rollout_id = %s AND "
+                "kind = 'notice' GROUP BY sent_by",
+                (rid,),
+            )
+        )
+        assert sum(sent.values()) == len(ids), sent
+        assert 0 < sent[killed.name] < len(ids), sent
+
+        await _no_report_lost(reps, ids)
+        # The live replicas answer with the same view.
+        for a in live:
+            assert (await a.status(rid))["states"] == {"succeeded": len(ids)}
 
 
 def _one_notice_each(reps: Replicas, rid: int, ids: list[str]) -> None:
@@ -210,63 +224,48 @@ async def test_two_replicas_finish_a_rollout_across_a_postgresql_restart(
     """PostgreSQL restarted (every connection dropped) once phase 1 is notified: both
     replicas' pools reconnect, ingestion retries its batches, the engine its pass; the
     rollout completes with one notice per device and no report lost."""
-    balancer = Balancer()
-    reps = write_replicas(
-        tmp_path, broker, topics, n=2, database_url=postgres_database.url, lease="3s",
-        public_url=balancer.url,
-    )  # fmt: skip
-    balancer.backends = [r.base for r in reps.items]
-    await balancer.start()
-    (tmp_path / "devices").mkdir()
-    fleet = QuickAckFleet(tmp_path / "devices", broker, topics, root_hex(tmp_path))
     ids = [f"pg-{i:02d}" for i in range(6)]
-    for d in ids:
-        fleet.provision(d)
-    broker.reload()
-    reps.set.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            for r in reps.items:
-                await wait_until(lambda r=r: health(r, session), what=f"{r.name} healthy")
-            api = Api(session, balancer.url, TOKENS["operator"])
-            for d in ids:
-                fleet.start(d)
+    async with replicas_up(tmp_path, broker, topics, postgres_database.url, n=2, ids=ids) as (
+        reps,
+        fleet,
+        session,
+        balancer,
+    ):
+        api = Api(session, balancer.url, TOKENS["operator"])
+        for d in ids:
+            fleet.start(d)
 
-            async def registered() -> bool:
-                devs = await api.call("GET", "/v1/devices", params={"online": "true"})
-                return len(devs["devices"]) == len(ids)
+        async def registered() -> bool:
+            devs = await api.call("GET", "/v1/devices", params={"online": "true"})
+            return len(devs["devices"]) == len(ids)
 
-            await wait_until(registered, what="devices registered")
-            rel = await api.upload("app", "9.1")
-            r = await api.rollout(rel["id"], target={"devices": ids}, phases=[50, 100],
-                                  soak_s=1)  # fmt: skip
-            rid = r["id"]
+        await wait_until(registered, what="devices registered")
+        rel = await api.upload("app", "9.1")
+        r = await api.rollout(rel["id"], target={"devices": ids}, phases=[50, 100],
+                              soak_s=1)  # fmt: skip
+        rid = r["id"]
 
-            async def phase_one_notified() -> bool:
+        async def phase_one_notified() -> bool:
+            st = await api.status(rid)
+            return bool(st["phases"][0]["pending"] == 0)
+
+        await wait_until(phase_one_notified, what="phase 1 notified")
+        await asyncio.to_thread(postgres.restart)
+
+        async def finished() -> dict | None:
+            try:
                 st = await api.status(rid)
-                return bool(st["phases"][0]["pending"] == 0)
+            except ApiCallError:  # a 5xx while the database is down
+                return None
+            return st if st["state"] in ("completed", "paused", "aborted") else None
 
-            await wait_until(phase_one_notified, what="phase 1 notified")
-            await asyncio.to_thread(postgres.restart)
-
-            async def finished() -> dict | None:
-                try:
-                    st = await api.status(rid)
-                except ApiCallError:  # a 5xx while the database is down
-                    return None
-                return st if st["state"] in ("completed", "paused", "aborted") else None
-
-            done = await wait_until(finished, within=120, what="rollout finished")
-            assert done["state"] == "completed", done
-            assert done["states"] == {"succeeded": len(ids)}
-            _one_notice_each(reps, rid, ids)
-            await _no_report_lost(reps, ids)
-            for x in reps.items:
-                assert x.running, f"{x.name} died; see {x.log}"
-    finally:
-        await fleet.stop_all()
-        reps.set.stop()
-        await balancer.stop()
+        done = await wait_until(finished, within=120, what="rollout finished")
+        assert done["state"] == "completed", done
+        assert done["states"] == {"succeeded": len(ids)}
+        _one_notice_each(reps, rid, ids)
+        await _no_report_lost(reps, ids)
+        for x in reps.items:
+            assert x.running, f"{x.name} died; see {x.log}"
 
 
 def test_add_orchestrator_makes_one_identity_per_replica(tmp_path: Path) -> None:
