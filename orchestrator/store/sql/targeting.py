@@ -142,10 +142,7 @@ class TargetingMethods(RolloutMethods):
 
         The phase bounds come from a COUNT in the same snapshot (``Dialect.snapshot``):
         a window count over the whole fleet cost as much as the rest of the create (a
-        million rows kept aside to be counted). The rows go in in key order (rollout,
-        device), not in the hash order they were numbered in, so the primary key and the
-        device index grow at their right edge instead of taking a million random inserts
-        (on SQLite the key is the table itself). Opens its own transaction."""
+        million rows kept aside to be counted). Opens its own transaction."""
         with self._tx():
             if self.dialect.snapshot:
                 self._execute(self.dialect.snapshot)
@@ -162,7 +159,7 @@ class TargetingMethods(RolloutMethods):
                 f"updated_at) SELECT ?, device_id, pos, {case}, ? FROM (SELECT device_id, "
                 "row_number() OVER (ORDER BY k) - 1 AS pos FROM "
                 f"(SELECT devices.device_id, {self.dialect.order_key('?', 'devices.device_id')}"
-                f" AS k FROM devices WHERE {where}) AS s) AS o ORDER BY device_id",
+                f" AS k FROM devices WHERE {where}) AS s) AS o",
                 (r.id, *case_args, now, key, *args),
             ).rowcount
             self._analyzed("rollout_targets", added)
