@@ -106,7 +106,10 @@ class DeviceAgent:
         anchor = TrustedKeyring.anchor(config.trust.root_keys, config.trust.root_threshold)
         policy = VerifyPolicy(max_payload_bytes=config.download.max_payload_bytes)
         self.persisted = Persisted(store, anchor, policy, self.downloads)
-        self.reporter = Reporter(self.device_id, self.topics, self.persisted, clock, on_report)
+        self.reporter = Reporter(
+            self.device_id, self.topics, self.persisted, clock, on_report,
+            output_tail=config.evidence.output_tail,
+        )  # fmt: skip
         self.runner = JobRunner(
             config, persisted=self.persisted, reporter=self.reporter, fetcher=fetcher,
             handler=handler, clock=clock, on_succeeded=self._publish_inventory, deltas=deltas,

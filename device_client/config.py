@@ -30,6 +30,7 @@ __all__ = [
     "DeviceConfig",
     "DeviceSection",
     "DownloadConfig",
+    "EvidenceConfig",
     "HealthConfig",
     "InstallConfig",
     "PolicyConfig",
@@ -202,6 +203,14 @@ class SecurityConfig(_Section, frozen=True, kw_only=True):
         default=30.0, name="notify_timeout")  # fmt: skip
 
 
+class EvidenceConfig(_Section, frozen=True, kw_only=True):
+    """What a failure report carries of the failing step's output (issue 18)."""
+
+    # The last this many bytes of its stdout and stderr together; 0 reports none. At most
+    # the agent's capture per stream (device_client.output_tail.CAPTURE_BYTES).
+    output_tail: Annotated[int, SIZE, Meta(ge=0, le=6 * 1024)] = 4096
+
+
 class DeviceConfig(_Section, frozen=True, kw_only=True):
     """The whole configuration of one device agent."""
 
@@ -216,6 +225,7 @@ class DeviceConfig(_Section, frozen=True, kw_only=True):
     health: HealthConfig = field(default_factory=HealthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     source: str = "device.toml"  # the file name, for messages
 
 

@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from fleetpush_protocol.output import MAX_OUTPUTS, StepOutput
 from fleetpush_protocol.states import ERROR_STATES, FailureCode, ReportState
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Report",
     "ReportState",
     "SigningKeyInfo",
+    "StepOutput",
     "SupportPeriods",
     "Target",
     "UpdateNotice",
@@ -298,6 +300,9 @@ class ErrorInfo(_Struct, frozen=True, kw_only=True):
     message: Annotated[str, msgspec.Meta(max_length=1024)]
 
 
+_OUTPUT_STATES = frozenset({ReportState.FAILED, ReportState.ROLLED_BACK})
+
+
 class Report(Message, frozen=True, kw_only=True):
     """One state change of one device for one notice, numbered by a per-device counter."""
 
@@ -316,6 +321,12 @@ class Report(Message, frozen=True, kw_only=True):
     error: ErrorInfo | None = None
     format: int = FORMAT
     notice_id: Name
+    # What the failing step printed (issue 18, fleetpush_protocol.output): only on failed
+    # and rolled_back, absent otherwise, so other reports keep their bytes.
+    output: (
+        Annotated[tuple[StepOutput, ...], msgspec.Meta(min_length=1, max_length=MAX_OUTPUTS)]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
     progress: Progress | None = None
     reported_at: Time
     rollout_id: Name
@@ -328,6 +339,8 @@ class Report(Message, frozen=True, kw_only=True):
             raise ValueError(
                 "error must be set exactly for the failed, rolled_back and rejected states"
             )
+        if self.output and self.state not in _OUTPUT_STATES:
+            raise ValueError("output is only for the failed and rolled_back states")
 
 
 class Presence(Message, frozen=True, kw_only=True):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from device_client.commands import run_command
@@ -16,7 +16,7 @@ from device_client.errors import UpdateError
 from device_client.handlers import InstallRequest
 from device_client.jobs.health import check_health
 from device_client.jobs.states import Job, JobState
-from fleetpush_protocol.messages import FailureCode, UpdateNotice
+from fleetpush_protocol.messages import FailureCode, StepOutput, UpdateNotice
 
 if TYPE_CHECKING:
     from device_client.jobs.runner import JobRunner
@@ -70,9 +70,9 @@ class Installer:
             outcome = await handler.install(self.request(job, notice))
         except UpdateError as e:
             if e.changed:
-                await self.rollback(job, notice, e.failure, str(e))
+                await self.rollback(job, notice, e.failure, str(e), e.output)
             else:
-                r.finish(job, JobState.FAILED, e.failure, str(e))
+                r.finish(job, JobState.FAILED, e.failure, str(e), output=e.output)
             return
         job = r.transition(job, JobState.INSTALLED, reboot_pending=outcome.reboot)
         if outcome.reboot:
@@ -108,7 +108,7 @@ class Installer:
                 r.config.health, request.env, request.values(request.env["FLEETPUSH_SLOT"])
             )
         except UpdateError as e:
-            await self.rollback(job, notice, e.failure, str(e))
+            await self.rollback(job, notice, e.failure, str(e), e.output)
             return
         try:
             await r.handler.commit(request)
@@ -119,14 +119,20 @@ class Installer:
         r.finish(job, JobState.SUCCEEDED, "", "")
         await self._on_succeeded()
 
-    async def rollback(self, job: Job, notice: UpdateNotice, code: str, why: str) -> None:
+    async def rollback(
+        self, job: Job, notice: UpdateNotice, code: str, why: str,
+        output: Sequence[StepOutput] = (),
+    ) -> None:  # fmt: skip
+        """Roll back, and report the failure with what its step printed (``output``) and,
+        if the rollback fails too, what the rollback printed."""
         r = self._runner
         if not r.handler.can_rollback:
-            r.finish(job, JobState.FAILED, code, f"{why}; no rollback configured")
+            r.finish(job, JobState.FAILED, code, f"{why}; no rollback configured", output=output)
             return
         try:
             await r.handler.rollback(self.request(job, notice))
         except UpdateError as e:
-            r.finish(job, JobState.FAILED, FailureCode.ROLLBACK_FAILED, f"{why}; {e}")
+            r.finish(job, JobState.FAILED, FailureCode.ROLLBACK_FAILED, f"{why}; {e}",
+                     output=(*output, *e.output))  # fmt: skip
             return
-        r.finish(job, JobState.ROLLED_BACK, code, why)
+        r.finish(job, JobState.ROLLED_BACK, code, why, output=output)

@@ -15,7 +15,7 @@ import contextlib
 import glob
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -35,7 +35,7 @@ from device_client.transport.fetcher import hash_file
 from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.envelope import decode_message
 from fleetpush_protocol.errors import ContentError, TransportError
-from fleetpush_protocol.messages import ErrorInfo, FailureCode, Progress, ReportState
+from fleetpush_protocol.messages import ErrorInfo, FailureCode, Progress, ReportState, StepOutput
 from fleetpush_protocol.messages import UpdateNotice as Notice
 
 __all__ = ["MAX_WAIT_S", "JobRunner"]
@@ -209,13 +209,17 @@ class JobRunner:
         self.persisted.save()
         return job
 
-    def finish(self, job: Job, state: JobState, code: str, message: str) -> None:
-        """Persist the job's end with its final report, and remove its files."""
+    def finish(
+        self, job: Job, state: JobState, code: str, message: str, *,
+        output: Sequence[StepOutput] = (),
+    ) -> None:  # fmt: skip
+        """Persist the job's end with its final report (with ``output``, what the failing
+        step printed, on a failure), and remove its files."""
         code = str(code)
         job = job.advance(state, error_code=code, error_message=message[:1024])
         error = ErrorInfo(code=code, message=message[:1024]) if code else None
         self.reporter.job(job, ReportState(state.value), error=error,
-                          detail="" if code else message)  # fmt: skip
+                          detail="" if code else message, output=output)  # fmt: skip
         st = self.persisted.state
         st.job = None
         st.last_job = job
