@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from orchestrator.cli.common import api_command, emit, fmt_time, table
+from orchestrator.cli.evidence import echo_log
 from orchestrator.client import ApiClient
 
 __all__ = ["audit", "devices"]
@@ -112,6 +113,9 @@ def devices_show(api: ApiClient, as_json: bool, device_id: str) -> None:
               [[r["counter"], r["rollout_id"], r["state"], r["current_version"],
                 r["error_code"] or "", fmt_time(r["received_at"])] for r in d["reports"]],
               title="reports")  # fmt: skip
+        if d.get("last_output"):
+            click.echo("last failure's output (all: fleetpush devices logs):")
+            echo_log(d["last_output"])
 
     emit(data, as_json, render)
 

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from orchestrator.evidence import OutputRecord
     from orchestrator.store.sql.leases import ReplicaRecord
 
 T = TypeVar("T")
@@ -106,8 +107,14 @@ class Store(Protocol):
     ) -> IngestResult: ...
     def flag_devices(self, dropped: dict[tuple[str, str], int], now: float) -> None: ...
     def prune_reports(
-        self, *, keep: int, before: float, after_device: str, limit: int
+        self, *, keep: int, before: float, after_device: str, limit: int, keep_outputs: int = 20
     ) -> tuple[int, str | None]: ...
+    def device_outputs(
+        self, device_id: str, rollout_id: int | None = None, limit: int = 20
+    ) -> list[OutputRecord]: ...
+    def rollout_outputs(
+        self, rollout_id: int, device_ids: Sequence[str]
+    ) -> dict[str, OutputRecord]: ...
 
     # releases
     def add_release(self, rec: ReleaseRecord) -> ReleaseRecord: ...

@@ -180,4 +180,23 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE reports ADD COLUMN detail TEXT;
     ALTER TABLE reports ADD COLUMN downloaded INTEGER;
     """,
+    # 8: the evidence of a failure (issue 18): what the failing step printed, cleaned and
+    # bounded at ingestion (orchestrator/evidence.py), one row per failed or rolled_back
+    # report that carried it; pruned with its report, and to retention.outputs_per_device
+    """
+    CREATE TABLE report_outputs (
+        device_id TEXT NOT NULL,
+        counter INTEGER NOT NULL,
+        rollout_id INTEGER NOT NULL,
+        notice_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reported_at INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        error_code TEXT NOT NULL,
+        error_message TEXT NOT NULL,
+        output TEXT NOT NULL,
+        PRIMARY KEY (device_id, counter)
+    ) WITHOUT ROWID;
+    CREATE INDEX report_outputs_rollout ON report_outputs (rollout_id, device_id);
+    """,
 )

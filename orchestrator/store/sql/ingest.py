@@ -12,7 +12,8 @@ from fleetpush_protocol.messages import Inventory, Presence, Report
 from orchestrator.rules import SENT
 from orchestrator.store.records import IngestResult
 from orchestrator.store.rules import StoredPresence, presence_applies, report_accepted
-from orchestrator.store.sql.base import SqlBase, marks
+from orchestrator.store.sql.base import marks
+from orchestrator.store.sql.outputs import OutputMethods
 
 __all__ = ["IngestMethods"]
 
@@ -23,7 +24,7 @@ _INSERT_CHUNK = 90
 _REPORT_MARKS = f"({marks(13)})"  # the columns in table order, detail and downloaded last
 
 
-class IngestMethods(SqlBase):
+class IngestMethods(OutputMethods):
     # notice_id -> (device_id, rollout_id); a notice's owner never changes once stored
     _notice_owner: dict[str, tuple[str, int]]
 
@@ -116,6 +117,7 @@ class IngestMethods(SqlBase):
         latest: dict[tuple[int, str, str], Report] = {}
         downloads: dict[tuple[int, str, str], int] = {}  # bytes a device says it downloaded
         seen: dict[str, str] = {}
+        outputs: list[tuple[Report, int]] = []  # new accepted reports with a failure output
         for (key, r), owner in zip(batch.items(), owners, strict=True):
             if key not in inserted:
                 result.duplicates += 1
@@ -125,12 +127,15 @@ class IngestMethods(SqlBase):
                 result.rejected += 1
                 continue
             result.accepted += 1
+            if r.output:
+                outputs.append((r, owner[1]))
             target = (owner[1], r.device_id, r.notice_id)
             if isinstance(r.downloaded, int):
                 downloads[target] = r.downloaded
             prev = latest.get(target)
             if prev is None or prev.counter < r.counter:
                 latest[target] = r
+        self._store_outputs(outputs, now)
         updates = []
         for (rollout_id, device_id, notice_id), r in sorted(latest.items()):  # one lock order
             error = r.error
@@ -192,13 +197,16 @@ class IngestMethods(SqlBase):
                 self._bump(f"messages_{why}", n)
 
     def prune_reports(
-        self, *, keep: int, before: float, after_device: str, limit: int
+        self, *, keep: int, before: float, after_device: str, limit: int, keep_outputs: int = 20
     ) -> tuple[int, str | None]:
         """Delete stored reports beyond the newest ``keep`` of each device, and those
         received before ``before``: at most ``limit`` rows, device by device after
         ``after_device``. Returns (rows deleted, where to continue; None when done).
+        The failure outputs of deleted reports go too, and those beyond the device's newest
+        ``keep_outputs``.
         """
         deleted = 0
+        outputs = 0
         cursor = after_device
         with self._tx():
             devices = self._execute(
@@ -217,10 +225,14 @@ class IngestMethods(SqlBase):
                     "ORDER BY counter LIMIT ?)",
                     (device_id, device_id, int(row[0]) if row else 0, before, limit - deleted),
                 ).rowcount
+                outputs += self._prune_outputs(
+                    device_id, int(row[0]) if row else 0, before, keep_outputs
+                )
                 if deleted >= limit:
                     break  # this device may have more: the next call starts with it again
                 cursor = device_id
             self._bump("reports_pruned", deleted)
+            self._bump("outputs_pruned", outputs)
         done = deleted < limit and len(devices) < limit
         return deleted, None if done else cursor
 

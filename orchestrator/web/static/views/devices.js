@@ -1,6 +1,6 @@
 // The devices table, one device's page, and the operator's editor of its groups and tags.
 import { api } from "../api.js";
-import { ago, badge, facts, flash, h, option, size, table, when, words } from "../dom.js";
+import { ago, badge, facts, flash, h, option, outputTail, size, table, when, words } from "../dom.js";
 import { canAct, showError, state } from "../state.js";
 
 export function devicesView() {
@@ -119,6 +119,17 @@ function labelEditor(d, onSaved) {
   h("div", { class: "form-actions" }, save));
 }
 
+/** The newest failure's output tail; `fleetpush devices logs` shows older ones. */
+function lastOutput(o) {
+  if (!o) return null;
+  return h("div", { class: "card", "data-last-output": o.counter },
+    h("h2", { text: "Output of the last failure" }),
+    h("p", { class: "muted small" }, badge(o.state, "failed"),
+      ` ${o.error_code} · release ${o.release || "?"} · rollout `,
+      h("a", { href: `#/rollouts/${o.rollout_id}`, text: o.rollout_id }), ` · ${when(o.received_at)}`),
+    outputTail(o.output));
+}
+
 export function deviceView(id) {
   const el = h("section", {}, h("p", { class: "muted", text: "Loading…" }));
   let editing = false; // a live update must not wipe what the operator is typing
@@ -156,6 +167,7 @@ export function deviceView(id) {
         h("strong", { text: "Last error: " }), `${errors[0].error_code}: ${errors[0].error_message || ""}`,
         h("span", { class: "muted small", text: ` (rollout ${errors[0].rollout_id}, ${when(errors[0].received_at)})` }))
         : null,
+      lastOutput(d.last_output),
       h("h2", { text: "Reports" }),
       d.reports.length ? table([["#", "wide"], "Received", "Rollout", "State", ["Version", "wide"], "Error"],
         d.reports.map((r) => h("tr", { class: r.error_code ? "has-error" : "" },

@@ -2,7 +2,7 @@
 // failures by error code; the form that creates one.
 import { api } from "../api.js";
 import { timelineChart } from "../chart.js";
-import { ago, badge, duration, facts, flash, h, table, until, when } from "../dom.js";
+import { ago, badge, duration, facts, flash, h, outputTail, table, until, when } from "../dom.js";
 import { rolloutForm } from "../forms.js";
 import { ACTIVE, canAct, rolloutCounts, showError, state } from "../state.js";
 
@@ -154,7 +154,8 @@ function failureGroups(groups) {
     h("ul", {}, g.devices.map((d) => h("li", { "data-failed-device": d.device_id },
       h("a", { href: `#/devices/${encodeURIComponent(d.device_id)}`, text: d.device_id }),
       ` phase ${d.phase} `, badge(d.state, "failed"),
-      h("pre", { class: "output", text: d.message || "no output reported" })))),
+      h("pre", { class: "output", text: d.message || "no output reported" }),
+      outputTail(d.output, { "data-output-of": d.device_id })))),
     g.count > g.devices.length ? h("p", { class: "muted small", text: `and ${g.count - g.devices.length} more` }) : null));
 }
 
