@@ -93,20 +93,22 @@ class Fleet:
         self.http = aiohttp.ClientSession()
 
     async def add_device(
-        self, device_id: str, *, healthy: bool = True, claims: tuple[str, ...] = ("lab",)
-    ) -> None:
+        self, device_id: str, *, healthy: bool = True, claims: tuple[str, ...] = ("lab",),
+        health: list[str] | None = None,
+    ) -> None:  # fmt: skip
         """Provision ``device_id`` in group ``lab`` and run its agent, whose configuration
-        lists ``claims`` as its groups (what its inventory will say)."""
+        lists ``claims`` as its groups (what its inventory will say); ``health`` is its
+        health command (default ``/bin/true``, or ``/bin/false`` when not ``healthy``)."""
         assert self.orch is not None
         password = self.broker.add_device(device_id, ("lab",))
         self.broker.set_model(device_id, "rpi4")  # as provisioning does: the registry's fact
         self.broker.reload()
         root = self.orch.keys.anchor().keyring.root_keys[0].hex()
-        health = {"command": ["/bin/true" if healthy else "/bin/false"], "timeout": "10s"}
+        command = health or ["/bin/true" if healthy else "/bin/false"]
         path = write_config(
             self.tmp / f"{device_id}.toml", broker=self.broker, topics=self.topics,
             device_id=device_id, password=password, root_hex=root, groups=claims,
-            sections={"health": health},
+            sections={"health": {"command": command, "timeout": "10s"}},
         )  # fmt: skip
         agent = build_agent(load_config(path))
         self.agents[device_id] = (agent, asyncio.create_task(agent.run()))

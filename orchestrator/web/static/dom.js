@@ -83,7 +83,7 @@ export const words = (text) => text.split(/[,\s]+/).map((w) => w.trim()).filter(
  */
 export function outputTail(outputs, attrs = {}) {
   if (!outputs || !outputs.length) return null;
-  return h("div", { class: "output-tail", ...attrs }, outputs.map((o) => [
+  return h("div", { class: "output-tail", ...attrs }, outputs.flatMap((o) => [
     h("p", { class: "muted small", text: `${o.step}: the end of ${size(o.printed)} printed` }),
     ...["stdout", "stderr"].filter((s) => o[s]).map((s) =>
       h("pre", { class: `output ${s}`, "data-step": o.step, "data-stream": s, text: o[s] }))]));
