@@ -193,8 +193,8 @@ HOSTILE: list[tuple[str, Callable[[int, str, int], bytes], str]] = [
          _report(c, n, r, stdout="\x1b[31mFAIL\x1b[0m\x00\x85 a\u202eb\r\n")),
      "FAIL ab\n"),
     ("markup is stored as text (the dashboard sets it as text)",
-     lambda c, n, r: encode_message(_report(c, n, r, stderr="<script>alert(1)</script>")),
-     "<script>alert(1)</script>"),
+     lambda c, n, r: encode_message(_report(c, n, r, stderr="<script>alert(1)</script>[bold]x")),
+     "<script>alert(1)</script>[bold]x"),
     ("within the protocol, over the orchestrator's cap: its end is kept",
      lambda c, n, r: encode_message(_report(c, n, r, stdout="a" * 3000 + "b" * 4000)),
      "a" * 2144 + "b" * 4000),
@@ -259,3 +259,7 @@ async def test_hostile_device_output_is_cleaned_bounded_or_dropped(setup: Setup)
             assert len(kept.encode()) <= 6144, name
     counters = [e["counter"] for e in await logs(s, "dev-x")]
     assert counters == [3, 2, 1]  # only the cleaned and bounded ones, newest first
+    # The CLI prints it as it is stored: no escape, markup not read (rich would eat [bold]).
+    printed = await cli(s, "devices", "logs", "dev-x")
+    assert "<script>alert(1)</script>[bold]x" in printed.output
+    assert "\x1b" not in printed.output
