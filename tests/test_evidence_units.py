@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import tracemalloc
+from pathlib import Path
 
+import msgspec
 import pytest
 
 from device_client.commands import run_command
+from device_client.config import ConfigError, parse_config
 from device_client.output_tail import RollingTail, fit_report
 from fleetpush_protocol.envelope import decode_message, encode_message
 from fleetpush_protocol.messages import ErrorInfo, Report, ReportState
@@ -21,6 +24,7 @@ from fleetpush_protocol.output import (
     fit_tails,
     tail_bytes,
 )
+from orchestrator.evidence import accept_output
 
 # Hostile output, each with what an operator is shown.
 CLEANED = [
@@ -135,3 +139,30 @@ async def test_a_command_flooding_50_mb_is_drained_and_keeps_a_bounded_tail() ->
     assert len(out.stdout.encode()) <= 6144
     assert len(out.stderr.encode()) <= 6144
     assert result.describe().endswith("bad end")
+
+
+def test_the_output_tail_setting_uses_the_size_syntax_and_its_bounds(tmp_path: Path) -> None:
+    raw = {
+        "device": {"id": "dev-001", "model": "rpi4", "state_dir": "st"},
+        "broker": {"url": "mqtt://127.0.0.1:1883", "username": "dev-001", "password": "pw"},
+        "trust": {"root_keys": ["ab" * 32]},
+    }
+    assert parse_config(raw, base=tmp_path).evidence.output_tail == 4096
+    raw["evidence"] = {"output_tail": "2KiB"}
+    assert parse_config(raw, base=tmp_path).evidence.output_tail == 2048
+    raw["evidence"] = {"output_tail": "7KiB"}
+    with pytest.raises(ConfigError, match=r"\[evidence\] output_tail"):
+        parse_config(raw, source="device.toml", base=tmp_path)
+
+
+def test_the_orchestrator_cuts_a_devices_output_to_its_own_cap() -> None:
+    hostile = StepOutput(step="install", printed=5, stdout="\x1b[2J" + "a" * 900 + "END",
+                         stderr="\x00" * 50)  # fmt: skip
+    report = Report(
+        device_id="d", notice_id="n", rollout_id="1", state=ReportState.FAILED,
+        current_version="1", counter=1, reported_at=0,
+        error=ErrorInfo(code="install_failed", message="x"), output=(hostile,),
+    )  # fmt: skip
+    [out] = accept_output(report, 100).output or ()
+    assert (out.stdout, out.stderr) == ("a" * 97 + "END", "")
+    assert accept_output(report, 0).output is msgspec.UNSET
