@@ -166,3 +166,17 @@ def test_the_orchestrator_cuts_a_devices_output_to_its_own_cap() -> None:
     [out] = accept_output(report, 100).output or ()
     assert (out.stdout, out.stderr) == ("a" * 97 + "END", "")
     assert accept_output(report, 0).output is msgspec.UNSET
+
+
+async def test_a_timed_out_step_keeps_what_it_printed_before_it_was_killed() -> None:
+    script = "echo 'waiting for the service'; exec sleep 60"
+    result = await run_command(["/bin/sh", "-c", script], timeout_s=3)
+    assert result.timed_out
+    [out] = result.output("health_check")
+    assert out.stdout == "waiting for the service\n"
+
+
+async def test_a_step_that_cannot_start_reports_no_output() -> None:
+    result = await run_command(["/nonexistent/step"], timeout_s=5)
+    assert result.returncode is None
+    assert result.output("install") == ()
