@@ -12,6 +12,7 @@ import pytest
 
 from device_client.commands import run_command
 from device_client.config import ConfigError, parse_config
+from device_client.hooks import NotifyHook
 from device_client.output_tail import RollingTail, fit_report
 from fleetpush_protocol.envelope import decode_message, encode_message
 from fleetpush_protocol.messages import ErrorInfo, Report, ReportState
@@ -24,6 +25,7 @@ from fleetpush_protocol.output import (
     fit_tails,
     tail_bytes,
 )
+from fleetpush_sim.signing import make_notice
 from orchestrator.evidence import accept_output
 
 # Hostile output, each with what an operator is shown.
@@ -180,3 +182,32 @@ async def test_a_step_that_cannot_start_reports_no_output() -> None:
     result = await run_command(["/nonexistent/step"], timeout_s=5)
     assert result.returncode is None
     assert result.output("install") == ()
+
+
+async def test_a_notify_hook_flooding_stderr_is_drained_bounded_and_logged_cleaned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    flood = tmp_path / "hook.py"
+    flood.write_text(
+        "import sys\n"
+        "for _ in range(10 * 1024): sys.stderr.buffer.write(b'z' * 1023 + b'\\n')\n"
+        "sys.stderr.write('\\x1b[31mhook broke\\x1b[0m')\n"
+        "sys.exit(3)\n"
+    )
+    raw = {
+        "device": {"id": "dev-1", "model": "rpi4", "state_dir": "st"},
+        "broker": {"url": "mqtt://127.0.0.1:1883", "username": "dev-1", "password": "pw"},
+        "trust": {"root_keys": ["ab" * 32]},
+        "security": {"notify_command": [sys.executable, str(flood)]},
+    }
+    (tmp_path / "st").mkdir()
+    hook = NotifyHook(parse_config(raw, base=tmp_path))
+    tracemalloc.start()
+    try:
+        await asyncio.wait_for(hook.announce(make_notice()), 60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20
+    [record] = [r for r in caplog.records if "notify_command exited 3" in r.getMessage()]
+    assert record.getMessage().endswith("z\nhook broke")
