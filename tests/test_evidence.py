@@ -21,14 +21,22 @@ import aiomqtt
 import msgspec
 import pytest
 from click.testing import CliRunner, Result
-from orch_helpers import PAYLOAD, TOKENS, Setup, setup, start_devices, wait_until
+from orch_helpers import (
+    PAYLOAD,
+    TOKENS,
+    Setup,
+    setup,
+    setup_any_backend,
+    start_devices,
+    wait_until,
+)
 
 from fleetpush_protocol.envelope import encode_message
 from fleetpush_protocol.messages import ErrorInfo, Report, ReportState, StepOutput
 from orchestrator.cli.main import main
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-__all__ = ["setup"]  # the fixture
+__all__ = ["setup", "setup_any_backend"]  # the fixtures
 
 ENV = {"FLEETPUSH_SERVER": "", "FLEETPUSH_TOKEN": "", "FLEETPUSH_CONFIG": ""}
 
@@ -70,9 +78,9 @@ SELF_TEST = (
 
 
 async def test_a_failing_health_checks_output_reaches_the_api_and_devices_logs(
-    setup: Setup,
+    setup_any_backend: Setup,
 ) -> None:
-    s = setup
+    s = setup_any_backend
     health = {"command": ["/bin/sh", "-c", SELF_TEST], "timeout": "10s"}
     await start_devices(s, "dev-h", sections={"health": health})
     rollout_id = await rollout_to(s, "dev-h", "2.0")
