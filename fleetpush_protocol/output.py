@@ -41,12 +41,13 @@ REPORT_BYTES = 8192
 
 _ESCAPES = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves
-    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: titles, hyperlinks
+    r"|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?"  # OSC: titles, hyperlinks (not past a line)
     r"|\x1b[@-Z\\-_]"  # two-byte sequences
     r"|\x9b[0-?]*[ -/]*[@-~]"  # 8-bit CSI
 )
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_STEP = r"\A[a-z][a-z0-9_.:-]{0,63}\Z"
+# Like a device or group name, so a system update can name a component's step (install:fw).
+_STEP = r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z"
 
 
 class StepOutput(msgspec.Struct, frozen=True, kw_only=True):

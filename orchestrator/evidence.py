@@ -3,7 +3,7 @@ carries, as the orchestrator accepts, stores and shows it.
 
 A device's text is never trusted. The protocol's decode already refused a report whose
 output is longer than the format allows (``MAX_OUTPUT_CHARS`` per stream, ``MAX_OUTPUTS``
-steps, a step name of ``[a-z0-9_.:-]``): such a report is malformed and dropped. What
+steps, a step name of ``[A-Za-z0-9_.:-]``): such a report is malformed and dropped. What
 passes is cleaned again here (escape sequences and control characters, exactly as the
 device should have done: ``fleetpush_protocol.output.clean_text``) and cut to its last
 ``ingest.max_output_bytes`` in all, before it reaches the database. The dashboard sets it

@@ -65,7 +65,7 @@ def evidence_cases() -> list[dict[str, Any]]:
         ),
         device_case(
             "report-output-bad-step-name",
-            "An output whose step name is not [a-z][a-z0-9_.:-]{0,63} (here: markup).",
+            "An output whose step name is not [A-Za-z0-9][A-Za-z0-9_.:-]{0,63} (here: markup).",
             raw_envelope({**body, "output": [{**step, "step": "<b>install</b>"}]}, []),
             "malformed",
             topic="report",

@@ -34,6 +34,7 @@ CLEANED = [
     ("cursor moves", "a\x1b[2J\x1b[Hb", "ab"),
     ("osc title", "\x1b]0;owned\x07ok", "ok"),
     ("osc hyperlink", "\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\", "link"),
+    ("unterminated osc ends at its line", "\x1b]0;title\nthe rest", "\nthe rest"),
     ("8-bit csi", "x\x9b31my", "xy"),
     ("nul and bell", "a\x00b\x07c", "abc"),
     ("c1 controls", "a\x85b\x9fc", "abc"),
