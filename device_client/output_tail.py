@@ -10,12 +10,17 @@ built, in ``device_client.reports``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fleetpush_protocol.envelope import decode_message
+from fleetpush_protocol.errors import ContentError
 from fleetpush_protocol.output import REPORT_BYTES, StepOutput, decode_output
 
 __all__ = ["CAPTURE_BYTES", "Captured", "RollingTail", "drain", "fit_report"]
+
+logger = logging.getLogger(__name__)
 
 # Per stream: the largest ``[evidence] output_tail`` (the report's share is cut from it).
 CAPTURE_BYTES = 6 * 1024
@@ -80,9 +85,20 @@ class Captured:
 
 def fit_report(encode: Callable[[int], bytes], budget: int) -> bytes:
     """``encode(budget)``, with the output's budget halved until the report fits in
-    ``REPORT_BYTES`` (a long error message leaves less room), down to none."""
+    ``REPORT_BYTES`` (a long error message leaves less room), down to none.
+
+    A struct is not checked against its bounds when built, only when decoded: a report
+    whose output the orchestrator would refuse (a step name out of its pattern) would be
+    resent for ever and the failure never known, so such a one goes without its output.
+    """
     data = encode(budget)
     while len(data) > REPORT_BYTES and budget > 0:
         budget = budget // 2 if budget > 64 else 0
         data = encode(budget)
+    if budget > 0:
+        try:
+            decode_message(data)
+        except ContentError as e:
+            logger.warning("failure output left out of a report: %s", e)
+            data = encode(0)
     return data

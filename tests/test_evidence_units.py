@@ -95,7 +95,7 @@ def _report(message: str, output: tuple[StepOutput, ...]) -> bytes:
     return encode_message(Report(
         device_id="d", notice_id="n", rollout_id="1", state=ReportState.FAILED,
         current_version="1", counter=1, reported_at=0,
-        error=ErrorInfo(code="install_failed", message=message), output=output,
+        error=ErrorInfo(code="install_failed", message=message), output=output or msgspec.UNSET,
     ))  # fmt: skip
 
 
@@ -106,6 +106,15 @@ def test_a_report_stays_within_the_report_limit_whatever_its_message() -> None:
     report = decode_message(data)
     assert isinstance(report, Report)
     assert report.output  # shortened, not dropped
+
+
+def test_an_output_the_orchestrator_would_refuse_is_left_out_not_the_report() -> None:
+    bad = StepOutput(step="<install>", printed=1, stdout="x", stderr="")  # built unchecked
+    data = fit_report(lambda b: _report("m", fit_outputs([bad], b) if b else ()), 4096)
+    report = decode_message(data)
+    assert isinstance(report, Report)
+    assert report.state is ReportState.FAILED
+    assert not report.output
 
 
 def test_output_only_on_failures() -> None:
