@@ -22,6 +22,7 @@ from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_common.broker_settings import BrokerSettings
 from fleetpush_common.config import DURATION, SIZE, TIME, ConfigError, Name, decode
 from fleetpush_common.windows import Window
+from fleetpush_protocol.components import COMPONENT_NAME_PATTERN
 from fleetpush_protocol.keys import load_public_key
 
 __all__ = [
@@ -202,6 +203,9 @@ class SecurityConfig(_Section, frozen=True, kw_only=True):
         default=30.0, name="notify_timeout")  # fmt: skip
 
 
+ComponentName = Annotated[str, Meta(pattern=COMPONENT_NAME_PATTERN)]
+
+
 class DeviceConfig(_Section, frozen=True, kw_only=True):
     """The whole configuration of one device agent."""
 
@@ -216,6 +220,11 @@ class DeviceConfig(_Section, frozen=True, kw_only=True):
     health: HealthConfig = field(default_factory=HealthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    # The parts a system update may install (issue 18): ``[components.NAME]``, each with
+    # its own handler and steps, like ``[install]`` (whose ``reboot`` serves them all).
+    components: Annotated[dict[ComponentName, InstallConfig], Meta(max_length=16)] = field(
+        default_factory=dict
+    )
     source: str = "device.toml"  # the file name, for messages
 
 
@@ -242,7 +251,17 @@ def parse_config(
     if install.handler == "directory" and slots is None:
         slots = c.device.state_dir / "slots"
     install = msgspec.structs.replace(install, slots_dir=slots, unpack=c.unpack)
-    return msgspec.structs.replace(c, broker=broker, install=install, source=source)
+    components = {name: _component(c, name, part) for name, part in c.components.items()}
+    return msgspec.structs.replace(
+        c, broker=broker, install=install, components=components, source=source
+    )
+
+
+def _component(c: DeviceConfig, name: str, part: InstallConfig) -> InstallConfig:
+    slots = part.slots_dir
+    if part.handler == "directory" and slots is None:
+        slots = c.device.state_dir / "components" / name
+    return msgspec.structs.replace(part, slots_dir=slots, unpack=c.unpack)
 
 
 def load_config(path: Path) -> DeviceConfig:

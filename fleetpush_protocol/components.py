@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import msgspec
 
@@ -38,6 +38,7 @@ __all__ = [
     "ComponentState",
     "ComponentStates",
     "Components",
+    "Pinned",
     "check_system",
     "manifest_digest",
     "notice_bytes",
@@ -99,7 +100,21 @@ ComponentStates = Annotated[
 ]
 
 
-def system_manifest(components: Sequence[Component]) -> bytes:
+class Pinned(Protocol):
+    """What the manifest holds of a component (a ``Component``, or the orchestrator's
+    record of one before any URL exists)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def handler(self) -> str: ...
+    @property
+    def sha256(self) -> bytes: ...
+    @property
+    def size(self) -> int: ...
+
+
+def system_manifest(components: Sequence[Pinned]) -> bytes:
     """The canonical bytes the top-level payload of a system notice must be: every
     component's name, handler, SHA-256 and size, in order (URLs left out: they are signed
     per notice and expire, the manifest is stored once per release)."""
@@ -113,7 +128,7 @@ def system_manifest(components: Sequence[Component]) -> bytes:
     )
 
 
-def manifest_digest(components: Sequence[Component]) -> tuple[bytes, int]:
+def manifest_digest(components: Sequence[Pinned]) -> tuple[bytes, int]:
     """``(SHA-256, size)`` of ``system_manifest(components)``."""
     data = system_manifest(components)
     return hashlib.sha256(data).digest(), len(data)
