@@ -5,14 +5,26 @@ which an agent process is SIGKILLed between two components."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 from device_helpers import AgentProcess, wait_for
-from orch_helpers import PAYLOAD, Setup, setup, setup_any_backend, start_devices, wait_until
+from orch_helpers import (
+    PAYLOAD,
+    TOKENS,
+    Setup,
+    setup,
+    setup_any_backend,
+    start_devices,
+    wait_until,
+)
+
+from orchestrator.cli.main import main
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 __all__ = ["setup", "setup_any_backend"]  # fixtures
@@ -219,3 +231,54 @@ async def test_a_device_without_the_components_refuses_before_downloading(
     assert target["reason"].startswith("payload_invalid: component 'app' is not configured")
     history = (await s.api.call("GET", "/v1/devices/sys-old"))["reports"]
     assert [h["state"] for h in reversed(history)] == ["notified", "failed"]
+
+
+async def _cli(s: Setup, *args: str) -> Result:
+    """``fleetpush ARGS`` against the test API, off this loop (which serves it)."""
+    full = [*args, "--server", s.api.base, "--token", TOKENS["operator"]]
+    env = {"FLEETPUSH_SERVER": "", "FLEETPUSH_TOKEN": "", "FLEETPUSH_CONFIG": ""}
+    return await asyncio.to_thread(CliRunner().invoke, main, full, env=env)
+
+
+async def test_cli_uploads_a_system_and_shows_a_failed_health_check_rolling_back_all(
+    setup: Setup, tmp_path: Path
+) -> None:
+    s = setup
+    log = tmp_path / "steps.log"
+    await start_devices(s, "sys-cli", sections=_sections(log), healthy=False)
+    files = {}
+    for name, _, data in THREE:
+        files[name] = tmp_path / name
+        files[name].write_bytes(data)
+    args = [f"--component={n}={h}:{files[n]}" for n, h, _ in THREE]
+    for bad, says in (
+        ([*args, f"--component=app=directory:{files['app']}"], "each name once"),
+        ([f"--component=App=directory:{files['app']}"], "name must be"),
+        ([f"--component=app=rauc:{files['app']}"], "handler must be one of"),
+        ([str(files["app"]), *args], "give FILE, or --component"),
+        ([*args, "--handler", "command"], "--component goes without --handler"),
+    ):
+        refused = await _cli(s, "release", "upload", "--name", "edge", "--version", "9", *bad)
+        assert refused.exit_code == 2, refused.output
+        assert says in refused.output
+    assert (await s.api.call("GET", "/v1/releases"))["releases"] == []  # nothing was sent
+    up = await _cli(s, "release", "upload", "--name", "edge", "--version", "2.0", *args)
+    assert up.exit_code == 0, up.output
+    shown = await _cli(s, "release", "show", "edge@2.0")
+    assert shown.exit_code == 0, shown.output
+    rows = [line for line in shown.output.split("\n") if line.startswith("│ ")]
+    for name, handler, data in THREE:
+        assert any(name in x and handler in x and str(len(data)) in x for x in rows), rows
+    release = await s.api.call("GET", "/v1/releases/edge@2.0")
+    r = await s.api.rollout(release["id"], target={"devices": ["sys-cli"]}, phases=[100])
+    target = await _target_done(s, r["id"], "sys-cli")
+    assert target["state"] == "rolled_back"
+    assert target["reason"].startswith("health_check_failed")
+    assert log.read_text().split("\n")[:-1] == [
+        "install app", "install config", "install firmware",
+        "rollback firmware", "rollback config"]  # fmt: skip
+    device = await _cli(s, "devices", "show", "sys-cli")
+    assert device.exit_code == 0, device.output
+    assert f"system update of rollout {r['id']}: rolled_back" in device.output
+    for name in ("app", "config", "firmware"):
+        assert any(name in line and "rolled_back" in line for line in device.output.split("\n"))
