@@ -10,6 +10,7 @@ carried their unit (``keepalive_s = 60``) are still read.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -203,9 +204,6 @@ class SecurityConfig(_Section, frozen=True, kw_only=True):
         default=30.0, name="notify_timeout")  # fmt: skip
 
 
-ComponentName = Annotated[str, Meta(pattern=COMPONENT_NAME_PATTERN)]
-
-
 class DeviceConfig(_Section, frozen=True, kw_only=True):
     """The whole configuration of one device agent."""
 
@@ -222,10 +220,18 @@ class DeviceConfig(_Section, frozen=True, kw_only=True):
     security: SecurityConfig = field(default_factory=SecurityConfig)
     # The parts a system update may install (issue 18): ``[components.NAME]``, each with
     # its own handler and steps, like ``[install]`` (whose ``reboot`` serves them all).
-    components: Annotated[dict[ComponentName, InstallConfig], Meta(max_length=16)] = field(
+    components: Annotated[dict[str, InstallConfig], Meta(max_length=16)] = field(
         default_factory=dict
     )
     source: str = "device.toml"  # the file name, for messages
+
+    def __post_init__(self) -> None:
+        for name in self.components:  # checked here: a key's own error names no table
+            if not re.match(COMPONENT_NAME_PATTERN, name):
+                raise ValueError(
+                    f"components: {name!r} is not a component name "
+                    "(1-32 of a-z 0-9 _ -, starting with a letter or digit)"
+                )
 
 
 def parse_config(
