@@ -142,6 +142,8 @@ async def make_deltas(
     maker = c.deltas
     if maker is None:
         raise ApiError(409, "deltas are not available on this server")
+    if target.components:  # its notices list no deltas: components are fetched in full
+        raise ApiError(409, f"release {target.id} is a system: its components have no deltas")
     limit = c.config.deltas.max_bases
     if versions is None:
         bases = await c.db.run(lambda s: field_bases(s, target, limit))
