@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Annotated, Protocol
 
 import msgspec
 
-from fleetpush_protocol import canonical
-
 if TYPE_CHECKING:
     from fleetpush_protocol.messages import UpdateNotice
 
@@ -114,18 +112,28 @@ class Pinned(Protocol):
     def size(self) -> int: ...
 
 
+class _Pin(msgspec.Struct, frozen=True):
+    # Fields in sorted order and msgspec's shortest forms: this encoding is the canonical
+    # one (checked against fleetpush_protocol.canonical by the tests), at a tenth of its cost.
+    handler: str
+    name: str
+    sha256: bytes
+    size: int
+
+
+class _Manifest(msgspec.Struct, frozen=True):
+    components: list[_Pin]
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+
+
 def system_manifest(components: Sequence[Pinned]) -> bytes:
     """The canonical bytes the top-level payload of a system notice must be: every
     component's name, handler, SHA-256 and size, in order (URLs left out: they are signed
     per notice and expire, the manifest is stored once per release)."""
-    return canonical.encode(
-        {
-            "components": [
-                {"handler": c.handler, "name": c.name, "sha256": c.sha256, "size": c.size}
-                for c in components
-            ]
-        }
-    )
+    pins = [_Pin(c.handler, c.name, c.sha256, c.size) for c in components]
+    return _ENCODER.encode(_Manifest(pins))
 
 
 def manifest_digest(components: Sequence[Pinned]) -> tuple[bytes, int]:

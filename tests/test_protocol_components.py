@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from fleetpush_protocol import errors
+from fleetpush_protocol import canonical, errors
 from fleetpush_protocol.components import (
     MAX_COMPONENTS,
     SYSTEM_HANDLER,
@@ -121,6 +121,14 @@ def test_the_manifest_is_canonical_and_leaves_urls_out() -> None:
     moved = tuple(msgspec.structs.replace(c, urls=("https://mirror.example/x",))
                   for c in COMPONENTS)  # fmt: skip
     assert system_manifest(moved) == system_manifest(COMPONENTS)
+    as_map = {"components": [{"handler": c.handler, "name": c.name, "sha256": c.sha256,
+                               "size": c.size} for c in COMPONENTS]}  # fmt: skip
+    assert system_manifest(COMPONENTS) == canonical.encode(as_map)
+    big = tuple(msgspec.structs.replace(c, name=f"c{i}", size=2**40 + i)
+                for i, c in enumerate(COMPONENTS * 5))  # fmt: skip
+    assert system_manifest(big) == canonical.encode(
+        {"components": [{"handler": c.handler, "name": c.name, "sha256": c.sha256,
+                         "size": c.size} for c in big]})  # fmt: skip
     sha, size = manifest_digest(COMPONENTS)
     assert sha == hashlib.sha256(system_manifest(COMPONENTS)).digest()
     assert size == len(system_manifest(COMPONENTS))
