@@ -282,3 +282,59 @@ async def test_cli_uploads_a_system_and_shows_a_failed_health_check_rolling_back
     assert f"system update of rollout {r['id']}: rolled_back" in device.output
     for name in ("app", "config", "firmware"):
         assert any(name in line and "rolled_back" in line for line in device.output.split("\n"))
+
+
+async def test_sigkill_during_the_rollback_resumes_it_with_its_cause(
+    setup: Setup, tmp_path: Path
+) -> None:
+    s = setup
+    log = tmp_path / "steps.log"
+    fifo, marker = tmp_path / "never-written", tmp_path / "blocked-once"
+    os.mkfifo(fifo)
+    failing = ["/bin/sh", "-c", f'echo "install $FLEETPUSH_COMPONENT" >> "{log}"; exit 1']
+    # The first rollback of `two` blocks (the barrier); the one after the restart does not.
+    blocking = [
+        "/bin/sh",
+        "-c",
+        f'if [ ! -e "{marker}" ]; then touch "{marker}"; echo "blocked $$" >> "{log}";'
+        f' cat "{fifo}" > /dev/null; fi; echo "rollback $FLEETPUSH_COMPONENT" >> "{log}"',
+    ]
+    sections = {f"components.{n}": _command(log) for n in ("one", "two", "three")}
+    sections["components.two"]["rollback"] = blocking
+    sections["components.three"] = _command(log, install=failing)
+    s.fleet.provision("sys-rb", sections=sections)
+    s.broker.reload()
+    agent = AgentProcess(s.fleet.configs["sys-rb"], tmp_path / "agent.log")
+    agent.start()
+    try:
+
+        async def online() -> bool:
+            found = await s.api.call("GET", "/v1/devices", params={"online": "true"})
+            return any(d["device_id"] == "sys-rb" for d in found["devices"])
+
+        await wait_until(online, what="sys-rb online")
+        release = await _system(s, "3.0", [("one", "command", b"1"), ("two", "command", b"2"),
+                                           ("three", "command", b"3")])  # fmt: skip
+        r = await s.api.rollout(release["id"], target={"devices": ["sys-rb"]}, phases=[100])
+
+        def blocked() -> str | None:
+            lines = log.read_text().split("\n") if log.exists() else []
+            return next((x for x in lines if x.startswith("blocked ")), None)
+
+        await wait_for(lambda: blocked() is not None, within=90, what="rollback of two")
+        line = blocked()
+        assert line is not None
+        agent.kill()
+        os.killpg(int(line.split()[-1]), signal.SIGKILL)
+        agent.start()
+        target = await _target_done(s, r["id"], "sys-rb")
+    finally:
+        agent.terminate()
+    assert target["state"] == "rolled_back"
+    assert target["reason"].startswith("install_failed: component 'three'")
+    assert target["reason"].endswith("rollback resumed after a restart")
+    # three was rolled back before the kill and is not again; two and one after it
+    assert log.read_text().split("\n")[:-1] == [
+        "install one", "install two", "install three", "rollback three", line,
+        "rollback two", "rollback one"]  # fmt: skip
+    assert _states(target) == dict.fromkeys(("one", "two", "three"), "rolled_back")

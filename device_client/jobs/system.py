@@ -237,12 +237,19 @@ class SystemUpdates:
 
     async def rollback(self, job: Job, notice: UpdateNotice, code: str, why: str) -> None:
         """Roll back every component that may have changed, last installed first; each
-        one's end is persisted, so a restart mid-rollback goes on with the rest."""
+        one's end is persisted, so a restart mid-rollback goes on with the rest, and
+        reports the cause that started it."""
         r = self._runner
         changed = [i for i, p in enumerate(job.parts) if p.state in PartState.CHANGED]
         if not changed:
             r.finish(job, JobState.FAILED, code, why)
             return
+        if job.error_code:  # a rollback began before the agent restarted: its cause stands
+            code, why = job.error_code, f"{job.error_message}; rollback resumed after a restart"
+        else:
+            job = replace(job, error_code=str(code), error_message=why[:1024])
+            r.persisted.state.job = job
+            r.persisted.save()
         broken = []
         for i in reversed(changed):
             name = job.parts[i].name
