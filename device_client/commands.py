@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from device_client.output_tail import Captured, drain
 from fleetpush_protocol.output import StepOutput
 
-__all__ = ["CommandResult", "run_command", "substitute"]
+__all__ = ["CommandResult", "reap", "run_command", "substitute"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +78,37 @@ async def run_command(
         await asyncio.wait_for(run, timeout_s)
     except TimeoutError:
         _kill_group(proc)
-        with contextlib.suppress(Exception):
-            await proc.wait()
+        await reap(proc, captured)
         return CommandResult(None, True, f"no result within {timeout_s:g} s", captured)
     except asyncio.CancelledError:
         _kill_group(proc)
+        await reap(proc, captured)
         raise
     logger.debug("%s exited %s", argv[0], proc.returncode)
     return CommandResult(proc.returncode, False, captured.summary(MAX_TAIL), captured)
+
+
+async def reap(
+    proc: asyncio.subprocess.Process, captured: Captured | None = None, *, within_s: float = 2.0
+) -> None:
+    """Wait for a killed child and read its pipes to EOF (into ``captured``'s bounded tails,
+    so what it printed last is kept and a grandchild still writing costs no memory).
+
+    ``wait()`` alone is not enough: the pipes' transports close only at EOF, and a reader
+    paused on a full buffer never gets there, so the loop would end with them open (a
+    ResourceWarning, and an fd leaked per cancelled step on a long-running agent).
+    """
+    sink = captured if captured is not None else Captured.new()
+    if proc.stdin is not None:  # a hook's input, when it never read it all
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(
+            asyncio.gather(
+                drain(proc.stdout, sink.stdout), drain(proc.stderr, sink.stderr), proc.wait()
+            ),
+            within_s,
+        )
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

@@ -29,6 +29,7 @@ import logging
 import os
 from typing import Any
 
+from device_client.commands import reap
 from device_client.config import DeviceConfig
 from device_client.jobs.security import install_deadline
 from device_client.output_tail import RollingTail, drain
@@ -122,8 +123,7 @@ class NotifyHook:
             if proc.returncode is None:  # timed out, or the job was canceled meanwhile
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-                with contextlib.suppress(ProcessLookupError):
-                    await proc.wait()
+            await reap(proc)
         if proc.returncode:
             logger.warning("notify_command exited %d: %s", proc.returncode,
                            err.text().strip()[-500:])  # fmt: skip

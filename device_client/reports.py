@@ -16,6 +16,7 @@ from device_client.jobs.states import Job
 from device_client.output_tail import fit_report
 from device_client.persisted import Persisted
 from device_client.transport.outbox import Kind
+from fleetpush_protocol.components import ComponentState
 from fleetpush_protocol.envelope import encode_message
 from fleetpush_protocol.messages import ErrorInfo, Progress, Report, ReportState, StepOutput
 from fleetpush_protocol.output import fit_outputs
@@ -85,6 +86,7 @@ class Reporter:
         progress: Progress | None = None,
         detail: str = "",
         downloaded: int | None = None,
+        components: tuple[ComponentState, ...] = (),
         output: Sequence[StepOutput] = (),
     ) -> None:
         """Queue one report; it leaves with the next state write."""
@@ -109,6 +111,7 @@ class Reporter:
                 error=error,
                 detail=detail[:1024] if detail else msgspec.UNSET,
                 downloaded=msgspec.UNSET if downloaded is None else downloaded,
+                components=components or msgspec.UNSET,
                 output=fit_outputs(output, budget) if output and budget else msgspec.UNSET,
             )
             return encode_message(report)
@@ -140,5 +143,7 @@ class Reporter:
         """Queue a report about ``job`` on its reply topic."""
         self.report(
             job.notice_id, job.rollout_id, job.reply_topic, state,
-            error=error, progress=progress, detail=detail, downloaded=downloaded, output=output,
+            error=error, progress=progress, detail=detail, downloaded=downloaded,
+            components=tuple(ComponentState(name=p.name, state=p.state) for p in job.parts),
+            output=output,
         )  # fmt: skip

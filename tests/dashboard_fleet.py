@@ -94,21 +94,21 @@ class Fleet:
 
     async def add_device(
         self, device_id: str, *, healthy: bool = True, claims: tuple[str, ...] = ("lab",),
-        health: list[str] | None = None,
+        sections: dict[str, dict[str, Any]] | None = None,
     ) -> None:  # fmt: skip
         """Provision ``device_id`` in group ``lab`` and run its agent, whose configuration
-        lists ``claims`` as its groups (what its inventory will say); ``health`` is its
-        health command (default ``/bin/true``, or ``/bin/false`` when not ``healthy``)."""
+        lists ``claims`` as its groups (what its inventory will say); ``sections`` adds
+        configuration tables."""
         assert self.orch is not None
         password = self.broker.add_device(device_id, ("lab",))
         self.broker.set_model(device_id, "rpi4")  # as provisioning does: the registry's fact
         self.broker.reload()
         root = self.orch.keys.anchor().keyring.root_keys[0].hex()
-        command = health or ["/bin/true" if healthy else "/bin/false"]
+        health = {"command": ["/bin/true" if healthy else "/bin/false"], "timeout": "10s"}
         path = write_config(
             self.tmp / f"{device_id}.toml", broker=self.broker, topics=self.topics,
             device_id=device_id, password=password, root_hex=root, groups=claims,
-            sections={"health": {"command": command, "timeout": "10s"}},
+            sections={"health": health, **(sections or {})},
         )  # fmt: skip
         agent = build_agent(load_config(path))
         self.agents[device_id] = (agent, asyncio.create_task(agent.run()))

@@ -271,3 +271,30 @@ async def test_hostile_device_output_is_cleaned_bounded_or_dropped(setup: Setup)
     printed = await cli(s, "devices", "logs", "dev-x")
     assert "<script>alert(1)</script>[bold]x" in printed.output
     assert "\x1b" not in printed.output
+
+
+async def test_a_system_components_failing_step_is_reported_under_its_name(setup: Setup) -> None:
+    """A system update (item 2 of issue 18): the output is named ``component:step``."""
+    s = setup
+    sections = {
+        "components.app": {"handler": "directory"},
+        "components.cfg": {"handler": "command", "install": [
+            "/bin/sh", "-c", "echo 'writing /etc/app.conf'; echo 'bad key: port' >&2; exit 2"],
+            "rollback": ["/bin/true"]},
+    }  # fmt: skip
+    await start_devices(s, "dev-s", sections=sections)
+    components = []
+    for name, handler, data in (("app", "directory", PAYLOAD), ("cfg", "command", b"port=x\n")):
+        stored = await s.api.call("POST", "/v1/payloads", data=data,
+                                  params={"handler": handler}, expect=201)  # fmt: skip
+        components.append({"name": name, "handler": handler, "sha256": stored["sha256"]})
+    release = await s.api.call("POST", "/v1/systems", expect=201, json={
+        "name": "edge", "version": "2.0", "components": components})  # fmt: skip
+    await s.api.rollout(release["id"], target={"devices": ["dev-s"]})
+    entry = await first_log(s, "dev-s")
+    assert (entry["state"], entry["error_code"]) == ("rolled_back", "install_failed")
+    assert entry["release"] == "edge@2.0"
+    assert entry["output"] == [{
+        "step": "cfg:install", "printed": len(b"writing /etc/app.conf\nbad key: port\n"),
+        "stdout": "writing /etc/app.conf\n", "stderr": "bad key: port\n",
+    }]  # fmt: skip

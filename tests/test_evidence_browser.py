@@ -49,7 +49,9 @@ async def test_a_failing_health_checks_output_reaches_the_dashboard_as_text(
     browser: Any, fleet: Fleet, tmp_path: Path
 ) -> None:
     shots = Shots(tmp_path / "screenshots", "evidence")
-    await fleet.add_device("dev-00", health=HOSTILE_CHECK)
+    await fleet.add_device(
+        "dev-00", sections={"health": {"command": HOSTILE_CHECK, "timeout": "10s"}}
+    )
     await fleet.wait_registered(1)
     release = await fleet.upload_release("2.0.0")
     rollout = await fleet.api("operator", "POST", "/v1/rollouts", json={

@@ -9,6 +9,7 @@ import click
 
 from orchestrator.cli.common import api_command, emit, fmt_time, table
 from orchestrator.cli.evidence import echo_log
+from orchestrator.cli.systems import system_tables
 from orchestrator.client import ApiClient
 
 __all__ = ["audit", "devices"]
@@ -113,6 +114,7 @@ def devices_show(api: ApiClient, as_json: bool, device_id: str) -> None:
               [[r["counter"], r["rollout_id"], r["state"], r["current_version"],
                 r["error_code"] or "", fmt_time(r["received_at"])] for r in d["reports"]],
               title="reports")  # fmt: skip
+        system_tables(d)
         if d.get("last_output"):
             click.echo("last failure's output (all: fleetpush devices logs):")
             echo_log(d["last_output"])

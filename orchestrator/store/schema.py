@@ -180,7 +180,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE reports ADD COLUMN detail TEXT;
     ALTER TABLE reports ADD COLUMN downloaded INTEGER;
     """,
-    # 8: the evidence of a failure (issue 18): what the failing step printed, cleaned and
+    # 8: whole-system releases (issue 18): a system release's components in installation
+    # order (JSON: name, handler, sha256, size; NULL for a single payload), and each
+    # target's per-component states as its latest report gave them (JSON; NULL if none)
+    """
+    ALTER TABLE releases ADD COLUMN components TEXT;
+    ALTER TABLE rollout_targets ADD COLUMN components TEXT;
+    """,
+    # 9: the evidence of a failure (issue 18): what the failing step printed, cleaned and
     # bounded at ingestion (orchestrator/evidence.py), one row per failed or rolled_back
     # report that carried it; pruned with its report, and to retention.outputs_per_device
     """
