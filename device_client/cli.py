@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from device_client import __version__
+from device_client import __version__, hold_cli
 from device_client.agent import DeviceAgent
 from device_client.config import ConfigError, load_config
 from device_client.wiring import build_agent
@@ -39,6 +39,9 @@ async def _serve(agent: DeviceAgent) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for a bad configuration)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in hold_cli.COMMANDS:  # an application's hold, not an agent
+        return hold_cli.main(argv)
     args = _parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
