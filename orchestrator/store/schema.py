@@ -180,4 +180,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE reports ADD COLUMN detail TEXT;
     ALTER TABLE reports ADD COLUMN downloaded INTEGER;
     """,
+    # 8: an application's hold on a device (issue 18): on a ``deferred`` report, who held
+    # the update and why, and until when (Unix seconds); NULL otherwise
+    """
+    ALTER TABLE reports ADD COLUMN hold_reason TEXT;
+    ALTER TABLE reports ADD COLUMN hold_until INTEGER;
+    """,
 )

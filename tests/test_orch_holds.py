@@ -1,0 +1,47 @@
+"""A hold on a device reaches the operator (issue 18): a real orchestrator, broker and
+device agent whose gate hook holds the update; the hold's reason and end are stored with the
+``deferred`` report and shown by the API, ``fleetpush devices show`` and the dashboard's
+device page (its script renders the API's fields)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from orch_helpers import TOKENS, Setup, setup, start_devices, wait_until
+
+from orchestrator.cli.main import main
+
+__all__ = ["setup"]
+
+pytestmark = pytest.mark.integration
+
+DEVICES_JS = Path(__file__).resolve().parents[1] / "orchestrator/web/static/views/devices.js"
+
+
+async def test_a_devices_hold_shows_in_the_api_the_cli_and_the_dashboard(setup: Setup) -> None:
+    s = setup
+    gate = ["/bin/sh", "-c", "cat > /dev/null; echo 'hold 2h camera recording'"]
+    await start_devices(s, "hd-1", sections={"holds": {"gate_command": gate}})
+    release = await s.api.upload("app", "2.0")
+    await s.api.rollout(release["id"], target={"devices": ["hd-1"]})
+
+    async def held() -> dict[str, Any] | None:
+        d = await s.api.call("GET", "/v1/devices/hd-1")
+        latest = d["reports"][0] if d["reports"] else None
+        return latest if latest and latest["state"] == "deferred" else None
+
+    report = await wait_until(held, within=60, what="a deferred report")
+    assert report["hold_reason"] == "held by gate: camera recording"
+    assert report["hold_until"] >= report["reported_at"] + 7200 - 1
+    argv = ["devices", "show", "hd-1", "--server", s.api.base, "--token", TOKENS["viewer"]]
+    shown = await asyncio.to_thread(CliRunner(env={"COLUMNS": "250"}).invoke, main, argv)
+    assert shown.exit_code == 0, shown.output
+    assert "held on the device" in shown.output
+    assert "held by gate: camera recording" in shown.output
+    page = DEVICES_JS.read_text()
+    assert '"data-hold"' in page
+    assert "held.hold_reason" in page
