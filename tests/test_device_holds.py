@@ -188,7 +188,11 @@ async def test_an_urgent_release_is_not_held(rig: Rig, sock_dir: Path, tmp_path:
 
 async def test_only_the_owner_and_the_hold_group_may_connect(rig: Rig, sock_dir: Path) -> None:
     private = sock_dir / "private" / "hold.sock"
-    await rig.start_device("dev-001", sections=holds(private))
+    umask = os.umask(0)  # the modes must not come from the umask
+    try:
+        await rig.start_device("dev-001", sections=holds(private))
+    finally:
+        os.umask(umask)
     assert oct(private.parent.stat().st_mode & 0o777) == "0o700"
     assert oct(private.stat().st_mode & 0o777) == "0o660"
     code, out = await hold_cmd(private, "hold", "--for", "1h", user=NOBODY, group=NOBODY)
