@@ -152,6 +152,7 @@ class ReleaseRecord:
     created_at: float
     update_class: str = "feature"  # or "security" (issue 17)
     advisory: dict[str, Any] | None = None  # a security release's, as its notices carry it
+    holds: dict[str, int] | None = None  # caps on device holds (issue 18); 0: urgent
 
     @property
     def security(self) -> bool:
@@ -171,6 +172,7 @@ class ReleaseRecord:
             "created_at": self.created_at,
             "update_class": self.update_class,
             "advisory": self.advisory,
+            "holds": self.holds,
         }
 
 

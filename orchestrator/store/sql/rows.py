@@ -34,7 +34,7 @@ DEVICE_COLS = (
 )
 RELEASE_COLS = (
     "id, name, version, sha256, size, models, handler, handler_args, metadata, created_at, "
-    "update_class, advisory"
+    "update_class, advisory, holds"
 )
 ROLLOUT_COLS = (
     "id, release_id, target, spec, state, phase, phase_started_at, gate_met_at, reason, "
@@ -87,6 +87,7 @@ def release(row: Any) -> ReleaseRecord:
         created_at=row[9],
         update_class=row[10],
         advisory=json.loads(row[11]) if row[11] else None,
+        holds=json.loads(row[12]) if row[12] else None,
     )
 
 
