@@ -21,7 +21,10 @@ EXIT_CONFIG = 2
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fleetpush-device", description="fleetpush device agent: verified, pushed updates."
+        prog="fleetpush-device",
+        description="fleetpush device agent: verified, pushed updates.",
+        epilog="Applications hold updates with `fleetpush-device hold --for 2h --reason TEXT`, "
+        "`release-hold` and `hold-status` (each with --help; docs/device.md).",
     )
     p.add_argument("--config", "-c", required=True, type=Path, help="path to device.toml")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")

@@ -124,6 +124,7 @@ class Holds:
         self._file: Path = config.device.state_dir / "hold.json"
         self._saved: _Saved | None = None
         self.note = ""  # what ended a hold; said by the next report (``take_note``)
+        self._note_for = ""  # the notice id the note is about
 
     # --- the file ----------------------------------------------------------------------------
 
@@ -178,7 +179,9 @@ class Holds:
             return False
         self.saved.hold = None
         self._save()
-        self.note = f"hold by {hold.by} released by {by}"
+        pending = self._current()
+        if pending is not None and self._first(pending.notice_id) is not None:
+            self.note, self._note_for = f"hold by {hold.by} released by {by}", pending.notice_id
         logger.info("hold released by %s", by)
         self._wake()
         return True
@@ -186,10 +189,11 @@ class Holds:
     def status(self) -> Hold | None:
         return self.saved.hold
 
-    def take_note(self) -> str:
-        """What ended the last hold, once (the next report's ``detail``)."""
+    def take_note(self, notice_id: str) -> str:
+        """What ended the last hold of ``notice_id``'s update, once (its install report's
+        ``detail``); a note about another update is dropped."""
         note, self.note = self.note, ""
-        return note
+        return note if self._note_for == notice_id else ""
 
     # --- the check (the job runner) ----------------------------------------------------------
 
@@ -205,7 +209,7 @@ class Holds:
         hold = self.saved.hold
         if lim.urgent:
             if hold is not None and now < hold.set_at + hold.for_s:
-                self._end(f"urgent release: the hold by {hold.by} is not honoured")
+                self._end(notice, f"urgent release: the hold by {hold.by} is not honoured")
             return None
         first = self._first(notice.notice_id)
         deadline = install_deadline(self.config, notice)
@@ -214,9 +218,9 @@ class Holds:
             if now < until:
                 return self._block(notice, hold, until, now)
             if first is None:  # it ended before it held this update: nothing to say
-                self._end("")
+                self._end(notice, "")
             else:
-                self._end(_ENDED[why].format(by=hold.by, each=_span(lim.each),
+                self._end(notice, _ENDED[why].format(by=hold.by, each=_span(lim.each),
                                              total=_span(lim.total)))  # fmt: skip
         if not self.config.holds.gate_command:
             return None
@@ -227,7 +231,7 @@ class Holds:
         info = {**hook_input(self.config, notice), "holds": bounds}
         answer = await ask_gate(self.config.holds, info)
         if answer.note:
-            self.note = "; ".join(n for n in (self.note, answer.note) if n)
+            self._add_note(notice, answer.note)
         if answer.hold_s <= 0:
             return None
         hold = Hold(set_at=now, for_s=answer.hold_s, reason=answer.reason, by="gate")
@@ -235,7 +239,7 @@ class Holds:
         self._save()
         until, _ = hold_end(hold, lim, now if first is None else first, deadline)
         if now >= until:  # the total bound leaves nothing
-            self._end(_ENDED["max_total"].format(by="gate", total=_span(lim.total)))
+            self._end(notice, _ENDED["max_total"].format(by="gate", total=_span(lim.total)))
             return None
         return self._block(notice, hold, until, now)
 
@@ -248,7 +252,12 @@ class Holds:
         reason = f"held by {hold.by}: {hold.reason}" if hold.reason else f"held by {hold.by}"
         return Blocked(until, reason, hold=True)
 
-    def _end(self, note: str) -> None:
+    def _end(self, notice: UpdateNotice, note: str) -> None:
         self.saved.hold = None
         self._save()
+        self._add_note(notice, note)
+
+    def _add_note(self, notice: UpdateNotice, note: str) -> None:
+        if self._note_for != notice.notice_id:
+            self.note, self._note_for = "", notice.notice_id
         self.note = "; ".join(n for n in (self.note, note) if n)

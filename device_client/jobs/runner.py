@@ -102,7 +102,7 @@ class JobRunner:
         await self.wait_for_policy(job, notice)
         job = self.persisted.state.job or job
         if await self._downloaded_ok(job, notice):
-            await self.installer.install(job, notice, detail=self.holds.take_note())
+            await self.installer.install(job, notice, detail=self.holds.take_note(job.notice_id))
         else:
             self.transition(job, JobState.DOWNLOADING)
 
@@ -114,7 +114,7 @@ class JobRunner:
         if blocked is not None:
             self.transition(job, JobState.DEFERRED, detail=blocked.reason, hold=blocked)
         elif await self._downloaded_ok(job, notice):
-            await self.installer.install(job, notice, detail=self.holds.take_note())
+            await self.installer.install(job, notice, detail=self.holds.take_note(job.notice_id))
         else:
             self.transition(job, JobState.DOWNLOADING)
 
