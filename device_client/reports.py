@@ -16,6 +16,7 @@ from device_client.jobs.policy import Blocked
 from device_client.jobs.states import Job
 from device_client.persisted import Persisted
 from device_client.transport.outbox import Kind
+from fleetpush_protocol.components import ComponentState
 from fleetpush_protocol.envelope import encode_message
 from fleetpush_protocol.messages import ErrorInfo, Progress, Report, ReportState
 from fleetpush_protocol.topics import Topics
@@ -79,6 +80,7 @@ class Reporter:
         detail: str = "",
         downloaded: int | None = None,
         hold: Blocked | None = None,
+        components: tuple[ComponentState, ...] = (),
     ) -> None:
         """Queue one report; it leaves with the next state write (``hold``: an
         application's hold, its reason and end)."""
@@ -104,6 +106,7 @@ class Reporter:
                 downloaded=msgspec.UNSET if downloaded is None else downloaded,
                 hold_reason=msgspec.UNSET if hold is None else hold.reason[:512],
                 hold_until=msgspec.UNSET if hold is None else int(hold.until),
+                components=components or msgspec.UNSET,
             )
             return encode_message(report)
 
@@ -132,4 +135,5 @@ class Reporter:
         self.report(
             job.notice_id, job.rollout_id, job.reply_topic, state,
             error=error, progress=progress, detail=detail, downloaded=downloaded, hold=hold,
+            components=tuple(ComponentState(name=p.name, state=p.state) for p in job.parts),
         )  # fmt: skip

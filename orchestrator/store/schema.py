@@ -180,7 +180,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE reports ADD COLUMN detail TEXT;
     ALTER TABLE reports ADD COLUMN downloaded INTEGER;
     """,
-    # 8: an application's hold on a device (issue 18): on a ``deferred`` report, who held
+    # 8: whole-system releases (issue 18): a system release's components in installation
+    # order (JSON: name, handler, sha256, size; NULL for a single payload), and each
+    # target's per-component states as its latest report gave them (JSON; NULL if none)
+    """
+    ALTER TABLE releases ADD COLUMN components TEXT;
+    ALTER TABLE rollout_targets ADD COLUMN components TEXT;
+    """,
+    # 9: an application's hold on a device (issue 18): on a ``deferred`` report, who held
     # the update and why, and until when (Unix seconds); NULL otherwise. A release's caps on
     # holds (JSON {max_each_s, max_total_s}; 0: urgent), NULL: the devices' own bounds
     """
