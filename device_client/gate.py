@@ -105,6 +105,8 @@ async def ask_gate(config: HoldsConfig, info: dict[str, Any]) -> GateAnswer:
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 await proc.wait()
+    if code < 0:
+        return _broken(f"gate hook {name} was killed by signal {-code}")
     if code != 0:
         return _broken(f"gate hook {name} exited {code}")
     try:

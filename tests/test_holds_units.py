@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from agent_sim import AgentSim, running
 
-from device_client.config import ConfigError
-from device_client.gate import GateAnswer, parse_answer
+from device_client.config import ConfigError, HoldsConfig
+from device_client.gate import GateAnswer, ask_gate, parse_answer
 from device_client.holds import Hold, Limits, hold_end, limits
 from fleetpush_common.clock import ManualClock
 from fleetpush_protocol.messages import HoldLimits
@@ -111,3 +111,28 @@ async def test_a_hold_on_the_manual_clock_defers_then_ends_at_its_bound(tmp_path
             "held for the longest allowed (1h30m): proceeding despite the hold by uid 1000"
         )
         await sim.session.wait_report("succeeded", notice.notice_id)
+
+
+@pytest.mark.parametrize(
+    ("argv", "note"),
+    [
+        (["/bin/sh", "-c", "echo 'hold 1h'; exit 1"], "gate hook sh exited 1: proceeding"),
+        (["/bin/sh", "-c", "echo maybe"], "gate hook sh: answer 'maybe' is neither"),
+        (["/bin/sh", "-c", "kill -9 $$"], "gate hook sh was killed by signal 9"),
+        (["/bin/sh", "-c", "exec sleep 30"], "gate hook sh gave no answer within 0.5s"),
+        (["/nonexistent/gate"], "gate hook gate could not start"),
+    ],
+)
+async def test_a_broken_gate_means_proceed_and_says_why(argv: list[str], note: str) -> None:
+    config = HoldsConfig(gate_command=tuple(argv), gate_timeout_s=0.5)
+    answer = await ask_gate(config, {"notice_id": "n-1"})
+    assert answer.hold_s == 0.0
+    assert answer.note.startswith(note), answer.note
+
+
+async def test_a_working_gate_reads_the_update_on_stdin(tmp_path: Path) -> None:
+    seen = tmp_path / "seen.json"
+    config = HoldsConfig(gate_command=("/bin/sh", "-c", f'cat > "{seen}"; echo "hold 5m busy"'))
+    answer = await ask_gate(config, {"notice_id": "n-1", "holds": {"held_s": 0}})
+    assert answer == GateAnswer(300.0, "busy")
+    assert seen.read_text() == '{"notice_id": "n-1", "holds": {"held_s": 0}}'
