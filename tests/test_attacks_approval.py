@@ -23,16 +23,18 @@ from orch_helpers import (
     Setup,
     rollout_in,
     root_hex,
+    running,
     setup,
     start_devices,
     wait_until,
     write_orchestrator,
 )
+from replica_helpers import hold_row
 
 from fleetpush_protocol.topics import Topics
 from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker
-from orchestrator.config import load_config
+from orchestrator.config import DatabaseConfig, load_config
 
 __all__ = ["setup"]
 
@@ -334,3 +336,47 @@ async def test_a_scheduled_security_rollout_takes_no_device_before_it_starts(
     sec = await s.api.rollout(fix["id"], target={"devices": ["ss-1"]}, start_at=4e9)
     assert sec["state"] == "scheduled"
     assert await states(s, f["id"]) == {"ss-1": "deferred"}
+
+
+# What this replica tries, and what the other replica decided meanwhile.
+_LOST_DECISIONS = {
+    "approve": ({}, "UPDATE rollouts SET state = 'rejected', approval = 'rejected', "
+                    "decided_by = 'carol' WHERE id = %s"),
+    "reject": ({"reason": "no"}, "UPDATE rollouts SET state = 'running', "
+                                 "approval = 'approved', decided_by = 'carol' WHERE id = %s"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("action", sorted(_LOST_DECISIONS))
+async def test_a_decision_lost_to_another_replica_is_refused_and_audited(
+    tmp_path: Path, broker: MosquittoBroker, topics: Topics,
+    postgres_database: DatabaseConfig, action: str,
+) -> None:  # fmt: skip
+    """Attack: two replicas, one decision each at the same instant. This one reads the
+    rollout awaiting approval, the other decides it meanwhile (its transaction holds the
+    row until this one's compare-and-set waits behind it). The loser's 409 must leave a
+    ``*_refused`` audit entry like any refused decision, or who tried what is lost."""
+    async with running(tmp_path, broker, topics, database_url=postgres_database.url) as s:
+        s.fleet.provision("cas-1")
+        s.broker.reload()
+        admin = Api(s.session, s.api.base, TOKENS["admin"])
+        bob_body = {"name": "bob", "role": "operator"}
+        bob_token = (await admin.call("POST", "/v1/tokens", expect=201, json=bob_body))["token"]
+        bob = Api(s.session, s.api.base, bob_token)
+        rel = await s.api.upload("app", "2.0")
+        pending = await s.api.rollout(rel["id"], target={"devices": ["cas-1"]},
+                                      require_approval=True)  # fmt: skip
+        rid = pending["id"]
+        body, sql = _LOST_DECISIONS[action]
+        with hold_row(postgres_database.url, sql, (rid,)) as other:
+            decision = asyncio.create_task(
+                bob.call("POST", f"/v1/rollouts/{rid}/{action}", json=body, expect=409)
+            )
+            await other.until_waited_on()
+            other.commit()
+            refused = await decision
+        assert "changed meanwhile" in refused["error"]
+        entries = (await admin.call("GET", "/v1/audit", params={"limit": "50"}))["entries"]
+        mine = [e for e in entries if e["subject"] == f"rollout/{rid}" and e["actor"] == "bob"]
+        assert [e["action"] for e in mine] == [f"rollout.{action}_refused"], mine
+        assert "changed meanwhile" in mine[0]["detail"]["error"]

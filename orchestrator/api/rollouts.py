@@ -24,7 +24,14 @@ from orchestrator.rollouts import (
     selector,
 )
 from orchestrator.rules import AWAITING_APPROVAL, RolloutSpec
-from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord, Store, TargetPreview
+from orchestrator.store import (
+    ConflictError,
+    DeviceFilter,
+    ReleaseRecord,
+    RolloutRecord,
+    Store,
+    TargetPreview,
+)
 from orchestrator.supersede import security_conflicts, security_held, take_over
 
 __all__ = ["routes"]
@@ -238,6 +245,10 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
         # A refused decision is an event about a pending rollout too: who tried what.
         await audit(request, f"rollout.{action}_refused", f"rollout/{r.id}", error=e.reason)
         raise
+    except ConflictError as e:
+        # Another replica decided between the check and the compare-and-set: refused too.
+        await audit(request, f"rollout.{action}_refused", f"rollout/{r.id}", error=str(e))
+        raise ApiError(409, str(e)) from None
     await audit(request, f"rollout.{action}", f"rollout/{r.id}", reason=reason,
                 created_by=r.created_by, state=r.state)  # fmt: skip
     await superseded(request, r, taken)
