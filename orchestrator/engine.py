@@ -373,20 +373,11 @@ class RolloutEngine(NoticeSending):
         async with self._lock:
             return await self._update(r, self.clock.now(), state="paused", reason=reason)
 
-    async def _rebase(self, r: RolloutRecord, now: float) -> RolloutRecord:
-        """Running again (or scheduled again, while its start time is ahead: a pause and
-        resume, or a retry, never starts a rollout before the time it was approved for);
-        failures so far no longer count against the threshold."""
-        total = _totals(await self.db.run(lambda s: s.phase_counts(r.id)))
-        return await self._update(
-            r, now, state=r.spec.start_state(now), reason="", gate_met_at=None,
-            failure_base=total.failed, attempt_base=total.failed + total.succeeded,
-        )  # fmt: skip
-
     async def resume(self, r: RolloutRecord) -> RolloutRecord:
         """Resume; failures so far no longer count against the threshold."""
         async with self._lock:
-            r = await self._rebase(r, self.clock.now())
+            now = self.clock.now()
+            r = await self.db.run(lambda s: s.atomic(lambda s: rebase(s, r, now)))
         self.wake()
         return r
 
@@ -394,11 +385,29 @@ class RolloutEngine(NoticeSending):
         """Failed, rolled back, rejected and timed-out devices get a new notice."""
         async with self._lock:
             now = self.clock.now()
-            n = await self.db.run(lambda s: s.retry_failed(r.id, now))
-            await self._rebase(r, now)
+
+            # One transaction: a crash or a replica moving the rollout between the two
+            # would leave the retried devices pending under the old bases.
+            def retry(s: Store) -> int:
+                n = s.retry_failed(r.id, now)
+                rebase(s, r, now)
+                return n
+
+            n = await self.db.run(lambda s: s.atomic(retry))
         self.wake()
         return n
 
     async def cancel_by_operator(self, r: RolloutRecord, reason: str) -> int:
         async with self._lock:
             return await self.cancel(r, self.clock.now(), state="canceled", reason=reason)
+
+
+def rebase(s: Store, r: RolloutRecord, now: float) -> RolloutRecord:
+    """Running again (or scheduled again, while its start time is ahead: a pause and
+    resume, or a retry, never starts a rollout before the time it was approved for);
+    failures so far no longer count against the threshold. Compare-and-set on ``r``."""
+    total = _totals(s.phase_counts(r.id))
+    return s.update_rollout(
+        r.id, now, expect=(r.state, r.phase), state=r.spec.start_state(now), reason="",
+        gate_met_at=None, failure_base=total.failed, attempt_base=total.failed + total.succeeded,
+    )  # fmt: skip
