@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.rules import AWAITING_APPROVAL
 from orchestrator.security.auth import Principal, role_allows
 from orchestrator.store import RolloutRecord
-from orchestrator.supersede import take_over
 
 if TYPE_CHECKING:
     from orchestrator.engine import RolloutEngine
@@ -83,32 +82,29 @@ async def decide(
     """Approve (it starts, or waits for its start time) or reject (it ends, its devices
     free) a rollout awaiting approval. ``check`` sees the rollout as stored, under the
     engine's lock, and raises to refuse: of two deciders at once, the second finds it
-    decided. An approved security rollout takes its devices from feature rollouts
-    (``supersede.take_over``): returned, feature rollout id -> devices."""
+    decided. An approved security rollout takes its devices from feature rollouts in the
+    transaction that approves it (``supersede.start``): returned, feature rollout id ->
+    devices."""
     async with engine.lock:
         now = engine.clock.now()
         r = await engine.db.run(lambda s: s.get_rollout(rollout_id))
         check(r)
+        taken: dict[int, list[str]] = {}
         if approve:
             state = state_after_approval(r, now)
             fields: dict[str, Any] = {
-                "state": state, "approval": "approved",
+                "state": state, "approval": "approved", "decided_by": actor, "decided_at": now,
                 "phase_started_at": now if state == "running" else None,
             }  # fmt: skip
             # Compare-and-set: of two replicas approving at once, the second gets a 409.
-            expect: tuple[str, int | None] | None = (r.state, r.phase)
+            # One approved for a later start takes its devices when it starts (the engine).
+            r, taken = await engine.start_rollout(r, now, fields, actor=actor)
         else:
             await engine.cancel(r, now, state="rejected", reason=reason)
-            fields, expect = {"approval": "rejected"}, None
-        r = await engine.db.run(
-            lambda s: s.update_rollout(
-                rollout_id, now, expect=expect, decided_by=actor, decided_at=now, **fields
+            r = await engine.db.run(
+                lambda s: s.update_rollout(
+                    rollout_id, now, approval="rejected", decided_by=actor, decided_at=now
+                )
             )
-        )
-        taken: dict[int, list[str]] = {}
-        # One approved for a later start takes its devices when it starts (the engine).
-        security = (await engine.db.run(lambda s: s.get_release(r.release_id))).security
-        if approve and security and r.state == "running":
-            taken = await take_over(engine, r, now)
     engine.wake()
     return r, taken

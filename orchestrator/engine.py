@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from fleetpush_common.clock import Clock
 from fleetpush_common.windows import in_windows
@@ -50,7 +49,6 @@ from orchestrator.store import (
     RolloutRecord,
     Store,
 )
-from orchestrator.supersede import take_over
 
 __all__ = ["Publisher", "RolloutEngine"]
 
@@ -207,16 +205,6 @@ class RolloutEngine(NoticeSending):
         expect = (r.state, r.phase)
         return await self.db.run(lambda s: s.update_rollout(r.id, now, expect=expect, **fields))
 
-    async def _supersede(self, r: RolloutRecord, now: float) -> None:
-        for rollout_id, devices in (await take_over(self, r, now)).items():
-            detail = {"by": r.id, "devices": len(devices), "device_ids": devices[:100]}
-
-            def audit(s: Store, rid: int = rollout_id, d: dict[str, Any] = detail) -> None:
-                s.add_audit(at=now, actor="engine", action="rollout.supersede",
-                            subject=f"rollout/{rid}", detail=d)  # fmt: skip
-
-            await self.db.run(audit)
-
     async def _audit(self, r: RolloutRecord, now: float, action: str, reason: str) -> None:
         await self.db.run(
             lambda s: s.add_audit(
@@ -232,13 +220,11 @@ class RolloutEngine(NoticeSending):
         if r.state == "scheduled":
             if spec.start_at is not None and now < spec.start_at:
                 return
-            r = await self._update(r, now, state="running", phase_started_at=now)
+            # A security rollout takes its devices from feature rollouts when it starts,
+            # not when it is created or approved for a later time: in this transaction.
+            fields = {"state": "running", "phase_started_at": now}
+            r, _ = await self.start_rollout(r, now, fields, actor="engine")
             await self._audit(r, now, "rollout.start", "scheduled start reached")
-            if (await self.db.run(lambda s: s.get_release(r.release_id))).security:
-                # A security rollout takes its devices from feature rollouts when it starts,
-                # not when it is created or approved for a later time; this pass holds the
-                # lock, so the cancels go out before its first notice.
-                await self._supersede(r, now)
         timed_out = await self.db.run(
             lambda s: s.time_out_targets(r.id, now - spec.device_timeout_s, now)
         )

@@ -134,6 +134,7 @@ class Store(Protocol):
         now: float,
         actor: str,
         approval: bool = False,
+        hold: bool = False,
     ) -> RolloutRecord: ...
     def create_rollout_for(
         self,
@@ -146,6 +147,7 @@ class Store(Protocol):
         now: float,
         actor: str,
         approval: bool = False,
+        hold: bool = False,
     ) -> RolloutRecord: ...
     def preview_targets(self, sel: TargetSelector) -> TargetPreview: ...
     def missing_devices(self, device_ids: Sequence[str]) -> list[str]: ...
