@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from fleetpush_common.clock import Clock
 from fleetpush_common.windows import in_windows
+from orchestrator.approval import follow
 from orchestrator.engine_notices import (
     MAX_NOTICES_PER_PASS,
     REFRESH_EVERY_S,
@@ -170,7 +171,10 @@ class RolloutEngine(NoticeSending):
                     if self.refresh_registry is not None:
                         await self.refresh_registry()
                     for r in sorted(following, key=lambda r: r.id, reverse=True):
-                        await self._follow(r, now)
+                        try:
+                            await self._follow(r, now)
+                        except (ConflictError, LeaseLostError) as e:
+                            logger.info("rollout %d: follow given up (%s)", r.id, e)
             for r in rollouts:
                 try:
                     await self._step(r, now)
@@ -298,16 +302,23 @@ class RolloutEngine(NoticeSending):
         already running the release, or targeted by an active rollout (one followed just
         before included), are left out. The database resolves the target: the fleet is
         never read into memory."""
+        if r.approval == "approved" and r.state != "running":
+            return  # joining would ask for a new approval: once it runs again
         release = await self.db.run(lambda s: s.get_release(r.release_id))
         sel = selector(TargetSpec.from_json(r.target), release)
         last_phase = len(r.spec.phases) - 1
         added = await self.db.run(
-            lambda s: s.follow_targets(r.id, sel, release.version, last_phase, now)
+            lambda s: s.atomic(
+                lambda s: follow(s, r, sel, release.version, phase=last_phase, now=now)
+            )
         )
         if not added:
             return
         logger.info("rollout %d: %d device(s) joined its target", r.id, added)
-        await self._audit(r, now, "rollout.follow", f"{added} device(s) joined the target")
+        reason = f"{added} device(s) joined the target"
+        if r.approval == "approved":
+            reason += "; it waits for a new approval"
+        await self._audit(r, now, "rollout.follow", reason)
 
     async def _notify(self, r: RolloutRecord, now: float, succeeded: int) -> None:
         candidates = await self.db.run(
