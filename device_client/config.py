@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta, field
 
+from device_client import casefold
 from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_common.broker_settings import BrokerSettings
 from fleetpush_common.config import DURATION, SIZE, TIME, ConfigError, Name, decode
@@ -295,11 +296,15 @@ def _component(c: DeviceConfig, name: str, part: InstallConfig) -> InstallConfig
     return msgspec.structs.replace(part, slots_dir=slots, unpack=c.unpack)
 
 
-def load_config(path: Path) -> DeviceConfig:
-    """Read and validate a device configuration file.
+def load_config(
+    path: Path, *, read_flags: Callable[[Path], int] = casefold.read_flags
+) -> DeviceConfig:
+    """Read and validate a device configuration file. ``read_flags`` reads a folder's
+    inode flags (``casefold.read_flags``; tests inject theirs).
 
     Raises:
-        ConfigError: the file cannot be read, is not TOML, or a field is invalid.
+        ConfigError: the file cannot be read, is not TOML, or a field is invalid; or the
+            slot folder is case-folding (``casefold.check_slots_dir``).
     """
     path = Path(path)
     try:
@@ -312,6 +317,11 @@ def load_config(path: Path) -> DeviceConfig:
         raise ConfigError("not UTF-8 text", source=path.name) from None
     config = parse_config(raw, source=path.name, base=path.resolve().parent)
     _check_secrets(path, raw, config)
+    slots = config.install.slots_dir
+    if config.install.handler == "directory" and slots is not None:
+        problem = casefold.check_slots_dir(slots, read_flags)
+        if problem is not None:
+            raise ConfigError(problem, source=path.name, table="install", key="slots_dir")
     return config
 
 
