@@ -80,3 +80,15 @@ async def test_a_releases_hold_caps_reach_the_device(setup: Setup) -> None:
 
     report = await wait_until(held, within=60, what="a deferred report")
     assert report["reported_at"] + 590 <= report["hold_until"] <= report["reported_at"] + 600
+
+
+def test_the_cli_checks_hold_caps_before_uploading(tmp_path: Path) -> None:
+    payload = tmp_path / "app.tar"
+    payload.write_bytes(PAYLOAD)
+    base = ["release", "upload", str(payload), "--name", "app", "--version", "2.0",
+            "--server", "http://127.0.0.1:9", "--token", "unused"]  # fmt: skip
+    for bad, why in ((["--urgent", "--max-hold", "1h"], "urgent: allows no hold"),
+                     (["--max-hold-total", "400d"], "max_hold_total: 0s..365d")):  # fmt: skip
+        result = CliRunner().invoke(main, [*base, *bad])
+        assert result.exit_code == 2, result.output
+        assert why in result.output
