@@ -29,8 +29,8 @@ SHARE = "$share/"
 SHORT_SESSION_S = 86400
 
 _V311_CONNACK = {
-    1: "Unacceptable protocol version", 2: "Identifier rejected", 3: "Server unavailable",
-    4: "Bad user name or password", 5: "Not authorized",
+    0: "Success", 1: "Unacceptable protocol version", 2: "Identifier rejected",
+    3: "Server unavailable", 4: "Bad user name or password", 5: "Not authorized",
 }  # fmt: skip
 # CONNACK reasons that retrying cannot fix: start() fails at once instead of waiting.
 _PERMANENT = {
