@@ -33,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device_client.config import BrokerConfig
 from device_client.transport.base import MessageHandler, Publication
+from device_client.transport.endpoints import Endpoints
 from device_client.transport.outbox import Outbox
 from fleetpush_common.backoff import Backoff
 from fleetpush_common.broker_settings import client_tls_context
@@ -77,7 +78,7 @@ class MqttSession:
         outbox: Outbox,
         ack_timeout_s: float = 30.0,
     ) -> None:
-        self._broker = broker
+        self._endpoints = Endpoints(broker, client_id)
         self._client_id = client_id
         self._subscriptions = subscriptions
         self._will = will
@@ -93,6 +94,16 @@ class MqttSession:
         self._refused_subs: list[str] = []  # logged once, until the answer changes
         self.connections = 0  # successful connects so far, for tests and metrics
         self.backoff = Backoff(base_s=0.5, cap_s=60.0, floor=0.25)
+
+    @property
+    def broker_url(self) -> str:
+        """The broker this session connects to now (or tries next)."""
+        return self._endpoints.current.url
+
+    @property
+    def _broker(self) -> BrokerConfig:
+        """The broker in use, one of ``[broker] urls`` (``device_client.transport.endpoints``)."""
+        return self._endpoints.current
 
     def _make_client(self) -> aiomqtt.Client:
         b = self._broker
@@ -142,6 +153,7 @@ class MqttSession:
         """Connect and serve forever; returns only when cancelled."""
         refused = ""  # the last refusal logged as an error: repeats stay at info level
         while True:
+            before = self.connections
             try:
                 await self._connect_once()
             except aiomqtt.MqttError as e:
@@ -157,6 +169,8 @@ class MqttSession:
             finally:
                 self.connected.clear()
                 self._client = None
+            if self.connections == before:  # never got in: the next broker in the list
+                self._endpoints.failed()
             await asyncio.sleep(self.backoff.next_delay())
 
     async def _connect_once(self) -> None:
