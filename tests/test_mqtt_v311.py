@@ -1,7 +1,8 @@
 """MQTT 3.1.1 in the orchestrator's codec and link (pure: bytes in, bytes out, no broker).
 
 The broker-facing half (a rollout, offline catch-up and the ACL checks in 3.1.1) runs in
-tests/test_orch_rollouts.py, tests/test_broker_acl.py and tests/test_mqtt_v311_broker.py.
+tests/test_orch_rollouts.py, tests/test_broker_acl.py, tests/test_broker_fallbacks.py and
+tests/test_device_broker_urls.py.
 """
 
 from __future__ import annotations
