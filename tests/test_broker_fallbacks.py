@@ -9,17 +9,22 @@
 * A retained notice left behind by an identity that has since lost its write right (no
   ``check_retain_source``: the broker still hands it out) is refused by the device: it
   is not signed by a key the device trusts. Then a genuine notice goes through.
+* Reports no one confirms (a 3.1.1 broker cannot say it dropped them) are sent again ever
+  less often, and the device says so once.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
-from test_device_agent import RELEASE, Rig, rig, start_device, untrusted_rig
+from device_helpers import Signer, publish, wait_for
+from test_device_agent import RELEASE, Rig, StartDevice, rig, start_device, untrusted_rig
 
+from device_client.transport.session import MqttSession
 from fleetpush_protocol.keys import KeyPair
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.broker import Probe
@@ -114,3 +119,28 @@ async def test_a_retained_notice_whose_writer_lost_its_right_is_refused_by_the_d
     genuine = await rig.send(RELEASE, [url])
     await rig.reports.wait_state("succeeded", genuine.notice_id)
     assert device.current() == f"slot-{genuine.notice_id}"
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_reports_never_confirmed_are_resent_ever_slower_and_said_once(
+    start_device: StartDevice, broker: MosquittoBroker, topics: Topics, signer: Signer,
+    caplog: pytest.LogCaptureFixture, *, protocol: str,
+) -> None:  # fmt: skip
+    """No one confirms the device's reports (a 3.1.1 broker dropping them looks the same):
+    it goes on resending them with a growing delay, and says so once, as a warning."""
+    await publish(broker, topics.keyring(1), signer.keyring(1))
+    device = await start_device(sections={"broker": {"ack_timeout": "100ms", "protocol": protocol}})
+    # For another device: refused before any download, and reported.
+    _, data = signer.notice("dev-001", RELEASE, ["http://127.0.0.1:9/app.tar"], topics=topics,
+                            targets=("dev-999",))  # fmt: skip
+    session = device.agent.session
+    assert isinstance(session, MqttSession)
+    with caplog.at_level(logging.INFO, logger="device_client.transport.session"):
+        await publish(broker, topics.device_notice("dev-001"), data)  # rejected: a report
+        await wait_for(lambda: session.resends >= 5, 30, "five resends")
+    ours = [r for r in caplog.records if r.name == "device_client.transport.session"]
+    warnings = [r for r in ours if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "never confirmed" in warnings[0].getMessage()
+    # Not a hot loop: each resend doubles the next wait (0.1 s, 0.2 s, ... up to 10 min).
+    assert session.resend_backoff.attempt >= 5

@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 _REFUSED = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
 
 ACK_TIMEOUT_CAP_S = 600.0  # seconds: the longest wait before resending unconfirmed reports
+UNCONFIRMED_WARN = 3  # resends of one report without a confirmation before a warning
 
 
 class MqttSession:
@@ -89,6 +90,7 @@ class MqttSession:
             base_s=ack_timeout_s, cap_s=max(ack_timeout_s, ACK_TIMEOUT_CAP_S), floor=0.5
         )
         self.resends = 0  # times unconfirmed reports were sent again after a timeout
+        self._unconfirmed = 0  # resends since the last confirmation
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self._refused_subs: list[str] = []  # logged once, until the answer changes
@@ -278,9 +280,21 @@ class MqttSession:
             if self._outbox.confirmations != seen or oldest is None or oldest != waiting:
                 seen, waiting = self._outbox.confirmations, oldest
                 self.resend_backoff.reset()
+                self._unconfirmed = 0
                 continue
             self.resends += 1
+            self._unconfirmed += 1
             logger.info("%s: reports not confirmed in time; sending them again", self._client_id)
+            if self._unconfirmed == UNCONFIRMED_WARN:
+                # An MQTT 3.1.1 broker acknowledges a publish its ACL drops: without this the
+                # device would only look slow. Said once per stretch, at a growing interval.
+                logger.warning(
+                    "%s: report %d sent %d times and never confirmed: the orchestrator is "
+                    "down or behind, or the broker drops this device's reports (MQTT 3.1.1 "
+                    "cannot say it refused a publish: check the broker's ACL for this "
+                    "username); still resending, ever less often",
+                    self._client_id, oldest, self._unconfirmed + 1,
+                )  # fmt: skip
             self._outbox.rewind()
 
     async def _send_outbox(self, client: aiomqtt.Client, unacked: asyncio.Event) -> None:
