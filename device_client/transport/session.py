@@ -114,8 +114,11 @@ class MqttSession:
         if b.protocol == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = b.session_expiry_s
-            version = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False,
-                  "properties": props}  # fmt: skip
+            version = {
+                "protocol": aiomqtt.ProtocolVersion.V5,
+                "clean_start": False,
+                "properties": props,
+            }
         return aiomqtt.Client(
             b.host,
             b.port,
