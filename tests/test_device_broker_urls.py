@@ -76,6 +76,10 @@ def test_a_failed_connect_moves_on_in_order_and_wraps_around() -> None:
     }
 
 
+CERT_ONLY = {"username": None, "urls": ["mqtts://a", "mqtt://b"], "cert_file": "/c.pem",
+             "key_file": "/c.key"}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
@@ -85,6 +89,7 @@ def test_a_failed_connect_moves_on_in_order_and_wraps_around() -> None:
         ({"urls": ["mqtt://a", "http://b"]}, "urls[1]: 'http://b' must look like"),
         ({"urls": ["mqtt://a", "mqtt://b:99999"]}, "urls[1]: 'mqtt://b:99999' has an invalid"),
         ({"urls": ["mqtt://a"], "ca_file": "/ca.pem"}, "urls: TLS files are set but no URL"),
+        (CERT_ONLY, "urls: a login by client certificate needs mqtts:// URLs only"),
     ],
 )
 def test_bad_url_lists_are_refused(table: dict[str, object], message: str) -> None:
