@@ -68,12 +68,20 @@ class DeviceSection(_Section, frozen=True, kw_only=True):
 
 
 class BrokerConfig(BrokerSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """``[broker]``: the shared broker settings, and how long the session lives."""
+    """``[broker]``: the shared broker settings, and how long the session lives.
+
+    ``urls = ["mqtt://a:1883", "mqtts://b:8883"]`` lists brokers (or the nodes of one
+    cluster) in place of ``url``; the device starts at one picked from its id, so a fleet
+    spreads over them, and moves to the next when one fails (docs/device.md, "Several
+    brokers"). The TLS files apply to the ``mqtts://`` ones.
+    """
 
     renamed: ClassVar[dict[str, str]] = {
         "keepalive_s": "keepalive", "session_expiry_s": "session_expiry",
         "ack_timeout_s": "ack_timeout"}  # fmt: skip
 
+    url: str = ""
+    urls: Annotated[tuple[str, ...], Meta(max_length=32)] = ()
     session_expiry_s: Annotated[int, DURATION, Meta(ge=0, le=2**32 - 1)] = field(
         default=604800, name="session_expiry"
     )  # seconds the broker keeps the session (and queued notices) while offline
@@ -81,10 +89,35 @@ class BrokerConfig(BrokerSettings, frozen=True, forbid_unknown_fields=True, kw_o
         default=30.0, name="ack_timeout"
     )  # seconds without a confirmation before reports are resent
 
+    @property
+    def all_urls(self) -> tuple[str, ...]:
+        return self.urls or (self.url,)
+
+    @property
+    def urls_key(self) -> str:
+        return "urls" if self.urls else "url"
+
     def __post_init__(self) -> None:
+        if self.url and self.urls:
+            raise ValueError("urls: give url or urls (a list of broker URLs), not both")
+        if not self.url and not self.urls:
+            raise ValueError("url: missing (or urls, a list of broker URLs)")
+        if len(set(self.urls)) != len(self.urls):
+            raise ValueError("urls: duplicate URLs")
         super().__post_init__()
         if self.username is None and self.cert_file is None:
             raise ValueError("username: missing (needed unless a TLS client certificate is used)")
+        if self.username is None and any(not u.startswith("mqtts:") for u in self.all_urls):
+            raise ValueError("urls: a login by client certificate needs mqtts:// URLs only")
+
+    def endpoint(self, url: str) -> BrokerConfig:
+        """These settings for one of the URLs (``url`` set, no list; TLS files only where
+        the URL is ``mqtts://``)."""
+        tls = url.startswith("mqtts:")
+        return msgspec.structs.replace(
+            self, url=url, urls=(), ca_file=self.ca_file if tls else None,
+            cert_file=self.cert_file if tls else None, key_file=self.key_file if tls else None,
+        )  # fmt: skip
 
 
 class TrustConfig(_Section, frozen=True, kw_only=True):

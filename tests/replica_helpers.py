@@ -57,11 +57,12 @@ class Replicas:
 
 def write_replicas(
     root: Path, broker: MosquittoBroker, topics: Topics, *, n: int, database_url: str,
-    lease: str = "3s", public_url: str,
+    lease: str = "3s", public_url: str, protocol: str = "5",
 ) -> Replicas:  # fmt: skip
     """Keys, tokens and a migrated database (``write_orchestrator``), then ``n`` replica
-    configurations ``root/r<i>.toml``, each with its own broker identity."""
-    write_orchestrator(root, broker, topics, database_url=database_url)
+    configurations ``root/r<i>.toml``, each with its own broker identity, speaking MQTT
+    ``protocol``."""
+    write_orchestrator(root, broker, topics, database_url=database_url, protocol=protocol)
     return Replicas(ReplicaSet(root, broker, n, lease=lease, public_url=public_url), database_url)
 
 
