@@ -25,6 +25,7 @@ from device_client.wiring import build_agent
 from fleetpush_common.clock import Clock
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.api import AsyncApi
+from fleetpush_sim.brokers.base import BrokerEndpoint
 from fleetpush_sim.stack import write_orchestrator_files
 from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker
@@ -37,7 +38,7 @@ PAYLOAD = make_tar({"app/VERSION": b"2.0\n", "app/run.sh": b"#!/bin/sh\necho hi\
 
 def write_orchestrator(
     root: Path,
-    broker: MosquittoBroker,
+    broker: BrokerEndpoint,
     topics: Topics,
     *,
     tick: str = "200ms",
@@ -71,7 +72,7 @@ class Api(AsyncApi):
 class Fleet:
     """Real device agents against the test broker, started and stopped at will."""
 
-    def __init__(self, root: Path, broker: MosquittoBroker, topics: Topics, root_key: str):
+    def __init__(self, root: Path, broker: BrokerEndpoint, topics: Topics, root_key: str):
         self.root = root
         self.broker = broker
         self.topics = topics
