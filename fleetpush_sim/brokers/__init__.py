@@ -15,6 +15,7 @@ from orchestrator.broker import MosquittoBroker
 
 from .base import BrokerEndpoint, BrokerNotFoundError, ExternalBroker
 from .ejabberd import EjabberdBroker
+from .nats import NatsBroker
 
 __all__ = [
     "BROKERS",
@@ -23,12 +24,13 @@ __all__ = [
     "EjabberdBroker",
     "ExternalBroker",
     "MatrixBroker",
+    "NatsBroker",
     "make_broker",
 ]
 
 MatrixBroker = MosquittoBroker | ExternalBroker
 
-_CLASSES: dict[str, type[ExternalBroker]] = {"ejabberd": EjabberdBroker}
+_CLASSES: dict[str, type[ExternalBroker]] = {"ejabberd": EjabberdBroker, "nats": NatsBroker}
 BROKERS = ("mosquitto", *_CLASSES)
 
 
