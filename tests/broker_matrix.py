@@ -68,14 +68,16 @@ def device_sections(broker: MatrixBroker) -> dict[str, dict[str, Any]]:
     return {"broker": {"protocol": protocol(broker)}} if protocol(broker) != "5" else {}
 
 
-def mqtt_client(broker: MatrixBroker, username: str, password: str) -> aiomqtt.Client:
+def mqtt_client(
+    broker: MatrixBroker, username: str, password: str, *, timeout: float = 20
+) -> aiomqtt.Client:
     """A raw client speaking the broker's MQTT version, client id = username."""
     v5 = protocol(broker) == "5"
     version = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
     return aiomqtt.Client(
         broker.host, broker.port, username=username, password=password, identifier=username,
         protocol=version, clean_session=None if v5 else True,
-        timeout=20,
+        timeout=timeout,
     )  # fmt: skip
 
 

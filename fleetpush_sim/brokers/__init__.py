@@ -16,6 +16,7 @@ from orchestrator.broker import MosquittoBroker
 from .base import BrokerEndpoint, BrokerNotFoundError, ExternalBroker
 from .ejabberd import EjabberdBroker
 from .nats import NatsBroker
+from .rabbitmq import RabbitmqBroker
 
 __all__ = [
     "BROKERS",
@@ -25,12 +26,17 @@ __all__ = [
     "ExternalBroker",
     "MatrixBroker",
     "NatsBroker",
+    "RabbitmqBroker",
     "make_broker",
 ]
 
 MatrixBroker = MosquittoBroker | ExternalBroker
 
-_CLASSES: dict[str, type[ExternalBroker]] = {"ejabberd": EjabberdBroker, "nats": NatsBroker}
+_CLASSES: dict[str, type[ExternalBroker]] = {
+    "ejabberd": EjabberdBroker,
+    "nats": NatsBroker,
+    "rabbitmq": RabbitmqBroker,
+}
 BROKERS = ("mosquitto", *_CLASSES)
 
 

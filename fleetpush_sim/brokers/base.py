@@ -203,16 +203,22 @@ class ExternalBroker:
                 argv, stdout=out, stderr=out, env={**os.environ, **env}, cwd=self.workdir,
                 start_new_session=True,
             )  # fmt: skip
+        try:
+            self._wait_started(self._proc, timeout)
+        except BaseException:
+            self.stop()  # never leave a half-started broker behind
+            raise
+
+    def _wait_started(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            if proc.poll() is not None:
                 raise RuntimeError(f"{self.NAME} exited at start; see {self.log_path}")
             if all(listening(self.host, p) for p in self.ports()) and self.ready():
                 self.after_start()
                 logger.debug("%s listening on %s", self.NAME, list(self.ports()))
                 return
             time.sleep(0.1)
-        self.stop()
         raise RuntimeError(f"{self.NAME} did not start in {timeout}s; see {self.log_path}")
 
     def _signal(self, sig: int) -> None:
