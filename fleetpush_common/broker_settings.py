@@ -4,14 +4,15 @@
 ``url`` is ``mqtt://host:1883`` or ``mqtts://host:8883`` (TLS; ``ca_file`` is the CA of
 the broker's certificate, default the system's; ``cert_file`` and ``key_file`` a client
 certificate). The password comes from ``password`` or, better, a private
-``password_file``.
+``password_file``. ``protocol`` is the MQTT version spoken, ``"5"`` (default) or
+``"3.1.1"`` for brokers and modules without MQTT 5 (docs/broker.md, "MQTT 3.1.1").
 """
 
 from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, ClassVar, Literal, Self
 from urllib.parse import SplitResult, urlsplit
 
 import msgspec
@@ -49,6 +50,7 @@ class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
         default=60, name="keepalive"
     )  # seconds between two pings
     topic_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = "fleetpush"
+    protocol: Literal["5", "3.1.1"] = "5"  # the MQTT version spoken to the broker
 
     def __repr__(self) -> str:  # never the password
         return f"{type(self).__name__}(url={self.url!r}, username={self.username!r})"
@@ -90,6 +92,11 @@ class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     @property
     def port(self) -> int:
         return self._parts().port or (8883 if self.tls else 1883)
+
+    @property
+    def protocol_level(self) -> int:
+        """The CONNECT packet's protocol level: 5, or 4 for MQTT 3.1.1."""
+        return 5 if self.protocol == "5" else 4
 
     @property
     def topics(self) -> Topics:

@@ -55,17 +55,10 @@ def protocol(broker: MatrixBroker) -> str:
 
 
 def serve_config_lines(broker: MatrixBroker) -> dict[str, str]:
-    """``[mqtt]`` lines the orchestrator needs on this broker beyond its URL and login."""
-    lines = {}
+    """``[mqtt]`` lines the orchestrator needs on this broker beyond URL, login, protocol."""
     if not getattr(broker, "SHARED_SUBSCRIPTIONS", True):
-        lines["share_group"] = '""'  # plain subscriptions: one replica here anyway
-    if protocol(broker) != "5":
-        lines["protocol"] = f'"{protocol(broker)}"'
-    return lines
-
-
-def device_sections(broker: MatrixBroker) -> dict[str, dict[str, Any]]:
-    return {"broker": {"protocol": protocol(broker)}} if protocol(broker) != "5" else {}
+        return {"share_group": '""'}  # plain subscriptions: one replica here anyway
+    return {}
 
 
 def mqtt_client(
@@ -97,7 +90,7 @@ class Rig:
 
     def provision(self, *ids: str, groups: tuple[str, ...] = ()) -> None:
         for d in ids:
-            self.fleet.provision(d, groups=groups, sections=device_sections(self.broker))
+            self.fleet.provision(d, groups=groups)
         self.broker.reload()
 
     async def online(self, ids: list[str], online: bool = True) -> None:
@@ -118,7 +111,7 @@ class Rig:
 
 
 def _write_serve_config(root: Path, broker: MatrixBroker) -> tuple[Path, int]:
-    config, port = write_orchestrator(root, broker, broker.topics)
+    config, port = write_orchestrator(root, broker, broker.topics, protocol=protocol(broker))
     extra = serve_config_lines(broker)
     lines = []
     for line in config.read_text().splitlines():
@@ -135,7 +128,7 @@ async def rig_on(broker: MatrixBroker, root: Path) -> AsyncIterator[Rig]:
     base = f"http://127.0.0.1:{port}"
     serve = ServeProcess(config, root / "serve.log")
     (root / "devices").mkdir()
-    fleet = Fleet(root / "devices", broker, broker.topics, root_hex(root))
+    fleet = Fleet(root / "devices", broker, broker.topics, root_hex(root), protocol(broker))
     async with aiohttp.ClientSession() as session:
         api = Api(session, base, TOKENS["operator"])
         serve.start()

@@ -36,7 +36,7 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian's wrappers in /usr/sbin su 
 
 def amqp_key(topic: str) -> str:
     """The routing key of an MQTT topic: rabbitmq_mqtt swaps ``/`` and ``.``."""
-    return topic.translate(str.maketrans({"/": ".", ".": "/"}))
+    return topic.translate(str.maketrans("/.", "./"))
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
