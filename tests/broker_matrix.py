@@ -29,7 +29,32 @@ from fleetpush_sim.brokers.base import BrokerNotFoundError
 from fleetpush_sim.replicas import ServeProcess
 from orchestrator.broker.process import MosquittoNotFoundError
 
-__all__ = ["BROKERS", "Rig", "matrix_broker", "mqtt_client", "rig", "serve_config_lines"]
+# Cells of the matrix known to fail, and why (docs/broker.md): run anyway, as strict xfails,
+# so a fix shows up as an unexpected pass.
+KNOWN_FAILURES = {
+    ("rabbitmq", "rollout"): "RabbitMQ 3.10 sends no retained message to a wildcard "
+    "subscription: devices never get the keyring (keyring/+), and reject every notice",
+    ("rabbitmq", "catch-up"): "RabbitMQ 3.10: no retained keyring for keyring/+ (as rollout)",
+}
+
+
+def expect(request: pytest.FixtureRequest, broker: MatrixBroker, cell: str) -> None:
+    """Mark this test a strict xfail when ``cell`` is a known failure on ``broker``."""
+    reason = KNOWN_FAILURES.get((getattr(broker, "NAME", "mosquitto"), cell))
+    if reason:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
+__all__ = [
+    "BROKERS",
+    "KNOWN_FAILURES",
+    "Rig",
+    "expect",
+    "matrix_broker",
+    "mqtt_client",
+    "rig",
+    "serve_config_lines",
+]
 
 
 @pytest.fixture(scope="module", params=BROKERS)

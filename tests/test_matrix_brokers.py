@@ -16,17 +16,19 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from broker_matrix import Rig, matrix_broker, mqtt_client, rig
+from broker_matrix import Rig, expect, matrix_broker, mqtt_client, rig
 from orch_helpers import wait_until
 
 from fleetpush_sim.brokers import MatrixBroker
+from orchestrator.rules.states import FAILURE_STATES
 
 __all__ = ["matrix_broker", "rig"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-async def test_rollout_with_real_agents(rig: Rig) -> None:
+async def test_rollout_with_real_agents(rig: Rig, request: pytest.FixtureRequest) -> None:
+    expect(request, rig.broker, "rollout")
     ids = rig.ids(3)
     rig.provision(*ids, groups=(f"g-{rig.uid}",))
     for d in ids:
@@ -40,7 +42,10 @@ async def test_rollout_with_real_agents(rig: Rig) -> None:
     assert done["states"] == {"succeeded": 3}
 
 
-async def test_offline_device_catches_up_when_it_returns(rig: Rig) -> None:
+async def test_offline_device_catches_up_when_it_returns(
+    rig: Rig, request: pytest.FixtureRequest
+) -> None:
+    expect(request, rig.broker, "catch-up")
     on, off = rig.ids(2)
     rig.provision(on, off)
     rig.fleet.start(on)
@@ -53,9 +58,11 @@ async def test_offline_device_catches_up_when_it_returns(rig: Rig) -> None:
 
     async def one_done() -> dict[str, Any] | None:
         st: dict[str, Any] = await rig.api.status(r["id"])
-        return st if st["states"].get("succeeded") == 1 else None
+        finished = sum(st["states"].get(k, 0) for k in ("succeeded", *FAILURE_STATES))
+        return st if finished or st["state"] != "running" else None
 
-    st = await wait_until(one_done, within=120, what="the online device succeeded")
+    st = await wait_until(one_done, within=120, what="the online device finished")
+    assert st["states"] == {"succeeded": 1}, st
     assert st["phases"][0]["waiting_offline"] == 1
     rig.fleet.start(off)  # the notice waits for it: retained, or queued in its session
     done = await rig.rollout_in(r["id"], "completed")
