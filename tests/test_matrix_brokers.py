@@ -62,7 +62,8 @@ async def test_offline_device_catches_up_when_it_returns(
         return st if finished or st["state"] != "running" else None
 
     st = await wait_until(one_done, within=120, what="the online device finished")
-    assert st["states"] == {"succeeded": 1}, st
+    assert st["states"].get("succeeded") == 1, st  # the other one is still waiting
+    assert not any(st["states"].get(k) for k in FAILURE_STATES), st
     assert st["phases"][0]["waiting_offline"] == 1
     rig.fleet.start(off)  # the notice waits for it: retained, or queued in its session
     done = await rig.rollout_in(r["id"], "completed")

@@ -93,6 +93,7 @@ class ExternalBroker:
     # What the matrix records and the orchestrator is configured with.
     MQTT_VERSION: ClassVar[str] = "5"  # "5" or "3.1.1": the newest the broker speaks
     SHARED_SUBSCRIPTIONS: ClassVar[bool] = False  # `$share/...` honoured
+    START_TIMEOUT: ClassVar[float] = 60.0  # seconds; generous: the machine may be loaded
 
     def __init__(self, workdir: Path, *, topics: Topics, host: str = "127.0.0.1") -> None:
         self.workdir = Path(workdir).resolve()
@@ -129,6 +130,21 @@ class ExternalBroker:
     def add_orchestrator(self, username: str, password: str | None = None) -> str:
         """Another identity with the orchestrator's rights; return its password."""
         return self._put(Identity(username, ORCHESTRATOR_ROLE), password)
+
+    def add_devices(
+        self, device_ids: Sequence[str], groups: tuple[str, ...] = ()
+    ) -> dict[str, str]:
+        """Many devices in one registry write (benchmarks); return their passwords. Call
+        ``reload()`` after."""
+        passwords = {d: secrets.token_urlsafe(12) for d in device_ids}
+        with self.registry.locked() as reg:
+            for d in device_ids:
+                reg.put(Identity(d, DEVICE_ROLE, tuple(groups)))
+        self._passwords.update(passwords)
+        if self.running:
+            for d, pw in passwords.items():
+                self._provision(d, pw)
+        return passwords
 
     def _put(self, identity: Identity, password: str | None) -> str:
         password = password or secrets.token_urlsafe(18)
@@ -194,8 +210,9 @@ class ExternalBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self.running and self._proc is not None else None
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
         """Start the broker and wait until it listens and is provisioned."""
+        timeout = self.START_TIMEOUT if timeout is None else timeout
         self.prepare()
         argv, env = self.command()
         with self.log_path.open("ab") as out:
