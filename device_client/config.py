@@ -10,6 +10,7 @@ carried their unit (``keepalive_s = 60``) are still read.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_common.broker_settings import BrokerSettings
 from fleetpush_common.config import DURATION, SIZE, TIME, ConfigError, Name, decode
 from fleetpush_common.windows import Window
+from fleetpush_protocol.components import COMPONENT_NAME_PATTERN
 from fleetpush_protocol.keys import load_public_key
 
 __all__ = [
@@ -63,12 +65,20 @@ class DeviceSection(_Section, frozen=True, kw_only=True):
 
 
 class BrokerConfig(BrokerSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """``[broker]``: the shared broker settings, and how long the session lives."""
+    """``[broker]``: the shared broker settings, and how long the session lives.
+
+    ``urls = ["mqtt://a:1883", "mqtts://b:8883"]`` lists brokers (or the nodes of one
+    cluster) in place of ``url``; the device starts at one picked from its id, so a fleet
+    spreads over them, and moves to the next when one fails (docs/device.md, "Several
+    brokers"). The TLS files apply to the ``mqtts://`` ones.
+    """
 
     renamed: ClassVar[dict[str, str]] = {
         "keepalive_s": "keepalive", "session_expiry_s": "session_expiry",
         "ack_timeout_s": "ack_timeout"}  # fmt: skip
 
+    url: str = ""
+    urls: Annotated[tuple[str, ...], Meta(max_length=32)] = ()
     session_expiry_s: Annotated[int, DURATION, Meta(ge=0, le=2**32 - 1)] = field(
         default=604800, name="session_expiry"
     )  # seconds the broker keeps the session (and queued notices) while offline
@@ -76,10 +86,35 @@ class BrokerConfig(BrokerSettings, frozen=True, forbid_unknown_fields=True, kw_o
         default=30.0, name="ack_timeout"
     )  # seconds without a confirmation before reports are resent
 
+    @property
+    def all_urls(self) -> tuple[str, ...]:
+        return self.urls or (self.url,)
+
+    @property
+    def urls_key(self) -> str:
+        return "urls" if self.urls else "url"
+
     def __post_init__(self) -> None:
+        if self.url and self.urls:
+            raise ValueError("urls: give url or urls (a list of broker URLs), not both")
+        if not self.url and not self.urls:
+            raise ValueError("url: missing (or urls, a list of broker URLs)")
+        if len(set(self.urls)) != len(self.urls):
+            raise ValueError("urls: duplicate URLs")
         super().__post_init__()
         if self.username is None and self.cert_file is None:
             raise ValueError("username: missing (needed unless a TLS client certificate is used)")
+        if self.username is None and any(not u.startswith("mqtts:") for u in self.all_urls):
+            raise ValueError("urls: a login by client certificate needs mqtts:// URLs only")
+
+    def endpoint(self, url: str) -> BrokerConfig:
+        """These settings for one of the URLs (``url`` set, no list; TLS files only where
+        the URL is ``mqtts://``)."""
+        tls = url.startswith("mqtts:")
+        return msgspec.structs.replace(
+            self, url=url, urls=(), ca_file=self.ca_file if tls else None,
+            cert_file=self.cert_file if tls else None, key_file=self.key_file if tls else None,
+        )  # fmt: skip
 
 
 class TrustConfig(_Section, frozen=True, kw_only=True):
@@ -216,7 +251,20 @@ class DeviceConfig(_Section, frozen=True, kw_only=True):
     health: HealthConfig = field(default_factory=HealthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    # The parts a system update may install (issue 18): ``[components.NAME]``, each with
+    # its own handler and steps, like ``[install]`` (whose ``reboot`` serves them all).
+    components: Annotated[dict[str, InstallConfig], Meta(max_length=16)] = field(
+        default_factory=dict
+    )
     source: str = "device.toml"  # the file name, for messages
+
+    def __post_init__(self) -> None:
+        for name in self.components:  # checked here: a key's own error names no table
+            if not re.match(COMPONENT_NAME_PATTERN, name):
+                raise ValueError(
+                    f"components: {name!r} is not a component name "
+                    "(1-32 of a-z 0-9 _ -, starting with a letter or digit)"
+                )
 
 
 def parse_config(
@@ -242,7 +290,17 @@ def parse_config(
     if install.handler == "directory" and slots is None:
         slots = c.device.state_dir / "slots"
     install = msgspec.structs.replace(install, slots_dir=slots, unpack=c.unpack)
-    return msgspec.structs.replace(c, broker=broker, install=install, source=source)
+    components = {name: _component(c, name, part) for name, part in c.components.items()}
+    return msgspec.structs.replace(
+        c, broker=broker, install=install, components=components, source=source
+    )
+
+
+def _component(c: DeviceConfig, name: str, part: InstallConfig) -> InstallConfig:
+    slots = part.slots_dir
+    if part.handler == "directory" and slots is None:
+        slots = c.device.state_dir / "components" / name
+    return msgspec.structs.replace(part, slots_dir=slots, unpack=c.unpack)
 
 
 def load_config(path: Path) -> DeviceConfig:

@@ -122,6 +122,7 @@ class Orchestrator:
             refresh_registry=registry.refresh,
             holder=self.replica.replica_id,
             lease_s=cfg.rollouts.lease_s,
+            broker_expires=cfg.mqtt.protocol == "5",
         )
 
         def on_batch(result: IngestResult) -> None:

@@ -21,6 +21,7 @@ Example::
     topic_prefix = "fleetpush"
     keepalive = "30s"
     share_group = "fleetpush"            # replicas share device messages ("": a broker without)
+    protocol = "5"                       # or "3.1.1" (docs/broker.md, "MQTT 3.1.1")
     # url = "mqtts://broker.example.net:8883"   # TLS: the CA of the broker's certificate,
     # ca_file = "/etc/fleetpush/broker-ca.pem"  # and optionally a client certificate
     # cert_file = "/etc/fleetpush/orchestrator.pem"

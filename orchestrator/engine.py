@@ -101,8 +101,10 @@ class RolloutEngine(NoticeSending):
         refresh_registry: Callable[[], Awaitable[object]] | None = None,
         holder: str = "engine",
         lease_s: float = 15.0,
+        broker_expires: bool = True,
     ) -> None:
         self.db = db
+        self.broker_expires = broker_expires  # False in MQTT 3.1.1: no message expiry
         self.holder = holder
         self.lease_s = lease_s
         self.held: set[int] = set()  # rollouts whose lease this replica holds now

@@ -46,6 +46,7 @@ class NoticeSending:
     holder: str
     lease_s: float
     held: set[int]
+    broker_expires: bool
 
     async def _sign(
         self,
@@ -111,6 +112,8 @@ class NoticeSending:
         logger.info("rollout %d: renewed the notice of %d offline device(s)", r.id, len(replaced))
 
     async def _publish(self, records: Sequence[NoticeRecord], now: float) -> None:
+        if not self.broker_expires:
+            records = await self._skip_expired(records, now)
         by_expiry: dict[int, list[NoticeRecord]] = {}
         for n in records:
             left = max(1, int(self.notices.usable_until(n) - now))
@@ -126,6 +129,21 @@ class NoticeSending:
             logger.warning("%d notice(s) not acknowledged yet (%s); will retry", left, e)
         if published:
             await self.db.run(lambda s: s.mark_published(published))
+
+    async def _skip_expired(
+        self, records: Sequence[NoticeRecord], now: float
+    ) -> Sequence[NoticeRecord]:
+        """The notices still usable. In MQTT 3.1.1 the broker cannot expire a message, so
+        one published (retained, or queued for an offline device) after its usable end
+        would stay there for good, to be refused by every device (its signed expiry): the
+        notice is not published again, and counts as done with."""
+        usable = self.notices.usable_until
+        dead = [n.notice_id for n in records if usable(n) <= now]
+        if not dead:
+            return records
+        logger.info("%d expired notice(s) not published again (MQTT 3.1.1)", len(dead))
+        await self.db.run(lambda s: s.mark_published(dead))
+        return [n for n in records if usable(n) > now]
 
     async def resend_sent(self, now: float) -> None:
         """Publish again the notices whose devices have not answered (``broker_connected``).

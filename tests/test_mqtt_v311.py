@@ -1,16 +1,19 @@
 """MQTT 3.1.1 in the orchestrator's codec and link (pure: bytes in, bytes out, no broker).
 
 The broker-facing half (a rollout, offline catch-up and the ACL checks in 3.1.1) runs in
-tests/test_orch_rollouts.py, tests/test_broker_acl.py and tests/test_mqtt_v311_broker.py.
+tests/test_orch_rollouts.py, tests/test_broker_acl.py, tests/test_broker_fallbacks.py and
+tests/test_device_broker_urls.py.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable, Sequence
 
 import pytest
 
+from orchestrator.engine_notices import NoticeSending
 from orchestrator.mqtt import codec
 from orchestrator.mqtt.codec import ConnAck, Decoder, PacketAck, Publish, SubAck
 from orchestrator.mqtt.settings import MqttConfig
@@ -21,6 +24,7 @@ from orchestrator.mqtt.versions import (
     hello,
     subscription_fallback,
 )
+from orchestrator.store import NoticeRecord
 
 V311 = 4
 
@@ -152,3 +156,72 @@ def test_refused_plain_subscriptions_are_logged_and_not_retried(
     with caplog.at_level(logging.WARNING):
         assert subscription_fallback(PLAIN, (0x80, 1), V311) is None
     assert "broker refused subscriptions: p/device/+/report (Failure)" in caplog.text
+
+
+# --- the engine in 3.1.1: what it does not publish ------------------------------------------
+
+
+class _Store:
+    def __init__(self, records: list[NoticeRecord]) -> None:
+        self.records = records
+        self.marked: list[str] = []
+
+    def sent_notices(self) -> list[NoticeRecord]:
+        return self.records
+
+    def mark_published(self, ids: Sequence[str]) -> None:
+        self.marked += ids
+
+
+class _Db:
+    def __init__(self, store: _Store) -> None:
+        self.store = store
+
+    async def run(self, fn: Callable[[_Store], object]) -> object:
+        return fn(self.store)
+
+
+class _Notices:
+    def usable_until(self, n: NoticeRecord) -> float:
+        return n.expires_at
+
+
+class _Publisher:
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], int]] = []
+
+    async def publish_many(
+        self,
+        items: Sequence[tuple[str, bytes, bool]],
+        timeout: float = 30.0,  # noqa: ASYNC109
+        *,
+        expiry_s: int = 0,
+    ) -> None:
+        self.calls.append(([t for t, _, _ in items], expiry_s))
+
+
+def _notice(nid: str, expires_at: float) -> NoticeRecord:
+    return NoticeRecord(nid, nid, 1, "notice", f"device/{nid}", 1, f"p/device/{nid}/notice",
+                        0.0, expires_at, b"x")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("broker_expires", "published", "marked"),
+    [
+        (True, [(["p/device/old/notice"], 1), (["p/device/new/notice"], 900)], ["old", "new"]),
+        # 3.1.1: an expired notice would stay retained for good: not published, done with
+        (False, [(["p/device/new/notice"], 900)], ["old", "new"]),
+    ],
+)
+async def test_an_expired_notice_is_not_published_again_where_the_broker_cannot_expire_it(
+    broker_expires: bool, published: list[tuple[list[str], int]], marked: list[str]
+) -> None:
+    store = _Store([_notice("old", 1000.0), _notice("new", 1900.0)])
+    sending = NoticeSending()
+    sending.db = _Db(store)  # type: ignore[assignment]
+    sending.notices = _Notices()  # type: ignore[assignment]
+    sending.publisher = publisher = _Publisher()
+    sending.broker_expires = broker_expires
+    await sending.resend_sent(1000.0)
+    assert publisher.calls == published
+    assert sorted(store.marked) == sorted(marked)

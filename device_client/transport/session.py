@@ -33,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device_client.config import BrokerConfig
 from device_client.transport.base import MessageHandler, Publication
+from device_client.transport.endpoints import Endpoints
 from device_client.transport.outbox import Outbox
 from fleetpush_common.backoff import Backoff
 from fleetpush_common.broker_settings import client_tls_context
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 _REFUSED = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
 
 ACK_TIMEOUT_CAP_S = 600.0  # seconds: the longest wait before resending unconfirmed reports
+UNCONFIRMED_WARN = 3  # resends of one report without a confirmation before a warning
 
 
 class MqttSession:
@@ -77,7 +79,7 @@ class MqttSession:
         outbox: Outbox,
         ack_timeout_s: float = 30.0,
     ) -> None:
-        self._broker = broker
+        self._endpoints = Endpoints(broker, client_id)
         self._client_id = client_id
         self._subscriptions = subscriptions
         self._will = will
@@ -88,11 +90,22 @@ class MqttSession:
             base_s=ack_timeout_s, cap_s=max(ack_timeout_s, ACK_TIMEOUT_CAP_S), floor=0.5
         )
         self.resends = 0  # times unconfirmed reports were sent again after a timeout
+        self._unconfirmed = 0  # resends since the last confirmation
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self._refused_subs: list[str] = []  # logged once, until the answer changes
         self.connections = 0  # successful connects so far, for tests and metrics
         self.backoff = Backoff(base_s=0.5, cap_s=60.0, floor=0.25)
+
+    @property
+    def broker_url(self) -> str:
+        """The broker this session connects to now (or tries next)."""
+        return self._endpoints.current.url
+
+    @property
+    def _broker(self) -> BrokerConfig:
+        """The broker in use, one of ``[broker] urls`` (``device_client.transport.endpoints``)."""
+        return self._endpoints.current
 
     def _make_client(self) -> aiomqtt.Client:
         b = self._broker
@@ -142,6 +155,7 @@ class MqttSession:
         """Connect and serve forever; returns only when cancelled."""
         refused = ""  # the last refusal logged as an error: repeats stay at info level
         while True:
+            before = self.connections
             try:
                 await self._connect_once()
             except aiomqtt.MqttError as e:
@@ -157,6 +171,8 @@ class MqttSession:
             finally:
                 self.connected.clear()
                 self._client = None
+            if self.connections == before:  # never got in: the next broker in the list
+                self._endpoints.failed()
             await asyncio.sleep(self.backoff.next_delay())
 
     async def _connect_once(self) -> None:
@@ -264,9 +280,21 @@ class MqttSession:
             if self._outbox.confirmations != seen or oldest is None or oldest != waiting:
                 seen, waiting = self._outbox.confirmations, oldest
                 self.resend_backoff.reset()
+                self._unconfirmed = 0
                 continue
             self.resends += 1
+            self._unconfirmed += 1
             logger.info("%s: reports not confirmed in time; sending them again", self._client_id)
+            if self._unconfirmed == UNCONFIRMED_WARN:
+                # An MQTT 3.1.1 broker acknowledges a publish its ACL drops: without this the
+                # device would only look slow. Said once per stretch, at a growing interval.
+                logger.warning(
+                    "%s: report %d sent %d times and never confirmed: the orchestrator is "
+                    "down or behind, or the broker drops this device's reports (MQTT 3.1.1 "
+                    "cannot say it refused a publish: check the broker's ACL for this "
+                    "username); still resending, ever less often",
+                    self._client_id, oldest, self._unconfirmed + 1,
+                )  # fmt: skip
             self._outbox.rewind()
 
     async def _send_outbox(self, client: aiomqtt.Client, unacked: asyncio.Event) -> None:
