@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta, field
 
+from device_client import casefold
 from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_common.broker_settings import BrokerSettings
 from fleetpush_common.config import DURATION, SIZE, TIME, ConfigError, Name, decode
@@ -33,6 +34,7 @@ __all__ = [
     "DeviceSection",
     "DownloadConfig",
     "HealthConfig",
+    "HoldsConfig",
     "InstallConfig",
     "PolicyConfig",
     "SecurityConfig",
@@ -237,6 +239,29 @@ class SecurityConfig(_Section, frozen=True, kw_only=True):
         default=30.0, name="notify_timeout")  # fmt: skip
 
 
+class HoldsConfig(_Section, frozen=True, kw_only=True):
+    """``[holds]``: how applications on the device may hold an update (docs/device.md,
+    "Application holds"); the notice's ``holds`` may only lower the two bounds."""
+
+    renamed: ClassVar[dict[str, str]] = {
+        "max_each_s": "max_each", "max_total_s": "max_total",
+        "gate_timeout_s": "gate_timeout"}  # fmt: skip
+
+    # The UNIX socket of ``fleetpush-device hold``; none: no local command. Its folder is
+    # made 0750 and the socket 0660, owned by ``socket_group`` when set: who may hold is
+    # who is in that group (or the agent's own user).
+    socket: Path | None = None
+    socket_group: Name | None = None
+    max_each_s: Annotated[float, DURATION, Meta(ge=0.0, le=365 * 86400.0)] = field(
+        default=2 * 3600.0, name="max_each")  # fmt: skip
+    # From the first hold of an update on: past it the update proceeds whatever is asked.
+    max_total_s: Annotated[float, DURATION, Meta(ge=0.0, le=365 * 86400.0)] = field(
+        default=24 * 3600.0, name="max_total")  # fmt: skip
+    gate_command: Argv = ()  # asked before each install: proceed, or hold for a while
+    gate_timeout_s: Annotated[float, DURATION, Meta(ge=0.1, le=3600.0)] = field(
+        default=30.0, name="gate_timeout")  # fmt: skip
+
+
 class DeviceConfig(_Section, frozen=True, kw_only=True):
     """The whole configuration of one device agent."""
 
@@ -251,6 +276,7 @@ class DeviceConfig(_Section, frozen=True, kw_only=True):
     health: HealthConfig = field(default_factory=HealthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    holds: HoldsConfig = field(default_factory=HoldsConfig)
     # The parts a system update may install (issue 18): ``[components.NAME]``, each with
     # its own handler and steps, like ``[install]`` (whose ``reboot`` serves them all).
     components: Annotated[dict[str, InstallConfig], Meta(max_length=16)] = field(
@@ -303,11 +329,15 @@ def _component(c: DeviceConfig, name: str, part: InstallConfig) -> InstallConfig
     return msgspec.structs.replace(part, slots_dir=slots, unpack=c.unpack)
 
 
-def load_config(path: Path) -> DeviceConfig:
-    """Read and validate a device configuration file.
+def load_config(
+    path: Path, *, read_flags: Callable[[Path], int] = casefold.read_flags
+) -> DeviceConfig:
+    """Read and validate a device configuration file. ``read_flags`` reads a folder's
+    inode flags (``casefold.read_flags``; tests inject theirs).
 
     Raises:
-        ConfigError: the file cannot be read, is not TOML, or a field is invalid.
+        ConfigError: the file cannot be read, is not TOML, or a field is invalid; or the
+            slot folder is case-folding (``casefold.check_slots_dir``).
     """
     path = Path(path)
     try:
@@ -320,6 +350,11 @@ def load_config(path: Path) -> DeviceConfig:
         raise ConfigError("not UTF-8 text", source=path.name) from None
     config = parse_config(raw, source=path.name, base=path.resolve().parent)
     _check_secrets(path, raw, config)
+    slots = config.install.slots_dir
+    if config.install.handler == "directory" and slots is not None:
+        problem = casefold.check_slots_dir(slots, read_flags)
+        if problem is not None:
+            raise ConfigError(problem, source=path.name, table="install", key="slots_dir")
     return config
 
 
