@@ -16,6 +16,7 @@ from types import TracebackType
 
 from fleetpush_common.atomic import write_secret
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.brokers.base import BrokerEndpoint
 from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker, find_mosquitto, free_port
 from orchestrator.config import DatabaseConfig, OrchestratorConfig, load_config
@@ -28,7 +29,7 @@ __all__ = ["LocalStack", "write_orchestrator_files"]
 
 def write_orchestrator_files(
     root: Path,
-    broker: MosquittoBroker,
+    broker: BrokerEndpoint,
     topics: Topics,
     *,
     tokens: Mapping[str, tuple[str, str]],

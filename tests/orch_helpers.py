@@ -26,6 +26,7 @@ from device_client.wiring import build_agent
 from fleetpush_common.clock import Clock
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.api import AsyncApi
+from fleetpush_sim.brokers.base import BrokerEndpoint
 from fleetpush_sim.stack import write_orchestrator_files
 from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker
@@ -38,7 +39,7 @@ PAYLOAD = make_tar({"app/VERSION": b"2.0\n", "app/run.sh": b"#!/bin/sh\necho hi\
 
 def write_orchestrator(
     root: Path,
-    broker: MosquittoBroker,
+    broker: BrokerEndpoint,
     topics: Topics,
     *,
     tick: str = "200ms",
@@ -75,7 +76,7 @@ class Fleet:
     MQTT ``protocol`` ("5" or "3.1.1")."""
 
     def __init__(
-        self, root: Path, broker: MosquittoBroker, topics: Topics, root_key: str,
+        self, root: Path, broker: BrokerEndpoint, topics: Topics, root_key: str,
         protocol: str = "5",
     ) -> None:  # fmt: skip
         self.root = root
