@@ -8,9 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from device_helpers import wait_for
 from orch_helpers import Setup, setup, wait_until
+
+from fleetpush_protocol.components import ComponentState
+from fleetpush_protocol.messages import Report, ReportState
+from orchestrator.rules import RolloutSpec
+from orchestrator.store import NoticeRecord, ReleaseRecord, Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 __all__ = ["setup"]  # fixtures
@@ -95,3 +101,66 @@ async def test_a_restart_during_a_health_check_rollback_does_not_check_health_ag
     steps = log.read_text().split("\n")[:-1]
     assert steps == ["install one", "install two", "install three", "rollback three",
                      "blocked", "rollback two", "rollback one"]  # fmt: skip
+
+
+# --- a device's per-component states (issue 18): never trusted past the release's list ----
+
+T0 = 1_700_000_000.0
+PARTS = (
+    {"name": "app", "handler": "directory", "sha256": "a1" * 32, "size": 10},
+    {"name": "fw", "handler": "command", "sha256": "f1" * 32, "size": 20},
+)
+
+
+def _forged(counter: int, parts: list[tuple[str, str]]) -> Report:
+    return Report(
+        device_id="d", notice_id="n-d", rollout_id="", state=ReportState.INSTALLING,
+        current_version="", counter=counter, reported_at=int(T0),
+        components=tuple(ComponentState(name=k, state=v) for k, v in parts),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("system", "reported", "stored"),
+    [
+        # a component the release does not have: dropped, the real ones kept
+        (True, [("app", "installed"), ("evil", "installed")], [("app", "installed")]),
+        # only components the release does not have: nothing stored
+        (True, [("ghost", "installed")], None),
+        # the same component twice, disagreeing: the first kept
+        (
+            True,
+            [("fw", "installed"), ("fw", "failed"), ("app", "installed")],
+            [("app", "installed"), ("fw", "installed")],
+        ),
+        # out of order: shown in the release's installation order
+        (
+            True,
+            [("fw", "installing"), ("app", "installed")],
+            [("app", "installed"), ("fw", "installing")],
+        ),
+        # a single-payload release has no components: a device's list is ignored
+        (False, [("app", "installed")], None),
+    ],
+    ids=["unknown-name", "only-unknown", "duplicate", "out-of-order", "not-a-system"],
+)
+def test_a_device_cannot_store_component_states_its_release_does_not_have(
+    store: Store, system: bool, reported: list[tuple[str, str]],
+    stored: list[tuple[str, str]] | None,
+) -> None:  # fmt: skip
+    rel = store.add_release(ReleaseRecord(
+        0, "edge", "2", "ee" * 32, 90, (), "system" if system else "command", {}, {}, T0,
+        components=PARTS if system else ()))  # fmt: skip
+    r = store.create_rollout(release_id=rel.id, target={"all": True}, spec=RolloutSpec(),
+                             assignments=[("d", 0, 0)], now=T0, actor="op")  # fmt: skip
+    store.save_notices([NoticeRecord("n-d", "d", r.id, "notice", "device/d", 1, "t/d", T0,
+                                     T0 + 600, b"env")], {"d": True})  # fmt: skip
+    report = msgspec.structs.replace(_forged(1, reported), rollout_id=str(r.id))
+    assert store.ingest([report], T0 + 1).accepted == 1  # the state itself is the device's
+    (t,) = store.list_targets(r.id)
+    assert t.state == "installing"
+    want = None if stored is None else [{"name": n, "state": st} for n, st in stored]
+    assert t.components == want
+    assert store.device_components("d") == ([] if want is None else [
+        {"rollout_id": r.id, "notice_id": "n-d", "state": "installing",
+         "updated_at": T0 + 1, "components": want}])  # fmt: skip
