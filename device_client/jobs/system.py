@@ -215,6 +215,12 @@ class SystemUpdates:
     async def health(self, job: Job, notice: UpdateNotice) -> None:
         """The one health check of the whole system, then each component's cleanup."""
         r = self._runner
+        if job.error_code:
+            # A rollback began (its cause persisted first) before the agent stopped: some
+            # components may be rolled back already, so a health check passing now would
+            # commit half a system. The rollback goes on instead.
+            await self.rollback(job, notice, job.error_code, job.error_message)
+            return
         job = r.transition(
             job, JobState.HEALTH_CHECK, health_attempts=job.health_attempts + 1,
             reboot_pending=False,

@@ -26,6 +26,7 @@ class SqlStore(DeviceMethods, IngestMethods, TargetingMethods, LeaseMethods, Adm
 
     def __init__(self) -> None:
         self._notice_owner: dict[str, tuple[str, int]] = {}
+        self._rollout_parts: dict[int, tuple[str, ...]] = {}
 
     def atomic(self, fn: Callable[[Store], _T]) -> _T:
         """``fn(self)`` in one transaction: the store calls it makes commit together, or

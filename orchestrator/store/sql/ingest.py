@@ -11,7 +11,12 @@ from collections.abc import Sequence
 from fleetpush_protocol.messages import Inventory, Presence, Report
 from orchestrator.rules import SENT
 from orchestrator.store.records import IngestResult
-from orchestrator.store.rules import StoredPresence, presence_applies, report_accepted
+from orchestrator.store.rules import (
+    StoredPresence,
+    presence_applies,
+    report_accepted,
+    reported_components,
+)
 from orchestrator.store.sql.base import marks
 from orchestrator.store.sql.outputs import OutputMethods
 
@@ -33,6 +38,7 @@ _REPORT_MARKS = f"({marks(15)})"
 class IngestMethods(OutputMethods):
     # notice_id -> (device_id, rollout_id); a notice's owner never changes once stored
     _notice_owner: dict[str, tuple[str, int]]
+    _rollout_parts: dict[int, tuple[str, ...]]  # rollout id -> its release's component names
 
     def _owner(self, notice_id: str) -> tuple[str, int] | None:
         owner = self._notice_owner.get(notice_id)
@@ -47,6 +53,22 @@ class IngestMethods(OutputMethods):
                 self._notice_owner.clear()
             self._notice_owner[notice_id] = owner
         return owner
+
+    def _release_parts(self, rollout_id: int) -> tuple[str, ...]:
+        """The component names of the rollout's release, in order (a rollout's release never
+        changes; a single-payload release has none)."""
+        parts = self._rollout_parts.get(rollout_id)
+        if parts is None:
+            row = self._execute(
+                "SELECT r.components FROM rollouts o JOIN releases r ON r.id = o.release_id "
+                "WHERE o.id = ?",
+                (rollout_id,),
+            ).fetchone()
+            parts = tuple(str(c["name"]) for c in json.loads(row[0])) if row and row[0] else ()
+            if len(self._rollout_parts) > 10_000:
+                self._rollout_parts.clear()
+            self._rollout_parts[rollout_id] = parts
+        return parts
 
     def ingest(self, batch: Sequence[Report | Presence | Inventory], now: float) -> IngestResult:
         """Apply one batch of device messages in one transaction.
@@ -161,12 +183,14 @@ class IngestMethods(OutputMethods):
         )
         # A system update's component states (issue 18), from the report that is now the
         # target's last one (an older report arriving later changes nothing).
+        # Never trusted past the release's own list (rules.reported_components).
+        parts = [(t, r, reported_components(self._release_parts(t[0]), r.components))
+                 for t, r in sorted(latest.items()) if r.components]  # fmt: skip
         self._executemany(
             "UPDATE rollout_targets SET components = ? WHERE rollout_id = ? AND device_id = ? "
             "AND notice_id = ? AND last_counter = ?",
-            [(json.dumps([{"name": c.name, "state": c.state} for c in r.components]), *t,
-              r.counter) for t, r in sorted(latest.items()) if r.components],
-        )  # fmt: skip
+            [(json.dumps(found), *t, r.counter) for t, r, found in parts if found],
+        )
         # Apart from the state: the `downloaded` report is rarely a batch's latest.
         self._executemany(
             "UPDATE rollout_targets SET downloaded_bytes = ? "
