@@ -5,6 +5,8 @@ a few members. A whole-file delta (``zstd-patch``) needs the base and a window a
 the target in memory; this one walks the target tar's bytes as a stream of operations:
 
 - ``C`` copy a range of the base file (a member whose data is unchanged, or a header);
+- ``T`` copy a range of the target already written (a member identical to an earlier one:
+  a program installed under two paths);
 - ``L`` literal bytes (headers that changed, new files);
 - ``B`` a member's data as bsdiff's control entries over one base member's data, then its
   extra bytes, then its diff bytes (added byte-wise to the base's), streamed;
@@ -14,7 +16,7 @@ The whole op stream is one zstd frame. The layout, all integers little-endian u6
 bsdiff seek ``z`` is a signed i64)::
 
     "FPTARD1\\n" base_size target_size max_member
-    ( "C" offset length | "L" length bytes
+    ( "C" offset length | "T" offset length | "L" length bytes
     | "B" offset base_length length count extra_length (x y z){count} extra diff
     | "Z" offset base_length length frame_length frame )*  "E"
 
@@ -32,6 +34,7 @@ orchestrator dependency only). docs/protocol.md has the layout and a test vector
 
 from __future__ import annotations
 
+import io
 import struct
 from typing import BinaryIO
 
@@ -146,6 +149,17 @@ class _Rebuild:
         for at in range(offset, offset + length, CHUNK):
             self.emit(self.read_base(at, min(CHUNK, offset + length - at)))
 
+    def again(self, ops: _Ops) -> None:
+        offset, length = ops.u64(), ops.u64()
+        if offset > self.written or length > self.written - offset:
+            raise DeltaError("tar-bsdiff delta copies target bytes not yet written")
+        self.room(length)
+        for at in range(offset, offset + length, CHUNK):
+            self.out.seek(at)
+            data = self.out.read(min(CHUNK, offset + length - at))
+            self.out.seek(self.written)
+            self.emit(data)
+
     def literal(self, ops: _Ops) -> None:
         length = ops.u64()
         self.room(length)
@@ -215,7 +229,8 @@ def apply(
     max_output: int, max_memory: int,
 ) -> int:  # fmt: skip
     """Rebuild the target from the seekable ``base`` (``base_size`` bytes) and the delta
-    read from ``patch`` into ``out``; returns the bytes written. The caller checks the
+    read from ``patch`` into ``out`` (readable and seekable too: ``T`` ops read it back);
+    returns the bytes written. The caller checks the
     pinned hash and size of what was written.
 
     Raises:
@@ -237,7 +252,8 @@ def apply(
                     f"delta needs {need} bytes of memory to apply, limit is {max_memory}"
                 )
             job = _Rebuild(base, base_size, out, (target_size, max_member))
-            steps = {b"C": job.copy, b"L": job.literal, b"B": job.bsdiff, b"Z": job.zstd}
+            steps = {b"C": job.copy, b"T": job.again, b"L": job.literal, b"B": job.bsdiff,
+                     b"Z": job.zstd}  # fmt: skip
             while (tag := ops.read(1)) != b"E":
                 step = steps.get(tag)
                 if step is None:
@@ -247,6 +263,8 @@ def apply(
                 raise DeltaError("tar-bsdiff delta: data after the end op")
     except zstandard.ZstdError as e:
         raise DeltaError(f"not a valid tar-bsdiff delta: {e}") from None
+    except io.UnsupportedOperation:
+        raise DeltaError("tar-bsdiff needs an output it can read back") from None
     if job.written != target_size:
         raise DeltaError("tar-bsdiff delta ended before its declared size")
     return job.written

@@ -1,12 +1,14 @@
 """Making ``tar-bsdiff`` deltas (the format and the applier: fleetpush_protocol/tar_delta.py).
 
 Each target member's data is, in order of preference: a copy of identical data anywhere
-in the base (found by SHA-256), the smaller of a bsdiff and a zstd patch against the base
-member of the same path, or literal bytes. bsdiff wins on executables whose code shifted
-(every call displacement changes by a little, which bsdiff's byte-wise diff turns into
-mostly zero bytes), zstd with the member as dictionary on text and on small members; the
-choice is made per member on the compressed size of each. Headers are copied from the
-base when identical, else literal; the whole op stream is compressed with zstd.
+in the base (found by SHA-256) or earlier in the target (the same program under two
+paths, which a 4 MiB zstd window does not reach across), the smaller of a bsdiff and a
+zstd patch against the base member of the same path, or literal bytes. bsdiff wins on
+executables whose code shifted (every call displacement changes by a little, which its
+byte-wise diff turns into mostly zero bytes), zstd with the member as dictionary on text
+and small members; the choice is made per member on the compressed size of each.
+Headers are copied from the base when identical, else literal; the whole op stream is
+compressed with zstd.
 
 bsdiff's suffix sort takes about 17 bytes of memory per base byte and is O(n log n) in
 time, so a member pair larger than ``max_bsdiff_member`` (``[deltas]
@@ -91,6 +93,10 @@ class _Ops:
             self.copy_at = at
         self.copy_len += length
 
+    def again(self, at: int, length: int) -> None:
+        self._flush()
+        self.out.write(b"T" + struct.pack("<QQ", at, length))
+
     def add_literal(self, data: bytes) -> None:
         if self.copy_len:
             self._flush()
@@ -149,7 +155,7 @@ def make(
     base_gaps = {name: (s, e) for name, s, e in _gaps(base_ranges, len(base))}
     small = zstandard.ZstdCompressor(level=level)
     ops, max_member = _Ops(), 0
-    made: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}  # the same pair, patched once
+    written: dict[bytes, int] = {}  # changed member data already in the target, by hash
     data_at = {start: (name, end) for name, start, end in target_ranges}
     for name, start, end in _gaps(target_ranges, len(target)):
         gap = target[start:end]
@@ -166,15 +172,16 @@ def make(
             s, e = by_hash[digest]
             ops.copy(s, e - s)
             continue
+        if digest in written:
+            ops.again(written[digest], len(new))
+            continue
+        written[digest] = end
         if name not in by_name:
             ops.add_literal(new)
             continue
         s, e = by_name[name]
         old = base[s:e]
-        key = (hashlib.sha256(old).digest(), digest)
-        if key not in made:
-            made[key] = _best(s, old, new, level=level, cap=max_bsdiff_member, small=small)
-        op, holds = made[key]
+        op, holds = _best(s, old, new, level=level, cap=max_bsdiff_member, small=small)
         if not op:
             ops.add_literal(new)
             continue

@@ -188,8 +188,9 @@ def test_cli_apply_bad_delta_is_a_clear_error_and_writes_nothing(tmp_path: Path)
 
 def _tar_pair(seed: int = 3) -> tuple[bytes, bytes]:
     """Two releases as tars: a program relinked (40 bytes inserted, so every later 4-byte
-    displacement moves by 40, as a security rebuild does), a changelog grown by a line, a
-    file unchanged, one renamed, one removed, one new, and a symlink."""
+        displacement moves by 40, as a security rebuild does), a changelog grown by a line, a
+        file unchanged, one renamed, one removed, one new, a symlink, and the program again
+    under a second path (a copy of target bytes already written)."""
     rng = random.Random(seed)
     code = bytearray(rng.randbytes(60_000))
     relinked = code[:20_000] + rng.randbytes(40) + code[20_000:]
@@ -200,10 +201,11 @@ def _tar_pair(seed: int = 3) -> tuple[bytes, bytes]:
     same, moved = rng.randbytes(5000), rng.randbytes(7000)
     link = tarfile.TarInfo("bin/app-link")
     link.type, link.linkname = tarfile.SYMTYPE, "app"
-    base = make_tar({"VERSION": b"1.0.0\n", "bin/app": bytes(code), "share/same": same,
+    base = make_tar({"VERSION": b"1.0.0\n", "bin/app": bytes(code), "bin/z-copy": bytes(code), "share/same": same,
                      "share/old-name": moved, "share/removed": rng.randbytes(900),
                      "doc/changelog": changelog})  # fmt: skip
-    target = make_tar({"VERSION": b"2.0.0\n", "bin/app": bytes(relinked), "share/same": same,
+    target = make_tar({"VERSION": b"2.0.0\n", "bin/app": bytes(relinked), "bin/z-copy": bytes(relinked),
+                       "share/same": same,
                        "share/new-name": moved, "share/added": rng.randbytes(3000),
                        "doc/changelog": b"* fixed CVE-2026-0001\n" + changelog},
                       extra=[link])  # fmt: skip

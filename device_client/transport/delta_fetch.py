@@ -122,7 +122,7 @@ def _rebuild(
     codec = _codec()
     base_size = base.stat().st_size
     if method == codec.TAR_METHOD:  # streams: the base is read by offset, never whole
-        with base.open("rb") as old, delta.open("rb") as patch, out.open("wb") as f:
+        with base.open("rb") as old, delta.open("rb") as patch, out.open("w+b") as f:
             written = _tar_codec().apply(
                 old, base_size, patch, f, max_output=payload.size, max_memory=max_memory
             )

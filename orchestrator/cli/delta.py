@@ -96,7 +96,7 @@ def apply_command(old: Path, patch: Path, out: Path, as_json: bool) -> None:
     start = time.perf_counter()
     method = codec.METHOD
     try:
-        with patch.open("rb") as src, tmp.open("wb") as dst:
+        with patch.open("rb") as src, tmp.open("w+b") as dst:
             if tar_delta.is_tar_delta(src):
                 method = codec.TAR_METHOD
                 with old.open("rb") as base:
