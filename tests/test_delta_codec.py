@@ -201,11 +201,11 @@ def _tar_pair(seed: int = 3) -> tuple[bytes, bytes]:
     same, moved = rng.randbytes(5000), rng.randbytes(7000)
     link = tarfile.TarInfo("bin/app-link")
     link.type, link.linkname = tarfile.SYMTYPE, "app"
-    base = make_tar({"VERSION": b"1.0.0\n", "bin/app": bytes(code), "bin/z-copy": bytes(code), "share/same": same,
-                     "share/old-name": moved, "share/removed": rng.randbytes(900),
-                     "doc/changelog": changelog})  # fmt: skip
-    target = make_tar({"VERSION": b"2.0.0\n", "bin/app": bytes(relinked), "bin/z-copy": bytes(relinked),
-                       "share/same": same,
+    base = make_tar({"VERSION": b"1.0.0\n", "bin/app": bytes(code), "bin/z-copy": bytes(code),
+                     "share/same": same, "share/old-name": moved,
+                     "share/removed": rng.randbytes(900), "doc/changelog": changelog})  # fmt: skip
+    target = make_tar({"VERSION": b"2.0.0\n", "bin/app": bytes(relinked),
+                       "bin/z-copy": bytes(relinked), "share/same": same,
                        "share/new-name": moved, "share/added": rng.randbytes(3000),
                        "doc/changelog": b"* fixed CVE-2026-0001\n" + changelog},
                       extra=[link])  # fmt: skip
