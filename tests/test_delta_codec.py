@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import random
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -322,3 +324,22 @@ def test_cli_tar_method_on_non_tars_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "zstd-patch" in result.output
     assert not (tmp_path / "p").exists()
+
+
+def test_the_tar_bsdiff_vector_rebuilds_its_target() -> None:
+    """docs/protocol/delta-vectors.json: one op of each kind, as the generator writes it
+    (compared on the op stream: zstd's compressed bytes may change between versions)."""
+    root = Path(__file__).resolve().parent.parent
+    vector = json.loads((root / "docs" / "protocol" / "delta-vectors.json").read_text())
+    base, patch = bytes.fromhex(vector["base"]), bytes.fromhex(vector["patch"])
+    rebuilt = _tar_apply(base, patch)
+    assert rebuilt == bytes.fromhex(vector["target"])
+    assert hashlib.sha256(rebuilt).hexdigest() == vector["target_sha256"]
+    stream = zstandard.ZstdDecompressor().decompress(patch)
+    assert stream.hex() == vector["op_stream"]
+    assert "".join(op["bytes"] for op in vector["ops"]) == vector["op_stream"][2 * 32 :]
+    generated = subprocess.run(
+        [sys.executable, str(root / "scripts" / "gen_delta_vectors.py")],
+        check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)},
+    ).stdout  # fmt: skip
+    assert json.loads(generated)["op_stream"] == vector["op_stream"]
