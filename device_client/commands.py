@@ -10,7 +10,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["CommandResult", "run_command", "substitute"]
+__all__ = ["CommandResult", "reap", "run_command", "substitute"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +64,26 @@ async def run_command(
         out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
     except TimeoutError:
         _kill_group(proc)
-        with contextlib.suppress(Exception):
-            await proc.wait()
+        await reap(proc)
         return CommandResult(None, True, f"no result within {timeout_s:g} s")
     except asyncio.CancelledError:
         _kill_group(proc)
+        await reap(proc)
         raise
     tail = out.decode(errors="replace").strip()[-MAX_TAIL:]
     logger.debug("%s exited %s", argv[0], proc.returncode)
     return CommandResult(proc.returncode, False, tail)
+
+
+async def reap(proc: asyncio.subprocess.Process, *, within_s: float = 2.0) -> None:
+    """Wait for a killed child and read its pipes to EOF.
+
+    ``wait()`` alone is not enough: the pipes' transports close only at EOF, and a reader
+    paused on a full buffer never gets there, so the loop would end with them open (a
+    ResourceWarning, and an fd leaked per cancelled step on a long-running agent).
+    """
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(proc.communicate(), within_s)
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

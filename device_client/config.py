@@ -10,18 +10,21 @@ carried their unit (``keepalive_s = 60``) are still read.
 
 from __future__ import annotations
 
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta, field
 
+from device_client import casefold
 from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_common.broker_settings import BrokerSettings
 from fleetpush_common.config import DURATION, SIZE, TIME, ConfigError, Name, decode
 from fleetpush_common.windows import Window
+from fleetpush_protocol.components import COMPONENT_NAME_PATTERN
 from fleetpush_protocol.keys import load_public_key
 
 __all__ = [
@@ -216,7 +219,20 @@ class DeviceConfig(_Section, frozen=True, kw_only=True):
     health: HealthConfig = field(default_factory=HealthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    # The parts a system update may install (issue 18): ``[components.NAME]``, each with
+    # its own handler and steps, like ``[install]`` (whose ``reboot`` serves them all).
+    components: Annotated[dict[str, InstallConfig], Meta(max_length=16)] = field(
+        default_factory=dict
+    )
     source: str = "device.toml"  # the file name, for messages
+
+    def __post_init__(self) -> None:
+        for name in self.components:  # checked here: a key's own error names no table
+            if not re.match(COMPONENT_NAME_PATTERN, name):
+                raise ValueError(
+                    f"components: {name!r} is not a component name "
+                    "(1-32 of a-z 0-9 _ -, starting with a letter or digit)"
+                )
 
 
 def parse_config(
@@ -242,14 +258,28 @@ def parse_config(
     if install.handler == "directory" and slots is None:
         slots = c.device.state_dir / "slots"
     install = msgspec.structs.replace(install, slots_dir=slots, unpack=c.unpack)
-    return msgspec.structs.replace(c, broker=broker, install=install, source=source)
+    components = {name: _component(c, name, part) for name, part in c.components.items()}
+    return msgspec.structs.replace(
+        c, broker=broker, install=install, components=components, source=source
+    )
 
 
-def load_config(path: Path) -> DeviceConfig:
-    """Read and validate a device configuration file.
+def _component(c: DeviceConfig, name: str, part: InstallConfig) -> InstallConfig:
+    slots = part.slots_dir
+    if part.handler == "directory" and slots is None:
+        slots = c.device.state_dir / "components" / name
+    return msgspec.structs.replace(part, slots_dir=slots, unpack=c.unpack)
+
+
+def load_config(
+    path: Path, *, read_flags: Callable[[Path], int] = casefold.read_flags
+) -> DeviceConfig:
+    """Read and validate a device configuration file. ``read_flags`` reads a folder's
+    inode flags (``casefold.read_flags``; tests inject theirs).
 
     Raises:
-        ConfigError: the file cannot be read, is not TOML, or a field is invalid.
+        ConfigError: the file cannot be read, is not TOML, or a field is invalid; or the
+            slot folder is case-folding (``casefold.check_slots_dir``).
     """
     path = Path(path)
     try:
@@ -262,6 +292,11 @@ def load_config(path: Path) -> DeviceConfig:
         raise ConfigError("not UTF-8 text", source=path.name) from None
     config = parse_config(raw, source=path.name, base=path.resolve().parent)
     _check_secrets(path, raw, config)
+    slots = config.install.slots_dir
+    if config.install.handler == "directory" and slots is not None:
+        problem = casefold.check_slots_dir(slots, read_flags)
+        if problem is not None:
+            raise ConfigError(problem, source=path.name, table="install", key="slots_dir")
     return config
 
 

@@ -29,6 +29,7 @@ import logging
 import os
 from typing import Any
 
+from device_client.commands import reap
 from device_client.config import DeviceConfig
 from device_client.jobs.security import install_deadline
 from fleetpush_common.atomic import atomic_write
@@ -116,8 +117,7 @@ class NotifyHook:
             if proc.returncode is None:  # timed out, or the job was canceled meanwhile
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-                with contextlib.suppress(ProcessLookupError):
-                    await proc.wait()
+            await reap(proc)
         if proc.returncode:
             logger.warning("notify_command exited %d: %s", proc.returncode,
                            err.decode(errors="replace").strip()[:500])  # fmt: skip

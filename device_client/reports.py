@@ -15,6 +15,7 @@ import msgspec
 from device_client.jobs.states import Job
 from device_client.persisted import Persisted
 from device_client.transport.outbox import Kind
+from fleetpush_protocol.components import ComponentState
 from fleetpush_protocol.envelope import encode_message
 from fleetpush_protocol.messages import ErrorInfo, Progress, Report, ReportState
 from fleetpush_protocol.topics import Topics
@@ -77,6 +78,7 @@ class Reporter:
         progress: Progress | None = None,
         detail: str = "",
         downloaded: int | None = None,
+        components: tuple[ComponentState, ...] = (),
     ) -> None:
         """Queue one report; it leaves with the next state write."""
         st = self._persisted.state
@@ -99,6 +101,7 @@ class Reporter:
                 error=error,
                 detail=detail[:1024] if detail else msgspec.UNSET,
                 downloaded=msgspec.UNSET if downloaded is None else downloaded,
+                components=components or msgspec.UNSET,
             )
             return encode_message(report)
 
@@ -126,4 +129,5 @@ class Reporter:
         self.report(
             job.notice_id, job.rollout_id, job.reply_topic, state,
             error=error, progress=progress, detail=detail, downloaded=downloaded,
+            components=tuple(ComponentState(name=p.name, state=p.state) for p in job.parts),
         )  # fmt: skip

@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from fleetpush_protocol.components import Components, ComponentStates, check_system
 from fleetpush_protocol.states import ERROR_STATES, FailureCode, ReportState
 
 __all__ = [
@@ -176,6 +177,8 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
 
     # Absent unless a security update (issue 17), like ``deltas`` and ``update_class``.
     advisory: Advisory | msgspec.UnsetType = msgspec.UNSET
+    # Absent unless a system update (issue 18; fleetpush_protocol/components.py).
+    components: Components | msgspec.UnsetType = msgspec.UNSET
     # Absent (not nil, not empty) when there are none, so that a notice without deltas
     # keeps the bytes it had before the field existed and has one encoding either way.
     deltas: (
@@ -203,6 +206,7 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
         has_advisory = not isinstance(self.advisory, msgspec.UnsetType)
         if (self.update_class == SECURITY) != has_advisory:
             raise ValueError("update_class 'security' goes with an advisory, and only it")
+        check_system(self)
 
     @property
     def security(self) -> bool:
@@ -303,6 +307,8 @@ class Report(Message, frozen=True, kw_only=True):
 
     TYPE: ClassVar[str] = "report"
 
+    # Absent unless the notice is a system update: how far each component got.
+    components: ComponentStates | msgspec.UnsetType = msgspec.UNSET
     counter: Seq
     current_version: Annotated[str, msgspec.Meta(max_length=128)]
     # Absent unless set, like UpdateNotice.deltas, so reports without them keep their

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from fleetpush_protocol.topics import device_scope
 from orchestrator.notices import NoticeFactory
 from orchestrator.security.keystore import SigningSet
 from orchestrator.store import Database, NoticeRecord, RolloutRecord
+from orchestrator.supersede import CancelSigner, start
 
 __all__ = ["NoticeSending", "Publisher"]
 
@@ -70,6 +71,34 @@ class NoticeSending:
                 signing, release, rollout_id=r.id, device_ids=device_ids, seqs=seqs, now=int(now)
             ),
         )  # fmt: skip
+
+    async def start_rollout(
+        self, r: RolloutRecord, now: float, fields: Mapping[str, Any], *, actor: str
+    ) -> tuple[RolloutRecord, dict[int, list[str]]]:
+        """Compare-and-set ``r`` to ``fields`` (``supersede.start``): a security rollout
+        that becomes running takes its devices from feature rollouts in the same
+        transaction, whose cancels are then published. Returns the rollout and what it
+        took (feature rollout id -> devices).
+
+        Raises:
+            ConflictError: ``r`` changed since it was read (another replica started it).
+        """
+        release = await self.db.run(lambda s: s.get_release(r.release_id))
+        sign: CancelSigner | None = None
+        if release.security:
+            signing = self.signing(now)  # read before the transaction; in it, only signing
+
+            def sign(
+                rollout_id: int, devices: list[str], seqs: dict[str, int]
+            ) -> list[NoticeRecord]:
+                return self.notices.cancels(signing, rollout_id=rollout_id, device_ids=devices,
+                                            seqs=seqs, now=int(now))  # fmt: skip
+
+        started, taken, cancels = await self.db.run(
+            lambda s: s.atomic(lambda s: start(s, r, now, fields, sign=sign, actor=actor))
+        )
+        await self._publish(cancels, now)
+        return started, taken
 
     async def send_updates(
         self, r: RolloutRecord, device_ids: Sequence[str], online: set[str], now: float

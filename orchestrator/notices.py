@@ -26,6 +26,7 @@ from orchestrator.deltas import DeltaIndex
 from orchestrator.payloads import UrlSigner
 from orchestrator.security.keystore import SigningSet
 from orchestrator.store import NoticeRecord, ReleaseRecord
+from orchestrator.systems import notice_components
 
 __all__ = ["NoticeFactory", "new_notice_id"]
 
@@ -127,6 +128,10 @@ class NoticeFactory:
         extra: dict[str, Any] = {}
         if release.security and release.advisory is not None:
             extra = {"update_class": SECURITY, "advisory": to_advisory(release.advisory)}
+        if release.components:  # a system: each component on its own URLs, no deltas
+            extra["components"] = notice_components(release, lambda sha: self._urls(
+                sha, expires, now))  # fmt: skip
+            deltas = msgspec.UNSET
         out = []
         for device_id in device_ids:
             scope = device_scope(device_id)

@@ -411,6 +411,9 @@ def build() -> list[dict[str, Any]]:
     from vectors_security import security_cases  # noqa: PLC0415 - it imports this module
 
     cases += security_cases()
+    from vectors_system import system_cases  # noqa: PLC0415 - it imports this module
+
+    cases += system_cases()
     return cases
 
 

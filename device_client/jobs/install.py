@@ -16,6 +16,7 @@ from device_client.errors import UpdateError
 from device_client.handlers import InstallRequest
 from device_client.jobs.health import check_health
 from device_client.jobs.states import Job, JobState
+from device_client.jobs.system import is_system
 from fleetpush_protocol.messages import FailureCode, UpdateNotice
 
 if TYPE_CHECKING:
@@ -61,6 +62,9 @@ class Installer:
 
     async def install(self, job: Job, notice: UpdateNotice) -> None:
         r = self._runner
+        if is_system(notice):
+            await r.system.install(job, notice)
+            return
         handler = r.handler
         slot = f"slot-{job.notice_id}" if handler.name == "directory" else None
         job = r.transition(
@@ -76,11 +80,11 @@ class Installer:
             return
         job = r.transition(job, JobState.INSTALLED, reboot_pending=outcome.reboot)
         if outcome.reboot:
-            await self._reboot(job)
+            await self.wait_for_reboot(job)
             return
         await self.health(job, notice)
 
-    async def _reboot(self, job: Job) -> None:
+    async def wait_for_reboot(self, job: Job) -> None:
         r = self._runner
         argv = r.config.install.reboot
         if argv:
@@ -98,6 +102,9 @@ class Installer:
 
     async def health(self, job: Job, notice: UpdateNotice) -> None:
         r = self._runner
+        if is_system(notice):
+            await r.system.health(job, notice)
+            return
         job = r.transition(
             job, JobState.HEALTH_CHECK, health_attempts=job.health_attempts + 1,
             reboot_pending=False,
@@ -121,6 +128,9 @@ class Installer:
 
     async def rollback(self, job: Job, notice: UpdateNotice, code: str, why: str) -> None:
         r = self._runner
+        if is_system(notice):
+            await r.system.rollback(job, notice, code, why)
+            return
         if not r.handler.can_rollback:
             r.finish(job, JobState.FAILED, code, f"{why}; no rollback configured")
             return

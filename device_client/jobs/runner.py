@@ -27,9 +27,10 @@ from device_client.jobs.install import Installer
 from device_client.jobs.policy import Blocked
 from device_client.jobs.security import update_blocked
 from device_client.jobs.states import Job, JobState
+from device_client.jobs.system import SystemUpdates, is_system
 from device_client.persisted import Persisted
 from device_client.reports import Reporter
-from device_client.transport.base import PayloadFetcher
+from device_client.transport.base import PayloadFetcher, ProgressCallback
 from device_client.transport.delta_fetch import DeltaFetcher, FetchOutcome
 from device_client.transport.fetcher import hash_file
 from fleetpush_common.tasks import cancel_and_wait
@@ -84,6 +85,7 @@ class JobRunner:
         self.handler = handler
         self.clock = clock
         self.installer = Installer(self, on_succeeded)
+        self.system = SystemUpdates(self, on_succeeded)  # issue 18: several components
         self.notify = NotifyHook(config)  # [security] notify_command, once per notice
         self.stopping = False  # set when the agent stops: no new job task starts
         self._wake = asyncio.Event()
@@ -257,7 +259,12 @@ class JobRunner:
         Decided at once, with no await in between, so the ``notified`` report and the next
         state reach the disk in one write: one flash write per notice rather than two.
         """
-        if notice.handler != self.handler.name:
+        if is_system(notice):
+            if (problem := self.system.unsupported(notice)) is not None:
+                self.finish(job, JobState.FAILED, FailureCode.PAYLOAD_INVALID, problem)
+                return
+            job = self.system.start(job, notice)
+        elif notice.handler != self.handler.name:
             self.finish(
                 job, JobState.FAILED, FailureCode.PAYLOAD_INVALID,
                 f"notice wants handler {notice.handler!r}, device has {self.handler.name!r}",
@@ -298,6 +305,8 @@ class JobRunner:
         part, dest = self.files(job)
         if self.deltas is None or dest.exists():
             return None  # downloaded already: a metered link no longer matters
+        if is_system(notice) and await self.system.fetched(job, notice):
+            return None
         return await self.deltas.metered_block(notice, part)
 
     def keep_base(self, job: Job, notice: Notice) -> None:
@@ -312,6 +321,8 @@ class JobRunner:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _downloaded_ok(self, job: Job, notice: Notice) -> bool:
+        if is_system(notice):
+            return await self.system.fetched(job, notice)
         dest = self.files(job)[1]
         try:
             if dest.stat().st_size != notice.payload.size:
@@ -323,13 +334,8 @@ class JobRunner:
         digest = await asyncio.to_thread(hash_file, dest)
         return digest == notice.payload.sha256
 
-    async def download(self, job: Job, notice: Notice) -> None:
-        """Fetch the payload to the job's file, verified (the one place that downloads)."""
-        part, dest = self.files(job)
-        deltas = self.deltas
-        if deltas is not None and (metered := await deltas.metered_block(notice, part)):
-            self.transition(job, JobState.DEFERRED, detail=metered.reason)
-            return
+    def progress_callback(self, job: Job) -> ProgressCallback:
+        """Reports download progress of ``job`` at most every ``progress_interval``."""
         interval = self.config.download.progress_interval_s
         self._last_progress = time.monotonic()
 
@@ -342,6 +348,19 @@ class JobRunner:
                 self.reporter.job(current, ReportState.DOWNLOADING, progress=report_progress)
                 self.persisted.save()
 
+        return progress
+
+    async def download(self, job: Job, notice: Notice) -> None:
+        """Fetch the payload to the job's file, verified (the one place that downloads)."""
+        part, dest = self.files(job)
+        deltas = self.deltas
+        if deltas is not None and (metered := await deltas.metered_block(notice, part)):
+            self.transition(job, JobState.DEFERRED, detail=metered.reason)
+            return
+        if is_system(notice):
+            await self.system.download(job, notice)
+            return
+        progress = self.progress_callback(job)
         try:
             if deltas is not None:
                 got = await deltas.fetch(notice, part, dest, progress)

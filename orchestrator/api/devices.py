@@ -100,7 +100,8 @@ async def show_device(request: web.Request) -> web.Response:
     await c.refresh_registry()
     device = await c.db.run(lambda s: s.get_device(device_id))
     history = await c.db.run(lambda s: s.device_history(device_id))
-    return ok({**device.to_json(), "reports": history})
+    systems = await c.db.run(lambda s: s.device_components(device_id))
+    return ok({**device.to_json(), "reports": history, "systems": systems})
 
 
 @routes.patch("/v1/devices/{device_id}")

@@ -142,6 +142,8 @@ async def make_deltas(
     maker = c.deltas
     if maker is None:
         raise ApiError(409, "deltas are not available on this server")
+    if target.components:  # its notices list no deltas: components are fetched in full
+        raise ApiError(409, f"release {target.id} is a system: its components have no deltas")
     limit = c.config.deltas.max_bases
     if versions is None:
         bases = await c.db.run(lambda s: field_bases(s, target, limit))
@@ -266,6 +268,9 @@ async def delete_release(request: web.Request) -> web.Response:
     rec = await find_release(request, request.match_info["ref"])
     now = c.clock.now()
     await c.db.run(lambda s: s.delete_release(rec.id, now))
+    for sha in sorted({str(x["sha256"]) for x in rec.components}):  # a system's parts
+        if not await c.db.run(functools.partial(_in_use, sha)):
+            c.payloads.delete(sha)
     if not await c.db.run(lambda s: s.sha256_in_use(rec.sha256)):
         c.payloads.delete(rec.sha256)
         if c.deltas is not None:  # the deltas to it lead nowhere now
@@ -274,3 +279,7 @@ async def delete_release(request: web.Request) -> web.Response:
     await audit(request, "release.delete", f"release/{rec.id}", name=rec.name,
                 version=rec.version)  # fmt: skip
     return ok({"deleted": rec.id})
+
+
+def _in_use(sha256: str, store: Store) -> bool:
+    return store.sha256_in_use(sha256)

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from orchestrator.cli.common import api_command, emit, fmt_time, table
+from orchestrator.cli.systems import system_tables
 from orchestrator.client import ApiClient
 
 __all__ = ["audit", "devices"]
@@ -112,6 +113,7 @@ def devices_show(api: ApiClient, as_json: bool, device_id: str) -> None:
               [[r["counter"], r["rollout_id"], r["state"], r["current_version"],
                 r["error_code"] or "", fmt_time(r["received_at"])] for r in d["reports"]],
               title="reports")  # fmt: skip
+        system_tables(d)
 
     emit(data, as_json, render)
 

@@ -18,6 +18,7 @@ from rich.progress import (
 
 from orchestrator.advisories import AdvisoryError, parse_advisory
 from orchestrator.cli.common import api_command, emit, table
+from orchestrator.cli.systems import component_lines, upload_system
 from orchestrator.client import ApiClient
 from orchestrator.sbom import SbomError, parse_sbom
 
@@ -56,7 +57,8 @@ def upload(api: ApiClient, file: Path, params: list[tuple[str, str]]) -> Any:
 
 
 @release.command("upload")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", required=False,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))  # fmt: skip
 @click.option("--name", required=True)
 @click.option("--version", "version", required=True)
 @click.option("--model", "models", multiple=True, help="Hardware model; repeat. None = any.")
@@ -67,6 +69,9 @@ def upload(api: ApiClient, file: Path, params: list[tuple[str, str]]) -> Any:
 )  # fmt: skip
 @click.option("--arg", "args", multiple=True, help="Handler argument key=value; repeat.")
 @click.option("--meta", "meta", multiple=True, help="Metadata key=value; repeat.")
+@click.option("--component", "components", multiple=True, metavar="NAME=HANDLER:FILE",
+              help="A system release instead of FILE: components installed in this order "
+                   "and rolled back together; repeat.")  # fmt: skip
 @click.option("--sbom", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="SBOM: SPDX or CycloneDX JSON, checked before uploading.")  # fmt: skip
 @click.option("--security", is_flag=True,
@@ -78,11 +83,16 @@ def upload(api: ApiClient, file: Path, params: list[tuple[str, str]]) -> Any:
 @api_command
 def release_upload(
     *,
-    api: ApiClient, as_json: bool, file: Path, name: str, version: str,
+    api: ApiClient, as_json: bool, file: Path | None, name: str, version: str,
                    models: tuple[str, ...], handler: str, args: tuple[str, ...],
-                   meta: tuple[str, ...], sbom: Path | None, security: bool,
-                   advisory: Path | None) -> None:  # fmt: skip
-    """Upload FILE as a release (stored by SHA-256)."""
+                   meta: tuple[str, ...], components: tuple[str, ...], sbom: Path | None,
+                   security: bool, advisory: Path | None) -> None:  # fmt: skip
+    """Upload FILE as a release (stored by SHA-256), or a system of --component files."""
+    if (file is None) == (not components):
+        raise click.UsageError("give FILE, or --component NAME=HANDLER:FILE (repeated)")
+    if components and (args or security or advisory or handler != "directory"):
+        raise click.UsageError("--component goes without --handler, --arg, --security and "
+                               "--advisory: each component names its handler")  # fmt: skip
     params = [("name", name), ("version", version), ("handler", handler)]
     params += [("model", m) for m in models] + [("arg", a) for a in args]
     params += [("meta", m) for m in meta]
@@ -97,7 +107,11 @@ def release_upload(
         params += [("security", "true"), ("advisory", advisory.read_text())]
     sbom_bytes = _checked_sbom(sbom) if sbom is not None else None
     api.timeout = max(api.timeout, DELTA_TIMEOUT_S)
-    data = upload(api, file, params)
+    if file is None:
+        data = upload_system(api, name=name, version=version, models=models, meta=meta,
+                             components=components)  # fmt: skip
+    else:
+        data = upload(api, file, params)
     for warning in data.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
     if sbom_bytes is not None:
@@ -113,6 +127,7 @@ def release_upload(
                    f"sha256 {d['sha256']})")  # fmt: skip
         for line in _notes(d):
             click.echo(line)
+        component_lines(d)
         if d.get("deltas"):
             _delta_lines(d["deltas"], d["size"])
 
@@ -188,6 +203,7 @@ def release_show(api: ApiClient, as_json: bool, ref: str) -> None:
         _release_rows([d])
         for line in _notes(d):
             click.echo(line)
+        component_lines(d)
         if d.get("sbom"):
             rows = [[c["name"], c["version"], c["purl"]] for c in d["sbom"]["components"]]
             table(["component", "version", "purl"], rows)

@@ -180,4 +180,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE reports ADD COLUMN detail TEXT;
     ALTER TABLE reports ADD COLUMN downloaded INTEGER;
     """,
+    # 8: whole-system releases (issue 18): a system release's components in installation
+    # order (JSON: name, handler, sha256, size; NULL for a single payload), and each
+    # target's per-component states as its latest report gave them (JSON; NULL if none)
+    """
+    ALTER TABLE releases ADD COLUMN components TEXT;
+    ALTER TABLE rollout_targets ADD COLUMN components TEXT;
+    """,
 )

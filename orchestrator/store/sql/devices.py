@@ -159,6 +159,17 @@ class DeviceMethods(SqlBase):
         )  # fmt: skip
         return [dict(zip(keys, r, strict=True)) for r in found]
 
+    def device_components(self, device_id: str, limit: int = 5) -> list[dict[str, Any]]:
+        """The device's latest system updates (issue 18), newest first: each rollout's
+        state and its components' states as the device last reported them."""
+        found = self._execute(
+            "SELECT rollout_id, notice_id, state, updated_at, components FROM rollout_targets "
+            "WHERE device_id = ? AND components IS NOT NULL ORDER BY updated_at DESC LIMIT ?",
+            (device_id, limit),
+        ).fetchall()
+        return [{"rollout_id": r[0], "notice_id": r[1], "state": r[2], "updated_at": r[3],
+                 "components": json.loads(r[4])} for r in found]  # fmt: skip
+
     def version_counts(self) -> dict[str, int]:
         """How many devices run each release version (an empty version is left out)."""
         return {

@@ -145,6 +145,14 @@ class IngestMethods(SqlBase):
             "AND notice_id = ? AND last_counter < ?",
             updates,
         )
+        # A system update's component states (issue 18), from the report that is now the
+        # target's last one (an older report arriving later changes nothing).
+        self._executemany(
+            "UPDATE rollout_targets SET components = ? WHERE rollout_id = ? AND device_id = ? "
+            "AND notice_id = ? AND last_counter = ?",
+            [(json.dumps([{"name": c.name, "state": c.state} for c in r.components]), *t,
+              r.counter) for t, r in sorted(latest.items()) if r.components],
+        )  # fmt: skip
         # Apart from the state: the `downloaded` report is rarely a batch's latest.
         self._executemany(
             "UPDATE rollout_targets SET downloaded_bytes = ? "

@@ -47,10 +47,13 @@ class RolloutMethods(ReleaseMethods):
         now: float,
         actor: str,
         approval: bool = False,
+        hold: bool = False,
     ) -> RolloutRecord:
         if approval:
             state = AWAITING_APPROVAL
-        elif spec.start_at is not None and spec.start_at > now:
+        elif hold or (spec.start_at is not None and spec.start_at > now):
+            # held: its creator starts it in a transaction of its own (a security
+            # rollout's take-over, supersede.start); the engine does if the creator died
             state = "scheduled"
         else:
             state = "running"

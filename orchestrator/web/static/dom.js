@@ -75,4 +75,8 @@ export const facts = (pairs, attrs = {}) => h("dl", { class: "facts", ...attrs }
   ...pairs.flatMap(([k, v]) => [h("dt", { text: k }), v instanceof Node ? h("dd", {}, v) : h("dd", { text: v })]));
 
 /** "a, b ,c" -> ["a", "b", "c"] */
+// A system update's components (issue 18) with their states, in installation order.
+export const components = (list) => h("span", { class: "components" },
+  list.map((c) => h("span", { "data-component": c.name, "data-component-state": c.state },
+    c.name, " ", badge(c.state), " ")));
 export const words = (text) => text.split(/[,\s]+/).map((w) => w.trim()).filter(Boolean);

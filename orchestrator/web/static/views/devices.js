@@ -1,6 +1,6 @@
 // The devices table, one device's page, and the operator's editor of its groups and tags.
 import { api } from "../api.js";
-import { ago, badge, facts, flash, h, option, size, table, when, words } from "../dom.js";
+import { ago, badge, components, facts, flash, h, option, size, table, when, words } from "../dom.js";
 import { canAct, showError, state } from "../state.js";
 
 export function devicesView() {
@@ -156,6 +156,14 @@ export function deviceView(id) {
         h("strong", { text: "Last error: " }), `${errors[0].error_code}: ${errors[0].error_message || ""}`,
         h("span", { class: "muted small", text: ` (rollout ${errors[0].rollout_id}, ${when(errors[0].received_at)})` }))
         : null,
+      d.systems?.length ? h("h2", { text: "System updates" }) : null,
+      d.systems?.length ? table(["Rollout", "State", "Components", ["Updated", "wide"]],
+        d.systems.map((s) => h("tr", { "data-system-rollout": s.rollout_id },
+          h("td", {}, h("a", { href: `#/rollouts/${s.rollout_id}`, text: s.rollout_id })),
+          h("td", {}, badge(s.state)),
+          h("td", {}, components(s.components)),
+          h("td", { class: "wide", title: when(s.updated_at), text: ago(s.updated_at) }))),
+      { class: "systems" }) : null,
       h("h2", { text: "Reports" }),
       d.reports.length ? table([["#", "wide"], "Received", "Rollout", "State", ["Version", "wide"], "Error"],
         d.reports.map((r) => h("tr", { class: r.error_code ? "has-error" : "" },

@@ -2,7 +2,7 @@
 // failures by error code; the form that creates one.
 import { api } from "../api.js";
 import { timelineChart } from "../chart.js";
-import { ago, badge, duration, facts, flash, h, table, until, when } from "../dom.js";
+import { ago, badge, components, duration, facts, flash, h, table, until, when } from "../dom.js";
 import { rolloutForm } from "../forms.js";
 import { ACTIVE, canAct, rolloutCounts, showError, state } from "../state.js";
 
@@ -140,7 +140,8 @@ function rolloutCard(r, { detailed = false } = {}) {
       h("summary", { text: `Failures (${c.failed})` }),
       h("ul", {}, r.failures.map((t) => h("li", { "data-failed-device": t.device_id },
         h("a", { href: `#/devices/${encodeURIComponent(t.device_id)}`, text: t.device_id }),
-        ` phase ${t.phase + 1} `, badge(t.state, "failed"), " ", h("span", { class: "reason-text", text: t.reason || "no reason given" })))))
+        ` phase ${t.phase + 1} `, badge(t.state, "failed"), " ", h("span", { class: "reason-text", text: t.reason || "no reason given" }),
+        t.components ? h("div", { class: "small" }, components(t.components)) : null))))
       : null,
     detailed ? settings(r) : null,
     h("p", { class: "muted small" }, `created ${ago(r.created_at)} by ${r.created_by || "?"} · updated ${ago(r.updated_at)}`),
