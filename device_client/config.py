@@ -34,6 +34,7 @@ __all__ = [
     "DeviceSection",
     "DownloadConfig",
     "HealthConfig",
+    "HoldsConfig",
     "InstallConfig",
     "PolicyConfig",
     "SecurityConfig",
@@ -205,6 +206,29 @@ class SecurityConfig(_Section, frozen=True, kw_only=True):
         default=30.0, name="notify_timeout")  # fmt: skip
 
 
+class HoldsConfig(_Section, frozen=True, kw_only=True):
+    """``[holds]``: how applications on the device may hold an update (docs/device.md,
+    "Application holds"); the notice's ``holds`` may only lower the two bounds."""
+
+    renamed: ClassVar[dict[str, str]] = {
+        "max_each_s": "max_each", "max_total_s": "max_total",
+        "gate_timeout_s": "gate_timeout"}  # fmt: skip
+
+    # The UNIX socket of ``fleetpush-device hold``; none: no local command. Its folder is
+    # made 0750 and the socket 0660, owned by ``socket_group`` when set: who may hold is
+    # who is in that group (or the agent's own user).
+    socket: Path | None = None
+    socket_group: Name | None = None
+    max_each_s: Annotated[float, DURATION, Meta(ge=0.0, le=365 * 86400.0)] = field(
+        default=2 * 3600.0, name="max_each")  # fmt: skip
+    # From the first hold of an update on: past it the update proceeds whatever is asked.
+    max_total_s: Annotated[float, DURATION, Meta(ge=0.0, le=365 * 86400.0)] = field(
+        default=24 * 3600.0, name="max_total")  # fmt: skip
+    gate_command: Argv = ()  # asked before each install: proceed, or hold for a while
+    gate_timeout_s: Annotated[float, DURATION, Meta(ge=0.1, le=3600.0)] = field(
+        default=30.0, name="gate_timeout")  # fmt: skip
+
+
 class DeviceConfig(_Section, frozen=True, kw_only=True):
     """The whole configuration of one device agent."""
 
@@ -219,6 +243,7 @@ class DeviceConfig(_Section, frozen=True, kw_only=True):
     health: HealthConfig = field(default_factory=HealthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    holds: HoldsConfig = field(default_factory=HoldsConfig)
     # The parts a system update may install (issue 18): ``[components.NAME]``, each with
     # its own handler and steps, like ``[install]`` (whose ``reboot`` serves them all).
     components: Annotated[dict[str, InstallConfig], Meta(max_length=16)] = field(

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import msgspec
 
+from device_client.jobs.policy import Blocked
 from device_client.jobs.states import Job
 from device_client.persisted import Persisted
 from device_client.transport.outbox import Kind
@@ -78,9 +79,11 @@ class Reporter:
         progress: Progress | None = None,
         detail: str = "",
         downloaded: int | None = None,
+        hold: Blocked | None = None,
         components: tuple[ComponentState, ...] = (),
     ) -> None:
-        """Queue one report; it leaves with the next state write."""
+        """Queue one report; it leaves with the next state write (``hold``: an
+        application's hold, its reason and end)."""
         st = self._persisted.state
         version = st.current_version
         at = int(self._clock())
@@ -101,6 +104,8 @@ class Reporter:
                 error=error,
                 detail=detail[:1024] if detail else msgspec.UNSET,
                 downloaded=msgspec.UNSET if downloaded is None else downloaded,
+                hold_reason=msgspec.UNSET if hold is None else hold.reason[:512],
+                hold_until=msgspec.UNSET if hold is None else int(hold.until),
                 components=components or msgspec.UNSET,
             )
             return encode_message(report)
@@ -124,10 +129,11 @@ class Reporter:
         progress: Progress | None = None,
         detail: str = "",
         downloaded: int | None = None,
+        hold: Blocked | None = None,
     ) -> None:
         """Queue a report about ``job`` on its reply topic."""
         self.report(
             job.notice_id, job.rollout_id, job.reply_topic, state,
-            error=error, progress=progress, detail=detail, downloaded=downloaded,
+            error=error, progress=progress, detail=detail, downloaded=downloaded, hold=hold,
             components=tuple(ComponentState(name=p.name, state=p.state) for p in job.parts),
         )  # fmt: skip

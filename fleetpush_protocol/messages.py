@@ -32,6 +32,7 @@ __all__ = [
     "Delta",
     "ErrorInfo",
     "FailureCode",
+    "HoldLimits",
     "Inventory",
     "Keyring",
     "Message",
@@ -153,6 +154,23 @@ class Advisory(_Struct, frozen=True, kw_only=True):
         _unique(self.cves, "advisory.cves")
 
 
+HoldSeconds = Annotated[int, msgspec.Meta(ge=0, le=365 * 86400)]
+
+
+class HoldLimits(_Struct, frozen=True, kw_only=True):
+    """How long an application on the device may hold this update (issue 18; docs/protocol.md,
+    "Holds"): at most ``max_each_s`` per hold and ``max_total_s`` from the first hold on. They
+    only lower the device's own bounds; ``max_total_s = 0`` is an urgent release (no hold).
+    Both fields are always written."""
+
+    max_each_s: HoldSeconds
+    max_total_s: HoldSeconds
+
+    @property
+    def urgent(self) -> bool:
+        return self.max_total_s == 0 or self.max_each_s == 0
+
+
 class Target(_Struct, frozen=True, kw_only=True):
     """Who a notice is for: any listed device or member of a listed group, and then only
     if its model is listed (when any are) and its current version is listed (when any are).
@@ -189,6 +207,8 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
     format: int = FORMAT
     handler: Name
     handler_args: HandlerArgs
+    # Absent: the device's own hold bounds apply (issue 18); old devices ignore it.
+    holds: HoldLimits | msgspec.UnsetType = msgspec.UNSET
     issued_at: Time
     notice_id: Name
     payload: Payload
@@ -321,6 +341,10 @@ class Report(Message, frozen=True, kw_only=True):
     downloaded: Bytes | msgspec.UnsetType = msgspec.UNSET
     error: ErrorInfo | None = None
     format: int = FORMAT
+    # On a ``deferred`` report held by an application (issue 18): why (who held it and
+    # what it said) and until when (Unix seconds); absent otherwise.
+    hold_reason: Annotated[str, msgspec.Meta(max_length=512)] | msgspec.UnsetType = msgspec.UNSET
+    hold_until: Time | msgspec.UnsetType = msgspec.UNSET
     notice_id: Name
     progress: Progress | None = None
     reported_at: Time

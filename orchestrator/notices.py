@@ -23,6 +23,7 @@ from fleetpush_protocol.topics import Topics, device_scope
 from orchestrator.advisories import to_advisory
 from orchestrator.config import HttpConfig
 from orchestrator.deltas import DeltaIndex
+from orchestrator.hold_limits import to_hold_limits
 from orchestrator.payloads import UrlSigner
 from orchestrator.security.keystore import SigningSet
 from orchestrator.store import NoticeRecord, ReleaseRecord
@@ -132,6 +133,8 @@ class NoticeFactory:
             extra["components"] = notice_components(release, lambda sha: self._urls(
                 sha, expires, now))  # fmt: skip
             deltas = msgspec.UNSET
+        if release.holds is not None:  # issue 18; absent otherwise, as deltas are
+            extra["holds"] = to_hold_limits(release.holds)
         out = []
         for device_id in device_ids:
             scope = device_scope(device_id)

@@ -414,6 +414,9 @@ def build() -> list[dict[str, Any]]:
     from vectors_system import system_cases  # noqa: PLC0415 - it imports this module
 
     cases += system_cases()
+    from vectors_holds import holds_cases  # noqa: PLC0415 - it imports this module
+
+    cases += holds_cases()
     return cases
 
 

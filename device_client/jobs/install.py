@@ -60,16 +60,18 @@ class Installer:
             },
         )
 
-    async def install(self, job: Job, notice: UpdateNotice) -> None:
+    async def install(self, job: Job, notice: UpdateNotice, *, detail: str = "") -> None:
+        """``detail``: what the ``installing`` report says (a hold that ended, and how)."""
         r = self._runner
         if is_system(notice):
-            await r.system.install(job, notice)
+            await r.system.install(job, notice, detail=detail)
             return
         handler = r.handler
         slot = f"slot-{job.notice_id}" if handler.name == "directory" else None
         job = r.transition(
-            job, JobState.INSTALLING, previous_slot=handler.current_slot(), new_slot=slot
-        )
+            job, JobState.INSTALLING, detail=detail, previous_slot=handler.current_slot(),
+            new_slot=slot,
+        )  # fmt: skip
         try:
             outcome = await handler.install(self.request(job, notice))
         except UpdateError as e:

@@ -22,6 +22,7 @@ from typing import ClassVar
 from device_client.config import DeviceConfig
 from device_client.errors import UpdateError
 from device_client.handlers import Handler
+from device_client.holds import Holds
 from device_client.hooks import NotifyHook
 from device_client.jobs.install import Installer
 from device_client.jobs.policy import Blocked
@@ -87,6 +88,7 @@ class JobRunner:
         self.installer = Installer(self, on_succeeded)
         self.system = SystemUpdates(self, on_succeeded)  # issue 18: several components
         self.notify = NotifyHook(config)  # [security] notify_command, once per notice
+        self.holds = Holds(config, clock, self._pending_notice, self.wake)  # [holds]
         self.stopping = False  # set when the agent stops: no new job task starts
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -102,7 +104,7 @@ class JobRunner:
         await self.wait_for_policy(job, notice)
         job = self.persisted.state.job or job
         if await self._downloaded_ok(job, notice):
-            await self.installer.install(job, notice)
+            await self.installer.install(job, notice, detail=self.holds.take_note(job.notice_id))
         else:
             self.transition(job, JobState.DOWNLOADING)
 
@@ -110,11 +112,11 @@ class JobRunner:
         await self.download(job, notice)
 
     async def _downloaded(self, job: Job, notice: Notice) -> None:
-        blocked = update_blocked(self.config, notice, self.clock())
+        blocked = await self._blocked(job, notice)
         if blocked is not None:
-            self.transition(job, JobState.DEFERRED, detail=blocked.reason)
+            self.transition(job, JobState.DEFERRED, detail=blocked.reason, hold=blocked)
         elif await self._downloaded_ok(job, notice):
-            await self.installer.install(job, notice)
+            await self.installer.install(job, notice, detail=self.holds.take_note(job.notice_id))
         else:
             self.transition(job, JobState.DOWNLOADING)
 
@@ -200,14 +202,16 @@ class JobRunner:
 
     def transition(
         self, job: Job, state: JobState, *, detail: str = "", downloaded: int | None = None,
-        **changes: object,
+        hold: Blocked | None = None, **changes: object,
     ) -> Job:  # fmt: skip
-        """Persist ``job`` in ``state`` together with its report, then return it."""
+        """Persist ``job`` in ``state`` together with its report, then return it; ``hold``:
+        an application's hold, whose reason and end the report carries."""
         job = job.advance(state, **changes)
         logger.debug("%s: %s -> %s", self.device_id, job.notice_id, state.value)
         self.persisted.state.job = job
         if (rs := state.report_state) is not None:
-            self.reporter.job(job, rs, detail=detail, downloaded=downloaded)
+            held = hold if hold is not None and hold.hold else None
+            self.reporter.job(job, rs, detail=detail, downloaded=downloaded, hold=held)
         self.persisted.save()
         return job
 
@@ -290,24 +294,34 @@ class JobRunner:
     async def wait_for_policy(self, job: Job, notice: Notice) -> None:
         """Return when the update policy allows installing (the one place that waits); a
         security update's own rules in ``device_client.jobs.security``."""
-        reason = ""
+        said: tuple[str, float] | None = None
         while (blocked := await self._blocked(job, notice)) is not None:
-            if blocked.reason != reason:
-                if reason:  # the reason changed (hold over, now a window): say so
+            # An application's hold is said again when its end moves (a new hold).
+            now = (blocked.reason, blocked.until if blocked.hold else 0.0)
+            if now != said:
+                if said is not None:  # the reason changed (hold over, now a window): say so
                     job = self.transition(self.persisted.state.job or job, JobState.DEFERRED,
-                                          detail=blocked.reason)  # fmt: skip
-                reason = blocked.reason
+                                          detail=blocked.reason, hold=blocked)  # fmt: skip
+                said = now
             await self._sleep_until(blocked.until)
 
     async def _blocked(self, job: Job, notice: Notice) -> Blocked | None:
         if (blocked := update_blocked(self.config, notice, self.clock())) is not None:
             return blocked
         part, dest = self.files(job)
-        if self.deltas is None or dest.exists():
-            return None  # downloaded already: a metered link no longer matters
-        if is_system(notice) and await self.system.fetched(job, notice):
+        # Downloaded: a metered link no longer matters, a hold now does.
+        if dest.exists() or (is_system(notice) and await self.system.fetched(job, notice)):
+            return await self.holds.blocked(notice)
+        if self.deltas is None:
             return None
         return await self.deltas.metered_block(notice, part)
+
+    def _pending_notice(self) -> Notice | None:
+        job = self.persisted.state.job
+        if job is None:
+            return None
+        notice = decode_message(job.notice)
+        return notice if isinstance(notice, Notice) else None
 
     def keep_base(self, job: Job, notice: Notice) -> None:
         """The installed payload becomes the base of the next delta (docs/device.md)."""

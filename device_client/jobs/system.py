@@ -187,9 +187,9 @@ class SystemUpdates:
             "FLEETPUSH_SLOT": "",
         }
 
-    async def install(self, job: Job, notice: UpdateNotice) -> None:
+    async def install(self, job: Job, notice: UpdateNotice, *, detail: str = "") -> None:
         r = self._runner
-        job = r.transition(job, JobState.INSTALLING)
+        job = r.transition(job, JobState.INSTALLING, detail=detail)  # detail: a hold's end
         reboot = False
         for i, p in enumerate(job.parts):
             handler = self.handler(p.name)

@@ -109,6 +109,10 @@ def devices_show(api: ApiClient, as_json: bool, device_id: str) -> None:
             f"model={d['claimed_model'] or '-'}"
             f"{' (MISMATCH: not used for targeting)' if d['claims_mismatch'] else ''}"
         )
+        held = d["reports"][0] if d["reports"] else None
+        if held is not None and held.get("hold_until") is not None:  # issue 18
+            click.echo(f"held on the device (rollout {held['rollout_id']}) until "
+                       f"{fmt_time(held['hold_until'])}: {held['hold_reason'] or '-'}")  # fmt: skip
         table(["counter", "rollout", "state", "version", "error", "at"],
               [[r["counter"], r["rollout_id"], r["state"], r["current_version"],
                 r["error_code"] or "", fmt_time(r["received_at"])] for r in d["reports"]],

@@ -154,6 +154,7 @@ class ReleaseRecord:
     advisory: dict[str, Any] | None = None  # a security release's, as its notices carry it
     # A system release's (handler "system", issue 18): name, handler, sha256, size each.
     components: tuple[dict[str, Any], ...] = ()
+    holds: dict[str, int] | None = None  # caps on device holds (issue 18); 0: urgent
 
     @property
     def security(self) -> bool:
@@ -174,6 +175,7 @@ class ReleaseRecord:
             "update_class": self.update_class,
             "advisory": self.advisory,
             "components": [dict(c) for c in self.components],
+            "holds": self.holds,
         }
 
 

@@ -187,4 +187,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE releases ADD COLUMN components TEXT;
     ALTER TABLE rollout_targets ADD COLUMN components TEXT;
     """,
+    # 9: an application's hold on a device (issue 18): on a ``deferred`` report, who held
+    # the update and why, and until when (Unix seconds); NULL otherwise. A release's caps on
+    # holds (JSON {max_each_s, max_total_s}; 0: urgent), NULL: the devices' own bounds
+    """
+    ALTER TABLE reports ADD COLUMN hold_reason TEXT;
+    ALTER TABLE reports ADD COLUMN hold_until INTEGER;
+    ALTER TABLE releases ADD COLUMN holds TEXT;
+    """,
 )

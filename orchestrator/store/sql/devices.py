@@ -148,14 +148,15 @@ class DeviceMethods(SqlBase):
     def device_history(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
         found = self._execute(
             "SELECT counter, notice_id, rollout_id, state, current_version, reported_at, "
-            "received_at, error_code, error_message, accepted, detail, downloaded FROM reports "
+            "received_at, error_code, error_message, accepted, detail, downloaded, hold_reason, "
+            "hold_until FROM reports "
             "WHERE device_id = ? ORDER BY counter DESC LIMIT ?",
             (device_id, limit),
         ).fetchall()
         keys = (
             "counter", "notice_id", "rollout_id", "state", "current_version",
             "reported_at", "received_at", "error_code", "error_message", "accepted", "detail",
-            "downloaded",
+            "downloaded", "hold_reason", "hold_until",
         )  # fmt: skip
         return [dict(zip(keys, r, strict=True)) for r in found]
 

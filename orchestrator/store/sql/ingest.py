@@ -18,9 +18,15 @@ __all__ = ["IngestMethods"]
 
 # Row values per statement in set-based lookups: below SQLite's oldest variable limit (999).
 _CHUNK = 400
-# Reports per INSERT: 11 values each, within that oldest limit too.
-_INSERT_CHUNK = 90
-_REPORT_MARKS = f"({marks(13)})"  # the columns in table order, detail and downloaded last
+# Reports per INSERT: 15 values each, within that oldest limit too.
+_INSERT_CHUNK = 60
+# Named, not in table order: columns added by later migrations may come in any order.
+_REPORT_COLS = (
+    "device_id, counter, notice_id, rollout_id, state, current_version, reported_at, "
+    "received_at, error_code, error_message, accepted, detail, downloaded, hold_reason, "
+    "hold_until"
+)
+_REPORT_MARKS = f"({marks(15)})"
 
 
 class IngestMethods(SqlBase):
@@ -93,6 +99,8 @@ class IngestMethods(SqlBase):
                 error.message if error else None, 0 if owners[-1] is None else 1,
                 r.detail if isinstance(r.detail, str) else None,
                 r.downloaded if isinstance(r.downloaded, int) else None,
+                r.hold_reason if isinstance(r.hold_reason, str) else None,
+                r.hold_until if isinstance(r.hold_until, int) else None,
             ))  # fmt: skip
         # In key order: replicas inserting overlapping batches lock in one order.
         rows.sort(key=lambda row: (row[0], row[1]))
@@ -105,7 +113,8 @@ class IngestMethods(SqlBase):
             inserted.update(
                 (r[0], int(r[1]))
                 for r in self._execute(
-                    f"INSERT INTO reports VALUES {','.join([_REPORT_MARKS] * len(chunk))} "
+                    f"INSERT INTO reports ({_REPORT_COLS}) "
+                    f"VALUES {','.join([_REPORT_MARKS] * len(chunk))} "
                     "ON CONFLICT (device_id, counter) DO NOTHING RETURNING device_id, counter",
                     [v for row in chunk for v in row],
                 ).fetchall()

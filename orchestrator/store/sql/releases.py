@@ -23,14 +23,16 @@ class ReleaseMethods(SqlBase):
             with self._tx():
                 row = self._execute(
                     "INSERT INTO releases (name, version, sha256, size, models, handler, "
-                    "handler_args, metadata, created_at, update_class, advisory, components) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    "handler_args, metadata, created_at, update_class, advisory, components, "
+                    "holds) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         rec.name, rec.version, rec.sha256, rec.size, json.dumps(rec.models),
                         rec.handler, json.dumps(rec.handler_args), json.dumps(rec.metadata),
                         rec.created_at, rec.update_class,
                         json.dumps(rec.advisory, sort_keys=True) if rec.advisory else None,
                         json.dumps(list(rec.components)) if rec.components else None,
+                        json.dumps(rec.holds, sort_keys=True) if rec.holds else None,
                     ),
                 ).fetchone()  # fmt: skip
         except self.dialect.integrity:

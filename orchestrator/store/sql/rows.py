@@ -34,7 +34,7 @@ DEVICE_COLS = (
 )
 RELEASE_COLS = (
     "id, name, version, sha256, size, models, handler, handler_args, metadata, created_at, "
-    "update_class, advisory, components"
+    "update_class, advisory, components, holds"
 )
 ROLLOUT_COLS = (
     "id, release_id, target, spec, state, phase, phase_started_at, gate_met_at, reason, "
@@ -88,6 +88,7 @@ def release(row: Any) -> ReleaseRecord:
         update_class=row[10],
         advisory=json.loads(row[11]) if row[11] else None,
         components=tuple(json.loads(row[12])) if row[12] else (),
+        holds=json.loads(row[13]) if row[13] else None,
     )
 
 

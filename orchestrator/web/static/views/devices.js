@@ -134,6 +134,8 @@ export function deviceView(id) {
       return;
     }
     const errors = d.reports.filter((r) => r.error_code);
+    // An application on the device holds the update (issue 18): while it is the last word.
+    const held = d.reports[0]?.hold_until != null ? d.reports[0] : null;
     const editor = canAct() ? labelEditor(d, () => { editing = false; update("saved"); }) : null;
     editor?.addEventListener("input", () => { editing = true; });
     // replaceChildren() would print a null as "null": drop the parts not shown.
@@ -156,6 +158,10 @@ export function deviceView(id) {
         h("strong", { text: "Last error: " }), `${errors[0].error_code}: ${errors[0].error_message || ""}`,
         h("span", { class: "muted small", text: ` (rollout ${errors[0].rollout_id}, ${when(errors[0].received_at)})` }))
         : null,
+      held ? h("div", { class: "card", "data-hold": held.rollout_id },
+        h("strong", { text: "Held on the device: " }), held.hold_reason || "",
+        h("span", { class: "muted small", text: ` (rollout ${held.rollout_id}) until ${when(held.hold_until)}` }))
+        : null,
       d.systems?.length ? h("h2", { text: "System updates" }) : null,
       d.systems?.length ? table(["Rollout", "State", "Components", ["Updated", "wide"]],
         d.systems.map((s) => h("tr", { "data-system-rollout": s.rollout_id },
@@ -170,7 +176,8 @@ export function deviceView(id) {
           h("td", { class: "wide", text: r.counter }),
           h("td", { title: when(r.received_at), text: ago(r.received_at) }),
           h("td", {}, h("a", { href: `#/rollouts/${r.rollout_id}`, text: r.rollout_id })),
-          h("td", {}, badge(r.state)),
+          h("td", { title: r.hold_reason ? `${r.hold_reason}, until ${when(r.hold_until)}` : (r.detail || "") },
+            badge(r.state)),
           h("td", { class: "wide", text: r.current_version || "—" }),
           h("td", { class: "error-cell", text: r.error_code ? `${r.error_code}: ${r.error_message || ""}` : "" }))),
       { class: "history" }) : h("p", { class: "muted", text: "No reports yet." }),
