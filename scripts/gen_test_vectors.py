@@ -143,6 +143,12 @@ def build() -> list[dict[str, Any]]:
             "accept",
         ),
         case(
+            "notice-accept-deltas-tar-bsdiff",
+            "Two deltas from one base, by zstd-patch and by tar-bsdiff (member by member).",
+            signed(make_notice(deltas=(DELTA, replace(DELTA, method="tar-bsdiff")))),
+            "accept",
+        ),
+        case(
             "malformed-deltas-empty",
             "An empty deltas list: no deltas are written by leaving the field out.",
             raw_envelope({**n.to_body(), "deltas": []}, [S1]),
