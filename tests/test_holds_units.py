@@ -12,6 +12,7 @@ from agent_sim import AgentSim, running
 from device_client.config import ConfigError, HoldsConfig
 from device_client.gate import GateAnswer, ask_gate, parse_answer
 from device_client.holds import Hold, Limits, hold_end, limits
+from device_client.jobs.runner import DEFERRED_RESAY_S
 from fleetpush_common.clock import ManualClock
 from fleetpush_protocol.messages import HoldLimits
 from fleetpush_sim.release import make_tar
@@ -136,3 +137,24 @@ async def test_a_working_gate_reads_the_update_on_stdin(tmp_path: Path) -> None:
     answer = await ask_gate(config, {"notice_id": "n-1", "holds": {"held_s": 0}})
     assert answer == GateAnswer(300.0, "busy")
     assert seen.read_text() == '{"notice_id": "n-1", "holds": {"held_s": 0}}'
+
+
+async def test_a_long_hold_is_said_again_so_the_rollout_does_not_time_the_device_out(
+    tmp_path: Path,
+) -> None:
+    """The orchestrator times out a device silent for device_timeout (1 h by default); a
+    hold may last longer, so the deferral is reported again every DEFERRED_RESAY_S."""
+    clock = ManualClock(T)
+    sim = AgentSim(tmp_path, clock=clock, holds={"max_each": "3h", "max_total": "3h"})
+    async with running(sim):
+        await sim.trust()
+        sim.agent.runner.holds.request(2 * 3600.0, "long job", "uid 1000")
+        sim.fetcher.files[URL] = V2
+        notice, data = sim.signer.notice("dev-001", V2, [URL], topics=sim.topics)
+        await sim.notify(data)
+        first = await sim.session.wait_report("deferred", notice.notice_id)
+        for n in (2, 3):
+            clock.advance(DEFERRED_RESAY_S)
+            sim.agent.wake()
+            again = await sim.session.wait_report("deferred", notice.notice_id, count=n)
+            assert (again.hold_reason, again.hold_until) == (first.hold_reason, first.hold_until)

@@ -45,6 +45,7 @@ __all__ = ["MAX_WAIT_S", "JobRunner"]
 logger = logging.getLogger(__name__)
 
 MAX_WAIT_S = 60.0  # seconds between policy re-checks while deferred (clocks can jump)
+DEFERRED_RESAY_S = 600.0  # seconds: a deferred job reports again at least this often
 
 
 Step = Callable[["JobRunner", Job, Notice], Awaitable[None]]
@@ -299,15 +300,19 @@ class JobRunner:
         """Return when the update policy allows installing (the one place that waits); a
         security update's own rules in ``device_client.jobs.security``."""
         said: tuple[str, float] | None = None
+        said_at = self.clock()  # the caller reported the first deferral
         while (blocked := await self._blocked(job, notice)) is not None:
-            # An application's hold is said again when its end moves (a new hold).
+            # An application's hold is said again when its end moves (a new hold), and every
+            # DEFERRED_RESAY_S while it lasts: the orchestrator times out a device silent for
+            # the rollout's device_timeout, and a hold or a window may be longer than that.
             now = (blocked.reason, blocked.until if blocked.hold else 0.0)
-            if now != said:
-                if said is not None:  # the reason changed (hold over, now a window): say so
+            if now != said or self.clock() - said_at >= DEFERRED_RESAY_S:
+                if said is not None:
                     job = self.transition(self.persisted.state.job or job, JobState.DEFERRED,
                                           detail=blocked.reason, hold=blocked)  # fmt: skip
+                    said_at = self.clock()
                 said = now
-            await self._sleep_until(blocked.until)
+            await self._sleep_until(min(blocked.until, said_at + DEFERRED_RESAY_S))
 
     async def _blocked(self, job: Job, notice: Notice) -> Blocked | None:
         if (blocked := update_blocked(self.config, notice, self.clock())) is not None:

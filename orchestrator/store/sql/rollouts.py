@@ -243,7 +243,8 @@ class RolloutMethods(ReleaseMethods):
             silent = self._execute(
                 "SELECT device_id, state, updated_at FROM rollout_targets WHERE rollout_id = ? "
                 f"AND delivered = 1 AND state IN ({marks(len(_IN_FLIGHT))}) AND updated_at < ? "
-                "ORDER BY position" + self.dialect.for_update,
+                # Device order, as the security take-over locks them: two orders could deadlock.
+                "ORDER BY device_id" + self.dialect.for_update,
                 (rollout_id, *_IN_FLIGHT, cutoff),
             ).fetchall()
             # The state is compared again: a report that landed since the SELECT wins.
