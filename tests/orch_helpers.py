@@ -67,8 +67,10 @@ def root_hex(config_dir: Path) -> str:
 class Api(AsyncApi):
     """The product's API client; uploads default to the test payload."""
 
-    async def upload(self, name: str, version: str, payload: bytes = PAYLOAD) -> dict[str, Any]:
-        return await super().upload(name, version, payload)
+    async def upload(
+        self, name: str, version: str, payload: bytes = PAYLOAD, handler: str = "directory"
+    ) -> dict[str, Any]:
+        return await super().upload(name, version, payload, handler)
 
 
 class Fleet:

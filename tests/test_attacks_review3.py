@@ -103,6 +103,48 @@ async def test_a_restart_during_a_health_check_rollback_does_not_check_health_ag
                      "blocked", "rollback two", "rollback one"]  # fmt: skip
 
 
+async def test_a_restart_during_a_single_payload_rollback_does_not_check_health_again(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """The same for a single-payload job (command handler): the health check failed, the
+    rollback began and the agent stopped in it. Before the fix the next start ran the
+    health check again, which passed, and the device reported ``succeeded``."""
+    s = setup
+    log = tmp_path / "steps.log"
+    fifo, marker = tmp_path / "never-written", tmp_path / "blocked-once"
+    os.mkfifo(fifo)
+    failed_once = tmp_path / "health-failed-once"
+    health = ["/bin/sh", "-c", f'if [ -e "{failed_once}" ]; then exit 0; fi; '
+              f'touch "{failed_once}"; exit 1']  # fmt: skip
+    rollback = [
+        "/bin/sh", "-c",
+        f'if [ ! -e "{marker}" ]; then touch "{marker}"; echo "blocked" >> "{log}";'
+        f' cat "{fifo}" > /dev/null; fi; echo "rollback" >> "{log}"',
+    ]  # fmt: skip
+    install = ["/bin/sh", "-c", f'echo "install" >> "{log}"']
+    s.fleet.provision("rb-single", sections={
+        "install": {"handler": "command", "install": install, "rollback": rollback},
+        "health": {"command": health, "timeout": "30s"}})  # fmt: skip
+    s.broker.reload()
+    s.fleet.start("rb-single")
+
+    async def online() -> bool:
+        found = await s.api.call("GET", "/v1/devices", params={"online": "true"})
+        return any(d["device_id"] == "rb-single" for d in found["devices"])
+
+    await wait_until(online, what="rb-single online")
+    release = await s.api.upload("fw", "4.0", b"firmware 4.0", handler="command")
+    r = await s.api.rollout(release["id"], target={"devices": ["rb-single"]}, phases=[100])
+    await wait_for(lambda: log.exists() and "blocked" in log.read_text(), within=90,
+                   what="the rollback")  # fmt: skip
+    await s.fleet.stop("rb-single")
+    s.fleet.start("rb-single")
+    target = await _target_done(s, r["id"], "rb-single")
+    assert target["state"] == "rolled_back", target
+    assert target["reason"].startswith("health_check_failed"), target
+    assert log.read_text().split("\n")[:-1] == ["install", "blocked", "rollback"]
+
+
 # --- a device's per-component states (issue 18): never trusted past the release's list ----
 
 T0 = 1_700_000_000.0

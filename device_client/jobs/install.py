@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from device_client.commands import run_command
@@ -107,6 +108,12 @@ class Installer:
         if is_system(notice):
             await r.system.health(job, notice)
             return
+        if job.error_code:
+            # A rollback began (its cause persisted first) before the agent stopped: the
+            # handler may have put the old slot back already, so a check passing now would
+            # commit and report a release that is no longer running. The rollback goes on.
+            await self.rollback(job, notice, job.error_code, job.error_message)
+            return
         job = r.transition(
             job, JobState.HEALTH_CHECK, health_attempts=job.health_attempts + 1,
             reboot_pending=False,
@@ -141,6 +148,12 @@ class Installer:
         if not r.handler.can_rollback:
             r.finish(job, JobState.FAILED, code, f"{why}; no rollback configured", output=output)
             return
+        if job.error_code:  # a rollback began before the agent restarted: its cause stands
+            code, why = job.error_code, f"{job.error_message}; rollback resumed after a restart"
+        else:
+            job = replace(job, error_code=str(code), error_message=why[:1024])
+            r.persisted.state.job = job
+            r.persisted.save()
         try:
             await r.handler.rollback(self.request(job, notice))
         except UpdateError as e:
