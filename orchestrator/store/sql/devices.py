@@ -120,7 +120,7 @@ class DeviceMethods(SqlBase):
                     "WHERE in_registry = 1"
                 )
             }
-            gone = [(d,) for d in before if d not in wanted]
+            gone = [(d,) for d in sorted(before) if d not in wanted]
             self._executemany(
                 "UPDATE devices SET registry_groups = '[]', registry_model = '', "
                 "in_registry = 0 WHERE device_id = ?",
@@ -129,7 +129,12 @@ class DeviceMethods(SqlBase):
             changed = self._bulk_insert(
                 "devices",
                 ("device_id", "registry_groups", "registry_model", "in_registry", "first_seen"),
-                [(d, g, m, 1, now) for d, (g, m) in wanted.items() if before.get(d) != (g, m)],
+                # Device order, as ingestion writes them: concurrent upserts lock in one order.
+                [
+                    (d, g, m, 1, now)
+                    for d, (g, m) in sorted(wanted.items())
+                    if before.get(d) != (g, m)
+                ],
                 "ON CONFLICT (device_id) DO UPDATE SET "
                 "registry_groups = excluded.registry_groups, "
                 "registry_model = excluded.registry_model, in_registry = 1 "
