@@ -1,5 +1,6 @@
-"""Delta payloads on real Debian packages: fleetpush's zstd-patch against the zstd tool,
-bsdiff and xdelta3, same pairs, same run.
+"""Delta payloads on real Debian packages: fleetpush's zstd-patch and tar-bsdiff against
+the zstd tool, bsdiff and xdelta3, same pairs, same run (the orchestrator keeps the
+smaller of its two: ``chosen``).
 
 Each pair is two versions of one package fetched with ``apt-get download`` into a cache
 folder (never committed), unpacked with ``dpkg-deb -x`` and packed into the plain tar the
@@ -14,7 +15,8 @@ Needs apt-get, dpkg-deb and the zstd, bsdiff and xdelta3 tools (a missing tool's
 is null). Run: ``python -m benchmarks delta`` (``FLEETPUSH_DEB_CACHE`` picks the cache).
 
 Then bytes over the wire for a 1,000-device rollout in full and by delta, on a real stack
-(``benchmarks/_delta_fleet.py``); ``FLEETPUSH_DELTA_PART=fleet`` runs that part alone.
+(``benchmarks/_delta_fleet.py``); ``FLEETPUSH_DELTA_PART=fleet`` runs that part alone,
+``FLEETPUSH_DELTA_PART=pairs`` the Debian pairs alone.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 from benchmarks import _delta_fleet
 from fleetpush_protocol import delta
+from orchestrator import tar_delta_make
 
 PAIRS = [
     ("small security fix", "python3.11-minimal", "3.11.2-6+deb12u8", "3.11.2-6+deb12u9"),
@@ -54,10 +57,26 @@ _REBUILD = (
 import sys, time
 from benchmarks import _delta_fleet
 from fleetpush_protocol import delta
+from orchestrator import tar_delta_make
 base = open(sys.argv[1], "rb").read()
 start = time.perf_counter()
 with open(sys.argv[2], "rb") as patch, open(sys.argv[3], "wb") as out:
     delta.apply(base, patch, out, max_output=1 << 34, max_memory=1 << 40)
+elapsed = time.perf_counter() - start
+print(elapsed, hwm())
+"""
+)
+_TAR_REBUILD = (
+    _HWM
+    + """
+import os, sys, time
+from benchmarks import _delta_fleet
+from fleetpush_protocol import tar_delta
+start = time.perf_counter()
+base, patch, out = open(sys.argv[1], "rb"), open(sys.argv[2], "rb"), open(sys.argv[3], "w+b")
+tar_delta.apply(base, os.path.getsize(sys.argv[1]), patch, out, max_output=1 << 34,
+                max_memory=1 << 40)
+out.close()
 elapsed = time.perf_counter() - start
 print(elapsed, hwm())
 """
@@ -67,6 +86,7 @@ _BARE = (
     + """
 from benchmarks import _delta_fleet
 from fleetpush_protocol import delta
+from orchestrator import tar_delta_make
 print(0, hwm())
 """
 )
@@ -141,6 +161,16 @@ def _pair(work: Path, cache: Path, pair: tuple[str, str, str, str]) -> dict[str,
     rebuild_s, rss = _child(_REBUILD, str(old_p), str(patch_p), str(work / "rebuilt.tar"))
     if (work / "rebuilt.tar").read_bytes() != new:
         raise AssertionError(f"{pkg}: rebuilt payload differs")
+    start = time.perf_counter()
+    tar_patch = tar_delta_make.make(old, new)
+    tar_make_s = time.perf_counter() - start
+    tar_p = work / "patch.tbd"
+    tar_p.write_bytes(tar_patch)
+    tar_rebuild_s, tar_rss = _child(_TAR_REBUILD, str(old_p), str(tar_p), str(work / "rebuilt.tar"))
+    if (work / "rebuilt.tar").read_bytes() != new:
+        raise AssertionError(f"{pkg}: tar-bsdiff rebuilt payload differs")
+    chosen = "tar-bsdiff" if len(tar_patch) < len(patch) else "zstd-patch"
+    best = min(len(tar_patch), len(patch))
     zstd_tool = _tool(
         ["zstd", "-q", "-f", "-19", f"--patch-from={old_p}", str(new_p), "-o", str(work / "t.zst")],
         work / "t.zst",
@@ -176,13 +206,27 @@ def _pair(work: Path, cache: Path, pair: tuple[str, str, str, str]) -> dict[str,
         "rebuild_s": round(rebuild_s, 3),
         "rebuild_peak_rss_mb": round(rss / 2**20, 1),
         "rss_over_base_mb": round((rss - len(old)) / 2**20, 1),
+        "tar_bsdiff_bytes": len(tar_patch),
+        "tar_bsdiff_share_of_tar": round(len(tar_patch) / len(new), 4),
+        "tar_bsdiff_ratio_to_zstd_tool": round(len(tar_patch) / zstd_tool, 3)
+        if zstd_tool
+        else None,
+        "tar_bsdiff_make_s": round(tar_make_s, 2),
+        "tar_bsdiff_rebuild_s": round(tar_rebuild_s, 3),
+        "tar_bsdiff_rebuild_peak_rss_mb": round(tar_rss / 2**20, 1),
+        "tar_bsdiff_rss_over_base_mb": round((tar_rss - len(old)) / 2**20, 1),
+        "chosen": chosen,
+        "chosen_share_of_tar": round(best / len(new), 4),
+        "chosen_ratio_to_zstd_tool": round(best / zstd_tool, 3) if zstd_tool else None,
         "wire_full_gz_mb_1000": round(DEVICES * full_gz / 2**20, 1),
-        "wire_delta_mb_1000": round(DEVICES * len(patch) / 2**20, 1),
+        "wire_delta_mb_1000": round(DEVICES * best / 2**20, 1),
+        "load_average": os.getloadavg(),
     }
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    if os.environ.get("FLEETPUSH_DELTA_PART") == "fleet":  # the fleet alone (no apt-get)
+    part = os.environ.get("FLEETPUSH_DELTA_PART")
+    if part == "fleet":  # the fleet alone (no apt-get)
         return {"fleet": _delta_fleet.run(quick)}
     cache = Path(os.environ.get("FLEETPUSH_DEB_CACHE", Path(tempfile.gettempdir()) / "fp-debs"))
     cache.mkdir(parents=True, exist_ok=True)
@@ -190,5 +234,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [_pair(Path(tmp), cache, pair) for pair in pairs]
     _, bare = _child(_BARE)
+    if part == "pairs":  # the Debian pairs alone
+        return {"interpreter_peak_rss_mb": round(bare / 2**20, 1), "pairs": rows}
     fleet = _delta_fleet.run(quick)
     return {"interpreter_peak_rss_mb": round(bare / 2**20, 1), "pairs": rows, "fleet": fleet}

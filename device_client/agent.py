@@ -41,6 +41,7 @@ from collections.abc import Callable
 from device_client import __version__
 from device_client.config import DeviceConfig
 from device_client.handlers import Handler
+from device_client.hold_socket import HoldSocket
 from device_client.jobs.runner import JobRunner
 from device_client.messages import MessageRouter
 from device_client.persisted import Persisted, Store
@@ -106,13 +107,20 @@ class DeviceAgent:
         anchor = TrustedKeyring.anchor(config.trust.root_keys, config.trust.root_threshold)
         policy = VerifyPolicy(max_payload_bytes=config.download.max_payload_bytes)
         self.persisted = Persisted(store, anchor, policy, self.downloads)
-        self.reporter = Reporter(self.device_id, self.topics, self.persisted, clock, on_report)
+        self.reporter = Reporter(
+            self.device_id, self.topics, self.persisted, clock, on_report,
+            output_tail=config.evidence.output_tail,
+        )  # fmt: skip
         self.runner = JobRunner(
             config, persisted=self.persisted, reporter=self.reporter, fetcher=fetcher,
             handler=handler, clock=clock, on_succeeded=self._publish_inventory, deltas=deltas,
         )  # fmt: skip
         self.deltas = deltas
         self.router = MessageRouter(config, self.persisted, self.reporter, self.runner, clock)
+        # ``fleetpush-device hold`` (docs/device.md, "Application holds"); None: not set up
+        self.hold_socket = (
+            HoldSocket(config.holds, self.runner.holds) if config.holds.socket else None
+        )
         self._session_factory = session_factory
         self._stop: asyncio.Event | None = None
         self.session: AgentSession | None = None
@@ -149,6 +157,7 @@ class DeviceAgent:
                 outbox=self.persisted.state.outbox,
             )
         )
+        await self._open_hold_socket()
         inbox = asyncio.create_task(self.router.run(), name=f"{self.device_id}.inbox")
         session_task = asyncio.create_task(session.run(), name=f"{self.device_id}.mqtt")
         self.runner.kick()
@@ -156,6 +165,8 @@ class DeviceAgent:
             await self._stop.wait()
         finally:
             self.runner.stopping = True
+            if self.hold_socket is not None:
+                await self.hold_socket.close()
             await cancel_and_wait(inbox)
             await self.runner.cancel()
             self.persisted.flush()
@@ -181,6 +192,16 @@ class DeviceAgent:
                         await asyncio.sleep(0.1)  # refused while connected: it is closing
                     else:
                         await session.connected.wait()
+
+    async def _open_hold_socket(self) -> None:
+        # Without it no application can hold updates; they still install: log, go on.
+        if self.hold_socket is not None:
+            try:
+                await self.hold_socket.start()
+            except (OSError, KeyError) as e:
+                logger.error(  # noqa: TRY400 - the message says it all; no traceback
+                    "%s: hold socket %s not opened: %s", self.device_id, self.hold_socket.path, e
+                )
 
     def stop(self) -> None:
         """Ask ``run`` to return (safe from a signal handler)."""

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from device_client import __version__
+from device_client import __version__, hold_cli
 from device_client.agent import DeviceAgent
 from device_client.config import ConfigError, load_config
 from device_client.wiring import build_agent
@@ -21,7 +21,10 @@ EXIT_CONFIG = 2
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fleetpush-device", description="fleetpush device agent: verified, pushed updates."
+        prog="fleetpush-device",
+        description="fleetpush device agent: verified, pushed updates.",
+        epilog="Applications hold updates with `fleetpush-device hold --for 2h --reason TEXT`, "
+        "`release-hold` and `hold-status` (each with --help; docs/device.md).",
     )
     p.add_argument("--config", "-c", required=True, type=Path, help="path to device.toml")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
@@ -39,6 +42,9 @@ async def _serve(agent: DeviceAgent) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (2 for a bad configuration)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in hold_cli.COMMANDS:  # an application's hold, not an agent
+        return hold_cli.main(argv)
     args = _parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

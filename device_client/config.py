@@ -10,18 +10,21 @@ carried their unit (``keepalive_s = 60``) are still read.
 
 from __future__ import annotations
 
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta, field
 
+from device_client import casefold
 from fleetpush_common.atomic import ExposedSecretError, check_private
 from fleetpush_common.broker_settings import BrokerSettings
 from fleetpush_common.config import DURATION, SIZE, TIME, ConfigError, Name, decode
 from fleetpush_common.windows import Window
+from fleetpush_protocol.components import COMPONENT_NAME_PATTERN
 from fleetpush_protocol.keys import load_public_key
 
 __all__ = [
@@ -30,7 +33,9 @@ __all__ = [
     "DeviceConfig",
     "DeviceSection",
     "DownloadConfig",
+    "EvidenceConfig",
     "HealthConfig",
+    "HoldsConfig",
     "InstallConfig",
     "PolicyConfig",
     "SecurityConfig",
@@ -63,12 +68,20 @@ class DeviceSection(_Section, frozen=True, kw_only=True):
 
 
 class BrokerConfig(BrokerSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """``[broker]``: the shared broker settings, and how long the session lives."""
+    """``[broker]``: the shared broker settings, and how long the session lives.
+
+    ``urls = ["mqtt://a:1883", "mqtts://b:8883"]`` lists brokers (or the nodes of one
+    cluster) in place of ``url``; the device starts at one picked from its id, so a fleet
+    spreads over them, and moves to the next when one fails (docs/device.md, "Several
+    brokers"). The TLS files apply to the ``mqtts://`` ones.
+    """
 
     renamed: ClassVar[dict[str, str]] = {
         "keepalive_s": "keepalive", "session_expiry_s": "session_expiry",
         "ack_timeout_s": "ack_timeout"}  # fmt: skip
 
+    url: str = ""
+    urls: Annotated[tuple[str, ...], Meta(max_length=32)] = ()
     session_expiry_s: Annotated[int, DURATION, Meta(ge=0, le=2**32 - 1)] = field(
         default=604800, name="session_expiry"
     )  # seconds the broker keeps the session (and queued notices) while offline
@@ -76,10 +89,35 @@ class BrokerConfig(BrokerSettings, frozen=True, forbid_unknown_fields=True, kw_o
         default=30.0, name="ack_timeout"
     )  # seconds without a confirmation before reports are resent
 
+    @property
+    def all_urls(self) -> tuple[str, ...]:
+        return self.urls or (self.url,)
+
+    @property
+    def urls_key(self) -> str:
+        return "urls" if self.urls else "url"
+
     def __post_init__(self) -> None:
+        if self.url and self.urls:
+            raise ValueError("urls: give url or urls (a list of broker URLs), not both")
+        if not self.url and not self.urls:
+            raise ValueError("url: missing (or urls, a list of broker URLs)")
+        if len(set(self.urls)) != len(self.urls):
+            raise ValueError("urls: duplicate URLs")
         super().__post_init__()
         if self.username is None and self.cert_file is None:
             raise ValueError("username: missing (needed unless a TLS client certificate is used)")
+        if self.username is None and any(not u.startswith("mqtts:") for u in self.all_urls):
+            raise ValueError("urls: a login by client certificate needs mqtts:// URLs only")
+
+    def endpoint(self, url: str) -> BrokerConfig:
+        """These settings for one of the URLs (``url`` set, no list; TLS files only where
+        the URL is ``mqtts://``)."""
+        tls = url.startswith("mqtts:")
+        return msgspec.structs.replace(
+            self, url=url, urls=(), ca_file=self.ca_file if tls else None,
+            cert_file=self.cert_file if tls else None, key_file=self.key_file if tls else None,
+        )  # fmt: skip
 
 
 class TrustConfig(_Section, frozen=True, kw_only=True):
@@ -202,6 +240,37 @@ class SecurityConfig(_Section, frozen=True, kw_only=True):
         default=30.0, name="notify_timeout")  # fmt: skip
 
 
+class HoldsConfig(_Section, frozen=True, kw_only=True):
+    """``[holds]``: how applications on the device may hold an update (docs/device.md,
+    "Application holds"); the notice's ``holds`` may only lower the two bounds."""
+
+    renamed: ClassVar[dict[str, str]] = {
+        "max_each_s": "max_each", "max_total_s": "max_total",
+        "gate_timeout_s": "gate_timeout"}  # fmt: skip
+
+    # The UNIX socket of ``fleetpush-device hold``; none: no local command. Its folder is
+    # made 0750 and the socket 0660, owned by ``socket_group`` when set: who may hold is
+    # who is in that group (or the agent's own user).
+    socket: Path | None = None
+    socket_group: Name | None = None
+    max_each_s: Annotated[float, DURATION, Meta(ge=0.0, le=365 * 86400.0)] = field(
+        default=2 * 3600.0, name="max_each")  # fmt: skip
+    # From the first hold of an update on: past it the update proceeds whatever is asked.
+    max_total_s: Annotated[float, DURATION, Meta(ge=0.0, le=365 * 86400.0)] = field(
+        default=24 * 3600.0, name="max_total")  # fmt: skip
+    gate_command: Argv = ()  # asked before each install: proceed, or hold for a while
+    gate_timeout_s: Annotated[float, DURATION, Meta(ge=0.1, le=3600.0)] = field(
+        default=30.0, name="gate_timeout")  # fmt: skip
+
+
+class EvidenceConfig(_Section, frozen=True, kw_only=True):
+    """What a failure report carries of the failing step's output (issue 18)."""
+
+    # The last this many bytes of its stdout and stderr together; 0 reports none. At most
+    # the agent's capture per stream (device_client.output_tail.CAPTURE_BYTES).
+    output_tail: Annotated[int, SIZE, Meta(ge=0, le=6 * 1024)] = 4096
+
+
 class DeviceConfig(_Section, frozen=True, kw_only=True):
     """The whole configuration of one device agent."""
 
@@ -216,7 +285,22 @@ class DeviceConfig(_Section, frozen=True, kw_only=True):
     health: HealthConfig = field(default_factory=HealthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    holds: HoldsConfig = field(default_factory=HoldsConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    # The parts a system update may install (issue 18): ``[components.NAME]``, each with
+    # its own handler and steps, like ``[install]`` (whose ``reboot`` serves them all).
+    components: Annotated[dict[str, InstallConfig], Meta(max_length=16)] = field(
+        default_factory=dict
+    )
     source: str = "device.toml"  # the file name, for messages
+
+    def __post_init__(self) -> None:
+        for name in self.components:  # checked here: a key's own error names no table
+            if not re.match(COMPONENT_NAME_PATTERN, name):
+                raise ValueError(
+                    f"components: {name!r} is not a component name "
+                    "(1-32 of a-z 0-9 _ -, starting with a letter or digit)"
+                )
 
 
 def parse_config(
@@ -242,14 +326,28 @@ def parse_config(
     if install.handler == "directory" and slots is None:
         slots = c.device.state_dir / "slots"
     install = msgspec.structs.replace(install, slots_dir=slots, unpack=c.unpack)
-    return msgspec.structs.replace(c, broker=broker, install=install, source=source)
+    components = {name: _component(c, name, part) for name, part in c.components.items()}
+    return msgspec.structs.replace(
+        c, broker=broker, install=install, components=components, source=source
+    )
 
 
-def load_config(path: Path) -> DeviceConfig:
-    """Read and validate a device configuration file.
+def _component(c: DeviceConfig, name: str, part: InstallConfig) -> InstallConfig:
+    slots = part.slots_dir
+    if part.handler == "directory" and slots is None:
+        slots = c.device.state_dir / "components" / name
+    return msgspec.structs.replace(part, slots_dir=slots, unpack=c.unpack)
+
+
+def load_config(
+    path: Path, *, read_flags: Callable[[Path], int] = casefold.read_flags
+) -> DeviceConfig:
+    """Read and validate a device configuration file. ``read_flags`` reads a folder's
+    inode flags (``casefold.read_flags``; tests inject theirs).
 
     Raises:
-        ConfigError: the file cannot be read, is not TOML, or a field is invalid.
+        ConfigError: the file cannot be read, is not TOML, or a field is invalid; or the
+            slot folder is case-folding (``casefold.check_slots_dir``).
     """
     path = Path(path)
     try:
@@ -262,6 +360,11 @@ def load_config(path: Path) -> DeviceConfig:
         raise ConfigError("not UTF-8 text", source=path.name) from None
     config = parse_config(raw, source=path.name, base=path.resolve().parent)
     _check_secrets(path, raw, config)
+    slots = config.install.slots_dir
+    if config.install.handler == "directory" and slots is not None:
+        problem = casefold.check_slots_dir(slots, read_flags)
+        if problem is not None:
+            raise ConfigError(problem, source=path.name, table="install", key="slots_dir")
     return config
 
 

@@ -12,8 +12,10 @@ FleetpushError                       (fleetpush_protocol.errors)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fleetpush_protocol.errors import FleetpushError, TransportError
-from fleetpush_protocol.messages import FailureCode
+from fleetpush_protocol.messages import FailureCode, StepOutput
 
 __all__ = ["DownloadError", "SlowRetrievalError", "UpdateError"]
 
@@ -39,9 +41,18 @@ class UpdateError(FleetpushError):
         failure: the reported failure code.
         text: a short, human-readable reason (never payload bytes or keys).
         changed: True when the device may have changed (a rollback is needed).
+        output: what the failing step printed (issue 18), reported with the failure.
     """
 
-    def __init__(self, failure: FailureCode, text: str, *, changed: bool = False) -> None:
+    def __init__(
+        self,
+        failure: FailureCode,
+        text: str,
+        *,
+        changed: bool = False,
+        output: Sequence[StepOutput] = (),
+    ) -> None:
         super().__init__(text)
         self.failure = failure
         self.changed = changed
+        self.output = tuple(output)

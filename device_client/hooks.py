@@ -29,8 +29,10 @@ import logging
 import os
 from typing import Any
 
+from device_client.commands import reap
 from device_client.config import DeviceConfig
 from device_client.jobs.security import install_deadline
+from device_client.output_tail import RollingTail, drain
 from fleetpush_common.atomic import atomic_write
 from fleetpush_protocol.messages import Advisory, UpdateNotice
 
@@ -107,8 +109,13 @@ class NotifyHook:
         except (OSError, ValueError) as e:  # ValueError: a NUL in a signed value
             logger.warning("notify_command %s could not start: %s", self.command[0], e)
             return
+        err = RollingTail()  # its stderr, bounded as a step's (device_client.output_tail)
         try:
-            _, err = await asyncio.wait_for(proc.communicate(json.dumps(info).encode()), timeout)
+            await asyncio.wait_for(
+                asyncio.gather(_feed(proc, json.dumps(info).encode()), drain(proc.stderr, err),
+                               proc.wait()),
+                timeout,
+            )  # fmt: skip
         except TimeoutError:
             logger.warning("notify_command took longer than %gs; killed", timeout)
             return
@@ -116,8 +123,16 @@ class NotifyHook:
             if proc.returncode is None:  # timed out, or the job was canceled meanwhile
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-                with contextlib.suppress(ProcessLookupError):
-                    await proc.wait()
+            await reap(proc)
         if proc.returncode:
             logger.warning("notify_command exited %d: %s", proc.returncode,
-                           err.decode(errors="replace").strip()[:500])  # fmt: skip
+                           err.text().strip()[-500:])  # fmt: skip
+
+
+async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
+    """Write the hook's input; a hook that exits without reading it is no error."""
+    assert proc.stdin is not None  # noqa: S101 - started with stdin=PIPE
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+        proc.stdin.close()

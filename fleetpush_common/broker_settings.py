@@ -4,14 +4,15 @@
 ``url`` is ``mqtt://host:1883`` or ``mqtts://host:8883`` (TLS; ``ca_file`` is the CA of
 the broker's certificate, default the system's; ``cert_file`` and ``key_file`` a client
 certificate). The password comes from ``password`` or, better, a private
-``password_file``.
+``password_file``. ``protocol`` is the MQTT version spoken, ``"5"`` (default) or
+``"3.1.1"`` for brokers and modules without MQTT 5 (docs/broker.md, "MQTT 3.1.1").
 """
 
 from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, ClassVar, Literal, Self
 from urllib.parse import SplitResult, urlsplit
 
 import msgspec
@@ -33,6 +34,16 @@ def client_tls_context(
     return context
 
 
+def _check_url(url: str, key: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"{key}: {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError(f"{key}: {url!r} has an invalid port") from None
+
+
 class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One broker login; ``host``, ``port`` and ``tls`` come from ``url``."""
 
@@ -49,25 +60,33 @@ class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
         default=60, name="keepalive"
     )  # seconds between two pings
     topic_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = "fleetpush"
+    protocol: Literal["5", "3.1.1"] = "5"  # the MQTT version spoken to the broker
 
     def __repr__(self) -> str:  # never the password
         return f"{type(self).__name__}(url={self.url!r}, username={self.username!r})"
 
+    @property
+    def all_urls(self) -> tuple[str, ...]:
+        """Every broker URL of these settings (the device's ``urls`` list adds more)."""
+        return (self.url,)
+
+    @property
+    def urls_key(self) -> str:
+        """The configuration key the URLs came from, for errors."""
+        return "url"
+
     def __post_init__(self) -> None:
-        parts = self._parts()
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"url: {self.url!r} must look like mqtt://host:1883 or "
-                             "mqtts://host:8883")  # fmt: skip
-        try:
-            parts.port  # noqa: B018 - urlsplit checks the port only when asked
-        except ValueError:
-            raise ValueError(f"url: {self.url!r} has an invalid port") from None
+        key = self.urls_key
+        for i, url in enumerate(self.all_urls):
+            _check_url(url, key if key == "url" else f"{key}[{i}]")
         if self.password is not None and self.password_file is not None:
             raise ValueError("password_file: give either password or password_file, not both")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("key_file: cert_file and key_file go together")
-        if (self.cert_file is not None or self.ca_file is not None) and not self.tls:
-            raise ValueError("url: TLS files are set but the URL is mqtt://; use mqtts://")
+        tls = any(urlsplit(u).scheme == "mqtts" for u in self.all_urls)
+        if (self.cert_file is not None or self.ca_file is not None) and not tls:
+            which = "the URL is mqtt://" if key == "url" else "no URL is mqtts://"
+            raise ValueError(f"{key}: TLS files are set but {which}; use mqtts://")
         self._check_prefix()
 
     def _check_prefix(self) -> None:
@@ -90,6 +109,11 @@ class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     @property
     def port(self) -> int:
         return self._parts().port or (8883 if self.tls else 1883)
+
+    @property
+    def protocol_level(self) -> int:
+        """The CONNECT packet's protocol level: 5, or 4 for MQTT 3.1.1."""
+        return 5 if self.protocol == "5" else 4
 
     @property
     def topics(self) -> Topics:

@@ -211,6 +211,11 @@ def _prepare(
             raise ConfigError(problem, source=source, table=table, key=key) from None
         if _is_struct(base):
             out[key] = _prepare(base, value, (*where, key), source, renames)
+        elif get_origin(base) is dict and isinstance(value, dict):  # tables of one struct
+            item = _unwrap(get_args(base)[1])[0]
+            if _is_struct(item):
+                out[key] = {k: _prepare(item, v, (*where, key, str(k)), source, renames)
+                            for k, v in value.items()}  # fmt: skip
     for name in getattr(tp, "internal", ()):
         if name in out:
             raise ConfigError("unknown setting", source=source, table=table, key=name)

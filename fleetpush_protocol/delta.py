@@ -23,6 +23,7 @@ import zstandard
 __all__ = [
     "METHOD",
     "METHODS",
+    "TAR_METHOD",
     "DeltaError",
     "apply",
     "make",
@@ -31,7 +32,8 @@ __all__ = [
 ]
 
 METHOD = "zstd-patch"
-METHODS = frozenset({METHOD})
+TAR_METHOD = "tar-bsdiff"  # member by member over a tar payload: fleetpush_protocol/tar_delta.py
+METHODS = frozenset({METHOD, TAR_METHOD})
 MIN_WINDOW_LOG = 10
 MAX_WINDOW_LOG = 31  # zstd's limit on 64-bit hosts (2 GiB)
 MAX_SEARCH_LOG = 27  # 2^27-entry hash and chain tables: about 1 GiB for the maker at most

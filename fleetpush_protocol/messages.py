@@ -19,6 +19,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from fleetpush_protocol.components import Components, ComponentStates, check_system
+from fleetpush_protocol.output import MAX_OUTPUTS, StepOutput
 from fleetpush_protocol.states import ERROR_STATES, FailureCode, ReportState
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "Delta",
     "ErrorInfo",
     "FailureCode",
+    "HoldLimits",
     "Inventory",
     "Keyring",
     "Message",
@@ -41,6 +44,7 @@ __all__ = [
     "Report",
     "ReportState",
     "SigningKeyInfo",
+    "StepOutput",
     "SupportPeriods",
     "Target",
     "UpdateNotice",
@@ -152,6 +156,23 @@ class Advisory(_Struct, frozen=True, kw_only=True):
         _unique(self.cves, "advisory.cves")
 
 
+HoldSeconds = Annotated[int, msgspec.Meta(ge=0, le=365 * 86400)]
+
+
+class HoldLimits(_Struct, frozen=True, kw_only=True):
+    """How long an application on the device may hold this update (issue 18; docs/protocol.md,
+    "Holds"): at most ``max_each_s`` per hold and ``max_total_s`` from the first hold on. They
+    only lower the device's own bounds; ``max_total_s = 0`` is an urgent release (no hold).
+    Both fields are always written."""
+
+    max_each_s: HoldSeconds
+    max_total_s: HoldSeconds
+
+    @property
+    def urgent(self) -> bool:
+        return self.max_total_s == 0 or self.max_each_s == 0
+
+
 class Target(_Struct, frozen=True, kw_only=True):
     """Who a notice is for: any listed device or member of a listed group, and then only
     if its model is listed (when any are) and its current version is listed (when any are).
@@ -176,6 +197,8 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
 
     # Absent unless a security update (issue 17), like ``deltas`` and ``update_class``.
     advisory: Advisory | msgspec.UnsetType = msgspec.UNSET
+    # Absent unless a system update (issue 18; fleetpush_protocol/components.py).
+    components: Components | msgspec.UnsetType = msgspec.UNSET
     # Absent (not nil, not empty) when there are none, so that a notice without deltas
     # keeps the bytes it had before the field existed and has one encoding either way.
     deltas: (
@@ -186,6 +209,8 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
     format: int = FORMAT
     handler: Name
     handler_args: HandlerArgs
+    # Absent: the device's own hold bounds apply (issue 18); old devices ignore it.
+    holds: HoldLimits | msgspec.UnsetType = msgspec.UNSET
     issued_at: Time
     notice_id: Name
     payload: Payload
@@ -203,6 +228,7 @@ class UpdateNotice(Message, frozen=True, kw_only=True):
         has_advisory = not isinstance(self.advisory, msgspec.UnsetType)
         if (self.update_class == SECURITY) != has_advisory:
             raise ValueError("update_class 'security' goes with an advisory, and only it")
+        check_system(self)
 
     @property
     def security(self) -> bool:
@@ -298,11 +324,16 @@ class ErrorInfo(_Struct, frozen=True, kw_only=True):
     message: Annotated[str, msgspec.Meta(max_length=1024)]
 
 
+_OUTPUT_STATES = frozenset({ReportState.FAILED, ReportState.ROLLED_BACK})
+
+
 class Report(Message, frozen=True, kw_only=True):
     """One state change of one device for one notice, numbered by a per-device counter."""
 
     TYPE: ClassVar[str] = "report"
 
+    # Absent unless the notice is a system update: how far each component got.
+    components: ComponentStates | msgspec.UnsetType = msgspec.UNSET
     counter: Seq
     current_version: Annotated[str, msgspec.Meta(max_length=128)]
     # Absent unless set, like UpdateNotice.deltas, so reports without them keep their
@@ -315,7 +346,17 @@ class Report(Message, frozen=True, kw_only=True):
     downloaded: Bytes | msgspec.UnsetType = msgspec.UNSET
     error: ErrorInfo | None = None
     format: int = FORMAT
+    # On a ``deferred`` report held by an application (issue 18): why (who held it and
+    # what it said) and until when (Unix seconds); absent otherwise.
+    hold_reason: Annotated[str, msgspec.Meta(max_length=512)] | msgspec.UnsetType = msgspec.UNSET
+    hold_until: Time | msgspec.UnsetType = msgspec.UNSET
     notice_id: Name
+    # What the failing step printed (issue 18, fleetpush_protocol.output): only on failed
+    # and rolled_back, absent otherwise, so other reports keep their bytes.
+    output: (
+        Annotated[tuple[StepOutput, ...], msgspec.Meta(min_length=1, max_length=MAX_OUTPUTS)]
+        | msgspec.UnsetType
+    ) = msgspec.UNSET
     progress: Progress | None = None
     reported_at: Time
     rollout_id: Name
@@ -328,6 +369,8 @@ class Report(Message, frozen=True, kw_only=True):
             raise ValueError(
                 "error must be set exactly for the failed, rolled_back and rejected states"
             )
+        if self.output and self.state not in _OUTPUT_STATES:
+            raise ValueError("output is only for the failed and rolled_back states")
 
 
 class Presence(Message, frozen=True, kw_only=True):

@@ -15,7 +15,8 @@ first failing step raises, with the error code after the arrow:
    -> duplicate; equal with another body -> sequence_conflict
 7. targeting: scope, device or group -> not_addressed; model -> wrong_model; current
    version -> version_mismatch
-8. payload size against the device's limit (notices only) -> payload_too_large
+8. payload size (a system notice: its components' sum) against the device's limit
+   (notices only) -> payload_too_large
 
 Deciding that a duplicate is normal is the driver's job (``driver.py``), not this one's.
 """
@@ -27,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from fleetpush_protocol.components import notice_bytes
 from fleetpush_protocol.envelope import (
     MAX_MESSAGE_BYTES,
     SIGNING_CONTEXT,
@@ -282,10 +284,10 @@ def verify_notice(
                 f"for current versions {list(target.current_versions)}, device runs "
                 f"{device.current_version!r}",
             )
-        if msg.payload.size > policy.max_payload_bytes:
+        if (size := notice_bytes(msg)) > policy.max_payload_bytes:
             raise refuse(
                 PayloadTooLargeError,
-                f"payload is {msg.payload.size} bytes, device limit is {policy.max_payload_bytes}",
+                f"payload is {size} bytes, device limit is {policy.max_payload_bytes}",
             )
     return Verified(message=msg, digest=digest)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from orchestrator.mqtt import codec
 from orchestrator.mqtt.reasons import reason_name
+from orchestrator.mqtt.versions import connack_name
 
 __all__ = ["Message", "Probe", "tls_context"]
 
@@ -50,7 +51,8 @@ def tls_context(
 
 
 class Probe:
-    """One MQTT 5 connection; messages land in ``self.messages`` (QoS 1 acked at once).
+    """One MQTT 5 (or, with ``version=4``, 3.1.1) connection; messages land in
+    ``self.messages`` (QoS 1 acked at once).
 
     It never reconnects: a dropped probe stays dropped, which is what revocation tests
     look at.
@@ -67,8 +69,10 @@ class Probe:
         tls: ssl.SSLContext | None = None,
         clean_start: bool = True,
         session_expiry: int = 0,
+        version: int = 5,
     ) -> None:
         self.host, self.port = host, port
+        self.version = version  # 5, or 4 for MQTT 3.1.1
         self.client_id = client_id or username or f"probe-{uuid.uuid4().hex[:8]}"
         self.username, self.password, self.tls = username, password, tls
         self.clean_start = clean_start
@@ -92,7 +96,7 @@ class Probe:
     def _read(self, sock: socket.socket) -> None:
         # One TLS connection must not be read and written at once from two threads, so the
         # reader waits in select() without the socket lock and takes it only to read.
-        decoder = codec.Decoder()
+        decoder = codec.Decoder(self.version)
         reason = "connection closed"
         try:
             while True:
@@ -136,7 +140,7 @@ class Probe:
         elif isinstance(p, codec.SubAck):
             self._ack_queue(p.packet_id).put([reason_name(r, suback=True) for r in p.reasons])
         elif isinstance(p, codec.ConnAck):
-            self.connack = reason_name(p.reason)
+            self.connack = connack_name(p.reason, self.version)
             self.session_present = p.session_present
             (self.disconnected if p.reason else self.connected).set()
             self._answered.set()
@@ -175,7 +179,8 @@ class Probe:
         self._reader.start()
         hello = codec.connect(self.client_id, self.username, self.password,
                               keepalive_s=KEEPALIVE_S, clean_start=self.clean_start,
-                              session_expiry_s=self.session_expiry)  # fmt: skip
+                              session_expiry_s=self.session_expiry,
+                              version=self.version)  # fmt: skip
         try:
             self._send(hello)
         except OSError as e:
@@ -196,7 +201,7 @@ class Probe:
         """Subscribe and return the SUBACK reason codes."""
         mid = self._packet_id()
         try:
-            self._send(codec.subscribe(mid, [topic], qos))
+            self._send(codec.subscribe(mid, [topic], qos, version=self.version))
         except OSError as e:
             raise ConnectionError(f"subscribe {topic!r} was not sent") from e
         return self._wait_ack(mid, timeout)
@@ -206,7 +211,7 @@ class Probe:
     ) -> int:
         """Send a PUBLISH and return its packet identifier, without waiting for the PUBACK."""
         mid = self._packet_id() if qos else 0
-        self._send(codec.publish(topic, payload, qos, mid, retain=retain))
+        self._send(codec.publish(topic, payload, qos, mid, retain=retain, version=self.version))
         return mid
 
     def publish(

@@ -16,6 +16,7 @@ from types import TracebackType
 
 from fleetpush_common.atomic import write_secret
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.brokers.base import BrokerEndpoint
 from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker, find_mosquitto, free_port
 from orchestrator.config import DatabaseConfig, OrchestratorConfig, load_config
@@ -28,7 +29,7 @@ __all__ = ["LocalStack", "write_orchestrator_files"]
 
 def write_orchestrator_files(
     root: Path,
-    broker: MosquittoBroker,
+    broker: BrokerEndpoint,
     topics: Topics,
     *,
     tokens: Mapping[str, tuple[str, str]],
@@ -36,11 +37,13 @@ def write_orchestrator_files(
     batch_interval: str = "20ms",
     key_validity_s: int = 7 * 86400,
     database_url: str = "",
+    protocol: str = "5",
 ) -> tuple[int, str]:
     """Write ``root/orchestrator.toml`` (HTTP on a free port), its MQTT password file, fresh
     keys (keyring v1, the offline root in ``root/offline-root``) and a migrated database
     holding ``tokens`` (name -> (role, token)); return the HTTP port and the root key (hex).
-    The database is ``database_url`` (an empty one), else SQLite in the data folder.
+    The database is ``database_url`` (an empty one), else SQLite in the data folder;
+    ``protocol`` the MQTT version the orchestrator speaks ("5" or "3.1.1").
     """
     port = free_port()
     data = root / "orch"
@@ -50,6 +53,7 @@ def write_orchestrator_files(
         f'[http]\nlisten = "127.0.0.1:{port}"\nurl_ttl = "1h"\n'
         f'[mqtt]\nurl = "{broker.url}"\nusername = "{broker.ORCHESTRATOR_USER}"\n'
         f'password_file = "mqtt.password"\ntopic_prefix = "{topics.prefix}"\n'
+        f'protocol = "{protocol}"\n'
         f'[ingest]\nbatch_rows = 500\nbatch_interval = "{batch_interval}"\n'
         f'[rollouts]\ntick = "{tick}"\nnotice_ttl = "1d"\nfollow_every = "1s"\n'
         f'[registry]\nfile = "{broker.registry.path}"\n'

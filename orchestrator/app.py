@@ -122,6 +122,7 @@ class Orchestrator:
             refresh_registry=registry.refresh,
             holder=self.replica.replica_id,
             lease_s=cfg.rollouts.lease_s,
+            broker_expires=cfg.mqtt.protocol == "5",
         )
 
         def on_batch(result: IngestResult) -> None:
@@ -198,7 +199,7 @@ class Orchestrator:
         while cursor is not None:
             step = functools.partial(
                 _prune_step, keep=r.reports_per_device, before=before, after_device=cursor,
-                limit=r.prune_batch,
+                limit=r.prune_batch, keep_outputs=r.outputs_per_device,
             )  # fmt: skip
             deleted, cursor = await self.db.run(step)
             total += deleted
@@ -255,9 +256,12 @@ class Orchestrator:
 
 
 def _prune_step(
-    store: Store, *, keep: int, before: float, after_device: str, limit: int
+    store: Store, *, keep: int, before: float, after_device: str, limit: int, keep_outputs: int
 ) -> tuple[int, str | None]:
-    return store.prune_reports(keep=keep, before=before, after_device=after_device, limit=limit)
+    return store.prune_reports(
+        keep=keep, before=before, after_device=after_device, limit=limit,
+        keep_outputs=keep_outputs,
+    )  # fmt: skip
 
 
 async def serve(config: OrchestratorConfig, say: Callable[[str], None] | None = None) -> None:

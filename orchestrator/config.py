@@ -21,6 +21,7 @@ Example::
     topic_prefix = "fleetpush"
     keepalive = "30s"
     share_group = "fleetpush"            # replicas share device messages ("": a broker without)
+    protocol = "5"                       # or "3.1.1" (docs/broker.md, "MQTT 3.1.1")
     # url = "mqtts://broker.example.net:8883"   # TLS: the CA of the broker's certificate,
     # ca_file = "/etc/fleetpush/broker-ca.pem"  # and optionally a client certificate
     # cert_file = "/etc/fleetpush/orchestrator.pem"
@@ -47,6 +48,7 @@ Example::
     batch_rows = 10000                   # under a backlog; else what came within batch_interval
     batch_interval = "100ms"
     max_report_bytes = 8192              # larger reports are dropped and counted
+    max_output_bytes = "6KiB"            # a failure's output stored, cleaned, its end
     max_unknown_bytes = 1024             # unknown fields a device message may carry
     rate_per_device = 10.0               # messages per second per device, sustained
     burst_per_device = 1000              # ... and at once (a backlog after an outage)
@@ -57,6 +59,7 @@ Example::
     max_report_age = "90d"
     prune_every = "10m"
     prune_batch = 2000                   # rows deleted per database call
+    outputs_per_device = 20              # failure outputs kept per device, newest first
 
     [rollouts]
     tick = "1s"
@@ -154,8 +157,11 @@ class IngestConfig(_Section, frozen=True, kw_only=True):
     batch_rows: Annotated[int, Meta(ge=1, le=100_000)] = 10_000
     batch_interval_s: Annotated[float, DURATION, Meta(ge=0.001, le=10.0)] = field(
         default=0.1, name="batch_interval")  # fmt: skip  # a report waits for its batch
-    # Bytes; a maximal honest report is about 5.5 KiB.
+    # Bytes; an honest device keeps its reports within 8 KiB (with a failure's output,
+    # fleetpush_protocol.output.REPORT_BYTES): a smaller cap drops failure reports.
     max_report_bytes: Annotated[int, SIZE, Meta(ge=1024, le=65536)] = 8192
+    # Of a failure's output (issue 18), stored cleaned and cut to its end: bytes in all.
+    max_output_bytes: Annotated[int, SIZE, Meta(ge=0, le=65536)] = 6144
     max_unknown_bytes: Annotated[int, SIZE, Meta(ge=0, le=65536)] = 1024  # per message
     rate_per_device: Annotated[float, Meta(ge=0.01, le=100_000.0)] = 10.0  # messages/s
     burst_per_device: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000  # messages at once
@@ -171,6 +177,9 @@ class RetentionConfig(_Section, frozen=True, kw_only=True):
         default=600.0, name="prune_every")  # fmt: skip
     # Rows deleted per database call, so ingestion interleaves.
     prune_batch: Annotated[int, Meta(ge=100, le=100_000)] = 2000
+    # Failure outputs (issue 18) kept per device, newest first; each goes with its report
+    # too (reports_per_device, max_report_age) whichever is first.
+    outputs_per_device: Annotated[int, Meta(ge=1, le=100_000)] = 20
 
 
 class RolloutConfig(_Section, frozen=True, kw_only=True):

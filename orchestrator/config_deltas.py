@@ -22,5 +22,8 @@ class DeltaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     level: Annotated[int, Meta(ge=1, le=22)] = 19  # zstd level
     # Larger payloads get no delta (the maker's memory).
     max_payload_bytes: Annotated[int, SIZE, Meta(ge=1, le=1 << 31)] = 1 << 30
+    # tar-bsdiff: a changed member pair larger than this is patched with zstd, not bsdiff
+    # (bsdiff's suffix sort takes about 17x the member: 32 MiB -> about 550 MB).
+    max_bsdiff_member_bytes: Annotated[int, SIZE, Meta(ge=0, le=1 << 30)] = 32 << 20
     # A delta larger than this share of the full payload is dropped.
     max_ratio: Annotated[float, Meta(ge=0.01, le=1.0)] = 0.9

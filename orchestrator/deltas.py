@@ -10,14 +10,17 @@ The delta bytes are content-addressed in the payload store itself, so the signed
 URL route serves them (with Range) exactly like payloads. Which deltas lead to a release is
 a small JSON index per target payload, ``<payloads>/deltas/<target sha256>.json``,
 written atomically; the notice factory reads it and lists the deltas in every notice of
-that release. A delta that would not save at least ``1 - max_ratio`` of the full payload
-is not kept: a device would pay for the rebuild and save little.
+that release. Each pair gets the smallest of the methods that apply (``smallest``), and
+every delta is applied before it is kept. A delta that would not save at least
+``1 - max_ratio`` of the full payload is not kept: a device would pay for the rebuild and
+save little.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import threading
@@ -29,11 +32,15 @@ from typing import Any
 
 from fleetpush_common.atomic import atomic_write, make_private_dir
 from fleetpush_protocol import delta as codec
+from fleetpush_protocol import tar_delta
+from orchestrator import tar_delta_make
 from orchestrator.config_deltas import DeltaConfig
 from orchestrator.payloads import PayloadStore
 from orchestrator.store import NotFoundError, ReleaseRecord, Store
+from orchestrator.tar_delta_make import NotATarError
 
-__all__ = ["DeltaIndex", "DeltaMaker", "DeltaRecord", "Skipped", "field_bases"]
+__all__ = ["DeltaIndex", "DeltaMaker", "DeltaRecord", "Skipped", "applied", "field_bases",
+           "smallest"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +110,36 @@ class DeltaIndex:
         return records
 
 
+def applied(method: str, base: bytes, patch: bytes, max_output: int) -> bytes:
+    """What ``patch`` rebuilds from ``base`` (``DeltaError`` when it does not apply)."""
+    out = io.BytesIO()
+    if method == codec.TAR_METHOD:
+        tar_delta.apply(io.BytesIO(base), len(base), io.BytesIO(patch), out,
+                        max_output=max_output, max_memory=1 << 40)  # fmt: skip
+    else:
+        codec.apply(base, io.BytesIO(patch), out, max_output=max_output, max_memory=1 << 40)
+    return out.getvalue()
+
+
+def smallest(base: bytes, target: bytes, config: DeltaConfig) -> tuple[bytes, str]:
+    """The smallest delta of the methods that apply to the pair: ``zstd-patch`` always,
+    ``tar-bsdiff`` when both are tars. Each is applied here before it is kept: a delta
+    that does not rebuild the target byte for byte is a bug, never published."""
+    made = [(codec.make(base, target, level=config.level), codec.METHOD)]
+    with contextlib.suppress(NotATarError):
+        patch = tar_delta_make.make(
+            base, target, level=config.level,
+            max_bsdiff_member=config.max_bsdiff_member_bytes,
+        )  # fmt: skip
+        made.append((patch, codec.TAR_METHOD))
+    made.sort(key=lambda m: len(m[0]))
+    for patch, method in made:
+        if applied(method, base, patch, len(target)) == target:
+            return patch, method
+        logger.error("a %s delta did not rebuild its target; not kept", method)
+    raise codec.DeltaError("no delta method rebuilt the target")
+
+
 def field_bases(store: Store, target: ReleaseRecord, limit: int) -> list[ReleaseRecord]:
     """The stored releases of ``target``'s name that the most devices run, at most
     ``limit``, most common first (ties: the newer release first)."""
@@ -159,7 +196,7 @@ class DeltaMaker:
                 target_bytes = self.payloads.path(target.sha256).read_bytes()
             start = time.monotonic()
             base_bytes = self.payloads.path(base.sha256).read_bytes()
-            patch = codec.make(base_bytes, target_bytes, level=self.config.level)
+            patch, method = smallest(base_bytes, target_bytes, self.config)
             seconds = round(time.monotonic() - start, 3)
             if len(patch) > target.size * self.config.max_ratio:
                 why = f"{len(patch)} bytes, over deltas.max_ratio of the full payload"
@@ -168,12 +205,12 @@ class DeltaMaker:
             sha = self._store(patch)
             record = DeltaRecord(
                 base_sha256=base.sha256, base_version=base.version, sha256=sha,
-                size=len(patch), method=codec.METHOD, seconds=seconds,
+                size=len(patch), method=method, seconds=seconds,
             )  # fmt: skip
             self.index.add(target.sha256, record)
             made.append(record)
-            logger.info("delta %s -> %s: %d bytes of %d", base.version, target.version,
-                        len(patch), target.size)  # fmt: skip
+            logger.info("delta %s -> %s: %s, %d bytes of %d", base.version, target.version,
+                        method, len(patch), target.size)  # fmt: skip
         return made, skipped
 
     def _store(self, data: bytes) -> str:

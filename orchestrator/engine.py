@@ -21,10 +21,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from fleetpush_common.clock import Clock
 from fleetpush_common.windows import in_windows
+from orchestrator.approval import follow
 from orchestrator.engine_notices import (
     MAX_NOTICES_PER_PASS,
     REFRESH_EVERY_S,
@@ -50,7 +50,6 @@ from orchestrator.store import (
     RolloutRecord,
     Store,
 )
-from orchestrator.supersede import take_over
 
 __all__ = ["Publisher", "RolloutEngine"]
 
@@ -101,8 +100,10 @@ class RolloutEngine(NoticeSending):
         refresh_registry: Callable[[], Awaitable[object]] | None = None,
         holder: str = "engine",
         lease_s: float = 15.0,
+        broker_expires: bool = True,
     ) -> None:
         self.db = db
+        self.broker_expires = broker_expires  # False in MQTT 3.1.1: no message expiry
         self.holder = holder
         self.lease_s = lease_s
         self.held: set[int] = set()  # rollouts whose lease this replica holds now
@@ -172,7 +173,10 @@ class RolloutEngine(NoticeSending):
                     if self.refresh_registry is not None:
                         await self.refresh_registry()
                     for r in sorted(following, key=lambda r: r.id, reverse=True):
-                        await self._follow(r, now)
+                        try:
+                            await self._follow(r, now)
+                        except (ConflictError, LeaseLostError) as e:
+                            logger.info("rollout %d: follow given up (%s)", r.id, e)
             for r in rollouts:
                 try:
                     await self._step(r, now)
@@ -207,16 +211,6 @@ class RolloutEngine(NoticeSending):
         expect = (r.state, r.phase)
         return await self.db.run(lambda s: s.update_rollout(r.id, now, expect=expect, **fields))
 
-    async def _supersede(self, r: RolloutRecord, now: float) -> None:
-        for rollout_id, devices in (await take_over(self, r, now)).items():
-            detail = {"by": r.id, "devices": len(devices), "device_ids": devices[:100]}
-
-            def audit(s: Store, rid: int = rollout_id, d: dict[str, Any] = detail) -> None:
-                s.add_audit(at=now, actor="engine", action="rollout.supersede",
-                            subject=f"rollout/{rid}", detail=d)  # fmt: skip
-
-            await self.db.run(audit)
-
     async def _audit(self, r: RolloutRecord, now: float, action: str, reason: str) -> None:
         await self.db.run(
             lambda s: s.add_audit(
@@ -232,13 +226,11 @@ class RolloutEngine(NoticeSending):
         if r.state == "scheduled":
             if spec.start_at is not None and now < spec.start_at:
                 return
-            r = await self._update(r, now, state="running", phase_started_at=now)
+            # A security rollout takes its devices from feature rollouts when it starts,
+            # not when it is created or approved for a later time: in this transaction.
+            fields = {"state": "running", "phase_started_at": now}
+            r, _ = await self.start_rollout(r, now, fields, actor="engine")
             await self._audit(r, now, "rollout.start", "scheduled start reached")
-            if (await self.db.run(lambda s: s.get_release(r.release_id))).security:
-                # A security rollout takes its devices from feature rollouts when it starts,
-                # not when it is created or approved for a later time; this pass holds the
-                # lock, so the cancels go out before its first notice.
-                await self._supersede(r, now)
         timed_out = await self.db.run(
             lambda s: s.time_out_targets(r.id, now - spec.device_timeout_s, now)
         )
@@ -312,16 +304,23 @@ class RolloutEngine(NoticeSending):
         already running the release, or targeted by an active rollout (one followed just
         before included), are left out. The database resolves the target: the fleet is
         never read into memory."""
+        if r.approval == "approved" and r.state != "running":
+            return  # joining would ask for a new approval: once it runs again
         release = await self.db.run(lambda s: s.get_release(r.release_id))
         sel = selector(TargetSpec.from_json(r.target), release)
         last_phase = len(r.spec.phases) - 1
         added = await self.db.run(
-            lambda s: s.follow_targets(r.id, sel, release.version, last_phase, now)
+            lambda s: s.atomic(
+                lambda s: follow(s, r, sel, release.version, phase=last_phase, now=now)
+            )
         )
         if not added:
             return
         logger.info("rollout %d: %d device(s) joined its target", r.id, added)
-        await self._audit(r, now, "rollout.follow", f"{added} device(s) joined the target")
+        reason = f"{added} device(s) joined the target"
+        if r.approval == "approved":
+            reason += "; it waits for a new approval"
+        await self._audit(r, now, "rollout.follow", reason)
 
     async def _notify(self, r: RolloutRecord, now: float, succeeded: int) -> None:
         candidates = await self.db.run(
@@ -373,20 +372,11 @@ class RolloutEngine(NoticeSending):
         async with self._lock:
             return await self._update(r, self.clock.now(), state="paused", reason=reason)
 
-    async def _rebase(self, r: RolloutRecord, now: float) -> RolloutRecord:
-        """Running again (or scheduled again, while its start time is ahead: a pause and
-        resume, or a retry, never starts a rollout before the time it was approved for);
-        failures so far no longer count against the threshold."""
-        total = _totals(await self.db.run(lambda s: s.phase_counts(r.id)))
-        return await self._update(
-            r, now, state=r.spec.start_state(now), reason="", gate_met_at=None,
-            failure_base=total.failed, attempt_base=total.failed + total.succeeded,
-        )  # fmt: skip
-
     async def resume(self, r: RolloutRecord) -> RolloutRecord:
         """Resume; failures so far no longer count against the threshold."""
         async with self._lock:
-            r = await self._rebase(r, self.clock.now())
+            now = self.clock.now()
+            r = await self.db.run(lambda s: s.atomic(lambda s: rebase(s, r, now)))
         self.wake()
         return r
 
@@ -394,11 +384,29 @@ class RolloutEngine(NoticeSending):
         """Failed, rolled back, rejected and timed-out devices get a new notice."""
         async with self._lock:
             now = self.clock.now()
-            n = await self.db.run(lambda s: s.retry_failed(r.id, now))
-            await self._rebase(r, now)
+
+            # One transaction: a crash or a replica moving the rollout between the two
+            # would leave the retried devices pending under the old bases.
+            def retry(s: Store) -> int:
+                n = s.retry_failed(r.id, now)
+                rebase(s, r, now)
+                return n
+
+            n = await self.db.run(lambda s: s.atomic(retry))
         self.wake()
         return n
 
     async def cancel_by_operator(self, r: RolloutRecord, reason: str) -> int:
         async with self._lock:
             return await self.cancel(r, self.clock.now(), state="canceled", reason=reason)
+
+
+def rebase(s: Store, r: RolloutRecord, now: float) -> RolloutRecord:
+    """Running again (or scheduled again, while its start time is ahead: a pause and
+    resume, or a retry, never starts a rollout before the time it was approved for);
+    failures so far no longer count against the threshold. Compare-and-set on ``r``."""
+    total = _totals(s.phase_counts(r.id))
+    return s.update_rollout(
+        r.id, now, expect=(r.state, r.phase), state=r.spec.start_state(now), reason="",
+        gate_met_at=None, failure_base=total.failed, attempt_base=total.failed + total.succeeded,
+    )  # fmt: skip

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from fleetpush_protocol.topics import device_scope
 from orchestrator.notices import NoticeFactory
 from orchestrator.security.keystore import SigningSet
 from orchestrator.store import Database, NoticeRecord, RolloutRecord
+from orchestrator.supersede import CancelSigner, start
 
 __all__ = ["NoticeSending", "Publisher"]
 
@@ -46,6 +47,7 @@ class NoticeSending:
     holder: str
     lease_s: float
     held: set[int]
+    broker_expires: bool
 
     async def _sign(
         self,
@@ -70,6 +72,34 @@ class NoticeSending:
                 signing, release, rollout_id=r.id, device_ids=device_ids, seqs=seqs, now=int(now)
             ),
         )  # fmt: skip
+
+    async def start_rollout(
+        self, r: RolloutRecord, now: float, fields: Mapping[str, Any], *, actor: str
+    ) -> tuple[RolloutRecord, dict[int, list[str]]]:
+        """Compare-and-set ``r`` to ``fields`` (``supersede.start``): a security rollout
+        that becomes running takes its devices from feature rollouts in the same
+        transaction, whose cancels are then published. Returns the rollout and what it
+        took (feature rollout id -> devices).
+
+        Raises:
+            ConflictError: ``r`` changed since it was read (another replica started it).
+        """
+        release = await self.db.run(lambda s: s.get_release(r.release_id))
+        sign: CancelSigner | None = None
+        if release.security:
+            signing = self.signing(now)  # read before the transaction; in it, only signing
+
+            def sign(
+                rollout_id: int, devices: list[str], seqs: dict[str, int]
+            ) -> list[NoticeRecord]:
+                return self.notices.cancels(signing, rollout_id=rollout_id, device_ids=devices,
+                                            seqs=seqs, now=int(now))  # fmt: skip
+
+        started, taken, cancels = await self.db.run(
+            lambda s: s.atomic(lambda s: start(s, r, now, fields, sign=sign, actor=actor))
+        )
+        await self._publish(cancels, now)
+        return started, taken
 
     async def send_updates(
         self, r: RolloutRecord, device_ids: Sequence[str], online: set[str], now: float
@@ -111,6 +141,8 @@ class NoticeSending:
         logger.info("rollout %d: renewed the notice of %d offline device(s)", r.id, len(replaced))
 
     async def _publish(self, records: Sequence[NoticeRecord], now: float) -> None:
+        if not self.broker_expires:
+            records = await self._skip_expired(records, now)
         by_expiry: dict[int, list[NoticeRecord]] = {}
         for n in records:
             left = max(1, int(self.notices.usable_until(n) - now))
@@ -126,6 +158,21 @@ class NoticeSending:
             logger.warning("%d notice(s) not acknowledged yet (%s); will retry", left, e)
         if published:
             await self.db.run(lambda s: s.mark_published(published))
+
+    async def _skip_expired(
+        self, records: Sequence[NoticeRecord], now: float
+    ) -> Sequence[NoticeRecord]:
+        """The notices still usable. In MQTT 3.1.1 the broker cannot expire a message, so
+        one published (retained, or queued for an offline device) after its usable end
+        would stay there for good, to be refused by every device (its signed expiry): the
+        notice is not published again, and counts as done with."""
+        usable = self.notices.usable_until
+        dead = [n.notice_id for n in records if usable(n) <= now]
+        if not dead:
+            return records
+        logger.info("%d expired notice(s) not published again (MQTT 3.1.1)", len(dead))
+        await self.db.run(lambda s: s.mark_published(dead))
+        return [n for n in records if usable(n) > now]
 
     async def resend_sent(self, now: float) -> None:
         """Publish again the notices whose devices have not answered (``broker_connected``).

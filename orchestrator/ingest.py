@@ -34,6 +34,7 @@ from fleetpush_protocol.errors import ContentError, OversizedError
 from fleetpush_protocol.messages import Inventory, Presence, Report
 from fleetpush_protocol.topics import Topics
 from orchestrator.config import IngestConfig
+from orchestrator.evidence import accept_output
 from orchestrator.ingest_guard import RateLimiter, ack_items
 from orchestrator.mqtt.link import Message
 from orchestrator.store import Database, IngestResult, Store
@@ -176,6 +177,8 @@ class Ingestor:
                 "rejected %s: device %s spoke for device %s", kind, device_id, msg.device_id
             )
             return None
+        if isinstance(msg, Report):  # a failure's output: cleaned and cut again (issue 18)
+            return accept_output(msg, cfg.max_output_bytes)
         return msg
 
     # --- the writer thread ---------------------------------------------------------------

@@ -23,9 +23,11 @@ from fleetpush_protocol.topics import Topics, device_scope
 from orchestrator.advisories import to_advisory
 from orchestrator.config import HttpConfig
 from orchestrator.deltas import DeltaIndex
+from orchestrator.hold_limits import to_hold_limits
 from orchestrator.payloads import UrlSigner
 from orchestrator.security.keystore import SigningSet
 from orchestrator.store import NoticeRecord, ReleaseRecord
+from orchestrator.systems import notice_components
 
 __all__ = ["NoticeFactory", "new_notice_id"]
 
@@ -127,6 +129,12 @@ class NoticeFactory:
         extra: dict[str, Any] = {}
         if release.security and release.advisory is not None:
             extra = {"update_class": SECURITY, "advisory": to_advisory(release.advisory)}
+        if release.components:  # a system: each component on its own URLs, no deltas
+            extra["components"] = notice_components(release, lambda sha: self._urls(
+                sha, expires, now))  # fmt: skip
+            deltas = msgspec.UNSET
+        if release.holds is not None:  # issue 18; absent otherwise, as deltas are
+            extra["holds"] = to_hold_limits(release.holds)
         out = []
         for device_id in device_ids:
             scope = device_scope(device_id)

@@ -16,16 +16,19 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from fleetpush_common.backoff import Backoff
 from fleetpush_common.clock import Clock
 from orchestrator.broker.credentials import DEVICE_ROLE
 from orchestrator.broker.registry import IdentityRegistry
-from orchestrator.store import Database, Store
+from orchestrator.store import Database, Store, StoreUnavailableError
 
 __all__ = ["RegistrySync", "read_registry"]
 
 logger = logging.getLogger(__name__)
+WRITE_TRIES = 4  # a deadlock aborted by PostgreSQL is tried again this many times in all
 
 _Identities = list[tuple[str, tuple[str, ...], str]]
 
@@ -116,8 +119,30 @@ class RegistrySync:
             def write(s: Store) -> int:
                 return s.sync_registry(identities, now)
 
-            changed = await self.db.run(write)
+            changed = await self._write(write)
+            if changed is None:
+                return 0  # the digest stays old: the next refresh tries again
             self._digest = digest
         if changed:
             logger.info("device registry: %d device(s) changed", changed)
         return changed
+
+    async def _write(self, write: Callable[[Store], int]) -> int | None:
+        """Apply the registry in one transaction, again after a transient database error.
+
+        Concurrent writers of the same device rows (ingestion, another replica's refresh)
+        can deadlock with the registry's one-statement upsert on PostgreSQL, which then
+        aborts one of them; the transaction is whole, so trying it again is safe. After
+        the last try the last facts stay and the error is logged, not raised into a
+        request that only wanted to read devices.
+        """
+        backoff = Backoff(base_s=0.05, cap_s=1.0)
+        for attempt in range(1, WRITE_TRIES + 1):
+            try:
+                return await self.db.run(write)
+            except StoreUnavailableError as e:
+                if attempt == WRITE_TRIES:
+                    logger.warning("device registry not applied: %s", e)
+                    return None
+                await asyncio.sleep(backoff.next_delay())
+        return None

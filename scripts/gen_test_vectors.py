@@ -143,6 +143,12 @@ def build() -> list[dict[str, Any]]:
             "accept",
         ),
         case(
+            "notice-accept-deltas-tar-bsdiff",
+            "Two deltas from one base, by zstd-patch and by tar-bsdiff (member by member).",
+            signed(make_notice(deltas=(DELTA, replace(DELTA, method="tar-bsdiff")))),
+            "accept",
+        ),
+        case(
             "malformed-deltas-empty",
             "An empty deltas list: no deltas are written by leaving the field out.",
             raw_envelope({**n.to_body(), "deltas": []}, [S1]),
@@ -405,6 +411,15 @@ def build() -> list[dict[str, Any]]:
     from vectors_security import security_cases  # noqa: PLC0415 - it imports this module
 
     cases += security_cases()
+    from vectors_system import system_cases  # noqa: PLC0415 - it imports this module
+
+    cases += system_cases()
+    from vectors_holds import holds_cases  # noqa: PLC0415 - it imports this module
+
+    cases += holds_cases()
+    from vectors_evidence import evidence_cases  # noqa: PLC0415 - it imports this module
+
+    cases += evidence_cases()
     return cases
 
 

@@ -108,16 +108,19 @@ class MemorySession:
                 return r
         return None
 
-    async def wait_report(self, state: str, notice_id: str | None = None) -> Report:
-        """The first report of ``state``, once it was published."""
+    async def wait_report(
+        self, state: str, notice_id: str | None = None, *, count: int = 1
+    ) -> Report:
+        """The first report of ``state`` once it was published (``count``: the last of the
+        first ``count`` such reports, once that many were)."""
+
+        def found() -> list[Report]:
+            return [r for r in sorted(self.reports, key=lambda r: r.counter)
+                    if r.state.value == state and notice_id in (None, r.notice_id)]  # fmt: skip
+
         async with self._changed:
-            await asyncio.wait_for(
-                self._changed.wait_for(lambda: self.report(state, notice_id) is not None),
-                WAIT_S,
-            )
-        found = self.report(state, notice_id)
-        assert found is not None
-        return found
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(found()) >= count), WAIT_S)
+        return found()[count - 1]
 
 
 @dataclass

@@ -27,6 +27,13 @@ def topics(request: pytest.FixtureRequest) -> Topics:
 
 
 @pytest.fixture
+def mqtt_protocol() -> str:
+    """The MQTT version the orchestrator and devices of ``setup`` speak; a test runs in
+    3.1.1 too with ``@pytest.mark.parametrize("mqtt_protocol", ["5", "3.1.1"])``."""
+    return "5"
+
+
+@pytest.fixture
 def broker(tmp_path: Path, topics: Topics) -> Iterator[MosquittoBroker]:
     """A Mosquitto started from broker_config/ for this test only."""
     b = MosquittoBroker(tmp_path / "broker", topics=topics)

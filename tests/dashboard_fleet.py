@@ -93,10 +93,12 @@ class Fleet:
         self.http = aiohttp.ClientSession()
 
     async def add_device(
-        self, device_id: str, *, healthy: bool = True, claims: tuple[str, ...] = ("lab",)
-    ) -> None:
+        self, device_id: str, *, healthy: bool = True, claims: tuple[str, ...] = ("lab",),
+        sections: dict[str, dict[str, Any]] | None = None,
+    ) -> None:  # fmt: skip
         """Provision ``device_id`` in group ``lab`` and run its agent, whose configuration
-        lists ``claims`` as its groups (what its inventory will say)."""
+        lists ``claims`` as its groups (what its inventory will say); ``sections`` adds
+        configuration tables."""
         assert self.orch is not None
         password = self.broker.add_device(device_id, ("lab",))
         self.broker.set_model(device_id, "rpi4")  # as provisioning does: the registry's fact
@@ -106,7 +108,7 @@ class Fleet:
         path = write_config(
             self.tmp / f"{device_id}.toml", broker=self.broker, topics=self.topics,
             device_id=device_id, password=password, root_hex=root, groups=claims,
-            sections={"health": health},
+            sections={"health": health, **(sections or {})},
         )  # fmt: skip
         agent = build_agent(load_config(path))
         self.agents[device_id] = (agent, asyncio.create_task(agent.run()))

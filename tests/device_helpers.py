@@ -26,6 +26,7 @@ from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.envelope import decode_message, encode_message
 from fleetpush_protocol.messages import Ack, Report
 from fleetpush_protocol.topics import Topics
+from fleetpush_sim.brokers.base import BrokerEndpoint
 from fleetpush_sim.release import make_tar
 from fleetpush_sim.signing import Signer
 from orchestrator.broker import MosquittoBroker
@@ -308,7 +309,7 @@ def toml_value(value: Any) -> str:
 def write_config(
     path: Path,
     *,
-    broker: MosquittoBroker,
+    broker: BrokerEndpoint,
     topics: Topics,
     device_id: str,
     password: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from device_client.wiring import build_agent
 from fleetpush_common.clock import Clock
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.api import AsyncApi
+from fleetpush_sim.brokers.base import BrokerEndpoint
 from fleetpush_sim.stack import write_orchestrator_files
 from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker
@@ -37,19 +39,20 @@ PAYLOAD = make_tar({"app/VERSION": b"2.0\n", "app/run.sh": b"#!/bin/sh\necho hi\
 
 def write_orchestrator(
     root: Path,
-    broker: MosquittoBroker,
+    broker: BrokerEndpoint,
     topics: Topics,
     *,
     tick: str = "200ms",
     database_url: str = "",
     extra_toml: str = "",
+    protocol: str = "5",
 ) -> tuple[Path, int]:
     """Write orchestrator.toml (``extra_toml`` appended), keys (keyring v1) and role tokens;
     return (config, port). The store is SQLite in the data folder, or the (empty)
-    database at ``database_url``."""
+    database at ``database_url``; ``protocol`` is the MQTT version ("5" or "3.1.1")."""
     port, _ = write_orchestrator_files(
         root, broker, topics, tokens={role: (role, token) for role, token in TOKENS.items()},
-        tick=tick, key_validity_s=30 * 86400, database_url=database_url,
+        tick=tick, key_validity_s=30 * 86400, database_url=database_url, protocol=protocol,
     )  # fmt: skip
     config = root / "orchestrator.toml"
     if extra_toml:
@@ -64,15 +67,22 @@ def root_hex(config_dir: Path) -> str:
 class Api(AsyncApi):
     """The product's API client; uploads default to the test payload."""
 
-    async def upload(self, name: str, version: str, payload: bytes = PAYLOAD) -> dict[str, Any]:
-        return await super().upload(name, version, payload)
+    async def upload(
+        self, name: str, version: str, payload: bytes = PAYLOAD, handler: str = "directory"
+    ) -> dict[str, Any]:
+        return await super().upload(name, version, payload, handler)
 
 
 class Fleet:
-    """Real device agents against the test broker, started and stopped at will."""
+    """Real device agents against the test broker, started and stopped at will; they speak
+    MQTT ``protocol`` ("5" or "3.1.1")."""
 
-    def __init__(self, root: Path, broker: MosquittoBroker, topics: Topics, root_key: str):
+    def __init__(
+        self, root: Path, broker: BrokerEndpoint, topics: Topics, root_key: str,
+        protocol: str = "5",
+    ) -> None:  # fmt: skip
         self.root = root
+        self.protocol = protocol
         self.broker = broker
         self.topics = topics
         self.root_key = root_key
@@ -86,6 +96,7 @@ class Fleet:
     ) -> None:  # fmt: skip
         password = self.broker.add_device(device_id, groups)
         sections = dict(sections or {})
+        sections["broker"] = {"protocol": self.protocol, **sections.get("broker", {})}
         if not healthy:
             sections["health"] = {"command": ["/bin/false"], "timeout": "5s"}
         self.configs[device_id] = write_config(
@@ -161,6 +172,17 @@ async def rollout_in(s: Setup, rollout_id: int, *states: str, within: float = 90
     return found
 
 
+def assert_spoke(broker: MosquittoBroker, protocol: str, clients: list[str]) -> None:
+    """Every client in ``clients`` connected to ``broker`` with MQTT ``protocol``, as the
+    broker's log says (Mosquitto writes "as <id> (p2, ..." for 3.1.1, "p5" for 5)."""
+    log = broker.log_path.read_text()
+    level = "p2" if protocol == "3.1.1" else "p5"
+    for c in clients:
+        seen = re.findall(rf" as {re.escape(c)} \((p\d),", log)
+        assert seen, f"{c} never connected"
+        assert set(seen) == {level}, (c, seen)
+
+
 @contextlib.asynccontextmanager
 async def running(
     root: Path,
@@ -170,15 +192,18 @@ async def running(
     *,
     database_url: str = "",
     extra_toml: str = "",
+    protocol: str = "5",
 ) -> AsyncIterator[Setup]:
     """An orchestrator (on ``clock``, the real one by default), its API and a fleet; on
-    SQLite, or on the database at ``database_url``; ``extra_toml`` adds configuration."""
+    SQLite, or on the database at ``database_url``; ``extra_toml`` adds configuration;
+    the orchestrator and the devices speak MQTT ``protocol`` ("5" or "3.1.1")."""
     config_path, port = write_orchestrator(
-        root, broker, topics, database_url=database_url, extra_toml=extra_toml
-    )
+        root, broker, topics, database_url=database_url, extra_toml=extra_toml,
+        protocol=protocol,
+    )  # fmt: skip
     orch = Orchestrator(load_config(config_path), clock=clock)
     await orch.start()
-    fleet = Fleet(root / "devices", broker, topics, root_hex(root))
+    fleet = Fleet(root / "devices", broker, topics, root_hex(root), protocol)
     (root / "devices").mkdir()
     async with aiohttp.ClientSession() as session:
         api = Api(session, f"http://127.0.0.1:{port}", TOKENS["operator"])
@@ -190,18 +215,21 @@ async def running(
 
 
 @pytest.fixture
-async def setup(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Setup]:
-    async with running(tmp_path, broker, topics) as s:
+async def setup(
+    tmp_path: Path, broker: MosquittoBroker, topics: Topics, mqtt_protocol: str
+) -> AsyncIterator[Setup]:
+    async with running(tmp_path, broker, topics, protocol=mqtt_protocol) as s:
         yield s
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def setup_any_backend(
-    request: pytest.FixtureRequest, tmp_path: Path, broker: MosquittoBroker, topics: Topics
-) -> AsyncIterator[Setup]:
+    request: pytest.FixtureRequest, tmp_path: Path, broker: MosquittoBroker, topics: Topics,
+    mqtt_protocol: str,
+) -> AsyncIterator[Setup]:  # fmt: skip
     """``setup`` once on SQLite and once on PostgreSQL (a database of its own)."""
     url = ""
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres_database").url
-    async with running(tmp_path, broker, topics, database_url=url) as s:
+    async with running(tmp_path, broker, topics, database_url=url, protocol=mqtt_protocol) as s:
         yield s

@@ -23,16 +23,18 @@ from orch_helpers import (
     Setup,
     rollout_in,
     root_hex,
+    running,
     setup,
     start_devices,
     wait_until,
     write_orchestrator,
 )
+from replica_helpers import hold_row
 
 from fleetpush_protocol.topics import Topics
 from orchestrator.app import Orchestrator
 from orchestrator.broker import MosquittoBroker
-from orchestrator.config import load_config
+from orchestrator.config import DatabaseConfig, load_config
 
 __all__ = ["setup"]
 
@@ -334,3 +336,87 @@ async def test_a_scheduled_security_rollout_takes_no_device_before_it_starts(
     sec = await s.api.rollout(fix["id"], target={"devices": ["ss-1"]}, start_at=4e9)
     assert sec["state"] == "scheduled"
     assert await states(s, f["id"]) == {"ss-1": "deferred"}
+
+
+# What this replica tries, and what the other replica decided meanwhile.
+_LOST_DECISIONS = {
+    "approve": ({}, "UPDATE rollouts SET state = 'rejected', approval = 'rejected', "
+                    "decided_by = 'carol' WHERE id = %s"),
+    "reject": ({"reason": "no"}, "UPDATE rollouts SET state = 'running', "
+                                 "approval = 'approved', decided_by = 'carol' WHERE id = %s"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("action", sorted(_LOST_DECISIONS))
+async def test_a_decision_lost_to_another_replica_is_refused_and_audited(
+    tmp_path: Path, broker: MosquittoBroker, topics: Topics,
+    postgres_database: DatabaseConfig, action: str,
+) -> None:  # fmt: skip
+    """Attack: two replicas, one decision each at the same instant. This one reads the
+    rollout awaiting approval, the other decides it meanwhile (its transaction holds the
+    row until this one's compare-and-set waits behind it). The loser's 409 must leave a
+    ``*_refused`` audit entry like any refused decision, or who tried what is lost."""
+    async with running(tmp_path, broker, topics, database_url=postgres_database.url) as s:
+        s.fleet.provision("cas-1")
+        s.broker.reload()
+        admin = Api(s.session, s.api.base, TOKENS["admin"])
+        bob_body = {"name": "bob", "role": "operator"}
+        bob_token = (await admin.call("POST", "/v1/tokens", expect=201, json=bob_body))["token"]
+        bob = Api(s.session, s.api.base, bob_token)
+        rel = await s.api.upload("app", "2.0")
+        pending = await s.api.rollout(rel["id"], target={"devices": ["cas-1"]},
+                                      require_approval=True)  # fmt: skip
+        rid = pending["id"]
+        body, sql = _LOST_DECISIONS[action]
+        with hold_row(postgres_database.url, sql, (rid,)) as other:
+            decision = asyncio.create_task(
+                bob.call("POST", f"/v1/rollouts/{rid}/{action}", json=body, expect=409)
+            )
+            await other.until_waited_on()
+            other.commit()
+            refused = await decision
+        assert "changed meanwhile" in refused["error"]
+        entries = (await admin.call("GET", "/v1/audit", params={"limit": "50"}))["entries"]
+        mine = [e for e in entries if e["subject"] == f"rollout/{rid}" and e["actor"] == "bob"]
+        assert [e["action"] for e in mine] == [f"rollout.{action}_refused"], mine
+        assert "changed meanwhile" in mine[0]["detail"]["error"]
+
+
+async def test_an_approved_continuous_rollout_takes_in_no_device_without_a_new_approval(
+    setup: Setup,
+) -> None:
+    """Attack: an operator has a continuous rollout to a small group approved, then moves
+    more devices (the fleet) into that group, and they are updated with no second look.
+    A correct implementation takes the newcomers in only after a new approval: the
+    rollout goes back to awaiting approval with them pending, and another operator (never
+    the creator) approves the larger target."""
+    s = setup
+    await start_devices(s, "grow-1", groups=("kiosk",))
+    admin = Api(s.session, s.api.base, TOKENS["admin"])
+    bob_body = {"name": "bob", "role": "operator"}
+    bob_token = (await admin.call("POST", "/v1/tokens", expect=201, json=bob_body))["token"]
+    bob = Api(s.session, s.api.base, bob_token)
+    rel = await s.api.upload("app", "2.0")
+    made = await s.api.rollout(rel["id"], target={"groups": ["kiosk"]}, continuous=True,
+                               require_approval=True)  # fmt: skip
+    rid = made["id"]
+    await bob.call("POST", f"/v1/rollouts/{rid}/approve", json={})
+
+    async def succeeded(n: int) -> bool:
+        return (await s.api.status(rid))["states"].get("succeeded") == n
+
+    await wait_until(lambda: succeeded(1), within=60, what="the approved device updated")
+    await start_devices(s, "grow-2", "grow-3", groups=("kiosk",))  # moved in later
+    held = await rollout_in(s, rid, "awaiting_approval", within=60)
+    assert held["approval"]["state"] == "pending"
+    assert "joined its target after it was approved" in held["reason"]
+    assert await states(s, rid) == {"grow-1": "succeeded", "grow-2": "pending",
+                                    "grow-3": "pending"}  # fmt: skip
+    entries = (await admin.call("GET", "/v1/audit", params={"limit": "50"}))["entries"]
+    follows = [e for e in entries if e["action"] == "rollout.follow"]
+    assert "waits for a new approval" in follows[0]["detail"]["reason"]
+    own = await s.api.call("POST", f"/v1/rollouts/{rid}/approve", json={}, expect=403)
+    assert "creator cannot approve" in own["error"]
+    await bob.call("POST", f"/v1/rollouts/{rid}/approve", json={})
+    await wait_until(lambda: succeeded(3), within=90, what="the newcomers updated after approval")
+    assert (await s.api.status(rid))["state"] == "running"

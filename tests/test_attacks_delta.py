@@ -20,6 +20,7 @@ from test_device_agent import Rig
 
 from device_client.transport.delta_fetch import BaseStore
 from fleetpush_protocol import delta as codec
+from fleetpush_protocol import tar_delta
 from fleetpush_protocol.messages import Delta
 
 rig = test_device_agent.rig
@@ -209,3 +210,139 @@ async def test_superseded_delta_download_leaves_no_files(rig: Rig) -> None:
     await rig.reports.wait_state("succeeded", n3.notice_id)
     left = sorted(p.name for p in downloads.iterdir())
     assert left == [], f"files left behind by the superseded delta job: {left}"
+
+
+# --- tar-bsdiff: hostile op streams ---------------------------------------------------------
+
+_BASE = bytes(range(256)) * 64  # 16 KiB
+_SIGNED = 4096  # the target size the notice signs
+
+
+def _q(*values: int) -> bytes:
+    return b"".join(v.to_bytes(8, "little") for v in values)
+
+
+def _entry(x: int, y: int, z: int) -> bytes:
+    return _q(x, y) + z.to_bytes(8, "little", signed=True)
+
+
+def _tar_patch(ops: bytes, *, base: int = len(_BASE), target: int = _SIGNED,
+               max_member: int = 1 << 20, huge_window: int = 0) -> bytes:  # fmt: skip
+    stream = tar_delta.MAGIC + _q(base, target, max_member) + ops
+    if not huge_window:
+        return zstandard.ZstdCompressor(level=3).compress(stream)
+    cobj = zstandard.ZstdCompressor(level=1, write_content_size=False).compressobj()
+    frame = cobj.compress(stream) + cobj.flush()
+    assert frame[4] == 0  # a window descriptor at byte 5
+    return frame[:5] + bytes([21 << 3]) + frame[6:]  # window 2^(10+21) = 2 GiB
+
+
+class _GuardedBase(io.BytesIO):
+    """The base file: a read outside it fails the test (the codec must check first)."""
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        assert size is not None
+        assert size >= 0
+        assert self.tell() + size <= len(_BASE), "read outside the base"
+        return super().read(size)
+
+
+_member_frame = zstandard.ZstdCompressor(
+    dict_data=zstandard.ZstdCompressionDict(_BASE[:100], dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+).compress(b"A" * 100)
+
+# name, op stream (or a whole patch), header overrides, the error
+# fmt: off
+TAR_ATTACKS: list[tuple[str, bytes, dict[str, int], str]] = [
+    ("copy past the base's end", b"C" + _q(len(_BASE) - 10, 100) + b"E", {}, "outside the base"),
+    ("copy at a huge offset", b"C" + _q(1 << 63, 1) + b"E", {}, "outside the base"),
+    ("copy wrapping around 2^64", b"C" + _q(10, (1 << 64) - 5) + b"E", {}, "outside the base"),
+    ("literal past the signed size", b"L" + _q(_SIGNED + 1) + b"x" * (_SIGNED + 1) + b"E", {},
+     "past the signed size"),
+    ("copy past the signed size", b"C" + _q(0, _SIGNED + 1) + b"E", {}, "past the signed size"),
+    ("declares more than the signed size", b"E", {"target": _SIGNED + 1}, "rebuilds"),
+    ("made from another base", b"E", {"base": len(_BASE) - 1}, "another base"),
+    ("asks more memory than the limit", b"E", {"max_member": 1 << 40}, "memory"),
+    ("unknown op", b"X" + _q(0), {}, "unknown op"),
+    ("no end op", b"C" + _q(0, 10), {}, "ends early"),
+    ("end op before the declared size", b"C" + _q(0, 10) + b"E", {}, "ended before"),
+    ("target copy of bytes not written", b"C" + _q(0, 10) + b"T" + _q(5, 10) + b"E", {},
+     "not yet written"),
+    ("target copy at a huge offset", b"T" + _q(1 << 62, 1) + b"E", {}, "not yet written"),
+    ("bsdiff member outside the base", b"B" + _q(len(_BASE) - 10, 100, 100, 1, 0), {},
+     "outside the base"),
+    ("bsdiff with 2^40 entries", b"B" + _q(0, 100, 100, 1 << 40, 0), {},
+     "over its declared max_member"),
+    ("bsdiff extra over max_member", b"B" + _q(0, 100, 100, 1, 1 << 30), {},
+     "over its declared max_member"),
+    ("bsdiff entry reading before its member",
+     b"B" + _q(0, 100, 100, 2, 0) + _entry(10, 0, -20) + _entry(90, 0, 0), {},
+     "outside its member"),
+    ("bsdiff entry reading past its member", b"B" + _q(0, 100, 200, 1, 0) + _entry(200, 0, 0),
+     {}, "outside its member"),
+    ("bsdiff entries writing more than the member",
+     b"B" + _q(0, 100, 10, 1, 0) + _entry(5, 6, 0), {}, "outside its member"),
+    ("bsdiff entries short of the member", b"B" + _q(0, 100, 100, 1, 0) + _entry(50, 0, 0),
+     {}, "do not fill"),
+    ("bsdiff extra not used up", b"B" + _q(0, 100, 10, 1, 5) + _entry(10, 0, 0), {},
+     "do not fill"),
+    ("zstd member over max_member", b"Z" + _q(0, 100, 100, 10), {"max_member": 50},
+     "over its declared max_member"),
+    ("zstd member frame larger than its member", b"Z" + _q(0, 100, 100, 1 << 40), {},
+     "larger than its member"),
+    ("zstd member frame of another size",
+     b"Z" + _q(0, 100, 99, len(_member_frame)) + _member_frame + b"E", {}, "another size"),
+    ("zstd member that is not zstd", b"Z" + _q(0, 100, 100, 8) + b"notzstd!" + b"E", {},
+     "bad member frame"),
+    # Other base bytes rebuild other bytes: the codec cannot tell, the pinned hash does.
+    ("zstd member against the wrong base bytes",
+     b"Z" + _q(1000, 100, 100, len(_member_frame)) + _member_frame + b"E", {}, "ended before"),
+    ("outer window of 2 GiB", b"E", {"huge_window": 1}, "not a valid tar-bsdiff"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("name", "ops", "header", "error"), TAR_ATTACKS,
+                         ids=[a[0] for a in TAR_ATTACKS])  # fmt: skip
+def test_hostile_tar_delta_is_refused_within_bounds(
+    name: str, ops: bytes, header: dict[str, int], error: str
+) -> None:
+    """Every hostile op stream ends in a DeltaError (a fallback to the full payload), never
+    reads outside the base and never writes past the signed size."""
+    patch = _tar_patch(ops, **header)
+    out = io.BytesIO()
+    with pytest.raises(codec.DeltaError, match=error):
+        tar_delta.apply(_GuardedBase(_BASE), len(_BASE), io.BytesIO(patch), out,
+                        max_output=_SIGNED, max_memory=64 << 20)  # fmt: skip
+    assert out.tell() <= _SIGNED
+
+
+def test_data_after_the_tar_delta_is_refused() -> None:
+    patch = _tar_patch(b"C" + _q(0, _SIGNED) + b"E")
+    for extra in (b"junk", _frame(b"EVIL" * 1024, content_size=True)):
+        with pytest.raises(codec.DeltaError):
+            tar_delta.apply(io.BytesIO(_BASE), len(_BASE), io.BytesIO(patch + extra),
+                            io.BytesIO(), max_output=_SIGNED, max_memory=64 << 20)  # fmt: skip
+    rebuilt = io.BytesIO()
+    tar_delta.apply(io.BytesIO(_BASE), len(_BASE), io.BytesIO(patch), rebuilt,
+                    max_output=_SIGNED, max_memory=64 << 20)  # fmt: skip
+    assert rebuilt.getvalue() == _BASE[:_SIGNED]
+
+
+def test_an_old_device_skips_a_method_it_does_not_know(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device from before tar-bsdiff (it knows only zstd-patch) holding the base passes
+    over such a delta, so it fetches the full payload: the notice stays valid for it."""
+    from device_client.transport import delta_fetch
+
+    store = BaseStore(tmp_path / "base")
+    payload = tmp_path / "p"
+    payload.write_bytes(b"base payload")
+    sha = hashlib.sha256(b"base payload").digest()
+    store.keep(payload, sha)
+    entry = Delta(base_sha256=sha, method=codec.TAR_METHOD, sha256=b"\0" * 32, size=1,
+                  urls=("http://x/y",))  # fmt: skip
+    assert store.find((entry,)) is not None
+    monkeypatch.setattr(delta_fetch, "KNOWN_METHODS", frozenset({codec.METHOD}))
+    assert store.find((entry,)) is None

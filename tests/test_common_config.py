@@ -107,6 +107,15 @@ def test_broker_settings_one_struct_for_both_sides(tmp_path: Path) -> None:
     assert read.password == "s3cret"
 
 
+def test_broker_protocol_is_5_or_311() -> None:
+    assert BrokerSettings(url="mqtt://h").protocol_level == 5
+    old = decode(BrokerSettings, {"url": "mqtt://h", "protocol": "3.1.1"}, "t.toml")
+    assert old.protocol_level == 4
+    for bad in ("3.1", "4", 5):
+        with pytest.raises(ConfigError, match=r"t\.toml: protocol"):
+            decode(BrokerSettings, {"url": "mqtt://h", "protocol": bad}, "t.toml")
+
+
 def test_tokens_file_through_the_same_layer(tmp_path: Path) -> None:
     path = tmp_path / "tokens.toml"
     sha = "AB" * 32

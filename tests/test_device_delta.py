@@ -32,6 +32,7 @@ from test_device_security import advisory
 from fleetpush_protocol import delta as codec
 from fleetpush_protocol.messages import SECURITY
 from fleetpush_protocol.topics import Topics
+from orchestrator import tar_delta_make
 from orchestrator.broker import MosquittoBroker
 
 # The in-process agent rig of the agent tests, bound here so pytest finds its fixtures.
@@ -142,6 +143,59 @@ async def test_bad_delta_falls_back_to_the_full_payload(rig: Rig, fault: str) ->
     assert not any(device.agent.downloads.iterdir())
     if fault == "over_memory":
         assert "memory" in downloaded.detail
+
+
+async def test_tar_delta_rollout_rebuilds_member_by_member(rig: Rig) -> None:
+    """A tar-bsdiff delta: the device streams the rebuild from its kept base and installs."""
+    v1, v2 = releases(1 << 20)
+    device = await rig.start_device()
+    await install_v1(rig, v1)
+    patch = tar_delta_make.make(v1, v2)
+    assert len(patch) < len(v2) // 100
+    entry = delta_entry(v1, patch, [rig.server.add("v2.delta", patch)], method="tar-bsdiff")
+    full = rig.server.add("v2.tar", v2)
+    notice, data = delta_notice(rig.signer, "dev-001", v2, [full], [entry], topics=rig.topics)
+    await rig.publish(data)
+    done = await rig.reports.wait_state("succeeded", notice.notice_id)
+    assert done.current_version == "2.0.0"
+    downloaded = await rig.reports.wait_state("downloaded", notice.notice_id)
+    assert downloaded.downloaded == len(patch)
+    assert isinstance(downloaded.detail, str)
+    assert "rebuilt" in downloaded.detail
+    assert "v2.tar" not in rig.server.bytes_sent
+    assert (device.slots / "current" / "VERSION").read_bytes() == b"2.0.0\n"
+    assert not any(device.agent.downloads.iterdir())
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "over_memory"])
+async def test_bad_tar_delta_falls_back_to_the_full_payload(rig: Rig, fault: str) -> None:
+    """A tar-bsdiff delta that is corrupt, or that holds a member larger than the device's
+    rebuild memory allows (refused from its header, before anything is rebuilt)."""
+    v1, v2 = releases(1 << 20)
+    limit = {"max_rebuild_memory_bytes": 1 << 20}
+    device = await rig.start_device(
+        sections={"download": limit} if fault == "over_memory" else None
+    )
+    await install_v1(rig, v1)
+    patch = tar_delta_make.make(v1, v2)
+    if fault == "corrupt":
+        broken = bytearray(patch)
+        broken[len(broken) // 2] ^= 0xFF
+        patch = bytes(broken)
+    entry = delta_entry(v1, patch, [rig.server.add("v2.delta", patch)], method="tar-bsdiff")
+    full = rig.server.add("v2.tar", v2)
+    notice, data = delta_notice(rig.signer, "dev-001", v2, [full], [entry], topics=rig.topics)
+    await rig.publish(data)
+    done = await rig.reports.wait_state("succeeded", notice.notice_id)
+    assert done.current_version == "2.0.0"
+    assert "failed" not in rig.reports.states(notice.notice_id)
+    downloaded = await rig.reports.wait_state("downloaded", notice.notice_id)
+    assert downloaded.downloaded == len(patch) + len(v2)
+    assert isinstance(downloaded.detail, str)
+    assert "fetched the full payload" in downloaded.detail
+    if fault == "over_memory":
+        assert "memory" in downloaded.detail
+    assert not any(device.agent.downloads.iterdir())
 
 
 async def test_metered_device_defers_a_full_download(rig: Rig, tmp_path: Path) -> None:

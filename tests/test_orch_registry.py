@@ -8,8 +8,9 @@ came from inventory, and ingestion that stores claims and never moves the facts.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -18,10 +19,20 @@ from fleetpush_protocol.messages import Inventory
 from orchestrator.broker.credentials import ORCHESTRATOR_ROLE
 from orchestrator.broker.registry import Identity, IdentityRegistry
 from orchestrator.config import ConfigError, parse_config
-from orchestrator.registry_sync import RegistrySync
+from orchestrator.registry_sync import WRITE_TRIES, RegistrySync
 from orchestrator.rollouts import TargetSpec, resolve_targets
-from orchestrator.store import Database, DeviceFilter, DeviceRecord, ReleaseRecord, SQLiteStore
+from orchestrator.store import (
+    Database,
+    DeviceFilter,
+    DeviceRecord,
+    ReleaseRecord,
+    SQLiteStore,
+    Store,
+    StoreUnavailableError,
+)
 from orchestrator.store.schema import MIGRATIONS
+
+T = TypeVar("T")
 
 T0 = 1_800_000_000.0
 
@@ -124,6 +135,44 @@ async def test_registry_sync_follows_the_file(tmp_path: Path) -> None:
         assert d.groups == ("prod",)
         path.write_bytes(good.replace(b'"prod"', b'"beta"'))
         assert await sync.refresh() == 1
+    finally:
+        db.close()
+
+
+class _AbortsFirstWrites(Database):
+    """A real SQLite database whose first ``aborts`` calls fail as PostgreSQL fails the
+    transaction it picks to end a deadlock (seen in CI: ingestion and the registry's upsert
+    of the same device rows)."""
+
+    aborts = 2
+
+    async def run(self, fn: Callable[[Store], T]) -> T:
+        if self.aborts:
+            self.aborts -= 1
+            raise StoreUnavailableError("database postgresql://db: deadlock detected")
+        return await super().run(fn)
+
+
+async def test_a_registry_write_aborted_by_the_database_is_tried_again(tmp_path: Path) -> None:
+    path = tmp_path / "broker" / "identities.json"
+    db = _AbortsFirstWrites(lambda: _store(tmp_path))
+    sync = RegistrySync(db, path, ManualClock(T0))
+    try:
+        with IdentityRegistry(path).locked() as reg:
+            reg.put(Identity("dev-1", groups=("beta",), model="rpi4"))
+        assert await sync.refresh() == 1  # two aborts, then applied
+        assert db.aborts == 0
+        d = await db.run(lambda s: s.get_device("dev-1"))
+        assert d.groups == ("beta",)
+        # Past the last try: the last facts stay, the request is not failed, and the next
+        # refresh applies the change.
+        with IdentityRegistry(path).locked() as reg:
+            reg.put(Identity("dev-1", groups=("prod",), model="rpi4"))
+        db.aborts = WRITE_TRIES
+        assert await sync.refresh() == 0
+        assert (await db.run(lambda s: s.get_device("dev-1"))).groups == ("beta",)
+        assert await sync.refresh() == 1
+        assert (await db.run(lambda s: s.get_device("dev-1"))).groups == ("prod",)
     finally:
         db.close()
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 from device_helpers import write_config
-from orch_helpers import TOKENS, Api, Fleet, root_hex, running, wait_until
+from orch_helpers import TOKENS, Api, Fleet, assert_spoke, root_hex, running, wait_until
 from replica_helpers import Balancer, Replicas, health, write_replicas
 
 from fleetpush_protocol.topics import Topics
@@ -43,26 +43,26 @@ class QuickAckFleet(Fleet):
         self.configs[device_id] = write_config(
             self.root / f"{device_id}.toml", broker=self.broker, topics=self.topics,
             device_id=device_id, password=password, root_hex=self.root_key, groups=groups,
-            sections={"broker": {"ack_timeout_s": 2}},
+            sections={"broker": {"ack_timeout_s": 2, "protocol": self.protocol}},
         )  # fmt: skip
 
 
 @contextlib.asynccontextmanager
 async def replicas_up(
     tmp_path: Path, broker: MosquittoBroker, topics: Topics, database_url: str, *, n: int,
-    ids: list[str],
+    ids: list[str], protocol: str = "5",
 ) -> AsyncIterator[tuple[Replicas, QuickAckFleet, aiohttp.ClientSession, Balancer]]:  # fmt: skip
     """``n`` replicas behind a balancer, every one healthy, and ``ids`` provisioned (not
-    started); all stopped on the way out."""
+    started), all speaking MQTT ``protocol``; all stopped on the way out."""
     balancer = Balancer()
     reps = write_replicas(
         tmp_path, broker, topics, n=n, database_url=database_url, lease="3s",
-        public_url=balancer.url,
+        public_url=balancer.url, protocol=protocol,
     )  # fmt: skip
     balancer.backends = [r.base for r in reps.items]
     await balancer.start()
     (tmp_path / "devices").mkdir()
-    fleet = QuickAckFleet(tmp_path / "devices", broker, topics, root_hex(tmp_path))
+    fleet = QuickAckFleet(tmp_path / "devices", broker, topics, root_hex(tmp_path), protocol)
     for d in ids:
         fleet.provision(d)
     broker.reload()
@@ -78,11 +78,16 @@ async def replicas_up(
         await balancer.stop()
 
 
+@pytest.mark.parametrize("mqtt_protocol", ["5", "3.1.1"])
 async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
-    tmp_path: Path, broker: MosquittoBroker, topics: Topics, postgres_database: DatabaseConfig
-) -> None:
+    tmp_path: Path, broker: MosquittoBroker, topics: Topics, postgres_database: DatabaseConfig,
+    mqtt_protocol: str,
+) -> None:  # fmt: skip
+    """In MQTT 3.1.1 too: shared subscriptions (Mosquitto has them in 3.1.1), each replica
+    on a clean session (3.1.1 cannot bound a session's life; docs/broker.md)."""
     ids = [f"rp-{i:02d}" for i in range(9)]
-    up = replicas_up(tmp_path, broker, topics, postgres_database.url, n=3, ids=ids)
+    up = replicas_up(tmp_path, broker, topics, postgres_database.url, n=3, ids=ids,
+                     protocol=mqtt_protocol)  # fmt: skip
     async with up as (reps, fleet, session, _):
         # The API answers from each replica, each as itself.
         for r in reps.items:
@@ -143,6 +148,7 @@ async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
         # The live replicas answer with the same view.
         for a in live:
             assert (await a.status(rid))["states"] == {"succeeded": len(ids)}
+        assert_spoke(broker, mqtt_protocol, [r.name for r in reps.items] + ids)
 
 
 def _one_notice_each(reps: Replicas, rid: int, ids: list[str]) -> None:

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from orch_helpers import TOKENS, Api, Fleet, root_hex, wait_until, write_orchestrator
+from orch_helpers import (
+    TOKENS,
+    Api,
+    Fleet,
+    assert_spoke,
+    root_hex,
+    wait_until,
+    write_orchestrator,
+)
 
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
@@ -40,15 +48,16 @@ async def _healthy(session: aiohttp.ClientSession, base: str) -> bool:
         return False
 
 
+@pytest.mark.parametrize("mqtt_protocol", ["5", "3.1.1"])
 async def test_orchestrator_killed_and_restarted_mid_rollout(
-    tmp_path: Path, broker: MosquittoBroker, topics: Topics
+    tmp_path: Path, broker: MosquittoBroker, topics: Topics, mqtt_protocol: str
 ) -> None:
-    config, port = write_orchestrator(tmp_path, broker, topics)
+    config, port = write_orchestrator(tmp_path, broker, topics, protocol=mqtt_protocol)
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     proc = _serve(config, log)
     (tmp_path / "devices").mkdir()
-    fleet = Fleet(tmp_path / "devices", broker, topics, root_hex(tmp_path))
+    fleet = Fleet(tmp_path / "devices", broker, topics, root_hex(tmp_path), mqtt_protocol)
     ids = [f"k-{i}" for i in range(6)]
     for d in ids:
         fleet.provision(d)
@@ -90,6 +99,7 @@ async def test_orchestrator_killed_and_restarted_mid_rollout(
             done = await wait_until(completed, within=60, what="rollout completed")
             assert done["state"] == "completed", done
             assert done["states"] == {"succeeded": 6}
+            assert_spoke(broker, mqtt_protocol, [broker.ORCHESTRATOR_USER, *ids])
     finally:
         await fleet.stop_all()
         if proc.poll() is None:

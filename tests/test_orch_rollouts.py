@@ -8,7 +8,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from orch_helpers import TOKENS, Api, Setup, rollout_in, setup_any_backend, wait_until
+from orch_helpers import TOKENS, Api, Setup, assert_spoke, rollout_in, setup_any_backend, wait_until
 
 from orchestrator.cli.main import main
 
@@ -28,7 +28,8 @@ async def _online(s: Setup, ids: list[str]) -> None:
     await wait_until(check, what=f"devices {ids} online")
 
 
-async def test_three_phase_rollout_advances_on_its_gates(setup: Setup) -> None:
+@pytest.mark.parametrize("mqtt_protocol", ["5", "3.1.1"])
+async def test_three_phase_rollout_advances_on_its_gates(setup: Setup, mqtt_protocol: str) -> None:
     s = setup
     ids = [f"dev-{i}" for i in range(6)]
     for d in ids:
@@ -52,6 +53,7 @@ async def test_three_phase_rollout_advances_on_its_gates(setup: Setup) -> None:
     assert "rollout.complete" in actions
     devices = (await s.api.call("GET", "/v1/devices"))["devices"]
     assert {d["current_version"] for d in devices} == {"2.0"}
+    assert_spoke(s.broker, mqtt_protocol, [s.broker.ORCHESTRATOR_USER, *ids])
 
 
 async def test_rollout_pauses_on_its_failure_threshold(setup: Setup) -> None:
@@ -78,6 +80,7 @@ async def test_rollout_pauses_on_its_failure_threshold(setup: Setup) -> None:
     assert resumed["state"] == "running"
 
 
+@pytest.mark.parametrize("mqtt_protocol", ["5", "3.1.1"])
 async def test_offline_devices_catch_up_on_reconnect(setup: Setup) -> None:
     s = setup
     ids = [f"off-{i}" for i in range(4)]

@@ -628,3 +628,17 @@ def test_cli_names_an_unreachable_database_without_its_password(tmp_path: Path) 
     assert f"database postgresql://fp:***@127.0.0.1:{port}/fleet: no connection" in result.output
     assert "hunter2" not in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_hold_is_kept_with_its_report(store: Store) -> None:
+    """Issue 18: a deferred report's hold (who and why, until when) is in the history."""
+    r = _rollout(store, ["a"])
+    store.save_notices([_notice(r.id, "n-a", "a", 1)], {"a": True})
+    why = "held by gate: call active"
+    deferred = _report("a", 1, "n-a", ReportState.DEFERRED, r.id)
+    held = msgspec.structs.replace(deferred, hold_reason=why, hold_until=int(T0) + 7200, detail=why)
+    store.ingest([held, _report("a", 2, "n-a", ReportState.INSTALLING, r.id)], T0 + 1)
+    later, first = store.device_history("a")
+    assert (first["hold_reason"], first["hold_until"]) == ("held by gate: call active",
+                                                           int(T0) + 7200)  # fmt: skip
+    assert (later["hold_reason"], later["hold_until"]) == (None, None)

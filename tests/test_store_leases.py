@@ -94,6 +94,36 @@ def test_rollout_updates_compare_and_set(store: Store) -> None:
     assert store.get_rollout(r.id).phase == 1
 
 
+def test_atomic_commits_together_or_not_at_all(store: Store) -> None:
+    r = _rollout(store, ["d1", "d2"])
+
+    def half(s: Store) -> None:
+        s.cancel_device_targets(r.id, ["d1"], T0 + 1, "taken")
+        s.update_rollout(r.id, T0 + 1, expect=("paused", None), state="running")  # lost
+
+    with pytest.raises(ConflictError):
+        store.atomic(half)
+    assert store.state_counts(r.id) == {"pending": 2}  # the cancel went with it
+    store.atomic(lambda s: s.cancel_device_targets(r.id, ["d1"], T0 + 2, "taken"))
+    assert store.state_counts(r.id) == {"pending": 1, "canceled": 1}
+
+
+def test_a_device_with_an_unpublished_notice_gets_no_other_until_it_is_published(
+    store: Store,
+) -> None:
+    """Another replica stored a cancel for d1 and has not published it yet: a notice of
+    this rollout stored now would reach the broker first and be replaced by it."""
+    r = _rollout(store, ["d1", "d2"])
+    store.save_notices([NoticeRecord("c1", "d1", 99, "cancel", "device/d1", 5, "t/d1", T0,
+                                     T0 + 600, b"env")], {})  # fmt: skip
+    store.claim_rollouts("r1", [r.id], T0, T0 + 10)
+    batch = [_notice(r.id, "n1", "d1", 6), _notice(r.id, "n2", "d2", 6)]
+    assert [n.notice_id for n in store.save_notices_leased("r1", r.id, batch, {}, T0)] == ["n2"]
+    store.mark_published(["c1"])
+    again = store.save_notices_leased("r1", r.id, [_notice(r.id, "n1b", "d1", 7)], {}, T0 + 1)
+    assert [n.notice_id for n in again] == ["n1b"]
+
+
 def test_replicas_register_beat_and_refuse_a_live_twin(store: Store) -> None:
     assert store.register_replica("a", "h1", 10, T0, live_after=T0 - 15) is None
     store.beat_replica("a", T0 + 5)

@@ -93,4 +93,6 @@ async def run_step(
         return False
     if result.returncode == EXIT_REBOOT:
         return True
-    raise UpdateError(failure, f"{step} {result.describe()}", changed=changed)
+    raise UpdateError(
+        failure, f"{step} {result.describe()}", changed=changed, output=result.output(step)
+    )

@@ -9,7 +9,9 @@ from device_client.config import HealthConfig
 from device_client.errors import UpdateError
 from fleetpush_protocol.messages import FailureCode
 
-__all__ = ["check_health"]
+__all__ = ["STEP", "check_health"]
+
+STEP = "health_check"  # the step its output is reported as
 
 
 async def check_health(
@@ -34,8 +36,10 @@ async def check_health(
             FailureCode.HEALTH_CHECK_TIMEOUT,
             f"health check gave no answer within {config.timeout_s:g} s",
             changed=True,
+            output=result.output(STEP),
         )
     if result.returncode != 0:
         raise UpdateError(
-            FailureCode.HEALTH_CHECK_FAILED, f"health check {result.describe()}", changed=True
-        )
+            FailureCode.HEALTH_CHECK_FAILED, f"health check {result.describe()}", changed=True,
+            output=result.output(STEP),
+        )  # fmt: skip

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from device_client.commands import run_command
@@ -16,7 +17,8 @@ from device_client.errors import UpdateError
 from device_client.handlers import InstallRequest
 from device_client.jobs.health import check_health
 from device_client.jobs.states import Job, JobState
-from fleetpush_protocol.messages import FailureCode, UpdateNotice
+from device_client.jobs.system import is_system
+from fleetpush_protocol.messages import FailureCode, StepOutput, UpdateNotice
 
 if TYPE_CHECKING:
     from device_client.jobs.runner import JobRunner
@@ -59,28 +61,33 @@ class Installer:
             },
         )
 
-    async def install(self, job: Job, notice: UpdateNotice) -> None:
+    async def install(self, job: Job, notice: UpdateNotice, *, detail: str = "") -> None:
+        """``detail``: what the ``installing`` report says (a hold that ended, and how)."""
         r = self._runner
+        if is_system(notice):
+            await r.system.install(job, notice, detail=detail)
+            return
         handler = r.handler
         slot = f"slot-{job.notice_id}" if handler.name == "directory" else None
         job = r.transition(
-            job, JobState.INSTALLING, previous_slot=handler.current_slot(), new_slot=slot
-        )
+            job, JobState.INSTALLING, detail=detail, previous_slot=handler.current_slot(),
+            new_slot=slot,
+        )  # fmt: skip
         try:
             outcome = await handler.install(self.request(job, notice))
         except UpdateError as e:
             if e.changed:
-                await self.rollback(job, notice, e.failure, str(e))
+                await self.rollback(job, notice, e.failure, str(e), e.output)
             else:
-                r.finish(job, JobState.FAILED, e.failure, str(e))
+                r.finish(job, JobState.FAILED, e.failure, str(e), output=e.output)
             return
         job = r.transition(job, JobState.INSTALLED, reboot_pending=outcome.reboot)
         if outcome.reboot:
-            await self._reboot(job)
+            await self.wait_for_reboot(job)
             return
         await self.health(job, notice)
 
-    async def _reboot(self, job: Job) -> None:
+    async def wait_for_reboot(self, job: Job) -> None:
         r = self._runner
         argv = r.config.install.reboot
         if argv:
@@ -98,6 +105,15 @@ class Installer:
 
     async def health(self, job: Job, notice: UpdateNotice) -> None:
         r = self._runner
+        if is_system(notice):
+            await r.system.health(job, notice)
+            return
+        if job.error_code:
+            # A rollback began (its cause persisted first) before the agent stopped: the
+            # handler may have put the old slot back already, so a check passing now would
+            # commit and report a release that is no longer running. The rollback goes on.
+            await self.rollback(job, notice, job.error_code, job.error_message)
+            return
         job = r.transition(
             job, JobState.HEALTH_CHECK, health_attempts=job.health_attempts + 1,
             reboot_pending=False,
@@ -108,7 +124,7 @@ class Installer:
                 r.config.health, request.env, request.values(request.env["FLEETPUSH_SLOT"])
             )
         except UpdateError as e:
-            await self.rollback(job, notice, e.failure, str(e))
+            await self.rollback(job, notice, e.failure, str(e), e.output)
             return
         try:
             await r.handler.commit(request)
@@ -119,14 +135,29 @@ class Installer:
         r.finish(job, JobState.SUCCEEDED, "", "")
         await self._on_succeeded()
 
-    async def rollback(self, job: Job, notice: UpdateNotice, code: str, why: str) -> None:
+    async def rollback(
+        self, job: Job, notice: UpdateNotice, code: str, why: str,
+        output: Sequence[StepOutput] = (),
+    ) -> None:  # fmt: skip
+        """Roll back, and report the failure with what its step printed (``output``) and,
+        if the rollback fails too, what the rollback printed."""
         r = self._runner
-        if not r.handler.can_rollback:
-            r.finish(job, JobState.FAILED, code, f"{why}; no rollback configured")
+        if is_system(notice):
+            await r.system.rollback(job, notice, code, why, output)
             return
+        if not r.handler.can_rollback:
+            r.finish(job, JobState.FAILED, code, f"{why}; no rollback configured", output=output)
+            return
+        if job.error_code:  # a rollback began before the agent restarted: its cause stands
+            code, why = job.error_code, f"{job.error_message}; rollback resumed after a restart"
+        else:
+            job = replace(job, error_code=str(code), error_message=why[:1024])
+            r.persisted.state.job = job
+            r.persisted.save()
         try:
             await r.handler.rollback(self.request(job, notice))
         except UpdateError as e:
-            r.finish(job, JobState.FAILED, FailureCode.ROLLBACK_FAILED, f"{why}; {e}")
+            r.finish(job, JobState.FAILED, FailureCode.ROLLBACK_FAILED, f"{why}; {e}",
+                     output=(*output, *e.output))  # fmt: skip
             return
-        r.finish(job, JobState.ROLLED_BACK, code, why)
+        r.finish(job, JobState.ROLLED_BACK, code, why, output=output)

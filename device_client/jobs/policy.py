@@ -19,6 +19,7 @@ __all__ = ["Blocked", "install_blocked"]
 class Blocked:
     until: float  # Unix seconds when installing may be allowed (re-check then)
     reason: str
+    hold: bool = False  # an application's hold (device_client/holds.py): reported as one
 
 
 def install_blocked(policy: PolicyConfig, now: float) -> Blocked | None:

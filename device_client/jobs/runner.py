@@ -15,27 +15,29 @@ import contextlib
 import glob
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 from device_client.config import DeviceConfig
 from device_client.errors import UpdateError
 from device_client.handlers import Handler
+from device_client.holds import Holds
 from device_client.hooks import NotifyHook
 from device_client.jobs.install import Installer
 from device_client.jobs.policy import Blocked
 from device_client.jobs.security import update_blocked
 from device_client.jobs.states import Job, JobState
+from device_client.jobs.system import SystemUpdates, is_system
 from device_client.persisted import Persisted
 from device_client.reports import Reporter
-from device_client.transport.base import PayloadFetcher
+from device_client.transport.base import PayloadFetcher, ProgressCallback
 from device_client.transport.delta_fetch import DeltaFetcher, FetchOutcome
 from device_client.transport.fetcher import hash_file
 from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.envelope import decode_message
 from fleetpush_protocol.errors import ContentError, TransportError
-from fleetpush_protocol.messages import ErrorInfo, FailureCode, Progress, ReportState
+from fleetpush_protocol.messages import ErrorInfo, FailureCode, Progress, ReportState, StepOutput
 from fleetpush_protocol.messages import UpdateNotice as Notice
 
 __all__ = ["MAX_WAIT_S", "JobRunner"]
@@ -43,6 +45,7 @@ __all__ = ["MAX_WAIT_S", "JobRunner"]
 logger = logging.getLogger(__name__)
 
 MAX_WAIT_S = 60.0  # seconds between policy re-checks while deferred (clocks can jump)
+DEFERRED_RESAY_S = 600.0  # seconds: a deferred job reports again at least this often
 
 
 Step = Callable[["JobRunner", Job, Notice], Awaitable[None]]
@@ -84,7 +87,9 @@ class JobRunner:
         self.handler = handler
         self.clock = clock
         self.installer = Installer(self, on_succeeded)
+        self.system = SystemUpdates(self, on_succeeded)  # issue 18: several components
         self.notify = NotifyHook(config)  # [security] notify_command, once per notice
+        self.holds = Holds(config, clock, self._pending_notice, self.wake)  # [holds]
         self.stopping = False  # set when the agent stops: no new job task starts
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -100,7 +105,7 @@ class JobRunner:
         await self.wait_for_policy(job, notice)
         job = self.persisted.state.job or job
         if await self._downloaded_ok(job, notice):
-            await self.installer.install(job, notice)
+            await self.installer.install(job, notice, detail=self.holds.take_note(job.notice_id))
         else:
             self.transition(job, JobState.DOWNLOADING)
 
@@ -108,11 +113,11 @@ class JobRunner:
         await self.download(job, notice)
 
     async def _downloaded(self, job: Job, notice: Notice) -> None:
-        blocked = update_blocked(self.config, notice, self.clock())
+        blocked = await self._blocked(job, notice)
         if blocked is not None:
-            self.transition(job, JobState.DEFERRED, detail=blocked.reason)
+            self.transition(job, JobState.DEFERRED, detail=blocked.reason, hold=blocked)
         elif await self._downloaded_ok(job, notice):
-            await self.installer.install(job, notice)
+            await self.installer.install(job, notice, detail=self.holds.take_note(job.notice_id))
         else:
             self.transition(job, JobState.DOWNLOADING)
 
@@ -198,24 +203,30 @@ class JobRunner:
 
     def transition(
         self, job: Job, state: JobState, *, detail: str = "", downloaded: int | None = None,
-        **changes: object,
+        hold: Blocked | None = None, **changes: object,
     ) -> Job:  # fmt: skip
-        """Persist ``job`` in ``state`` together with its report, then return it."""
+        """Persist ``job`` in ``state`` together with its report, then return it; ``hold``:
+        an application's hold, whose reason and end the report carries."""
         job = job.advance(state, **changes)
         logger.debug("%s: %s -> %s", self.device_id, job.notice_id, state.value)
         self.persisted.state.job = job
         if (rs := state.report_state) is not None:
-            self.reporter.job(job, rs, detail=detail, downloaded=downloaded)
+            held = hold if hold is not None and hold.hold else None
+            self.reporter.job(job, rs, detail=detail, downloaded=downloaded, hold=held)
         self.persisted.save()
         return job
 
-    def finish(self, job: Job, state: JobState, code: str, message: str) -> None:
-        """Persist the job's end with its final report, and remove its files."""
+    def finish(
+        self, job: Job, state: JobState, code: str, message: str, *,
+        output: Sequence[StepOutput] = (),
+    ) -> None:  # fmt: skip
+        """Persist the job's end with its final report (with ``output``, what the failing
+        step printed, on a failure), and remove its files."""
         code = str(code)
         job = job.advance(state, error_code=code, error_message=message[:1024])
         error = ErrorInfo(code=code, message=message[:1024]) if code else None
         self.reporter.job(job, ReportState(state.value), error=error,
-                          detail="" if code else message)  # fmt: skip
+                          detail="" if code else message, output=output)  # fmt: skip
         st = self.persisted.state
         st.job = None
         st.last_job = job
@@ -257,7 +268,12 @@ class JobRunner:
         Decided at once, with no await in between, so the ``notified`` report and the next
         state reach the disk in one write: one flash write per notice rather than two.
         """
-        if notice.handler != self.handler.name:
+        if is_system(notice):
+            if (problem := self.system.unsupported(notice)) is not None:
+                self.finish(job, JobState.FAILED, FailureCode.PAYLOAD_INVALID, problem)
+                return
+            job = self.system.start(job, notice)
+        elif notice.handler != self.handler.name:
             self.finish(
                 job, JobState.FAILED, FailureCode.PAYLOAD_INVALID,
                 f"notice wants handler {notice.handler!r}, device has {self.handler.name!r}",
@@ -283,22 +299,38 @@ class JobRunner:
     async def wait_for_policy(self, job: Job, notice: Notice) -> None:
         """Return when the update policy allows installing (the one place that waits); a
         security update's own rules in ``device_client.jobs.security``."""
-        reason = ""
+        said: tuple[str, float] | None = None
+        said_at = self.clock()  # the caller reported the first deferral
         while (blocked := await self._blocked(job, notice)) is not None:
-            if blocked.reason != reason:
-                if reason:  # the reason changed (hold over, now a window): say so
+            # An application's hold is said again when its end moves (a new hold), and every
+            # DEFERRED_RESAY_S while it lasts: the orchestrator times out a device silent for
+            # the rollout's device_timeout, and a hold or a window may be longer than that.
+            now = (blocked.reason, blocked.until if blocked.hold else 0.0)
+            if now != said or self.clock() - said_at >= DEFERRED_RESAY_S:
+                if said is not None:
                     job = self.transition(self.persisted.state.job or job, JobState.DEFERRED,
-                                          detail=blocked.reason)  # fmt: skip
-                reason = blocked.reason
-            await self._sleep_until(blocked.until)
+                                          detail=blocked.reason, hold=blocked)  # fmt: skip
+                    said_at = self.clock()
+                said = now
+            await self._sleep_until(min(blocked.until, said_at + DEFERRED_RESAY_S))
 
     async def _blocked(self, job: Job, notice: Notice) -> Blocked | None:
         if (blocked := update_blocked(self.config, notice, self.clock())) is not None:
             return blocked
         part, dest = self.files(job)
-        if self.deltas is None or dest.exists():
-            return None  # downloaded already: a metered link no longer matters
+        # Downloaded: a metered link no longer matters, a hold now does.
+        if dest.exists() or (is_system(notice) and await self.system.fetched(job, notice)):
+            return await self.holds.blocked(notice)
+        if self.deltas is None:
+            return None
         return await self.deltas.metered_block(notice, part)
+
+    def _pending_notice(self) -> Notice | None:
+        job = self.persisted.state.job
+        if job is None:
+            return None
+        notice = decode_message(job.notice)
+        return notice if isinstance(notice, Notice) else None
 
     def keep_base(self, job: Job, notice: Notice) -> None:
         """The installed payload becomes the base of the next delta (docs/device.md)."""
@@ -312,6 +344,8 @@ class JobRunner:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _downloaded_ok(self, job: Job, notice: Notice) -> bool:
+        if is_system(notice):
+            return await self.system.fetched(job, notice)
         dest = self.files(job)[1]
         try:
             if dest.stat().st_size != notice.payload.size:
@@ -323,13 +357,8 @@ class JobRunner:
         digest = await asyncio.to_thread(hash_file, dest)
         return digest == notice.payload.sha256
 
-    async def download(self, job: Job, notice: Notice) -> None:
-        """Fetch the payload to the job's file, verified (the one place that downloads)."""
-        part, dest = self.files(job)
-        deltas = self.deltas
-        if deltas is not None and (metered := await deltas.metered_block(notice, part)):
-            self.transition(job, JobState.DEFERRED, detail=metered.reason)
-            return
+    def progress_callback(self, job: Job) -> ProgressCallback:
+        """Reports download progress of ``job`` at most every ``progress_interval``."""
         interval = self.config.download.progress_interval_s
         self._last_progress = time.monotonic()
 
@@ -342,6 +371,19 @@ class JobRunner:
                 self.reporter.job(current, ReportState.DOWNLOADING, progress=report_progress)
                 self.persisted.save()
 
+        return progress
+
+    async def download(self, job: Job, notice: Notice) -> None:
+        """Fetch the payload to the job's file, verified (the one place that downloads)."""
+        part, dest = self.files(job)
+        deltas = self.deltas
+        if deltas is not None and (metered := await deltas.metered_block(notice, part)):
+            self.transition(job, JobState.DEFERRED, detail=metered.reason)
+            return
+        if is_system(notice):
+            await self.system.download(job, notice)
+            return
+        progress = self.progress_callback(job)
         try:
             if deltas is not None:
                 got = await deltas.fetch(notice, part, dest, progress)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Self
 
+from device_client.jobs.parts import Part
 from fleetpush_protocol.messages import ReportState
 
 __all__ = [
@@ -99,6 +100,7 @@ class Job:
     health_attempts: int = 0  # health checks started (a restart mid-check counts one)
     error_code: str = ""
     error_message: str = ""
+    parts: tuple[Part, ...] = ()  # a system update's components, in order (issue 18)
 
     def advance(self, state: JobState, **changes: Any) -> Self:
         """A copy in ``state``; raises ``TransitionError`` on an edge the machine lacks."""
@@ -119,6 +121,7 @@ class Job:
             "health_attempts": self.health_attempts,
             "error_code": self.error_code,
             "error_message": self.error_message,
+            **({"parts": [p.to_map() for p in self.parts]} if self.parts else {}),
         }
 
     @classmethod
@@ -136,4 +139,5 @@ class Job:
             health_attempts=int(m.get("health_attempts", 0)),
             error_code=str(m.get("error_code", "")),
             error_message=str(m.get("error_message", "")),
+            parts=tuple(Part.from_map(p) for p in m.get("parts", ())),
         )

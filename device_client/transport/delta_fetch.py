@@ -9,10 +9,13 @@ folder) simply matches no delta and fetches the full payload.
 A delta is downloaded like a payload (``Fetcher``: resumable with Range, pinned to the
 delta's own SHA-256 and size), rebuilt off the event loop into ``<notice>.rebuild``,
 checked against the notice's pinned payload SHA-256 and size, and only then renamed to the
-payload's final name, so nothing unverified reaches an installer. Any failure on that way
-(no base, a bad or corrupt delta, a rebuild over the memory limit, a mismatch, a transport
-error) falls back to the full payload and is said in ``FetchOutcome.detail``: the update
-goes on, it has not failed.
+payload's final name, so nothing unverified reaches an installer. A ``zstd-patch`` rebuild
+holds the base and a window as large as the payload; a ``tar-bsdiff`` one reads the base
+by offset and holds at most one member (fleetpush_protocol/tar_delta.py): both are
+refused before rebuilding when they would need more than ``max_rebuild_memory_bytes``.
+Any failure on that way (no base, a bad or corrupt delta, a rebuild over the memory limit,
+a mismatch, a transport error) falls back to the full payload and is said in
+``FetchOutcome.detail``: the update goes on, it has not failed.
 
 Crash safety: the job stays ``downloading`` throughout. A restart finds at most a verified
 ``<notice>.delta`` (handed back to the fetcher, which re-hashes it instead of fetching it
@@ -48,8 +51,9 @@ __all__ = ["BaseStore", "DeltaFetcher", "FetchOutcome"]
 
 logger = logging.getLogger(__name__)
 
-KNOWN_METHODS = frozenset({"zstd-patch"})  # fleetpush_protocol.delta.METHODS, without
-# importing it: zstandard costs an idle agent about 1 MB, so it loads with the first delta
+# fleetpush_protocol.delta.METHODS, without importing it: zstandard costs an idle agent
+# about 1 MB, so it loads with the first delta
+KNOWN_METHODS = frozenset({"zstd-patch", "tar-bsdiff"})
 METERED_RECHECK_S = 60.0  # seconds between two asks of the metered command while waiting
 METERED_COMMAND_TIMEOUT_S = 10.0  # seconds
 
@@ -104,21 +108,34 @@ def _codec() -> ModuleType:
     return delta
 
 
-def _rebuild(base: Path, delta: Path, out: Path, payload: Payload, max_memory: int) -> None:
+def _tar_codec() -> ModuleType:
+    from fleetpush_protocol import tar_delta  # noqa: PLC0415 - see KNOWN_METHODS
+
+    return tar_delta
+
+
+def _rebuild(
+    base: Path, delta: Path, out: Path, payload: Payload, *, max_memory: int, method: str
+) -> None:
     """Rebuild the payload into ``out`` and check it; raises ``DeltaError`` (a
     ``ValueError``) or a ``ContentError`` when it is not the pinned payload."""
     codec = _codec()
-    with delta.open("rb") as patch:
-        head = patch.read(codec.HEADER_BYTES)
-        base_size = base.stat().st_size
-        need = codec.needed_memory(head, base_size)
-        if need > max_memory:  # refused before the base is read into memory
-            raise codec.DeltaError(f"rebuild needs {need} bytes of memory, limit {max_memory}")
-        patch.seek(0)
-        with out.open("wb") as f:
-            written = codec.apply(
-                base.read_bytes(), patch, f, max_output=payload.size, max_memory=max_memory
+    base_size = base.stat().st_size
+    if method == codec.TAR_METHOD:  # streams: the base is read by offset, never whole
+        with base.open("rb") as old, delta.open("rb") as patch, out.open("w+b") as f:
+            written = _tar_codec().apply(
+                old, base_size, patch, f, max_output=payload.size, max_memory=max_memory
             )
+    else:
+        with delta.open("rb") as patch:
+            need = codec.needed_memory(patch.read(codec.HEADER_BYTES), base_size)
+            if need > max_memory:  # refused before the base is read into memory
+                raise codec.DeltaError(f"rebuild needs {need} bytes of memory, limit {max_memory}")
+            patch.seek(0)
+            with out.open("wb") as f:
+                written = codec.apply(
+                    base.read_bytes(), patch, f, max_output=payload.size, max_memory=max_memory
+                )
     if written != payload.size:
         raise codec.DeltaError(f"rebuilt {written} bytes, the signed size is {payload.size}")
     if hash_file(out) != payload.sha256:
@@ -227,8 +244,9 @@ class DeltaFetcher:
                 os.replace(dfile, dpart)
             await self.fetcher.fetch(pinned, dpart, dfile, progress)
             await asyncio.to_thread(
-                _rebuild, base, dfile, out, payload, self.config.max_rebuild_memory_bytes
-            )
+                _rebuild, base, dfile, out, payload,
+                max_memory=self.config.max_rebuild_memory_bytes, method=delta.method,
+            )  # fmt: skip
             os.replace(out, dest)
         except Exception:
             _remove(dpart, dfile, out)

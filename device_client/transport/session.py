@@ -1,4 +1,5 @@
-"""The MQTT 5 session: connect, subscribe, publish presence and the outbox, reconnect.
+"""The MQTT session (MQTT 5, or 3.1.1 with ``[broker] protocol``): connect, subscribe,
+publish presence and the outbox, reconnect.
 
 Reports leave the outbox only when the orchestrator confirms them (``Ack`` on the device's
 ack topic, handled by the agent); everything unconfirmed is sent again after each connect
@@ -8,7 +9,10 @@ The session is persistent (clean start off, a session expiry), so QoS 1 notices 
 while the device is away are queued by the broker; every subscription is QoS 1 and is
 renewed on every connect, which also makes the broker resend retained notices and keyrings
 (the trust driver ignores the duplicates). The last will is a retained offline presence.
-Reconnection never gives up: jittered exponential backoff, capped.
+Reconnection never gives up: jittered exponential backoff, capped. In 3.1.1 the session is
+a persistent one (clean session off) that the broker keeps for as long as it is configured
+to (Mosquitto's ``persistent_client_expiration``): 3.1.1 cannot ask for a session expiry.
+Nothing the device checks depends on the version: notices carry their own signed expiry.
 
 aiomqtt is used only in this module, through its public API (paho's ``Properties`` is the type
 it takes for CONNECT properties such as the session expiry).
@@ -20,6 +24,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -28,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device_client.config import BrokerConfig
 from device_client.transport.base import MessageHandler, Publication
+from device_client.transport.endpoints import Endpoints
 from device_client.transport.outbox import Outbox
 from fleetpush_common.backoff import Backoff
 from fleetpush_common.broker_settings import client_tls_context
@@ -42,6 +48,7 @@ logger = logging.getLogger(__name__)
 _REFUSED = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
 
 ACK_TIMEOUT_CAP_S = 600.0  # seconds: the longest wait before resending unconfirmed reports
+UNCONFIRMED_WARN = 3  # resends of one report without a confirmation before a warning
 
 
 class MqttSession:
@@ -72,7 +79,7 @@ class MqttSession:
         outbox: Outbox,
         ack_timeout_s: float = 30.0,
     ) -> None:
-        self._broker = broker
+        self._endpoints = Endpoints(broker, client_id)
         self._client_id = client_id
         self._subscriptions = subscriptions
         self._will = will
@@ -83,32 +90,65 @@ class MqttSession:
             base_s=ack_timeout_s, cap_s=max(ack_timeout_s, ACK_TIMEOUT_CAP_S), floor=0.5
         )
         self.resends = 0  # times unconfirmed reports were sent again after a timeout
+        self._unconfirmed = 0  # resends since the last confirmation
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
+        self._refused_subs: list[str] = []  # logged once, until the answer changes
         self.connections = 0  # successful connects so far, for tests and metrics
         self.backoff = Backoff(base_s=0.5, cap_s=60.0, floor=0.25)
 
+    @property
+    def broker_url(self) -> str:
+        """The broker this session connects to now (or tries next)."""
+        return self._endpoints.current.url
+
+    @property
+    def _broker(self) -> BrokerConfig:
+        """The broker in use, one of ``[broker] urls`` (``device_client.transport.endpoints``)."""
+        return self._endpoints.current
+
     def _make_client(self) -> aiomqtt.Client:
         b = self._broker
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = b.session_expiry_s
         tls_context = self._tls_context() if b.tls else None
+        version: dict[str, Any] = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
+        if b.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = b.session_expiry_s
+            version = {
+                "protocol": aiomqtt.ProtocolVersion.V5,
+                "clean_start": False,
+                "properties": props,
+            }
         return aiomqtt.Client(
             b.host,
             b.port,
             username=b.username,
             password=b.password,
             identifier=self._client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
             keepalive=b.keepalive_s,
-            properties=props,
+            **version,
             will=aiomqtt.Will(
                 self._will.topic, self._will.payload, qos=1, retain=self._will.retain
             ),
             tls_context=tls_context,
             timeout=max(10.0, b.keepalive_s / 2),
         )
+
+    def _check_granted(self, granted: tuple[int, ...] | list[ReasonCode]) -> None:
+        """Say which subscriptions the broker refused (a 3.1.1 SUBACK says only 0x80).
+
+        Not retried: the same login gets the same answer, and the device works on with
+        what it has (a refused group notice topic only loses that group's notices).
+        """
+        codes = [g if isinstance(g, int) else g.value for g in granted]
+        refused = [t for t, c in zip(self._subscriptions, codes, strict=False) if c >= 0x80]
+        if refused and refused != self._refused_subs:
+            logger.error(
+                "%s: the broker refused the subscriptions %s: check the broker's ACL for "
+                "this device's username (fleetpush broker identities)",
+                self._client_id, ", ".join(refused),
+            )  # fmt: skip
+        self._refused_subs = refused
 
     def _tls_context(self) -> ssl.SSLContext:
         b = self._broker
@@ -118,6 +158,7 @@ class MqttSession:
         """Connect and serve forever; returns only when cancelled."""
         refused = ""  # the last refusal logged as an error: repeats stay at info level
         while True:
+            before = self.connections
             try:
                 await self._connect_once()
             except aiomqtt.MqttError as e:
@@ -133,6 +174,8 @@ class MqttSession:
             finally:
                 self.connected.clear()
                 self._client = None
+            if self.connections == before:  # never got in: the next broker in the list
+                self._endpoints.failed()
             await asyncio.sleep(self.backoff.next_delay())
 
     async def _connect_once(self) -> None:
@@ -142,7 +185,8 @@ class MqttSession:
             self.connections += 1
             self.backoff.reset()
             logger.debug("%s: connected to %s:%d", self._client_id, *self._addr())
-            await client.subscribe([(t, 1) for t in self._subscriptions])
+            granted = await client.subscribe([(t, 1) for t in self._subscriptions])
+            self._check_granted(granted)
             for pub in self._on_connect():
                 await client.publish(pub.topic, pub.payload, qos=1, retain=pub.retain)
             self._outbox.rewind()  # whatever was sent before may never have arrived
@@ -239,9 +283,21 @@ class MqttSession:
             if self._outbox.confirmations != seen or oldest is None or oldest != waiting:
                 seen, waiting = self._outbox.confirmations, oldest
                 self.resend_backoff.reset()
+                self._unconfirmed = 0
                 continue
             self.resends += 1
+            self._unconfirmed += 1
             logger.info("%s: reports not confirmed in time; sending them again", self._client_id)
+            if self._unconfirmed == UNCONFIRMED_WARN:
+                # An MQTT 3.1.1 broker acknowledges a publish its ACL drops: without this the
+                # device would only look slow. Said once per stretch, at a growing interval.
+                logger.warning(
+                    "%s: report %d sent %d times and never confirmed: the orchestrator is "
+                    "down or behind, or the broker drops this device's reports (MQTT 3.1.1 "
+                    "cannot say it refused a publish: check the broker's ACL for this "
+                    "username); still resending, ever less often",
+                    self._client_id, oldest, self._unconfirmed + 1,
+                )  # fmt: skip
             self._outbox.rewind()
 
     async def _send_outbox(self, client: aiomqtt.Client, unacked: asyncio.Event) -> None:

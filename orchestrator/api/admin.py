@@ -78,6 +78,7 @@ async def metrics(request: web.Request) -> web.Response:
         ("messages_rate_limited", "Device messages dropped over the device's rate limit."),
         ("messages_oversized", "Device messages dropped over the size or unknown-field cap."),
         ("reports_pruned", "Stored reports deleted by the retention policy."),
+        ("outputs_pruned", "Stored failure outputs deleted by the retention policy."),
         ("payload_bytes_downloaded", "Payload and delta bytes devices said they downloaded."),
         (
             "payload_bytes_saved",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from orchestrator.api import admin, dashboard, devices, releases, rollouts
+from orchestrator.api import admin, dashboard, devices, evidence, releases, rollouts, systems
 from orchestrator.api.context import CTX, ApiContext
 from orchestrator.api.middleware import auth_middleware, error_middleware
 
@@ -20,7 +20,7 @@ def build_app(context: ApiContext) -> web.Application:
         client_max_size=context.config.http.max_json_bytes,
     )
     app[CTX] = context
-    for module in (admin, devices, releases, rollouts):
+    for module in (admin, devices, evidence, releases, rollouts, systems):
         app.add_routes(module.routes)
     dashboard.install(app)  # the web dashboard (/ui/, /v1/events, /v1/dashboard/*)
     return app

@@ -100,7 +100,11 @@ async def show_device(request: web.Request) -> web.Response:
     await c.refresh_registry()
     device = await c.db.run(lambda s: s.get_device(device_id))
     history = await c.db.run(lambda s: s.device_history(device_id))
-    return ok({**device.to_json(), "reports": history})
+    systems = await c.db.run(lambda s: s.device_components(device_id))
+    # The newest failure's output (issue 18); the rest: GET /v1/devices/{id}/logs.
+    last = await c.db.run(lambda s: s.device_outputs(device_id, None, 1))
+    return ok({**device.to_json(), "reports": history, "systems": systems,
+               "last_output": last[0].to_json() if last else None})  # fmt: skip
 
 
 @routes.patch("/v1/devices/{device_id}")

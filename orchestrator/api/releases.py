@@ -16,6 +16,7 @@ from orchestrator.advisories import AdvisoryError, parse_advisory
 from orchestrator.api.common import audit, ctx, json_body, ok, requires
 from orchestrator.api.context import ApiError
 from orchestrator.deltas import field_bases
+from orchestrator.hold_limits import HoldLimitsError, parse_hold_limits
 from orchestrator.payloads import PayloadError, TooLargeError, check_tar
 from orchestrator.sbom import SbomError, parse_sbom
 from orchestrator.store import ReleaseRecord, Store
@@ -49,10 +50,11 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 async def upload(request: web.Request) -> web.Response:
     """Query: ``name``, ``version``, ``model`` (repeatable), ``handler``, ``arg`` (k=v,
     repeatable), ``meta`` (k=v, repeatable), ``security=true`` with ``advisory`` (its
-    JSON). Body: the payload bytes."""
+    JSON), ``urgent=true`` or ``max_hold``/``max_hold_total`` (durations: caps on device
+    holds, issue 18). Body: the payload bytes."""
     q = request.query
     unknown = set(q) - {"name", "version", "model", "handler", "arg", "meta", "security",
-                        "advisory"}  # fmt: skip
+                        "advisory", "urgent", "max_hold", "max_hold_total"}  # fmt: skip
     if unknown:
         raise ApiError(400, f"unknown parameter {sorted(unknown)[0]!r}")
     name = _name(q.get("name", ""), "name")
@@ -68,6 +70,7 @@ async def upload(request: web.Request) -> web.Response:
     args = _pairs(q.getall("arg", []), "arg")
     meta = _pairs(q.getall("meta", []), "meta")
     advisory = _advisory(q.get("security", ""), q.get("advisory"))
+    holds = _holds(q.get("urgent", ""), q.get("max_hold"), q.get("max_hold_total"))
     c = ctx(request)
     limit = c.config.http.max_upload_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -92,13 +95,14 @@ async def upload(request: web.Request) -> web.Response:
     rec = ReleaseRecord(
         id=0, name=name, version=version, sha256=sha, size=size, models=models,
         handler=handler, handler_args=args, metadata=meta, created_at=c.clock.now(),
-        update_class="security" if advisory else "feature", advisory=advisory,
+        update_class="security" if advisory else "feature", advisory=advisory, holds=holds,
     )  # fmt: skip
     stored = await c.db.run(lambda s: s.add_release(rec))
     warnings = release_warnings(c.config.support, models, c.clock.now())
     await audit(request, "release.upload", f"release/{stored.id}", name=name, version=version,
                 sha256=sha, size=size, update_class=rec.update_class,
-                cves=advisory["cves"] if advisory else [], warnings=warnings)  # fmt: skip
+                cves=advisory["cves"] if advisory else [], holds=holds,
+                warnings=warnings)  # fmt: skip
     body = {**stored.to_json(), "warnings": warnings}
     if c.deltas is not None and c.config.deltas.on_upload:
         body["deltas"] = await make_deltas(request, stored, None)
@@ -111,6 +115,17 @@ async def support(request: web.Request) -> web.Response:
     """Until when each hardware model gets security updates ([support])."""
     c = ctx(request)
     return ok({"models": support_view(c.config.support, c.clock.now())})
+
+
+def _holds(urgent: str, max_hold: str | None, total: str | None) -> dict[str, int] | None:
+    """A release's caps on device holds (issue 18), checked; None: the devices' own."""
+    if urgent not in ("", "true", "false"):
+        raise ApiError(400, "urgent: true or false")
+    try:
+        return parse_hold_limits(urgent=urgent == "true", max_hold=max_hold,
+                                 max_hold_total=total)  # fmt: skip
+    except HoldLimitsError as e:
+        raise ApiError(400, str(e)) from None
 
 
 def _advisory(security: str, text: str | None) -> dict[str, object] | None:
@@ -142,6 +157,8 @@ async def make_deltas(
     maker = c.deltas
     if maker is None:
         raise ApiError(409, "deltas are not available on this server")
+    if target.components:  # its notices list no deltas: components are fetched in full
+        raise ApiError(409, f"release {target.id} is a system: its components have no deltas")
     limit = c.config.deltas.max_bases
     if versions is None:
         bases = await c.db.run(lambda s: field_bases(s, target, limit))
@@ -266,6 +283,9 @@ async def delete_release(request: web.Request) -> web.Response:
     rec = await find_release(request, request.match_info["ref"])
     now = c.clock.now()
     await c.db.run(lambda s: s.delete_release(rec.id, now))
+    for sha in sorted({str(x["sha256"]) for x in rec.components}):  # a system's parts
+        if not await c.db.run(functools.partial(_in_use, sha)):
+            c.payloads.delete(sha)
     if not await c.db.run(lambda s: s.sha256_in_use(rec.sha256)):
         c.payloads.delete(rec.sha256)
         if c.deltas is not None:  # the deltas to it lead nowhere now
@@ -274,3 +294,7 @@ async def delete_release(request: web.Request) -> web.Response:
     await audit(request, "release.delete", f"release/{rec.id}", name=rec.name,
                 version=rec.version)  # fmt: skip
     return ok({"deleted": rec.id})
+
+
+def _in_use(sha256: str, store: Store) -> bool:
+    return store.sha256_in_use(sha256)

@@ -135,12 +135,19 @@ def detail(s: Store, rollout_id: int, now: float) -> dict[str, Any]:
     r = s.get_rollout(rollout_id)
     targets = s.list_targets(r.id, None, MAX_TARGETS_READ)
     end = now if r.active else r.updated_at
+    groups = failure_groups(targets)
+    # Each failed device's latest output tail (issue 18), shown under its message.
+    shown = [d["device_id"] for g in groups for d in g["devices"]]
+    outputs = s.rollout_outputs(r.id, shown)
+    for d in (d for g in groups for d in g["devices"]):
+        out = outputs.get(d["device_id"])
+        d["output"] = out.to_json()["output"] if out is not None else []
     return {
         "id": r.id,
         "state": r.state,
         "schedule": schedule(r, now),
         "timeline": timeline(targets, r.created_at, end),
-        "failure_groups": failure_groups(targets),
+        "failure_groups": groups,
         "truncated": len(targets) >= MAX_TARGETS_READ,
     }
 

@@ -24,8 +24,15 @@ from orchestrator.rollouts import (
     selector,
 )
 from orchestrator.rules import AWAITING_APPROVAL, RolloutSpec
-from orchestrator.store import DeviceFilter, ReleaseRecord, RolloutRecord, Store, TargetPreview
-from orchestrator.supersede import security_conflicts, security_held, take_over
+from orchestrator.store import (
+    ConflictError,
+    DeviceFilter,
+    ReleaseRecord,
+    RolloutRecord,
+    Store,
+    TargetPreview,
+)
+from orchestrator.supersede import security_conflicts, security_held
 
 __all__ = ["routes"]
 
@@ -141,13 +148,16 @@ async def create_rollout(
     c = ctx(request)
     now = c.clock.now()
     who = principal(request).name
+    # A security rollout is stored held (scheduled), then started with its take-over in
+    # one transaction; should this replica die in between, the engine starts it.
+    hold = release.security and not approval
     if isinstance(preview, Plan):
         plan = preview
 
         def store(s: Store) -> RolloutRecord:
             return s.create_rollout(release_id=release.id, target=target.to_json(), spec=spec,
                                     assignments=plan.assignments, now=now, actor=who,
-                                    approval=approval)  # fmt: skip
+                                    approval=approval, hold=hold)  # fmt: skip
 
         devices, forced = len(plan.assignments), sorted(set(plan.conflicts.values()))
     else:
@@ -156,30 +166,22 @@ async def create_rollout(
         def store(s: Store) -> RolloutRecord:
             return s.create_rollout_for(release_id=release.id, target=target.to_json(),
                                         spec=spec, selector=sel, key=key, now=now, actor=who,
-                                        approval=approval)  # fmt: skip
+                                        approval=approval, hold=hold)  # fmt: skip
 
         devices, forced = preview.total, sorted(preview.held)
-    taken: dict[int, list[str]] = {}
-    if release.security and not approval:
-        async with c.engine.lock:  # the take-over's cancels precede its first notice
-            r = await c.db.run(store)
-            if r.state == "running":  # a scheduled one takes them when it starts (engine)
-                taken = await take_over(c.engine, r, now)
-    else:
-        r = await c.db.run(store)
+    r = await c.db.run(store)
     await audit(request, "rollout.create", f"rollout/{r.id}", release=release.id,
                 target=target.to_json(), spec=spec.to_json(), devices=devices,
                 forced=forced, requires_approval=approval, **audit_detail)  # fmt: skip
-    await superseded(request, r, taken)
+    if hold and spec.start_state(now) == "running":  # a later one starts at its time (engine)
+        async with c.engine.lock:
+            try:
+                fields = {"state": "running", "phase_started_at": now}
+                r, _ = await c.engine.start_rollout(r, now, fields, actor=who)
+            except ConflictError:  # another replica's engine started it first
+                r = await c.db.run(lambda s: s.get_rollout(r.id))
     c.engine.wake()
     return r
-
-
-async def superseded(request: web.Request, r: RolloutRecord, taken: dict[int, list[str]]) -> None:
-    """Audit what a starting security rollout took from feature rollouts."""
-    for rollout_id, devices in taken.items():
-        await audit(request, "rollout.supersede", f"rollout/{rollout_id}", by=r.id,
-                    devices=len(devices), device_ids=devices[:100])  # fmt: skip
 
 
 @routes.get("/v1/rollouts")
@@ -238,9 +240,12 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
         # A refused decision is an event about a pending rollout too: who tried what.
         await audit(request, f"rollout.{action}_refused", f"rollout/{r.id}", error=e.reason)
         raise
+    except ConflictError as e:
+        # Another replica decided between the check and the compare-and-set: refused too.
+        await audit(request, f"rollout.{action}_refused", f"rollout/{r.id}", error=str(e))
+        raise ApiError(409, str(e)) from None
     await audit(request, f"rollout.{action}", f"rollout/{r.id}", reason=reason,
-                created_by=r.created_by, state=r.state)  # fmt: skip
-    await superseded(request, r, taken)
+                created_by=r.created_by, state=r.state, superseded=sorted(taken))  # fmt: skip
     return ok(await _view(request, r))
 
 

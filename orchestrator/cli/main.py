@@ -12,6 +12,7 @@ import click
 from orchestrator.app import serve
 from orchestrator.cli.broker import broker, provision_command, revoke_command, set_groups_command
 from orchestrator.cli.delta import delta
+from orchestrator.cli.evidence import logs_command
 from orchestrator.cli.keys import config_option, keys, load, tokens
 from orchestrator.cli.ops import audit, devices
 from orchestrator.cli.protocol import protocol
@@ -75,6 +76,7 @@ main.add_command(audit)
 devices.add_command(provision_command)
 devices.add_command(revoke_command)
 devices.add_command(set_groups_command)
+devices.add_command(logs_command)
 
 
 def _add_plugins() -> None:

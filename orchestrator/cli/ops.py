@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from orchestrator.cli.common import api_command, emit, fmt_time, table
+from orchestrator.cli.evidence import echo_log
+from orchestrator.cli.systems import system_tables
 from orchestrator.client import ApiClient
 
 __all__ = ["audit", "devices"]
@@ -108,10 +110,18 @@ def devices_show(api: ApiClient, as_json: bool, device_id: str) -> None:
             f"model={d['claimed_model'] or '-'}"
             f"{' (MISMATCH: not used for targeting)' if d['claims_mismatch'] else ''}"
         )
+        held = d["reports"][0] if d["reports"] else None
+        if held is not None and held.get("hold_until") is not None:  # issue 18
+            click.echo(f"held on the device (rollout {held['rollout_id']}) until "
+                       f"{fmt_time(held['hold_until'])}: {held['hold_reason'] or '-'}")  # fmt: skip
         table(["counter", "rollout", "state", "version", "error", "at"],
               [[r["counter"], r["rollout_id"], r["state"], r["current_version"],
                 r["error_code"] or "", fmt_time(r["received_at"])] for r in d["reports"]],
               title="reports")  # fmt: skip
+        system_tables(d)
+        if d.get("last_output"):
+            click.echo("last failure's output (all: fleetpush devices logs):")
+            echo_log(d["last_output"])
 
     emit(data, as_json, render)
 

@@ -18,7 +18,9 @@ from rich.progress import (
 
 from orchestrator.advisories import AdvisoryError, parse_advisory
 from orchestrator.cli.common import api_command, emit, table
+from orchestrator.cli.systems import component_lines, upload_system
 from orchestrator.client import ApiClient
+from orchestrator.hold_limits import HoldLimitsError, parse_hold_limits
 from orchestrator.sbom import SbomError, parse_sbom
 
 __all__ = ["release", "support"]
@@ -56,7 +58,8 @@ def upload(api: ApiClient, file: Path, params: list[tuple[str, str]]) -> Any:
 
 
 @release.command("upload")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", required=False,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))  # fmt: skip
 @click.option("--name", required=True)
 @click.option("--version", "version", required=True)
 @click.option("--model", "models", multiple=True, help="Hardware model; repeat. None = any.")
@@ -67,6 +70,9 @@ def upload(api: ApiClient, file: Path, params: list[tuple[str, str]]) -> Any:
 )  # fmt: skip
 @click.option("--arg", "args", multiple=True, help="Handler argument key=value; repeat.")
 @click.option("--meta", "meta", multiple=True, help="Metadata key=value; repeat.")
+@click.option("--component", "components", multiple=True, metavar="NAME=HANDLER:FILE",
+              help="A system release instead of FILE: components installed in this order "
+                   "and rolled back together; repeat.")  # fmt: skip
 @click.option("--sbom", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="SBOM: SPDX or CycloneDX JSON, checked before uploading.")  # fmt: skip
 @click.option("--security", is_flag=True,
@@ -75,14 +81,29 @@ def upload(api: ApiClient, file: Path, params: list[tuple[str, str]]) -> Any:
 @click.option("--advisory", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSON: cves, severity, summary, disruptive, max_postpone (signed into "
                    "every notice).")  # fmt: skip
+@click.option(
+    "--urgent",
+    is_flag=True,
+    help="No application on a device may hold it (fleetpush-device hold, gate hook).",
+)
+@click.option(
+    "--max-hold", help='Caps one device hold, e.g. "30m" (the device\'s bound applies when lower).'
+)
+@click.option("--max-hold-total", help='Caps all holds of the update on a device, e.g. "4h".')
 @api_command
 def release_upload(
     *,
-    api: ApiClient, as_json: bool, file: Path, name: str, version: str,
+    api: ApiClient, as_json: bool, file: Path | None, name: str, version: str,
                    models: tuple[str, ...], handler: str, args: tuple[str, ...],
-                   meta: tuple[str, ...], sbom: Path | None, security: bool,
-                   advisory: Path | None) -> None:  # fmt: skip
-    """Upload FILE as a release (stored by SHA-256)."""
+                   meta: tuple[str, ...], components: tuple[str, ...], sbom: Path | None,
+                   security: bool, advisory: Path | None, urgent: bool,
+                   max_hold: str | None, max_hold_total: str | None) -> None:  # fmt: skip
+    """Upload FILE as a release (stored by SHA-256), or a system of --component files."""
+    if (file is None) == (not components):
+        raise click.UsageError("give FILE, or --component NAME=HANDLER:FILE (repeated)")
+    if components and (args or security or advisory or handler != "directory"):
+        raise click.UsageError("--component goes without --handler, --arg, --security and "
+                               "--advisory: each component names its handler")  # fmt: skip
     params = [("name", name), ("version", version), ("handler", handler)]
     params += [("model", m) for m in models] + [("arg", a) for a in args]
     params += [("meta", m) for m in meta]
@@ -95,9 +116,20 @@ def release_upload(
         except AdvisoryError as e:
             raise click.UsageError(f"{advisory}: {e}") from None
         params += [("security", "true"), ("advisory", advisory.read_text())]
+    try:  # checked here too: a bad one uploads nothing
+        parse_hold_limits(urgent=urgent, max_hold=max_hold, max_hold_total=max_hold_total)
+    except HoldLimitsError as e:
+        raise click.UsageError(str(e)) from None
+    params += [("urgent", "true")] if urgent else []
+    params += [("max_hold", max_hold)] if max_hold is not None else []
+    params += [("max_hold_total", max_hold_total)] if max_hold_total is not None else []
     sbom_bytes = _checked_sbom(sbom) if sbom is not None else None
     api.timeout = max(api.timeout, DELTA_TIMEOUT_S)
-    data = upload(api, file, params)
+    if file is None:
+        data = upload_system(api, name=name, version=version, models=models, meta=meta,
+                             components=components)  # fmt: skip
+    else:
+        data = upload(api, file, params)
     for warning in data.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
     if sbom_bytes is not None:
@@ -113,6 +145,7 @@ def release_upload(
                    f"sha256 {d['sha256']})")  # fmt: skip
         for line in _notes(d):
             click.echo(line)
+        component_lines(d)
         if d.get("deltas"):
             _delta_lines(d["deltas"], d["size"])
 
@@ -129,8 +162,13 @@ def _checked_sbom(path: Path) -> bytes:
 
 
 def _notes(d: dict[str, Any]) -> list[str]:
-    """The security class, advisory and SBOM summary of a release, for people."""
+    """The security class, advisory, hold caps and SBOM summary of a release, for people."""
     lines = []
+    if (holds := d.get("holds")) is not None:
+        lines.append("urgent: no device may hold it" if holds["max_total_s"] == 0
+                     or holds["max_each_s"] == 0 else
+                     f"device holds: at most {holds['max_each_s']} s each, "
+                     f"{holds['max_total_s']} s in all")  # fmt: skip
     a = d.get("advisory")
     if d.get("update_class") == "security" and a:
         cves = ", ".join(a["cves"]) or "no CVE id"
@@ -188,6 +226,7 @@ def release_show(api: ApiClient, as_json: bool, ref: str) -> None:
         _release_rows([d])
         for line in _notes(d):
             click.echo(line)
+        component_lines(d)
         if d.get("sbom"):
             rows = [[c["name"], c["version"], c["purl"]] for c in d["sbom"]["components"]]
             table(["component", "version", "purl"], rows)

@@ -1,14 +1,16 @@
-"""A sans-IO MQTT 5 codec: the packets the orchestrator's link and the benchmarks speak.
+"""A sans-IO MQTT 5 and 3.1.1 codec: the packets the orchestrator's link and the benchmarks
+speak.
 
 Pure functions build packets as bytes; ``Decoder.feed`` takes bytes as they arrive (in
 any split) and returns whole packets as typed objects. Nothing here reads a socket, keeps
 a session or retries: that is the driver's job (``orchestrator.mqtt.link``).
 
-Only what fleetpush uses is covered: CONNECT (MQTT 5, or 3.1.1 for the benchmarks' load
-generator), SUBSCRIBE, PUBLISH at QoS 0/1/2, PUBACK, the QoS 2 handshake, PINGREQ and
-DISCONNECT out; CONNACK, SUBACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, PINGRESP and
-DISCONNECT in. Properties are kept as raw bytes unless the driver needs one (the CONNACK's
-receive maximum, the PUBLISH's message expiry out), so the hot path parses no properties.
+Only what fleetpush uses is covered: CONNECT (MQTT 5, or 3.1.1: ``version=4``, the link's
+``[mqtt] protocol = "3.1.1"`` and the benchmarks' load generator), SUBSCRIBE, PUBLISH at
+QoS 0/1/2, PUBACK, the QoS 2 handshake, PINGREQ and DISCONNECT out; CONNACK, SUBACK,
+PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, PINGRESP and DISCONNECT in. Properties are kept
+as raw bytes unless the driver needs one (the CONNACK's receive maximum, the PUBLISH's
+message expiry out), so the hot path parses no properties.
 """
 
 from __future__ import annotations

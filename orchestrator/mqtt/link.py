@@ -1,6 +1,7 @@
 """The orchestrator's one MQTT connection, on its own event-loop thread.
 
-The link speaks MQTT 5 through the sans-IO codec (``orchestrator.mqtt.codec``) behind a
+The link speaks MQTT 5, or 3.1.1 (``[mqtt] protocol``; ``orchestrator.mqtt.versions``),
+through the sans-IO codec (``orchestrator.mqtt.codec``) behind a
 bare ``asyncio.Protocol``: ingestion is the hot path, and owning the layer is what lets an
 acknowledgement wait for the database without reaching into a library (docs/performance.md).
 The link runs on a private asyncio loop in a thread of its own, so a flood of reports does
@@ -32,8 +33,8 @@ from fleetpush_common.backoff import Backoff
 from fleetpush_common.tasks import cancel_and_wait
 from orchestrator.mqtt import codec
 from orchestrator.mqtt.protocol import Handlers, MqttProtocol
-from orchestrator.mqtt.reasons import reason_name
 from orchestrator.mqtt.settings import MqttConfig
+from orchestrator.mqtt.versions import RefusedError, hello, subscription_fallback
 
 __all__ = ["Message", "MqttLink", "PublishTimeoutError"]
 
@@ -44,20 +45,12 @@ RECEIVE_MAXIMUM = 65535  # unacknowledged QoS 1 messages the broker may send us
 MAX_INFLIGHT = 1000  # our QoS 1 publishes awaiting PUBACK at once (less if the broker says)
 BACKOFF_MIN_S = 0.2  # first reconnect delay; doubles per failed attempt, jittered (x0.5-1)
 BACKOFF_MAX_S = 30.0
-# CONNACK reasons that retrying cannot fix: start() fails at once instead of waiting.
-_PERMANENT_REFUSALS = frozenset({4, 5, 129, 130, 132, 133, 134, 135, 138, 140})
 
 _T = TypeVar("_T")
 
 
 class PublishTimeoutError(TimeoutError):
     """The broker did not acknowledge every publish in time."""
-
-
-class _RefusedError(ConnectionError):
-    def __init__(self, reason: int) -> None:
-        super().__init__(f"{reason_name(reason)} (CONNACK reason 0x{reason:02x})")
-        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -96,7 +89,7 @@ _Entry = tuple[str, bytes, bool, _Batch, int]
 
 
 class MqttLink:
-    """An MQTT 5 client with manual acks, waitable publishes and resubscription on connect.
+    """An MQTT client with manual acks, waitable publishes and resubscription on connect.
 
     Args:
         config: broker address, credentials and topic prefix.
@@ -117,6 +110,7 @@ class MqttLink:
         session_expiry_s: int = SESSION_EXPIRY_S,
     ) -> None:
         self.config = config
+        self._level = config.protocol_level  # 5, or 4 for MQTT 3.1.1
         self.session_expiry_s = session_expiry_s
         self.subscriptions = tuple(subscriptions)
         self.on_message = on_message
@@ -218,13 +212,13 @@ class MqttLink:
         """Connect, wait for the loss, back off (jittered, doubling), connect again."""
         backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         while not self._stopping:
-            proto = MqttProtocol(self._handlers)
+            proto = MqttProtocol(self._handlers, self._level)
             try:
                 await asyncio.wait_for(
                     self._connect(proto), timeout=max(10.0, float(self.config.keepalive_s))
                 )
             except (OSError, TimeoutError, codec.MalformedPacketError) as e:
-                if isinstance(e, _RefusedError) and e.reason in _PERMANENT_REFUSALS:
+                if isinstance(e, RefusedError) and e.permanent:
                     self._start_error = f"refused: {e}"
                     self._start_failed.set()
                 elif isinstance(e, ssl.SSLCertVerificationError):  # retrying will not help
@@ -255,15 +249,11 @@ class MqttLink:
             lambda: proto, cfg.host, cfg.port, ssl=cfg.tls_context()
         )
         self._proto = proto
-        user = cfg.login
-        hello = codec.connect(user, user, cfg.password,
-                              keepalive_s=cfg.keepalive_s, clean_start=False,
-                              session_expiry_s=self.session_expiry_s,
-                              receive_maximum=RECEIVE_MAXIMUM)  # fmt: skip
-        proto.write(hello)
+        proto.write(hello(cfg, session_expiry_s=self.session_expiry_s,
+                          receive_maximum=RECEIVE_MAXIMUM))  # fmt: skip
         ack = await proto.connack
         if ack.reason:
-            raise _RefusedError(ack.reason)
+            raise RefusedError(ack.reason, self._level)
 
     def _on_connack(self, ack: codec.ConnAck) -> None:
         """The broker accepted us: resubscribe, resend or requeue our publishes, go on."""
@@ -274,7 +264,7 @@ class MqttLink:
         logger.info("connected to MQTT broker (session present: %s)", ack.session_present)
         self._qos2.clear()
         if self.subscriptions:
-            proto.write(codec.subscribe(self._packet_id(), self.subscriptions))
+            proto.write(codec.subscribe(self._packet_id(), self.subscriptions, version=self._level))
         if ack.session_present:
             # The broker keeps our unacknowledged publishes' state: send them again as is.
             proto.write(b"".join(codec.set_dup(packet) for _, packet in self._inflight.values()))
@@ -345,14 +335,10 @@ class MqttLink:
             self._proto.write(codec.pubcomp(a.packet_id))
 
     def _on_suback(self, s: codec.SubAck) -> None:
-        refused = [f for f, r in zip(self.subscriptions, s.reasons, strict=False) if r >= 0x80]
-        if refused:
-            logger.warning("broker refused subscriptions: %s", ", ".join(refused))
-        if 0x9E in s.reasons:  # Shared Subscriptions not supported
-            logger.error(
-                'this broker has no shared subscriptions: set [mqtt] share_group = "" '
-                "(every replica then receives every device message; each is stored once)"
-            )
+        plain = subscription_fallback(self.subscriptions, s.reasons, self._level)
+        if plain is not None and self._proto is not None:
+            self.subscriptions = plain  # kept for later connects: asked once per refusal
+            self._proto.write(codec.subscribe(self._packet_id(), plain, version=self._level))
 
     # --- acks ----------------------------------------------------------------------------
 
@@ -443,7 +429,8 @@ class MqttLink:
         for _ in range(min(room, len(outbox))):
             entry = outbox.popleft()
             mid = self._packet_id()
-            packet = codec.publish(entry[0], entry[1], 1, mid, retain=entry[2], expiry_s=entry[4])
+            packet = codec.publish(entry[0], entry[1], 1, mid, retain=entry[2], expiry_s=entry[4],
+                                   version=self._level)  # fmt: skip
             inflight[mid] = (entry, packet)
             out.append(packet)
         proto.write(b"".join(out))

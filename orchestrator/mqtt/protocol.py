@@ -37,9 +37,9 @@ class MqttProtocol(asyncio.Protocol):
     ends, whichever side ended it.
     """
 
-    def __init__(self, handlers: Handlers) -> None:
+    def __init__(self, handlers: Handlers, version: int = 5) -> None:
         self.handlers = handlers
-        self.decoder = codec.Decoder()
+        self.decoder = codec.Decoder(version)  # 5, or 4 for MQTT 3.1.1
         loop = asyncio.get_running_loop()
         self.connack: asyncio.Future[codec.ConnAck] = loop.create_future()
         self.lost = asyncio.Event()

@@ -111,5 +111,6 @@ def _recorded_broker(m: MqttConfig, data_dir: Path, source: str) -> MqttConfig:
         topic_prefix=info.topic_prefix,
         keepalive_s=m.keepalive_s,
         share_group=m.share_group,
+        protocol=m.protocol,
         source=str(workdir / INFO_FILE),
     )

@@ -152,6 +152,9 @@ class ReleaseRecord:
     created_at: float
     update_class: str = "feature"  # or "security" (issue 17)
     advisory: dict[str, Any] | None = None  # a security release's, as its notices carry it
+    # A system release's (handler "system", issue 18): name, handler, sha256, size each.
+    components: tuple[dict[str, Any], ...] = ()
+    holds: dict[str, int] | None = None  # caps on device holds (issue 18); 0: urgent
 
     @property
     def security(self) -> bool:
@@ -171,6 +174,8 @@ class ReleaseRecord:
             "created_at": self.created_at,
             "update_class": self.update_class,
             "advisory": self.advisory,
+            "components": [dict(c) for c in self.components],
+            "holds": self.holds,
         }
 
 
@@ -236,9 +241,12 @@ class TargetRecord:
     updated_at: float
     reason: str
     attempts: int
+    components: list[dict[str, str]] | None = None  # a system update's, as last reported
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"components": self.components} if self.components is not None else {}
         return {
+            **extra,
             "device_id": self.device_id,
             "phase": self.phase,
             "state": self.state,

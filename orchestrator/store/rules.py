@@ -6,14 +6,17 @@ plain functions, so SQLite and PostgreSQL decide alike and each rule has one tes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fleetpush_protocol.components import ComponentState
 from fleetpush_protocol.messages import Report
 
 __all__ = [
     "StoredPresence",
     "presence_applies",
     "report_accepted",
+    "reported_components",
     "supersedes",
     "timeout_reason",
 ]
@@ -23,6 +26,19 @@ def report_accepted(owner: tuple[str, int] | None, report: Report) -> bool:
     """A report counts only about a notice that was sent to that device, for that rollout:
     anything else is stored as evidence (``accepted = 0``) and changes nothing."""
     return owner is not None and owner[0] == report.device_id and str(owner[1]) == report.rollout_id
+
+
+def reported_components(
+    release: Sequence[str], reported: Sequence[ComponentState]
+) -> list[dict[str, str]]:
+    """The component states worth storing from a device's report: only the components of
+    the target's release (``release``, its names in installation order), each once (the
+    first the device gave), in the release's order. A device cannot add a component to a
+    system, show one for a single-payload release, or say two things about one."""
+    said: dict[str, str] = {}
+    for c in reported:
+        said.setdefault(c.name, c.state)
+    return [{"name": n, "state": said[n]} for n in release if n in said]
 
 
 @dataclass(frozen=True, slots=True)

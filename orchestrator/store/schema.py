@@ -180,4 +180,38 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE reports ADD COLUMN detail TEXT;
     ALTER TABLE reports ADD COLUMN downloaded INTEGER;
     """,
+    # 8: whole-system releases (issue 18): a system release's components in installation
+    # order (JSON: name, handler, sha256, size; NULL for a single payload), and each
+    # target's per-component states as its latest report gave them (JSON; NULL if none)
+    """
+    ALTER TABLE releases ADD COLUMN components TEXT;
+    ALTER TABLE rollout_targets ADD COLUMN components TEXT;
+    """,
+    # 9: an application's hold on a device (issue 18): on a ``deferred`` report, who held
+    # the update and why, and until when (Unix seconds); NULL otherwise. A release's caps on
+    # holds (JSON {max_each_s, max_total_s}; 0: urgent), NULL: the devices' own bounds
+    """
+    ALTER TABLE reports ADD COLUMN hold_reason TEXT;
+    ALTER TABLE reports ADD COLUMN hold_until INTEGER;
+    ALTER TABLE releases ADD COLUMN holds TEXT;
+    """,
+    # 10: the evidence of a failure (issue 18): what the failing step printed, cleaned and
+    # bounded at ingestion (orchestrator/evidence.py), one row per failed or rolled_back
+    # report that carried it; pruned with its report, and to retention.outputs_per_device
+    """
+    CREATE TABLE report_outputs (
+        device_id TEXT NOT NULL,
+        counter INTEGER NOT NULL,
+        rollout_id INTEGER NOT NULL,
+        notice_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reported_at INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        error_code TEXT NOT NULL,
+        error_message TEXT NOT NULL,
+        output TEXT NOT NULL,
+        PRIMARY KEY (device_id, counter)
+    ) WITHOUT ROWID;
+    CREATE INDEX report_outputs_rollout ON report_outputs (rollout_id, device_id);
+    """,
 )

@@ -120,7 +120,7 @@ class DeviceMethods(SqlBase):
                     "WHERE in_registry = 1"
                 )
             }
-            gone = [(d,) for d in before if d not in wanted]
+            gone = [(d,) for d in sorted(before) if d not in wanted]
             self._executemany(
                 "UPDATE devices SET registry_groups = '[]', registry_model = '', "
                 "in_registry = 0 WHERE device_id = ?",
@@ -129,7 +129,12 @@ class DeviceMethods(SqlBase):
             changed = self._bulk_insert(
                 "devices",
                 ("device_id", "registry_groups", "registry_model", "in_registry", "first_seen"),
-                [(d, g, m, 1, now) for d, (g, m) in wanted.items() if before.get(d) != (g, m)],
+                # Device order, as ingestion writes them: concurrent upserts lock in one order.
+                [
+                    (d, g, m, 1, now)
+                    for d, (g, m) in sorted(wanted.items())
+                    if before.get(d) != (g, m)
+                ],
                 "ON CONFLICT (device_id) DO UPDATE SET "
                 "registry_groups = excluded.registry_groups, "
                 "registry_model = excluded.registry_model, in_registry = 1 "
@@ -148,16 +153,28 @@ class DeviceMethods(SqlBase):
     def device_history(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
         found = self._execute(
             "SELECT counter, notice_id, rollout_id, state, current_version, reported_at, "
-            "received_at, error_code, error_message, accepted, detail, downloaded FROM reports "
+            "received_at, error_code, error_message, accepted, detail, downloaded, hold_reason, "
+            "hold_until FROM reports "
             "WHERE device_id = ? ORDER BY counter DESC LIMIT ?",
             (device_id, limit),
         ).fetchall()
         keys = (
             "counter", "notice_id", "rollout_id", "state", "current_version",
             "reported_at", "received_at", "error_code", "error_message", "accepted", "detail",
-            "downloaded",
+            "downloaded", "hold_reason", "hold_until",
         )  # fmt: skip
         return [dict(zip(keys, r, strict=True)) for r in found]
+
+    def device_components(self, device_id: str, limit: int = 5) -> list[dict[str, Any]]:
+        """The device's latest system updates (issue 18), newest first: each rollout's
+        state and its components' states as the device last reported them."""
+        found = self._execute(
+            "SELECT rollout_id, notice_id, state, updated_at, components FROM rollout_targets "
+            "WHERE device_id = ? AND components IS NOT NULL ORDER BY updated_at DESC LIMIT ?",
+            (device_id, limit),
+        ).fetchall()
+        return [{"rollout_id": r[0], "notice_id": r[1], "state": r[2], "updated_at": r[3],
+                 "components": json.loads(r[4])} for r in found]  # fmt: skip
 
     def version_counts(self) -> dict[str, int]:
         """How many devices run each release version (an empty version is left out)."""

@@ -11,21 +11,34 @@ from collections.abc import Sequence
 from fleetpush_protocol.messages import Inventory, Presence, Report
 from orchestrator.rules import SENT
 from orchestrator.store.records import IngestResult
-from orchestrator.store.rules import StoredPresence, presence_applies, report_accepted
-from orchestrator.store.sql.base import SqlBase, marks
+from orchestrator.store.rules import (
+    StoredPresence,
+    presence_applies,
+    report_accepted,
+    reported_components,
+)
+from orchestrator.store.sql.base import marks
+from orchestrator.store.sql.outputs import OutputMethods
 
 __all__ = ["IngestMethods"]
 
 # Row values per statement in set-based lookups: below SQLite's oldest variable limit (999).
 _CHUNK = 400
-# Reports per INSERT: 11 values each, within that oldest limit too.
-_INSERT_CHUNK = 90
-_REPORT_MARKS = f"({marks(13)})"  # the columns in table order, detail and downloaded last
+# Reports per INSERT: 15 values each, within that oldest limit too.
+_INSERT_CHUNK = 60
+# Named, not in table order: columns added by later migrations may come in any order.
+_REPORT_COLS = (
+    "device_id, counter, notice_id, rollout_id, state, current_version, reported_at, "
+    "received_at, error_code, error_message, accepted, detail, downloaded, hold_reason, "
+    "hold_until"
+)
+_REPORT_MARKS = f"({marks(15)})"
 
 
-class IngestMethods(SqlBase):
+class IngestMethods(OutputMethods):
     # notice_id -> (device_id, rollout_id); a notice's owner never changes once stored
     _notice_owner: dict[str, tuple[str, int]]
+    _rollout_parts: dict[int, tuple[str, ...]]  # rollout id -> its release's component names
 
     def _owner(self, notice_id: str) -> tuple[str, int] | None:
         owner = self._notice_owner.get(notice_id)
@@ -40,6 +53,22 @@ class IngestMethods(SqlBase):
                 self._notice_owner.clear()
             self._notice_owner[notice_id] = owner
         return owner
+
+    def _release_parts(self, rollout_id: int) -> tuple[str, ...]:
+        """The component names of the rollout's release, in order (a rollout's release never
+        changes; a single-payload release has none)."""
+        parts = self._rollout_parts.get(rollout_id)
+        if parts is None:
+            row = self._execute(
+                "SELECT r.components FROM rollouts o JOIN releases r ON r.id = o.release_id "
+                "WHERE o.id = ?",
+                (rollout_id,),
+            ).fetchone()
+            parts = tuple(str(c["name"]) for c in json.loads(row[0])) if row and row[0] else ()
+            if len(self._rollout_parts) > 10_000:
+                self._rollout_parts.clear()
+            self._rollout_parts[rollout_id] = parts
+        return parts
 
     def ingest(self, batch: Sequence[Report | Presence | Inventory], now: float) -> IngestResult:
         """Apply one batch of device messages in one transaction.
@@ -93,6 +122,8 @@ class IngestMethods(SqlBase):
                 error.message if error else None, 0 if owners[-1] is None else 1,
                 r.detail if isinstance(r.detail, str) else None,
                 r.downloaded if isinstance(r.downloaded, int) else None,
+                r.hold_reason if isinstance(r.hold_reason, str) else None,
+                r.hold_until if isinstance(r.hold_until, int) else None,
             ))  # fmt: skip
         # In key order: replicas inserting overlapping batches lock in one order.
         rows.sort(key=lambda row: (row[0], row[1]))
@@ -105,7 +136,8 @@ class IngestMethods(SqlBase):
             inserted.update(
                 (r[0], int(r[1]))
                 for r in self._execute(
-                    f"INSERT INTO reports VALUES {','.join([_REPORT_MARKS] * len(chunk))} "
+                    f"INSERT INTO reports ({_REPORT_COLS}) "
+                    f"VALUES {','.join([_REPORT_MARKS] * len(chunk))} "
                     "ON CONFLICT (device_id, counter) DO NOTHING RETURNING device_id, counter",
                     [v for row in chunk for v in row],
                 ).fetchall()
@@ -116,6 +148,7 @@ class IngestMethods(SqlBase):
         latest: dict[tuple[int, str, str], Report] = {}
         downloads: dict[tuple[int, str, str], int] = {}  # bytes a device says it downloaded
         seen: dict[str, str] = {}
+        outputs: list[tuple[Report, int]] = []  # new accepted reports with a failure output
         for (key, r), owner in zip(batch.items(), owners, strict=True):
             if key not in inserted:
                 result.duplicates += 1
@@ -125,12 +158,15 @@ class IngestMethods(SqlBase):
                 result.rejected += 1
                 continue
             result.accepted += 1
+            if r.output:
+                outputs.append((r, owner[1]))
             target = (owner[1], r.device_id, r.notice_id)
             if isinstance(r.downloaded, int):
                 downloads[target] = r.downloaded
             prev = latest.get(target)
             if prev is None or prev.counter < r.counter:
                 latest[target] = r
+        self._store_outputs(outputs, now)
         updates = []
         for (rollout_id, device_id, notice_id), r in sorted(latest.items()):  # one lock order
             error = r.error
@@ -144,6 +180,16 @@ class IngestMethods(SqlBase):
             "delivered = 1, reason = ? WHERE rollout_id = ? AND device_id = ? "
             "AND notice_id = ? AND last_counter < ?",
             updates,
+        )
+        # A system update's component states (issue 18), from the report that is now the
+        # target's last one (an older report arriving later changes nothing).
+        # Never trusted past the release's own list (rules.reported_components).
+        parts = [(t, r, reported_components(self._release_parts(t[0]), r.components))
+                 for t, r in sorted(latest.items()) if r.components]  # fmt: skip
+        self._executemany(
+            "UPDATE rollout_targets SET components = ? WHERE rollout_id = ? AND device_id = ? "
+            "AND notice_id = ? AND last_counter = ?",
+            [(json.dumps(found), *t, r.counter) for t, r, found in parts if found],
         )
         # Apart from the state: the `downloaded` report is rarely a batch's latest.
         self._executemany(
@@ -192,13 +238,16 @@ class IngestMethods(SqlBase):
                 self._bump(f"messages_{why}", n)
 
     def prune_reports(
-        self, *, keep: int, before: float, after_device: str, limit: int
+        self, *, keep: int, before: float, after_device: str, limit: int, keep_outputs: int = 20
     ) -> tuple[int, str | None]:
         """Delete stored reports beyond the newest ``keep`` of each device, and those
         received before ``before``: at most ``limit`` rows, device by device after
         ``after_device``. Returns (rows deleted, where to continue; None when done).
+        The failure outputs of deleted reports go too, and those beyond the device's newest
+        ``keep_outputs``.
         """
         deleted = 0
+        outputs = 0
         cursor = after_device
         with self._tx():
             devices = self._execute(
@@ -217,10 +266,14 @@ class IngestMethods(SqlBase):
                     "ORDER BY counter LIMIT ?)",
                     (device_id, device_id, int(row[0]) if row else 0, before, limit - deleted),
                 ).rowcount
+                outputs += self._prune_outputs(
+                    device_id, int(row[0]) if row else 0, before, keep_outputs
+                )
                 if deleted >= limit:
                     break  # this device may have more: the next call starts with it again
                 cursor = device_id
             self._bump("reports_pruned", deleted)
+            self._bump("outputs_pruned", outputs)
         done = deleted < limit and len(devices) < limit
         return deleted, None if done else cursor
 

@@ -99,7 +99,10 @@ class LeaseMethods(NoticeMethods):
         """``save_notices`` for update notices of one running rollout, fenced by its lease:
         only while ``holder`` holds it at ``now`` and the rollout runs, and only the notices
         whose target is still pending (the others were notified, canceled or finished
-        meanwhile). Returns the notices stored: publish those, and only those.
+        meanwhile) and whose device has no notice stored but not yet published: that one
+        (a take-over's cancel, stored by another replica) must reach the broker first, or
+        it would replace this one as the retained notice. Those stay pending for the next
+        pass. Returns the notices stored: publish those, and only those.
 
         Raises:
             LeaseLostError: the lease is gone or the rollout no longer runs.
@@ -126,8 +129,9 @@ class LeaseMethods(NoticeMethods):
                     r[0]
                     for r in self._execute(
                         "SELECT device_id FROM rollout_targets WHERE rollout_id = ? AND state = ? "
-                        f"AND device_id IN ({marks(len(chunk))}) ORDER BY device_id"
-                        + self.dialect.for_update,
+                        f"AND device_id IN ({marks(len(chunk))}) AND NOT EXISTS (SELECT 1 FROM "
+                        "notices n WHERE n.device_id = rollout_targets.device_id AND "
+                        "n.published = 0) ORDER BY device_id" + self.dialect.for_update,
                         (rollout_id, PENDING, *chunk),
                     )
                 )

@@ -23,13 +23,16 @@ class ReleaseMethods(SqlBase):
             with self._tx():
                 row = self._execute(
                     "INSERT INTO releases (name, version, sha256, size, models, handler, "
-                    "handler_args, metadata, created_at, update_class, advisory) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    "handler_args, metadata, created_at, update_class, advisory, components, "
+                    "holds) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         rec.name, rec.version, rec.sha256, rec.size, json.dumps(rec.models),
                         rec.handler, json.dumps(rec.handler_args), json.dumps(rec.metadata),
                         rec.created_at, rec.update_class,
                         json.dumps(rec.advisory, sort_keys=True) if rec.advisory else None,
+                        json.dumps(list(rec.components)) if rec.components else None,
+                        json.dumps(rec.holds, sort_keys=True) if rec.holds else None,
                     ),
                 ).fetchone()  # fmt: skip
         except self.dialect.integrity:
@@ -123,8 +126,10 @@ class ReleaseMethods(SqlBase):
                 "component_count": len(components), "uploaded_at": row[4]}, row[3]  # fmt: skip
 
     def sha256_in_use(self, sha256: str) -> bool:
+        """A release not deleted has this payload, or a component with it."""
         row = self._execute(
-            "SELECT 1 FROM releases WHERE sha256 = ? AND deleted_at IS NULL LIMIT 1",
-            (sha256,),
+            "SELECT 1 FROM releases WHERE (sha256 = ? OR components LIKE ?) "
+            "AND deleted_at IS NULL LIMIT 1",
+            (sha256, f'%"{sha256}"%'),
         ).fetchone()
         return row is not None

@@ -47,10 +47,13 @@ class RolloutMethods(ReleaseMethods):
         now: float,
         actor: str,
         approval: bool = False,
+        hold: bool = False,
     ) -> RolloutRecord:
         if approval:
             state = AWAITING_APPROVAL
-        elif spec.start_at is not None and spec.start_at > now:
+        elif hold or (spec.start_at is not None and spec.start_at > now):
+            # held: its creator starts it in a transaction of its own (a security
+            # rollout's take-over, supersede.start); the engine does if the creator died
             state = "scheduled"
         else:
             state = "running"
@@ -240,7 +243,8 @@ class RolloutMethods(ReleaseMethods):
             silent = self._execute(
                 "SELECT device_id, state, updated_at FROM rollout_targets WHERE rollout_id = ? "
                 f"AND delivered = 1 AND state IN ({marks(len(_IN_FLIGHT))}) AND updated_at < ? "
-                "ORDER BY position" + self.dialect.for_update,
+                # Device order, as the security take-over locks them: two orders could deadlock.
+                "ORDER BY device_id" + self.dialect.for_update,
                 (rollout_id, *_IN_FLIGHT, cutoff),
             ).fetchall()
             # The state is compared again: a report that landed since the SELECT wins.

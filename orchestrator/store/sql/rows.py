@@ -34,7 +34,7 @@ DEVICE_COLS = (
 )
 RELEASE_COLS = (
     "id, name, version, sha256, size, models, handler, handler_args, metadata, created_at, "
-    "update_class, advisory"
+    "update_class, advisory, components, holds"
 )
 ROLLOUT_COLS = (
     "id, release_id, target, spec, state, phase, phase_started_at, gate_met_at, reason, "
@@ -43,7 +43,7 @@ ROLLOUT_COLS = (
 )
 TARGET_COLS = (
     "rollout_id, device_id, position, phase, state, delivered, notice_id, notified_at, "
-    "updated_at, reason, attempts"
+    "updated_at, reason, attempts, components"
 )
 NOTICE_COLS = (
     "notice_id, device_id, rollout_id, kind, scope, seq, topic, issued_at, expires_at, envelope"
@@ -87,6 +87,8 @@ def release(row: Any) -> ReleaseRecord:
         created_at=row[9],
         update_class=row[10],
         advisory=json.loads(row[11]) if row[11] else None,
+        components=tuple(json.loads(row[12])) if row[12] else (),
+        holds=json.loads(row[13]) if row[13] else None,
     )
 
 
@@ -125,6 +127,7 @@ def target(row: Any) -> TargetRecord:
         updated_at=row[8],
         reason=row[9],
         attempts=row[10],
+        components=json.loads(row[11]) if row[11] else None,
     )
 
 

@@ -135,6 +135,7 @@ class TargetingMethods(RolloutMethods):
         now: float,
         actor: str,
         approval: bool = False,
+        hold: bool = False,
     ) -> RolloutRecord:
         """``create_rollout`` with the targets resolved by the database: the devices
         ``selector`` covers, ordered by ``policy.order_key(key, device)`` and split into
@@ -148,7 +149,7 @@ class TargetingMethods(RolloutMethods):
                 self._execute(self.dialect.snapshot)
             r = self.create_rollout(
                 release_id=release_id, target=target, spec=spec, assignments=(), now=now,
-                actor=actor, approval=approval,
+                actor=actor, approval=approval, hold=hold,
             )  # fmt: skip
             where, args = selector_where(self.dialect, selector)
             (total,) = self._execute(f"SELECT COUNT(*) FROM devices WHERE {where}", args).fetchone()

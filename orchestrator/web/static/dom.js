@@ -75,4 +75,20 @@ export const facts = (pairs, attrs = {}) => h("dl", { class: "facts", ...attrs }
   ...pairs.flatMap(([k, v]) => [h("dt", { text: k }), v instanceof Node ? h("dd", {}, v) : h("dd", { text: v })]));
 
 /** "a, b ,c" -> ["a", "b", "c"] */
+// A system update's components (issue 18) with their states, in installation order.
+export const components = (list) => h("span", { class: "components" },
+  list.map((c) => h("span", { "data-component": c.name, "data-component-state": c.state },
+    c.name, " ", badge(c.state), " ")));
 export const words = (text) => text.split(/[,\s]+/).map((w) => w.trim()).filter(Boolean);
+
+/**
+ * What a device's failing steps printed (issue 18): hostile text, so set as textContent
+ * only (h's "text"), in <pre> blocks; the orchestrator cleaned it of control characters.
+ */
+export function outputTail(outputs, attrs = {}) {
+  if (!outputs || !outputs.length) return null;
+  return h("div", { class: "output-tail", ...attrs }, outputs.flatMap((o) => [
+    h("p", { class: "muted small", text: `${o.step}: the end of ${size(o.printed)} printed` }),
+    ...["stdout", "stderr"].filter((s) => o[s]).map((s) =>
+      h("pre", { class: `output ${s}`, "data-step": o.step, "data-stream": s, text: o[s] }))]));
+}

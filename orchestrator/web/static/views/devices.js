@@ -1,6 +1,6 @@
 // The devices table, one device's page, and the operator's editor of its groups and tags.
 import { api } from "../api.js";
-import { ago, badge, facts, flash, h, option, size, table, when, words } from "../dom.js";
+import { ago, badge, components, facts, flash, h, option, outputTail, size, table, when, words } from "../dom.js";
 import { canAct, showError, state } from "../state.js";
 
 export function devicesView() {
@@ -119,6 +119,17 @@ function labelEditor(d, onSaved) {
   h("div", { class: "form-actions" }, save));
 }
 
+/** The newest failure's output tail; `fleetpush devices logs` shows older ones. */
+function lastOutput(o) {
+  if (!o) return null;
+  return h("div", { class: "card", "data-last-output": o.counter },
+    h("h2", { text: "Output of the last failure" }),
+    h("p", { class: "muted small" }, badge(o.state, "failed"),
+      ` ${o.error_code} · release ${o.release || "?"} · rollout `,
+      h("a", { href: `#/rollouts/${o.rollout_id}`, text: o.rollout_id }), ` · ${when(o.received_at)}`),
+    outputTail(o.output));
+}
+
 export function deviceView(id) {
   const el = h("section", {}, h("p", { class: "muted", text: "Loading…" }));
   let editing = false; // a live update must not wipe what the operator is typing
@@ -134,6 +145,8 @@ export function deviceView(id) {
       return;
     }
     const errors = d.reports.filter((r) => r.error_code);
+    // An application on the device holds the update (issue 18): while it is the last word.
+    const held = d.reports[0]?.hold_until != null ? d.reports[0] : null;
     const editor = canAct() ? labelEditor(d, () => { editing = false; update("saved"); }) : null;
     editor?.addEventListener("input", () => { editing = true; });
     // replaceChildren() would print a null as "null": drop the parts not shown.
@@ -156,13 +169,27 @@ export function deviceView(id) {
         h("strong", { text: "Last error: " }), `${errors[0].error_code}: ${errors[0].error_message || ""}`,
         h("span", { class: "muted small", text: ` (rollout ${errors[0].rollout_id}, ${when(errors[0].received_at)})` }))
         : null,
+      held ? h("div", { class: "card", "data-hold": held.rollout_id },
+        h("strong", { text: "Held on the device: " }), held.hold_reason || "",
+        h("span", { class: "muted small", text: ` (rollout ${held.rollout_id}) until ${when(held.hold_until)}` }))
+        : null,
+      lastOutput(d.last_output),
+      d.systems?.length ? h("h2", { text: "System updates" }) : null,
+      d.systems?.length ? table(["Rollout", "State", "Components", ["Updated", "wide"]],
+        d.systems.map((s) => h("tr", { "data-system-rollout": s.rollout_id },
+          h("td", {}, h("a", { href: `#/rollouts/${s.rollout_id}`, text: s.rollout_id })),
+          h("td", {}, badge(s.state)),
+          h("td", {}, components(s.components)),
+          h("td", { class: "wide", title: when(s.updated_at), text: ago(s.updated_at) }))),
+      { class: "systems" }) : null,
       h("h2", { text: "Reports" }),
       d.reports.length ? table([["#", "wide"], "Received", "Rollout", "State", ["Version", "wide"], "Error"],
         d.reports.map((r) => h("tr", { class: r.error_code ? "has-error" : "" },
           h("td", { class: "wide", text: r.counter }),
           h("td", { title: when(r.received_at), text: ago(r.received_at) }),
           h("td", {}, h("a", { href: `#/rollouts/${r.rollout_id}`, text: r.rollout_id })),
-          h("td", {}, badge(r.state)),
+          h("td", { title: r.hold_reason ? `${r.hold_reason}, until ${when(r.hold_until)}` : (r.detail || "") },
+            badge(r.state)),
           h("td", { class: "wide", text: r.current_version || "—" }),
           h("td", { class: "error-cell", text: r.error_code ? `${r.error_code}: ${r.error_message || ""}` : "" }))),
       { class: "history" }) : h("p", { class: "muted", text: "No reports yet." }),

@@ -2,7 +2,7 @@
 // failures by error code; the form that creates one.
 import { api } from "../api.js";
 import { timelineChart } from "../chart.js";
-import { ago, badge, duration, facts, flash, h, table, until, when } from "../dom.js";
+import { ago, badge, components, duration, facts, flash, h, outputTail, table, until, when } from "../dom.js";
 import { rolloutForm } from "../forms.js";
 import { ACTIVE, canAct, rolloutCounts, showError, state } from "../state.js";
 
@@ -140,7 +140,8 @@ function rolloutCard(r, { detailed = false } = {}) {
       h("summary", { text: `Failures (${c.failed})` }),
       h("ul", {}, r.failures.map((t) => h("li", { "data-failed-device": t.device_id },
         h("a", { href: `#/devices/${encodeURIComponent(t.device_id)}`, text: t.device_id }),
-        ` phase ${t.phase + 1} `, badge(t.state, "failed"), " ", h("span", { class: "reason-text", text: t.reason || "no reason given" })))))
+        ` phase ${t.phase + 1} `, badge(t.state, "failed"), " ", h("span", { class: "reason-text", text: t.reason || "no reason given" }),
+        t.components ? h("div", { class: "small" }, components(t.components)) : null))))
       : null,
     detailed ? settings(r) : null,
     h("p", { class: "muted small" }, `created ${ago(r.created_at)} by ${r.created_by || "?"} · updated ${ago(r.updated_at)}`),
@@ -154,7 +155,8 @@ function failureGroups(groups) {
     h("ul", {}, g.devices.map((d) => h("li", { "data-failed-device": d.device_id },
       h("a", { href: `#/devices/${encodeURIComponent(d.device_id)}`, text: d.device_id }),
       ` phase ${d.phase} `, badge(d.state, "failed"),
-      h("pre", { class: "output", text: d.message || "no output reported" })))),
+      h("pre", { class: "output", text: d.message || "no output reported" }),
+      outputTail(d.output, { "data-output-of": d.device_id })))),
     g.count > g.devices.length ? h("p", { class: "muted small", text: `and ${g.count - g.devices.length} more` }) : null));
 }
 
