@@ -119,3 +119,10 @@ async def fully_visible(page: Any, selector: str) -> bool:
 
 async def text(page: Any, selector: str) -> str:
     return str(await page.locator(selector).inner_text())
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A headless Chromium for one test (import it into the test module as a fixture)."""
+    async with chromium() as b:
+        yield b

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from device_helpers import make_tar, wait_for, write_config
 
 from device_client.agent import DeviceAgent
@@ -156,3 +158,14 @@ class Fleet:
 
 
 __all__ = ["TOKENS", "Fleet", "wait_for"]
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Fleet]:
+    """A started orchestrator with its dashboard (import it into the test module)."""
+    f = Fleet(tmp_path, broker, topics)
+    await f.start()
+    try:
+        yield f
+    finally:
+        await f.stop()

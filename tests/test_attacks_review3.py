@@ -55,6 +55,34 @@ async def _target_done(s: Setup, rollout_id: int, device_id: str) -> dict[str, A
     return found
 
 
+def _health_fails_once(tmp_path: Path) -> list[str]:
+    flag = tmp_path / "health-failed-once"
+    return ["/bin/sh", "-c", f'if [ -e "{flag}" ]; then exit 0; fi; touch "{flag}"; exit 1']
+
+
+def _blocks_once(tmp_path: Path, log: Path, says: str) -> list[str]:
+    """A rollback command that, the first time, logs ``blocked`` and waits for ever on a
+    FIFO nobody writes (the test stops the agent there), then logs ``says``."""
+    fifo, marker = tmp_path / "never-written", tmp_path / "blocked-once"
+    os.mkfifo(fifo)
+    return [
+        "/bin/sh", "-c",
+        f'if [ ! -e "{marker}" ]; then touch "{marker}"; echo "blocked" >> "{log}";'
+        f' cat "{fifo}" > /dev/null; fi; echo "{says}" >> "{log}"',
+    ]  # fmt: skip
+
+
+async def _start_online(s: Setup, device_id: str) -> None:
+    s.broker.reload()
+    s.fleet.start(device_id)
+
+    async def online() -> bool:
+        found = await s.api.call("GET", "/v1/devices", params={"online": "true"})
+        return any(d["device_id"] == device_id for d in found["devices"])
+
+    await wait_until(online, what=f"{device_id} online")
+
+
 async def test_a_restart_during_a_health_check_rollback_does_not_check_health_again(
     setup: Setup, tmp_path: Path
 ) -> None:
@@ -64,29 +92,14 @@ async def test_a_restart_during_a_health_check_rollback_does_not_check_health_ag
     ``succeeded`` a system whose last component was already rolled back."""
     s = setup
     log = tmp_path / "steps.log"
-    fifo, marker = tmp_path / "never-written", tmp_path / "blocked-once"
-    os.mkfifo(fifo)
-    healthy_once_failed = tmp_path / "health-failed-once"
-    health = ["/bin/sh", "-c", f'if [ -e "{healthy_once_failed}" ]; then exit 0; fi; '
-              f'touch "{healthy_once_failed}"; exit 1']  # fmt: skip
-    blocking = [
-        "/bin/sh", "-c",
-        f'if [ ! -e "{marker}" ]; then touch "{marker}"; echo "blocked" >> "{log}";'
-        f' cat "{fifo}" > /dev/null; fi; echo "rollback $FLEETPUSH_COMPONENT" >> "{log}"',
-    ]  # fmt: skip
+    health = _health_fails_once(tmp_path)
+    blocking = _blocks_once(tmp_path, log, "rollback $FLEETPUSH_COMPONENT")
     sections: dict[str, dict[str, Any]] = {
         f"components.{n}": _command(log) for n in ("one", "two", "three")}  # fmt: skip
     sections["components.two"] = _command(log, rollback=blocking)
     sections["health"] = {"command": health, "timeout": "30s"}
     s.fleet.provision("rb-health", sections=sections)
-    s.broker.reload()
-    s.fleet.start("rb-health")
-
-    async def online() -> bool:
-        found = await s.api.call("GET", "/v1/devices", params={"online": "true"})
-        return any(d["device_id"] == "rb-health" for d in found["devices"])
-
-    await wait_until(online, what="rb-health online")
+    await _start_online(s, "rb-health")
     release = await _system(s, "4.0", ("one", "two", "three"))
     r = await s.api.rollout(release["id"], target={"devices": ["rb-health"]}, phases=[100])
     await wait_for(lambda: log.exists() and "blocked" in log.read_text(), within=90,
@@ -111,28 +124,13 @@ async def test_a_restart_during_a_single_payload_rollback_does_not_check_health_
     health check again, which passed, and the device reported ``succeeded``."""
     s = setup
     log = tmp_path / "steps.log"
-    fifo, marker = tmp_path / "never-written", tmp_path / "blocked-once"
-    os.mkfifo(fifo)
-    failed_once = tmp_path / "health-failed-once"
-    health = ["/bin/sh", "-c", f'if [ -e "{failed_once}" ]; then exit 0; fi; '
-              f'touch "{failed_once}"; exit 1']  # fmt: skip
-    rollback = [
-        "/bin/sh", "-c",
-        f'if [ ! -e "{marker}" ]; then touch "{marker}"; echo "blocked" >> "{log}";'
-        f' cat "{fifo}" > /dev/null; fi; echo "rollback" >> "{log}"',
-    ]  # fmt: skip
+    health = _health_fails_once(tmp_path)
+    rollback = _blocks_once(tmp_path, log, "rollback")
     install = ["/bin/sh", "-c", f'echo "install" >> "{log}"']
     s.fleet.provision("rb-single", sections={
         "install": {"handler": "command", "install": install, "rollback": rollback},
         "health": {"command": health, "timeout": "30s"}})  # fmt: skip
-    s.broker.reload()
-    s.fleet.start("rb-single")
-
-    async def online() -> bool:
-        found = await s.api.call("GET", "/v1/devices", params={"online": "true"})
-        return any(d["device_id"] == "rb-single" for d in found["devices"])
-
-    await wait_until(online, what="rb-single online")
+    await _start_online(s, "rb-single")
     release = await s.api.upload("fw", "4.0", b"firmware 4.0", handler="command")
     r = await s.api.rollout(release["id"], target={"devices": ["rb-single"]}, phases=[100])
     await wait_for(lambda: log.exists() and "blocked" in log.read_text(), within=90,

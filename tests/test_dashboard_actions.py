@@ -11,40 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from browser_helpers import LAPTOP, PHONE, Shots, chromium, no_horizontal_scroll, sign_in, text
-from dashboard_fleet import Fleet
+from browser_helpers import (
+    LAPTOP,
+    PHONE,
+    Shots,
+    browser,
+    no_horizontal_scroll,
+    sign_in,
+    text,
+)
+from dashboard_fleet import Fleet, fleet
 from device_helpers import make_tar
 
-from fleetpush_protocol.topics import Topics
-from orchestrator.broker import MosquittoBroker
-
+__all__ = ["browser", "fleet"]  # fixtures
 pytestmark = pytest.mark.integration
 
 # Big enough that the browser reports upload progress more than once; random, so no
 # compression on the way can shrink it.
 BIG_TAR = make_tar({"bin/app": b"#!/bin/sh\necho v3\n", "data.bin": os.urandom(3 << 20)})
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-async def fleet(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Fleet]:
-    f = Fleet(tmp_path, broker, topics)
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.stop()
 
 
 async def preview(page: Any) -> None:

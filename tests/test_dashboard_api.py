@@ -6,29 +6,16 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from dashboard_fleet import TOKENS, Fleet
+from dashboard_fleet import TOKENS, Fleet, fleet
 
-from fleetpush_protocol.topics import Topics
 from orchestrator.api import dashboard
-from orchestrator.broker import MosquittoBroker
 
+__all__ = ["fleet"]  # fixtures
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def fleet(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Fleet]:
-    f = Fleet(tmp_path, broker, topics)
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.stop()
 
 
 async def read_events(

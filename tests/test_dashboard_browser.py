@@ -20,14 +20,14 @@ from browser_helpers import (
     LAPTOP,
     PHONE,
     Shots,
-    chromium,
+    browser,
     fully_visible,
     no_horizontal_scroll,
     same_document,
     sign_in,
     text,
 )
-from dashboard_fleet import Fleet
+from dashboard_fleet import Fleet, fleet
 from device_helpers import wait_async
 
 from fleetpush_common.clock import ManualClock
@@ -35,23 +35,8 @@ from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 
+__all__ = ["browser", "fleet"]  # fixtures
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-async def fleet(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Fleet]:
-    f = Fleet(tmp_path, broker, topics)
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.stop()
 
 
 class OrchestratorClock:

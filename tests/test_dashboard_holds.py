@@ -3,35 +3,15 @@ gate hook holds the update; its device page shows who holds it, why and until wh
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_helpers import LAPTOP, chromium, sign_in, text
-from dashboard_fleet import Fleet
+from browser_helpers import LAPTOP, browser, sign_in, text
+from dashboard_fleet import Fleet, fleet
 from device_helpers import wait_async
 
-from fleetpush_protocol.topics import Topics
-from orchestrator.broker import MosquittoBroker
-
+__all__ = ["browser", "fleet"]  # fixtures
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-async def fleet(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Fleet]:
-    f = Fleet(tmp_path, broker, topics)
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.stop()
 
 
 async def test_the_device_page_shows_the_hold(browser: Any, fleet: Fleet) -> None:

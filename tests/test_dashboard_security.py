@@ -4,36 +4,16 @@ filter, end to end in headless Chromium against a real orchestrator and real age
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_helpers import LAPTOP, chromium, sign_in
-from dashboard_fleet import RELEASE_TAR, Fleet
+from browser_helpers import LAPTOP, browser, sign_in
+from dashboard_fleet import RELEASE_TAR, Fleet, fleet
 
-from fleetpush_protocol.topics import Topics
-from orchestrator.broker import MosquittoBroker
-
+__all__ = ["browser", "fleet"]  # fixtures
 pytestmark = pytest.mark.integration
 
 ADVISORY = {"cves": ["CVE-2026-30001"], "severity": "high", "summary": "Fixes a RCE."}
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-async def fleet(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Fleet]:
-    f = Fleet(tmp_path, broker, topics)
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.stop()
 
 
 async def test_approve_and_reject_buttons_and_the_missing_security_filter(

@@ -4,35 +4,16 @@ component's state after a failed health check rolled them all back."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_helpers import LAPTOP, Shots, chromium, sign_in, text
-from dashboard_fleet import RELEASE_TAR, Fleet
+from browser_helpers import LAPTOP, Shots, browser, sign_in, text
+from dashboard_fleet import RELEASE_TAR, Fleet, fleet
 from device_helpers import wait_async
 
-from fleetpush_protocol.topics import Topics
-from orchestrator.broker import MosquittoBroker
-
+__all__ = ["browser", "fleet"]  # fixtures
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-async def fleet(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Fleet]:
-    f = Fleet(tmp_path, broker, topics)
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.stop()
 
 
 async def test_components_and_their_states_are_shown(

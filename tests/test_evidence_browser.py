@@ -8,18 +8,15 @@ it as text; nothing of it runs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_helpers import LAPTOP, Shots, chromium, sign_in, text
-from dashboard_fleet import Fleet
+from browser_helpers import LAPTOP, Shots, browser, sign_in, text
+from dashboard_fleet import Fleet, fleet
 from device_helpers import wait_async
 
-from fleetpush_protocol.topics import Topics
-from orchestrator.broker import MosquittoBroker
-
+__all__ = ["browser", "fleet"]  # fixtures
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 HOSTILE_CHECK = [
@@ -27,22 +24,6 @@ HOSTILE_CHECK = [
     "printf '\\033[31mself-test FAILED\\033[0m <script>window.pwned=1</script>\\n'; "
     "printf '<img src=x onerror=\"window.pwned=2\">\\000 port 8080 closed\\n' >&2; exit 1",
 ]  # fmt: skip
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-async def fleet(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncIterator[Fleet]:
-    f = Fleet(tmp_path, broker, topics)
-    await f.start()
-    try:
-        yield f
-    finally:
-        await f.stop()
 
 
 async def test_a_failing_health_checks_output_reaches_the_dashboard_as_text(
