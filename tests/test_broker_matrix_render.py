@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.brokers.ejabberd import render_ejabberd
 from fleetpush_sim.brokers.nats import mqtt_subject, render_nats
+from fleetpush_sim.brokers.nats_cluster import NatsCluster
 from fleetpush_sim.brokers.rabbitmq import amqp_key, password_hash, render_definitions
 from orchestrator.broker.credentials import DEVICE_ROLE, ORCHESTRATOR_ROLE
 from orchestrator.broker.registry import Identity
@@ -90,3 +92,30 @@ def test_ejabberd_group_rules_list_the_groups_members() -> None:
     assert '"dev.1@localhost"' in text[canary : canary + 80]
     assert '"acme/fleet/group/canary/notice":\n        - allow: group_0' in text
     assert '"acme/fleet/device/%u/report":' in text
+
+
+def test_a_nats_cluster_node_routes_to_the_others_with_a_login_and_replicates_mqtt(
+    tmp_path: Path,
+) -> None:
+    cluster = NatsCluster(tmp_path, topics=T, size=3)
+    for node in cluster.nodes:
+        node.prepare()
+    texts = [n.config_path.read_text() for n in cluster.nodes]
+    a, b, c = cluster.nodes
+    routes = re.findall(r"nats-route://fleetpush-route:([^@]+)@127\.0\.0\.1:(\d+)", texts[0])
+    assert {int(port) for _, port in routes} == {b.cluster_port, c.cluster_port}
+    assert {pw for pw, _ in routes} == {a.route_login[1]}
+    assert f'listen: "127.0.0.1:{a.cluster_port}"' in texts[0]
+    assert (
+        f'authorization {{ user: "fleetpush-route", password: "{a.route_login[1]}" }}' in texts[0]
+    )
+    assert all("stream_replicas: 3" in t for t in texts)
+    # One set of users for every node: the same rules, rendered from the one registry.
+    users = [re.findall(r"^    (\{.*\})$", t, re.M) for t in texts]
+    assert users[0] == users[1] == users[2]
+    assert len(users[0]) == 1
+    single = render_nats((CONFIG_DIR / "nats" / "nats.conf.template").read_text(), IDS,
+                         PASSWORDS, topics=T, name="n", host="127.0.0.1", port=1,
+                         client_port=2, directory=CONFIG_DIR)  # fmt: skip
+    assert not re.search(r"^cluster \{", single, re.M)
+    assert "stream_replicas" not in single

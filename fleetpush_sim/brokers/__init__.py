@@ -3,7 +3,8 @@
 
 ``make_broker(name, workdir, topics)`` returns an unstarted broker; ``start()``,
 ``add_device()``, ``reload()``, ``stop()`` and ``kill()`` work alike on all of them (Mosquitto
-is ``orchestrator.broker.MosquittoBroker``, the product's own).
+is ``orchestrator.broker.MosquittoBroker``, the product's own). ``NatsCluster`` is several
+nats-server nodes clustered on one machine (issue 14.4).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from orchestrator.broker import MosquittoBroker
 from .base import BrokerEndpoint, BrokerNotFoundError, ExternalBroker
 from .ejabberd import EjabberdBroker
 from .nats import NatsBroker
+from .nats_cluster import NatsCluster
 from .rabbitmq import RabbitmqBroker
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "ExternalBroker",
     "MatrixBroker",
     "NatsBroker",
+    "NatsCluster",
     "RabbitmqBroker",
     "make_broker",
 ]

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Protocol
@@ -34,6 +35,7 @@ __all__ = [
     "BrokerEndpoint",
     "BrokerNotFoundError",
     "ExternalBroker",
+    "SharedIdentities",
     "fill",
     "find_binary",
     "write_file",
@@ -81,6 +83,15 @@ def find_binary(name: str, package: str, *candidates: str) -> str:
     return found
 
 
+@dataclass
+class SharedIdentities:
+    """The registry and the passwords of the identities provisioned from this process: a
+    broker's own, or one set shared by the nodes of a cluster (every node knows every login)."""
+
+    registry: IdentityRegistry
+    passwords: dict[str, str] = field(default_factory=dict)
+
+
 class ExternalBroker:
     """One broker process configured from ``broker_config/<NAME>/``, on free ports.
 
@@ -95,17 +106,23 @@ class ExternalBroker:
     SHARED_SUBSCRIPTIONS: ClassVar[bool] = False  # `$share/...` honoured
     START_TIMEOUT: ClassVar[float] = 60.0  # seconds; generous: the machine may be loaded
 
-    def __init__(self, workdir: Path, *, topics: Topics, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, workdir: Path, *, topics: Topics, host: str = "127.0.0.1",
+        shared: SharedIdentities | None = None,
+    ) -> None:  # fmt: skip
         self.workdir = Path(workdir).resolve()
         make_private_dir(self.workdir)
         self.topics = topics
         self.host = host
         self.port = free_port(host)
-        self.registry = IdentityRegistry(self.workdir / "identities.json")
+        if shared is None:
+            shared = SharedIdentities(IdentityRegistry(self.workdir / "identities.json"))
+        self.registry = shared.registry
         self.log_path = self.workdir / "broker.log"
         self._proc: subprocess.Popen[bytes] | None = None
-        self._passwords: dict[str, str] = {}
-        self.orchestrator_password = self.add_orchestrator(self.ORCHESTRATOR_USER)
+        self._passwords = shared.passwords
+        known = self._passwords.get(self.ORCHESTRATOR_USER)
+        self.orchestrator_password = known or self.add_orchestrator(self.ORCHESTRATOR_USER)
 
     @property
     def config_dir(self) -> Path:

@@ -22,7 +22,7 @@ from orchestrator.broker.credentials import ORCHESTRATOR_ROLE
 from orchestrator.broker.process import free_port
 from orchestrator.broker.registry import Identity
 
-from .base import ExternalBroker, fill, find_binary, write_file
+from .base import ExternalBroker, SharedIdentities, fill, find_binary, write_file
 
 __all__ = ["NatsBroker", "mqtt_subject", "render_nats"]
 
@@ -53,9 +53,12 @@ def _permissions(i: Identity, topics: Topics) -> dict[str, object]:
 def render_nats(
     template: str, identities: Sequence[Identity], passwords: Mapping[str, str], *,
     topics: Topics, name: str, host: str, port: int, client_port: int, directory: Path,
-    canary: tuple[str, str] | None = None,
+    canary: tuple[str, str] | None = None, cluster: str = "", mqtt_cluster: str = "",
 ) -> str:  # fmt: skip
-    """``nats.conf``: one user per identity with a password (JSON is valid NATS config)."""
+    """``nats.conf``: one user per identity with a password (JSON is valid NATS config).
+
+    ``cluster`` and ``mqtt_cluster`` are a cluster node's own lines (``nats_cluster``): the
+    top-level ``cluster`` block and the ``mqtt`` block's replica settings."""
     users = []
     for i in identities:
         if i.username not in passwords:
@@ -76,7 +79,8 @@ def render_nats(
         }))  # fmt: skip
     return fill(template, {
         "NAME": name, "HOST": host, "PORT": str(port), "CLIENT_PORT": str(client_port),
-        "DIR": str(directory), "USERS": "\n".join(users),
+        "DIR": str(directory), "USERS": "\n".join(users), "CLUSTER": cluster,
+        "MQTT_CLUSTER": mqtt_cluster,
     })  # fmt: skip
 
 
@@ -106,10 +110,17 @@ class NatsBroker(ExternalBroker):
     MQTT_VERSION = "3.1.1"
     SHARED_SUBSCRIPTIONS = False  # no `$share/...` (NATS queue groups are not MQTT's)
 
-    def __init__(self, workdir: Path, *, topics: Topics, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, workdir: Path, *, topics: Topics, host: str = "127.0.0.1",
+        shared: SharedIdentities | None = None,
+    ) -> None:  # fmt: skip
         self.client_port = free_port()
         self.server_name = f"fp_{uuid.uuid4().hex[:10]}"
-        super().__init__(workdir, topics=topics, host=host)
+        super().__init__(workdir, topics=topics, host=host, shared=shared)
+
+    def cluster_lines(self) -> tuple[str, str]:
+        """The ``cluster`` block and the ``mqtt`` block's cluster lines: none for one server."""
+        return "", ""
 
     def ports(self) -> Sequence[int]:
         return [self.port, self.client_port]
@@ -120,10 +131,12 @@ class NatsBroker(ExternalBroker):
 
     def _write(self, canary: tuple[str, str] | None = None) -> None:
         template = (self.config_dir / "nats.conf.template").read_text()
+        cluster, mqtt_cluster = self.cluster_lines()
         write_file(self.config_path, render_nats(
             template, self.identities(), self._passwords, topics=self.topics,
             name=self.server_name, host=self.host, port=self.port,
             client_port=self.client_port, directory=self.workdir, canary=canary,
+            cluster=cluster, mqtt_cluster=mqtt_cluster,
         ))  # fmt: skip
 
     def prepare(self) -> None:
