@@ -24,7 +24,7 @@ from fault_helpers import healthy
 from orch_helpers import TOKENS, Api, Fleet, root_hex, wait_until, write_orchestrator
 
 from fleetpush_protocol.topics import Topics
-from fleetpush_sim.brokers import BROKERS, MatrixBroker, make_broker
+from fleetpush_sim.brokers import BROKERS, MatrixBroker, NatsCluster, make_broker
 from fleetpush_sim.brokers.base import BrokerNotFoundError
 from fleetpush_sim.replicas import ServeProcess
 from orchestrator.broker.process import MosquittoNotFoundError
@@ -38,7 +38,10 @@ KNOWN_FAILURES = {
 }
 
 
-def expect(request: pytest.FixtureRequest, broker: MatrixBroker, cell: str) -> None:
+AnyBroker = MatrixBroker | NatsCluster  # a rig runs on one broker, or on a cluster
+
+
+def expect(request: pytest.FixtureRequest, broker: AnyBroker, cell: str) -> None:
     """Mark this test a strict xfail when ``cell`` is a known failure on ``broker``."""
     reason = KNOWN_FAILURES.get((getattr(broker, "NAME", "mosquitto"), cell))
     if reason:
@@ -75,11 +78,11 @@ def matrix_broker(
         b.stop()
 
 
-def protocol(broker: MatrixBroker) -> str:
+def protocol(broker: AnyBroker) -> str:
     return getattr(broker, "MQTT_VERSION", "5")
 
 
-def serve_config_lines(broker: MatrixBroker) -> dict[str, str]:
+def serve_config_lines(broker: AnyBroker) -> dict[str, str]:
     """``[mqtt]`` lines the orchestrator needs on this broker beyond URL, login, protocol."""
     if not getattr(broker, "SHARED_SUBSCRIPTIONS", True):
         return {"share_group": '""'}  # plain subscriptions: one replica here anyway
@@ -103,7 +106,7 @@ def mqtt_client(
 class Rig:
     """A ``fleetpush serve`` on the module's broker, its API, and a fleet of agents."""
 
-    broker: MatrixBroker
+    broker: AnyBroker
     root: Path
     serve: ServeProcess
     api: Api
@@ -135,7 +138,7 @@ class Rig:
         return await wait_until(check, within=within, what=f"rollout in {states}")
 
 
-def _write_serve_config(root: Path, broker: MatrixBroker) -> tuple[Path, int]:
+def _write_serve_config(root: Path, broker: AnyBroker) -> tuple[Path, int]:
     config, port = write_orchestrator(root, broker, broker.topics, protocol=protocol(broker))
     extra = serve_config_lines(broker)
     lines = []
@@ -148,7 +151,7 @@ def _write_serve_config(root: Path, broker: MatrixBroker) -> tuple[Path, int]:
 
 
 @contextlib.asynccontextmanager
-async def rig_on(broker: MatrixBroker, root: Path) -> AsyncIterator[Rig]:
+async def rig_on(broker: AnyBroker, root: Path) -> AsyncIterator[Rig]:
     config, port = _write_serve_config(root, broker)
     base = f"http://127.0.0.1:{port}"
     serve = ServeProcess(config, root / "serve.log")

@@ -15,7 +15,7 @@ import pytest
 from orch_helpers import Setup, rollout_in, running, wait_until
 
 from device_client.config import BrokerConfig
-from device_client.transport.endpoints import Endpoints, start_index
+from device_client.transport.endpoints import Endpoints, start_index, starting_at
 from device_client.transport.session import MqttSession
 from fleetpush_common.config import ConfigError, decode
 from fleetpush_protocol.topics import Topics
@@ -74,6 +74,17 @@ def test_a_failed_connect_moves_on_in_order_and_wraps_around() -> None:
         "mqtts://b:8883": Path("/ca.pem"),
         "mqtt://c:1883": None,
     }
+
+
+def test_a_list_can_be_rotated_so_that_a_device_starts_on_its_first_url() -> None:
+    urls = ["mqtt://a:1", "mqtt://b:2", "mqtt://c:3"]
+    for i in range(20):
+        e = Endpoints(BrokerConfig(urls=tuple(starting_at(f"d-{i}", urls)), username="d"), f"d-{i}")
+        seen = []
+        for _ in range(3):
+            seen.append(e.current.url)
+            e.failed()
+        assert seen == urls
 
 
 CERT_ONLY = {"username": None, "urls": ["mqtts://a", "mqtt://b"], "cert_file": "/c.pem",

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 
 from device_client.config import BrokerConfig
 
-__all__ = ["Endpoints", "start_index"]
+__all__ = ["Endpoints", "start_index", "starting_at"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,14 @@ def start_index(device_id: str, n: int) -> int:
     """Where in a list of ``n`` URLs ``device_id`` starts: stable, and even over a fleet."""
     digest = hashlib.sha256(device_id.encode()).digest()
     return int.from_bytes(digest[:8], "big") % n
+
+
+def starting_at(device_id: str, urls: Sequence[str]) -> list[str]:
+    """``urls`` rotated so that ``device_id`` starts on ``urls[0]`` and then tries the rest in
+    order: for putting a whole fleet on one node on purpose (tests, ``fleetpush demo``)."""
+    n = len(urls)
+    shift = start_index(device_id, n)
+    return [urls[(i - shift) % n] for i in range(n)]
 
 
 class Endpoints:

@@ -118,16 +118,10 @@ class NatsCluster:
         for node in self.nodes:
             node.routes = [p for p in route_ports if p != node.cluster_port]
         self.orchestrator_password = self.nodes[0].orchestrator_password
+        self.registry = self.shared.registry
+        self.port = self.nodes[home].port
 
     # --- BrokerEndpoint ------------------------------------------------------------------
-
-    @property
-    def registry(self) -> IdentityRegistry:
-        return self.shared.registry
-
-    @property
-    def port(self) -> int:
-        return self.nodes[self.home].port
 
     @property
     def url(self) -> str:
