@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleetpush_common.config import parse_size
+from fleetpush_sim.brokers.base import BrokerNotFoundError
 from fleetpush_sim.demo import DemoOptions, run_demo
 from fleetpush_sim.simulate import SimOptions, open_broker, run_simulation
 from orchestrator.broker import MosquittoNotFoundError
@@ -42,7 +43,7 @@ def _share(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
     return value
 
 
-def _no_mosquitto(e: MosquittoNotFoundError, as_json: bool) -> None:
+def _no_mosquitto(e: MosquittoNotFoundError | BrokerNotFoundError, as_json: bool) -> None:
     message = f"fleetpush: {e}\n(or run: bash scripts/install)"
     if as_json:
         click.echo(json.dumps({"error": str(e)}))
@@ -125,7 +126,23 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
             + ", ".join(f"{k} {v}" for k, v in summary["notices_by_replica"].items())
             + (f"; {killed} was SIGKILLed mid-rollout" if killed else "")
         )
+    if summary.get("broker_nodes"):
+        _print_cluster(console, summary)
     console.print("everything stopped; temporary files removed.")
+
+
+def _print_cluster(console: Console, summary: dict[str, Any]) -> None:
+    killed = summary["killed_broker_node"]
+    back = summary["time_to_reconnect_s"]
+    where = ", ".join(f"{node} {n}" for node, n in summary["devices_by_node"].items())
+    console.print(
+        f"{summary['broker_nodes']}-node nats-server cluster: devices started on node "
+        f"{summary['devices_started_on']}, the orchestrator on node {summary['orchestrator_on']}"
+        + (f"; node {killed} was SIGKILLed mid-rollout" if killed else "")
+        + (f", every device connected to another node {back:.2f}s later" if back else "")
+    )
+    console.print(f"devices succeeded: {summary['devices_succeeded']}/{summary['devices']}; "
+                  f"devices per node now: {where}")  # fmt: skip
 
 
 @click.command("demo")
@@ -146,30 +163,43 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
 @click.option("--database", default="",
               help="An empty PostgreSQL database for --replicas (default: the demo starts "
               "its own server with initdb and pg_ctl).")  # fmt: skip
+@click.option("--broker-cluster", "broker_cluster", default=0,
+              type=click.IntRange(min=0, max=5), metavar="N",
+              help="Use N nats-server nodes (3 to 5) clustered instead of Mosquitto: "
+              "devices on node a, the orchestrator on node b, node a SIGKILLed "
+              "mid-rollout.")  # fmt: skip
 def demo(  # noqa: PLR0917 - click passes options as parameters
     n: int, soak: float, fail_share: float, as_json: bool, replicas: int, kill_replica: bool,
-    database: str,
+    database: str, broker_cluster: int,
 ) -> None:  # fmt: skip
     """Watch a real rollout: Mosquitto, the orchestrator and N devices in one process.
 
     Uploads a small release and rolls it out in three gated phases (10%, 50%, 100%),
     then stops everything and removes its temporary folder. With --replicas the
     orchestrator is several real `fleetpush serve` processes on one PostgreSQL database
-    (docs/scaling.md), and --kill-replica shows the others finishing the rollout.
+    (docs/scaling.md), and --kill-replica shows the others finishing the rollout. With
+    --broker-cluster the broker is a nats-server cluster that loses the devices' node
+    mid-rollout (docs/broker.md, "Cluster").
     """
     if kill_replica and replicas < 2:
         raise click.UsageError("--kill-replica needs --replicas 2 or more")
+    if broker_cluster and broker_cluster < 3:  # a quorum of 2 must outlive the node killed
+        raise click.UsageError("--broker-cluster needs 3 nodes or more (a quorum of 2 must stay)")
+    if broker_cluster and replicas:
+        raise click.UsageError("--broker-cluster runs one in-process orchestrator: no --replicas")
     if database and not database.startswith(("postgresql://", "postgres://")):
         raise click.UsageError("--database: expected a postgresql:// URL")
     options = DemoOptions(devices=n, soak_s=soak, fail_share=fail_share, replicas=replicas,
-                          kill_replica=kill_replica, database=database)  # fmt: skip
+                          kill_replica=kill_replica, database=database,
+                          broker_cluster=broker_cluster)  # fmt: skip
     console = Console()
     try:
         if as_json:
             summary = run_demo(options)
             click.echo(json.dumps(summary))
         else:
-            console.print(f"starting Mosquitto, the orchestrator and {n} devices ...")
+            broker = f"{broker_cluster} nats-server nodes" if broker_cluster else "Mosquitto"
+            console.print(f"starting {broker}, the orchestrator and {n} devices ...")
             with Live(Text("waiting for the devices to come online ..."), console=console,
                       refresh_per_second=8, transient=False) as live:  # fmt: skip
 
@@ -179,7 +209,7 @@ def demo(  # noqa: PLR0917 - click passes options as parameters
 
                 summary = run_demo(options, on_status=show)
             _print_summary(console, summary)
-    except MosquittoNotFoundError as e:
+    except (MosquittoNotFoundError, BrokerNotFoundError) as e:
         _no_mosquitto(e, as_json)
     except PostgresNotFoundError as e:
         if as_json:

@@ -9,6 +9,10 @@ With ``replicas`` > 0 the orchestrator is that many real ``fleetpush serve`` pro
 PostgreSQL (the one at ``database``, or a private server the demo starts with ``initdb`` and
 ``pg_ctl``), behind a small load balancer for the payloads; ``kill_replica`` SIGKILLs the
 replica driving the rollout once its first phase is notified, and the others finish it.
+
+With ``broker_cluster`` = N the broker is N nats-server nodes (MQTT 3.1.1); every device
+starts on node a, the orchestrator is on node b, and node a is SIGKILLed once the first
+device verified its notice (``fleetpush_sim.node_loss``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from fleetpush_sim.fleet import (
     provision_passwords,
 )
 from fleetpush_sim.limits import freeze_heap, raise_open_files
+from fleetpush_sim.node_loss import NodeLoss
 from fleetpush_sim.release import sample_release
 from fleetpush_sim.replicas import Balancer, ReplicaSet
 from fleetpush_sim.stack import LocalStack
@@ -63,6 +68,8 @@ class DemoOptions:
     replicas: int = 0  # 0: one in-process orchestrator on SQLite; N: N serve processes
     kill_replica: bool = False  # SIGKILL the rollout's driver mid-rollout (with replicas)
     database: str = ""  # postgresql://... for the replicas; "": a private server
+    broker_cluster: int = 0  # 0: Mosquitto; N: N nats-server nodes, devices on the first
+    kill_broker_node: bool = True  # with broker_cluster: SIGKILL the devices' node mid-rollout
 
 
 def _rollout_body(o: DemoOptions) -> dict[str, Any]:
@@ -145,6 +152,7 @@ async def _healthy(session: aiohttp.ClientSession, base: str) -> bool:
 async def _watch(
     api: AsyncApi, rollout_id: int, clock: RolloutClock, o: DemoOptions, *,
     observer: Observer, on_status: StatusHook | None, replicas: _Replicas | None = None,
+    node_loss: NodeLoss | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Poll the rollout until it ends (or pauses with nothing left in flight)."""
     deadline = time.monotonic() + o.timeout_s
@@ -152,6 +160,9 @@ async def _watch(
         status = await api.status(rollout_id)
         if replicas is not None:
             await replicas.maybe_kill(rollout_id, status)
+        if node_loss is not None:
+            await node_loss.maybe_kill(len(observer.notified(str(rollout_id))))
+            node_loss.check_moved()
         clock.seen(status)
         if on_status is not None:
             on_status(status, len(observer.notified(str(rollout_id))))
@@ -167,6 +178,29 @@ async def _watch(
         await asyncio.sleep(o.poll_s)
 
 
+def _make_fleet(
+    stack: LocalStack, ids: list[str], observer: Observer
+) -> tuple[SimFleet, dict[str, str]]:
+    """The devices' fleet and their passwords: on Mosquitto, or on every node of the cluster
+    (each device starting on node a)."""
+    if stack.cluster is not None:
+        passwords = stack.cluster.add_devices(ids, groups=("demo",))
+        stack.cluster.reload()
+        fleet = SimFleet(
+            stack.devices_dir, broker_url="", broker_urls=stack.cluster.urls,
+            topic_prefix=stack.topics.prefix, root_keys=[stack.root_key], groups=("demo",),
+            observer=observer, protocol="3.1.1",
+        )  # fmt: skip
+        return fleet, passwords
+    assert stack.broker is not None  # noqa: S101 - started by LocalStack
+    passwords = provision_passwords(stack.broker, ids, groups=("demo",))
+    fleet = SimFleet(
+        stack.devices_dir, broker_url=stack.broker.url, topic_prefix=stack.topics.prefix,
+        root_keys=[stack.root_key], groups=("demo",), observer=observer,
+    )  # fmt: skip
+    return fleet, passwords
+
+
 async def _run(stack: LocalStack, o: DemoOptions, on_status: StatusHook | None) -> dict[str, Any]:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -174,15 +208,11 @@ async def _run(stack: LocalStack, o: DemoOptions, on_status: StatusHook | None) 
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
     replicas = _Replicas(stack, o) if o.replicas else None
     orch = None if replicas else await stack.start_orchestrator()
-    assert stack.broker is not None  # noqa: S101 - started by LocalStack
     ids = [f"demo-{i:05d}" for i in range(1, o.devices + 1)]
-    passwords = provision_passwords(stack.broker, ids, groups=("demo",))
-    behaviours = assign_behaviours(ids, fail_share=o.fail_share, seed=1)
     observer = Observer()
-    fleet = SimFleet(
-        stack.devices_dir, broker_url=stack.broker.url, topic_prefix=stack.topics.prefix,
-        root_keys=[stack.root_key], groups=("demo",), observer=observer,
-    )  # fmt: skip
+    fleet, passwords = _make_fleet(stack, ids, observer)
+    node_loss = NodeLoss(stack.cluster, fleet, kill=o.kill_broker_node) if stack.cluster else None
+    behaviours = assign_behaviours(ids, fail_share=o.fail_share, seed=1)
     fleet.add(
         SimDevice(d, passwords[d], replace(behaviours[d], health_check=o.health_check)) for d in ids
     )
@@ -204,8 +234,10 @@ async def _run(stack: LocalStack, o: DemoOptions, on_status: StatusHook | None) 
             created = await api.rollout(release["id"], **_rollout_body(o))
             rid = int(created["id"])
             status = await _watch(api, rid, clock, o, observer=observer, on_status=on_status,
-                                  replicas=replicas)  # fmt: skip
+                                  replicas=replicas, node_loss=node_loss)  # fmt: skip
             targets = await api.targets(rid)
+            if node_loss is not None:
+                node_loss.check_moved()
             sent: dict[str, int] = {}
             if replicas is not None:
                 counters, sent = await replicas.counters(rid)
@@ -233,6 +265,7 @@ async def _run(stack: LocalStack, o: DemoOptions, on_status: StatusHook | None) 
                 "error_codes": dict(observer.errors),
                 "devices_succeeded": status["states"].get("succeeded", 0),
                 **(_replica_summary(replicas, sent) if replicas else {}),
+                **(node_loss.summary() if node_loss else {}),
             }
     finally:
         await fleet.stop()
@@ -256,12 +289,13 @@ def run_demo(o: DemoOptions, on_status: StatusHook | None = None) -> dict[str, A
 
     Raises:
         MosquittoNotFoundError: Mosquitto is not installed.
+        BrokerNotFoundError: ``broker_cluster``, and nats-server is not installed.
         PostgresNotFoundError: replicas without ``database``, and no initdb/pg_ctl.
         KeyboardInterrupt, asyncio.CancelledError: interrupted (SIGINT, SIGTERM).
     """
     raise_open_files()
     if not o.replicas:
-        with LocalStack() as stack:
+        with LocalStack(broker_cluster=o.broker_cluster) as stack:
             return asyncio.run(_run(stack, o, on_status))
     with contextlib.ExitStack() as stop:
         url = o.database

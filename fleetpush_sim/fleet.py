@@ -23,6 +23,7 @@ from typing import Any
 from device_client.agent import DeviceAgent
 from device_client.config import DeviceConfig, parse_config
 from device_client.reports import ReportHook
+from device_client.transport.endpoints import starting_at
 from device_client.wiring import build_agent
 from fleetpush_common.tasks import cancel_and_wait
 from fleetpush_protocol.messages import ErrorInfo, ReportState
@@ -97,8 +98,11 @@ def device_config(
     root_keys: Iterable[str],
     groups: Sequence[str] = (),
     model: str = "sim",
+    broker_urls: Sequence[str] = (),
+    protocol: str = "5",
 ) -> DeviceConfig:
-    """The configuration a provisioned device would read from its ``device.toml``."""
+    """The configuration a provisioned device would read from its ``device.toml``;
+    ``broker_urls`` (several nodes) replaces ``broker_url``, the device starting on the first."""
     b = device.behaviour
     health: dict[str, Any] = {"timeout": "10s"}
     if b.health_check or not b.healthy:
@@ -106,14 +110,19 @@ def device_config(
     raw: dict[str, Any] = {
         "device": {"id": device.device_id, "model": model, "groups": list(groups),
                    "state_dir": str(state_dir)},
-        "broker": {"url": broker_url, "username": device.device_id, "password": device.password,
-                   "keepalive": "60s", "session_expiry": "1h", "topic_prefix": topic_prefix},
+        "broker": {"username": device.device_id, "password": device.password,
+                   "keepalive": "60s", "session_expiry": "1h", "topic_prefix": topic_prefix,
+                   "protocol": protocol},
         "trust": {"root_keys": list(root_keys), "root_threshold": 1},
         "download": {"bandwidth_bytes_per_s": b.bandwidth, "connect_timeout": "10s",
                      "read_timeout": "30s", "progress_interval": "2s"},
         "install": {"handler": "directory"},
         "health": health,
     }  # fmt: skip
+    if broker_urls:
+        raw["broker"]["urls"] = starting_at(device.device_id, broker_urls)
+    else:
+        raw["broker"]["url"] = broker_url
     if b.hold_updates:
         raw["policy"] = {"hold_until": "2999-01-01T00:00:00Z", "download_ahead": False}
     return parse_config(raw, source=f"{device.device_id}.toml", base=state_dir)
@@ -182,9 +191,13 @@ class SimFleet:
         root_keys: Sequence[str],
         groups: Sequence[str] = (),
         observer: Observer | None = None,
+        broker_urls: Sequence[str] = (),
+        protocol: str = "5",
     ) -> None:
         self.root = root
         self.broker_url = broker_url
+        self.broker_urls = list(broker_urls)
+        self.protocol = protocol
         self.topic_prefix = topic_prefix
         self.root_keys = list(root_keys)
         self.groups = list(groups)
@@ -207,7 +220,8 @@ class SimFleet:
         state.mkdir(parents=True, exist_ok=True)
         return device_config(
             device, state_dir=state, broker_url=self.broker_url, topic_prefix=self.topic_prefix,
-            root_keys=self.root_keys, groups=self.groups,
+            root_keys=self.root_keys, groups=self.groups, broker_urls=self.broker_urls,
+            protocol=self.protocol,
         )  # fmt: skip
 
     def start_device(self, device_id: str) -> None:

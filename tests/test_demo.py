@@ -29,8 +29,8 @@ def fleetpush() -> list[str]:
     return [sys.executable, "-c", "from orchestrator.cli.main import main; main()"]
 
 
-def mosquittos_under(folder: Path) -> list[int]:
-    """Pids of mosquitto processes whose command line mentions ``folder``."""
+def mosquittos_under(folder: Path, program: bytes = b"mosquitto") -> list[int]:
+    """Pids of mosquitto (or ``program``) processes whose command line mentions ``folder``."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -39,11 +39,7 @@ def mosquittos_under(folder: Path) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (
-            cmdline
-            and cmdline[0].endswith(b"mosquitto")
-            and str(folder).encode() in b" ".join(cmdline)
-        ):
+        if cmdline and cmdline[0].endswith(program) and str(folder).encode() in b" ".join(cmdline):
             found.append(int(proc.name))
     return found
 
@@ -120,6 +116,33 @@ def test_demo_with_replicas_finishes_when_one_is_sigkilled() -> None:
     assert 0 < sent[killed] < 10  # the killed one sent phase 1, the other the rest
     assert mosquittos_under(tmp) == []
     assert left == []
+
+
+def test_demo_on_a_broker_cluster_finishes_when_the_devices_node_is_sigkilled(
+    tmp_path: Path,
+) -> None:
+    """``--broker-cluster 3``: three nats-server nodes, every device on node a, the
+    orchestrator on b; a is SIGKILLed once the first device verified its notice, the
+    devices move on and all succeed; nothing is left running or on disk."""
+    result = subprocess.run(
+        [*fleetpush(), "demo", "--devices", "6", "--soak", "0.2", "--broker-cluster", "3",
+         "--json"],
+        env=demo_env(tmp_path), capture_output=True, timeout=110, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["rollout_state"] == "completed"
+    assert summary["devices_succeeded"] == 6
+    assert summary["broker_nodes"] == 3
+    assert (summary["devices_started_on"], summary["orchestrator_on"]) == ("a", "b")
+    assert summary["killed_broker_node"] == "a"
+    where = summary["devices_by_node"]
+    assert where["a"] == 0
+    assert where["b"] + where["c"] == 6
+    assert summary["time_to_reconnect_s"] > 0
+    assert summary["device_final_states"] == {"succeeded": 6}  # as the devices say
+    assert mosquittos_under(tmp_path, b"nats-server") == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_demo_stops_everything_on_sigterm(tmp_path: Path) -> None:
