@@ -7,6 +7,8 @@ tests/test_device_broker_urls.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import struct
 from collections.abc import Callable, Sequence
@@ -16,6 +18,7 @@ import pytest
 from orchestrator.engine_notices import NoticeSending
 from orchestrator.mqtt import codec
 from orchestrator.mqtt.codec import ConnAck, Decoder, PacketAck, Publish, SubAck
+from orchestrator.mqtt.link import MqttLink
 from orchestrator.mqtt.settings import MqttConfig
 from orchestrator.mqtt.versions import (
     SHORT_SESSION_S,
@@ -150,7 +153,7 @@ def test_refused_shared_subscriptions_fall_back_to_plain_ones(
         assert FILTERS[reasons.index(max(reasons))] in caplog.text
 
 
-def test_refused_plain_subscriptions_are_logged_and_not_retried(
+def test_refused_plain_subscriptions_are_logged_and_not_replaced(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING):
@@ -225,3 +228,68 @@ async def test_an_expired_notice_is_not_published_again_where_the_broker_cannot_
     await sending.resend_sent(1000.0)
     assert publisher.calls == published
     assert sorted(store.marked) == sorted(marked)
+
+
+# --- a refused plain subscription is asked for again (a broker cluster electing leaders) ---
+
+
+async def _packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One client packet: its type and body (the link's CONNECT, SUBSCRIBE, PINGREQ...)."""
+    first = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            break
+    return first >> 4, await reader.readexactly(length)
+
+
+async def test_a_refused_report_subscription_is_asked_for_again_until_granted() -> None:
+    """A scripted 3.1.1 server (no real broker refuses on cue): the first SUBSCRIBE gets
+    0x80, as nats-server answers while its cluster elects new leaders; the link asks again,
+    on the same connection, and the second is granted."""
+    subscribes: asyncio.Queue[bytes] = asyncio.Queue()
+    closed = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        refusals = 1
+        try:
+            await _script(reader, writer, refusals)
+        finally:
+            writer.close()
+            closed.set()
+
+    async def _script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, refusals: int
+    ) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                kind, body = await _packet(reader)
+                if kind == codec.CONNECT:
+                    writer.write(b"\x20\x02\x00\x00")
+                elif kind == codec.SUBSCRIBE:
+                    await subscribes.put(body[2:])
+                    code = 0x80 if refusals else 0x01
+                    refusals = max(0, refusals - 1)
+                    writer.write(bytes([0x90, 3]) + body[:2] + bytes([code]))
+                elif kind == codec.PINGREQ:
+                    writer.write(b"\xd0\x00")
+                await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = MqttConfig(url=f"mqtt://127.0.0.1:{port}", username="o", password="p",
+                     topic_prefix="p", protocol="3.1.1")  # fmt: skip
+    link = MqttLink(cfg, ["p/device/+/report"])
+    try:
+        await asyncio.to_thread(link.start)
+        first = await asyncio.wait_for(subscribes.get(), 10)
+        again = await asyncio.wait_for(subscribes.get(), 10)  # RESUBSCRIBE_MIN_S, jittered
+        assert first == again == struct.pack("!H", 17) + b"p/device/+/report\x01"
+    finally:
+        await asyncio.to_thread(link.stop)
+        await asyncio.wait_for(closed.wait(), 10)  # the link hung up: our side closed too
+        server.close()
+        await server.wait_closed()

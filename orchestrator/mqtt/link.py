@@ -45,6 +45,12 @@ RECEIVE_MAXIMUM = 65535  # unacknowledged QoS 1 messages the broker may send us
 MAX_INFLIGHT = 1000  # our QoS 1 publishes awaiting PUBACK at once (less if the broker says)
 BACKOFF_MIN_S = 0.2  # first reconnect delay; doubles per failed attempt, jittered (x0.5-1)
 BACKOFF_MAX_S = 30.0
+# A refused subscription is asked for again after this long, doubling up to the cap: a
+# clustered broker refuses (3.1.1: a bare 0x80) while it elects new leaders after losing a
+# node (nats-server: docs/broker.md, "Cluster"), and a link without its report
+# subscription would hear no device until its next reconnect.
+RESUBSCRIBE_MIN_S = 1.0
+RESUBSCRIBE_MAX_S = 60.0
 
 _T = TypeVar("_T")
 
@@ -135,6 +141,8 @@ class MqttLink:
         self._window = MAX_INFLIGHT
         self._batches: set[_Batch] = set()  # publish_many calls waiting
         self._qos2: set[int] = set()  # incoming QoS 2 packet ids awaiting PUBREL
+        self._sub_ids: dict[int, tuple[str, ...]] = {}  # SUBSCRIBE packet id -> its filters
+        self._resubscribe = Backoff(RESUBSCRIBE_MIN_S, RESUBSCRIBE_MAX_S)
         self._handlers = Handlers(self._on_connack, self._on_publish, self._on_ack,
                                   self._on_suback, self.connected.clear)  # fmt: skip
 
@@ -263,8 +271,10 @@ class MqttLink:
         self._window = max(1, min(MAX_INFLIGHT, ack.receive_maximum - 8))
         logger.info("connected to MQTT broker (session present: %s)", ack.session_present)
         self._qos2.clear()
+        self._sub_ids.clear()
+        self._resubscribe.reset()
         if self.subscriptions:
-            proto.write(codec.subscribe(self._packet_id(), self.subscriptions, version=self._level))
+            self._subscribe(proto, self.subscriptions)
         if ack.session_present:
             # The broker keeps our unacknowledged publishes' state: send them again as is.
             proto.write(b"".join(codec.set_dup(packet) for _, packet in self._inflight.values()))
@@ -334,11 +344,33 @@ class MqttLink:
             self._qos2.discard(a.packet_id)
             self._proto.write(codec.pubcomp(a.packet_id))
 
+    def _subscribe(self, proto: MqttProtocol, filters: Sequence[str]) -> None:
+        packet_id = self._packet_id()
+        self._sub_ids[packet_id] = tuple(filters)
+        proto.write(codec.subscribe(packet_id, filters, version=self._level))
+
     def _on_suback(self, s: codec.SubAck) -> None:
-        plain = subscription_fallback(self.subscriptions, s.reasons, self._level)
-        if plain is not None and self._proto is not None:
+        filters = self._sub_ids.pop(s.packet_id, self.subscriptions)
+        plain = subscription_fallback(filters, s.reasons, self._level)
+        proto = self._proto
+        if proto is None:
+            return
+        if plain is not None:
             self.subscriptions = plain  # kept for later connects: asked once per refusal
-            self._proto.write(codec.subscribe(self._packet_id(), plain, version=self._level))
+            self._subscribe(proto, plain)
+            return
+        refused = tuple(f for f, r in zip(filters, s.reasons, strict=False) if r >= 0x80)
+        if refused:
+            delay = self._resubscribe.next_delay()
+            logger.warning("asking the broker again for %s in %.0fs", ", ".join(refused), delay)
+            self._spawn(self._subscribe_later(proto, refused, delay))
+
+    async def _subscribe_later(
+        self, proto: MqttProtocol, filters: tuple[str, ...], delay: float
+    ) -> None:
+        await asyncio.sleep(delay)
+        if proto is self._proto and self.connected.is_set():  # else the next CONNACK asks
+            self._subscribe(proto, filters)
 
     # --- acks ----------------------------------------------------------------------------
 
