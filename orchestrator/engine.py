@@ -141,13 +141,15 @@ class RolloutEngine(NoticeSending):
     async def run(self) -> None:
         """Pass after pass until cancelled; a failing pass is logged, never fatal."""
         while True:
+            # Cleared before the pass: a wake() during it (a report, an operator's action)
+            # then starts the next pass at once instead of being lost for tick_s.
+            self._wake.clear()
             try:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("rollout engine pass failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick_s)
 

@@ -21,7 +21,15 @@ import aiohttp
 import aiomqtt
 import pytest
 from fault_helpers import healthy
-from orch_helpers import TOKENS, Api, Fleet, root_hex, wait_until, write_orchestrator
+from orch_helpers import (
+    SERVE_START_S,
+    TOKENS,
+    Api,
+    Fleet,
+    root_hex,
+    wait_until,
+    write_orchestrator,
+)
 
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.brokers import BROKERS, MatrixBroker, NatsCluster, make_broker
@@ -161,7 +169,9 @@ async def rig_on(broker: AnyBroker, root: Path) -> AsyncIterator[Rig]:
         api = Api(session, base, TOKENS["operator"])
         serve.start()
         try:
-            await wait_until(lambda: healthy(session, base), within=60, what="serve healthy")
+            await wait_until(
+                lambda: healthy(session, base), within=SERVE_START_S, what="serve healthy"
+            )
             yield Rig(broker, root, serve, api, fleet, uuid.uuid4().hex[:6])
         finally:
             await fleet.stop_all()

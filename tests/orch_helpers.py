@@ -122,6 +122,11 @@ class Fleet:
             await self.stop(device_id)
 
 
+# How long a `fleetpush serve` process may take to answer /healthz: three start at once in
+# the replica tests, and a soak runs the suite beside two CPU hogs on 2 cores.
+SERVE_START_S = 90.0
+
+
 async def wait_until(
     check: Callable[[], Awaitable[Any]], *, within: float = 30.0, what: str = "condition"
 ) -> Any:

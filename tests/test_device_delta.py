@@ -336,3 +336,37 @@ async def test_a_security_update_is_not_held_by_a_metered_link(rig: Rig, tmp_pat
     await rig.reports.wait_state("succeeded", notice.notice_id)
     assert "deferred" not in rig.reports.states(notice.notice_id)
     assert rig.server.bytes_sent["v1.tar"] == len(v1)
+
+
+async def test_a_wake_while_the_metered_check_runs_is_not_lost(rig: Rig, tmp_path: Path) -> None:
+    """The link becomes free while the metered-link command is still answering "metered":
+    the runner checks again at once instead of sleeping on that stale answer (it slept 60 s,
+    the wake cleared after the check: this test's parent above failed that way under load)."""
+    v1, v2 = releases()
+    flag, pause, started, go = (tmp_path / n for n in ("metered", "pause", "started", "go"))
+    script = (
+        f'm=1; [ -e "{flag}" ] || m=0; '
+        f'if [ -e "{pause}" ]; then touch "{started}"; '
+        f'while [ ! -e "{go}" ]; do sleep 0.01; done; fi; [ $m = 1 ]'
+    )
+    device = await rig.start_device(
+        sections={"download": {"metered_command": ["/bin/sh", "-c", script]}}
+    )
+    await install_v1(rig, v1)
+    flag.touch()
+    full = rig.server.add("v2.tar", v2)
+    other = b"a base this device never had"  # so only the full payload applies
+    patch = codec.make(other, v2)
+    entry = delta_entry(other, patch, [rig.server.add("v2.delta", patch)])
+    notice, data = delta_notice(rig.signer, "dev-001", v2, [full], [entry], topics=rig.topics)
+    await rig.publish(data)
+    await rig.reports.wait_state("deferred", notice.notice_id)
+    pause.touch()
+    device.agent.wake()
+    await wait_for(started.exists, 30, "a metered check that pauses")
+    pause.unlink()
+    flag.unlink()  # the paused check already read "metered"
+    device.agent.wake()
+    go.touch()
+    await rig.reports.wait_state("succeeded", notice.notice_id)
+    assert "v2.tar" in rig.server.bytes_sent

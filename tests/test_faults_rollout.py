@@ -36,7 +36,15 @@ from fault_helpers import (
     release_tar,
     tmpfs,
 )
-from orch_helpers import TOKENS, Api, Fleet, root_hex, wait_until, write_orchestrator
+from orch_helpers import (
+    SERVE_START_S,
+    TOKENS,
+    Api,
+    Fleet,
+    root_hex,
+    wait_until,
+    write_orchestrator,
+)
 
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.replicas import ServeProcess
@@ -161,7 +169,9 @@ async def rig(tmp_path: Path, broker: MosquittoBroker, topics: Topics) -> AsyncI
 async def start_rollout(rig: Rig, ids: list[str], *, settle: bool = False, **spec: Any) -> int:
     rig.broker.reload()
     rig.serve.start()
-    await wait_until(lambda: healthy(rig.api.session, rig.base), what="serve healthy")
+    await wait_until(
+        lambda: healthy(rig.api.session, rig.base), within=SERVE_START_S, what="serve healthy"
+    )
     for d in ids:
         if d not in rig.procs:
             rig.fleet.start(d)

@@ -15,7 +15,16 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 from device_helpers import write_config
-from orch_helpers import TOKENS, Api, Fleet, assert_spoke, root_hex, running, wait_until
+from orch_helpers import (
+    SERVE_START_S,
+    TOKENS,
+    Api,
+    Fleet,
+    assert_spoke,
+    root_hex,
+    running,
+    wait_until,
+)
 from replica_helpers import Balancer, Replicas, health, write_replicas
 
 from fleetpush_protocol.topics import Topics
@@ -70,7 +79,9 @@ async def replicas_up(
     try:
         async with aiohttp.ClientSession() as session:
             for r in reps.items:
-                await wait_until(lambda r=r: health(r, session), what=f"{r.name} healthy")
+                await wait_until(
+                    lambda r=r: health(r, session), within=SERVE_START_S, what=f"{r.name} healthy"
+                )
             yield reps, fleet, session, balancer
     finally:
         await fleet.stop_all()

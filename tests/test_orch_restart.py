@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from orch_helpers import (
+    SERVE_START_S,
     TOKENS,
     Api,
     Fleet,
@@ -64,7 +65,9 @@ async def test_orchestrator_killed_and_restarted_mid_rollout(
     broker.reload()
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_until(lambda: _healthy(session, base), what="serve healthy")
+            await wait_until(
+                lambda: _healthy(session, base), within=SERVE_START_S, what="serve healthy"
+            )
             api = Api(session, base, TOKENS["operator"])
             for d in ids:
                 fleet.start(d)

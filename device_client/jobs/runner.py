@@ -301,7 +301,12 @@ class JobRunner:
         security update's own rules in ``device_client.jobs.security``."""
         said: tuple[str, float] | None = None
         said_at = self.clock()  # the caller reported the first deferral
-        while (blocked := await self._blocked(job, notice)) is not None:
+        while True:
+            # Cleared before the check, not after it: a wake() that comes while the check
+            # runs (a metered-link command, a gate hook) must end the next sleep at once.
+            self._wake.clear()
+            if (blocked := await self._blocked(job, notice)) is None:
+                return
             # An application's hold is said again when its end moves (a new hold), and every
             # DEFERRED_RESAY_S while it lasts: the orchestrator times out a device silent for
             # the rollout's device_timeout, and a hold or a window may be longer than that.
@@ -339,7 +344,6 @@ class JobRunner:
 
     async def _sleep_until(self, until: float) -> None:
         timeout = max(0.05, min(until - self.clock(), MAX_WAIT_S))
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
