@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 # password, not authorized, banned, bad authentication method.
 _REFUSED = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
 
+# A refused subscription is asked for again after this long, doubling up to the cap.
+RESUBSCRIBE_MIN_S = 1.0
+RESUBSCRIBE_MAX_S = 300.0
 ACK_TIMEOUT_CAP_S = 600.0  # seconds: the longest wait before resending unconfirmed reports
 UNCONFIRMED_WARN = 3  # resends of one report without a confirmation before a warning
 
@@ -134,21 +137,38 @@ class MqttSession:
             timeout=max(10.0, b.keepalive_s / 2),
         )
 
-    def _check_granted(self, granted: tuple[int, ...] | list[ReasonCode]) -> None:
+    def _check_granted(
+        self, granted: tuple[int, ...] | list[ReasonCode], asked: list[str] | None = None
+    ) -> None:
         """Say which subscriptions the broker refused (a 3.1.1 SUBACK says only 0x80).
 
-        Not retried: the same login gets the same answer, and the device works on with
-        what it has (a refused group notice topic only loses that group's notices).
+        The device works on with what it has (a refused group notice topic only loses
+        that group's notices) and asks again for the rest (``_resubscribe``).
         """
+        asked = self._subscriptions if asked is None else asked
         codes = [g if isinstance(g, int) else g.value for g in granted]
-        refused = [t for t, c in zip(self._subscriptions, codes, strict=False) if c >= 0x80]
+        refused = [t for t, c in zip(asked, codes, strict=False) if c >= 0x80]
         if refused and refused != self._refused_subs:
             logger.error(
                 "%s: the broker refused the subscriptions %s: check the broker's ACL for "
-                "this device's username (fleetpush broker identities)",
+                "this device's username (fleetpush broker identities); asking again",
                 self._client_id, ", ".join(refused),
             )  # fmt: skip
+        elif self._refused_subs and not refused:
+            logger.info("%s: the broker granted %s", self._client_id, ", ".join(asked))
         self._refused_subs = refused
+
+    async def _resubscribe(self, client: aiomqtt.Client) -> None:
+        """Ask again for refused subscriptions on this connection, with backoff: a broker
+        cluster refuses them for seconds while it elects new leaders after losing a node
+        (docs/broker.md, "Cluster"), and a device without its notice topic would hear
+        nothing until its next reconnect. An ACL's refusal costs one SUBSCRIBE per
+        RESUBSCRIBE_MAX_S."""
+        backoff = Backoff(RESUBSCRIBE_MIN_S, RESUBSCRIBE_MAX_S)
+        while self._refused_subs:
+            await asyncio.sleep(backoff.next_delay())
+            asked = list(self._refused_subs)
+            self._check_granted(await client.subscribe([(t, 1) for t in asked]), asked)
 
     def _tls_context(self) -> ssl.SSLContext:
         b = self._broker
@@ -200,6 +220,7 @@ class MqttSession:
         sender = asyncio.create_task(self._send_outbox(client, unacked))
         timer = asyncio.create_task(self._resend_timer())
         gave_up = asyncio.create_task(unacked.wait())
+        again = asyncio.create_task(self._resubscribe(client))
         messages = aiter(client.messages)
         nxt: asyncio.Future[aiomqtt.Message] | None = None
         try:
@@ -214,7 +235,7 @@ class MqttSession:
                 if isinstance(payload, bytes | bytearray):
                     await self._on_message(message.topic.value, bytes(payload))
         finally:
-            await cancel_and_wait(sender, timer, gave_up, nxt)
+            await cancel_and_wait(sender, timer, gave_up, again, nxt)
 
     async def _tls_alert(self) -> str:
         """The TLS alert the broker sends this device's certificate, if any ("" if none).
