@@ -75,6 +75,7 @@ class RawSubscriber(asyncio.Protocol):
     # callback returned True (e.g. after the device verified the notice).
     on_publish: Callable[[str, bytes], bool] | None = None
     version: int = 4  # 4: MQTT 3.1.1; 5: MQTT 5 with the largest receive maximum
+    acked: int = 0  # acknowledgements of our own QoS 1 publishes (PUBACK)
     _transport: asyncio.Transport | None = None
     _decoder: codec.Decoder | None = None
     _waiter: asyncio.Future[codec.Packet] | None = None
@@ -122,6 +123,8 @@ class RawSubscriber(asyncio.Protocol):
                     self.received.append(time.perf_counter())
                 if p.qos:
                     acks.append(p.packet_id)
+            elif isinstance(p, codec.PacketAck):
+                self.acked += 1
         if acks and self._transport is not None:
             self._transport.write(codec.pubacks(acks))
 

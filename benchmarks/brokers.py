@@ -91,6 +91,9 @@ async def _one(name: str, n: int, root: Path) -> dict[str, Any]:
         done = await _wait([orch], n, 600)
         out["ingest_s"] = None if done is None else round(done - t0, 3)
         out["ingest_per_s"] = None if done is None else round(n / (done - t0))
+        # Where reports went missing: the broker acknowledged them (then lost them), or not.
+        out["reports_received"] = len(orch.received)
+        out["reports_acked_by_broker"] = sum(s.acked for s in subs)
         for s in [*subs, orch]:
             await s.close()
     finally:
@@ -100,10 +103,13 @@ async def _one(name: str, n: int, root: Path) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     raise_open_files()
-    plan = {200: BROKERS} if quick else {1000: BROKERS, 10_000: BROKERS}
+    plan: dict[int, tuple[str, ...]] = {200: BROKERS} if quick else {1000: BROKERS, 10_000: BROKERS}
     if os.environ.get("FLEETPUSH_BENCH_SIZES"):  # e.g. "10000": only those sizes of the plan
         sizes = {int(x) for x in os.environ["FLEETPUSH_BENCH_SIZES"].split(",")}
         plan = {n: names for n, names in plan.items() if n in sizes}
+    if os.environ.get("FLEETPUSH_BENCH_BROKERS"):  # e.g. "mosquitto,nats"
+        names = tuple(os.environ["FLEETPUSH_BENCH_BROKERS"].split(","))
+        plan = {n: tuple(b for b in bs if b in names) for n, bs in plan.items()}
     results: dict[str, Any] = {"cpus": os.cpu_count(), "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="fleetpush-brokers-") as tmp:
         for n, names in plan.items():
