@@ -36,7 +36,7 @@ from fleetpush_protocol.topics import Topics
 from orchestrator.config import IngestConfig
 from orchestrator.evidence import accept_output
 from orchestrator.ingest_guard import RateLimiter, ack_items
-from orchestrator.mqtt.link import Message
+from orchestrator.mqtt.message import Message
 from orchestrator.store import Database, IngestResult, Store
 
 __all__ = ["IngestStats", "Ingestor"]

@@ -14,7 +14,8 @@ from fleetpush_protocol.topics import Topics
 from fleetpush_sim.broker import Probe, tls_context
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import MqttConfig, parse_config
-from orchestrator.mqtt.link import Message, MqttLink
+from orchestrator.mqtt.link import MqttLink
+from orchestrator.mqtt.message import Message
 from orchestrator.security.pki import FleetCA
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,8 @@ from fleetpush_protocol.topics import Topics
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import MqttConfig
 from orchestrator.mqtt import codec
-from orchestrator.mqtt.link import Message, MqttLink
+from orchestrator.mqtt.link import MqttLink
+from orchestrator.mqtt.message import Message
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -26,17 +26,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fleetpush_common.backoff import Backoff
 from fleetpush_common.tasks import cancel_and_wait
 from orchestrator.mqtt import codec
+from orchestrator.mqtt.message import Batch, Entry, Message, PublishTimeoutError
 from orchestrator.mqtt.protocol import Handlers, MqttProtocol
 from orchestrator.mqtt.settings import MqttConfig
 from orchestrator.mqtt.versions import RefusedError, hello, subscription_fallback
 
-__all__ = ["Message", "MqttLink", "PublishTimeoutError"]
+__all__ = ["MqttLink"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,45 +53,6 @@ RESUBSCRIBE_MIN_S = 1.0
 RESUBSCRIBE_MAX_S = 60.0
 
 _T = TypeVar("_T")
-
-
-class PublishTimeoutError(TimeoutError):
-    """The broker did not acknowledge every publish in time."""
-
-
-@dataclass(slots=True)
-class Message:
-    """A message received from the broker.
-
-    ``mid`` is the handle to pass to ``MqttLink.ack``: the packet identifier tagged with the
-    connection the message came on (0 for QoS 0).
-    """
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    mid: int
-
-
-class _Batch:
-    """The publishes of one ``publish_many`` call; ``future`` resolves at the last PUBACK."""
-
-    __slots__ = ("future", "left", "total")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
-        self.future: asyncio.Future[None] = loop.create_future()
-        self.left = n
-        self.total = n
-
-    def acked(self) -> None:
-        self.left -= 1
-        if self.left == 0 and not self.future.done():
-            self.future.set_result(None)
-
-
-# topic, payload, retain, its batch, MQTT 5 message expiry in seconds (0: none)
-_Entry = tuple[str, bytes, bool, _Batch, int]
 
 
 class MqttLink:
@@ -135,11 +96,11 @@ class MqttLink:
         self._acks: list[int] = []
         self._ack_scheduled = False
         # outgoing publishes (loop thread only)
-        self._outbox: deque[_Entry] = deque()
-        self._inflight: dict[int, tuple[_Entry, bytes]] = {}  # packet id -> entry, packet
+        self._outbox: deque[Entry] = deque()
+        self._inflight: dict[int, tuple[Entry, bytes]] = {}  # packet id -> entry, packet
         self._next_id = 0
         self._window = MAX_INFLIGHT
-        self._batches: set[_Batch] = set()  # publish_many calls waiting
+        self._batches: set[Batch] = set()  # publish_many calls waiting
         self._qos2: set[int] = set()  # incoming QoS 2 packet ids awaiting PUBREL
         self._sub_ids: dict[int, tuple[str, ...]] = {}  # SUBSCRIBE packet id -> its filters
         self._resubscribe = Backoff(RESUBSCRIBE_MIN_S, RESUBSCRIBE_MAX_S)
@@ -433,7 +394,7 @@ class MqttLink:
         timeout: float,  # noqa: ASYNC109
         expiry_s: int,
     ) -> None:
-        batch = _Batch(asyncio.get_running_loop(), len(items))
+        batch = Batch(asyncio.get_running_loop(), len(items))
         self._outbox.extend((t, p, r, batch, expiry_s) for t, p, r in items)
         self._batches.add(batch)
         self._pump()
