@@ -61,7 +61,7 @@ async def _run(database: DatabaseConfig, n: int, tmp: Path) -> dict[str, Any]:
         rid = await db.run(prepare)
 
         def link(user: str) -> MqttLink:
-            lk = MqttLink(MqttConfig(host=broker.host, port=broker.port, username=user,
+            lk = MqttLink(MqttConfig(url=broker.url, username=user,
                                      password=broker.password(user),
                                      topic_prefix=topics.prefix))  # fmt: skip
             lk.start()

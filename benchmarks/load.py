@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil  # type: ignore[import-untyped]
+import psutil
 
 from benchmarks._mqtt_raw import RawSubscriber, connect_all
 from fleetpush_protocol.driver import Accepted, DeviceTrust

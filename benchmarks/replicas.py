@@ -112,7 +112,7 @@ def _run_replicas(  # noqa: PLR0917 - one measured run
     stop, readies = ctx.Event(), [ctx.Event() for _ in users]
     procs = []
     for i, u in enumerate(users):
-        cfg = MqttConfig(host=broker.host, port=broker.port, username=u,
+        cfg = MqttConfig(url=broker.url, username=u,
                          password=broker.password(u), topic_prefix=topics.prefix)  # fmt: skip
         p = ctx.Process(target=_replica, args=(cfg, url, share, received[i], committed[i],
                                                stop, readies[i]), daemon=True)  # fmt: skip

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import random
 import sqlite3
@@ -46,7 +47,7 @@ from typing import Any
 import psycopg
 
 from orchestrator.config import DatabaseConfig
-from orchestrator.engine import MAX_NOTICES_PER_PASS
+from orchestrator.engine_notices import MAX_NOTICES_PER_PASS
 from orchestrator.rollouts import TargetSpec, phase_key, selector
 from orchestrator.rules import ACTIVE_ROLLOUT_STATES, RolloutSpec
 from orchestrator.store import DeviceFilter, NoticeRecord, ReleaseRecord, Store, open_store
@@ -88,13 +89,13 @@ class _Raw:
             with psycopg.connect(self.database.url) as conn:
                 yield conn
         else:
-            conn = sqlite3.connect(self.database.sqlite_path)
-            conn.execute("PRAGMA foreign_keys=ON")  # as the store has them
+            lite = sqlite3.connect(self.database.sqlite_path)
+            lite.execute("PRAGMA foreign_keys=ON")  # as the store has them
             try:
-                with conn:
-                    yield conn
+                with lite:
+                    yield lite
             finally:
-                conn.close()
+                lite.close()
 
     def _clone(self, conn: Any, table: str) -> None:
         """An empty copy of ``table`` with its keys and indexes, named ``bare_<table>``."""
@@ -183,7 +184,8 @@ def _pages(store: Store, ids: list[str], pages: int, **f: Any) -> list[float]:
     out = []
     for _ in range(pages):
         after = rng.choice(ids[: max(1, len(ids) - 100)])
-        dt, _ = _timed(lambda a=after: store.list_devices(DeviceFilter(limit=100, after=a, **f)))
+        page = DeviceFilter(limit=100, after=after, **f)
+        dt, _ = _timed(functools.partial(store.list_devices, page))
         out.append(dt * 1000)
     return out
 
@@ -231,7 +233,8 @@ def _one(database: DatabaseConfig, n: int, pages: int) -> dict[str, Any]:
         search = _pages(store, ids, pages, group="canary")
         offset = []
         for o in random.Random(2).sample(range(max(1, n - 100)), min(pages, 30)):
-            dt, _ = _timed(lambda o=o: store.list_devices(DeviceFilter(limit=100, offset=o)))
+            skip = DeviceFilter(limit=100, offset=o)
+            dt, _ = _timed(functools.partial(store.list_devices, skip))
             offset.append(dt * 1000)
         out["page_ms"] = {"p50": _pct(keyset, 0.5), "p99": _pct(keyset, 0.99)}
         out["search_ms"] = {"p50": _pct(search, 0.5), "p99": _pct(search, 0.99)}
