@@ -43,7 +43,7 @@ def _share(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
     return value
 
 
-def _no_mosquitto(e: MosquittoNotFoundError | BrokerNotFoundError, as_json: bool) -> None:
+def _no_broker(e: MosquittoNotFoundError | BrokerNotFoundError, as_json: bool) -> None:
     message = f"fleetpush: {e}\n(or run: bash scripts/install)"
     if as_json:
         click.echo(json.dumps({"error": str(e)}))
@@ -210,7 +210,7 @@ def demo(  # noqa: PLR0917 - click passes options as parameters
                 summary = run_demo(options, on_status=show)
             _print_summary(console, summary)
     except (MosquittoNotFoundError, BrokerNotFoundError) as e:
-        _no_mosquitto(e, as_json)
+        _no_broker(e, as_json)
     except PostgresNotFoundError as e:
         if as_json:
             click.echo(json.dumps({"error": str(e)}))

@@ -14,6 +14,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from device_client.agent import DeviceAgent
+from device_client.transport.session import MqttSession
 from fleetpush_sim.brokers.nats_cluster import NatsCluster
 from fleetpush_sim.fleet import SimFleet
 
@@ -23,6 +25,11 @@ logger = logging.getLogger(__name__)
 
 DEVICES_NODE = 0  # node a: where every device starts, and the one killed
 ORCHESTRATOR_NODE = 1  # node b
+
+
+def _session(agent: DeviceAgent) -> MqttSession | None:
+    """The agent's MQTT session (None before its first connect attempt)."""
+    return agent.session if isinstance(agent.session, MqttSession) else None
 
 
 class NodeLoss:
@@ -55,18 +62,17 @@ class NodeLoss:
         if self._killed_at is None or self.reconnected_s is not None:
             return
         for agent in self.fleet.agents.values():
-            session = agent.session
-            connected = getattr(session, "connected", None)
-            if not isinstance(connected, asyncio.Event) or not connected.is_set():
+            session = _session(agent)
+            if session is None or not session.connected.is_set():
                 return
-            if getattr(session, "broker_url", "") == self.devices_url:
+            if session.broker_url == self.devices_url:
                 return
         self.reconnected_s = round(time.perf_counter() - self._killed_at, 3)
 
     def where(self) -> dict[str, int]:
         """How many devices are on each node now (every node listed)."""
         on = Counter(
-            self.cluster.node_of(getattr(a.session, "broker_url", ""))
+            self.cluster.node_of(s.broker_url if (s := _session(a)) else "")
             for a in self.fleet.agents.values()
         )
         return {n.letter: on.get(n.letter, 0) for n in self.cluster.nodes}
