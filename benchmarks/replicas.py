@@ -17,6 +17,7 @@ machine's cores, so on a 2-core machine the replicas compete with their own data
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import tempfile
 import time
 import uuid
@@ -24,6 +25,7 @@ from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
+from benchmarks._cpu import CpuWatch
 from benchmarks._mqtt_raw import RawPublisher, publish_packets
 from benchmarks.ingest import CHUNK, DEVICES, _bare_client, _feed, _reports
 from fleetpush_common.clock import SystemClock
@@ -121,12 +123,20 @@ def _run_replicas(  # noqa: PLR0917 - one measured run
     for r in readies:
         if not r.wait(60):
             raise RuntimeError("a replica did not start")
+    watch = CpuWatch(lambda: {
+        "replicas": [p.pid for p in procs if p.pid is not None],
+        "postgresql": [pg.postmaster_pid()],
+        "mosquitto": [pid] if (pid := broker.process.find_pid()) else [],
+        "publisher": [os.getpid()],
+    })  # fmt: skip
+    cpu0 = watch.sample()
     t0 = time.perf_counter()
     _feed(pub, packets, CHUNK, lambda: sum(v.value for v in received))
     deadline = time.monotonic() + 600
     while sum(v.value for v in committed) < n and time.monotonic() < deadline:
         time.sleep(0.005)
     elapsed = time.perf_counter() - t0
+    cpu = CpuWatch.between(cpu0, watch.sample())
     stop.set()
     for p in procs:
         p.join(30)
@@ -138,7 +148,7 @@ def _run_replicas(  # noqa: PLR0917 - one measured run
     stored = _stored(url)
     pg.drop_database(url.rsplit("/", 1)[-1].split("?")[0])
     return {"replicas": k, "reports_per_s": round(n / elapsed), "per_replica": shares,
-            "stored": stored, "lost": n - stored}  # fmt: skip
+            "stored": stored, "lost": n - stored, "cpu_cores": cpu}  # fmt: skip
 
 
 def run(quick: bool) -> dict[str, Any]:

@@ -134,6 +134,10 @@ class LocalPostgres:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
         self._start_server()
 
+    def postmaster_pid(self) -> int:
+        """The server's main process (its backends are its children), from its pid file."""
+        return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
     def create_database(self, name: str) -> str:
         """A new, empty database; returns its URL."""
         with psycopg.connect(self.url, autocommit=True) as conn:
