@@ -8,7 +8,7 @@ For N registered devices, on PostgreSQL (a private server, fsync off) and SQLite
 - create: a rollout for all N as ``POST /v1/rollouts`` does it (``preview_targets``, then
   ``create_rollout_for``: selector, order and phases in SQL, one ``INSERT … SELECT``),
   against the ceiling of a bare ``INSERT … SELECT`` of the same N rows into an empty copy
-  of the targets table (same keys, indexes and foreign key) in device-id order (no
+  of the targets table (same keys and indexes) in device-id order (no
   hashing, no phases), measured right after;
 - canary: a second rollout for the 10% in group ``canary`` while the first holds all N
   (the conflict count reads the first rollout's targets);
@@ -101,11 +101,6 @@ class _Raw:
         """An empty copy of ``table`` with its keys and indexes, named ``bare_<table>``."""
         if self.pg:
             conn.execute(f"CREATE TABLE bare_{table} (LIKE {table} INCLUDING ALL)")
-            if table == "rollout_targets":  # LIKE leaves foreign keys out
-                conn.execute(
-                    "ALTER TABLE bare_rollout_targets ADD FOREIGN KEY (rollout_id) "
-                    "REFERENCES rollouts (id)"
-                )
             return
         for (sql,) in conn.execute(
             "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL", (table,)
@@ -134,7 +129,7 @@ class _Raw:
 
     def insert_targets(self, rollout_id: int) -> float:
         """The rollout's rows again, into an empty copy of the targets table (keys,
-        indexes, foreign key), in device-id order, without hashing or phases."""
+        indexes), in device-id order, without hashing or phases."""
         with self._conn() as conn:
             self._clone(conn, "rollout_targets")
             t = time.perf_counter()

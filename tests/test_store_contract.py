@@ -112,6 +112,44 @@ def test_migrations_are_one_history_and_idempotent(database: DatabaseConfig) -> 
     store.close()
 
 
+def test_upgrading_keeps_every_rollout_target(
+    database: DatabaseConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 11 rebuilds the targets table (to drop its foreign key): a database made
+    before it keeps every target, every column, and its indexes."""
+    from orchestrator.store.sql import base
+
+    monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS[:10])
+    store = open_store(database)
+    rollout = _rollout(store, ["d1", "d2", "d3"])
+    store.cancel_device_targets(rollout.id, ["d2"], T0 + 1, "operator")
+    before = store.list_targets(rollout.id)
+    store.close()
+    monkeypatch.undo()
+    store = open_store(database)
+    try:
+        assert store.list_targets(rollout.id) == before
+        assert {t.device_id: t.state for t in before} == {
+            "d1": "pending",
+            "d2": "canceled",
+            "d3": "pending",
+        }
+        second = _rollout(store, ["d9"])  # the rebuilt table takes new rollouts
+        assert [t.device_id for t in store.list_targets(second.id)] == ["d9"]
+    finally:
+        store.close()
+    indexes = (
+        "SELECT count(*) FROM {} WHERE {} IN ('rollout_targets_state', 'rollout_targets_device')"
+    )
+    if database.backend == "sqlite":
+        with contextlib.closing(sqlite3.connect(database.sqlite_path)) as db:
+            n = db.execute(indexes.format("sqlite_master", "name")).fetchone()[0]
+    else:
+        with psycopg.connect(database.url) as conn:
+            n = conn.execute(indexes.format("pg_indexes", "indexname").encode()).fetchone()[0]  # type: ignore[index]
+    assert n == 2
+
+
 def test_a_newer_schema_is_refused(database: DatabaseConfig) -> None:
     open_store(database).close()
     _raw(database, f"UPDATE schema_version SET version = {len(MIGRATIONS) + 1}")  # noqa: S608
