@@ -35,6 +35,7 @@ import contextlib
 import functools
 import json
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -105,11 +106,9 @@ class _Raw:
         for (sql,) in conn.execute(
             "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL", (table,)
         ).fetchall():
-            conn.execute(
-                sql.replace(f"TABLE {table}", f"TABLE bare_{table}")
-                .replace(f"ON {table}", f"ON bare_{table}")
-                .replace("INDEX ", "INDEX bare_", 1)
-            )
+            # A table renamed by a migration is stored with its name quoted.
+            named = re.sub(rf'\b(TABLE|ON) "?{table}"?', rf"\1 bare_{table}", sql)
+            conn.execute(named.replace("INDEX ", "INDEX bare_", 1))
 
     def import_rows(self, rows: list[tuple[Any, ...]]) -> float:
         with self._conn() as conn:
