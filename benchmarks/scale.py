@@ -16,7 +16,8 @@ For N registered devices, on PostgreSQL (a private server, fsync off) and SQLite
   timeouts, phase counts, the next 5,000 pending targets, sequence numbers, store those
   notices, mark them published); ``counts``: its phase-count aggregate alone;
 - page: a page of 100 devices by key (``after`` = a random device id), p50 and p99; search:
-  the same in group ``canary``; offset: the old OFFSET paging, for comparison;
+  the same in group ``canary`` (10%); rare: in ``pilot`` (0.1%); offset: the old OFFSET
+  paging, for comparison;
 - RSS: of this process (which also holds the benchmark's own lists of N devices), and on
   PostgreSQL of a fresh process doing what the orchestrator does with the fleet
   (``benchmarks._scale_rss``: create a rollout for all, one pass, 100 pages).
@@ -185,9 +186,15 @@ def _pages(store: Store, ids: list[str], pages: int, **f: Any) -> list[float]:
 
 
 def _identities(ids: list[str]) -> list[tuple[str, tuple[str, ...], str]]:
-    """Every device in group ``fleet``, one in ten in ``canary`` too."""
-    return [(d, ("canary", "fleet") if i % 10 == 0 else ("fleet",), "rpi4")
-            for i, d in enumerate(ids)]  # fmt: skip
+    """Every device in group ``fleet``, one in ten in ``canary`` too, one in a thousand
+    in ``pilot`` as well."""
+
+    def groups(i: int) -> tuple[str, ...]:
+        if i % 1000 == 0:
+            return ("canary", "fleet", "pilot")
+        return ("canary", "fleet") if i % 10 == 0 else ("fleet",)
+
+    return [(d, groups(i), "rpi4") for i, d in enumerate(ids)]
 
 
 def _one(database: DatabaseConfig, n: int, pages: int) -> dict[str, Any]:
@@ -225,6 +232,7 @@ def _one(database: DatabaseConfig, n: int, pages: int) -> dict[str, Any]:
         out["pass_counts_s"] = round(_timed(lambda: store.phase_counts(rid))[0], 3)
         keyset = _pages(store, ids, pages)
         search = _pages(store, ids, pages, group="canary")
+        rare = _pages(store, ids, pages, group="pilot")
         offset = []
         for o in random.Random(2).sample(range(max(1, n - 100)), min(pages, 30)):
             skip = DeviceFilter(limit=100, offset=o)
@@ -232,6 +240,7 @@ def _one(database: DatabaseConfig, n: int, pages: int) -> dict[str, Any]:
             offset.append(dt * 1000)
         out["page_ms"] = {"p50": _pct(keyset, 0.5), "p99": _pct(keyset, 0.99)}
         out["search_ms"] = {"p50": _pct(search, 0.5), "p99": _pct(search, 0.99)}
+        out["rare_search_ms"] = {"p50": _pct(rare, 0.5), "p99": _pct(rare, 0.99)}
         out["offset_page_ms"] = {"p50": _pct(offset, 0.5), "p99": _pct(offset, 0.99)}
         out["pages_sampled"] = pages
         canary_target = TargetSpec(groups=("canary",))
