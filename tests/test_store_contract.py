@@ -150,6 +150,33 @@ def test_upgrading_keeps_every_rollout_target(
     assert n == 2
 
 
+def test_upgrading_fills_the_group_membership_from_both_lists(
+    database: DatabaseConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 12 builds the membership table from the devices' registry and operator
+    groups, so group pages and targets after an upgrade find the devices they did before."""
+    from orchestrator.store.sql import base
+
+    monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS[:11])
+    store = open_store(database)
+    store.ensure_devices(["a", "b", "c"], T0)
+    store.close()
+    _raw(
+        database, """UPDATE devices SET registry_groups = '["eu", "beta"]' WHERE device_id = 'a'"""
+    )
+    _raw(database, """UPDATE devices SET groups_ = '["eu"]' WHERE device_id IN ('a', 'b')""")
+    monkeypatch.undo()
+    store = open_store(database)
+    try:
+
+        def ids(group: str) -> list[str]:
+            return [d.device_id for d in store.list_devices(DeviceFilter(group=group))]
+
+        assert (ids("eu"), ids("beta"), ids("us")) == (["a", "b"], ["a"], [])
+    finally:
+        store.close()
+
+
 def test_a_newer_schema_is_refused(database: DatabaseConfig) -> None:
     open_store(database).close()
     _raw(database, f"UPDATE schema_version SET version = {len(MIGRATIONS) + 1}")  # noqa: S608

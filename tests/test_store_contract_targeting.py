@@ -195,6 +195,40 @@ def test_group_and_tag_filters_in_sql_equal_the_records(store: Store) -> None:
         assert [d.device_id for d in store.list_devices(DeviceFilter(tag=tag, limit=10**6))] == want
 
 
+def test_group_membership_follows_every_edit(store: Store) -> None:
+    """The membership table behind group pages and group targets is kept with both lists:
+    registry imports that add, move and drop devices, and operator edits, in any order."""
+    rng = random.Random(11)
+    ids = [f"m-{i:02d}" for i in range(40)]
+    store.ensure_devices(ids, T0)
+
+    def check(step: int) -> None:
+        devices = store.list_devices(DeviceFilter(limit=10**6))
+        for g in GROUPS[:4]:
+            want = [d.device_id for d in devices if g in d.groups]
+            got = [d.device_id for d in store.list_devices(DeviceFilter(group=g, limit=10**6))]
+            assert got == want, (step, g)
+            assert store.preview_targets(TargetSelector(groups=(g,))).total == len(want)
+
+    for step in range(30):
+        if rng.random() < 0.5:
+            store.sync_registry(
+                [(d, tuple(rng.sample(GROUPS[:4], rng.randrange(3))), "rpi4")
+                 for d in ids if rng.random() < 0.8],
+                T0 + step,
+            )  # fmt: skip
+        else:
+            for d in rng.sample(ids, 5):
+                store.set_device_labels(d, rng.sample(GROUPS[:4], rng.randrange(3)), None)
+        check(step)
+    groups = store.get_device(ids[1]).groups
+    store.set_device_labels(ids[1], None, {"k": "v"}, "x86")  # groups left as they are
+    assert store.get_device(ids[1]).groups == groups
+    check(30)
+    store.sync_registry([], T0 + 31)  # every device leaves the registry
+    check(31)
+
+
 # --- registry import ---------------------------------------------------------------------
 
 

@@ -30,26 +30,14 @@ _ACTIVE = f"r.state IN ({marks(len(ACTIVE_ROLLOUT_STATES))})"
 
 def in_groups(dialect: Dialect, groups: Sequence[str]) -> tuple[str, list[Any]]:
     """True when the device is in one of ``groups`` (its registry groups or the
-    operator's), and the values to bind.
-
-    The exact test reads the JSON; a LIKE on the stored text (each group is stored as
-    ``json.dumps`` writes it, quotes included) first skips the rows that cannot match, so
-    a group of 10% of a million devices parses about 100k arrays, not a million. LIKE is
-    only a pre-filter (``_`` is a wildcard, SQLite folds case); a name whose JSON form
-    holds a backslash, LIKE's escape, goes without it.
-    """
-    wanted = json.dumps(list(groups))
-    exact = (
-        f"(EXISTS (SELECT 1 FROM {dialect.json_array('devices.registry_groups', 'g')} "
-        f"WHERE g.value IN ({listed(dialect, 'w')})) OR EXISTS (SELECT 1 FROM "
-        f"{dialect.json_array('devices.groups_', 'g')} WHERE g.value IN "
-        f"({listed(dialect, 'w')})))"
+    operator's), and the values to bind: a probe of the membership table
+    (``device_groups``, which the store keeps with both lists), so a group of 10% of a
+    million devices reads its 100k rows, not a million JSON arrays."""
+    return (
+        "devices.device_id IN (SELECT m.device_id FROM device_groups m "
+        f"WHERE m.group_name IN ({listed(dialect, 'w')}))",
+        [json.dumps(list(groups))],
     )
-    quoted = [json.dumps(g) for g in groups]
-    if any("\\" in q for q in quoted):
-        return exact, [wanted, wanted]
-    like = " OR ".join("devices.registry_groups LIKE ? OR devices.groups_ LIKE ?" for _ in quoted)
-    return f"(({like}) AND {exact})", [*(f"%{q}%" for q in quoted for _ in (0, 1)), wanted, wanted]
 
 
 def selector_where(dialect: Dialect, sel: TargetSelector) -> tuple[str, list[Any]]:
@@ -114,15 +102,18 @@ class TargetingMethods(RolloutMethods):
             if active is None:  # nothing can hold a device: the common case, no second pass
                 return TargetPreview(int(total))
             # Driven from the selected devices, one index probe each (rollout_targets_device),
-            # not by joining every target of every active rollout.
+            # not by joining every target of every active rollout. The free devices come
+            # back as owner NULL: a WHERE on the owner was pushed under the group's join by
+            # PostgreSQL, and probed all 1,000,000 devices for a group of 100,000 (3.5 s).
             held = self._execute(
                 "SELECT owner, COUNT(*) FROM (SELECT (SELECT MIN(t.rollout_id) FROM "
                 "rollout_targets t JOIN rollouts r ON r.id = t.rollout_id WHERE "
                 f"t.device_id = devices.device_id AND {_ACTIVE}) AS owner FROM devices "
-                f"WHERE {where}) AS o WHERE owner IS NOT NULL GROUP BY owner",
+                f"WHERE {where}) AS o GROUP BY owner",
                 (*ACTIVE_ROLLOUT_STATES, *args),
             )
-            return TargetPreview(int(total), {int(r[0]): int(r[1]) for r in held})
+            owners = {int(r[0]): int(r[1]) for r in held if r[0] is not None}
+            return TargetPreview(int(total), owners)
 
     def create_rollout_for(
         self,
