@@ -71,11 +71,14 @@ async def run_command(
         return CommandResult(None, False, f"{argv[0]}: {e.strerror}")
     captured = Captured.new()
     # Both pipes are read as the child writes, into bounded tails (device_client.output_tail).
-    run = asyncio.gather(
-        drain(proc.stdout, captured.stdout), drain(proc.stderr, captured.stderr), proc.wait()
-    )
     try:
-        await asyncio.wait_for(run, timeout_s)
+        # asyncio.timeout, not wait_for: a wait_for of a gather that is cancelled leaves the
+        # gather's CancelledError unretrieved (Python 3.11), logged at shutdown as an error.
+        async with asyncio.timeout(timeout_s):
+            await asyncio.gather(
+                drain(proc.stdout, captured.stdout), drain(proc.stderr, captured.stderr),
+                proc.wait(),
+            )  # fmt: skip
     except TimeoutError:
         _kill_group(proc)
         await reap(proc, captured)
@@ -103,12 +106,10 @@ async def reap(
         with contextlib.suppress(Exception):
             proc.stdin.close()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(
-            asyncio.gather(
+        async with asyncio.timeout(within_s):
+            await asyncio.gather(
                 drain(proc.stdout, sink.stdout), drain(proc.stderr, sink.stderr), proc.wait()
-            ),
-            within_s,
-        )
+            )
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

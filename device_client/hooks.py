@@ -111,11 +111,9 @@ class NotifyHook:
             return
         err = RollingTail()  # its stderr, bounded as a step's (device_client.output_tail)
         try:
-            await asyncio.wait_for(
-                asyncio.gather(_feed(proc, json.dumps(info).encode()), drain(proc.stderr, err),
-                               proc.wait()),
-                timeout,
-            )  # fmt: skip
+            async with asyncio.timeout(timeout):  # not wait_for: see commands.run_command
+                await asyncio.gather(_feed(proc, json.dumps(info).encode()),
+                                     drain(proc.stderr, err), proc.wait())  # fmt: skip
         except TimeoutError:
             logger.warning("notify_command took longer than %gs; killed", timeout)
             return
