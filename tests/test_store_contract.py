@@ -115,24 +115,35 @@ def test_migrations_are_one_history_and_idempotent(database: DatabaseConfig) -> 
 def test_upgrading_keeps_every_rollout_target(
     database: DatabaseConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Migration 11 rebuilds the targets table (to drop its foreign key): a database made
-    before it keeps every target, every column, and its indexes."""
+    """Migration 11 rebuilds the targets table (to drop its foreign key) and 13 sizes each
+    phase from it: a database made before them keeps every target, its indexes, and counts
+    its phases as before."""
     from orchestrator.store.sql import base
 
     monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS[:10])
-    store = open_store(database)
-    rollout = _rollout(store, ["d1", "d2", "d3"])
-    store.cancel_device_targets(rollout.id, ["d2"], T0 + 1, "operator")
-    before = store.list_targets(rollout.id)
-    store.close()
+    open_store(database).close()
+    # Rows as fleetpush before migration 11 wrote them (ids clear of the identity columns').
+    _raw(database, "INSERT INTO releases (id, name, version, sha256, size, models, handler, "
+                   "handler_args, created_at) VALUES (100, 'app', '1', 'ab', 1, '[]', "
+                   "'directory', '{}', 0)")  # fmt: skip
+    _raw(database, "INSERT INTO rollouts (id, release_id, target, spec, state, created_at, "
+                   "updated_at) VALUES (100, 100, '{}', '{}', 'running', 0, 0)")  # fmt: skip
+    _raw(database, "INSERT INTO rollout_targets (rollout_id, device_id, position, phase, state,"
+                   " delivered, downloaded_bytes) VALUES (100, 'd1', 0, 0, 'pending', 0, NULL), "
+                   "(100, 'd2', 1, 0, 'canceled', 0, NULL), "
+                   "(100, 'd3', 2, 1, 'succeeded', 1, 7)")  # fmt: skip
     monkeypatch.undo()
     store = open_store(database)
     try:
-        assert store.list_targets(rollout.id) == before
-        assert {t.device_id: t.state for t in before} == {
-            "d1": "pending",
-            "d2": "canceled",
-            "d3": "pending",
+        targets = store.list_targets(100)
+        assert [(t.device_id, t.position, t.phase, t.state, t.delivered) for t in targets] == [
+            ("d1", 0, 0, "pending", False), ("d2", 1, 0, "canceled", False),
+            ("d3", 2, 1, "succeeded", True),
+        ]  # fmt: skip
+        assert store.download_totals(100) == (1, 7)
+        assert store.phase_counts(100) == {
+            0: PhaseCounts(total=2, pending=1, canceled=1),
+            1: PhaseCounts(total=1, succeeded=1),
         }
         second = _rollout(store, ["d9"])  # the rebuilt table takes new rollouts
         assert [t.device_id for t in store.list_targets(second.id)] == ["d9"]
@@ -146,7 +157,8 @@ def test_upgrading_keeps_every_rollout_target(
             n = db.execute(indexes.format("sqlite_master", "name")).fetchone()[0]
     else:
         with psycopg.connect(database.url) as conn:
-            n = conn.execute(indexes.format("pg_indexes", "indexname").encode()).fetchone()[0]  # type: ignore[index]
+            row = conn.execute(indexes.format("pg_indexes", "indexname").encode()).fetchone()
+            n = row[0] if row else 0
     assert n == 2
 
 

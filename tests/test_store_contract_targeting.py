@@ -15,8 +15,8 @@ from collections import Counter
 import pytest
 
 from orchestrator.rollouts import TargetSpec, active_owners, phase_key, select_targets, selector
-from orchestrator.rules import RolloutSpec, assign_phases
-from orchestrator.store import DeviceFilter, ReleaseRecord, Store, TargetSelector
+from orchestrator.rules import PhaseCounts, RolloutSpec, assign_phases
+from orchestrator.store import DeviceFilter, NoticeRecord, ReleaseRecord, Store, TargetSelector
 
 T0 = 1_700_000_000.0
 pytestmark = pytest.mark.integration
@@ -103,6 +103,45 @@ def test_a_large_ordered_fleet_splits_into_the_same_phases(store: Store) -> None
     )
 
 
+def _counted(store: Store, rollout_id: int) -> dict[int, PhaseCounts]:
+    """The phase counts as the targets' rows give them, one by one."""
+    counts: dict[int, PhaseCounts] = {}
+    for t in store.list_targets(rollout_id, limit=10**6):
+        counts.setdefault(t.phase, PhaseCounts()).add(t.state, t.delivered)
+    return counts
+
+
+def test_phase_counts_from_sizes_equal_the_targets_rows(store: Store) -> None:
+    """The counts read only the targets that left pending, and take the pending from each
+    phase's size: through notices, cancels, timeouts, retries and targets added later they
+    equal a count of every row."""
+    _fleet(store)
+    rel = _release(store)
+    target = TargetSpec(all=True)
+    r = store.create_rollout_for(
+        release_id=rel.id, target=target.to_json(), spec=RolloutSpec(phases=(10.0, 50.0, 100.0)),
+        selector=selector(target, rel), key="k", now=T0, actor="op",
+    )  # fmt: skip
+    assert store.phase_counts(r.id) == _counted(store, r.id)
+    batch = store.pending_targets(r.id, 1, 20)
+    seqs = store.reserve_seqs([f"device/{d}" for d, _ in batch], int(T0 * 1000))
+    store.save_notices(
+        [NoticeRecord(f"n-{d}", d, r.id, "notice", f"device/{d}", seqs[f"device/{d}"], f"t/{d}",
+                      T0 + 1, T0 + 600, b"env") for d, _ in batch],
+        {d: i % 3 != 0 for i, (d, _) in enumerate(batch)},
+    )  # fmt: skip
+    assert store.phase_counts(r.id) == _counted(store, r.id)
+    store.cancel_device_targets(r.id, [d for d, _ in batch[:3]], T0 + 2, "operator")
+    store.time_out_targets(r.id, T0 + 10**6, T0 + 3)  # every delivered one times out
+    assert store.phase_counts(r.id) == _counted(store, r.id)
+    store.retry_failed(r.id, T0 + 4)  # back to pending
+    store.ensure_devices(["late-1", "late-2"], T0)
+    assert store.add_targets(r.id, ["late-1", "late-2", batch[5][0]], 2, T0 + 5) == 2
+    counts = store.phase_counts(r.id)
+    assert counts == _counted(store, r.id)
+    assert sum(c.total for c in counts.values()) == len(store.list_targets(r.id, limit=10**6))
+
+
 def test_preview_counts_what_other_active_rollouts_hold(store: Store) -> None:
     _fleet(store)
     rel = _release(store)
@@ -151,6 +190,7 @@ def test_follow_adds_matching_devices_after_the_last_position(store: Store) -> N
     assert added == [("e", 3, 1), ("f", 4, 1)]
     store.update_rollout(other.id, T0, state="completed")
     assert store.follow_targets(r.id, sel, "none-runs-this", 1, T0 + 2) == 1  # g, freed
+    assert store.phase_counts(r.id) == _counted(store, r.id)  # sizes grew with each follow
 
 
 # --- device pages ----------------------------------------------------------------------

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchestrator.rules import (
@@ -75,6 +76,7 @@ class RolloutMethods(ReleaseMethods):
                 "updated_at) VALUES (?, ?, ?, ?, ?)",
                 [(rid, d, pos, ph, now) for d, pos, ph in assignments],
             )
+            self._grow_phases(rid, Counter(ph for _, _, ph in assignments))
             return self.get_rollout(rid)
 
     def get_rollout(self, rollout_id: int) -> RolloutRecord:
@@ -132,14 +134,39 @@ class RolloutMethods(ReleaseMethods):
             return r
 
     def phase_counts(self, rollout_id: int) -> dict[int, PhaseCounts]:
-        counts: dict[int, PhaseCounts] = {}
+        """Each phase's devices by state. Only the targets that left ``pending`` are read
+        (two ranges of ``rollout_targets_state``); the pending are the phase's size less
+        those, so a pass while a million devices wait costs what the notified ones cost.
+        Two reads, no transaction: targets added between them are pending, so at worst
+        they are missing from this pass's counts."""
+        sizes = {
+            int(phase): int(size)
+            for phase, size in self._execute(
+                "SELECT phase, size FROM rollout_phase_sizes WHERE rollout_id = ?",
+                (rollout_id,),
+            )
+        }
+        counts = {phase: PhaseCounts() for phase in sizes}
         for phase, state, delivered, n in self._execute(
             "SELECT phase, state, delivered, COUNT(*) FROM rollout_targets "
-            "WHERE rollout_id = ? GROUP BY phase, state, delivered",
-            (rollout_id,),
+            "WHERE rollout_id = ? AND (state < ? OR state > ?) "
+            "GROUP BY phase, state, delivered",
+            (rollout_id, PENDING, PENDING),
         ):
             counts.setdefault(int(phase), PhaseCounts()).add(state, bool(delivered), int(n))
-        return counts
+        for phase, c in counts.items():
+            if sizes.get(phase, 0) > c.total:
+                c.add(PENDING, False, sizes[phase] - c.total)
+        return {phase: c for phase, c in counts.items() if c.total}
+
+    def _grow_phases(self, rollout_id: int, added: Mapping[int, int]) -> None:
+        """Record targets added to a rollout's phases (``rollout_phase_sizes``)."""
+        self._executemany(
+            "INSERT INTO rollout_phase_sizes (rollout_id, phase, size) VALUES (?, ?, ?) "
+            "ON CONFLICT (rollout_id, phase) DO UPDATE "
+            "SET size = rollout_phase_sizes.size + excluded.size",
+            [(rollout_id, phase, n) for phase, n in sorted(added.items()) if n],
+        )
 
     def state_counts(self, rollout_id: int) -> dict[str, int]:
         return {
@@ -229,12 +256,14 @@ class RolloutMethods(ReleaseMethods):
                 "SELECT coalesce(max(position), -1) FROM rollout_targets WHERE rollout_id = ?",
                 (rollout_id,),
             ).fetchone()
-            return self._executemany(
+            added = self._executemany(
                 "INSERT INTO rollout_targets (rollout_id, device_id, position, phase, "
                 "updated_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (rollout_id, device_id) DO NOTHING",
                 [(rollout_id, d, int(last) + 1 + i, phase, now) for i, d in enumerate(device_ids)],
             )
+            self._grow_phases(rollout_id, {phase: added})
+            return added
 
     def time_out_targets(self, rollout_id: int, cutoff: float, now: float) -> int:
         """Delivered, unfinished targets silent since before ``cutoff`` become timed_out,

@@ -67,14 +67,13 @@ def selector_where(dialect: Dialect, sel: TargetSelector) -> tuple[str, list[Any
     return f"{match} AND {fits}", [*args, json.dumps(sorted(set(sel.models)))]
 
 
-def _phase_case(total: int, phases: Sequence[float]) -> tuple[str, list[Any]]:
+def _phase_case(bounds: Sequence[int]) -> tuple[str, list[Any]]:
     """The 0-based phase of ``pos`` as ``assign_phases`` gives it: the first phase whose
     cumulative bound (``phase_bounds``, from the count) exceeds the position."""
-    bounds = phase_bounds(total, phases)
     if len(bounds) == 1:
         return "0", []
     whens = " ".join(f"WHEN pos < ? THEN {i}" for i in range(len(bounds) - 1))
-    return f"CASE {whens} ELSE {len(bounds) - 1} END", bounds[:-1]
+    return f"CASE {whens} ELSE {len(bounds) - 1} END", list(bounds[:-1])
 
 
 class TargetingMethods(RolloutMethods):
@@ -144,7 +143,8 @@ class TargetingMethods(RolloutMethods):
             )  # fmt: skip
             where, args = selector_where(self.dialect, selector)
             (total,) = self._execute(f"SELECT COUNT(*) FROM devices WHERE {where}", args).fetchone()
-            case, case_args = _phase_case(int(total), spec.phases)
+            bounds = phase_bounds(int(total), spec.phases)
+            case, case_args = _phase_case(bounds)
             self._fleet_wide()
             added = self._execute(
                 "INSERT INTO rollout_targets (rollout_id, device_id, position, phase, "
@@ -155,6 +155,13 @@ class TargetingMethods(RolloutMethods):
                 (r.id, *case_args, now, key, *args),
             ).rowcount
             self._analyzed("rollout_targets", added)
+            sizes = {i: b - a for i, (a, b) in enumerate(zip([0, *bounds], bounds, strict=False))}
+            if added != total:  # the snapshot makes them equal; were they not, count them
+                sizes = dict(self._execute(
+                    "SELECT phase, COUNT(*) FROM rollout_targets WHERE rollout_id = ? "
+                    "GROUP BY phase", (r.id,),
+                ).fetchall())  # fmt: skip
+            self._grow_phases(r.id, sizes)
             return r
 
     def follow_targets(
@@ -171,7 +178,7 @@ class TargetingMethods(RolloutMethods):
                 "SELECT coalesce(max(position), -1) FROM rollout_targets WHERE rollout_id = ?",
                 (rollout_id,),
             ).fetchone()
-            return self._execute(
+            added: int = self._execute(
                 "INSERT INTO rollout_targets (rollout_id, device_id, position, phase, "
                 "updated_at) SELECT ?, device_id, ? + row_number() OVER (ORDER BY device_id), "
                 "?, ? FROM devices WHERE devices.current_version <> ? AND NOT EXISTS (SELECT "
@@ -180,3 +187,5 @@ class TargetingMethods(RolloutMethods):
                 (rollout_id, int(last), phase, now, skip_version, *ACTIVE_ROLLOUT_STATES,
                  *args),
             ).rowcount  # fmt: skip
+            self._grow_phases(rollout_id, {phase: added})
+            return added
