@@ -100,6 +100,15 @@ def _raw(database: DatabaseConfig, sql: str) -> None:
             conn.execute(sql.encode())
 
 
+def _rows(database: DatabaseConfig, sql: str) -> list[tuple[object, ...]]:
+    """A query's rows straight through the driver."""
+    if database.backend == "sqlite":
+        with contextlib.closing(sqlite3.connect(database.sqlite_path)) as db:
+            return [tuple(r) for r in db.execute(sql).fetchall()]
+    with psycopg.connect(database.url) as conn:
+        return [tuple(r) for r in conn.execute(sql.encode()).fetchall()]
+
+
 # --- schema ------------------------------------------------------------------------------
 
 
@@ -132,8 +141,21 @@ def test_upgrading_keeps_every_rollout_target(
                    " delivered, downloaded_bytes) VALUES (100, 'd1', 0, 0, 'pending', 0, NULL), "
                    "(100, 'd2', 1, 0, 'canceled', 0, NULL), "
                    "(100, 'd3', 2, 1, 'succeeded', 1, 7)")  # fmt: skip
+    # every column of one row unlike its default, compared whole after the upgrade
+    _raw(database, "UPDATE rollout_targets SET notice_id = 'n3', notified_at = 1.5, "
+                   "updated_at = 2.5, last_counter = 9, reason = 'r', attempts = 4, "
+                   """components = '[{"name": "c"}]' WHERE device_id = 'd3'""")  # fmt: skip
+    every = "SELECT * FROM rollout_targets ORDER BY device_id"
+    before = _rows(database, every)
     monkeypatch.undo()
     store = open_store(database)
+    assert _rows(database, every) == before
+    foreign = {
+        "sqlite": "SELECT * FROM pragma_foreign_key_list('rollout_targets')",
+        "postgresql": "SELECT conname FROM pg_constraint WHERE contype = 'f' "
+        "AND conrelid = 'rollout_targets'::regclass",
+    }
+    assert _rows(database, foreign[database.backend]) == []
     try:
         targets = store.list_targets(100)
         assert [(t.device_id, t.position, t.phase, t.state, t.delivered) for t in targets] == [
@@ -152,14 +174,10 @@ def test_upgrading_keeps_every_rollout_target(
     indexes = (
         "SELECT count(*) FROM {} WHERE {} IN ('rollout_targets_state', 'rollout_targets_device')"
     )
-    if database.backend == "sqlite":
-        with contextlib.closing(sqlite3.connect(database.sqlite_path)) as db:
-            n = db.execute(indexes.format("sqlite_master", "name")).fetchone()[0]
-    else:
-        with psycopg.connect(database.url) as conn:
-            row = conn.execute(indexes.format("pg_indexes", "indexname").encode()).fetchone()
-            n = row[0] if row else 0
-    assert n == 2
+    where = (
+        ("sqlite_master", "name") if database.backend == "sqlite" else ("pg_indexes", "indexname")
+    )
+    assert _rows(database, indexes.format(*where)) == [(2,)]
 
 
 def test_upgrading_fills_the_group_membership_from_both_lists(

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS"]
+__all__ = ["MIGRATIONS", "Migration"]
 
-MIGRATIONS: tuple[str, ...] = (
+# A step is SQL in SQLite's types, which each backend's ``Dialect.ddl`` translates; where
+# the backends need different statements, it is the SQL for each, by dialect name.
+Migration = str | dict[str, str]
+
+_DEVICE_GROUPS = """
+    CREATE TABLE device_groups (
+        group_name TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        PRIMARY KEY (group_name, device_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX device_groups_device ON device_groups (device_id);
+    INSERT INTO device_groups (group_name, device_id)
+        SELECT g.value, devices.device_id FROM devices, {registry}
+        UNION SELECT g.value, devices.device_id FROM devices, {operator};
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: the initial schema
     """
     CREATE TABLE devices (
@@ -218,8 +234,14 @@ MIGRATIONS: tuple[str, ...] = (
     # written only in the transaction that writes the rollout, and rollouts are never
     # deleted, so the key guarded nothing the store does not; yet PostgreSQL checked it by a
     # trigger once per row, and a rollout for 1,000,000 devices spent about 40% of its
-    # create there. SQLite cannot drop a key in place, so the table is rebuilt on both.
-    """
+    # create there. PostgreSQL drops it in place (a copy would lose what a replica still
+    # running writes meanwhile); SQLite cannot, so there the table is rebuilt, inside the
+    # migration's write transaction, which keeps every other writer out.
+    {
+        "postgresql": """
+    ALTER TABLE rollout_targets DROP CONSTRAINT IF EXISTS rollout_targets_rollout_id_fkey;
+    """,
+        "sqlite": """
     CREATE TABLE rollout_targets_new (
         rollout_id INTEGER NOT NULL,
         device_id TEXT NOT NULL,
@@ -248,23 +270,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX rollout_targets_state ON rollout_targets (rollout_id, state, position);
     CREATE INDEX rollout_targets_device ON rollout_targets (device_id, state);
     """,
+    },
     # 12: each device's groups (the registry's and the operator's, one row per group) as
     # rows: a page of one group's devices walks this key from the cursor and reads the 100
     # rows it returns; read from the JSON lists, it walked every device from the cursor and
     # dropped those outside the group (a group of 0.1% of 1M devices: p99 291 ms a page on
     # PostgreSQL, 19 ms on SQLite, on an idle machine). Kept by the store wherever either
     # list changes; the lists stay the record each device row shows.
-    """
-    CREATE TABLE device_groups (
-        group_name TEXT NOT NULL,
-        device_id TEXT NOT NULL,
-        PRIMARY KEY (group_name, device_id)
-    ) WITHOUT ROWID;
-    CREATE INDEX device_groups_device ON device_groups (device_id);
-    INSERT INTO device_groups (group_name, device_id)
-        SELECT g.value, devices.device_id FROM devices, json_each(devices.registry_groups) AS g
-        UNION SELECT g.value, devices.device_id FROM devices, json_each(devices.groups_) AS g;
-    """,
+    {
+        "sqlite": _DEVICE_GROUPS.format(
+            registry="json_each(devices.registry_groups) AS g",
+            operator="json_each(devices.groups_) AS g",
+        ),
+        "postgresql": _DEVICE_GROUPS.format(
+            registry="jsonb_array_elements_text(CAST(devices.registry_groups AS jsonb)) AS g",
+            operator="jsonb_array_elements_text(CAST(devices.groups_ AS jsonb)) AS g",
+        ),
+    },
     # 13: how many targets each phase of a rollout holds, kept where targets are added
     # (they are never removed): a phase's pending devices are its size less those that
     # moved on, so the engine's per-pass counts read the targets that left ``pending``,

@@ -29,8 +29,7 @@ __all__ = ["POSTGRES", "PostgresStore", "redact"]
 
 logger = logging.getLogger(__name__)
 
-# The migration history is written in SQLite's types and JSON function; these are their
-# PostgreSQL twins.
+# The migration history is written in SQLite's types; these are their PostgreSQL twins.
 # TEXT sorts bytewise ("C") as in SQLite, whatever the server's locale: device lists page
 # the same on both backends, and the primary-key indexes serve ORDER BY.
 _DDL = (
@@ -40,8 +39,6 @@ _DDL = (
     (re.compile(r"\bBLOB\b"), "BYTEA"),
     (re.compile(r"\bTEXT\b"), 'TEXT COLLATE "C"'),
     (re.compile(r"\)\s*WITHOUT ROWID"), ")"),
-    # A JSON array's elements as rows named ``value``, as SQLite's json_each gives them.
-    (re.compile(r"\bjson_each\(([^()]*)\)"), r"jsonb_array_elements_text(CAST(\1 AS jsonb))"),
 )
 # Any fixed number: every fleetpush process on the database agrees on it.
 _MIGRATION_LOCK = 0x666C70  # "flp"

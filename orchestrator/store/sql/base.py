@@ -178,7 +178,8 @@ class SqlBase:
                 # it commits or rolls back with it on both backends.
                 self._execute("DELETE FROM schema_version")
                 self._execute("INSERT INTO schema_version VALUES (?)", (number,))
-                for statement in self.dialect.ddl(sql).split(";"):
+                text = sql if isinstance(sql, str) else sql[self.dialect.name]
+                for statement in self.dialect.ddl(text).split(";"):
                     if statement.strip():
                         self._execute(statement)
         return len(MIGRATIONS)

@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator.rules import ACTIVE_ROLLOUT_STATES, RolloutSpec, phase_bounds
 from orchestrator.store.records import RolloutRecord, TargetPreview, TargetSelector
-from orchestrator.store.sql.base import Dialect, listed, marks
+from orchestrator.store.sql.base import Dialect, marks
 from orchestrator.store.sql.rollouts import RolloutMethods
 
 __all__ = ["MODEL", "TargetingMethods", "in_groups", "selector_where"]
@@ -28,15 +28,18 @@ MODEL = "coalesce(nullif(devices.model, ''), devices.registry_model)"
 _ACTIVE = f"r.state IN ({marks(len(ACTIVE_ROLLOUT_STATES))})"
 
 
-def in_groups(dialect: Dialect, groups: Sequence[str]) -> tuple[str, list[Any]]:
+def in_groups(groups: Sequence[str]) -> tuple[str, list[Any]]:
     """True when the device is in one of ``groups`` (its registry groups or the
     operator's), and the values to bind: a probe of the membership table
     (``device_groups``, which the store keeps with both lists), so a group of 10% of a
-    million devices reads its 100k rows, not a million JSON arrays."""
+    million devices reads its 100k rows, not a million JSON arrays. The names are bound
+    one by one (a target names a few groups): bound as one JSON list, they hid from
+    PostgreSQL's planner how small a group is, and a 100-device group of 100k devices
+    was counted by scanning them all (32-103 ms, against 0.5 ms)."""
     return (
         "devices.device_id IN (SELECT m.device_id FROM device_groups m "
-        f"WHERE m.group_name IN ({listed(dialect, 'w')}))",
-        [json.dumps(list(groups))],
+        f"WHERE m.group_name IN ({marks(len(groups))}))",
+        list(groups),
     )
 
 
@@ -57,7 +60,7 @@ def selector_where(dialect: Dialect, sel: TargetSelector) -> tuple[str, list[Any
             )
             args.append(json.dumps(list(sel.devices)))
         if sel.groups:
-            sql, values = in_groups(dialect, sel.groups)
+            sql, values = in_groups(sel.groups)
             parts.append(sql)
             args += values
         match = "(" + " OR ".join(parts) + ")" if parts else "1 = 0"
