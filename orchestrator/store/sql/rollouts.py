@@ -135,8 +135,9 @@ class RolloutMethods(ReleaseMethods):
 
     def phase_counts(self, rollout_id: int) -> dict[int, PhaseCounts]:
         """Each phase's devices by state. Only the targets that left ``pending`` are read
-        (two ranges of ``rollout_targets_state``); the pending are the phase's size less
-        those, so a pass while a million devices wait costs what the notified ones cost.
+        (the two ranges of ``rollout_targets_state`` around it); the pending are the
+        phase's size less those, so a pass while a million devices wait costs what the
+        notified ones cost.
         Two reads, no transaction: targets added between them are pending, so at worst
         they are missing from this pass's counts."""
         sizes = {
@@ -147,11 +148,15 @@ class RolloutMethods(ReleaseMethods):
             )
         }
         counts = {phase: PhaseCounts() for phase in sizes}
-        for phase, state, delivered, n in self._execute(
+        # Two ranges of the index, one statement each: as one OR, SQLite walked the
+        # rollout's whole key instead.
+        moved_on = (
             "SELECT phase, state, delivered, COUNT(*) FROM rollout_targets "
-            "WHERE rollout_id = ? AND (state < ? OR state > ?) "
-            "GROUP BY phase, state, delivered",
-            (rollout_id, PENDING, PENDING),
+            "WHERE rollout_id = ? AND state {} ? GROUP BY phase, state, delivered"
+        )
+        for phase, state, delivered, n in self._execute(
+            f"{moved_on.format('<')} UNION ALL {moved_on.format('>')}",
+            (rollout_id, PENDING, rollout_id, PENDING),
         ):
             counts.setdefault(int(phase), PhaseCounts()).add(state, bool(delivered), int(n))
         for phase, c in counts.items():
