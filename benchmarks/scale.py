@@ -25,8 +25,10 @@ For N registered devices, on PostgreSQL (a private server, fsync off) and SQLite
 ``notices``: ``benchmarks._scale_notices`` (the real engine over PostgreSQL publishing to a
 real Mosquitto, against the bare link's publish rate).
 
+``replicas``: ``benchmarks.replicas`` (ingestion with 1, 2 and 3 replicas), in the same run.
+
 Run: ``.venv/bin/python -m benchmarks.scale [--quick] [--n 10000,100000,1000000]
-[--notices 100000] [--backends postgresql,sqlite]``.
+[--notices 100000] [--backends postgresql,sqlite] [--no-replicas]``.
 """
 
 from __future__ import annotations
@@ -263,9 +265,10 @@ def _one(database: DatabaseConfig, n: int, pages: int) -> dict[str, Any]:
 
 def run(
     quick: bool = False, sizes: tuple[int, ...] = (), notices: int | None = None,
-    backends: tuple[str, ...] = ("postgresql", "sqlite"),
+    backends: tuple[str, ...] = ("postgresql", "sqlite"), replicas: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     from benchmarks import _scale_notices
+    from benchmarks import replicas as replicas_bench
 
     sizes = sizes or ((10_000,) if quick else (10_000, 100_000, 1_000_000))
     if notices is None:
@@ -286,6 +289,9 @@ def run(
             url = pg.create_database("notices")
             out["notices"] = _scale_notices.run(DatabaseConfig(url=url), notices, Path(tmp))
             print(json.dumps(out["notices"]), file=sys.stderr, flush=True)
+    if replicas:  # the issue asks for it in the same run: its own PostgreSQL and broker
+        out["replicas"] = replicas_bench.run(quick)
+        print(json.dumps(out["replicas"]), file=sys.stderr, flush=True)
     return out
 
 
@@ -296,7 +302,10 @@ if __name__ == "__main__":
     parser.add_argument("--notices", type=int, default=None,
                         help="devices of the notice run (0: none)")  # fmt: skip
     parser.add_argument("--backends", default="postgresql,sqlite")
+    parser.add_argument("--no-replicas", action="store_true",
+                        help="leave out ingestion with 1, 2 and 3 replicas")  # fmt: skip
     args = parser.parse_args()
     chosen = tuple(int(x) for x in args.n.split(",") if x)
     print(json.dumps(run(quick=args.quick, sizes=chosen, notices=args.notices,
-                         backends=tuple(args.backends.split(","))), indent=2))  # fmt: skip
+                         backends=tuple(args.backends.split(",")),
+                         replicas=not args.no_replicas), indent=2))  # fmt: skip
