@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from device_helpers import PayloadServer
+from store_helpers import sql_rows
 
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.signing import Signer
@@ -108,9 +109,22 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> DatabaseConfig:
 
 @pytest.fixture
 def store(database: DatabaseConfig) -> Iterator[Store]:
-    """A migrated store on each backend in turn."""
+    """A migrated store on each backend in turn. After each test, every rollout's phase
+    sizes must equal its targets, whatever the test did: a path that writes targets
+    without them fails here, in whichever test takes it."""
     s = open_store(database)
     try:
         yield s
     finally:
         s.close()
+    assert sql_rows(database, _TARGETS_BY_PHASE) == sql_rows(database, _PHASE_SIZES)
+
+
+_TARGETS_BY_PHASE = (
+    "SELECT rollout_id, phase, COUNT(*) FROM rollout_targets GROUP BY rollout_id, phase "
+    "ORDER BY rollout_id, phase"
+)
+_PHASE_SIZES = (
+    "SELECT rollout_id, phase, size FROM rollout_phase_sizes WHERE size > 0 "
+    "ORDER BY rollout_id, phase"
+)

@@ -7,18 +7,16 @@ PostgreSQL is a private server the session starts (initdb + pg_ctl), never a moc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import sqlite3
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import msgspec
-import psycopg
 import pytest
 from click.testing import CliRunner
+from store_helpers import raw_sql, sql_rows
 
 from fleetpush_protocol.messages import ErrorInfo, Inventory, Presence, Release, Report, ReportState
 from orchestrator.broker import free_port
@@ -89,26 +87,6 @@ def _inventory(device: str, groups: tuple[str, ...], model: str, version: str = 
                      at=int(T0))  # fmt: skip
 
 
-def _raw(database: DatabaseConfig, sql: str) -> None:
-    """One statement straight through the driver, behind the store's back."""
-    if database.backend == "sqlite":
-        with contextlib.closing(sqlite3.connect(database.sqlite_path)) as db:
-            db.execute(sql)
-            db.commit()
-    else:
-        with psycopg.connect(database.url, autocommit=True) as conn:
-            conn.execute(sql.encode())
-
-
-def _rows(database: DatabaseConfig, sql: str) -> list[tuple[object, ...]]:
-    """A query's rows straight through the driver."""
-    if database.backend == "sqlite":
-        with contextlib.closing(sqlite3.connect(database.sqlite_path)) as db:
-            return [tuple(r) for r in db.execute(sql).fetchall()]
-    with psycopg.connect(database.url) as conn:
-        return [tuple(r) for r in conn.execute(sql.encode()).fetchall()]
-
-
 # --- schema ------------------------------------------------------------------------------
 
 
@@ -132,30 +110,30 @@ def test_upgrading_keeps_every_rollout_target(
     monkeypatch.setattr(base, "MIGRATIONS", MIGRATIONS[:10])
     open_store(database).close()
     # Rows as fleetpush before migration 11 wrote them (ids clear of the identity columns').
-    _raw(database, "INSERT INTO releases (id, name, version, sha256, size, models, handler, "
+    raw_sql(database, "INSERT INTO releases (id, name, version, sha256, size, models, handler, "
                    "handler_args, created_at) VALUES (100, 'app', '1', 'ab', 1, '[]', "
                    "'directory', '{}', 0)")  # fmt: skip
-    _raw(database, "INSERT INTO rollouts (id, release_id, target, spec, state, created_at, "
+    raw_sql(database, "INSERT INTO rollouts (id, release_id, target, spec, state, created_at, "
                    "updated_at) VALUES (100, 100, '{}', '{}', 'running', 0, 0)")  # fmt: skip
-    _raw(database, "INSERT INTO rollout_targets (rollout_id, device_id, position, phase, state,"
+    raw_sql(database, "INSERT INTO rollout_targets (rollout_id, device_id, position, phase, state,"
                    " delivered, downloaded_bytes) VALUES (100, 'd1', 0, 0, 'pending', 0, NULL), "
                    "(100, 'd2', 1, 0, 'canceled', 0, NULL), "
                    "(100, 'd3', 2, 1, 'succeeded', 1, 7)")  # fmt: skip
     # every column of one row unlike its default, compared whole after the upgrade
-    _raw(database, "UPDATE rollout_targets SET notice_id = 'n3', notified_at = 1.5, "
+    raw_sql(database, "UPDATE rollout_targets SET notice_id = 'n3', notified_at = 1.5, "
                    "updated_at = 2.5, last_counter = 9, reason = 'r', attempts = 4, "
                    """components = '[{"name": "c"}]' WHERE device_id = 'd3'""")  # fmt: skip
     every = "SELECT * FROM rollout_targets ORDER BY device_id"
-    before = _rows(database, every)
+    before = sql_rows(database, every)
     monkeypatch.undo()
     store = open_store(database)
-    assert _rows(database, every) == before
+    assert sql_rows(database, every) == before
     foreign = {
         "sqlite": "SELECT * FROM pragma_foreign_key_list('rollout_targets')",
         "postgresql": "SELECT conname FROM pg_constraint WHERE contype = 'f' "
         "AND conrelid = 'rollout_targets'::regclass",
     }
-    assert _rows(database, foreign[database.backend]) == []
+    assert sql_rows(database, foreign[database.backend]) == []
     try:
         targets = store.list_targets(100)
         assert [(t.device_id, t.position, t.phase, t.state, t.delivered) for t in targets] == [
@@ -177,7 +155,7 @@ def test_upgrading_keeps_every_rollout_target(
     where = (
         ("sqlite_master", "name") if database.backend == "sqlite" else ("pg_indexes", "indexname")
     )
-    assert _rows(database, indexes.format(*where)) == [(2,)]
+    assert sql_rows(database, indexes.format(*where)) == [(2,)]
 
 
 def test_upgrading_fills_the_group_membership_from_both_lists(
@@ -191,10 +169,10 @@ def test_upgrading_fills_the_group_membership_from_both_lists(
     store = open_store(database)
     store.ensure_devices(["a", "b", "c"], T0)
     store.close()
-    _raw(
+    raw_sql(
         database, """UPDATE devices SET registry_groups = '["eu", "beta"]' WHERE device_id = 'a'"""
     )
-    _raw(database, """UPDATE devices SET groups_ = '["eu"]' WHERE device_id IN ('a', 'b')""")
+    raw_sql(database, """UPDATE devices SET groups_ = '["eu"]' WHERE device_id IN ('a', 'b')""")
     monkeypatch.undo()
     store = open_store(database)
     try:
@@ -209,7 +187,7 @@ def test_upgrading_fills_the_group_membership_from_both_lists(
 
 def test_a_newer_schema_is_refused(database: DatabaseConfig) -> None:
     open_store(database).close()
-    _raw(database, f"UPDATE schema_version SET version = {len(MIGRATIONS) + 1}")  # noqa: S608
+    raw_sql(database, f"UPDATE schema_version SET version = {len(MIGRATIONS) + 1}")  # noqa: S608
     with pytest.raises(SchemaError, match="newer than this fleetpush"):
         open_store(database)
 

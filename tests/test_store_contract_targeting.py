@@ -13,7 +13,9 @@ import random
 from collections import Counter
 
 import pytest
+from store_helpers import raw_sql
 
+from orchestrator.config import DatabaseConfig
 from orchestrator.rollouts import TargetSpec, active_owners, phase_key, select_targets, selector
 from orchestrator.rules import PhaseCounts, RolloutSpec, assign_phases
 from orchestrator.store import DeviceFilter, NoticeRecord, ReleaseRecord, Store, TargetSelector
@@ -140,6 +142,29 @@ def test_phase_counts_from_sizes_equal_the_targets_rows(store: Store) -> None:
     counts = store.phase_counts(r.id)
     assert counts == _counted(store, r.id)
     assert sum(c.total for c in counts.values()) == len(store.list_targets(r.id, limit=10**6))
+
+
+def test_phase_sizes_that_fall_short_are_recounted_not_trusted(
+    store: Store, database: DatabaseConfig
+) -> None:
+    """Sizes missing or short (targets written by a fleetpush before migration 13, or by
+    hand) must not make a rollout look finished: the counts come from the rows then, and
+    the sizes are repaired."""
+    _fleet(store, n=30)
+    rel = _release(store)
+    target = TargetSpec(all=True)
+    r = store.create_rollout_for(
+        release_id=rel.id, target=target.to_json(), spec=RolloutSpec(phases=(50.0, 100.0)),
+        selector=selector(target, rel), key="k", now=T0, actor="op",
+    )  # fmt: skip
+    want = _counted(store, r.id)
+    raw_sql(database, "DELETE FROM rollout_phase_sizes")  # every size gone
+    assert store.phase_counts(r.id) == want
+    assert store.phase_counts(r.id) == want  # repaired: the fast path again
+    store.cancel_device_targets(r.id, [t.device_id for t in store.list_targets(r.id)[:4]],
+                                T0 + 1, "operator")  # fmt: skip
+    raw_sql(database, "UPDATE rollout_phase_sizes SET size = 1")  # short: fewer than moved on
+    assert store.phase_counts(r.id) == _counted(store, r.id)
 
 
 def test_preview_counts_what_other_active_rollouts_hold(store: Store) -> None:

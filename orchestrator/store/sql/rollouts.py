@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,6 +29,8 @@ from orchestrator.store.sql.base import marks
 from orchestrator.store.sql.releases import ReleaseMethods
 
 __all__ = ["RolloutMethods"]
+
+logger = logging.getLogger(__name__)
 
 _IN_FLIGHT = tuple(sorted(IN_FLIGHT_STATES))
 _FAILURES = tuple(sorted(FAILURE_STATES))
@@ -159,10 +162,38 @@ class RolloutMethods(ReleaseMethods):
             (rollout_id, PENDING, rollout_id, PENDING),
         ):
             counts.setdefault(int(phase), PhaseCounts()).add(state, bool(delivered), int(n))
+        short = False
         for phase, c in counts.items():
             if sizes.get(phase, 0) > c.total:
                 c.add(PENDING, False, sizes[phase] - c.total)
+            short |= sizes.get(phase, 0) < c.total
+        # "No device waits" completes a rollout or judges a phase finished: it is checked
+        # against the targets themselves (one index probe), so sizes that fall short (rows
+        # written by a fleetpush older than migration 13, or by hand) cannot finish a
+        # rollout nobody was notified of. Short sizes are counted again from the rows.
+        if short or not any(c.pending for c in counts.values()):
+            waiting = self._execute(
+                "SELECT 1 FROM rollout_targets WHERE rollout_id = ? AND state = ? LIMIT 1",
+                (rollout_id, PENDING),
+            ).fetchone()
+            if short or waiting is not None:
+                logger.warning("rollout %d: phase sizes out of step; recounted", rollout_id)
+                return self._resize_phases(rollout_id)
         return {phase: c for phase, c in counts.items() if c.total}
+
+    def _resize_phases(self, rollout_id: int) -> dict[int, PhaseCounts]:
+        """Count every target of a rollout (linear) and size its phases from that."""
+        counts: dict[int, PhaseCounts] = {}
+        with self._tx():
+            for phase, state, delivered, n in self._execute(
+                "SELECT phase, state, delivered, COUNT(*) FROM rollout_targets "
+                "WHERE rollout_id = ? GROUP BY phase, state, delivered",
+                (rollout_id,),
+            ):
+                counts.setdefault(int(phase), PhaseCounts()).add(state, bool(delivered), int(n))
+            self._execute("DELETE FROM rollout_phase_sizes WHERE rollout_id = ?", (rollout_id,))
+            self._grow_phases(rollout_id, {phase: c.total for phase, c in counts.items()})
+        return counts
 
     def _grow_phases(self, rollout_id: int, added: Mapping[int, int]) -> None:
         """Record targets added to a rollout's phases (``rollout_phase_sizes``)."""
