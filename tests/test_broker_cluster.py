@@ -131,9 +131,17 @@ def test_a_retained_notice_and_a_session_survive_the_sigkill_of_the_node_that_to
     cluster.reload()
     a, _b, c = cluster.nodes
     orch = (cluster.ORCHESTRATOR_USER, cluster.orchestrator_password)
+
     # The device's persistent session is made on A, subscribed to its notices, then it goes.
-    with MqttProbe(a.host, a.port, dev, password, dev, clean=False) as d:
-        assert d.subscribe([t.device_notice(dev)]) == (1,)
+    # Its subscription is a JetStream consumer, made by a request that can time out on the
+    # loaded cores just after the reload (SUBACK 0x80, seen once in CI): asked again then,
+    # as a device does.
+    def session_on_a() -> None:
+        with MqttProbe(a.host, a.port, dev, password, dev, clean=False) as d:
+            if d.subscribe([t.device_notice(dev)]) != (1,):
+                raise ProbeError("SUBACK 0x80")
+
+    until_works(session_on_a)
     # A notice published through A, retained; A acknowledged it, then A is SIGKILLed.
     with MqttProbe(a.host, a.port, *orch, f"orch-{dev}") as o:
         o.publish(t.device_notice(dev), b"notice-1", retain=True)
