@@ -66,6 +66,7 @@ class MessageRouter:
             + [topics.group_notice(g) for g in config.device.groups]
         )
         self.keyring_filter = topics.keyring_filter
+        self.keyring_latest = topics.keyring_latest
         self._keyring_prefix = topics.keyring_filter[:-1]
         self.ack_topic = topics.ack(self.device_id)
         self.support_topic = topics.support
@@ -80,7 +81,9 @@ class MessageRouter:
     @property
     def subscriptions(self) -> list[str]:
         """Every topic filter the device listens on."""
-        return [self.keyring_filter, self.support_topic, self.ack_topic,
+        # keyring/latest too, though keyring/+ covers it: a broker that sends retained
+        # messages to exact subscriptions only (RabbitMQ 3.10) sends it there.
+        return [self.keyring_filter, self.keyring_latest, self.support_topic, self.ack_topic,
                 *sorted(self.notice_topics)]  # fmt: skip
 
     @property

@@ -1,6 +1,7 @@
 """Topic names under a configurable prefix, and the scopes sequences are counted in.
 
 {prefix}/keyring/{version}          orchestrator -> all   retained  QoS 1
+{prefix}/keyring/latest             orchestrator -> all   retained  QoS 1 (the newest again)
 {prefix}/support                    orchestrator -> all   retained  QoS 1 (support periods)
 {prefix}/device/{id}/notice         orchestrator -> id    retained  QoS 1
 {prefix}/group/{group}/notice       orchestrator -> group retained  QoS 1
@@ -50,6 +51,12 @@ class Topics:
     @property
     def keyring_filter(self) -> str:
         return f"{self.prefix}/keyring/+"
+
+    @property
+    def keyring_latest(self) -> str:
+        """The newest keyring on an exact topic too: a broker that keeps retained messages
+        for exact subscriptions only (RabbitMQ 3.10) sends none to ``keyring/+``."""
+        return f"{self.prefix}/keyring/latest"
 
     def device_notice(self, device_id: str) -> str:
         return f"{self.prefix}/device/{check_name(device_id, 'device id')}/notice"

@@ -221,6 +221,8 @@ class Orchestrator:
         topics = self.config.mqtt.topics
         blobs = self.keys.keyring_blobs()
         items = [(topics.keyring(v), b, True) for v, b in blobs]
+        if blobs:  # the newest again, for brokers without retained wildcard deliveries
+            items.append((topics.keyring_latest, blobs[-1][1], True))
         if self.config.support:  # signed with the keys just published, so after them
             now = int(self.clock.now())
             items.append((topics.support, signed_periods(self.config.support,

@@ -39,11 +39,7 @@ from orchestrator.broker.process import MosquittoNotFoundError
 
 # Cells of the matrix known to fail, and why (docs/broker.md): run anyway, as strict xfails,
 # so a fix shows up as an unexpected pass.
-KNOWN_FAILURES = {
-    ("rabbitmq", "rollout"): "RabbitMQ 3.10 sends no retained message to a wildcard "
-    "subscription: devices never get the keyring (keyring/+), and reject every notice",
-    ("rabbitmq", "catch-up"): "RabbitMQ 3.10: no retained keyring for keyring/+ (as rollout)",
-}
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 AnyBroker = MatrixBroker | NatsCluster  # a rig runs on one broker, or on a cluster

@@ -73,6 +73,8 @@ def test_rabbitmq_topic_permissions() -> None:
     assert not allows("dev.1", "write", T.device_notice("dev.1"))
     assert allows("dev.1", "read", T.group_notice("canary"))
     assert allows("dev.1", "read", T.keyring_filter)
+    assert allows("dev.1", "read", T.keyring_latest)  # RabbitMQ's only retained keyring
+    assert not allows("dev.1", "read", f"{T.prefix}/keyring/#")
     assert not allows("dev.1", "read", T.group_notice("prod"))
     assert not allows("dev.1", "read", T.device_notice("dev-2"))
     assert not allows("dev.1", "read", f"{T.prefix}/device/+/notice")

@@ -94,14 +94,17 @@ async def test_rotation_publishes_every_keyring_retained(setup: Setup, tmp_path:
                 async with asyncio.timeout(0.5):
                     async for msg in client.messages:
                         seen[str(msg.topic)] = bytes(msg.payload)
-                        if len(seen) == 2:
+                        if len(seen) == 3:
                             break
             except TimeoutError:
                 pass
-            return len(seen) == 2
+            return len(seen) == 3
 
-        await wait_until(both, within=10, what="two retained keyrings")
-    assert set(seen) == {s.fleet.topics.keyring(1), s.fleet.topics.keyring(2)}
+        await wait_until(both, within=10, what="two retained keyrings and the latest")
+    topics = s.fleet.topics
+    assert set(seen) == {topics.keyring(1), topics.keyring(2), topics.keyring_latest}
+    # the newest again on an exact topic, for brokers without retained wildcard deliveries
+    assert seen[topics.keyring_latest] == seen[topics.keyring(2)] != seen[topics.keyring(1)]
 
 
 def asyncio_timeout(seconds: float):
