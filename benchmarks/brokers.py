@@ -33,7 +33,7 @@ from orchestrator.broker import MosquittoBroker
 from orchestrator.mqtt import codec
 
 GROUP = "bench"
-BROKERS = ("mosquitto", "ejabberd", "nats")  # the ones that passed the matrix
+BROKERS = ("mosquitto", "ejabberd", "nats", "rabbitmq")  # the ones that passed the matrix
 
 
 async def _wait(subs: list[RawSubscriber], count: int, timeout_s: float) -> float | None:
