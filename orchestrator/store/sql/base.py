@@ -56,6 +56,9 @@ class Dialect:
         snapshot: first statement of a transaction whose statements must all see the
             same data (a count, then the rows counted); "" where a transaction already
             excludes every other writer.
+        by_state: written after ``rollout_targets`` in a query for a rollout's targets in
+            a few states, to have them found by the state index ("" where the planner
+            finds it alone; SQLite, without statistics, walked the rollout's whole key).
     """
 
     name: str
@@ -66,6 +69,7 @@ class Dialect:
     analyze: str = ""
     fleet_settings: tuple[str, ...] = ()
     snapshot: str = ""
+    by_state: str = ""
 
     def ddl(self, sql: str) -> str:
         """The migration text for this backend; the history itself is SQLite's text."""

@@ -306,8 +306,9 @@ class RolloutMethods(ReleaseMethods):
         with the reason ``rules.timeout_reason`` gives."""
         with self._tx():
             silent = self._execute(
-                "SELECT device_id, state, updated_at FROM rollout_targets WHERE rollout_id = ? "
-                f"AND delivered = 1 AND state IN ({marks(len(_IN_FLIGHT))}) AND updated_at < ? "
+                f"SELECT device_id, state, updated_at FROM rollout_targets{self.dialect.by_state} "
+                f"WHERE rollout_id = ? AND delivered = 1 AND state IN ({marks(len(_IN_FLIGHT))}) "
+                "AND updated_at < ? "
                 # Device order, as the security take-over locks them: two orders could deadlock.
                 "ORDER BY device_id" + self.dialect.for_update,
                 (rollout_id, *_IN_FLIGHT, cutoff),

@@ -25,7 +25,10 @@ logger = logging.getLogger(__name__)
 # One connection on one thread: a transaction already excludes every other writer of this
 # process, and the driver begins it with BEGIN IMMEDIATE (isolation_level below), so
 # another process (the CLI) waits for the lock instead of failing halfway.
-SQLITE = Dialect(name="sqlite", for_update="", integrity=(sqlite3.IntegrityError,))
+SQLITE = Dialect(
+    name="sqlite", for_update="", integrity=(sqlite3.IntegrityError,),
+    by_state=" INDEXED BY rollout_targets_state",
+)  # fmt: skip
 
 
 def _make_private_db(path: Path) -> None:
