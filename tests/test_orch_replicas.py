@@ -141,7 +141,9 @@ async def test_three_replicas_finish_a_rollout_when_its_driver_is_sigkilled(
             return st if st["state"] in ("completed", "paused", "aborted") else None
 
         done = await wait_until(finished, within=120, what="rollout finished")
-        assert done["state"] == "completed", done
+        # Why it stopped, and how each phase stood, if not completed.
+        why = (done["state"], done["reason"], done["states"], done.get("phases"))
+        assert done["state"] == "completed", why
         assert done["states"] == {"succeeded": len(ids)}
         _one_notice_each(reps, rid, ids)
         # ... and both drivers sent some: the killed one phase 1, its successor the rest.
@@ -277,7 +279,9 @@ async def test_two_replicas_finish_a_rollout_across_a_postgresql_restart(
             return st if st["state"] in ("completed", "paused", "aborted") else None
 
         done = await wait_until(finished, within=120, what="rollout finished")
-        assert done["state"] == "completed", done
+        # Why it stopped, and how each phase stood, if not completed.
+        why = (done["state"], done["reason"], done["states"], done.get("phases"))
+        assert done["state"] == "completed", why
         assert done["states"] == {"succeeded": len(ids)}
         _one_notice_each(reps, rid, ids)
         await _no_report_lost(reps, ids)

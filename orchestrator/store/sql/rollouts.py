@@ -191,8 +191,13 @@ class RolloutMethods(ReleaseMethods):
                 (rollout_id,),
             ):
                 counts.setdefault(int(phase), PhaseCounts()).add(state, bool(delivered), int(n))
+            # Set, not added: two replicas recounting at once must not double a size.
             self._execute("DELETE FROM rollout_phase_sizes WHERE rollout_id = ?", (rollout_id,))
-            self._grow_phases(rollout_id, {phase: c.total for phase, c in counts.items()})
+            self._executemany(
+                "INSERT INTO rollout_phase_sizes (rollout_id, phase, size) VALUES (?, ?, ?) "
+                "ON CONFLICT (rollout_id, phase) DO UPDATE SET size = excluded.size",
+                [(rollout_id, phase, c.total) for phase, c in sorted(counts.items())],
+            )
         return counts
 
     def _grow_phases(self, rollout_id: int, added: Mapping[int, int]) -> None:
