@@ -32,6 +32,12 @@ __all__ = ["RolloutMethods"]
 
 logger = logging.getLogger(__name__)
 
+# A rollout's targets counted by phase, state and delivery, under a WHERE of the caller's.
+_BY_PHASE = (
+    "SELECT phase, state, delivered, COUNT(*) FROM rollout_targets "
+    "WHERE {where} GROUP BY phase, state, delivered"
+)
+
 _IN_FLIGHT = tuple(sorted(IN_FLIGHT_STATES))
 _FAILURES = tuple(sorted(FAILURE_STATES))
 _UPDATABLE = frozenset({
@@ -150,18 +156,14 @@ class RolloutMethods(ReleaseMethods):
                 (rollout_id,),
             )
         }
-        counts = {phase: PhaseCounts() for phase in sizes}
         # Two ranges of the index, one statement each: as one OR, SQLite walked the
         # rollout's whole key instead.
-        moved_on = (
-            "SELECT phase, state, delivered, COUNT(*) FROM rollout_targets "
-            "WHERE rollout_id = ? AND state {} ? GROUP BY phase, state, delivered"
-        )
-        for phase, state, delivered, n in self._execute(
+        moved_on = _BY_PHASE.format(where="rollout_id = ? AND state {} ?")
+        counts = {phase: PhaseCounts() for phase in sizes}
+        counts |= self._tally(
             f"{moved_on.format('<')} UNION ALL {moved_on.format('>')}",
             (rollout_id, PENDING, rollout_id, PENDING),
-        ):
-            counts.setdefault(int(phase), PhaseCounts()).add(state, bool(delivered), int(n))
+        )
         short = False
         for phase, c in counts.items():
             if sizes.get(phase, 0) > c.total:
@@ -183,14 +185,8 @@ class RolloutMethods(ReleaseMethods):
 
     def _resize_phases(self, rollout_id: int) -> dict[int, PhaseCounts]:
         """Count every target of a rollout (linear) and size its phases from that."""
-        counts: dict[int, PhaseCounts] = {}
         with self._tx():
-            for phase, state, delivered, n in self._execute(
-                "SELECT phase, state, delivered, COUNT(*) FROM rollout_targets "
-                "WHERE rollout_id = ? GROUP BY phase, state, delivered",
-                (rollout_id,),
-            ):
-                counts.setdefault(int(phase), PhaseCounts()).add(state, bool(delivered), int(n))
+            counts = self._tally(_BY_PHASE.format(where="rollout_id = ?"), (rollout_id,))
             # Set, not added: two replicas recounting at once must not double a size.
             self._execute("DELETE FROM rollout_phase_sizes WHERE rollout_id = ?", (rollout_id,))
             self._executemany(
@@ -198,6 +194,13 @@ class RolloutMethods(ReleaseMethods):
                 "ON CONFLICT (rollout_id, phase) DO UPDATE SET size = excluded.size",
                 [(rollout_id, phase, c.total) for phase, c in sorted(counts.items())],
             )
+        return counts
+
+    def _tally(self, sql: str, args: Sequence[Any]) -> dict[int, PhaseCounts]:
+        """Phase counts from rows of (phase, state, delivered, count)."""
+        counts: dict[int, PhaseCounts] = {}
+        for phase, state, delivered, n in self._execute(sql, args):
+            counts.setdefault(int(phase), PhaseCounts()).add(state, bool(delivered), int(n))
         return counts
 
     def _grow_phases(self, rollout_id: int, added: Mapping[int, int]) -> None:

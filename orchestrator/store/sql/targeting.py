@@ -158,13 +158,13 @@ class TargetingMethods(RolloutMethods):
                 (r.id, *case_args, now, key, *args),
             ).rowcount
             self._analyzed("rollout_targets", added)
-            sizes = {i: b - a for i, (a, b) in enumerate(zip([0, *bounds], bounds, strict=False))}
-            if added != total:  # the snapshot makes them equal; were they not, count them
-                sizes = dict(self._execute(
-                    "SELECT phase, COUNT(*) FROM rollout_targets WHERE rollout_id = ? "
-                    "GROUP BY phase", (r.id,),
-                ).fetchall())  # fmt: skip
-            self._grow_phases(r.id, sizes)
+            if added == total:  # the snapshot makes them equal; were they not, count them
+                self._grow_phases(
+                    r.id,
+                    {i: b - a for i, (a, b) in enumerate(zip([0, *bounds], bounds, strict=False))},
+                )
+            else:
+                self._resize_phases(r.id)
             return r
 
     def follow_targets(
