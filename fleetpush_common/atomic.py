@@ -14,6 +14,7 @@ __all__ = [
     "ExposedSecretError",
     "atomic_write",
     "check_private",
+    "create_secret",
     "fsync_dir",
     "make_private_dir",
     "write_secret",
@@ -108,6 +109,33 @@ def write_secret(path: Path, data: bytes, *, durable: bool = True) -> None:
     path = Path(path)
     make_private_dir(path.parent)
     atomic_write(path, data, mode=SECRET_FILE_MODE, durable=durable)
+
+
+def create_secret(path: Path, data: bytes) -> bool:
+    """Create the secret ``path`` holding ``data`` unless it exists; True if this call made
+    it. Exclusive, unlike ``write_secret``: processes that start at once on one folder
+    (replicas sharing a data directory) each generate a secret, and with a check-then-rename
+    each would keep its own in memory while the last rename won on disk. A hard link of
+    the written temp file creates the name only if it is free, so one secret wins whole
+    and everyone reads it."""
+    path = Path(path)
+    make_private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), SECRET_FILE_MODE)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+    return True
 
 
 def check_private(path: Path, what: str) -> None:

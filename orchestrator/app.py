@@ -84,15 +84,15 @@ class Orchestrator:
         # (the replica registration below writes to it).
         self.signing(self.clock.now())
         make_private_dir(cfg.data_dir)
+        urls = UrlSigner.from_file(cfg.data_dir / "url-signing.key")
         if cfg.database.backend == "sqlite":
             self._sqlite_lock = SqliteServeLock(cfg.database.sqlite_path)
             self._sqlite_lock.acquire()
 
         self.db = db = await asyncio.to_thread(open_database, cfg.database)
-        await self.replica.register(db)
+        await self.replica.register(db, urls.key_id)
         registry = RegistrySync(db, cfg.registry_path, self.clock)
         await registry.refresh()
-        urls = UrlSigner.from_file(cfg.data_dir / "url-signing.key")
         topics = cfg.mqtt.topics
         payloads = PayloadStore(cfg.payload_dir)
         delta_index = DeltaIndex(payloads)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -15,9 +16,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlencode
 
-from fleetpush_common.atomic import check_private, fsync_dir, make_private_dir, write_secret
+from fleetpush_common.atomic import check_private, create_secret, fsync_dir, make_private_dir
 
 __all__ = ["PayloadError", "PayloadStore", "TooLargeError", "UrlSigner", "check_tar"]
+
+logger = logging.getLogger(__name__)
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -148,16 +151,25 @@ class UrlSigner:
 
     @classmethod
     def from_file(cls, path: Path) -> UrlSigner:
-        """Load the secret, creating it (mode 0600) on first use.
+        """Load the secret, creating it (mode 0600) on first use. Replicas starting at once
+        on one data directory all load the one that was created first.
 
         Raises:
             ExposedSecretError: group or others may read it: anyone who can could sign
                 download URLs for every payload.
         """
-        if not path.exists():
-            write_secret(path, secrets.token_bytes(32).hex().encode())
+        if create_secret(path, secrets.token_bytes(32).hex().encode()):
+            logger.info("created the URL signing key %s", path)
         check_private(path, "URL signing key")
         return cls(bytes.fromhex(path.read_text().strip()))
+
+    @property
+    def key_id(self) -> str:
+        """Names the secret without revealing it: replicas compare theirs by it (a URL one
+        signs must pass on every other one)."""
+        return hmac.new(self._secret, b"fleetpush url-signing key id", hashlib.sha256).hexdigest()[
+            :16
+        ]
 
     def _mac(self, sha256_hex: str, expires: int) -> str:
         msg = f"{sha256_hex}|{expires}".encode()

@@ -28,7 +28,7 @@ from fleetpush_common.clock import Clock
 from fleetpush_common.config import ConfigError
 from orchestrator.store import Database
 
-__all__ = ["ReplicaIdentity", "ReplicaInUseError", "SqliteServeLock"]
+__all__ = ["ReplicaIdentity", "ReplicaInUseError", "ReplicaMismatchError", "SqliteServeLock"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,11 @@ logger = logging.getLogger(__name__)
 class ReplicaInUseError(ConfigError):
     """Another live process already is this replica (same MQTT identity), or already
     serves this SQLite database."""
+
+
+class ReplicaMismatchError(ConfigError):
+    """A live replica is set up differently in a way that breaks the others' work (its
+    URL signing key differs)."""
 
 
 class SqliteServeLock:
@@ -100,20 +105,39 @@ class ReplicaIdentity:
         self.clock = clock
         self.lease_s = lease_s
 
-    async def register(self, db: Database) -> None:
-        """Record this process as the replica.
+    async def register(self, db: Database, url_key_id: str) -> None:
+        """Record this process as the replica, signing payload URLs with the key named
+        ``url_key_id``.
 
         Raises:
             ReplicaInUseError: a live process is this replica already.
+            ReplicaMismatchError: a live replica signs payload URLs with another key.
         """
         rid, host, pid, now = self.replica_id, self.host, self.pid, self.clock.now()
+        live_after = now - self.lease_s
+        for r in await db.run(lambda s: s.list_replicas()):
+            if (
+                r.replica_id != rid
+                and r.seen_at > live_after
+                and r.url_key_id not in ("", url_key_id)
+            ):
+                raise ReplicaMismatchError(
+                    f"replica {r.replica_id!r} (pid {r.pid} on {r.host}) signs payload URLs "
+                    "with another url-signing.key than this one: each would refuse (403) the "
+                    "URLs the other sends devices. Give every replica the same url-signing.key "
+                    "(copy it from a running replica's data directory, docs/scaling.md)"
+                )
         other = await db.run(
-            lambda s: s.register_replica(rid, host, pid, now, live_after=now - self.lease_s)
+            lambda s: s.register_replica(
+                rid, host, pid, now, live_after=live_after, url_key_id=url_key_id
+            )
         )
         if other is not None and other.host == host and not _alive(other.pid):
             logger.info("replica %s: pid %d on this host is gone; taking its place", rid, other.pid)
             other = await db.run(
-                lambda s: s.register_replica(rid, host, pid, now, live_after=float("inf"))
+                lambda s: s.register_replica(
+                    rid, host, pid, now, live_after=float("inf"), url_key_id=url_key_id
+                )
             )
         if other is not None:
             raise ReplicaInUseError(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -238,3 +240,34 @@ async def test_a_security_take_over_on_one_replica_races_no_notice_of_another(
         b.db.close()
     retained = await _retained(broker, [n[4] for n in updates], barrier)
     assert retained == {n[4]: bytes(n[5]) for n in updates}
+
+
+_LOAD_URL_KEY = (
+    "import sys; from pathlib import Path; from orchestrator.payloads import UrlSigner; "
+    "sys.stdin.read(1); print(UrlSigner.from_file(Path(sys.argv[1])).key_id)"
+)
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_replicas_starting_at_once_on_one_data_folder_share_one_url_signing_key(
+    tmp_path: Path, round_: int
+) -> None:
+    """Each replica creates ``url-signing.key`` if it is missing. Eight processes released
+    together (one byte on stdin each, after all have started): with a check-then-rename
+    each kept its own key in memory, so one replica's payload URLs were refused (403) by
+    the others (a device of the SIGKILL test failed so). One key wins; all read it."""
+    path = tmp_path / "orch" / "url-signing.key"
+    argv = [sys.executable, "-c", _LOAD_URL_KEY, str(path)]
+    pipe = subprocess.PIPE
+    procs = [subprocess.Popen(argv, stdin=pipe, stdout=pipe, stderr=pipe) for _ in range(8)]
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(b"g")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    ids = {out.decode().strip() for out, _ in outs}
+    assert ids == {UrlSigner.from_file(path).key_id}
+    assert len(next(iter(ids))) == 16
+    assert sorted(x.name for x in path.parent.iterdir()) == ["url-signing.key"]  # no temp left
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from orch_helpers import (
 )
 from replica_helpers import Balancer, Replicas, health, write_replicas
 
+from fleetpush_common.atomic import write_secret
 from fleetpush_protocol.topics import Topics
 from fleetpush_sim.api import ApiCallError
 from orchestrator.broker import MosquittoBroker
@@ -234,6 +236,38 @@ async def test_a_second_process_with_one_replica_identity_is_refused(
         assert "its own" in stderr
         assert s.orch.link is not None
         assert s.orch.link.connected.is_set()
+
+
+async def test_a_replica_with_another_url_signing_key_is_refused(
+    tmp_path: Path, broker: MosquittoBroker, topics: Topics, postgres_database: DatabaseConfig
+) -> None:
+    """A replica whose ``url-signing.key`` is not the running ones' (copied from elsewhere,
+    or made on a host that has none) would see every payload URL the others sign refused
+    (403), and the reverse: its start is refused, naming the replica it disagrees with."""
+    reps = write_replicas(tmp_path, broker, topics, n=2, database_url=postgres_database.url,
+                          public_url="http://127.0.0.1:9")  # fmt: skip
+    first, second = reps.items
+    first.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_until(lambda: health(first, session), within=SERVE_START_S,
+                             what="the first replica healthy")  # fmt: skip
+            key = tmp_path / "orch" / "url-signing.key"
+            kept = key.read_bytes()
+            write_secret(key, secrets.token_bytes(32).hex().encode())
+            code, stderr = await _serve_once(second.config)
+            assert code == 1
+            assert f"replica {first.name!r}" in stderr
+            assert "same url-signing.key" in stderr
+            assert await health(first, session) is not None  # undisturbed
+            # With the same key it starts, beside the first.
+            write_secret(key, kept)
+            second.start()
+            body = await wait_until(lambda: health(second, session), within=SERVE_START_S,
+                                    what="the second replica healthy")  # fmt: skip
+            assert body["replica"] == second.name
+    finally:
+        reps.set.stop()
 
 
 async def test_two_replicas_finish_a_rollout_across_a_postgresql_restart(

@@ -125,14 +125,16 @@ def test_a_device_with_an_unpublished_notice_gets_no_other_until_it_is_published
 
 
 def test_replicas_register_beat_and_refuse_a_live_twin(store: Store) -> None:
-    assert store.register_replica("a", "h1", 10, T0, live_after=T0 - 15) is None
+    assert store.register_replica("a", "h1", 10, T0, live_after=T0 - 15, url_key_id="k1") is None
     store.beat_replica("a", T0 + 5)
-    other = store.register_replica("a", "h2", 20, T0 + 6, live_after=T0 + 6 - 15)
+    other = store.register_replica("a", "h2", 20, T0 + 6, live_after=T0 + 6 - 15, url_key_id="k2")
     assert other is not None
-    assert (other.host, other.pid, other.seen_at) == ("h1", 10, T0 + 5)
-    # Silent for longer than the lease: the id is free again.
-    assert store.register_replica("a", "h2", 20, T0 + 30, live_after=T0 + 30 - 15) is None
-    assert [(r.replica_id, r.host, r.pid) for r in store.list_replicas()] == [("a", "h2", 20)]
+    assert (other.host, other.pid, other.seen_at, other.url_key_id) == ("h1", 10, T0 + 5, "k1")
+    # Silent for longer than the lease: the id is free again, with the new key's name.
+    assert store.register_replica("a", "h2", 20, T0 + 30, live_after=T0 + 30 - 15,
+                                  url_key_id="k2") is None  # fmt: skip
+    rows = [(r.replica_id, r.host, r.pid, r.url_key_id) for r in store.list_replicas()]
+    assert rows == [("a", "h2", 20, "k2")]
     store.drop_replica("a", 10)  # an old pid drops nothing
     assert len(store.list_replicas()) == 1
     store.drop_replica("a", 20)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
 from orchestrator.api.bodies import NewToken, decode_body
@@ -12,6 +14,8 @@ from orchestrator.rules import ACTIVE_ROLLOUT_STATES, ROLLOUT_STATES
 from orchestrator.security.auth import hash_token, new_token
 from orchestrator.security.keystore import describe
 from orchestrator.store import Store
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["routes"]
 
@@ -103,6 +107,9 @@ async def payload(request: web.Request) -> web.StreamResponse:
     problem = c.urls.check(sha, request.query.get("exp", ""), request.query.get("sig", ""),
                            c.clock.now())  # fmt: skip
     if problem is not None:
+        # Named by the payload, never the URL (its signature is a credential). A "bad
+        # signature" from real devices means replicas sign with different keys.
+        logger.info("payload %r: URL refused (%s)", sha[:16], problem)
         raise ApiError(403, f"payload URL refused: {problem}")
     try:
         path = c.payloads.path(sha)

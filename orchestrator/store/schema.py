@@ -301,4 +301,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     INSERT INTO rollout_phase_sizes (rollout_id, phase, size)
         SELECT rollout_id, phase, COUNT(*) FROM rollout_targets GROUP BY rollout_id, phase;
     """,
+    # 14: which URL signing key each replica signs with (a name for it, not the key): a
+    # replica whose key differs from a live one's is refused at start, since the payload
+    # URLs either signs would be refused (403) by the other
+    """
+    ALTER TABLE replicas ADD COLUMN url_key_id TEXT NOT NULL DEFAULT '';
+    """,
 )

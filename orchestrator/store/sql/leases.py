@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator.rules import PENDING
 from orchestrator.store.base import StoreError
@@ -42,12 +43,21 @@ class ReplicaRecord:
     pid: int
     started_at: float
     seen_at: float
+    url_key_id: str  # names its URL signing key (``UrlSigner.key_id``); '' if not known
 
     def to_json(self) -> dict[str, object]:
         return {
             "replica_id": self.replica_id, "host": self.host, "pid": self.pid,
             "started_at": self.started_at, "seen_at": self.seen_at,
+            "url_key_id": self.url_key_id,
         }  # fmt: skip
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> ReplicaRecord:
+        return cls(row[0], row[1], int(row[2]), float(row[3]), float(row[4]), str(row[5]))
+
+
+_REPLICA_COLUMNS = "replica_id, host, pid, started_at, seen_at, url_key_id"
 
 
 class LeaseMethods(NoticeMethods):
@@ -158,26 +168,28 @@ class LeaseMethods(NoticeMethods):
     # --- replicas ------------------------------------------------------------------------
 
     def register_replica(
-        self, replica_id: str, host: str, pid: int, now: float, *, live_after: float
-    ) -> ReplicaRecord | None:
+        self, replica_id: str, host: str, pid: int, now: float, *, live_after: float,
+        url_key_id: str,
+    ) -> ReplicaRecord | None:  # fmt: skip
         """Record this process as ``replica_id``, unless another process (another host or
         pid) said it was that replica after ``live_after``: then return that one and write
         nothing (the caller decides whether it is really alive)."""
         with self._tx():
             row = self._execute(
-                "SELECT replica_id, host, pid, started_at, seen_at FROM replicas "
-                "WHERE replica_id = ?" + self.dialect.for_update,
+                f"SELECT {_REPLICA_COLUMNS} FROM replicas WHERE replica_id = ?"
+                + self.dialect.for_update,
                 (replica_id,),
             ).fetchone()
             if row is not None:
-                other = ReplicaRecord(row[0], row[1], int(row[2]), float(row[3]), float(row[4]))
+                other = ReplicaRecord.from_row(row)
                 if (other.host, other.pid) != (host, pid) and other.seen_at > live_after:
                     return other
             self._execute(
-                "INSERT INTO replicas VALUES (?, ?, ?, ?, ?) ON CONFLICT (replica_id) DO UPDATE "
-                "SET host = excluded.host, pid = excluded.pid, started_at = excluded.started_at, "
-                "seen_at = excluded.seen_at",
-                (replica_id, host, pid, now, now),
+                f"INSERT INTO replicas ({_REPLICA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (replica_id) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
+                "started_at = excluded.started_at, seen_at = excluded.seen_at, "
+                "url_key_id = excluded.url_key_id",
+                (replica_id, host, pid, now, now, url_key_id),
             )
         return None
 
@@ -193,9 +205,6 @@ class LeaseMethods(NoticeMethods):
 
     def list_replicas(self) -> list[ReplicaRecord]:
         return [
-            ReplicaRecord(r[0], r[1], int(r[2]), float(r[3]), float(r[4]))
-            for r in self._execute(
-                "SELECT replica_id, host, pid, started_at, seen_at FROM replicas "
-                "ORDER BY replica_id"
-            )
+            ReplicaRecord.from_row(r)
+            for r in self._execute(f"SELECT {_REPLICA_COLUMNS} FROM replicas ORDER BY replica_id")
         ]
