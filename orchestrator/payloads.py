@@ -167,9 +167,8 @@ class UrlSigner:
     def key_id(self) -> str:
         """Names the secret without revealing it: replicas compare theirs by it (a URL one
         signs must pass on every other one)."""
-        return hmac.new(self._secret, b"fleetpush url-signing key id", hashlib.sha256).hexdigest()[
-            :16
-        ]
+        mac = hmac.new(self._secret, b"fleetpush url-signing key id", hashlib.sha256)
+        return mac.hexdigest()[:16]
 
     def _mac(self, sha256_hex: str, expires: int) -> str:
         msg = f"{sha256_hex}|{expires}".encode()
