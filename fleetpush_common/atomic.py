@@ -4,6 +4,7 @@ and private files and folders for secrets (0600 in 0700, whatever the umask)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -119,6 +120,8 @@ def create_secret(path: Path, data: bytes) -> bool:
     the written temp file creates the name only if it is free, so one secret wins whole
     and everyone reads it."""
     path = Path(path)
+    if path.exists():
+        return False
     make_private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -131,9 +134,34 @@ def create_secret(path: Path, data: bytes) -> bool:
             os.link(tmp, path)
         except FileExistsError:
             return False
+        except OSError as e:
+            if e.errno not in _NO_HARD_LINKS:
+                raise
+            return _create_in_place(path, data)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+    fsync_dir(path.parent)
+    return True
+
+
+# What link(2) says on a filesystem without hard links (SMB, some FUSE mounts).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK})
+
+
+def _create_in_place(path: Path, data: bytes) -> bool:
+    """``create_secret`` where hard links are missing: the name itself created exclusively
+    (O_EXCL), then written. Still one winner; a reader in the instant between the create and
+    the write sees a short file, which its parser refuses, and a restart reads it whole."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_FILE_MODE)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), SECRET_FILE_MODE)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     fsync_dir(path.parent)
     return True
 

@@ -19,13 +19,14 @@ save little.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import logging
-import threading
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,6 @@ class DeltaIndex:
     def __init__(self, payloads: PayloadStore) -> None:
         self.payloads = payloads
         self.folder = payloads.folder / "deltas"
-        self._lock = threading.Lock()
 
     def _file(self, target_sha256: str) -> Path:
         self.payloads.path(target_sha256)  # validates the hex digest
@@ -93,9 +93,22 @@ class DeltaIndex:
         return [r for r in records if self.payloads.exists(r.sha256)]
 
     def add(self, target_sha256: str, record: DeltaRecord) -> None:
-        with self._lock:  # two makers of one target must not lose each other's entry
+        # Two makers of one target must not lose each other's entry: threads of one
+        # replica, or replicas sharing the payload folder. flock excludes both (each call
+        # opens the lock file anew, and each open is locked on its own).
+        with self._locked():
             kept = [r for r in self.records(target_sha256) if r.base_sha256 != record.base_sha256]
             self._write(target_sha256, [record, *kept])
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        make_private_dir(self.folder)
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
 
     def _write(self, target_sha256: str, records: Sequence[DeltaRecord]) -> None:
         make_private_dir(self.folder)

@@ -22,7 +22,7 @@ __all__ = ["PayloadError", "PayloadStore", "TooLargeError", "UrlSigner", "check_
 
 logger = logging.getLogger(__name__)
 
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class TooLargeError(ValueError):
@@ -73,7 +73,7 @@ class PayloadStore:
         Raises:
             ValueError: not a lowercase hex SHA-256.
         """
-        if not _SHA_RE.match(sha256_hex):
+        if not _SHA_RE.fullmatch(sha256_hex):
             raise ValueError("not a SHA-256 hex digest")
         return self.folder / sha256_hex[:2] / sha256_hex
 

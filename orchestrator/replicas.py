@@ -115,38 +115,44 @@ class ReplicaIdentity:
         """
         rid, host, pid, now = self.replica_id, self.host, self.pid, self.clock.now()
         live_after = now - self.lease_s
-        for r in await db.run(lambda s: s.list_replicas()):
-            if (
-                r.replica_id != rid
-                and r.seen_at > live_after
-                and r.url_key_id not in ("", url_key_id)
-            ):
-                raise ReplicaMismatchError(
-                    f"replica {r.replica_id!r} (pid {r.pid} on {r.host}) signs payload URLs "
-                    "with another url-signing.key than this one: each would refuse (403) the "
-                    "URLs the other sends devices. Give every replica the same url-signing.key "
-                    "(copy it from a running replica's data directory, docs/scaling.md)"
-                )
+
         other = await db.run(
             lambda s: s.register_replica(
                 rid, host, pid, now, live_after=live_after, url_key_id=url_key_id
             )
         )
-        if other is not None and other.host == host and not _alive(other.pid):
+        if (
+            other is not None
+            and other.replica_id == rid
+            and other.host == host
+            and not _alive(other.pid)
+        ):
             logger.info("replica %s: pid %d on this host is gone; taking its place", rid, other.pid)
+            gone = other.pid
             other = await db.run(
                 lambda s: s.register_replica(
-                    rid, host, pid, now, live_after=float("inf"), url_key_id=url_key_id
+                    rid, host, pid, now, live_after=live_after, url_key_id=url_key_id,
+                    replacing=gone,
                 )
+            )  # fmt: skip
+        if other is None:
+            return
+        seen = f"seen {max(0.0, now - other.seen_at):.0f}s ago"
+        if other.replica_id != rid:
+            raise ReplicaMismatchError(
+                f"replica {other.replica_id!r} (pid {other.pid} on {other.host}, {seen}) "
+                "signs payload URLs with another url-signing.key than this one: each would "
+                "refuse (403) the URLs the other sends devices. Give every replica the same "
+                "url-signing.key (copy it from a running replica's data directory; a "
+                f"replica that died counts for {self.lease_s:g}s; docs/scaling.md)"
             )
-        if other is not None:
-            raise ReplicaInUseError(
-                f"replica {rid!r} (MQTT identity {rid!r}) is already running as pid "
-                f"{other.pid} on {other.host} (seen {max(0.0, now - other.seen_at):.0f}s ago). "
-                "Two processes with one MQTT identity knock each other off the broker: give "
-                "each replica its own ([mqtt] username and password_file; `fleetpush broker "
-                "add-orchestrator NAME`, docs/scaling.md)"
-            )
+        raise ReplicaInUseError(
+            f"replica {rid!r} (MQTT identity {rid!r}) is already running as pid "
+            f"{other.pid} on {other.host} ({seen}). "
+            "Two processes with one MQTT identity knock each other off the broker: give "
+            "each replica its own ([mqtt] username and password_file; `fleetpush broker "
+            "add-orchestrator NAME`, docs/scaling.md)"
+        )
 
     async def beat(self, db: Database) -> None:
         rid, now = self.replica_id, self.clock.now()

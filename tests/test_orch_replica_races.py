@@ -27,10 +27,11 @@ from fleetpush_protocol.topics import Topics
 from orchestrator.approval import decide
 from orchestrator.broker import MosquittoBroker
 from orchestrator.config import DatabaseConfig, OrchestratorConfig, load_config
+from orchestrator.deltas import DeltaIndex
 from orchestrator.engine import Publisher, RolloutEngine
 from orchestrator.mqtt.link import MqttLink
 from orchestrator.notices import NoticeFactory
-from orchestrator.payloads import UrlSigner
+from orchestrator.payloads import PayloadStore, UrlSigner
 from orchestrator.rules import RolloutSpec
 from orchestrator.security.keystore import KeyStore, SigningSet
 from orchestrator.store import (
@@ -271,3 +272,41 @@ def test_replicas_starting_at_once_on_one_data_folder_share_one_url_signing_key(
     assert len(next(iter(ids))) == 16
     assert sorted(x.name for x in path.parent.iterdir()) == ["url-signing.key"]  # no temp left
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+_ADD_DELTAS = """
+import hashlib, sys
+from pathlib import Path
+from orchestrator.deltas import DeltaIndex, DeltaRecord
+from orchestrator.payloads import PayloadStore
+folder, target, who = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+index = DeltaIndex(PayloadStore(folder))
+sys.stdin.read(1)
+for i in range(40):
+    base = hashlib.sha256(f"{who}-{i}".encode()).hexdigest()
+    index.add(target, DeltaRecord(base_sha256=base, base_version=f"{who}.{i}",
+              sha256=sys.argv[4], size=1, method="zstd-patch", seconds=0.0))
+"""
+
+
+def test_replicas_sharing_a_payload_folder_keep_each_others_deltas(tmp_path: Path) -> None:
+    """Two replicas add deltas to one target's index at once (a shared payload folder):
+    each entry is kept. An in-process lock let one's rewrite drop the other's entries."""
+    store = PayloadStore(tmp_path / "payloads")
+    target, patch = "a" * 64, "b" * 64
+    store.path(patch).parent.mkdir(parents=True)
+    store.path(patch).write_bytes(b"x")  # an index lists only deltas whose bytes exist
+    pipe = subprocess.PIPE
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _ADD_DELTAS, str(store.folder), target, who,
+                          patch], stdin=pipe, stdout=pipe, stderr=pipe)
+        for who in ("r1", "r2")
+    ]  # fmt: skip
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(b"g")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    kept = sorted(r.base_version for r in DeltaIndex(store).records(target))
+    assert kept == sorted(f"{w}.{i}" for w in ("r1", "r2") for i in range(40))

@@ -257,7 +257,7 @@ async def test_a_replica_with_another_url_signing_key_is_refused(
             write_secret(key, secrets.token_bytes(32).hex().encode())
             code, stderr = await _serve_once(second.config)
             assert code == 1
-            assert f"replica {first.name!r}" in stderr
+            assert stderr.startswith(f"Error: replica {first.name!r} (pid "), stderr
             assert "same url-signing.key" in stderr
             assert await health(first, session) is not None  # undisturbed
             # With the same key it starts, beside the first.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from store_helpers import raw_sql
 
 from orchestrator.config import DatabaseConfig
 from orchestrator.rules import RolloutSpec
@@ -139,6 +140,87 @@ def test_replicas_register_beat_and_refuse_a_live_twin(store: Store) -> None:
     assert len(store.list_replicas()) == 1
     store.drop_replica("a", 20)
     assert store.list_replicas() == []
+
+
+def test_a_replica_with_another_url_key_is_refused_while_one_with_the_first_lives(
+    store: Store, database: DatabaseConfig
+) -> None:
+    assert store.register_replica("a", "h1", 10, T0, live_after=T0 - 15, url_key_id="k1") is None
+    other = store.register_replica("b", "h2", 20, T0 + 1, live_after=T0 + 1 - 15, url_key_id="k2")
+    assert other is not None
+    assert (other.replica_id, other.url_key_id) == ("a", "k1")
+    assert [r.replica_id for r in store.list_replicas()] == ["a"]  # nothing written
+    # The same key is welcome.
+    assert (
+        store.register_replica("c", "h2", 30, T0 + 2, live_after=T0 - 13, url_key_id="k1") is None
+    )
+    # A row written before migration 14 names no key: it is no match, either way.
+    raw_sql(database, "UPDATE replicas SET url_key_id = '' WHERE replica_id = 'c'")
+    store.drop_replica("a", 10)
+    assert (
+        store.register_replica("b", "h2", 20, T0 + 3, live_after=T0 - 12, url_key_id="k2") is None
+    )
+    store.drop_replica("b", 20)
+    # Once every replica with the first key is silent past the lease, another key may start
+    # (the key replaced with every replica stopped).
+    assert (
+        store.register_replica("a", "h1", 10, T0 + 4, live_after=T0 - 11, url_key_id="k1") is None
+    )
+    assert (
+        store.register_replica("e", "h2", 50, T0 + 30, live_after=T0 + 15, url_key_id="k2") is None
+    )
+
+
+def test_a_dead_twin_is_replaced_only_by_its_pid(store: Store) -> None:
+    assert store.register_replica("a", "h1", 10, T0, live_after=T0 - 15, url_key_id="k1") is None
+    twin = store.register_replica("a", "h1", 11, T0 + 1, live_after=T0 - 14, url_key_id="k1",
+                                  replacing=9)  # fmt: skip
+    assert twin is not None
+    assert twin.pid == 10  # not the pid the caller found dead
+    assert store.register_replica("a", "h1", 11, T0 + 1, live_after=T0 - 14, url_key_id="k1",
+                                  replacing=10) is None  # fmt: skip
+    assert [(r.pid, r.started_at) for r in store.list_replicas()] == [(11, T0 + 1)]
+
+
+def test_two_replicas_with_different_url_keys_starting_together_are_not_both_admitted(
+    postgres_database: DatabaseConfig,
+) -> None:
+    """Two stores (two replicas' pools) register at once, each with its own key: the check
+    and the write are one transaction under the replicas lock, so the second sees the first
+    (each checked before either wrote, both got in)."""
+    for attempt in range(10):
+        stores = [open_store(postgres_database) for _ in range(2)]
+        try:
+            names = [f"x{attempt}", f"y{attempt}"]
+            results = _register_at_once(stores, names, T0 + attempt * 100)
+            admitted = [n for n in names if results[n] is None]
+            assert len(admitted) == 1, results
+            rows = {r.replica_id for r in stores[0].list_replicas()}
+            assert rows & set(names) == set(admitted)
+            stores[0].drop_replica(admitted[0], names.index(admitted[0]))
+        finally:
+            for st in stores:
+                st.close()
+
+
+def _register_at_once(stores: list[Store], names: list[str], at: float) -> dict[str, object]:
+    """Each store registers its replica (pid = its index, key named after it), released
+    together by a barrier; what each ``register_replica`` returned."""
+    start = threading.Barrier(len(stores))
+    results: dict[str, object] = {}
+
+    def register(i: int) -> None:
+        start.wait()
+        results[names[i]] = stores[i].register_replica(
+            names[i], "h", i, at, live_after=at - 15, url_key_id=f"k-{names[i]}"
+        )
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def test_two_replicas_racing_for_one_rollout_notify_each_target_once(

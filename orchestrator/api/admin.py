@@ -104,17 +104,17 @@ async def payload(request: web.Request) -> web.StreamResponse:
     """A payload by signed URL; Range requests are honoured (resumable downloads)."""
     c = ctx(request)
     sha = request.match_info["sha256"]
+    try:
+        path = c.payloads.path(sha)  # a digest's shape, before anything is logged
+    except ValueError:
+        raise ApiError(404, "no such payload") from None
     problem = c.urls.check(sha, request.query.get("exp", ""), request.query.get("sig", ""),
                            c.clock.now())  # fmt: skip
     if problem is not None:
         # Named by the payload, never the URL (its signature is a credential). A "bad
         # signature" from real devices means replicas sign with different keys.
-        logger.info("payload %r: URL refused (%s)", sha[:16], problem)
+        logger.info("payload %s: URL refused (%s)", sha[:16], problem)
         raise ApiError(403, f"payload URL refused: {problem}")
-    try:
-        path = c.payloads.path(sha)
-    except ValueError:
-        raise ApiError(404, "no such payload") from None
     if not path.is_file():
         raise ApiError(404, "no such payload")
     return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",

@@ -43,6 +43,7 @@ _DDL = (
 # Any fixed number: every fleetpush process on the database agrees on it.
 _MIGRATION_LOCK = 0x666C70  # "flp"
 _REGISTRY_LOCK = 0x666C72  # "flr"
+_REPLICAS_LOCK = 0x666C73  # "fls"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,7 @@ POSTGRES = _PostgresDialect(
     integrity=(psycopg.errors.IntegrityError,),
     migration_lock=f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})",
     registry_lock=f"SELECT pg_advisory_xact_lock({_REGISTRY_LOCK})",
+    replicas_lock=f"SELECT pg_advisory_xact_lock({_REPLICAS_LOCK})",
     analyze="ANALYZE {table}",
     fleet_settings=(
         # A million devices ordered by their 32-byte keys take about 100 MB; with the

@@ -49,6 +49,8 @@ class Dialect:
             starting together do not both migrate ("" when the transaction is enough).
         registry_lock: run first in a registry sync, so two syncs (two replicas) apply
             one after the other, without locking every device row.
+        replicas_lock: run first when a replica registers, so two replicas starting
+            together each see the other's row (the URL signing key check).
         analyze: refreshes a table's planner statistics (``{table}``), run after a bulk
             write; "" where the planner keeps none.
         fleet_settings: run first in a transaction that reads or sorts the whole fleet
@@ -66,6 +68,7 @@ class Dialect:
     integrity: tuple[type[Exception], ...]
     migration_lock: str = ""
     registry_lock: str = ""
+    replicas_lock: str = ""
     analyze: str = ""
     fleet_settings: tuple[str, ...] = ()
     snapshot: str = ""

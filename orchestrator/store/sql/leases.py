@@ -169,20 +169,34 @@ class LeaseMethods(NoticeMethods):
 
     def register_replica(
         self, replica_id: str, host: str, pid: int, now: float, *, live_after: float,
-        url_key_id: str,
+        url_key_id: str, replacing: int | None = None,
     ) -> ReplicaRecord | None:  # fmt: skip
-        """Record this process as ``replica_id``, unless another process (another host or
-        pid) said it was that replica after ``live_after``: then return that one and write
-        nothing (the caller decides whether it is really alive)."""
+        """Record this process as ``replica_id``, signing payload URLs with the key named
+        ``url_key_id``, unless, among the replicas seen after ``live_after``:
+
+        - another process (another host or pid) is ``replica_id``, but for ``replacing``,
+          a pid on this host the caller found dead, or
+        - another replica names a different key (a row written before migration 14 names
+          none);
+
+        then return that one and write nothing. One transaction under the replicas lock:
+        two replicas starting together with different keys cannot both get in."""
         with self._tx():
-            row = self._execute(
-                f"SELECT {_REPLICA_COLUMNS} FROM replicas WHERE replica_id = ?"
-                + self.dialect.for_update,
-                (replica_id,),
-            ).fetchone()
-            if row is not None:
-                other = ReplicaRecord.from_row(row)
-                if (other.host, other.pid) != (host, pid) and other.seen_at > live_after:
+            if self.dialect.replicas_lock:
+                self._execute(self.dialect.replicas_lock)
+            live = [
+                ReplicaRecord.from_row(row)
+                for row in self._execute(
+                    f"SELECT {_REPLICA_COLUMNS} FROM replicas WHERE seen_at > ? "
+                    "ORDER BY replica_id",
+                    (live_after,),
+                )
+            ]
+            for other in live:
+                if other.replica_id == replica_id:
+                    if (other.host, other.pid) not in ((host, pid), (host, replacing)):
+                        return other
+                elif other.url_key_id not in ("", url_key_id):
                     return other
             self._execute(
                 f"INSERT INTO replicas ({_REPLICA_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
