@@ -243,6 +243,23 @@ async def test_a_security_take_over_on_one_replica_races_no_notice_of_another(
     assert retained == {n[4]: bytes(n[5]) for n in updates}
 
 
+def _released_together(programs: list[list[str]]) -> list[str]:
+    """Run each ``[code, *args]`` with ``python -c`` and, once all have started, send each
+    the byte its code waits for on stdin, so they race; their stdout, each having exited 0."""
+    pipe = subprocess.PIPE
+    procs = [
+        subprocess.Popen([sys.executable, "-c", *p], stdin=pipe, stdout=pipe, stderr=pipe)
+        for p in programs
+    ]
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(b"g")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    return [out.decode() for out, _ in outs]
+
+
 _LOAD_URL_KEY = (
     "import sys; from pathlib import Path; from orchestrator.payloads import UrlSigner; "
     "sys.stdin.read(1); print(UrlSigner.from_file(Path(sys.argv[1])).key_id)"
@@ -258,16 +275,8 @@ def test_replicas_starting_at_once_on_one_data_folder_share_one_url_signing_key(
     each kept its own key in memory, so one replica's payload URLs were refused (403) by
     the others (a device of the SIGKILL test failed so). One key wins; all read it."""
     path = tmp_path / "orch" / "url-signing.key"
-    argv = [sys.executable, "-c", _LOAD_URL_KEY, str(path)]
-    pipe = subprocess.PIPE
-    procs = [subprocess.Popen(argv, stdin=pipe, stdout=pipe, stderr=pipe) for _ in range(8)]
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write(b"g")
-        p.stdin.flush()
-    outs = [p.communicate(timeout=60) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
-    ids = {out.decode().strip() for out, _ in outs}
+    outs = _released_together([[_LOAD_URL_KEY, str(path)]] * 8)
+    ids = {out.strip() for out in outs}
     assert ids == {UrlSigner.from_file(path).key_id}
     assert len(next(iter(ids))) == 16
     assert sorted(x.name for x in path.parent.iterdir()) == ["url-signing.key"]  # no temp left
@@ -296,17 +305,7 @@ def test_replicas_sharing_a_payload_folder_keep_each_others_deltas(tmp_path: Pat
     target, patch = "a" * 64, "b" * 64
     store.path(patch).parent.mkdir(parents=True)
     store.path(patch).write_bytes(b"x")  # an index lists only deltas whose bytes exist
-    pipe = subprocess.PIPE
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _ADD_DELTAS, str(store.folder), target, who,
-                          patch], stdin=pipe, stdout=pipe, stderr=pipe)
-        for who in ("r1", "r2")
-    ]  # fmt: skip
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write(b"g")
-        p.stdin.flush()
-    outs = [p.communicate(timeout=60) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    _released_together([[_ADD_DELTAS, str(store.folder), target, who, patch]
+                        for who in ("r1", "r2")])  # fmt: skip
     kept = sorted(r.base_version for r in DeltaIndex(store).records(target))
     assert kept == sorted(f"{w}.{i}" for w in ("r1", "r2") for i in range(40))
