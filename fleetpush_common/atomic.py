@@ -31,6 +31,17 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _fill(fd: int, data: bytes, mode: int, *, durable: bool = True) -> None:
+    """Give the new file ``fd`` its mode and ``data`` (synced unless not ``durable``), and
+    close it. The mode is set on the open file: the umask plays no part."""
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves either the old or new file.
 
@@ -44,12 +55,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = 
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
+        _fill(fd, data, mode, durable=durable)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -125,11 +131,7 @@ def create_secret(path: Path, data: bytes) -> bool:
     make_private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), SECRET_FILE_MODE)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _fill(fd, data, SECRET_FILE_MODE)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -157,11 +159,7 @@ def _create_in_place(path: Path, data: bytes) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_FILE_MODE)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), SECRET_FILE_MODE)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    _fill(fd, data, SECRET_FILE_MODE)
     fsync_dir(path.parent)
     return True
 

@@ -111,7 +111,7 @@ class DeltaIndex:
             os.close(fd)  # closing drops the flock
 
     def _write(self, target_sha256: str, records: Sequence[DeltaRecord]) -> None:
-        make_private_dir(self.folder)
+        """Under ``_locked``, which made the folder."""
         data = json.dumps([r.to_json() for r in records], indent=1).encode()
         atomic_write(self._file(target_sha256), data, mode=0o600)
 
